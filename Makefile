@@ -1,0 +1,50 @@
+# KilnDB — the two commands are `make run` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+DEVSTAMP := $(VENV)/.installed-dev
+BENCHSTAMP := $(VENV)/.installed-bench
+DATA   ?= ./data
+
+.PHONY: run test lint typecheck pytest bench bench-smoke clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e .
+	touch $@
+
+$(DEVSTAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+$(BENCHSTAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	touch $@
+
+run: $(STAMP)
+	$(VENV)/bin/kiln --data $(DATA) demo
+
+lint: $(DEVSTAMP)
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
+
+typecheck: $(DEVSTAMP)
+	$(VENV)/bin/mypy
+
+pytest: $(DEVSTAMP)
+	$(PY) -m pytest -q
+
+test: lint typecheck pytest
+
+bench: $(BENCHSTAMP)
+	$(PY) bench/embedded.py
+
+bench-smoke: $(BENCHSTAMP)
+	$(PY) bench/embedded.py --smoke
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

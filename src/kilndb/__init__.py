@@ -1,0 +1,96 @@
+"""KilnDB: a durable, replicated fact store for Python.
+
+>>> import kilndb
+>>> db = kilndb.open("./data")                     # doctest: +SKIP
+>>> db.store("tasks").write("t1", {"title": "Hello"})   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from kilndb.config import DatabaseConfig, SyncMode
+from kilndb.engine import Database, Store, Subscription
+from kilndb.errors import (
+    AuthenticationError,
+    ClosedError,
+    ConflictError,
+    ConnectionLostError,
+    CorruptRecordError,
+    CursorTooOldError,
+    DatabaseLockedError,
+    DiskFullError,
+    FrameTooLargeError,
+    InvalidArgumentError,
+    KilnError,
+    LeaseHeldError,
+    LeaseLostError,
+    NotFoundError,
+    PermissionDeniedError,
+    ProtocolError,
+    ReadOnlyReplicaError,
+    ReplicationTimeoutError,
+    StorageError,
+    SubscriberOverflowError,
+    UnavailableError,
+    UnknownOpError,
+)
+from kilndb.model import Fact, Write
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AuthenticationError",
+    "ClosedError",
+    "ConflictError",
+    "ConnectionLostError",
+    "CorruptRecordError",
+    "CursorTooOldError",
+    "Database",
+    "DatabaseConfig",
+    "DatabaseLockedError",
+    "DiskFullError",
+    "Fact",
+    "FrameTooLargeError",
+    "InvalidArgumentError",
+    "KilnError",
+    "LeaseHeldError",
+    "LeaseLostError",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "ProtocolError",
+    "ReadOnlyReplicaError",
+    "ReplicationTimeoutError",
+    "StorageError",
+    "Store",
+    "Subscription",
+    "SubscriberOverflowError",
+    "SyncMode",
+    "UnavailableError",
+    "UnknownOpError",
+    "Write",
+    "__version__",
+    "open",
+]
+
+
+def open(  # noqa: A001 - the public name mirrors sqlite3.connect / dbm.open style
+    path: str | Path = "./data",
+    database: str = "default",
+    *,
+    sync: SyncMode = "always",
+    **options: Any,
+) -> Database:
+    """Open (creating if needed) database ``database`` under the data directory ``path``.
+
+    ``sync`` and the other keyword options fill a :class:`DatabaseConfig`
+    (``sync_interval_ms``, ``max_file_size``, ``compaction_threshold``, ``auto_compact``,
+    ``max_record_bytes``). Raises DatabaseLockedError if another process has it open,
+    CorruptRecordError if a sealed data file is damaged (see ``kiln check --fix``).
+    """
+    try:
+        config = DatabaseConfig(sync=sync, **options)
+    except TypeError as exc:
+        raise InvalidArgumentError(str(exc)) from exc
+    return Database(path, database, config)

@@ -1,0 +1,467 @@
+"""The embedded database: facts, history, time travel, atomic batches, replay, changefeed.
+
+:func:`kilndb.open` returns a :class:`Database`; ``db.store(name)`` returns a
+:class:`Store`. Both are safe to use from many threads at once. The network client
+offers the same interface, so code written against one runs against the other.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import orjson
+
+from kilndb.config import DatabaseConfig
+from kilndb.engine.changefeed import Subscription
+from kilndb.engine.writes import PreparedWrite, prepare_write
+from kilndb.errors import (
+    ConflictError,
+    CursorTooOldError,
+    InvalidArgumentError,
+    NotFoundError,
+)
+from kilndb.model import Fact, Write, fact_from_dict, validate_database_name, validate_store_name
+from kilndb.storage.keydir import TOMBSTONE
+from kilndb.storage.log import Log, PendingFact
+from kilndb.storage.retention import Retention
+
+__all__ = ["Database", "Store"]
+
+_loads = orjson.loads
+_dumps = orjson.dumps
+
+
+def _check_limit(limit: object) -> int | None:
+    if limit is not None and (type(limit) is not int or limit < 0):  # noqa: E721
+        raise InvalidArgumentError("limit must be a non-negative integer or None")
+    return limit
+
+
+def _check_position(name: str, value: object) -> int:
+    if type(value) is not int or value < 0:  # noqa: E721
+        raise InvalidArgumentError(f"{name} must be a non-negative integer")
+    return value
+
+
+def _check_stores(stores: object) -> frozenset[str] | None:
+    if stores is None:
+        return None
+    if isinstance(stores, str) or not isinstance(stores, Iterable):
+        raise InvalidArgumentError("stores must be a list of store names or None")
+    return frozenset(validate_store_name(s) for s in stores)
+
+
+class Store:
+    """A named collection of keys inside a database. Get one with ``db.store(name)``."""
+
+    __slots__ = ("_db", "name")
+
+    def __init__(self, db: Database, name: str) -> None:
+        self._db = db
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"<Store {self.name!r} of {self._db!r}>"
+
+    def write(
+        self,
+        key: str,
+        value: Any,
+        *,
+        expected_seq: int | None = None,
+        id: str | None = None,
+        causation: str | None = None,
+        valid_time: float | None = None,
+        schema_version: int = 1,
+        producer: Any = None,
+        derivation: Any = None,
+        metadata: dict[str, str] | None = None,
+    ) -> Fact:
+        """Append a fact for ``key``; return it once it is durable.
+
+        Raises ConflictError if ``expected_seq`` does not match (0 = the key must not
+        exist), InvalidArgumentError for a bad argument (nothing is written). Writing an
+        ``id`` the database already holds returns the stored fact.
+        """
+        prepared = prepare_write(
+            self.name,
+            key,
+            value,
+            expected_seq=expected_seq,
+            id=id,
+            causation=causation,
+            valid_time=valid_time,
+            schema_version=schema_version,
+            producer=producer,
+            derivation=derivation,
+            metadata=metadata,
+        )
+        return self._db._commit([prepared])[0]
+
+    def delete(
+        self,
+        key: str,
+        *,
+        expected_seq: int | None = None,
+        id: str | None = None,
+        causation: str | None = None,
+        metadata: dict[str, str] | None = None,
+    ) -> Fact:
+        """Write a tombstone for ``key``; raises NotFoundError if it has no live value."""
+        prepared = prepare_write(
+            self.name,
+            key,
+            None,
+            expected_seq=expected_seq,
+            id=id,
+            causation=causation,
+            metadata=metadata,
+            deleted=True,
+        )
+        return self._db._commit([prepared])[0]
+
+    def read(self, key: str, *, as_of: float | None = None) -> Fact | None:
+        """The latest fact of ``key`` (as of a transaction time), or None if absent/deleted."""
+        return self._db._read(self.name, key, as_of)
+
+    def history(
+        self,
+        key: str,
+        *,
+        since_seq: int = 1,
+        until_seq: int | None = None,
+        limit: int | None = None,
+    ) -> list[Fact]:
+        """Retained facts of ``key`` with ``since_seq <= seq <= until_seq``, by seq."""
+        return self._db._history(self.name, key, since_seq, until_seq, limit)
+
+    def keys(self, prefix: str = "", limit: int | None = None) -> list[str]:
+        """Keys with a live (not deleted) value, sorted, optionally by prefix."""
+        return self._db._keys(self.name, prefix, limit)
+
+
+class Database:
+    """An open database: one directory, one ordered log. Use :func:`kilndb.open`."""
+
+    def __init__(
+        self, path: str | Path, database: str = "default", config: DatabaseConfig | None = None
+    ) -> None:
+        self.name = validate_database_name(database)
+        self.data_dir = Path(path)
+        self.path = self.data_dir / self.name
+        self.config = config or DatabaseConfig()
+        self._log = Log(self.path, self.config)
+        self._stores: dict[str, Store] = {}
+
+    def __repr__(self) -> str:
+        return f"<kilndb.Database {self.name!r} at {str(self.data_dir)!r}>"
+
+    # -- stores ----------------------------------------------------------------------
+
+    def store(self, name: str) -> Store:
+        """The store called ``name`` (created by its first write)."""
+        found = self._stores.get(name)
+        if found is None:
+            found = self._stores.setdefault(name, Store(self, validate_store_name(name)))
+        return found
+
+    def stores(self) -> list[str]:
+        """Names of the stores that hold retained facts, sorted."""
+        log = self._log
+        with log.lock:
+            log.check_open()
+            return sorted(log.keydir.stores)
+
+    # -- writing ---------------------------------------------------------------------
+
+    def write_many(self, writes: Iterable[Write]) -> list[Fact]:
+        """Write a batch atomically: every fact is committed, or none (also across a crash).
+
+        Raises ConflictError (nothing written) if any ``expected_seq`` does not match; the
+        writes of a batch see each other, so a key may appear more than once.
+        """
+        prepared = []
+        for write in writes:
+            if not isinstance(write, Write):
+                raise InvalidArgumentError(
+                    f"write_many takes kilndb.Write objects, not {type(write).__name__}"
+                )
+            prepared.append(
+                prepare_write(
+                    write.store,
+                    write.key,
+                    write.value,
+                    expected_seq=write.expected_seq,
+                    id=write.id,
+                    causation=write.causation,
+                    valid_time=write.valid_time,
+                    schema_version=write.schema_version,
+                    producer=write.producer,
+                    derivation=write.derivation,
+                    metadata=write.metadata,
+                    deleted=write.deleted,
+                )
+            )
+        if not prepared:
+            return []
+        return self._commit(prepared)
+
+    def _commit(self, writes: list[PreparedWrite]) -> list[Fact]:
+        log = self._log
+        keydir = log.keydir
+        # Each result is the position of an already stored fact (idempotent retry) or
+        # the record of a new one.
+        results: list[int | tuple[dict[str, Any], bytes]] = []
+        pending: list[PendingFact] = []
+        with log.lock:
+            log.check_open()
+            # (seq, deleted) of keys this batch has written so far.
+            batch_state: dict[tuple[str, str], tuple[int, bool]] = {}
+            batch_ids: dict[str, int] = {}
+            position = log.next_position
+            for w in writes:
+                if w.id is not None:
+                    existing = batch_ids.get(w.id)
+                    if existing is None:
+                        existing = self._stored_position(w.id)
+                    if existing is not None:
+                        results.append(existing)
+                        continue
+                    batch_ids[w.id] = position
+                slot = (w.store, w.key)
+                state = batch_state.get(slot)
+                if state is None:
+                    latest = keydir.latest(w.store, w.key)
+                    state = (0, False) if latest is None else keydir.seq_of(latest)
+                current, is_deleted = state
+                if w.expected_seq is not None and w.expected_seq != current:
+                    raise ConflictError(w.store, w.key, w.expected_seq, current)
+                if w.deleted and (current == 0 or is_deleted):
+                    raise NotFoundError(f"{w.store}/{w.key} has no value to delete")
+                seq = current + 1
+                batch_state[slot] = (seq, w.deleted)
+                ttime = log.next_ttime()
+                record = w.record(w.id or log.ids_codec.generate(position), seq, position, ttime)
+                pending.append((w.store, w.key, seq, w.deleted, ttime, w.id, _dumps(record)))
+                results.append((record, w.value_json))
+                position += 1
+            last = log.append_locked(pending, batch=len(pending) > 1) if pending else None
+        if last is not None:
+            log.wait_durable(last)
+        facts: list[Fact] = []
+        for item in results:
+            if isinstance(item, tuple):
+                record, value_json = item
+                record["value"] = _loads(value_json)
+                facts.append(fact_from_dict(record))
+            else:
+                facts.append(self._fact_at(item))
+        return facts
+
+    def _stored_position(self, fact_id: str) -> int | None:
+        """Position of the fact already stored under ``fact_id`` (hold the log lock)."""
+        log = self._log
+        position = log.ids.get(fact_id)
+        if position is not None:
+            return position
+        generated = log.ids_codec.position_of(fact_id)
+        if generated is None:
+            return None
+        if generated >= log.next_position:
+            raise InvalidArgumentError(
+                f"id {fact_id!r} has the form of an id this database generates"
+                " and does not name a stored fact"
+            )
+        return generated if log.keydir.is_retained(generated) else None
+
+    # -- reading ---------------------------------------------------------------------
+
+    def _fact_at(self, position: int) -> Fact:
+        body = self._log.read_body(position)
+        if body is None:
+            raise NotFoundError(f"no retained fact at position {position}")
+        return fact_from_dict(_loads(body))
+
+    def _read(self, store: str, key: str, as_of: float | None) -> Fact | None:
+        log = self._log
+        log.check_open()
+        if as_of is not None and (
+            isinstance(as_of, bool) or not isinstance(as_of, int | float)
+        ):
+            raise InvalidArgumentError("as_of must be a transaction time (epoch seconds)")
+        keydir = log.keydir
+        while True:
+            if as_of is None:
+                position = keydir.latest(store, key)
+            else:
+                positions = keydir.positions(store, key)
+                limit = keydir.position_at_time(as_of)
+                index = bisect.bisect_right(positions, limit)
+                position = positions[index - 1] if index else None
+            if position is None:
+                if not isinstance(key, str):
+                    raise InvalidArgumentError(f"key must be a string, not {type(key).__name__}")
+                return None
+            body = log.read_body(position)
+            if body is not None:  # else retention dropped it just now: look again
+                break
+        record = _loads(body)
+        if record["deleted"]:
+            return None
+        return fact_from_dict(record)
+
+    def _history(
+        self,
+        store: str,
+        key: str,
+        since_seq: object,
+        until_seq: object,
+        limit: object,
+    ) -> list[Fact]:
+        log = self._log
+        log.check_open()
+        since = _check_position("since_seq", since_seq)
+        until = None if until_seq is None else _check_position("until_seq", until_seq)
+        wanted = _check_limit(limit)
+        keydir = log.keydir
+        facts: list[Fact] = []
+        for position in keydir.positions(store, key):
+            if wanted is not None and len(facts) >= wanted:
+                break
+            seq = keydir.seq[position - keydir.base] & ~TOMBSTONE
+            if seq < since:
+                continue
+            if until is not None and seq > until:
+                break
+            body = log.read_body(position)
+            if body is not None:
+                facts.append(fact_from_dict(_loads(body)))
+        return facts
+
+    def _keys(self, store: str, prefix: object, limit: object) -> list[str]:
+        if not isinstance(prefix, str):
+            raise InvalidArgumentError("prefix must be a string")
+        wanted = _check_limit(limit)
+        log = self._log
+        keydir = log.keydir
+        seq, base = keydir.seq, keydir.base
+        with log.lock:
+            log.check_open()
+            found = [
+                key
+                for key, position in keydir.iter_keys(store)
+                if key.startswith(prefix) and not seq[position - base] & TOMBSTONE
+            ]
+        found.sort()
+        return found if wanted is None else found[:wanted]
+
+    def replay(
+        self, after: int = 0, stores: Iterable[str] | None = None, limit: int | None = None
+    ) -> Iterator[Fact]:
+        """Retained facts with position > ``after``, in position (commit) order."""
+        start = _check_position("after", after)
+        wanted = _check_limit(limit)
+        chosen = _check_stores(stores)
+        log = self._log
+        log.check_open()
+        return self._replay(start, log.visible, chosen, wanted)
+
+    def _replay(
+        self, after: int, until: int, stores: frozenset[str] | None, limit: int | None
+    ) -> Iterator[Fact]:
+        if limit == 0:
+            return
+        count = 0
+        new = object.__new__
+        for record in self._log.iter_records(after, until, stores):
+            fact: Fact = new(Fact)
+            fact.__dict__.update(record)
+            yield fact
+            count += 1
+            if count == limit:
+                return
+
+    def subscribe(self, stores: Iterable[str] | None = None, after: int = 0) -> Subscription:
+        """Facts after ``after`` (catch-up), then live ones as they commit.
+
+        Raises CursorTooOldError if facts after ``after`` were compacted away (``after=0``
+        always means "from the oldest retained fact").
+        """
+        start = _check_position("after", after)
+        chosen = _check_stores(stores)
+        log = self._log
+        log.check_open()
+        compacted = int(log.meta.get("compacted_through", 0))
+        if 0 < start < compacted:
+            raise CursorTooOldError(start, compacted)
+        return Subscription(log, chosen, start)
+
+    # -- maintenance -----------------------------------------------------------------
+
+    def set_retention(self, store: str, keep: str = "all", max_age: float | None = None) -> None:
+        """Set what compaction keeps of ``store``: ``keep="all"|"latest"``, ``max_age`` s."""
+        self._log.set_retention(validate_store_name(store), Retention(keep=keep, max_age=max_age))
+
+    def retention(self, store: str) -> dict[str, Any]:
+        """The retention policy of ``store``."""
+        return self._log.retention.get(validate_store_name(store), Retention()).to_dict()
+
+    def compact(self) -> dict[str, int]:
+        """Apply retention and reclaim the space of dropped facts now."""
+        return self._log.compact()
+
+    def sync(self) -> None:
+        """Fsync everything written so far (useful with ``sync="none"|"interval"``)."""
+        self._log.sync()
+
+    def stats(self) -> dict[str, Any]:
+        """Counters and sizes of the database."""
+        log = self._log
+        with log.lock:
+            log.check_open()
+            keydir = log.keydir
+            files = list(log.files.values())
+            stats: dict[str, Any] = {
+                "database": self.name,
+                "database_id": log.database_id,
+                "path": str(self.path),
+                "sync": self.config.sync,
+                "last_position": log.next_position - 1,
+                "durable_position": log.commit.durable,
+                "facts": keydir.facts,
+                "keys": sum(len(keys) for keys in keydir.stores.values()),
+                "stores": len(keydir.stores),
+                "files": len(files),
+                "active_file": log.active.file_id,
+                "data_bytes": sum(f.size for f in files),
+                "dead_bytes": sum(f.dead_bytes for f in files),
+                "fsyncs": log.commit.fsyncs,
+                "subscribers": log.subscribers,
+                "compacted_through": log.meta.get("compacted_through", 0),
+                "torn_tails_cut": len(log.torn_tails),
+                **log.stats_counters,
+            }
+        return stats
+
+    def close(self) -> None:
+        """Flush, write hint files and release the database. Idempotent."""
+        self._log.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._log.closed
+
+    def __enter__(self) -> Database:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

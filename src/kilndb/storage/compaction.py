@@ -1,0 +1,130 @@
+"""Compaction: rewrite sealed data files without the facts retention dropped.
+
+Theory of operation
+-------------------
+For each sealed file holding dead bytes, the retained frames are copied verbatim (each
+CRC checked on the way) behind a fresh copy of the file header into
+``NNNNNNNN.log.compact``, which is fsynced. Then, holding the log lock only for the
+swap, the keydir entries are pointed at their new offsets, the old hint is removed, the
+new file is renamed over the old one (atomic) and the directory fsynced. A new hint is
+written afterwards; a crash before it exists only costs a scan at the next open. A file
+left with no retained fact is deleted outright (its header's only job, keeping positions
+from being reused, is done by the next file's header).
+
+Readers that looked a fact up before the swap keep reading the old file through their
+open descriptor. Facts that retention drops while the copy runs are carried over as dead
+bytes and reclaimed by the next compaction.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+import orjson
+
+from kilndb.codec import encode_frame
+from kilndb.errors import CorruptRecordError
+from kilndb.storage.datafile import DataFile, data_path, hint_path
+from kilndb.storage.hint import Hint, write_hint
+from kilndb.storage.keydir import OFFSET_BITS, OFFSET_MASK, TOMBSTONE
+from kilndb.storage.records import file_header
+
+if TYPE_CHECKING:
+    from kilndb.storage.log import Log
+
+__all__ = ["compact_sealed"]
+
+
+def compact_sealed(log: Log) -> dict[str, int]:
+    """Compact every sealed file with dead bytes; return what was done."""
+    done = {"files_compacted": 0, "files_removed": 0, "bytes_reclaimed": 0}
+    with log.lock:
+        candidates = [
+            f.file_id for f in log.files.values() if f is not log.active and f.dead_bytes > 0
+        ]
+    for file_id in candidates:
+        before, after = _compact_file(log, file_id)
+        done["files_compacted" if after else "files_removed"] += 1
+        done["bytes_reclaimed"] += before - after
+    if candidates:
+        log.stats_counters["compactions"] += 1
+    return done
+
+
+def _compact_file(log: Log, file_id: int) -> tuple[int, int]:
+    keydir = log.keydir
+    with log.lock:
+        old = log.files[file_id]
+        first = log.first_positions[file_id]
+        later = [f for f in log.files if f > file_id]
+        end = log.first_positions[min(later)] if later else log.next_position
+        prefix = file_id << OFFSET_BITS
+        live = []
+        dropped_max = 0
+        for position in range(first, end):
+            packed = keydir.loc[position - keydir.base]
+            if packed >> OFFSET_BITS == file_id:
+                live.append((position, packed & OFFSET_MASK, keydir.size[position - keydir.base]))
+            elif not packed:
+                dropped_max = position
+    directory = log.directory
+    before = old.size
+    if not live:
+        with log.lock:
+            del log.files[file_id]
+            del log.first_positions[file_id]
+            hint_path(directory, file_id).unlink(missing_ok=True)
+            old.path.unlink()
+            log.fsync_directory()
+        log.record_compacted(dropped_max)
+        return before, 0
+
+    temporary = data_path(directory, file_id).with_name(f"{file_id:08d}.log.compact")
+    fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    new = DataFile(temporary, file_id, fd, 0, 0)
+    hint = Hint(file_id, 0)
+    moved: list[tuple[int, int]] = []
+    try:
+        new.append(encode_frame(file_header(file_id, first, log.database_id)))
+        for position, offset, size in live:
+            frame = old.pread(offset, size)
+            body = frame[4:-4]
+            if len(frame) != size or encode_frame(body) != frame:
+                raise CorruptRecordError(str(old.path), offset)
+            new_offset = new.append(frame)
+            moved.append((position, new_offset))
+            record = orjson.loads(body)
+            fact_id = record["id"]
+            hint.add(
+                position,
+                new_offset,
+                size,
+                record["seq"] | (TOMBSTONE if record["deleted"] else 0),
+                record["transaction_time"],
+                record["store"],
+                record["key"],
+                None if log.ids_codec.position_of(fact_id) == position else fact_id,
+            )
+        new.seal()
+    except BaseException:
+        new.close()
+        temporary.unlink(missing_ok=True)
+        raise
+    hint.data_size = new.size
+    final = data_path(directory, file_id)
+    with log.lock:
+        for position, new_offset in moved:
+            index = position - keydir.base
+            if keydir.loc[index] == prefix | (keydir.loc[index] & OFFSET_MASK):
+                keydir.relocate(position, file_id, new_offset)
+            else:  # dropped while we copied: dead in the new file too
+                new.dead_bytes += keydir.size[index]
+        hint_path(directory, file_id).unlink(missing_ok=True)
+        os.replace(temporary, final)
+        new.path = final
+        log.fsync_directory()
+        log.files[file_id] = new
+    write_hint(hint_path(directory, file_id), hint)
+    log.record_compacted(dropped_max)
+    return before, new.size

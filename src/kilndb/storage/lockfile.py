@@ -1,0 +1,44 @@
+"""``LOCK``: one process at a time per database directory.
+
+The lock is an ``flock`` on ``LOCK``, so the kernel releases it when the process dies,
+however it dies; the file also records the holder's pid for the error message. A stale
+``LOCK`` file left by a killed process is therefore harmless.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+
+from kilndb.errors import DatabaseLockedError, StorageError
+
+__all__ = ["DatabaseLock"]
+
+
+class DatabaseLock:
+    __slots__ = ("_fd", "path")
+
+    def __init__(self, directory: Path) -> None:
+        self.path = directory / "LOCK"
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise StorageError(f"could not open {self.path}: {exc.strerror}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise DatabaseLockedError(
+                f"database {directory} is already open in another process (pid {holder})"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd: int | None = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None

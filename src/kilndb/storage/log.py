@@ -1,0 +1,448 @@
+"""The log: a database directory's data files, keydir and durability, behind one lock.
+
+Theory of operation
+-------------------
+:class:`Log` owns everything under ``DATA_DIR/<database>/``. One ``threading.Lock``
+(``log.lock``) orders appends: a caller computes a fact's seq, position and transaction
+time *and* appends its frame while holding it, so commit order, position order and file
+order are the same thing. Reads take the lock only to look a position up; the ``pread``
+happens outside it, on a :class:`DataFile` reference that stays valid even if compaction
+swaps the file meanwhile.
+
+Durability is applied after the lock is released (:meth:`Log.wait_durable`), so that
+concurrent writers can share an fsync (:mod:`kilndb.storage.group_commit`).
+
+Background work — hint files for sealed data files and automatic compaction — runs on
+one maintenance thread, serialised with on-demand compaction by ``_maintenance``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import struct
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from kilndb.codec import encode_frame
+from kilndb.config import DatabaseConfig
+from kilndb.errors import ClosedError, CorruptRecordError, InvalidArgumentError, StorageError
+from kilndb.storage.datafile import DataFile, fsync_directory, hint_path
+from kilndb.storage.group_commit import GroupCommit
+from kilndb.storage.hint import Hint, write_hint
+from kilndb.storage.ids import IdCodec
+from kilndb.storage.keydir import OFFSET_BITS, TOMBSTONE, KeyDir
+from kilndb.storage.lockfile import DatabaseLock
+from kilndb.storage.meta import load_or_create_meta, write_meta
+from kilndb.storage.records import FACT_PREFIX, batch_header
+from kilndb.storage.recovery import recover, write_header
+from kilndb.storage.retention import Retention
+
+__all__ = ["Log", "PendingFact"]
+
+log = logging.getLogger("kilndb.storage")
+
+#: What an append needs to know of each fact besides its body:
+#: (store, key, seq, deleted, transaction_time, client-supplied id or None, body)
+PendingFact = tuple[str, str, int, bool, float, str | None, bytes]
+
+_crc32 = zlib.crc32
+_unpack_u32 = struct.Struct(">I").unpack_from
+
+
+class Log:
+    def __init__(self, directory: Path, config: DatabaseConfig) -> None:
+        self.directory = directory
+        self.config = config
+        directory.mkdir(parents=True, exist_ok=True)
+        self._dir_lock = DatabaseLock(directory)
+        try:
+            self.meta = load_or_create_meta(directory)
+            self.database_id: str = self.meta["database_id"]
+            self.ids_codec = IdCodec(self.database_id)
+            recovered = recover(directory, self.database_id, self.ids_codec)
+        except BaseException:
+            self._dir_lock.release()
+            raise
+        self.keydir: KeyDir = recovered.keydir
+        #: Client-supplied fact id -> position.
+        self.ids: dict[str, int] = recovered.ids
+        self.files: dict[int, DataFile] = recovered.files
+        self.first_positions: dict[int, int] = recovered.first_positions
+        self.torn_tails = recovered.torn
+        self.active: DataFile = self.files[max(self.files)]
+        self.retention: dict[str, Retention] = {
+            store: Retention.from_dict(policy) for store, policy in self.meta["retention"].items()
+        }
+        self.lock = threading.Lock()
+        self.closed = False
+        self.last_ttime = recovered.last_ttime
+        self.next_position = self.keydir.last_position + 1
+        #: Highest position written to the active file (visible to readers).
+        self.written = self.next_position - 1
+        self.commit = GroupCommit(self._sync_snapshot, self.written)
+        #: Notified whenever new facts become visible to changefeed subscribers.
+        self.visible_cond = threading.Condition(threading.Lock())
+        self.visible = self.written
+        self.subscribers = 0
+        self.stats_counters = {"writes": 0, "facts_written": 0, "compactions": 0, "rotations": 0}
+        self._maintenance = threading.Lock()
+        self._tasks: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._worker = threading.Thread(
+            target=self._run_tasks, name=f"kilndb-maintenance-{directory.name}", daemon=True
+        )
+        self._worker.start()
+        self._stop_interval = threading.Event()
+        self._interval_thread: threading.Thread | None = None
+        if config.sync == "interval":
+            self._interval_thread = threading.Thread(
+                target=self._run_interval_sync, name=f"kilndb-sync-{directory.name}", daemon=True
+            )
+            self._interval_thread.start()
+        for store, policy in self.retention.items():
+            if policy.keep == "latest":
+                self._drop_superseded(store)
+
+    # -- appending -------------------------------------------------------------------
+
+    def check_open(self) -> None:
+        if self.closed:
+            raise ClosedError(f"database {self.directory} is closed")
+        failure = self.commit.failure
+        if failure is not None:
+            raise failure
+
+    def next_ttime(self) -> float:
+        """A transaction time that never decreases within the database (hold the lock)."""
+        now = time.time()
+        if now < self.last_ttime:
+            now = self.last_ttime
+        self.last_ttime = now
+        return now
+
+    def append_locked(self, facts: list[PendingFact], batch: bool) -> int:
+        """Append facts at positions ``next_position …``; return the last one (hold the lock).
+
+        With ``batch`` the facts are preceded by a batch header, so that recovery applies
+        all of them or none.
+        """
+        first = self.next_position
+        frames = []
+        if batch:
+            frames.append(encode_frame(batch_header(len(facts), first)))
+        for fact in facts:
+            frames.append(encode_frame(fact[6]))
+        data = b"".join(frames) if len(frames) > 1 else frames[0]
+        if len(data) > self.config.max_record_bytes:
+            raise InvalidArgumentError(
+                f"record of {len(data)} bytes exceeds max_record_bytes"
+                f" ({self.config.max_record_bytes})"
+            )
+        active = self.active
+        if active.size + len(data) > self.config.max_file_size and self._has_facts(active):
+            self._rotate_locked()
+            active = self.active
+        offset = active.append(data)
+        file_id = active.file_id
+        keydir = self.keydir
+        if batch:
+            offset += len(frames[0])
+            frames = frames[1:]
+        position = first
+        for (store, key, seq, deleted, ttime, explicit_id, _), frame in zip(
+            facts, frames, strict=True
+        ):
+            previous = keydir.latest(store, key) if store in self.retention else None
+            keydir.add(store, key, position, file_id, offset, len(frame), seq, deleted, ttime)
+            if explicit_id is not None:
+                self.ids[explicit_id] = position
+            if previous is not None and self.retention[store].keep == "latest":
+                self._mark_dead(keydir.drop(store, key, (previous,)))
+            offset += len(frame)
+            position += 1
+        self.next_position = position
+        self.written = position - 1
+        counters = self.stats_counters
+        counters["writes"] += 1
+        counters["facts_written"] += len(facts)
+        if self.config.sync != "always":
+            self.publish(self.written)
+        return self.written
+
+    def wait_durable(self, position: int) -> None:
+        """Apply the sync policy to a write that ended at ``position`` (lock released)."""
+        if self.config.sync == "always":
+            self.commit.wait_durable(position)
+            self.publish(position)
+
+    def publish(self, position: int) -> None:
+        """Make facts up to ``position`` visible to changefeed subscribers."""
+        if position > self.visible:
+            with self.visible_cond:
+                if position > self.visible:
+                    self.visible = position
+                    if self.subscribers:
+                        self.visible_cond.notify_all()
+
+    def _sync_snapshot(self) -> tuple[int, int]:
+        with self.lock:
+            if self.active.closed:
+                raise ClosedError(f"database {self.directory} is closed")
+            return os.dup(self.active.fd), self.written
+
+    def _has_facts(self, datafile: DataFile) -> bool:
+        first = self.first_positions[datafile.file_id]
+        return self.next_position > first
+
+    def _rotate_locked(self) -> None:
+        sealed = self.active
+        sealed.seal()
+        self.commit.mark_durable(self.written)
+        self.publish(self.written)
+        file_id = sealed.file_id + 1
+        datafile = DataFile.create(self.directory, file_id)
+        write_header(datafile, self.next_position, self.database_id)
+        self.files[file_id] = datafile
+        self.first_positions[file_id] = self.next_position
+        self.active = datafile
+        self.stats_counters["rotations"] += 1
+        self._tasks.put(lambda: self._write_hint_for(sealed.file_id))
+        if self.config.auto_compact:
+            self._tasks.put(self._auto_compact)
+
+    def rotate(self) -> None:
+        """Seal the active file now if it holds any fact."""
+        with self.lock:
+            self.check_open()
+            if self._has_facts(self.active):
+                self._rotate_locked()
+
+    # -- reading ---------------------------------------------------------------------
+
+    def read_body(self, position: int) -> bytes | None:
+        """The body of a retained fact, or ``None``; raises CorruptRecordError on damage."""
+        with self.lock:
+            location = self.keydir.location(position)
+            if location is None:
+                return None
+            datafile = self.files[location[0]]
+        return self._read_frame(datafile, location[1], location[2])
+
+    def _read_frame(self, datafile: DataFile, offset: int, size: int) -> bytes:
+        frame = datafile.pread(offset, size)
+        if len(frame) == size and size > 8:
+            (length,) = _unpack_u32(frame, 0)
+            body = frame[4:-4]
+            if length == size - 8 and _crc32(body) == _unpack_u32(frame, size - 4)[0]:
+                return body
+        raise CorruptRecordError(str(datafile.path), offset)
+
+    def iter_records(
+        self, after: int, until: int, stores: frozenset[str] | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """Retained facts with ``after < position <= until``, as dicts, in position order."""
+        keydir = self.keydir
+        loc = keydir.loc
+        last = after
+        while last < until:
+            with self.lock:
+                start = keydir.first_retained_at_or_after(last + 1)
+                if start is None or start > until:
+                    return
+                file_id, offset, _ = keydir.location(start)  # type: ignore[misc]
+                datafile = self.files[file_id]
+                end = datafile.size
+            base = keydir.base
+            reader = datafile.frames(offset, end)
+            loads = orjson.loads
+            for _, body in reader:
+                if not body.startswith(FACT_PREFIX):
+                    continue
+                record = loads(body)
+                position = record["position"]
+                if position <= last:
+                    continue
+                if position > until:
+                    return
+                last = position
+                if not loc[position - base]:
+                    continue
+                if stores is None or record["store"] in stores:
+                    yield record
+            if reader.stop_reason not in (None, "end-marker"):
+                raise CorruptRecordError(str(datafile.path), reader.stop_offset)
+            with self.lock:
+                later = [f for f in self.files if f > file_id]
+                if not later:
+                    return
+                # Skip to the first position of the next file.
+                last = max(last, self.first_positions[min(later)] - 1)
+
+    # -- retention -------------------------------------------------------------------
+
+    def set_retention(self, store: str, policy: Retention) -> None:
+        with self.lock:
+            self.check_open()
+            if policy.is_default:
+                self.retention.pop(store, None)
+            else:
+                self.retention[store] = policy
+            self.meta["retention"] = {s: p.to_dict() for s, p in self.retention.items()}
+            write_meta(self.directory, self.meta)
+            if policy.keep == "latest":
+                self._drop_superseded(store)
+
+    def _drop_superseded(self, store: str) -> None:
+        keydir = self.keydir
+        for key, entry in list(keydir.stores.get(store, {}).items()):
+            if type(entry) is not int:
+                self._mark_dead(keydir.drop(store, key, entry[:-1]))  # type: ignore[index]
+
+    def _drop_aged(self, store: str, max_age: float) -> None:
+        keydir = self.keydir
+        horizon = time.time() - max_age
+        ttime, base = keydir.ttime, keydir.base
+        for key, entry in list(keydir.stores.get(store, {}).items()):
+            if type(entry) is int:
+                continue
+            old = [p for p in entry[:-1] if ttime[p - base] < horizon]  # type: ignore[index]
+            if old:
+                self._mark_dead(keydir.drop(store, key, old))
+
+    def _mark_dead(self, freed: list[tuple[int, int]]) -> None:
+        for file_id, size in freed:
+            datafile = self.files.get(file_id)
+            if datafile is not None:
+                datafile.dead_bytes += size
+
+    # -- maintenance -----------------------------------------------------------------
+
+    def _run_tasks(self) -> None:
+        while (task := self._tasks.get()) is not None:
+            try:
+                task()
+            except ClosedError:
+                pass
+            except Exception:
+                log.exception("background maintenance of %s failed", self.directory)
+
+    def _run_interval_sync(self) -> None:
+        interval = self.config.sync_interval_ms / 1000
+        while not self._stop_interval.wait(interval):
+            if self.written > self.commit.durable:
+                try:
+                    self.commit.sync_now()
+                except ClosedError:
+                    return
+                except StorageError:
+                    log.exception("interval fsync of %s failed", self.directory)
+                    return
+                self.publish(self.commit.durable)
+
+    def build_hint(self, datafile: DataFile) -> Hint:
+        """A hint for the retained facts of ``datafile`` (scans the file)."""
+        hint = Hint(datafile.file_id, datafile.size)
+        keydir, codec = self.keydir, self.ids_codec
+        expected_prefix = datafile.file_id << OFFSET_BITS
+        for offset, body in datafile.frames():
+            if not body.startswith(FACT_PREFIX):
+                continue
+            record = orjson.loads(body)
+            position = record["position"]
+            index = position - keydir.base
+            if keydir.loc[index] != expected_prefix | offset:
+                continue
+            fact_id = record["id"]
+            raw_seq = record["seq"] | (TOMBSTONE if record["deleted"] else 0)
+            hint.add(
+                position,
+                offset,
+                len(body) + 8,
+                raw_seq,
+                record["transaction_time"],
+                record["store"],
+                record["key"],
+                None if codec.position_of(fact_id) == position else fact_id,
+            )
+        return hint
+
+    def _write_hint_for(self, file_id: int) -> None:
+        with self._maintenance:
+            datafile = self.files.get(file_id)
+            if datafile is None or datafile is self.active:
+                return
+            write_hint(hint_path(self.directory, file_id), self.build_hint(datafile))
+
+    def _auto_compact(self) -> None:
+        from kilndb.storage.compaction import compact_sealed
+
+        self.apply_age_retention()
+        with self.lock:
+            sealed = [f for f in self.files.values() if f is not self.active]
+        total = sum(f.size for f in sealed)
+        dead = sum(f.dead_bytes for f in sealed)
+        if total and dead / total >= self.config.compaction_threshold:
+            with self._maintenance:
+                compact_sealed(self)
+
+    def apply_age_retention(self) -> None:
+        with self.lock:
+            self.check_open()
+            for store, policy in self.retention.items():
+                if policy.max_age is not None:
+                    self._drop_aged(store, policy.max_age)
+
+    def compact(self) -> dict[str, int]:
+        """Apply retention, seal the active file and rewrite sealed files with dead bytes."""
+        from kilndb.storage.compaction import compact_sealed
+
+        self.apply_age_retention()
+        self.rotate()
+        with self._maintenance:
+            return compact_sealed(self)
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def sync(self) -> None:
+        self.check_open()
+        self.commit.sync_now()
+        self.publish(self.commit.durable)
+
+    def close(self) -> None:
+        with self.lock:
+            if self.closed:
+                return
+            self.closed = True
+        self._stop_interval.set()
+        if self._interval_thread is not None:
+            self._interval_thread.join()
+        self._tasks.put(None)
+        self._worker.join()
+        with self.visible_cond:
+            self.visible_cond.notify_all()
+        try:
+            with self._maintenance, self.lock:
+                active = self.active
+                if self.commit.failure is None:
+                    active.seal()
+                    if self._has_facts(active):
+                        write_hint(hint_path(self.directory, active.file_id), self.build_hint(active))
+                for datafile in self.files.values():
+                    datafile.close()
+        finally:
+            self._dir_lock.release()
+
+    def record_compacted(self, position: int) -> None:
+        if position > self.meta.get("compacted_through", 0):
+            self.meta["compacted_through"] = position
+            write_meta(self.directory, self.meta)
+
+    def fsync_directory(self) -> None:
+        fsync_directory(self.directory)

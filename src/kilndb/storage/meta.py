@@ -1,0 +1,69 @@
+"""``META``: the database's identity and durable settings, as one JSON document.
+
+Fields: ``format`` (on-disk format version, currently 1), ``database_id`` (UUID, fixed
+at creation; replication keeps it equal on leader and followers), ``created_at`` (epoch
+seconds), ``epochs`` (leader epoch history, a list of ``{"epoch", "start_position"}``),
+``retention`` (per-store retention policies) and ``compacted_through`` (the highest
+position compaction has removed; cursors below it are too old for a changefeed).
+
+``META`` is replaced atomically: written to ``META.tmp``, fsynced, renamed, and the
+directory fsynced.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from kilndb.errors import StorageError
+from kilndb.storage.datafile import fsync_directory
+
+__all__ = ["FORMAT_VERSION", "load_or_create_meta", "write_meta"]
+
+FORMAT_VERSION = 1
+
+
+def write_meta(directory: Path, meta: dict[str, Any]) -> None:
+    path = directory / "META"
+    temporary = directory / "META.tmp"
+    data = orjson.dumps(meta, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n"
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(temporary, path)
+    fsync_directory(directory)
+
+
+def load_or_create_meta(directory: Path) -> dict[str, Any]:
+    path = directory / "META"
+    try:
+        meta: dict[str, Any] = orjson.loads(path.read_bytes())
+    except FileNotFoundError:
+        meta = {
+            "format": FORMAT_VERSION,
+            "database_id": str(uuid.uuid4()),
+            "created_at": time.time(),
+            "epochs": [{"epoch": 0, "start_position": 1}],
+            "retention": {},
+            "compacted_through": 0,
+        }
+        write_meta(directory, meta)
+        return meta
+    except (OSError, orjson.JSONDecodeError) as exc:
+        raise StorageError(f"cannot read {path}: {exc}") from exc
+    if meta.get("format") != FORMAT_VERSION:
+        raise StorageError(
+            f"{path}: on-disk format {meta.get('format')!r} is not supported"
+            f" (this KilnDB reads format {FORMAT_VERSION})"
+        )
+    meta.setdefault("retention", {})
+    meta.setdefault("compacted_through", 0)
+    return meta

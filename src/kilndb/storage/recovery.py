@@ -1,0 +1,239 @@
+"""Opening a database directory: rebuild the keydir from hints and data files.
+
+Theory of operation
+-------------------
+Data files are loaded in id order. A sealed file is loaded from its hint when the hint
+matches, else by scanning its frames; any damage in a sealed file is corruption and
+raises :class:`CorruptRecordError` with the file and offset (``kiln check --fix``
+repairs it). The newest file is the one a crash can leave torn: it is scanned (unless a
+clean close left a matching hint) and cut at the first frame that is short, fails its
+CRC or belongs to a batch whose frames did not all arrive. The bytes cut off are kept
+beside the file as ``NNNNNNNN.log.torn-OFFSET`` (never silently destroyed), and a
+warning names the file, the offset and how much was dropped. Nothing acknowledged can be
+in a torn tail: an acknowledgement follows the write (and, with ``sync="always"``, the
+fsync) of the whole frame.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+
+from kilndb.codec import encode_frame
+from kilndb.errors import CorruptRecordError
+from kilndb.storage.datafile import (
+    DataFile,
+    FrameReader,
+    data_path,
+    fsync_directory,
+    hint_path,
+    list_data_files,
+)
+from kilndb.storage.hint import read_hint
+from kilndb.storage.ids import IdCodec
+from kilndb.storage.keydir import KeyDir
+from kilndb.storage.records import BATCH_PREFIX, FACT_PREFIX, FILE_PREFIX, file_header
+
+__all__ = ["Recovered", "recover", "write_header"]
+
+log = logging.getLogger("kilndb.storage")
+
+_LEFTOVER_SUFFIXES = (".tmp", ".compact")
+
+
+@dataclass
+class Recovered:
+    keydir: KeyDir
+    ids: dict[str, int]
+    files: dict[int, DataFile]
+    first_positions: dict[int, int]
+    last_ttime: float = 0.0
+    torn: list[tuple[str, int, int]] = field(default_factory=list)
+
+
+def _header_of(datafile: DataFile) -> tuple[int, int] | None:
+    """``(first_position, end_offset)`` of a data file's header frame, if intact."""
+    reader = datafile.frames(0, datafile.size)
+    for offset, body in reader:
+        if not body.startswith(FILE_PREFIX):
+            return None
+        try:
+            header = orjson.loads(body)
+            return int(header["first_position"]), offset + 8 + len(body)
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            return None
+    return None
+
+
+class _Scan:
+    """Index the frames of one data file; remembers where a clean prefix ends."""
+
+    def __init__(self, result: Recovered, codec: IdCodec, datafile: DataFile) -> None:
+        self.result = result
+        self.codec = codec
+        self.datafile = datafile
+        self.good_end = 0
+        self.bad_offset: int | None = None
+
+    def run(self, start: int, end: int) -> None:
+        datafile, keydir, ids, codec = self.datafile, self.result.keydir, self.result.ids, self.codec
+        file_id = datafile.file_id
+        reader = datafile.frames(start, end)
+        pending: list[tuple[int, int, dict[str, object]]] = []
+        expected = 0
+        batch_offset = start
+        self.good_end = start
+        for offset, body in reader:
+            try:
+                record = orjson.loads(body)
+                if body.startswith(FACT_PREFIX):
+                    position = record["position"]
+                    if pending or expected:
+                        pending.append((offset, len(body) + 8, record))
+                        if len(pending) < expected:
+                            continue
+                        batch = pending
+                        pending, expected = [], 0
+                    else:
+                        batch = [(offset, len(body) + 8, record)]
+                    for frame_offset, frame_size, fact in batch:
+                        position = fact["position"]
+                        if position <= keydir.last_position:
+                            raise ValueError("position out of order")
+                        keydir.add(
+                            fact["store"],  # type: ignore[arg-type]
+                            fact["key"],  # type: ignore[arg-type]
+                            position,  # type: ignore[arg-type]
+                            file_id,
+                            frame_offset,
+                            frame_size,
+                            fact["seq"],  # type: ignore[arg-type]
+                            bool(fact["deleted"]),
+                            fact["transaction_time"],  # type: ignore[arg-type]
+                        )
+                        fact_id = fact["id"]
+                        if codec.position_of(fact_id) != position:  # type: ignore[arg-type]
+                            ids[fact_id] = position  # type: ignore[index, assignment]
+                        self.result.last_ttime = fact["transaction_time"]  # type: ignore[assignment]
+                    self.good_end = offset + len(body) + 8
+                elif body.startswith(BATCH_PREFIX):
+                    if pending or expected:
+                        raise ValueError("batch header inside a batch")
+                    expected = int(record["batch"])
+                    batch_offset = offset
+                else:
+                    raise ValueError("unknown record kind")
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+                self.bad_offset = offset if not expected else batch_offset
+                return
+        if expected:
+            self.bad_offset = batch_offset
+        elif reader.stop_reason not in (None, "end-marker"):
+            self.bad_offset = reader.stop_offset
+        elif reader.stop_reason == "end-marker" and _has_data_after(datafile, self.good_end, end):
+            self.bad_offset = self.good_end
+
+
+def _has_data_after(datafile: DataFile, offset: int, end: int) -> bool:
+    while offset < end:
+        chunk = datafile.pread(offset, min(1 << 20, end - offset))
+        if not chunk:
+            return False
+        if chunk.strip(b"\0"):
+            return True
+        offset += len(chunk)
+    return False
+
+
+def _cut_torn_tail(datafile: DataFile, offset: int, result: Recovered) -> None:
+    tail = datafile.pread(offset, datafile.allocated - offset).rstrip(b"\0")
+    if tail:
+        keep = datafile.path.with_name(f"{datafile.path.name}.torn-{offset}")
+        keep.write_bytes(tail)
+    os.ftruncate(datafile.fd, offset)
+    os.fsync(datafile.fd)
+    fsync_directory(datafile.path.parent)
+    datafile.size = datafile.allocated = offset
+    result.torn.append((str(datafile.path), offset, len(tail)))
+    log.warning(
+        "torn tail cut from %s at offset %d (%d bytes of unacknowledged data dropped%s)",
+        datafile.path,
+        offset,
+        len(tail),
+        f", kept in {datafile.path.name}.torn-{offset}" if tail else "",
+        extra={"path": str(datafile.path), "offset": offset, "dropped_bytes": len(tail)},
+    )
+
+
+def write_header(datafile: DataFile, first_position: int, database_id: str) -> int:
+    """Write the header frame of an empty data file and make it durable."""
+    datafile.size = 0
+    datafile.append(encode_frame(file_header(datafile.file_id, first_position, database_id)))
+    datafile.sync()
+    return datafile.size
+
+
+def recover(directory: Path, database_id: str, codec: IdCodec) -> Recovered:
+    """Load every data file of ``directory``; the newest one is left open for appends."""
+    for entry in directory.iterdir():
+        if entry.name.endswith(_LEFTOVER_SUFFIXES):
+            entry.unlink()
+    file_ids = list_data_files(directory)
+    if not file_ids:
+        datafile = DataFile.create(directory, 1)
+        write_header(datafile, 1, database_id)
+        return Recovered(KeyDir(1), {}, {1: datafile}, {1: 1})
+    result: Recovered | None = None
+    for index, file_id in enumerate(file_ids):
+        is_last = index == len(file_ids) - 1
+        datafile = DataFile.open(data_path(directory, file_id), file_id, writable=is_last)
+        header = _header_of(datafile)
+        if header is None:
+            if not is_last:
+                raise CorruptRecordError(str(datafile.path), 0, f"{datafile.path}: bad file header")
+            # The header is made durable before anything is appended, so a newest file
+            # without one holds nothing acknowledged: keep its bytes aside, start it anew.
+            first = 1 if result is None else result.keydir.last_position + 1
+            if result is None:
+                result = Recovered(KeyDir(first), {}, {}, {})
+            _cut_torn_tail(datafile, 0, result)
+            header = (first, write_header(datafile, first, database_id))
+        first_position, start = header
+        if result is None:
+            result = Recovered(KeyDir(first_position), {}, {}, {})
+        result.keydir.pad_to(first_position - 1)
+        result.files[file_id] = datafile
+        result.first_positions[file_id] = first_position
+        hint = read_hint(hint_path(directory, file_id), file_id, datafile.size)
+        if hint is not None:
+            result.keydir.load_columns(
+                file_id,
+                hint.position,
+                hint.offset,
+                hint.size,
+                hint.seq,
+                hint.ttime,
+                hint.store,
+                hint.stores,
+                hint.keys,
+            )
+            if len(hint):
+                result.last_ttime = max(result.last_ttime, hint.ttime[-1])
+            result.ids.update({fact_id: position for position, fact_id in hint.ids.items()})
+            if is_last:
+                hint_path(directory, file_id).unlink()
+            continue
+        scan = _Scan(result, codec, datafile)
+        scan.run(start, datafile.size)
+        if scan.bad_offset is not None:
+            if not is_last:
+                raise CorruptRecordError(str(datafile.path), scan.bad_offset)
+            _cut_torn_tail(datafile, scan.bad_offset, result)
+        elif is_last:
+            datafile.size = scan.good_end
+    assert result is not None
+    return result
