@@ -75,7 +75,7 @@ __all__ = [
 ]
 
 
-def open(  # noqa: A001 - the public name mirrors sqlite3.connect / dbm.open style
+def open(
     path: str | Path = "./data",
     database: str = "default",
     *,

@@ -96,8 +96,7 @@ class ConflictError(KilnError):
 
     def __init__(self, store: str, key: str, expected: int, actual: int, message: str = "") -> None:
         super().__init__(
-            message
-            or f"conflict on {store}/{key}: expected seq {expected}, actual seq {actual}"
+            message or f"conflict on {store}/{key}: expected seq {expected}, actual seq {actual}"
         )
         self.store = store
         self.key = key

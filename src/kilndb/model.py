@@ -107,9 +107,7 @@ class Write:
 def validate_database_name(name: object) -> str:
     """Return ``name`` if it is a valid database name, else raise InvalidArgumentError."""
     if not isinstance(name, str) or not DATABASE_NAME.fullmatch(name):
-        raise InvalidArgumentError(
-            f"invalid database name {name!r}: use 1-64 of A-Z a-z 0-9 _ . -"
-        )
+        raise InvalidArgumentError(f"invalid database name {name!r}: use 1-64 of A-Z a-z 0-9 _ . -")
     if name in (".", ".."):
         raise InvalidArgumentError(f"invalid database name {name!r}")
     return name

@@ -36,13 +36,13 @@ _dumps = orjson.dumps
 
 
 def _check_limit(limit: object) -> int | None:
-    if limit is not None and (type(limit) is not int or limit < 0):  # noqa: E721
+    if limit is not None and (type(limit) is not int or limit < 0):
         raise InvalidArgumentError("limit must be a non-negative integer or None")
     return limit
 
 
 def _check_position(name: str, value: object) -> int:
-    if type(value) is not int or value < 0:  # noqa: E721
+    if type(value) is not int or value < 0:
         raise InvalidArgumentError(f"{name} must be a non-negative integer")
     return value
 
@@ -289,9 +289,7 @@ class Database:
     def _read(self, store: str, key: str, as_of: float | None) -> Fact | None:
         log = self._log
         log.check_open()
-        if as_of is not None and (
-            isinstance(as_of, bool) or not isinstance(as_of, int | float)
-        ):
+        if as_of is not None and (isinstance(as_of, bool) or not isinstance(as_of, int | float)):
             raise InvalidArgumentError("as_of must be a transaction time (epoch seconds)")
         keydir = log.keydir
         while True:
@@ -375,13 +373,11 @@ class Database:
     ) -> Iterator[Fact]:
         if limit == 0:
             return
-        count = 0
         new = object.__new__
-        for record in self._log.iter_records(after, until, stores):
+        for count, record in enumerate(self._log.iter_records(after, until, stores), 1):
             fact: Fact = new(Fact)
             fact.__dict__.update(record)
             yield fact
-            count += 1
             if count == limit:
                 return
 

@@ -14,7 +14,13 @@ from typing import Any
 import orjson
 
 from kilndb.errors import InvalidArgumentError
-from kilndb.model import MAX_ID_LENGTH, canonical_json, validate_key, validate_store_name, value_hash
+from kilndb.model import (
+    MAX_ID_LENGTH,
+    canonical_json,
+    validate_key,
+    validate_store_name,
+    value_hash,
+)
 
 __all__ = ["PreparedWrite", "prepare_write"]
 
@@ -105,9 +111,7 @@ def prepare_write(
     else:
         value_json = canonical_json(value)
         hashed = value_hash(value_json)
-    if expected_seq is not None and (
-        type(expected_seq) is not int or expected_seq < 0  # noqa: E721 - bool is not a seq
-    ):
+    if expected_seq is not None and (type(expected_seq) is not int or expected_seq < 0):
         raise InvalidArgumentError("expected_seq must be a non-negative integer or None")
     if valid_time is not None:
         if isinstance(valid_time, bool) or not isinstance(valid_time, int | float):
@@ -115,7 +119,7 @@ def prepare_write(
         if not math.isfinite(valid_time):
             raise InvalidArgumentError("valid_time must be finite")
         valid_time = float(valid_time)
-    if type(schema_version) is not int or schema_version < 1:  # noqa: E721
+    if type(schema_version) is not int or schema_version < 1:
         raise InvalidArgumentError("schema_version must be a positive integer")
     if metadata is None:
         metadata = {}

@@ -220,7 +220,7 @@ class FrameReader:
         self.stop_reason: str | None = None
 
     def __iter__(self) -> Iterator[tuple[int, bytes]]:
-        fd, end = self._fd, self._end
+        end = self._end
         unpack, crc32 = _unpack_u32, _crc32
         base = self._start  # file offset of buf[0]
         buf = b""

@@ -101,8 +101,7 @@ class GroupCommit:
                 self._failure = failure
             else:
                 self.fsyncs += 1
-                if upto > self.durable:
-                    self.durable = upto
+                self.durable = max(self.durable, upto)
             self._cond.notify_all()
         if failure is not None:
             raise failure

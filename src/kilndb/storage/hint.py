@@ -51,12 +51,12 @@ class Hint:
 
     file_id: int
     data_size: int
-    position: array = field(default_factory=lambda: array("Q"))  # type: ignore[type-arg]
-    offset: array = field(default_factory=lambda: array("Q"))  # type: ignore[type-arg]
-    size: array = field(default_factory=lambda: array("I"))  # type: ignore[type-arg]
-    seq: array = field(default_factory=lambda: array("I"))  # type: ignore[type-arg]
-    ttime: array = field(default_factory=lambda: array("d"))  # type: ignore[type-arg]
-    store: array = field(default_factory=lambda: array("I"))  # type: ignore[type-arg]
+    position: array[int] = field(default_factory=lambda: array("Q"))
+    offset: array[int] = field(default_factory=lambda: array("Q"))
+    size: array[int] = field(default_factory=lambda: array("I"))
+    seq: array[int] = field(default_factory=lambda: array("I"))
+    ttime: array[float] = field(default_factory=lambda: array("d"))
+    store: array[int] = field(default_factory=lambda: array("I"))
     stores: list[str] = field(default_factory=list)
     keys: list[str] = field(default_factory=list)
     ids: dict[int, str] = field(default_factory=dict)
@@ -91,7 +91,7 @@ class Hint:
             self.ids[position] = explicit_id
 
 
-def _column_bytes(column: array) -> bytes:  # type: ignore[type-arg]
+def _column_bytes(column: array[int] | array[float]) -> bytes:
     if _LITTLE:
         return column.tobytes()
     swapped = array(column.typecode, column)

@@ -33,7 +33,7 @@ TOMBSTONE = 1 << 31
 OFFSET_BITS = 40
 OFFSET_MASK = (1 << OFFSET_BITS) - 1
 
-KeyEntry = int | array  # type: ignore[type-arg]
+KeyEntry = int | array[int]
 
 
 class KeyDir:
@@ -87,20 +87,20 @@ class KeyDir:
         entry = keys.get(key)
         if entry is None:
             keys[key] = position
-        elif type(entry) is int:
+        elif isinstance(entry, int):
             keys[key] = array("Q", (entry, position))
         else:
-            entry.append(position)  # type: ignore[union-attr]
+            entry.append(position)
 
     def load_columns(
         self,
         file_id: int,
-        positions: array,  # type: ignore[type-arg]
-        offsets: array,  # type: ignore[type-arg]
-        sizes: array,  # type: ignore[type-arg]
-        seqs: array,  # type: ignore[type-arg]
-        ttimes: array,  # type: ignore[type-arg]
-        store_index: array,  # type: ignore[type-arg]
+        positions: array[int],
+        offsets: array[int],
+        sizes: array[int],
+        seqs: array[int],
+        ttimes: array[float],
+        store_index: array[int],
         store_names: list[str],
         keys: list[str],
     ) -> None:
@@ -121,9 +121,7 @@ class KeyDir:
         else:
             for i in range(count):
                 raw = seqs[i]
-                self._add_position(
-                    positions[i], file_id, offsets[i], sizes[i], raw, ttimes[i]
-                )
+                self._add_position(positions[i], file_id, offsets[i], sizes[i], raw, ttimes[i])
         self.facts += count if contiguous else 0
         stores = [self.stores.setdefault(name, {}) for name in store_names]
         for i in range(count):
@@ -133,10 +131,10 @@ class KeyDir:
             entry = keys_of_store.get(key)
             if entry is None:
                 keys_of_store[key] = position
-            elif type(entry) is int:
+            elif isinstance(entry, int):
                 keys_of_store[key] = array("Q", (entry, position))
             else:
-                entry.append(position)  # type: ignore[union-attr]
+                entry.append(position)
 
     def _add_position(
         self, position: int, file_id: int, offset: int, size: int, raw_seq: int, ttime: float
@@ -206,23 +204,23 @@ class KeyDir:
         entry = keys.get(key)
         if entry is None:
             return None
-        if type(entry) is int:
+        if isinstance(entry, int):
             return entry
-        return entry[-1]  # type: ignore[index]
+        return entry[-1]
 
     def positions(self, store: str, key: str) -> list[int]:
         keys = self.stores.get(store)
         entry = None if keys is None else keys.get(key)
         if entry is None:
             return []
-        if type(entry) is int:
+        if isinstance(entry, int):
             return [entry]
-        return list(entry)  # type: ignore[arg-type]
+        return list(entry)
 
     def iter_keys(self, store: str) -> Iterator[tuple[str, int]]:
         """``(key, latest position)`` for every key of ``store`` (any order)."""
         for key, entry in self.stores.get(store, {}).items():
-            yield key, entry if type(entry) is int else entry[-1]  # type: ignore[index]
+            yield key, entry if isinstance(entry, int) else entry[-1]
 
     def drop(self, store: str, key: str, positions: Iterable[int]) -> list[tuple[int, int]]:
         """Stop retaining some of a key's facts; return ``(file_id, size)`` of each."""

@@ -122,8 +122,7 @@ class Log:
     def next_ttime(self) -> float:
         """A transaction time that never decreases within the database (hold the lock)."""
         now = time.time()
-        if now < self.last_ttime:
-            now = self.last_ttime
+        now = max(now, self.last_ttime)
         self.last_ttime = now
         return now
 
@@ -302,17 +301,17 @@ class Log:
     def _drop_superseded(self, store: str) -> None:
         keydir = self.keydir
         for key, entry in list(keydir.stores.get(store, {}).items()):
-            if type(entry) is not int:
-                self._mark_dead(keydir.drop(store, key, entry[:-1]))  # type: ignore[index]
+            if not isinstance(entry, int):
+                self._mark_dead(keydir.drop(store, key, entry[:-1]))
 
     def _drop_aged(self, store: str, max_age: float) -> None:
         keydir = self.keydir
         horizon = time.time() - max_age
         ttime, base = keydir.ttime, keydir.base
         for key, entry in list(keydir.stores.get(store, {}).items()):
-            if type(entry) is int:
+            if isinstance(entry, int):
                 continue
-            old = [p for p in entry[:-1] if ttime[p - base] < horizon]  # type: ignore[index]
+            old = [p for p in entry[:-1] if ttime[p - base] < horizon]
             if old:
                 self._mark_dead(keydir.drop(store, key, old))
 
@@ -433,7 +432,9 @@ class Log:
                 if self.commit.failure is None:
                     active.seal()
                     if self._has_facts(active):
-                        write_hint(hint_path(self.directory, active.file_id), self.build_hint(active))
+                        write_hint(
+                            hint_path(self.directory, active.file_id), self.build_hint(active)
+                        )
                 for datafile in self.files.values():
                     datafile.close()
         finally:

@@ -20,6 +20,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -27,7 +28,6 @@ from kilndb.codec import encode_frame
 from kilndb.errors import CorruptRecordError
 from kilndb.storage.datafile import (
     DataFile,
-    FrameReader,
     data_path,
     fsync_directory,
     hint_path,
@@ -80,10 +80,15 @@ class _Scan:
         self.bad_offset: int | None = None
 
     def run(self, start: int, end: int) -> None:
-        datafile, keydir, ids, codec = self.datafile, self.result.keydir, self.result.ids, self.codec
+        datafile, keydir, ids, codec = (
+            self.datafile,
+            self.result.keydir,
+            self.result.ids,
+            self.codec,
+        )
         file_id = datafile.file_id
         reader = datafile.frames(start, end)
-        pending: list[tuple[int, int, dict[str, object]]] = []
+        pending: list[tuple[int, int, dict[str, Any]]] = []
         expected = 0
         batch_offset = start
         self.good_end = start
@@ -105,20 +110,20 @@ class _Scan:
                         if position <= keydir.last_position:
                             raise ValueError("position out of order")
                         keydir.add(
-                            fact["store"],  # type: ignore[arg-type]
-                            fact["key"],  # type: ignore[arg-type]
-                            position,  # type: ignore[arg-type]
+                            fact["store"],
+                            fact["key"],
+                            position,
                             file_id,
                             frame_offset,
                             frame_size,
-                            fact["seq"],  # type: ignore[arg-type]
+                            fact["seq"],
                             bool(fact["deleted"]),
-                            fact["transaction_time"],  # type: ignore[arg-type]
+                            fact["transaction_time"],
                         )
                         fact_id = fact["id"]
-                        if codec.position_of(fact_id) != position:  # type: ignore[arg-type]
-                            ids[fact_id] = position  # type: ignore[index, assignment]
-                        self.result.last_ttime = fact["transaction_time"]  # type: ignore[assignment]
+                        if codec.position_of(fact_id) != position:
+                            ids[fact_id] = position
+                        self.result.last_ttime = fact["transaction_time"]
                     self.good_end = offset + len(body) + 8
                 elif body.startswith(BATCH_PREFIX):
                     if pending or expected:
