@@ -5,10 +5,8 @@
 >>> db.store("tasks").write("t1", {"title": "Hello"})   # doctest: +SKIP
 """
 
-from __future__ import annotations
-
-from pathlib import Path
-from typing import Any
+from pathlib import Path as _Path
+from typing import Any as _Any
 
 from kilndb.config import DatabaseConfig, SyncMode
 from kilndb.engine import Database, Store, Subscription
@@ -76,11 +74,11 @@ __all__ = [
 
 
 def open(
-    path: str | Path = "./data",
+    path: str | _Path = "./data",
     database: str = "default",
     *,
     sync: SyncMode = "always",
-    **options: Any,
+    **options: _Any,
 ) -> Database:
     """Open (creating if needed) database ``database`` under the data directory ``path``.
 

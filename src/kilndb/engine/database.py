@@ -267,7 +267,8 @@ class Database:
         log = self._log
         position = log.ids.get(fact_id)
         if position is not None:
-            return position
+            # A fact that retention has dropped no longer exists: its id is free again.
+            return position if log.keydir.is_retained(position) else None
         generated = log.ids_codec.position_of(fact_id)
         if generated is None:
             return None

@@ -125,6 +125,7 @@ def _compact_file(log: Log, file_id: int) -> tuple[int, int]:
         new.path = final
         log.fsync_directory()
         log.files[file_id] = new
+    hint.dead_bytes = new.dead_bytes
     write_hint(hint_path(directory, file_id), hint)
     log.record_compacted(dropped_max)
     return before, new.size

@@ -9,7 +9,8 @@ compaction rewrites one and for the active file on a clean close. Layout::
     offset  size  field
     0       8     magic  b"KILNHNT1"
     8       ...   nine frames (kilndb.codec framing, CRC-32 each), in this order:
-                  1 header    JSON {"version", "file_id", "data_size", "count", "stores"}
+                  1 header    JSON {"version", "file_id", "data_size", "count", "stores",
+                              "dead_bytes"}
                   2 position  count x u64 little-endian
                   3 offset    count x u64 LE   byte offset of the fact's frame
                   4 size      count x u32 LE   frame length
@@ -51,6 +52,8 @@ class Hint:
 
     file_id: int
     data_size: int
+    #: Bytes of fact frames in the data file that are no longer retained.
+    dead_bytes: int = 0
     position: array[int] = field(default_factory=lambda: array("Q"))
     offset: array[int] = field(default_factory=lambda: array("Q"))
     size: array[int] = field(default_factory=lambda: array("I"))
@@ -114,6 +117,7 @@ def write_hint(path: Path, hint: Hint) -> None:
         "data_size": hint.data_size,
         "count": len(hint),
         "stores": hint.stores,
+        "dead_bytes": hint.dead_bytes,
     }
     parts = [
         MAGIC,
@@ -164,7 +168,7 @@ def read_hint(path: Path, file_id: int, data_size: int) -> Hint | None:
         ):
             return None
         count = header["count"]
-        hint = Hint(file_id, data_size)
+        hint = Hint(file_id, data_size, int(header.get("dead_bytes", 0)))
         hint.position = _column("Q", bodies[1])
         hint.offset = _column("Q", bodies[2])
         hint.size = _column("I", bodies[3])

@@ -26,6 +26,7 @@ from __future__ import annotations
 from array import array
 from bisect import bisect_right
 from collections.abc import Iterable, Iterator
+from typing import TypeAlias
 
 __all__ = ["TOMBSTONE", "KeyDir"]
 
@@ -33,7 +34,7 @@ TOMBSTONE = 1 << 31
 OFFSET_BITS = 40
 OFFSET_MASK = (1 << OFFSET_BITS) - 1
 
-KeyEntry = int | array[int]
+KeyEntry: TypeAlias = "int | array[int]"
 
 
 class KeyDir:

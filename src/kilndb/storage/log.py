@@ -94,6 +94,7 @@ class Log:
         self.subscribers = 0
         self.stats_counters = {"writes": 0, "facts_written": 0, "compactions": 0, "rotations": 0}
         self._maintenance = threading.Lock()
+        self._meta_lock = threading.Lock()
         self._tasks: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._worker = threading.Thread(
             target=self._run_tasks, name=f"kilndb-maintenance-{directory.name}", daemon=True
@@ -287,6 +288,20 @@ class Log:
     # -- retention -------------------------------------------------------------------
 
     def set_retention(self, store: str, policy: Retention) -> None:
+        """Change a store's retention; facts it drops disappear from reads at once.
+
+        Loosening a policy never brings dropped facts back: the facts the old policy
+        dropped are compacted away before the new policy applies, so what a reader sees
+        is the same before and after a restart.
+        """
+        with self.lock:
+            self.check_open()
+            old = self.retention.get(store, Retention())
+        loosening = (old.keep == "latest" and policy.keep == "all") or (
+            old.max_age is not None and (policy.max_age is None or policy.max_age > old.max_age)
+        )
+        if loosening:
+            self.compact()
         with self.lock:
             self.check_open()
             if policy.is_default:
@@ -294,7 +309,7 @@ class Log:
             else:
                 self.retention[store] = policy
             self.meta["retention"] = {s: p.to_dict() for s, p in self.retention.items()}
-            write_meta(self.directory, self.meta)
+            self.save_meta()
             if policy.keep == "latest":
                 self._drop_superseded(store)
 
@@ -357,6 +372,7 @@ class Log:
             position = record["position"]
             index = position - keydir.base
             if keydir.loc[index] != expected_prefix | offset:
+                hint.dead_bytes += len(body) + 8
                 continue
             fact_id = record["id"]
             raw_seq = record["seq"] | (TOMBSTONE if record["deleted"] else 0)
@@ -441,8 +457,14 @@ class Log:
             self._dir_lock.release()
 
     def record_compacted(self, position: int) -> None:
-        if position > self.meta.get("compacted_through", 0):
-            self.meta["compacted_through"] = position
+        with self._meta_lock:
+            if position > self.meta.get("compacted_through", 0):
+                self.meta["compacted_through"] = position
+                write_meta(self.directory, self.meta)
+
+    def save_meta(self) -> None:
+        """Write ``META`` durably; callers change ``self.meta`` first."""
+        with self._meta_lock:
             write_meta(self.directory, self.meta)
 
     def fsync_directory(self) -> None:

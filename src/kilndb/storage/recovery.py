@@ -226,6 +226,7 @@ def recover(directory: Path, database_id: str, codec: IdCodec) -> Recovered:
                 hint.stores,
                 hint.keys,
             )
+            datafile.dead_bytes = hint.dead_bytes
             if len(hint):
                 result.last_ttime = max(result.last_ttime, hint.ttime[-1])
             result.ids.update({fact_id: position for position, fact_id in hint.ids.items()})
