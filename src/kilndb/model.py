@@ -12,7 +12,7 @@ import hashlib
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -83,11 +83,12 @@ def fact_from_dict(data: dict[str, Any]) -> Fact:
     return fact
 
 
-@dataclass(frozen=True, slots=True)
-class Write:
+class Write(NamedTuple):
     """One write of an atomic :meth:`Database.write_many` batch.
 
     Takes the same arguments as :meth:`Store.write`; ``deleted=True`` makes it a tombstone.
+    Immutable; a named tuple rather than a frozen dataclass because batches of thousands
+    are built in hot loops and a tuple is several times cheaper to construct.
     """
 
     store: str
@@ -113,13 +114,20 @@ def validate_database_name(name: object) -> str:
     return name
 
 
+_known_store_names: set[str] = set()
+
+
 def validate_store_name(name: object) -> str:
     """Return ``name`` if it is a valid store name, else raise InvalidArgumentError."""
+    if type(name) is str and name in _known_store_names:
+        return name
     if not isinstance(name, str) or not STORE_NAME.fullmatch(name):
         raise InvalidArgumentError(
             f"invalid store name {name!r}: use 1-128 of A-Z a-z 0-9 _ . : -,"
             " starting with a letter, digit or _"
         )
+    if type(name) is str and len(_known_store_names) < 10_000:
+        _known_store_names.add(name)
     return name
 
 
@@ -148,11 +156,6 @@ def canonical_json(value: Any) -> bytes:
     if b"null" in data and _has_non_finite(value):
         raise InvalidArgumentError("value is not JSON-serialisable: NaN or infinity")
     return data
-
-
-def dumps_json(value: Any) -> bytes:
-    """Serialise any JSON field (producer, derivation) with the same strictness."""
-    return canonical_json(value)
 
 
 def _has_non_finite(value: Any) -> bool:

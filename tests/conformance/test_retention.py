@@ -26,8 +26,7 @@ def test_compaction_reclaims_space_and_survives_reopen(backend: Backend) -> None
     db.store("keep").write("k", "all of it")
     before = db.stats()["data_bytes"]
     db.set_retention("s", keep="latest")
-    result = db.compact()
-    assert result["bytes_reclaimed"] > 0
+    db.compact()  # automatic compaction may already have done part of the work
     after = db.stats()
     assert after["data_bytes"] < before / 2
     assert after["facts"] == 11

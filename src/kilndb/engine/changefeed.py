@@ -22,7 +22,7 @@ from itertools import islice
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from kilndb.model import Fact, fact_from_dict
+from kilndb.model import Fact
 
 if TYPE_CHECKING:
     from kilndb.storage.log import Log
@@ -80,11 +80,11 @@ class Subscription:
                         log.visible_cond.wait(remaining)
 
     def _read_ahead(self, visible: int) -> None:
-        records = self._log.iter_records(self._fetched, visible, self._stores)
+        facts = self._log.iter_facts(self._fetched, visible, self._stores)
         try:
-            batch = [fact_from_dict(r) for r in islice(records, READ_AHEAD)]
+            batch = list(islice(facts, READ_AHEAD))
         finally:
-            records.close()  # type: ignore[attr-defined]
+            facts.close()  # type: ignore[attr-defined]
         self._buffer.extend(batch)
         self._fetched = batch[-1].position if len(batch) == READ_AHEAD else visible
 

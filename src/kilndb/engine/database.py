@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Iterable, Iterator
+from itertools import islice
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -99,8 +100,9 @@ class Store:
             producer=producer,
             derivation=derivation,
             metadata=metadata,
+            store_checked=True,
         )
-        return self._db._commit([prepared])[0]
+        return self._db._commit_one(prepared)
 
     def delete(
         self,
@@ -121,8 +123,9 @@ class Store:
             causation=causation,
             metadata=metadata,
             deleted=True,
+            store_checked=True,
         )
-        return self._db._commit([prepared])[0]
+        return self._db._commit_one(prepared)
 
     def read(self, key: str, *, as_of: float | None = None) -> Fact | None:
         """The latest fact of ``key`` (as of a transaction time), or None if absent/deleted."""
@@ -210,12 +213,43 @@ class Database:
             return []
         return self._commit(prepared)
 
+    def _stage(
+        self, w: PreparedWrite, position: int, current: int, is_deleted: bool
+    ) -> tuple[dict[str, Any], PendingFact]:
+        """Check a write against its key's state and build its record (hold the lock)."""
+        if w.expected_seq is not None and w.expected_seq != current:
+            raise ConflictError(w.store, w.key, w.expected_seq, current)
+        if w.deleted and (current == 0 or is_deleted):
+            raise NotFoundError(f"{w.store}/{w.key} has no value to delete")
+        log = self._log
+        ttime = log.next_ttime()
+        seq = current + 1
+        record = w.record(w.id or log.ids_codec.generate(position), seq, position, ttime)
+        return record, (w.store, w.key, seq, w.deleted, ttime, w.id, _dumps(record))
+
+    def _commit_one(self, w: PreparedWrite) -> Fact:
+        log = self._log
+        keydir = log.keydir
+        with log.lock:
+            log.check_open()
+            existing = None if w.id is None else self._stored_position(w.id)
+            if existing is None:
+                latest = keydir.latest(w.store, w.key)
+                current, is_deleted = (0, False) if latest is None else keydir.seq_of(latest)
+                record, pending = self._stage(w, log.next_position, current, is_deleted)
+                last = log.append_locked([pending], batch=False)
+        if existing is not None:
+            return self._fact_at(existing)
+        log.wait_durable(last)
+        record["value"] = w.stored_value()
+        return fact_from_dict(record)
+
     def _commit(self, writes: list[PreparedWrite]) -> list[Fact]:
         log = self._log
         keydir = log.keydir
         # Each result is the position of an already stored fact (idempotent retry) or
         # the record of a new one.
-        results: list[int | tuple[dict[str, Any], bytes]] = []
+        results: list[int | tuple[dict[str, Any], PreparedWrite]] = []
         pending: list[PendingFact] = []
         with log.lock:
             log.check_open()
@@ -237,17 +271,10 @@ class Database:
                 if state is None:
                     latest = keydir.latest(w.store, w.key)
                     state = (0, False) if latest is None else keydir.seq_of(latest)
-                current, is_deleted = state
-                if w.expected_seq is not None and w.expected_seq != current:
-                    raise ConflictError(w.store, w.key, w.expected_seq, current)
-                if w.deleted and (current == 0 or is_deleted):
-                    raise NotFoundError(f"{w.store}/{w.key} has no value to delete")
-                seq = current + 1
-                batch_state[slot] = (seq, w.deleted)
-                ttime = log.next_ttime()
-                record = w.record(w.id or log.ids_codec.generate(position), seq, position, ttime)
-                pending.append((w.store, w.key, seq, w.deleted, ttime, w.id, _dumps(record)))
-                results.append((record, w.value_json))
+                record, staged = self._stage(w, position, *state)
+                batch_state[slot] = (staged[2], w.deleted)
+                pending.append(staged)
+                results.append((record, w))
                 position += 1
             last = log.append_locked(pending, batch=len(pending) > 1) if pending else None
         if last is not None:
@@ -255,8 +282,8 @@ class Database:
         facts: list[Fact] = []
         for item in results:
             if isinstance(item, tuple):
-                record, value_json = item
-                record["value"] = _loads(value_json)
+                record, prepared = item
+                record["value"] = prepared.stored_value()
                 facts.append(fact_from_dict(record))
             else:
                 facts.append(self._fact_at(item))
@@ -367,20 +394,8 @@ class Database:
         chosen = _check_stores(stores)
         log = self._log
         log.check_open()
-        return self._replay(start, log.visible, chosen, wanted)
-
-    def _replay(
-        self, after: int, until: int, stores: frozenset[str] | None, limit: int | None
-    ) -> Iterator[Fact]:
-        if limit == 0:
-            return
-        new = object.__new__
-        for count, record in enumerate(self._log.iter_records(after, until, stores), 1):
-            fact: Fact = new(Fact)
-            fact.__dict__.update(record)
-            yield fact
-            if count == limit:
-                return
+        facts = log.iter_facts(start, log.visible, chosen)
+        return facts if wanted is None else islice(facts, wanted)
 
     def subscribe(self, stores: Iterable[str] | None = None, after: int = 0) -> Subscription:
         """Facts after ``after`` (catch-up), then live ones as they commit.

@@ -16,6 +16,7 @@ import orjson
 from kilndb.errors import InvalidArgumentError
 from kilndb.model import (
     MAX_ID_LENGTH,
+    MAX_KEY_LENGTH,
     canonical_json,
     validate_key,
     validate_store_name,
@@ -27,10 +28,13 @@ __all__ = ["PreparedWrite", "prepare_write"]
 _NULL_HASH = value_hash(b"null")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PreparedWrite:
+    """A write whose arguments are valid and whose value is serialised and hashed."""
+
     store: str
     key: str
+    value: Any
     value_json: bytes
     value_hash: str
     expected_seq: int | None
@@ -65,27 +69,49 @@ class PreparedWrite:
             "deleted": self.deleted,
         }
 
+    def stored_value(self) -> Any:
+        """The value as a reader will see it: a private copy, never the caller's object."""
+        value = self.value
+        if value is None or type(value) in _IMMUTABLE:
+            return value
+        return orjson.loads(self.value_json)
 
-def _optional_str(name: str, value: object, max_length: int = MAX_ID_LENGTH) -> str | None:
-    if value is None:
-        return None
+
+_IMMUTABLE = frozenset({str, int, float, bool})
+
+
+def _optional_str(name: str, value: object) -> str | None:
     if not isinstance(value, str):
         raise InvalidArgumentError(f"{name} must be a string or None, not {type(value).__name__}")
     if not value:
         raise InvalidArgumentError(f"{name} must not be empty")
-    if len(value) > max_length:
-        raise InvalidArgumentError(f"{name} is longer than {max_length} characters")
+    if len(value) > MAX_ID_LENGTH:
+        raise InvalidArgumentError(f"{name} is longer than {MAX_ID_LENGTH} characters")
     return value
 
 
 def _json_field(name: str, value: Any) -> Any:
-    if value is None:
-        return None
     try:
         canonical_json(value)
     except InvalidArgumentError as exc:
         raise InvalidArgumentError(f"{name}: {exc.message}") from exc
     return value
+
+
+def _valid_time(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidArgumentError("valid_time must be a number (epoch seconds) or None")
+    if not math.isfinite(value):
+        raise InvalidArgumentError("valid_time must be finite")
+    return float(value)
+
+
+def _metadata(value: object) -> dict[str, str]:
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise InvalidArgumentError("metadata must be a dict of strings to strings")
+    return dict(value)
 
 
 def prepare_write(
@@ -102,45 +128,40 @@ def prepare_write(
     derivation: Any = None,
     metadata: object = None,
     deleted: bool = False,
+    store_checked: bool = False,
 ) -> PreparedWrite:
-    """Check every argument of a write; raise InvalidArgumentError on the first bad one."""
-    store = validate_store_name(store)
-    key = validate_key(key)
+    """Check every argument of a write; raise InvalidArgumentError on the first bad one.
+
+    ``store_checked`` skips re-validating a store name that a :class:`Store` already
+    validated when it was created. The common case — only a key and a value — costs
+    little beyond serialising and hashing the value.
+    """
+    if not store_checked:
+        store = validate_store_name(store)
+    if type(key) is not str or not key or len(key) > MAX_KEY_LENGTH:
+        key = validate_key(key)
     if deleted:
-        value_json, hashed = b"null", _NULL_HASH
+        value, value_json, hashed = None, b"null", _NULL_HASH
     else:
         value_json = canonical_json(value)
         hashed = value_hash(value_json)
     if expected_seq is not None and (type(expected_seq) is not int or expected_seq < 0):
         raise InvalidArgumentError("expected_seq must be a non-negative integer or None")
-    if valid_time is not None:
-        if isinstance(valid_time, bool) or not isinstance(valid_time, int | float):
-            raise InvalidArgumentError("valid_time must be a number (epoch seconds) or None")
-        if not math.isfinite(valid_time):
-            raise InvalidArgumentError("valid_time must be finite")
-        valid_time = float(valid_time)
     if type(schema_version) is not int or schema_version < 1:
         raise InvalidArgumentError("schema_version must be a positive integer")
-    if metadata is None:
-        metadata = {}
-    elif not isinstance(metadata, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
-    ):
-        raise InvalidArgumentError("metadata must be a dict of strings to strings")
-    else:
-        metadata = dict(metadata)
     return PreparedWrite(
-        store=store,
-        key=key,
-        value_json=value_json,
-        value_hash=hashed,
-        expected_seq=expected_seq,
-        id=_optional_str("id", id),
-        causation=_optional_str("causation", causation),
-        valid_time=valid_time,
-        schema_version=schema_version,
-        producer=_json_field("producer", producer),
-        derivation=_json_field("derivation", derivation),
-        metadata=metadata,
-        deleted=bool(deleted),
+        store,  # type: ignore[arg-type]
+        key,
+        value,
+        value_json,
+        hashed,
+        expected_seq,
+        None if id is None else _optional_str("id", id),
+        None if causation is None else _optional_str("causation", causation),
+        None if valid_time is None else _valid_time(valid_time),
+        schema_version,
+        None if producer is None else _json_field("producer", producer),
+        None if derivation is None else _json_field("derivation", derivation),
+        {} if metadata is None else _metadata(metadata),
+        bool(deleted),
     )

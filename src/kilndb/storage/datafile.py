@@ -16,8 +16,9 @@ end of the data: no record body is ever empty, so a zero length is never a real 
 On a clean close the active file is truncated back to its data.
 
 Writes use ``pwrite`` at a tracked offset. A write that fails half way (disk full, I/O
-error) leaves bytes beyond the tracked end that the next write overwrites, so nothing
-acknowledged is ever disturbed.
+error) is cut off again by truncating the file at the tracked end, so nothing
+acknowledged is disturbed and no whole frame of the failed record is left where recovery
+could find it after a crash (behind a later, shorter record).
 """
 
 from __future__ import annotations
@@ -117,6 +118,9 @@ class DataFile:
         #: Bytes of records that retention has dropped and compaction may reclaim.
         self.dead_bytes = 0
         self._finalizer = weakref.finalize(self, os.close, fd)
+        # At interpreter exit the OS closes descriptors; closing them earlier would pull
+        # them from under a maintenance thread that is still finishing a hint.
+        self._finalizer.atexit = False
 
     @classmethod
     def create(cls, directory: Path, file_id: int) -> DataFile:
@@ -159,9 +163,18 @@ class DataFile:
             while written < len(data):
                 written += os.pwrite(self.fd, data[written:], offset + written)
         except OSError as exc:
+            self._discard_from(offset)
             raise _storage_error("write to", self.path, exc) from exc
         self.size = end
         return offset
+
+    def _discard_from(self, offset: int) -> None:
+        """Drop a failed write's bytes; truncating is the one write that needs no space."""
+        try:
+            os.ftruncate(self.fd, offset)
+        except OSError:
+            return  # best effort: the write has failed anyway
+        self.allocated = offset
 
     def _preallocate(self, needed: int) -> None:
         target = needed + PREALLOCATE_STEP - needed % PREALLOCATE_STEP

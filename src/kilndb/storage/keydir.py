@@ -77,11 +77,17 @@ class KeyDir:
         ttime: float,
     ) -> None:
         """Index a fact; ``position`` must be above every position indexed so far."""
-        if position <= self.last_position:
-            raise ValueError(f"position {position} is not above {self.last_position}")
-        self._add_position(
-            position, file_id, offset, size, seq | TOMBSTONE if deleted else seq, ttime
-        )
+        loc = self.loc
+        gap = position - self.base - len(loc)
+        if gap:
+            if gap < 0:
+                raise ValueError(f"position {position} is not above {self.last_position}")
+            self._pad(gap)
+        loc.append(file_id << OFFSET_BITS | offset)
+        self.size.append(size)
+        self.seq.append(seq | TOMBSTONE if deleted else seq)
+        self.ttime.append(ttime)
+        self.facts += 1
         keys = self.stores.get(store)
         if keys is None:
             keys = self.stores[store] = {}

@@ -27,13 +27,13 @@ import time
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import orjson
 
 from kilndb.codec import encode_frame
 from kilndb.config import DatabaseConfig
 from kilndb.errors import ClosedError, CorruptRecordError, InvalidArgumentError, StorageError
+from kilndb.model import Fact
 from kilndb.storage.datafile import DataFile, fsync_directory, hint_path
 from kilndb.storage.group_commit import GroupCommit
 from kilndb.storage.hint import Hint, write_hint
@@ -54,7 +54,9 @@ log = logging.getLogger("kilndb.storage")
 PendingFact = tuple[str, str, int, bool, float, str | None, bytes]
 
 _crc32 = zlib.crc32
-_unpack_u32 = struct.Struct(">I").unpack_from
+_U32 = struct.Struct(">I")
+_pack_u32 = _U32.pack
+_unpack_u32 = _U32.unpack_from
 
 
 class Log:
@@ -114,6 +116,7 @@ class Log:
     # -- appending -------------------------------------------------------------------
 
     def check_open(self) -> None:
+        """Raise ClosedError, or the fsync failure that poisoned the log."""
         if self.closed:
             raise ClosedError(f"database {self.directory} is closed")
         failure = self.commit.failure
@@ -131,15 +134,18 @@ class Log:
         """Append facts at positions ``next_position …``; return the last one (hold the lock).
 
         With ``batch`` the facts are preceded by a batch header, so that recovery applies
-        all of them or none.
+        all of them or none. Nothing is indexed unless the whole write reached the file.
         """
         first = self.next_position
-        frames = []
+        parts: list[bytes] = []
+        header = b""
         if batch:
-            frames.append(encode_frame(batch_header(len(facts), first)))
+            header = encode_frame(batch_header(len(facts), first))
+            parts.append(header)
         for fact in facts:
-            frames.append(encode_frame(fact[6]))
-        data = b"".join(frames) if len(frames) > 1 else frames[0]
+            body = fact[6]
+            parts += (_pack_u32(len(body)), body, _pack_u32(_crc32(body)))
+        data = b"".join(parts)
         if len(data) > self.config.max_record_bytes:
             raise InvalidArgumentError(
                 f"record of {len(data)} bytes exceeds max_record_bytes"
@@ -149,32 +155,35 @@ class Log:
         if active.size + len(data) > self.config.max_file_size and self._has_facts(active):
             self._rotate_locked()
             active = self.active
-        offset = active.append(data)
+        offset = active.append(data) + len(header)
         file_id = active.file_id
         keydir = self.keydir
-        if batch:
-            offset += len(frames[0])
-            frames = frames[1:]
+        add = keydir.add
+        retention = self.retention
         position = first
-        for (store, key, seq, deleted, ttime, explicit_id, _), frame in zip(
-            facts, frames, strict=True
-        ):
-            previous = keydir.latest(store, key) if store in self.retention else None
-            keydir.add(store, key, position, file_id, offset, len(frame), seq, deleted, ttime)
+        for store, key, seq, deleted, ttime, explicit_id, body in facts:
+            size = len(body) + 8
+            previous = keydir.latest(store, key) if store in retention else None
+            add(store, key, position, file_id, offset, size, seq, deleted, ttime)
             if explicit_id is not None:
                 self.ids[explicit_id] = position
-            if previous is not None and self.retention[store].keep == "latest":
+            if previous is not None and retention[store].keep == "latest":
                 self._mark_dead(keydir.drop(store, key, (previous,)))
-            offset += len(frame)
+            offset += size
             position += 1
         self.next_position = position
-        self.written = position - 1
+        written = self.written = position - 1
         counters = self.stats_counters
         counters["writes"] += 1
         counters["facts_written"] += len(facts)
         if self.config.sync != "always":
-            self.publish(self.written)
-        return self.written
+            # Appends are serialised by the log lock, so visibility can move without
+            # the condition's lock; waiters re-check it under that lock.
+            self.visible = written
+            if self.subscribers:
+                with self.visible_cond:
+                    self.visible_cond.notify_all()
+        return written
 
     def wait_durable(self, position: int) -> None:
         """Apply the sync policy to a write that ended at ``position`` (lock released)."""
@@ -183,7 +192,7 @@ class Log:
             self.publish(position)
 
     def publish(self, position: int) -> None:
-        """Make facts up to ``position`` visible to changefeed subscribers."""
+        """Make durable facts up to ``position`` visible to subscribers (``sync="always"``)."""
         if position > self.visible:
             with self.visible_cond:
                 if position > self.visible:
@@ -205,7 +214,8 @@ class Log:
         sealed = self.active
         sealed.seal()
         self.commit.mark_durable(self.written)
-        self.publish(self.written)
+        if self.config.sync == "always":
+            self.publish(self.written)
         file_id = sealed.file_id + 1
         datafile = DataFile.create(self.directory, file_id)
         write_header(datafile, self.next_position, self.database_id)
@@ -244,11 +254,16 @@ class Log:
                 return body
         raise CorruptRecordError(str(datafile.path), offset)
 
-    def iter_records(
+    def iter_facts(
         self, after: int, until: int, stores: frozenset[str] | None = None
-    ) -> Iterator[dict[str, Any]]:
-        """Retained facts with ``after < position <= until``, as dicts, in position order."""
+    ) -> Iterator[Fact]:
+        """Retained facts with ``after < position <= until``, in position order.
+
+        Reads the data files sequentially; this is the replay and changefeed hot path, so
+        facts are materialised here rather than in a further generator layer.
+        """
         keydir = self.keydir
+        new = object.__new__
         loc = keydir.loc
         last = after
         while last < until:
@@ -275,7 +290,9 @@ class Log:
                 if not loc[position - base]:
                     continue
                 if stores is None or record["store"] in stores:
-                    yield record
+                    fact: Fact = new(Fact)
+                    fact.__dict__.update(record)
+                    yield fact
             if reader.stop_reason not in (None, "end-marker"):
                 raise CorruptRecordError(str(datafile.path), reader.stop_offset)
             with self.lock:
@@ -358,7 +375,6 @@ class Log:
                 except StorageError:
                     log.exception("interval fsync of %s failed", self.directory)
                     return
-                self.publish(self.commit.durable)
 
     def build_hint(self, datafile: DataFile) -> Hint:
         """A hint for the retained facts of ``datafile`` (scans the file)."""
@@ -428,7 +444,8 @@ class Log:
     def sync(self) -> None:
         self.check_open()
         self.commit.sync_now()
-        self.publish(self.commit.durable)
+        if self.config.sync == "always":
+            self.publish(self.commit.durable)
 
     def close(self) -> None:
         with self.lock:
