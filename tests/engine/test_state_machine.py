@@ -3,9 +3,11 @@ retention, compaction, clean reopens and crashes that damage the newest data fil
 
 The crash rule abandons the database without a clean close (as a killed process would),
 then truncates or flips a byte at a random offset of the newest data file and reopens.
-Every fact whose frame lies wholly before the damage must survive; facts from the
-damaged frame on (a whole batch, if the damage hits one of its frames) may be lost, and
-the model forgets exactly those.
+Damage that nothing intact follows is a torn tail: the facts from the damaged frame on
+(a whole batch, if the damage hits one of its frames) are cut. Damage that intact records
+follow is corruption: the database refuses to open until ``kiln check --fix`` drops the
+damaged fact (or its whole batch) and nothing else. The model forgets exactly those
+facts, and every other acknowledged fact must still be there.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from hypothesis.stateful import (
 )
 
 import kilndb
+import kilndb.storage.log
+from kilndb.storage.check import check_database
 from kilndb.storage.datafile import FrameReader, list_data_files
 
 STORES = ["a", "b"]
@@ -73,45 +77,80 @@ def data_end(path: Path) -> int:
         os.close(fd)
 
 
-def first_lost_position(path: Path, damage: int) -> int | None:
-    """The first position recovery may drop when ``path`` is damaged at ``damage``."""
+@dataclass
+class Frame:
+    offset: int
+    end: int
+    record: dict[str, Any]
+    batch_start: int | None  # first position of the batch this fact belongs to
+
+
+def read_frames(path: Path) -> list[Frame]:
     fd = os.open(path, os.O_RDONLY)
     try:
-        reader = FrameReader(fd, 0, os.fstat(fd).st_size)
-        frames = list(reader)
+        found = list(FrameReader(fd, 0, os.fstat(fd).st_size))
     finally:
         os.close(fd)
-    batch_start: int | None = None
-    batch_left = 0
-    first_position: int | None = None
-    for offset, body in frames:
+    frames = []
+    batch_start, batch_left = None, 0
+    for offset, body in found:
         record = orjson.loads(body)
-        end = offset + 8 + len(body)
-        if "file" in record:
-            first_position = record["first_position"]
-            if end > damage:
-                return first_position
-            continue
+        member = None
         if "batch" in record:
             batch_start, batch_left = record["first"], record["batch"]
-            if end > damage:
-                return batch_start
-            continue
-        in_batch = batch_left > 0
-        if in_batch:
-            batch_left -= 1
-        if end > damage:
-            return batch_start if in_batch else record["position"]
-    return None
+        elif "position" in record and batch_left:
+            member, batch_left = batch_start, batch_left - 1
+        frames.append(Frame(offset, offset + 8 + len(body), record, member))
+    return frames
+
+
+def predict_loss(path: Path, damage: int, truncate: bool) -> tuple[set[int], bool]:
+    """Positions a crash that damages ``path`` at ``damage`` loses, and whether the
+    database refuses to open (intact records follow the damage) until repaired."""
+    frames = read_frames(path)
+    positions = [f.record["position"] for f in frames if "position" in f.record]
+    hit = next((i for i, f in enumerate(frames) if f.end > damage), None)
+    if hit is None or (not truncate and frames[hit].offset > damage):
+        return set(), False  # the damage is past the data: a torn tail of garbage
+    frame = frames[hit]
+    last = hit == len(frames) - 1
+    if truncate or last:  # a torn tail: cut from the damaged frame (or its batch) on
+        if "file" in frame.record:
+            return set(positions), False
+        start = frame.batch_start or frame.record.get("first") or frame.record["position"]
+        return {p for p in positions if p >= start}, False
+    # Intact records follow: the database refuses to open; `kiln check --fix` then
+    # drops the damaged fact, or the whole batch it belongs to, and nothing else.
+    if "position" not in frame.record:
+        return set(), True
+    if frame.batch_start is None:
+        return {frame.record["position"]}, True
+    batch = {f.record["position"] for f in frames if f.batch_start == frame.batch_start}
+    return batch, True
+
+
+class StepClock:
+    """Transaction times one second apart: record sizes, and so file rotations, are the
+    same in every run, which keeps Hypothesis's replays and shrinking deterministic."""
+
+    def __init__(self) -> None:
+        self.now = 1_700_000_000.0
+
+    def time(self) -> float:
+        self.now += 1.0
+        return self.now
 
 
 class DatabaseMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
+        self._real_time = vars(kilndb.storage.log)["time"]
+        vars(kilndb.storage.log)["time"] = StepClock()
         self.directory = Path(tempfile.mkdtemp(prefix="kiln-sm-"))
         self.db = kilndb.open(self.directory, **OPTIONS)
         self.facts: dict[int, ModelFact] = {}
         self.next_position = 1
+        self.floor = 0
         self.keep: dict[str, str] = {}
 
     # -- model helpers ---------------------------------------------------------------
@@ -161,7 +200,8 @@ class DatabaseMachine(RuleBasedStateMachine):
                 self.db.store(store).write(key, value, id=fact_id, expected_seq=expected)
             return
         fact = self.db.store(store).write(key, value, id=fact_id, expected_seq=expected)
-        assert (fact.position, fact.seq, fact.value) == (self.next_position, seq + 1, value)
+        got, want = (fact.position, fact.seq, fact.value), (self.next_position, seq + 1, value)
+        assert got == want, f"wrote {got}, model expected {want}"
         self.add(ModelFact(fact.position, store, key, seq + 1, value, False, fact_id))
         self.next_position += 1
 
@@ -185,7 +225,8 @@ class DatabaseMachine(RuleBasedStateMachine):
         facts = self.db.write_many(batch)
         for (store, key, value), fact in zip(writes, facts, strict=True):
             seq, _ = self.current(store, key)
-            assert (fact.position, fact.seq) == (self.next_position, seq + 1)
+            got, want = (fact.position, fact.seq), (self.next_position, seq + 1)
+            assert got == want, f"batch wrote {got}, model expected {want}"
             self.add(ModelFact(fact.position, store, key, seq + 1, value, False, None))
             self.next_position += 1
 
@@ -225,23 +266,39 @@ class DatabaseMachine(RuleBasedStateMachine):
         crash(self.db)
         directory = self.directory / "default"
         newest = directory / f"{list_data_files(directory)[-1]:08d}.log"
-        # Aim at the data and just past it, not the preallocated zeros beyond. Drawing
-        # a fraction keeps the draws independent of byte sizes that vary between runs.
-        span = data_end(newest) + 64
-        fraction = data.draw(st.integers(0, 10_000), label="damage at (1/10000 of span)")
-        damage = min(span * fraction // 10_000, newest.stat().st_size - 1)
-        lost = first_lost_position(newest, damage)
+        # Aim at a frame (or just past the data) and a point inside it. Drawing indexes
+        # and fractions, not byte offsets, keeps the draws independent of record sizes,
+        # which vary from run to run with the transaction times.
+        frames = read_frames(newest)
+        index = data.draw(st.integers(0, len(frames)), label="damaged frame (or past the end)")
+        within = data.draw(st.integers(0, 99), label="percent into the frame")
+        if index == len(frames):
+            start, length = (frames[-1].end if frames else 0), 64
+        else:
+            start, length = frames[index].offset, frames[index].end - frames[index].offset
+        damage = min(start + length * within // 100, newest.stat().st_size - 1)
+        lost, refuses = predict_loss(newest, damage, truncate)
         if truncate:
             os.truncate(newest, damage)
         else:
             raw = bytearray(newest.read_bytes())
             raw[damage] ^= data.draw(st.integers(1, 255), label="xor")
             newest.write_bytes(bytes(raw))
-        self.db = kilndb.open(self.directory, **OPTIONS)
-        if lost is not None:
-            for position in [p for p in self.facts if p >= lost]:
-                del self.facts[position]
-            self.next_position = min(self.next_position, lost)
+        try:
+            self.db = kilndb.open(self.directory, **OPTIONS)
+        except kilndb.CorruptRecordError as exc:
+            assert refuses, f"refused to open after a torn tail: {exc}"
+            assert check_database(directory, fix=True).fixed
+            self.db = kilndb.open(self.directory, **OPTIONS)
+        else:
+            assert not refuses, "opened although intact records follow the damage"
+        for position in lost:
+            self.facts.pop(position, None)
+        if refuses:
+            # Positions up to the highest a repaired file held are never handed out again.
+            self.floor = max(self.floor, self.next_position - 1)
+        if lost and not refuses:
+            self.next_position = max(min(self.next_position, *lost), self.floor + 1)
 
     # -- invariants ------------------------------------------------------------------
 
@@ -266,6 +323,7 @@ class DatabaseMachine(RuleBasedStateMachine):
         assert [f.position for f in db.replay()] == sorted(self.facts)
 
     def teardown(self) -> None:
+        vars(kilndb.storage.log)["time"] = self._real_time
         self.db.close()
         shutil.rmtree(self.directory, ignore_errors=True)
 

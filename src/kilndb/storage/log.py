@@ -74,6 +74,9 @@ class Log:
             self._dir_lock.release()
             raise
         self.keydir: KeyDir = recovered.keydir
+        # A repair may have dropped acknowledged facts at the end of the log; their
+        # positions are never reused.
+        self.keydir.pad_to(int(self.meta.get("position_floor", 0)))
         #: Client-supplied fact id -> position.
         self.ids: dict[str, int] = recovered.ids
         self.files: dict[int, DataFile] = recovered.files
@@ -121,7 +124,9 @@ class Log:
             raise ClosedError(f"database {self.directory} is closed")
         failure = self.commit.failure
         if failure is not None:
-            raise failure
+            # A fresh error each time: re-raising the stored one would grow its traceback
+            # with every call, from every thread, for as long as the log stays poisoned.
+            raise StorageError(str(failure)) from failure
 
     def next_ttime(self) -> float:
         """A transaction time that never decreases within the database (hold the lock)."""

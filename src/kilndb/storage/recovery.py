@@ -7,7 +7,10 @@ matches, else by scanning its frames; any damage in a sealed file is corruption 
 raises :class:`CorruptRecordError` with the file and offset (``kiln check --fix``
 repairs it). The newest file is the one a crash can leave torn: it is scanned (unless a
 clean close left a matching hint) and cut at the first frame that is short, fails its
-CRC or belongs to a batch whose frames did not all arrive. The bytes cut off are kept
+CRC or belongs to a batch whose frames did not all arrive — provided no intact record
+follows (:mod:`kilndb.storage.resync`): damage with intact records after it is not a
+torn write but corruption, and raises :class:`CorruptRecordError` like damage in a
+sealed file, so that nothing acknowledged is dropped. The bytes cut off are kept
 beside the file as ``NNNNNNNN.log.torn-OFFSET`` (never silently destroyed), and a
 warning names the file, the offset and how much was dropped. Nothing acknowledged can be
 in a torn tail: an acknowledgement follows the write (and, with ``sync="always"``, the
@@ -17,6 +20,7 @@ fsync) of the whole frame.
 from __future__ import annotations
 
 import logging
+import mmap
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +41,7 @@ from kilndb.storage.hint import read_hint
 from kilndb.storage.ids import IdCodec
 from kilndb.storage.keydir import KeyDir
 from kilndb.storage.records import BATCH_PREFIX, FACT_PREFIX, FILE_PREFIX, file_header
+from kilndb.storage.resync import resync
 
 __all__ = ["Recovered", "recover", "write_header"]
 
@@ -77,7 +82,10 @@ class _Scan:
         self.codec = codec
         self.datafile = datafile
         self.good_end = 0
+        #: Where to cut if this is a torn tail (a torn batch is cut at its header).
         self.bad_offset: int | None = None
+        #: Where the unreadable bytes begin.
+        self.damage = 0
 
     def run(self, start: int, end: int) -> None:
         datafile, keydir, ids, codec = (
@@ -134,13 +142,15 @@ class _Scan:
                     raise ValueError("unknown record kind")
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
                 self.bad_offset = offset if not expected else batch_offset
+                self.damage = offset
                 return
+        self.damage = reader.stop_offset
         if expected:
             self.bad_offset = batch_offset
         elif reader.stop_reason not in (None, "end-marker"):
             self.bad_offset = reader.stop_offset
         elif reader.stop_reason == "end-marker" and _has_data_after(datafile, self.good_end, end):
-            self.bad_offset = self.good_end
+            self.bad_offset = self.damage = self.good_end
 
 
 def _has_data_after(datafile: DataFile, offset: int, end: int) -> bool:
@@ -152,6 +162,21 @@ def _has_data_after(datafile: DataFile, offset: int, end: int) -> bool:
             return True
         offset += len(chunk)
     return False
+
+
+def _check_torn(datafile: DataFile, damage: int) -> None:
+    """Raise CorruptRecordError unless nothing intact follows ``damage`` (a torn tail)."""
+    if datafile.allocated <= damage:
+        return
+    with mmap.mmap(datafile.fd, datafile.allocated, access=mmap.ACCESS_READ) as buf:
+        follows = resync(buf, damage, datafile.allocated)
+    if follows is not None:
+        raise CorruptRecordError(
+            str(datafile.path),
+            damage,
+            f"corrupt record in {datafile.path} at offset {damage}, with intact records"
+            f" after it (from offset {follows}): run `kiln check --fix` to recover them",
+        )
 
 
 def _cut_torn_tail(datafile: DataFile, offset: int, result: Recovered) -> None:
@@ -201,7 +226,9 @@ def recover(directory: Path, database_id: str, codec: IdCodec) -> Recovered:
             if not is_last:
                 raise CorruptRecordError(str(datafile.path), 0, f"{datafile.path}: bad file header")
             # The header is made durable before anything is appended, so a newest file
-            # without one holds nothing acknowledged: keep its bytes aside, start it anew.
+            # with a torn header holds nothing acknowledged: keep its bytes aside and
+            # start it anew. Intact records after a damaged header are corruption.
+            _check_torn(datafile, 0)
             first = 1 if result is None else result.keydir.last_position + 1
             if result is None:
                 result = Recovered(KeyDir(first), {}, {}, {})
@@ -237,7 +264,8 @@ def recover(directory: Path, database_id: str, codec: IdCodec) -> Recovered:
         scan.run(start, datafile.size)
         if scan.bad_offset is not None:
             if not is_last:
-                raise CorruptRecordError(str(datafile.path), scan.bad_offset)
+                raise CorruptRecordError(str(datafile.path), scan.damage)
+            _check_torn(datafile, scan.damage)
             _cut_torn_tail(datafile, scan.bad_offset, result)
         elif is_last:
             datafile.size = scan.good_end

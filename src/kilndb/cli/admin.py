@@ -1,0 +1,102 @@
+"""Commands that look after a database: stores, stats, compact, retention (and check).
+
+``stores`` and ``stats`` print a table when standard output is a terminal and one line
+of JSON otherwise; ``--json`` and ``--table`` force either.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from kilndb.cli.check import check
+from kilndb.cli.context import CliSettings, open_database, pass_settings
+from kilndb.cli.output import print_json, print_mapping_table, print_rows_table, stdout_is_terminal
+
+__all__ = ["check", "compact", "retention", "stats", "stores"]
+
+
+def _format_option(f: Any) -> Any:
+    return click.option(
+        "--json/--table",
+        "as_json",
+        default=None,
+        help="Force JSON or a table (default: a table on a terminal, else JSON).",
+    )(f)
+
+
+def _wants_json(as_json: bool | None) -> bool:
+    return not stdout_is_terminal() if as_json is None else as_json
+
+
+def _describe_retention(policy: dict[str, Any]) -> str:
+    text = f"keep {policy['keep']}"
+    if policy.get("max_age") is not None:
+        text += f", max age {policy['max_age']:g} s"
+    return text
+
+
+@click.command()
+@_format_option
+@pass_settings
+def stores(settings: CliSettings, as_json: bool | None) -> None:
+    """List the stores with their live keys and retention policy."""
+    with open_database(settings) as db:
+        rows = [(name, len(db.store(name).keys()), db.retention(name)) for name in db.stores()]
+    if _wants_json(as_json):
+        print_json([{"store": name, "keys": n, "retention": policy} for name, n, policy in rows])
+    else:
+        print_rows_table(
+            f"stores of {settings.database!r}",
+            ("store", "live keys", "retention"),
+            ((name, n, _describe_retention(policy)) for name, n, policy in rows),
+        )
+
+
+@click.command()
+@_format_option
+@pass_settings
+def stats(settings: CliSettings, as_json: bool | None) -> None:
+    """Show counters and sizes of the database."""
+    with open_database(settings) as db:
+        counters = db.stats()
+    if _wants_json(as_json):
+        print_json(counters)
+    else:
+        print_mapping_table(f"database {settings.database!r}", counters)
+
+
+@click.command()
+@pass_settings
+def compact(settings: CliSettings) -> None:
+    """Apply retention and rewrite data files without dropped facts; print what was done."""
+    with open_database(settings) as db:
+        done = db.compact()
+    print_json(done)
+
+
+@click.command()
+@click.argument("store")
+@click.option(
+    "--keep",
+    type=click.Choice(["all", "latest"]),
+    help="Keep every fact (all) or only each key's newest one (latest).",
+)
+@click.option(
+    "--max-age",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Also drop facts older than SECONDS (each key's newest fact always stays).",
+)
+@pass_settings
+def retention(settings: CliSettings, store: str, keep: str | None, max_age: float | None) -> None:
+    """Show or set what compaction keeps of STORE.
+
+    With neither option, print the current policy. With --keep and/or --max-age, replace
+    the whole policy (an option left out takes its default: keep all, no max age).
+    """
+    with open_database(settings, create=keep is not None or max_age is not None) as db:
+        if keep is not None or max_age is not None:
+            db.set_retention(store, keep=keep or "all", max_age=max_age)
+        policy = db.retention(store)
+    print_json({"store": store, **policy})

@@ -1,0 +1,112 @@
+"""The global options of ``kiln`` and how a command opens the database they name.
+
+``--data``, ``--database`` and ``--sync`` (or ``KILN_DATA``, ``KILN_DATABASE``,
+``KILN_SYNC``) fill one :class:`CliSettings`, stored as the click context's ``obj``.
+Commands that only read refuse to create a database that does not exist, so a mistyped
+``--data`` is an error rather than an empty answer.
+"""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Concatenate, ParamSpec, TypeVar
+
+import click
+
+import kilndb
+from kilndb.cli.errors import CliError
+from kilndb.config import SyncMode
+from kilndb.model import validate_database_name
+
+__all__ = [
+    "DEFAULT_DATA_DIR",
+    "CliSettings",
+    "open_database",
+    "pass_settings",
+    "program_name",
+    "require_existing",
+]
+
+DEFAULT_DATA_DIR = "./data"
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def program_name() -> str:
+    """How to call ``kiln`` again: ``kiln``, or the script's path when it is not on PATH."""
+    invoked = sys.argv[0] if sys.argv else ""
+    if Path(invoked).name == "kiln" and shutil.which("kiln") is None:
+        return invoked  # e.g. .venv/bin/kiln, as `make run` calls it
+    return "kiln"
+
+
+@dataclass(frozen=True, slots=True)
+class CliSettings:
+    """Where the database lives and how it syncs, from the global options."""
+
+    data: Path
+    database: str = "default"
+    sync: SyncMode = "always"
+
+    @property
+    def directory(self) -> Path:
+        """The database's own directory, ``DATA/<database>``."""
+        return self.data / self.database
+
+    def command_line(self, *words: str) -> str:
+        """A ``kiln`` command line for these settings, to suggest to the user."""
+        parts = [program_name()]
+        if self.data != Path(DEFAULT_DATA_DIR):
+            parts += ["--data", str(self.data)]
+        if self.database != "default":
+            parts += ["--database", self.database]
+        return shlex.join([*parts, *words])
+
+
+def pass_settings(f: Callable[Concatenate[CliSettings, P], R]) -> Callable[P, R]:
+    """Decorate a command so that it receives the :class:`CliSettings` first."""
+
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        settings = click.get_current_context().find_object(CliSettings)
+        if settings is None:  # a command invoked without the group: use the defaults
+            settings = CliSettings(Path(DEFAULT_DATA_DIR))
+        return f(settings, *args, **kwargs)
+
+    wrapper.__name__ = f.__name__
+    wrapper.__doc__ = f.__doc__
+    return wrapper
+
+
+def require_existing(settings: CliSettings) -> None:
+    """Raise CliError unless the database directory exists."""
+    validate_database_name(settings.database)
+    if not (settings.directory / "META").is_file():
+        raise CliError(
+            f"no database {settings.database!r} in {settings.data}"
+            " (check --data/KILN_DATA and --database/KILN_DATABASE)"
+        )
+
+
+@contextmanager
+def open_database(
+    settings: CliSettings, create: bool = False, **options: Any
+) -> Iterator[kilndb.Database]:
+    """Open the database for one command and close it afterwards, whatever happens.
+
+    Without ``create``, a database that does not exist yet is an error (CliError).
+    KilnErrors propagate; the command group prints them as one line.
+    """
+    if not create:
+        require_existing(settings)
+    db = kilndb.open(settings.data, settings.database, sync=settings.sync, **options)
+    try:
+        yield db
+    finally:
+        db.close()

@@ -1,0 +1,99 @@
+"""``kiln tail``: follow the live changefeed, printing facts as they commit.
+
+:func:`follow` is the loop itself, independent of click so that it can run on a thread
+with a stop event. The command stops cleanly on Ctrl-C or SIGTERM (exit status 0).
+
+An embedded database is open in one process at a time, so ``kiln tail`` follows the
+writes made while it holds the database — its catch-up (``--after``) shows everything
+committed before.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from types import FrameType
+
+import click
+
+from kilndb.cli.context import CliSettings, open_database, pass_settings
+from kilndb.cli.output import JsonLines
+from kilndb.engine import Database
+from kilndb.model import Fact
+
+__all__ = ["follow", "tail"]
+
+#: How often a blocked wait wakes up to look at the stop event.
+POLL_SECONDS = 0.25
+
+
+def follow(
+    db: Database,
+    emit: Callable[[Fact], None],
+    *,
+    after: int,
+    stores: Iterable[str] | None = None,
+    stop: threading.Event | None = None,
+    poll_seconds: float = POLL_SECONDS,
+) -> int:
+    """Pass every fact with position > ``after`` to ``emit``, live, until stopped.
+
+    Returns the number of facts emitted when ``stop`` is set, the database is closed or
+    the caller is interrupted (KeyboardInterrupt propagates).
+    """
+    count = 0
+    with db.subscribe(stores=stores, after=after) as subscription:
+        while stop is None or not stop.is_set():
+            fact = subscription.get(timeout=poll_seconds)
+            if fact is None:
+                if subscription.closed:
+                    break
+                continue
+            emit(fact)
+            count += 1
+    return count
+
+
+@contextmanager
+def _stop_on_signals() -> Iterator[None]:
+    """Let Ctrl-C (SIGINT) and SIGTERM end the follow as a KeyboardInterrupt.
+
+    SIGINT gets Python's default handler even if the process started with it ignored (as
+    a background job of a script does), so that ``kill -INT`` always stops ``kiln tail``.
+    Signal handlers can only be set on the main thread; elsewhere this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous_term = signal.signal(signal.SIGTERM, interrupt)
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous_term)
+        signal.signal(signal.SIGINT, previous_int)
+
+
+@click.command()
+@click.option(
+    "--after",
+    type=click.IntRange(min=0),
+    help="Start after position N (0: everything). Default: only facts committed from now on.",
+)
+@click.option("--store", "stores", multiple=True, help="Only this store (repeatable).")
+@pass_settings
+def tail(settings: CliSettings, after: int | None, stores: tuple[str, ...]) -> None:
+    """Follow the changefeed: print each fact as it commits, until Ctrl-C."""
+    out = JsonLines(flush_each=True)
+    try:
+        with _stop_on_signals(), open_database(settings) as db:
+            start = db.stats()["last_position"] if after is None else after
+            follow(db, out.fact, after=start, stores=list(stores) or None)
+    except KeyboardInterrupt:
+        pass  # the user is done watching (the database is closed by now): a normal end
