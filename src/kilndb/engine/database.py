@@ -34,6 +34,8 @@ __all__ = ["Database", "Store"]
 
 _loads = orjson.loads
 _dumps = orjson.dumps
+#: The fields after ``value`` of a Write that sets nothing but store, key and value.
+_PLAIN_WRITE = Write("", "")[3:]
 
 
 def _check_limit(limit: object) -> int | None:
@@ -185,14 +187,18 @@ class Database:
         """Write a batch atomically: every fact is committed, or none (also across a crash).
 
         Raises ConflictError (nothing written) if any ``expected_seq`` does not match; the
-        writes of a batch see each other, so a key may appear more than once.
+        writes of a batch see each other, so a key may appear more than once. The facts
+        of a batch share one transaction time: they commit together.
         """
         prepared = []
         for write in writes:
-            if not isinstance(write, Write):
+            if type(write) is not Write:
                 raise InvalidArgumentError(
                     f"write_many takes kilndb.Write objects, not {type(write).__name__}"
                 )
+            if write[3:] == _PLAIN_WRITE:  # only store, key and value: the common case
+                prepared.append(prepare_write(write[0], write[1], write[2]))
+                continue
             prepared.append(
                 prepare_write(
                     write.store,
@@ -214,17 +220,15 @@ class Database:
         return self._commit(prepared)
 
     def _stage(
-        self, w: PreparedWrite, position: int, current: int, is_deleted: bool
+        self, w: PreparedWrite, position: int, current: int, is_deleted: bool, ttime: float
     ) -> tuple[dict[str, Any], PendingFact]:
         """Check a write against its key's state and build its record (hold the lock)."""
         if w.expected_seq is not None and w.expected_seq != current:
             raise ConflictError(w.store, w.key, w.expected_seq, current)
         if w.deleted and (current == 0 or is_deleted):
             raise NotFoundError(f"{w.store}/{w.key} has no value to delete")
-        log = self._log
-        ttime = log.next_ttime()
         seq = current + 1
-        record = w.record(w.id or log.ids_codec.generate(position), seq, position, ttime)
+        record = w.record(w.id or self._log.ids_codec.generate(position), seq, position, ttime)
         return record, (w.store, w.key, seq, w.deleted, ttime, w.id, _dumps(record))
 
     def _commit_one(self, w: PreparedWrite) -> Fact:
@@ -236,7 +240,9 @@ class Database:
             if existing is None:
                 latest = keydir.latest(w.store, w.key)
                 current, is_deleted = (0, False) if latest is None else keydir.seq_of(latest)
-                record, pending = self._stage(w, log.next_position, current, is_deleted)
+                record, pending = self._stage(
+                    w, log.next_position, current, is_deleted, log.next_ttime()
+                )
                 last = log.append_locked([pending], batch=False)
         if existing is not None:
             return self._fact_at(existing)
@@ -247,12 +253,14 @@ class Database:
     def _commit(self, writes: list[PreparedWrite]) -> list[Fact]:
         log = self._log
         keydir = log.keydir
+        stage = self._stage
         # Each result is the position of an already stored fact (idempotent retry) or
         # the record of a new one.
         results: list[int | tuple[dict[str, Any], PreparedWrite]] = []
         pending: list[PendingFact] = []
         with log.lock:
             log.check_open()
+            ttime = log.next_ttime()
             # (seq, deleted) of keys this batch has written so far.
             batch_state: dict[tuple[str, str], tuple[int, bool]] = {}
             batch_ids: dict[str, int] = {}
@@ -271,7 +279,7 @@ class Database:
                 if state is None:
                     latest = keydir.latest(w.store, w.key)
                     state = (0, False) if latest is None else keydir.seq_of(latest)
-                record, staged = self._stage(w, position, *state)
+                record, staged = stage(w, position, state[0], state[1], ttime)
                 batch_state[slot] = (staged[2], w.deleted)
                 pending.append(staged)
                 results.append((record, w))
@@ -280,13 +288,16 @@ class Database:
         if last is not None:
             log.wait_durable(last)
         facts: list[Fact] = []
+        new = object.__new__
         for item in results:
-            if isinstance(item, tuple):
+            if type(item) is tuple:
                 record, prepared = item
                 record["value"] = prepared.stored_value()
-                facts.append(fact_from_dict(record))
+                fact: Fact = new(Fact)
+                fact.__dict__.update(record)
+                facts.append(fact)
             else:
-                facts.append(self._fact_at(item))
+                facts.append(self._fact_at(item))  # type: ignore[arg-type]
         return facts
 
     def _stored_position(self, fact_id: str) -> int | None:
@@ -354,18 +365,21 @@ class Database:
         until = None if until_seq is None else _check_position("until_seq", until_seq)
         wanted = _check_limit(limit)
         keydir = log.keydir
-        facts: list[Fact] = []
+        seqs, base = keydir.seq, keydir.base
+        chosen: list[int] = []
         for position in keydir.positions(store, key):
-            if wanted is not None and len(facts) >= wanted:
-                break
-            seq = keydir.seq[position - keydir.base] & ~TOMBSTONE
+            seq = seqs[position - base] & ~TOMBSTONE
             if seq < since:
                 continue
-            if until is not None and seq > until:
+            if (until is not None and seq > until) or len(chosen) == wanted:
                 break
-            body = log.read_body(position)
-            if body is not None:
-                facts.append(fact_from_dict(_loads(body)))
+            chosen.append(position)
+        new = object.__new__
+        facts: list[Fact] = []
+        for body in log.read_bodies(chosen):
+            fact: Fact = new(Fact)
+            fact.__dict__.update(_loads(body))
+            facts.append(fact)
         return facts
 
     def _keys(self, store: str, prefix: object, limit: object) -> list[str]:

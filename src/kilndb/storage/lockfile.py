@@ -30,9 +30,12 @@ class DatabaseLock:
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
             os.close(fd)
-            raise DatabaseLockedError(
-                f"database {directory} is already open in another process (pid {holder})"
-            ) from None
+            where = (
+                "this process (close the other handle first)"
+                if holder == str(os.getpid())
+                else f"another process (pid {holder})"
+            )
+            raise DatabaseLockedError(f"database {directory} is already open in {where}") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd: int | None = fd
