@@ -60,7 +60,7 @@ def test_invalid_arguments_from_the_engine_exit_1(
 def test_a_database_held_by_another_opener_is_a_clear_error(tmp_path: Path) -> None:
     with kilndb.open(tmp_path):
         result = kiln(tmp_path, "put", "tasks", "t1", "1")
-        assert_one_error_line(result, 1, "is already open in another process")
+        assert_one_error_line(result, 1, "is already open in this process")
         assert_one_error_line(kiln(tmp_path, "stats"), 1, "already open")
     assert kiln(tmp_path, "put", "tasks", "t1", "1").exit_code == 0
 
