@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
 from dataclasses import dataclass
@@ -14,8 +13,8 @@ import pytest
 
 import kilndb
 from kilndb.storage.check import CheckReport, Problem, check_database
-from kilndb.storage.datafile import FrameReader
 from kilndb.storage.hint import read_hint, write_hint
+from tests.storage.damage import flip, frames
 
 SMALL_FILES = 64 * 1024
 
@@ -33,26 +32,6 @@ def populate(data_dir: Path, singles: int = 600, batches: int = 20) -> dict[int,
                 for fact in db.write_many(group):
                     written[fact.position] = fact.to_dict()
     return written
-
-
-def frames(path: Path) -> list[tuple[int, int, dict[str, Any]]]:
-    """``(offset, frame size, record)`` of the intact frames of a data file."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        return [
-            (offset, len(body) + 8, orjson.loads(body))
-            for offset, body in FrameReader(fd, 0, os.fstat(fd).st_size)
-        ]
-    finally:
-        os.close(fd)
-
-
-def flip(path: Path, offset: int, mask: int = 0xFF) -> None:
-    with path.open("r+b") as handle:
-        handle.seek(offset)
-        byte = handle.read(1)[0]
-        handle.seek(offset)
-        handle.write(bytes([byte ^ mask]))
 
 
 def single_fact_in_middle(path: Path) -> tuple[int, int, dict[str, Any]]:

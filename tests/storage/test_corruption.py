@@ -24,7 +24,7 @@ import pytest
 import kilndb
 import kilndb.storage.log
 from kilndb.storage.check import check_database
-from kilndb.storage.datafile import FrameReader
+from tests.storage.damage import flip, frames
 
 SMALL_FILES = 64 * 1024
 
@@ -38,26 +38,6 @@ def populate(data_dir: Path, count: int = 600) -> dict[int, dict[str, Any]]:
             fact = store.write(f"k{i % 40}", {"i": i, "pad": "x" * 120})
             written[fact.position] = fact.to_dict()
     return written
-
-
-def frames(path: Path) -> list[tuple[int, int, dict[str, Any]]]:
-    """``(offset, frame size, record)`` of the intact frames of a data file."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        return [
-            (offset, len(body) + 8, orjson.loads(body))
-            for offset, body in FrameReader(fd, 0, os.fstat(fd).st_size)
-        ]
-    finally:
-        os.close(fd)
-
-
-def flip(path: Path, offset: int) -> None:
-    with path.open("r+b") as handle:
-        handle.seek(offset)
-        byte = handle.read(1)[0]
-        handle.seek(offset)
-        handle.write(bytes([byte ^ 0xFF]))
 
 
 def everything(data_dir: Path) -> dict[int, dict[str, Any]]:
