@@ -82,9 +82,11 @@ from kilndb.errors import NotFoundError, StorageError
 from kilndb.storage.datafile import (
     HINT_SUFFIX,
     data_path,
+    free_name,
     fsync_directory,
     hint_path,
     list_data_files,
+    write_durably,
 )
 from kilndb.storage.hint import Hint, read_hint
 from kilndb.storage.ids import IdCodec
@@ -615,26 +617,6 @@ def _hint_file_id(name: str) -> int | None:
     return int(stem) if name.endswith(HINT_SUFFIX) and stem.isdigit() else None
 
 
-def _free_name(path: Path) -> Path:
-    candidate, n = path, 0
-    while candidate.exists():
-        n += 1
-        candidate = path.with_name(f"{path.name}.{n}")
-    return candidate
-
-
-def _write_durably(path: Path, chunks: list[bytes]) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-    try:
-        for chunk in chunks:
-            view = memoryview(chunk)
-            while view:
-                view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _runs(frames: list[tuple[int, int]]) -> list[tuple[int, int]]:
     """Adjacent ``(start, end)`` ranges merged."""
     runs: list[tuple[int, int]] = []
@@ -663,8 +645,8 @@ def _rewrite(result: _FileResult, database_id: str) -> int:
         gaps.append((cursor, result.data_end))
     moved = 0
     for start, end in gaps:
-        target = _free_name(path.with_name(f"{path.name}.corrupt-{start}"))
-        _write_durably(target, [data[start:end]])
+        target = free_name(path.with_name(f"{path.name}.corrupt-{start}"))
+        write_durably(target, [data[start:end]])
         moved += end - start
         log.warning(
             "check: %d damaged bytes of %s at offset %d moved to %s",
@@ -677,8 +659,8 @@ def _rewrite(result: _FileResult, database_id: str) -> int:
     if result.torn_at is not None:
         tail = data[result.torn_at :].rstrip(b"\0")
         if tail:
-            target = _free_name(path.with_name(f"{path.name}.torn-{result.torn_at}"))
-            _write_durably(target, [tail])
+            target = free_name(path.with_name(f"{path.name}.torn-{result.torn_at}"))
+            write_durably(target, [tail])
             moved += len(tail)
     fsync_directory(directory)
     hint_path(directory, result.file_id).unlink(missing_ok=True)
@@ -688,7 +670,7 @@ def _rewrite(result: _FileResult, database_id: str) -> int:
     else:
         header = encode_frame(file_header(result.file_id, result.first_position, database_id))
     temporary = path.with_name(path.name + _REPAIR_SUFFIX)
-    _write_durably(temporary, [header, *(data[s:e] for s, e in _runs(result.kept))])
+    write_durably(temporary, [header, *(data[s:e] for s, e in _runs(result.kept))])
     os.replace(temporary, path)
     fsync_directory(directory)
     log.warning(

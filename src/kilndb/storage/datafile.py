@@ -41,9 +41,11 @@ __all__ = [
     "DataFile",
     "FrameReader",
     "data_path",
+    "free_name",
     "fsync_directory",
     "hint_path",
     "list_data_files",
+    "write_durably",
 ]
 
 DATA_SUFFIX = ".log"
@@ -81,6 +83,28 @@ def fsync_directory(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def write_durably(path: Path, chunks: list[bytes]) -> None:
+    """Write ``chunks`` to a new file at ``path`` and fsync it (not its directory)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        for chunk in chunks:
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def free_name(path: Path) -> Path:
+    """``path``, or ``path.1``, ``path.2`` … whichever does not exist yet."""
+    candidate, n = path, 0
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.name}.{n}")
+    return candidate
 
 
 def _storage_error(action: str, path: Path, exc: OSError) -> StorageError:

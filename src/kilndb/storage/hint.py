@@ -37,7 +37,7 @@ from pathlib import Path
 import orjson
 
 from kilndb.codec import encode_frame
-from kilndb.storage.datafile import FrameReader, fsync_directory
+from kilndb.storage.datafile import FrameReader, fsync_directory, write_durably
 
 __all__ = ["Hint", "read_hint", "write_hint"]
 
@@ -130,15 +130,7 @@ def write_hint(path: Path, hint: Hint) -> None:
         encode_frame(orjson.dumps({str(k): v for k, v in hint.ids.items()})),
     ]
     temporary = path.with_name(path.name + ".tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-    try:
-        data = b"".join(parts)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    write_durably(temporary, parts)
     os.replace(temporary, path)
     fsync_directory(path.parent)
 

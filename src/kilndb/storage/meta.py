@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 
 from kilndb.errors import StorageError
-from kilndb.storage.datafile import fsync_directory
+from kilndb.storage.datafile import fsync_directory, write_durably
 
 __all__ = ["FORMAT_VERSION", "load_or_create_meta", "write_meta"]
 
@@ -34,12 +34,7 @@ def write_meta(directory: Path, meta: dict[str, Any]) -> None:
     path = directory / "META"
     temporary = directory / "META.tmp"
     data = orjson.dumps(meta, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n"
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    write_durably(temporary, [data])
     os.replace(temporary, path)
     fsync_directory(directory)
 

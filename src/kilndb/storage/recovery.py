@@ -33,9 +33,11 @@ from kilndb.errors import CorruptRecordError
 from kilndb.storage.datafile import (
     DataFile,
     data_path,
+    free_name,
     fsync_directory,
     hint_path,
     list_data_files,
+    write_durably,
 )
 from kilndb.storage.hint import read_hint
 from kilndb.storage.ids import IdCodec
@@ -181,9 +183,9 @@ def _check_torn(datafile: DataFile, damage: int) -> None:
 
 def _cut_torn_tail(datafile: DataFile, offset: int, result: Recovered) -> None:
     tail = datafile.pread(offset, datafile.allocated - offset).rstrip(b"\0")
+    keep = free_name(datafile.path.with_name(f"{datafile.path.name}.torn-{offset}"))
     if tail:
-        keep = datafile.path.with_name(f"{datafile.path.name}.torn-{offset}")
-        keep.write_bytes(tail)
+        write_durably(keep, [tail])
     os.ftruncate(datafile.fd, offset)
     os.fsync(datafile.fd)
     fsync_directory(datafile.path.parent)
@@ -194,7 +196,7 @@ def _cut_torn_tail(datafile: DataFile, offset: int, result: Recovered) -> None:
         datafile.path,
         offset,
         len(tail),
-        f", kept in {datafile.path.name}.torn-{offset}" if tail else "",
+        f", kept in {keep.name}" if tail else "",
         extra={"path": str(datafile.path), "offset": offset, "dropped_bytes": len(tail)},
     )
 
