@@ -234,13 +234,6 @@ class Log:
         if self.config.auto_compact:
             self._tasks.put(self._auto_compact)
 
-    def rotate(self) -> None:
-        """Seal the active file now if it holds any fact."""
-        with self.lock:
-            self.check_open()
-            if self._has_facts(self.active):
-                self._rotate_locked()
-
     # -- reading ---------------------------------------------------------------------
 
     def read_body(self, position: int) -> bytes | None:
@@ -476,11 +469,15 @@ class Log:
                     self._drop_aged(store, policy.max_age)
 
     def compact(self) -> dict[str, int]:
-        """Apply retention, seal the active file and rewrite sealed files with dead bytes."""
+        """Apply retention and rewrite the files with dead bytes, sealing the active file
+        first if it has any (so that a compaction with nothing to reclaim changes nothing)."""
         from kilndb.storage.compaction import compact_sealed
 
         self.apply_age_retention()
-        self.rotate()
+        with self.lock:
+            self.check_open()
+            if self.active.dead_bytes and self._has_facts(self.active):
+                self._rotate_locked()
         with self._maintenance:
             return compact_sealed(self)
 
