@@ -22,6 +22,7 @@ from itertools import islice
 from types import TracebackType
 from typing import TYPE_CHECKING
 
+from kilndb.errors import ClosedError
 from kilndb.model import Fact
 
 if TYPE_CHECKING:
@@ -70,7 +71,10 @@ class Subscription:
                     return fact
                 visible = log.visible
                 if visible > self._fetched:
-                    self._read_ahead(visible)
+                    try:
+                        self._read_ahead(visible)
+                    except ClosedError:
+                        return None  # the database closed under us
                     continue
                 with log.visible_cond:
                     while log.visible <= self._fetched and not self.closed:

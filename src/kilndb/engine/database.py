@@ -10,6 +10,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterable, Iterator
 from itertools import islice
+from math import isfinite
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -25,7 +26,14 @@ from kilndb.errors import (
     InvalidArgumentError,
     NotFoundError,
 )
-from kilndb.model import Fact, Write, fact_from_dict, validate_database_name, validate_store_name
+from kilndb.model import (
+    Fact,
+    Write,
+    fact_from_dict,
+    validate_database_name,
+    validate_key,
+    validate_store_name,
+)
 from kilndb.storage.keydir import TOMBSTONE
 from kilndb.storage.log import Log, PendingFact
 from kilndb.storage.retention import Retention
@@ -169,7 +177,7 @@ class Database:
 
     def store(self, name: str) -> Store:
         """The store called ``name`` (created by its first write)."""
-        found = self._stores.get(name)
+        found = self._stores.get(name) if type(name) is str else None
         if found is None:
             found = self._stores.setdefault(name, Store(self, validate_store_name(name)))
         return found
@@ -234,18 +242,24 @@ class Database:
     def _commit_one(self, w: PreparedWrite) -> Fact:
         log = self._log
         keydir = log.keydir
+        stored: Fact | None = None
         with log.lock:
             log.check_open()
             existing = None if w.id is None else self._stored_position(w.id)
-            if existing is None:
+            if existing is not None:
+                stored = self._stored_fact(existing)
+            else:
                 latest = keydir.latest(w.store, w.key)
                 current, is_deleted = (0, False) if latest is None else keydir.seq_of(latest)
                 record, pending = self._stage(
                     w, log.next_position, current, is_deleted, log.next_ttime()
                 )
                 last = log.append_locked([pending], batch=False)
-        if existing is not None:
-            return self._fact_at(existing)
+        if stored is not None:
+            # A retry may arrive while the original is still waiting for its fsync: it
+            # is acknowledged no sooner than the original.
+            log.wait_durable(stored.position)
+            return stored
         log.wait_durable(last)
         record["value"] = w.stored_value()
         return fact_from_dict(record)
@@ -254,26 +268,32 @@ class Database:
         log = self._log
         keydir = log.keydir
         stage = self._stage
-        # Each result is the position of an already stored fact (idempotent retry) or
-        # the record of a new one.
-        results: list[int | tuple[dict[str, Any], PreparedWrite]] = []
+        # Each result is a fact already stored (an idempotent retry) or the index of a
+        # record this batch writes.
+        results: list[Fact | int] = []
+        records: list[tuple[dict[str, Any], PreparedWrite]] = []
         pending: list[PendingFact] = []
+        must_be_durable = 0
         with log.lock:
             log.check_open()
             ttime = log.next_ttime()
             # (seq, deleted) of keys this batch has written so far.
             batch_state: dict[tuple[str, str], tuple[int, bool]] = {}
+            # id -> index in ``records`` of the ids this batch writes.
             batch_ids: dict[str, int] = {}
             position = log.next_position
             for w in writes:
                 if w.id is not None:
-                    existing = batch_ids.get(w.id)
-                    if existing is None:
-                        existing = self._stored_position(w.id)
-                    if existing is not None:
-                        results.append(existing)
+                    index = batch_ids.get(w.id)
+                    if index is not None:
+                        results.append(index)
                         continue
-                    batch_ids[w.id] = position
+                    existing = self._stored_position(w.id)
+                    if existing is not None:
+                        results.append(self._stored_fact(existing))
+                        must_be_durable = max(must_be_durable, existing)
+                        continue
+                    batch_ids[w.id] = len(records)
                 slot = (w.store, w.key)
                 state = batch_state.get(slot)
                 if state is None:
@@ -282,23 +302,21 @@ class Database:
                 record, staged = stage(w, position, state[0], state[1], ttime)
                 batch_state[slot] = (staged[2], w.deleted)
                 pending.append(staged)
-                results.append((record, w))
+                results.append(len(records))
+                records.append((record, w))
                 position += 1
-            last = log.append_locked(pending, batch=len(pending) > 1) if pending else None
-        if last is not None:
-            log.wait_durable(last)
-        facts: list[Fact] = []
+            if pending:
+                must_be_durable = log.append_locked(pending, batch=len(pending) > 1)
+        if must_be_durable:
+            log.wait_durable(must_be_durable)
         new = object.__new__
-        for item in results:
-            if type(item) is tuple:
-                record, prepared = item
-                record["value"] = prepared.stored_value()
-                fact: Fact = new(Fact)
-                fact.__dict__.update(record)
-                facts.append(fact)
-            else:
-                facts.append(self._fact_at(item))  # type: ignore[arg-type]
-        return facts
+        written: list[Fact] = []
+        for record, prepared in records:
+            record["value"] = prepared.stored_value()
+            fact: Fact = new(Fact)
+            fact.__dict__.update(record)
+            written.append(fact)
+        return [written[item] if type(item) is int else item for item in results]  # type: ignore[misc]
 
     def _stored_position(self, fact_id: str) -> int | None:
         """Position of the fact already stored under ``fact_id`` (hold the log lock)."""
@@ -319,8 +337,9 @@ class Database:
 
     # -- reading ---------------------------------------------------------------------
 
-    def _fact_at(self, position: int) -> Fact:
-        body = self._log.read_body(position)
+    def _stored_fact(self, position: int) -> Fact:
+        """The retained fact at ``position`` (hold the log lock)."""
+        body = self._log.read_body_locked(position)
         if body is None:
             raise NotFoundError(f"no retained fact at position {position}")
         return fact_from_dict(_loads(body))
@@ -328,8 +347,12 @@ class Database:
     def _read(self, store: str, key: str, as_of: float | None) -> Fact | None:
         log = self._log
         log.check_open()
-        if as_of is not None and (isinstance(as_of, bool) or not isinstance(as_of, int | float)):
-            raise InvalidArgumentError("as_of must be a transaction time (epoch seconds)")
+        if type(key) is not str:
+            validate_key(key)
+        if as_of is not None and (
+            isinstance(as_of, bool) or not isinstance(as_of, int | float) or not isfinite(as_of)
+        ):
+            raise InvalidArgumentError("as_of must be a finite transaction time (epoch seconds)")
         keydir = log.keydir
         while True:
             if as_of is None:
@@ -340,8 +363,6 @@ class Database:
                 index = bisect.bisect_right(positions, limit)
                 position = positions[index - 1] if index else None
             if position is None:
-                if not isinstance(key, str):
-                    raise InvalidArgumentError(f"key must be a string, not {type(key).__name__}")
                 return None
             body = log.read_body(position)
             if body is not None:  # else retention dropped it just now: look again
@@ -361,6 +382,7 @@ class Database:
     ) -> list[Fact]:
         log = self._log
         log.check_open()
+        validate_key(key)
         since = _check_position("since_seq", since_seq)
         until = None if until_seq is None else _check_position("until_seq", until_seq)
         wanted = _check_limit(limit)

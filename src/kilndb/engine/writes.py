@@ -138,6 +138,8 @@ def prepare_write(
     """
     if not store_checked:
         store = validate_store_name(store)
+    if type(deleted) is not bool:
+        raise InvalidArgumentError("deleted must be True or False")
     if type(key) is not str or not key or len(key) > MAX_KEY_LENGTH:
         key = validate_key(key)
     if deleted:
@@ -163,5 +165,5 @@ def prepare_write(
         None if producer is None else _json_field("producer", producer),
         None if derivation is None else _json_field("derivation", derivation),
         {} if metadata is None else _metadata(metadata),
-        bool(deleted),
+        deleted,
     )

@@ -59,7 +59,6 @@ def _compact_file(log: Log, file_id: int) -> tuple[int, int]:
         first = log.first_positions[file_id]
         later = [f for f in log.files if f > file_id]
         end = log.first_positions[min(later)] if later else log.next_position
-        prefix = file_id << OFFSET_BITS
         live = []
         dropped_max = 0
         for position in range(first, end):
@@ -83,8 +82,8 @@ def _compact_file(log: Log, file_id: int) -> tuple[int, int]:
     temporary = data_path(directory, file_id).with_name(f"{file_id:08d}.log.compact")
     fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
     new = DataFile(temporary, file_id, fd, 0, 0)
-    hint = Hint(file_id, 0)
-    moved: list[tuple[int, int]] = []
+    # (position, new offset, hint columns) of every fact copied.
+    moved: list[tuple[int, int, tuple[int, float, str, str, str | None]]] = []
     try:
         new.append(encode_frame(file_header(file_id, first, log.database_id)))
         for position, offset, size in live:
@@ -93,33 +92,32 @@ def _compact_file(log: Log, file_id: int) -> tuple[int, int]:
             if len(frame) != size or encode_frame(body) != frame:
                 raise CorruptRecordError(str(old.path), offset)
             new_offset = new.append(frame)
-            moved.append((position, new_offset))
             record = orjson.loads(body)
             fact_id = record["id"]
-            hint.add(
-                position,
-                new_offset,
-                size,
+            columns = (
                 record["seq"] | (TOMBSTONE if record["deleted"] else 0),
                 record["transaction_time"],
                 record["store"],
                 record["key"],
                 None if log.ids_codec.position_of(fact_id) == position else fact_id,
             )
+            moved.append((position, new_offset, columns))
         new.seal()
     except BaseException:
         new.close()
         temporary.unlink(missing_ok=True)
         raise
-    hint.data_size = new.size
     final = data_path(directory, file_id)
+    hint = Hint(file_id, new.size)
     with log.lock:
-        for position, new_offset in moved:
+        for position, new_offset, (seq, ttime, store, key, fact_id) in moved:
             index = position - keydir.base
-            if keydir.loc[index] == prefix | (keydir.loc[index] & OFFSET_MASK):
+            size = keydir.size[index]
+            if keydir.loc[index] >> OFFSET_BITS == file_id:
                 keydir.relocate(position, file_id, new_offset)
-            else:  # dropped while we copied: dead in the new file too
-                new.dead_bytes += keydir.size[index]
+                hint.add(position, new_offset, size, seq, ttime, store, key, fact_id)
+            else:  # dropped while we copied: dead in the new file too, and not in its hint
+                new.dead_bytes += size
         hint_path(directory, file_id).unlink(missing_ok=True)
         os.replace(temporary, final)
         new.path = final

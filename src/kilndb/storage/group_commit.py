@@ -79,29 +79,36 @@ class GroupCommit:
                 self.durable = position
                 self._cond.notify_all()
 
+    def poison(self, failure: StorageError) -> None:
+        """Fail every waiter and every later write (an fsync failed elsewhere)."""
+        with self._cond:
+            if self._failure is None:
+                self._failure = failure
+            self._cond.notify_all()
+
     def _lead_one_round(self) -> None:
         failure: StorageError | None = None
         upto = -1
+        done = False
         try:
             fd, upto = self._snapshot()
-        except BaseException:
-            with self._cond:  # e.g. the log was closed: nothing to poison
-                self._syncing = False
-                self._cond.notify_all()
-            raise
-        try:
-            os.fdatasync(fd)
-        except OSError as exc:
-            failure = StorageError(f"fsync failed; the database must be reopened: {exc}")
+            try:
+                os.fdatasync(fd)
+            except OSError as exc:
+                failure = StorageError(f"fsync failed; the database must be reopened: {exc}")
+            finally:
+                os.close(fd)
+            done = failure is None
         finally:
-            os.close(fd)
-        with self._cond:
-            self._syncing = False
-            if failure is not None:
-                self._failure = failure
-            else:
-                self.fsyncs += 1
-                self.durable = max(self.durable, upto)
-            self._cond.notify_all()
+            # Whatever happened (even an exception the leader's thread received while it
+            # waited on the disk), the next waiter must be able to lead.
+            with self._cond:
+                self._syncing = False
+                if failure is not None:
+                    self._failure = failure
+                elif done:
+                    self.fsyncs += 1
+                    self.durable = max(self.durable, upto)
+                self._cond.notify_all()
         if failure is not None:
             raise failure

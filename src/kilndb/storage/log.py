@@ -114,9 +114,13 @@ class Log:
                 target=self._run_interval_sync, name=f"kilndb-sync-{directory.name}", daemon=True
             )
             self._interval_thread.start()
+        # Retention is re-applied at open: hints and scans bring back facts that were
+        # dropped but not compacted away yet.
         for store, policy in self.retention.items():
             if policy.keep == "latest":
                 self._drop_superseded(store)
+            if policy.max_age is not None:
+                self._drop_aged(store, policy.max_age)
 
     # -- appending -------------------------------------------------------------------
 
@@ -209,7 +213,7 @@ class Log:
 
     def _sync_snapshot(self) -> tuple[int, int]:
         with self.lock:
-            if self.active.closed:
+            if self.closed:
                 raise ClosedError(f"database {self.directory} is closed")
             return os.dup(self.active.fd), self.written
 
@@ -219,7 +223,13 @@ class Log:
 
     def _rotate_locked(self) -> None:
         sealed = self.active
-        sealed.seal()
+        try:
+            sealed.seal()
+        except StorageError as exc:
+            # Writers waiting on this file must not be acknowledged by a later fsync
+            # that may succeed after the kernel dropped the pages.
+            self.commit.poison(exc)
+            raise
         self.commit.mark_durable(self.written)
         if self.config.sync == "always":
             self.publish(self.written)
@@ -239,11 +249,19 @@ class Log:
     def read_body(self, position: int) -> bytes | None:
         """The body of a retained fact, or ``None``; raises CorruptRecordError on damage."""
         with self.lock:
+            self.check_open()
             location = self.keydir.location(position)
             if location is None:
                 return None
             datafile = self.files[location[0]]
         return self._read_frame(datafile, location[1], location[2])
+
+    def read_body_locked(self, position: int) -> bytes | None:
+        """:meth:`read_body` for a caller that holds the lock."""
+        location = self.keydir.location(position)
+        if location is None:
+            return None
+        return self._read_frame(self.files[location[0]], location[1], location[2])
 
     def read_bodies(self, positions: list[int]) -> list[bytes]:
         """Bodies of the retained facts among ``positions`` (ascending), in that order.
@@ -253,6 +271,7 @@ class Log:
         makes a long history cheap to read. Raises CorruptRecordError on damage.
         """
         with self.lock:
+            self.check_open()
             found = []
             for position in positions:
                 location = self.keydir.location(position)
@@ -305,6 +324,7 @@ class Log:
         last = after
         while last < until:
             with self.lock:
+                self.check_open()
                 start = keydir.first_retained_at_or_after(last + 1)
                 if start is None or start > until:
                     return
@@ -334,6 +354,7 @@ class Log:
             if reader.stop_reason not in (None, "end-marker"):
                 raise CorruptRecordError(str(datafile.path), reader.stop_offset)
             with self.lock:
+                self.check_open()
                 later = [f for f in self.files if f > file_id]
                 if not later:
                     return
@@ -444,6 +465,7 @@ class Log:
 
     def _write_hint_for(self, file_id: int) -> None:
         with self._maintenance:
+            self.check_open()
             datafile = self.files.get(file_id)
             if datafile is None or datafile is self.active:
                 return
@@ -459,6 +481,7 @@ class Log:
         dead = sum(f.dead_bytes for f in sealed)
         if total and dead / total >= self.config.compaction_threshold:
             with self._maintenance:
+                self.check_open()
                 compact_sealed(self)
 
     def apply_age_retention(self) -> None:
@@ -479,6 +502,7 @@ class Log:
             if self.active.dead_bytes and self._has_facts(self.active):
                 self._rotate_locked()
         with self._maintenance:
+            self.check_open()  # close() may have run while we waited
             return compact_sealed(self)
 
     # -- lifecycle -------------------------------------------------------------------
@@ -490,10 +514,20 @@ class Log:
             self.publish(self.commit.durable)
 
     def close(self) -> None:
+        """Make everything durable, write the active file's hint, release the database.
+
+        Descriptors are not closed here but when the last reader lets go of its file (an
+        iterator may be mid-read): closing them under a reader would let the number be
+        reused by another file.
+        """
         with self.lock:
             if self.closed:
                 return
             self.closed = True
+            # Writers still waiting for their fsync are served by this one.
+            if self.commit.failure is None:
+                self.active.seal()
+                self.commit.mark_durable(self.written)
         self._stop_interval.set()
         if self._interval_thread is not None:
             self._interval_thread.join()
@@ -504,14 +538,9 @@ class Log:
         try:
             with self._maintenance, self.lock:
                 active = self.active
-                if self.commit.failure is None:
-                    active.seal()
-                    if self._has_facts(active):
-                        write_hint(
-                            hint_path(self.directory, active.file_id), self.build_hint(active)
-                        )
-                for datafile in self.files.values():
-                    datafile.close()
+                if self.commit.failure is None and self._has_facts(active):
+                    write_hint(hint_path(self.directory, active.file_id), self.build_hint(active))
+                self.files = {active.file_id: active}
         finally:
             self._dir_lock.release()
 
