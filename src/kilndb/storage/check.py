@@ -81,6 +81,7 @@ from kilndb.codec import FRAME_HEADER_SIZE, FRAME_OVERHEAD, encode_frame
 from kilndb.errors import NotFoundError, StorageError
 from kilndb.storage.datafile import (
     HINT_SUFFIX,
+    LEFTOVER_SUFFIXES,
     data_path,
     free_name,
     fsync_directory,
@@ -100,7 +101,6 @@ __all__ = ["CheckReport", "Problem", "check_database"]
 
 log = logging.getLogger("kilndb.storage")
 
-_LEFTOVER_SUFFIXES = (".tmp", ".compact")
 _REPAIR_SUFFIX = ".repair.tmp"
 _BATCH_TEXT = re.compile(rb'\{"batch":(\d+),"first":(\d+)\}')
 _unpack_u32 = struct.Struct(">I").unpack_from
@@ -469,7 +469,7 @@ class _Checker:
         present = set(file_ids)
         for entry in sorted(directory.iterdir()):
             name = entry.name
-            if name.endswith(_LEFTOVER_SUFFIXES):
+            if name.endswith(LEFTOVER_SUFFIXES):
                 self.leftovers.append(entry)
                 self.problem(entry, 0, "leftover", "temporary file of an interrupted write")
             elif _hint_file_id(name) not in present | {None}:

@@ -38,6 +38,7 @@ from kilndb.errors import DiskFullError, StorageError
 __all__ = [
     "DATA_SUFFIX",
     "HINT_SUFFIX",
+    "LEFTOVER_SUFFIXES",
     "DataFile",
     "FrameReader",
     "data_path",
@@ -50,6 +51,8 @@ __all__ = [
 
 DATA_SUFFIX = ".log"
 HINT_SUFFIX = ".hint"
+#: Temporary files of interrupted writes (hints, META, compaction): safe to delete.
+LEFTOVER_SUFFIXES = (".tmp", ".compact")
 PREALLOCATE_STEP = 4 * 1024 * 1024
 READ_CHUNK = 1024 * 1024
 

@@ -31,6 +31,7 @@ import orjson
 from kilndb.codec import encode_frame
 from kilndb.errors import CorruptRecordError
 from kilndb.storage.datafile import (
+    LEFTOVER_SUFFIXES,
     DataFile,
     data_path,
     free_name,
@@ -48,8 +49,6 @@ from kilndb.storage.resync import resync
 __all__ = ["Recovered", "recover", "write_header"]
 
 log = logging.getLogger("kilndb.storage")
-
-_LEFTOVER_SUFFIXES = (".tmp", ".compact")
 
 
 @dataclass
@@ -212,7 +211,7 @@ def write_header(datafile: DataFile, first_position: int, database_id: str) -> i
 def recover(directory: Path, database_id: str, codec: IdCodec) -> Recovered:
     """Load every data file of ``directory``; the newest one is left open for appends."""
     for entry in directory.iterdir():
-        if entry.name.endswith(_LEFTOVER_SUFFIXES):
+        if entry.name.endswith(LEFTOVER_SUFFIXES):
             entry.unlink()
     file_ids = list_data_files(directory)
     if not file_ids:
