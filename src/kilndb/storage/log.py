@@ -54,6 +54,9 @@ log = logging.getLogger("kilndb.storage")
 PendingFact = tuple[str, str, int, bool, float, str | None, bytes]
 
 _crc32 = zlib.crc32
+#: Compactions :meth:`Log.set_retention` runs at most to clear what a stricter policy
+#: dropped while writers keep dropping more under it.
+LOOSEN_ATTEMPTS = 5
 #: The most bytes :meth:`Log.read_bodies` reads with one ``pread``.
 READ_RUN = 1024 * 1024
 _U32 = struct.Struct(">I")
@@ -376,18 +379,26 @@ class Log:
         loosening = (old.keep == "latest" and policy.keep == "all") or (
             old.max_age is not None and (policy.max_age is None or policy.max_age > old.max_age)
         )
-        if loosening:
-            self.compact()
-        with self.lock:
-            self.check_open()
-            if policy.is_default:
-                self.retention.pop(store, None)
-            else:
-                self.retention[store] = policy
-            self.meta["retention"] = {s: p.to_dict() for s, p in self.retention.items()}
-            self.save_meta()
-            if policy.keep == "latest":
-                self._drop_superseded(store)
+        attempts = LOOSEN_ATTEMPTS if loosening else 0
+        while True:
+            if attempts:
+                self.compact()
+                attempts -= 1
+            with self.lock:
+                self.check_open()
+                # Writes since the compaction may have dropped more facts under the old
+                # policy: compact again, so that none is left on disk at the switch.
+                if attempts and any(f.dead_bytes for f in self.files.values()):
+                    continue
+                if policy.is_default:
+                    self.retention.pop(store, None)
+                else:
+                    self.retention[store] = policy
+                self.meta["retention"] = {s: p.to_dict() for s, p in self.retention.items()}
+                self.save_meta()
+                if policy.keep == "latest":
+                    self._drop_superseded(store)
+                return
 
     def _drop_superseded(self, store: str) -> None:
         keydir = self.keydir
