@@ -161,3 +161,30 @@ def test_bad_arguments_are_invalid_argument_errors(tmp_path: Path, call: Any) ->
         with pytest.raises(kilndb.InvalidArgumentError):
             call(db)
         assert db.stats()["last_position"] == 1
+
+
+def test_a_write_in_flight_when_the_database_closes_is_acknowledged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = kilndb.open(tmp_path)
+    log = db._log
+    appended, closed = threading.Event(), threading.Event()
+    original = log.wait_durable
+
+    def paused(position: int) -> None:
+        appended.set()
+        closed.wait(10)
+        original(position)
+
+    monkeypatch.setattr(log, "wait_durable", paused)
+    outcome: dict[str, Any] = {}
+    writer = threading.Thread(target=lambda: outcome.update(fact=db.store("s").write("k", 1)))
+    writer.start()
+    assert appended.wait(10)
+    db.close()  # fsyncs what was written: the waiting writer is served by it
+    closed.set()
+    writer.join(10)
+    assert outcome["fact"].position == 1
+    with kilndb.open(tmp_path) as again:
+        latest = again.store("s").read("k")
+        assert latest is not None and latest.value == 1

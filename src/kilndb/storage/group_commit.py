@@ -25,7 +25,7 @@ import os
 import threading
 from collections.abc import Callable
 
-from kilndb.errors import StorageError
+from kilndb.errors import ClosedError, StorageError
 
 __all__ = ["GroupCommit"]
 
@@ -60,7 +60,14 @@ class GroupCommit:
                     break
                 cond.wait()
             self._syncing = True
-        self._lead_one_round()
+        try:
+            self._lead_one_round()
+        except ClosedError:
+            # close() fsyncs what was written before it: the write may be durable.
+            with cond:
+                if self.durable >= position:
+                    return
+            raise
 
     def sync_now(self) -> None:
         """Fsync whatever has been written (used by interval mode and close)."""
