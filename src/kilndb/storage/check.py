@@ -68,17 +68,16 @@ from __future__ import annotations
 import logging
 import mmap
 import os
-import re
-import struct
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from kilndb.codec import FRAME_HEADER_SIZE, FRAME_OVERHEAD, encode_frame
+from kilndb.codec import FRAME_HEADER_SIZE, encode_frame
 from kilndb.errors import NotFoundError, StorageError
+from kilndb.storage.check_file import FileResult, FileScan, Problem
 from kilndb.storage.datafile import (
     HINT_SUFFIX,
     LEFTOVER_SUFFIXES,
@@ -94,27 +93,14 @@ from kilndb.storage.ids import IdCodec
 from kilndb.storage.keydir import TOMBSTONE
 from kilndb.storage.lockfile import DatabaseLock
 from kilndb.storage.meta import FORMAT_VERSION, write_meta
-from kilndb.storage.records import BATCH_PREFIX, FACT_PREFIX, FILE_PREFIX, file_header
-from kilndb.storage.resync import Buffer, frame_at, nonzero_end, parse_record, resync
+from kilndb.storage.records import file_header
+from kilndb.storage.resync import Buffer
 
 __all__ = ["CheckReport", "Problem", "check_database"]
 
 log = logging.getLogger("kilndb.storage")
 
 _REPAIR_SUFFIX = ".repair.tmp"
-_BATCH_TEXT = re.compile(rb'\{"batch":(\d+),"first":(\d+)\}')
-_unpack_u32 = struct.Struct(">I").unpack_from
-_CHUNK = 1 << 20
-
-
-@dataclass(frozen=True, slots=True)
-class Problem:
-    """One finding: the file, the byte offset in it (0 for a whole file), what and why."""
-
-    path: str
-    offset: int
-    kind: str
-    detail: str
 
 
 @dataclass(slots=True)
@@ -164,284 +150,6 @@ def check_database(directory: Path, fix: bool = False) -> CheckReport:
         lock.release()
 
 
-# -- reading frames ------------------------------------------------------------------
-
-
-def _positive(value: object) -> int | None:
-    """``value`` if it is a positive int (not a bool), else None."""
-    return value if type(value) is int and value >= 1 else None
-
-
-def _fact_error(record: dict[str, Any]) -> str | None:
-    """Why a fact record could not be indexed by recovery, or None if it can."""
-    for name in ("id", "store", "key"):
-        if not isinstance(record.get(name), str):
-            return f"fact field {name!r} missing or not a string"
-    if _positive(record.get("position")) is None:
-        return "fact position missing or not a positive integer"
-    seq = _positive(record.get("seq"))
-    if seq is None or seq >= TOMBSTONE:
-        return "fact seq missing or out of range"
-    if not isinstance(record.get("deleted"), bool):
-        return "fact field 'deleted' missing or not a boolean"
-    ttime = record.get("transaction_time")
-    if isinstance(ttime, bool) or not isinstance(ttime, int | float):
-        return "fact transaction_time missing or not a number"
-    return None
-
-
-# -- one data file -------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class _Batch:
-    """An open batch: its header's offset, count and first position, frames so far."""
-
-    offset: int
-    count: int
-    first: int
-    frames: list[tuple[int, int]] = field(default_factory=list)
-    facts: list[tuple[int, int, dict[str, Any]]] = field(default_factory=list)
-    #: Known only from the text of a damaged header, so less trusted (see record()).
-    header_lost: bool = False
-
-
-@dataclass
-class _FileResult:
-    file_id: int
-    path: Path
-    newest: bool
-    length: int
-    #: ``(start, end)`` of the intact header frame, or None if a new one is needed.
-    header: tuple[int, int] | None = None
-    first_position: int = 1
-    #: ``(start, end)`` of every other frame kept, in file order.
-    kept: list[tuple[int, int]] = field(default_factory=list)
-    #: frame offset -> (frame size, record) of every fact kept.
-    facts: dict[int, tuple[int, dict[str, Any]]] = field(default_factory=dict)
-    #: Where the data ends: the end marker, the file end or the start of a torn tail.
-    data_end: int = 0
-    torn_at: int | None = None
-    problems: list[Problem] = field(default_factory=list)
-    records_ok: int = 0
-    #: Highest position seen in the file, kept or dropped: a repair records it so that
-    #: no position an acknowledged fact ever had is handed out again.
-    highest_position: int = 0
-
-
-class _FileScan:
-    """Walk one data file's frames, resynchronising after damage (see module docstring)."""
-
-    def __init__(
-        self, buf: Buffer, result: _FileResult, last: int, database_id: str | None
-    ) -> None:
-        self.buf = buf
-        self.result = result
-        #: Highest position of the log so far (facts and headers of earlier files).
-        self.last = last
-        self.database_id = database_id
-        self.batch: _Batch | None = None
-        #: Facts below this position belong to a dropped batch.
-        self.drop_below = 0
-        #: Offset of a damaged range of several frames that the last resync skipped.
-        self.skipped: int | None = None
-        self.first_fact: int | None = None
-
-    def problem(self, offset: int, kind: str, detail: str) -> None:
-        self.result.problems.append(Problem(str(self.result.path), offset, kind, detail))
-
-    def run(self) -> None:
-        result, buf, end = self.result, self.buf, self.result.length
-        result.data_end = end
-        pos = self.read_header()
-        while pos is not None and pos < end:
-            found = frame_at(buf, pos, end)
-            if isinstance(found, str):
-                if found in ("end-marker", "short") and nonzero_end(buf, pos, end) == pos:
-                    result.data_end = pos  # zeros to the end: the end of the data
-                    break
-                detail = {
-                    "end-marker": "zero length header before more data",
-                    "short": "frame cut short by the end of the file",
-                    "length": "frame length runs past the end of the file",
-                    "crc": "CRC mismatch",
-                }[found]
-                pos = self.damaged(pos, "frame", detail)
-                continue
-            frame_end, body = found
-            record = parse_record(body)
-            if record is None:
-                pos = self.damaged(pos, "json", "body is not a JSON object")
-                continue
-            error = self.record(pos, frame_end, body, record)
-            if error is not None:
-                pos = self.damaged(pos, "record", error)
-                continue
-            pos = frame_end
-        batch = self.batch
-        if batch is not None and result.torn_at is None:
-            if result.newest:
-                self.tear(batch.offset, f"incomplete batch of {batch.count} facts at the end")
-            else:
-                self.drop_batch(f"file ends after {len(batch.facts)} of its facts")
-        if result.header is None:
-            self.choose_first_position()
-        result.highest_position = max(self.last, self.drop_below - 1)
-
-    def read_header(self) -> int | None:
-        result, buf = self.result, self.buf
-        found = frame_at(buf, 0, result.length)
-        record = None if isinstance(found, str) else parse_record(found[1])
-        if isinstance(found, str) or record is None:
-            if result.length == 0 or nonzero_end(buf, 0, result.length) == 0:
-                if result.newest:
-                    self.tear(0, "file holds no header")  # as recovery: nothing to keep
-                    return None
-                self.problem(0, "header", "file holds no header")
-                return None
-            why = "damaged" if isinstance(found, str) else "not a JSON object"
-            return self.damaged(0, "header", f"file header {why}")
-        if not found[1].startswith(FILE_PREFIX):
-            self.problem(0, "header", "first record is not a file header")
-            return 0
-        first = _positive(record.get("first_position"))
-        error = None
-        if record.get("file") != result.file_id:
-            error = f"header names file {record.get('file')!r}"
-        elif self.database_id is not None and record.get("database_id") != self.database_id:
-            error = f"header names database {record.get('database_id')!r}, META another"
-        elif first is None:
-            error = "header first_position missing or not a positive integer"
-        elif first <= self.last:
-            error = f"header first_position {first} is not above position {self.last}"
-        if error is not None:
-            self.problem(0, "header", error)
-            return found[0]
-        assert first is not None
-        result.header = (0, found[0])
-        result.first_position = first
-        result.records_ok += 1
-        self.last = first - 1
-        return found[0]
-
-    def record(self, offset: int, end: int, body: bytes, record: dict[str, Any]) -> str | None:
-        """Account for one intact record; return why it is invalid, if it is."""
-        if body.startswith(BATCH_PREFIX):
-            count, first = _positive(record.get("batch")), _positive(record.get("first"))
-            if count is None or first is None:
-                return "batch header without a positive count and first position"
-            if self.batch is not None:
-                self.drop_batch("another batch header follows before its last fact")
-            self.batch = _Batch(offset, count, first, [(offset, end)])
-            return None
-        if not body.startswith(FACT_PREFIX):
-            kind = "file header" if body.startswith(FILE_PREFIX) else "record of unknown kind"
-            return f"{kind} in the middle of the file"
-        error = _fact_error(record)
-        if error is not None:
-            return error
-        position = record["position"]
-        skipped, self.skipped = self.skipped, None
-        if skipped is not None and self.batch is None and position > self.last + 1:
-            self.problem(
-                offset,
-                "batch",
-                f"positions {self.last + 1}..{position - 1} were lost in the damage at offset"
-                f" {skipped}; if they began a write_many batch, the rest of it cannot be told"
-                " from single writes and is kept",
-            )
-        if position < self.drop_below:
-            return None  # the tail of a dropped batch: left out, reported with the batch
-        batch = self.batch
-        if batch is not None:
-            expected = batch.first + len(batch.facts)
-            if position == expected:
-                batch.frames.append((offset, end))
-                batch.facts.append((offset, end, record))
-                if len(batch.facts) == batch.count:
-                    self.batch = None
-                    self.keep(batch.frames, batch.facts, batch.offset)
-                return None
-            if batch.header_lost and not batch.first <= position < batch.first + batch.count:
-                self.batch = None  # the damaged header's numbers were wrong, or all lost
-            else:
-                self.drop_batch(f"fact {expected} expected, position {position} found")
-                if position < self.drop_below:
-                    return None
-        self.keep([(offset, end)], [(offset, end, record)], offset)
-        return None
-
-    def keep(
-        self,
-        frames: list[tuple[int, int]],
-        facts: list[tuple[int, int, dict[str, Any]]],
-        offset: int,
-    ) -> None:
-        first = facts[0][2]["position"]
-        if first <= self.last:
-            self.problem(offset, "order", f"position {first} is not above position {self.last}")
-            return
-        result = self.result
-        result.kept.extend(frames)
-        result.records_ok += len(frames)
-        for start, end, record in facts:
-            result.facts[start] = (end - start, record)
-        self.last = facts[-1][2]["position"]
-        if self.first_fact is None:
-            self.first_fact = first
-
-    def drop_batch(self, why: str) -> None:
-        batch = self.batch
-        assert batch is not None
-        self.batch = None
-        self.drop_below = max(self.drop_below, batch.first + batch.count)
-        self.problem(
-            batch.offset,
-            "batch",
-            f"batch of {batch.count} facts from position {batch.first} dropped: {why}",
-        )
-
-    def damaged(self, offset: int, kind: str, detail: str) -> int | None:
-        """Handle damage at ``offset``; return where to go on reading (None: stop)."""
-        result, buf = self.result, self.buf
-        resume = resync(buf, offset + 1, result.length)
-        if resume is None and result.newest:
-            batch = self.batch
-            self.batch = None
-            self.tear(offset if batch is None else batch.offset, f"{detail} at offset {offset}")
-            return None
-        self.problem(offset, kind, detail)
-        if self.batch is not None:
-            self.drop_batch(f"its frame at offset {offset} is damaged")
-        stop = result.length if resume is None else resume
-        if stop - offset < FRAME_HEADER_SIZE or (
-            _unpack_u32(buf, offset)[0] + FRAME_OVERHEAD != stop - offset
-        ):
-            self.skipped = offset  # not just one frame: a batch header may be among them
-        for match in _BATCH_TEXT.finditer(buf[offset:stop]):
-            # A batch header whose text and length field survived (its CRC or a
-            # neighbour took the hit): its facts follow, so the batch is still whole or
-            # still droppable as a whole. The length field rules out JSON inside a value.
-            start = offset + match.start() - FRAME_HEADER_SIZE
-            count, first = int(match[1]), int(match[2])
-            if start < offset or _unpack_u32(buf, start)[0] != len(match[0]):
-                continue
-            if count > 0 and first > self.last:
-                if self.batch is not None:
-                    self.drop_batch(f"its frames end in the damage at offset {offset}")
-                self.batch = _Batch(start, count, first, header_lost=True)
-        return resume
-
-    def tear(self, offset: int, detail: str) -> None:
-        self.result.torn_at = self.result.data_end = offset
-        self.problem(offset, "torn-tail", detail)
-
-    def choose_first_position(self) -> None:
-        """The ``first_position`` for a replacement header: as high as the facts allow."""
-        result = self.result
-        result.first_position = self.first_fact if self.first_fact is not None else self.last + 1
-
-
 # -- the whole directory -------------------------------------------------------------
 
 
@@ -450,7 +158,7 @@ class _Checker:
         self.directory = directory
         self.problems: list[Problem] = []
         self.meta: dict[str, Any] | None = None
-        self.files: list[_FileResult] = []
+        self.files: list[FileResult] = []
         self.stale_hints: list[Path] = []
         self.leftovers: list[Path] = []
         self.database_id: str | None = None
@@ -482,7 +190,7 @@ class _Checker:
         )
 
     @staticmethod
-    def fact_positions(result: _FileResult) -> list[int]:
+    def fact_positions(result: FileResult) -> list[int]:
         return [record["position"] for _, record in result.facts.values()] or [0]
 
     def read_meta(self) -> None:
@@ -506,14 +214,14 @@ class _Checker:
         self.meta = meta
         self.database_id = meta["database_id"]
 
-    def check_data_file(self, file_id: int, newest: bool, last: int) -> _FileResult:
+    def check_data_file(self, file_id: int, newest: bool, last: int) -> FileResult:
         path = data_path(self.directory, file_id)
         with path.open("rb") as handle:
             length = os.fstat(handle.fileno()).st_size
-            result = _FileResult(file_id, path, newest, length)
+            result = FileResult(file_id, path, newest, length)
             buf: Buffer = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) if length else b""
             try:
-                scan = _FileScan(buf, result, last, self.database_id)
+                scan = FileScan(buf, result, last, self.database_id)
                 scan.run()
                 if self.database_id is None and result.header is not None:
                     header = orjson.loads(buf[FRAME_HEADER_SIZE : result.header[1] - 4])
@@ -528,7 +236,7 @@ class _Checker:
             self.check_hint(result)
         return result
 
-    def check_hint(self, result: _FileResult) -> None:
+    def check_hint(self, result: FileResult) -> None:
         path = hint_path(self.directory, result.file_id)
         if not path.exists():
             return
@@ -628,7 +336,7 @@ def _runs(frames: list[tuple[int, int]]) -> list[tuple[int, int]]:
     return runs
 
 
-def _rewrite(result: _FileResult, database_id: str) -> int:
+def _rewrite(result: FileResult, database_id: str) -> int:
     """Rewrite one damaged data file as described in the module docstring.
 
     Returns the number of bytes moved into quarantine files.
