@@ -46,8 +46,9 @@ class Fact:
     """One immutable record: a value for a key in a store, with its provenance.
 
     ``Fact`` is frozen but deliberately not slotted: the engine materialises facts from
-    trusted records by filling ``__dict__`` in one call, which is what lets replay run
-    at hundreds of thousands of facts per second.
+    trusted records by handing the parsed record over as the instance ``__dict__``, one
+    allocation fewer per fact than any constructor, which is what lets replay run at
+    hundreds of thousands of facts per second.
     """
 
     id: str
@@ -74,12 +75,16 @@ class Fact:
 FACT_FIELDS: tuple[str, ...] = tuple(Fact.__dataclass_fields__)
 
 _new_fact = object.__new__
+_set_attribute = object.__setattr__
 
 
 def fact_from_dict(data: dict[str, Any]) -> Fact:
-    """Build a :class:`Fact` from a trusted record dict (every field present)."""
+    """Make a trusted record dict (every field present) a :class:`Fact`.
+
+    The dict becomes the fact's ``__dict__`` (no copy), so the caller hands it over.
+    """
     fact: Fact = _new_fact(Fact)
-    fact.__dict__.update(data)
+    _set_attribute(fact, "__dict__", data)
     return fact
 
 

@@ -309,13 +309,10 @@ class Database:
                 must_be_durable = log.append_locked(pending, batch=len(pending) > 1)
         if must_be_durable:
             log.wait_durable(must_be_durable)
-        new = object.__new__
         written: list[Fact] = []
         for record, prepared in records:
             record["value"] = prepared.stored_value()
-            fact: Fact = new(Fact)
-            fact.__dict__.update(record)
-            written.append(fact)
+            written.append(fact_from_dict(record))
         return [written[item] if type(item) is int else item for item in results]  # type: ignore[misc]
 
     def _stored_position(self, fact_id: str) -> int | None:
@@ -396,13 +393,7 @@ class Database:
             if (until is not None and seq > until) or len(chosen) == wanted:
                 break
             chosen.append(position)
-        new = object.__new__
-        facts: list[Fact] = []
-        for body in log.read_bodies(chosen):
-            fact: Fact = new(Fact)
-            fact.__dict__.update(_loads(body))
-            facts.append(fact)
-        return facts
+        return [fact_from_dict(_loads(body)) for body in log.read_bodies(chosen)]
 
     def _keys(self, store: str, prefix: object, limit: object) -> list[str]:
         if not isinstance(prefix, str):

@@ -322,7 +322,7 @@ class Log:
         facts are materialised here rather than in a further generator layer.
         """
         keydir = self.keydir
-        new = object.__new__
+        new, set_attribute = object.__new__, object.__setattr__
         loc = keydir.loc
         last = after
         while last < until:
@@ -352,7 +352,7 @@ class Log:
                         continue
                     if stores is None or record["store"] in stores:
                         fact: Fact = new(Fact)
-                        fact.__dict__.update(record)
+                        set_attribute(fact, "__dict__", record)
                         yield fact
             if reader.stop_reason not in (None, "end-marker"):
                 raise CorruptRecordError(str(datafile.path), reader.stop_offset)
