@@ -10,7 +10,7 @@ from kilndb import errors
 
 def test_all_lists_exactly_the_public_names() -> None:
     public = {name for name in dir(kilndb) if not name.startswith("_")}
-    modules = {"codec", "config", "engine", "errors", "model", "storage", "cli"}
+    modules = {"codec", "config", "engine", "errors", "model", "storage", "cli", "protocol"}
     assert set(kilndb.__all__) - {"__version__"} == public - modules
     for name in kilndb.__all__:
         assert hasattr(kilndb, name)

@@ -1,0 +1,161 @@
+"""The server side of one wire-protocol connection, without any I/O.
+
+Theory of operation
+-------------------
+A transport (an asyncio Protocol, a test) feeds received bytes to
+:meth:`ServerConnection.receive_data` and gets back events, in arrival order:
+
+:class:`Request`
+    a well-formed request: ``op``, its checked ``params``, the ``request_id`` to echo
+    and the ``database`` it names (or None for the connection's database).
+:class:`BadRequest`
+    a frame that arrived intact but is not a valid request — bad JSON, not an object,
+    no ``op``, an unknown op, a wrong-typed field. The stream is still in step: the
+    transport answers it with :meth:`ServerConnection.error` (in request order, like any
+    reply) and goes on.
+:class:`ConnectionBroken`
+    the byte stream lost its framing — an oversize frame or a CRC mismatch. Nothing
+    after it can be trusted: the transport sends :meth:`ServerConnection.error` as a
+    last frame and closes. Later data is ignored.
+
+Replies are built by :meth:`ServerConnection.reply` (``{"ok": true, ...}``) and
+:meth:`ServerConnection.error` (``{"ok": false, "error", "error_code", ...}``), both echoing
+``request_id`` when the request had one, and pushed changefeed frames by
+:meth:`ServerConnection.fact_event` (Igniter's ``{"event": "fact_written", "fact": …}``).
+Keeping replies in request order is the transport's job; this class holds no queue.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from kilndb.codec import DEFAULT_MAX_FRAME_BYTES, FrameDecoder, encode_frame
+from kilndb.errors import InvalidArgumentError, KilnError, ProtocolError, UnknownOpError
+from kilndb.model import validate_database_name
+from kilndb.protocol.ops import OPS
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "BadRequest",
+    "ConnectionBroken",
+    "Event",
+    "Request",
+    "ServerConnection",
+]
+
+#: Version of the native protocol, announced and checked by ``hello``.
+PROTOCOL_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """A valid request: answer it, in order, with a reply or an error."""
+
+    op: str
+    params: dict[str, Any]
+    request_id: Any = None
+    database: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BadRequest:
+    """An intact frame that is not a valid request; answer with ``error`` and go on."""
+
+    error: KilnError
+    request_id: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionBroken:
+    """The stream lost its framing: send ``error`` as a last frame, then close."""
+
+    error: ProtocolError
+
+
+Event = Request | BadRequest | ConnectionBroken
+
+
+def _request_id(body: dict[str, Any]) -> Any:
+    request_id = body.get("request_id")
+    # Echo only what can be echoed faithfully; anything else is dropped, not refused.
+    return request_id if isinstance(request_id, str | int) else None
+
+
+class ServerConnection:
+    """Sans-I/O server side of one connection: bytes in, events out; replies to bytes."""
+
+    def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
+        self._decoder = FrameDecoder(max_frame_bytes)
+        self.broken: ConnectionBroken | None = None
+        #: Requests decoded so far (valid or not), for metrics.
+        self.requests = 0
+
+    @property
+    def buffered(self) -> int:
+        """Bytes of a frame received only in part (0 between frames)."""
+        return self._decoder.buffered
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> list[Event]:
+        """Events for the frames ``data`` completes; empty if more bytes are needed."""
+        if self.broken is not None:
+            return []
+        events: list[Event] = []
+        try:
+            self._decoder.feed(data)
+            while (body := self._decoder.next_frame()) is not None:
+                self.requests += 1
+                events.append(self._parse(body))
+        except ProtocolError as exc:
+            self.broken = ConnectionBroken(exc)
+            events.append(self.broken)
+        return events
+
+    @staticmethod
+    def _parse(body: bytes) -> Request | BadRequest:
+        try:
+            message = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            return BadRequest(ProtocolError(f"request is not valid JSON: {exc}"))
+        if not isinstance(message, dict):
+            return BadRequest(ProtocolError("request must be a JSON object"))
+        request_id = _request_id(message)
+        op = message.get("op")
+        if not isinstance(op, str):
+            return BadRequest(InvalidArgumentError("missing field 'op'"), request_id)
+        checker = OPS.get(op)
+        if checker is None:
+            return BadRequest(UnknownOpError(f"unknown op {op!r}"), request_id)
+        try:
+            params = checker(message)
+            database = message.get("database")
+            if database is not None:
+                database = validate_database_name(database)
+            if op == "hello":  # selects the connection's database rather than naming one
+                params["database"], database = database, None
+        except InvalidArgumentError as exc:
+            return BadRequest(InvalidArgumentError(f"{op}: {exc.message}"), request_id)
+        return Request(op, params, request_id, database)
+
+    @staticmethod
+    def reply(request_id: Any = None, **result: Any) -> bytes:
+        """A successful reply frame: ``{"ok": true, **result}`` echoing ``request_id``."""
+        body: dict[str, Any] = {"ok": True, **result}
+        if request_id is not None:
+            body["request_id"] = request_id
+        return encode_frame(orjson.dumps(body))
+
+    @staticmethod
+    def error(error: KilnError, request_id: Any = None) -> bytes:
+        """A failed reply frame carrying the error's message, code and fields."""
+        body = error.to_wire()
+        if request_id is not None:
+            body["request_id"] = request_id
+        return encode_frame(orjson.dumps(body))
+
+    @staticmethod
+    def fact_event(fact: dict[str, Any]) -> bytes:
+        """A pushed changefeed frame in Igniter's form."""
+        return encode_frame(orjson.dumps({"event": "fact_written", "fact": fact}))

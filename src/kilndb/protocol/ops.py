@@ -1,0 +1,230 @@
+"""The op table: every request the wire protocol accepts, and how its fields are checked.
+
+Each op maps to a checker that takes the decoded request object and returns the op's
+parameters, normalised (defaults filled in, only known fields kept), or raises
+:class:`InvalidArgumentError` naming the field. The checks here are structural — is the
+field present, is it a string, a non-negative integer, a list of strings — so that a
+malformed request is refused before it reaches a database; the engine still checks
+meaning (store-name syntax, JSON-serialisable values, expected seqs).
+
+Igniter's ops keep Igniter's shapes: ``write_fact {fact}``, ``replay {}``,
+``write_snapshot {facts}``, ``subscribe {stores}``, ``ping``, ``stats``,
+``server_status``, ``close``. Native ops mirror the Python API with the same names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from kilndb.errors import InvalidArgumentError
+
+__all__ = ["OPS", "check_params"]
+
+Params = dict[str, Any]
+_MISSING = object()
+
+#: Fields a write carries besides store, key and value (the keyword arguments of write).
+WRITE_OPTIONS = (
+    "expected_seq",
+    "id",
+    "causation",
+    "valid_time",
+    "schema_version",
+    "producer",
+    "derivation",
+    "metadata",
+)
+
+
+_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "str": (lambda v: isinstance(v, str), "a string"),
+    "count": (lambda v: type(v) is int and v >= 0, "a non-negative integer"),
+    "number": (lambda v: type(v) in (int, float), "a number"),
+    "object": (lambda v: isinstance(v, dict), "an object"),
+    "list": (lambda v: isinstance(v, list), "a list"),
+    "strings": (
+        lambda v: isinstance(v, list) and all(isinstance(s, str) for s in v),
+        "a list of strings",
+    ),
+}
+
+
+def _field(body: dict[str, Any], name: str, kind: str, *, required: bool = False) -> Any:
+    """``body[name]`` if it is of ``kind``; None if absent or null (unless required)."""
+    value = body.get(name, _MISSING)
+    if value is _MISSING or value is None:
+        if required:
+            raise InvalidArgumentError(f"missing field {name!r}")
+        return None
+    check, expected = _CHECKS[kind]
+    if not check(value):
+        raise InvalidArgumentError(f"field {name!r} must be {expected}")
+    return value
+
+
+def _write_fields(body: dict[str, Any], *, value_required: bool = True) -> Params:
+    params: Params = {
+        "store": _field(body, "store", "str", required=True),
+        "key": _field(body, "key", "str", required=True),
+    }
+    if value_required and "value" not in body:
+        raise InvalidArgumentError("missing field 'value'")
+    params["value"] = body.get("value")
+    params["expected_seq"] = _field(body, "expected_seq", "count")
+    params["id"] = _field(body, "id", "str")
+    params["causation"] = _field(body, "causation", "str")
+    params["valid_time"] = _field(body, "valid_time", "number")
+    schema_version = _field(body, "schema_version", "count")
+    params["schema_version"] = 1 if schema_version is None else schema_version
+    params["producer"] = body.get("producer")
+    params["derivation"] = body.get("derivation")
+    params["metadata"] = _field(body, "metadata", "object")
+    return params
+
+
+def _none(body: dict[str, Any]) -> Params:
+    return {}
+
+
+def _hello(body: dict[str, Any]) -> Params:
+    return {
+        "protocol_version": _field(body, "protocol_version", "count"),
+        "database": _field(body, "database", "str"),
+        "token": _field(body, "token", "str"),
+    }
+
+
+def _write(body: dict[str, Any]) -> Params:
+    return _write_fields(body)
+
+
+def _write_fact(body: dict[str, Any]) -> Params:
+    fact = _field(body, "fact", "object", required=True)
+    try:
+        return _write_fields(fact)
+    except InvalidArgumentError as exc:
+        raise InvalidArgumentError(f"fact: {exc.message}") from exc
+
+
+def _write_many(body: dict[str, Any]) -> Params:
+    writes = _field(body, "writes", "list", required=True)
+    checked = []
+    for index, write in enumerate(writes):
+        if not isinstance(write, dict):
+            raise InvalidArgumentError(f"writes[{index}] must be an object")
+        try:
+            params = _write_fields(write, value_required=not write.get("deleted"))
+        except InvalidArgumentError as exc:
+            raise InvalidArgumentError(f"writes[{index}]: {exc.message}") from exc
+        deleted = write.get("deleted", False)
+        if type(deleted) is not bool:
+            raise InvalidArgumentError(f"writes[{index}]: field 'deleted' must be a boolean")
+        params["deleted"] = deleted
+        checked.append(params)
+    return {"writes": checked}
+
+
+def _write_snapshot(body: dict[str, Any]) -> Params:
+    facts = _field(body, "facts", "list", required=True)
+    checked = []
+    for index, fact in enumerate(facts):
+        if not isinstance(fact, dict):
+            raise InvalidArgumentError(f"facts[{index}] must be an object")
+        try:
+            checked.append(_write_fields(fact))
+        except InvalidArgumentError as exc:
+            raise InvalidArgumentError(f"facts[{index}]: {exc.message}") from exc
+    return {"facts": checked}
+
+
+def _key_of(body: dict[str, Any]) -> Params:
+    return {
+        "store": _field(body, "store", "str", required=True),
+        "key": _field(body, "key", "str", required=True),
+    }
+
+
+def _read(body: dict[str, Any]) -> Params:
+    return {**_key_of(body), "as_of": _field(body, "as_of", "number")}
+
+
+def _history(body: dict[str, Any]) -> Params:
+    since = _field(body, "since_seq", "count")
+    return {
+        **_key_of(body),
+        "since_seq": 1 if since is None else since,
+        "until_seq": _field(body, "until_seq", "count"),
+        "limit": _field(body, "limit", "count"),
+    }
+
+
+def _delete(body: dict[str, Any]) -> Params:
+    return {
+        **_key_of(body),
+        "expected_seq": _field(body, "expected_seq", "count"),
+        "id": _field(body, "id", "str"),
+        "causation": _field(body, "causation", "str"),
+        "metadata": _field(body, "metadata", "object"),
+    }
+
+
+def _keys(body: dict[str, Any]) -> Params:
+    prefix = _field(body, "prefix", "str")
+    return {
+        "store": _field(body, "store", "str", required=True),
+        "prefix": "" if prefix is None else prefix,
+        "limit": _field(body, "limit", "count"),
+    }
+
+
+def _replay(body: dict[str, Any]) -> Params:
+    after = _field(body, "after", "count")
+    return {
+        "after": 0 if after is None else after,
+        "stores": _field(body, "stores", "strings"),
+        "limit": _field(body, "limit", "count"),
+    }
+
+
+def _subscribe(body: dict[str, Any]) -> Params:
+    after = _field(body, "after", "count")
+    return {"stores": _field(body, "stores", "strings"), "after": 0 if after is None else after}
+
+
+def _set_retention(body: dict[str, Any]) -> Params:
+    keep = _field(body, "keep", "str")
+    return {
+        "store": _field(body, "store", "str", required=True),
+        "keep": "all" if keep is None else keep,
+        "max_age": _field(body, "max_age", "number"),
+    }
+
+
+#: op name -> parameter checker. Igniter's ops first, then the native ones.
+OPS: dict[str, Callable[[dict[str, Any]], Params]] = {
+    "write_fact": _write_fact,
+    "replay": _replay,
+    "write_snapshot": _write_snapshot,
+    "subscribe": _subscribe,
+    "ping": _none,
+    "stats": _none,
+    "server_status": _none,
+    "close": _none,
+    "hello": _hello,
+    "write": _write,
+    "write_many": _write_many,
+    "read": _read,
+    "history": _history,
+    "delete": _delete,
+    "keys": _keys,
+    "stores": _none,
+    "compact": _none,
+    "set_retention": _set_retention,
+    "sync": _none,
+}
+
+
+def check_params(op: str, body: dict[str, Any]) -> Params:
+    """The checked parameters of ``op``; raises InvalidArgumentError (``bad_request``)."""
+    return OPS[op](body)
