@@ -10,7 +10,17 @@ from kilndb import errors
 
 def test_all_lists_exactly_the_public_names() -> None:
     public = {name for name in dir(kilndb) if not name.startswith("_")}
-    modules = {"codec", "config", "engine", "errors", "model", "storage", "cli", "protocol"}
+    modules = {
+        "codec",
+        "config",
+        "engine",
+        "errors",
+        "model",
+        "storage",
+        "cli",
+        "protocol",
+        "server",
+    }
     assert set(kilndb.__all__) - {"__version__"} == public - modules
     for name in kilndb.__all__:
         assert hasattr(kilndb, name)

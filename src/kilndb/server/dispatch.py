@@ -1,0 +1,197 @@
+"""Executing requests against databases: the part of the server that is not about sockets.
+
+:class:`Databases` opens each database of a data directory on first use and keeps it
+open; :class:`Dispatcher` runs one checked :class:`~kilndb.protocol.Request` against one
+of them and returns the reply's fields (``{"fact": …}``, ``{"facts": […]}`` …), or raises
+the :class:`~kilndb.KilnError` that becomes the error reply. Calls block (a durable write
+waits for its fsync), so a server runs them off its event loop; many of them at once is
+what lets concurrent writes share fsyncs.
+
+Connection-level ops — ``hello``, ``subscribe``, ``server_status``, ``close`` — change
+or report the connection or the server, not a database; the transport handles them.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from kilndb.config import DatabaseConfig
+from kilndb.engine import Database
+from kilndb.errors import ProtocolError
+from kilndb.model import Fact, Write, validate_database_name
+from kilndb.protocol import Request
+
+__all__ = ["CONNECTION_OPS", "Databases", "Dispatcher"]
+
+#: Ops the transport answers itself.
+CONNECTION_OPS = frozenset({"hello", "subscribe", "server_status", "close"})
+
+Handler = Callable[[Database, dict[str, Any]], dict[str, Any]]
+
+
+class Databases:
+    """The databases under one data directory, each opened once, on first use."""
+
+    def __init__(self, data_dir: str | Path, config: DatabaseConfig | None = None) -> None:
+        self.data_dir = Path(data_dir)
+        self.config = config or DatabaseConfig()
+        self._open: dict[str, Database] = {}
+        self._lock = threading.Lock()
+
+    def get(self, name: str) -> Database:
+        """The open database ``name``, opening (and creating) it if needed."""
+        found = self._open.get(name)
+        if found is not None and not found.closed:
+            return found
+        with self._lock:
+            found = self._open.get(name)
+            if found is None or found.closed:
+                found = self._open[name] = Database(
+                    self.data_dir, validate_database_name(name), self.config
+                )
+            return found
+
+    def names(self) -> list[str]:
+        with self._lock:
+            return sorted(self._open)
+
+    def close_all(self) -> None:
+        """Flush and close every open database."""
+        with self._lock:
+            databases, self._open = list(self._open.values()), {}
+        for database in databases:
+            database.close()
+
+
+def _facts(facts: list[Fact]) -> list[dict[str, Any]]:
+    return [fact.to_dict() for fact in facts]
+
+
+def _write_options(params: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "expected_seq": params["expected_seq"],
+        "id": params["id"],
+        "causation": params["causation"],
+        "valid_time": params["valid_time"],
+        "schema_version": params["schema_version"],
+        "producer": params["producer"],
+        "derivation": params["derivation"],
+        "metadata": params["metadata"],
+    }
+
+
+def _write(db: Database, params: dict[str, Any]) -> dict[str, Any]:
+    fact = db.store(params["store"]).write(params["key"], params["value"], **_write_options(params))
+    return {"fact": fact.to_dict()}
+
+
+def _write_many(db: Database, params: dict[str, Any]) -> dict[str, Any]:
+    writes = [
+        Write(w["store"], w["key"], w["value"], deleted=w["deleted"], **_write_options(w))
+        for w in params["writes"]
+    ]
+    return {"facts": _facts(db.write_many(writes))}
+
+
+def _write_snapshot(db: Database, params: dict[str, Any]) -> dict[str, Any]:
+    # Igniter's checkpoint: facts whose ids are stored already are skipped, the rest are
+    # added, nothing is removed. One atomic batch, so a snapshot lands whole or not at all.
+    before = db.stats()["last_position"]
+    facts = db.write_many(
+        [Write(f["store"], f["key"], f["value"], **_write_options(f)) for f in params["facts"]]
+    )
+    added = sum(1 for fact in facts if fact.position > before)
+    return {"written": added, "skipped": len(facts) - added}
+
+
+def _read(db: Database, params: dict[str, Any]) -> dict[str, Any]:
+    fact = db.store(params["store"]).read(params["key"], as_of=params["as_of"])
+    return {"fact": None if fact is None else fact.to_dict()}
+
+
+def _history(db: Database, params: dict[str, Any]) -> dict[str, Any]:
+    facts = db.store(params["store"]).history(
+        params["key"],
+        since_seq=params["since_seq"],
+        until_seq=params["until_seq"],
+        limit=params["limit"],
+    )
+    return {"facts": _facts(facts)}
+
+
+def _delete(db: Database, params: dict[str, Any]) -> dict[str, Any]:
+    fact = db.store(params["store"]).delete(
+        params["key"],
+        expected_seq=params["expected_seq"],
+        id=params["id"],
+        causation=params["causation"],
+        metadata=params["metadata"],
+    )
+    return {"fact": fact.to_dict()}
+
+
+def _keys(db: Database, params: dict[str, Any]) -> dict[str, Any]:
+    keys = db.store(params["store"]).keys(prefix=params["prefix"], limit=params["limit"])
+    return {"keys": keys}
+
+
+def _replay(db: Database, params: dict[str, Any]) -> dict[str, Any]:
+    facts = _facts(list(db.replay(params["after"], params["stores"], params["limit"])))
+    # ``next_after`` lets a client page through with ``limit``.
+    next_after = facts[-1]["position"] if facts else params["after"]
+    return {"facts": facts, "next_after": next_after}
+
+
+def _set_retention(db: Database, params: dict[str, Any]) -> dict[str, Any]:
+    db.set_retention(params["store"], keep=params["keep"], max_age=params["max_age"])
+    return {"retention": db.retention(params["store"])}
+
+
+def _sync(db: Database, params: dict[str, Any]) -> dict[str, Any]:
+    db.sync()
+    return {}
+
+
+_HANDLERS: dict[str, Handler] = {
+    "ping": lambda db, params: {"pong": True},  # answered without opening a database
+    "write_fact": _write,
+    "write": _write,
+    "write_many": _write_many,
+    "write_snapshot": _write_snapshot,
+    "read": _read,
+    "history": _history,
+    "delete": _delete,
+    "keys": _keys,
+    "replay": _replay,
+    "stores": lambda db, params: {"stores": db.stores()},
+    "stats": lambda db, params: {"stats": db.stats()},
+    "compact": lambda db, params: {"result": db.compact()},
+    "set_retention": _set_retention,
+    "sync": _sync,
+}
+
+
+class Dispatcher:
+    """Runs database requests; blocking, thread-safe."""
+
+    def __init__(self, databases: Databases) -> None:
+        self.databases = databases
+
+    @staticmethod
+    def handles(op: str) -> bool:
+        return op in _HANDLERS
+
+    def execute(self, request: Request, database: str) -> dict[str, Any]:
+        """The reply fields of ``request`` run against ``request.database or database``.
+
+        Raises the KilnError the operation raised, or ProtocolError for a connection op.
+        """
+        handler = _HANDLERS.get(request.op)
+        if handler is None:
+            raise ProtocolError(f"op {request.op!r} is handled by the connection, not dispatched")
+        if request.op == "ping":
+            return {"pong": True}
+        return handler(self.databases.get(request.database or database), request.params)

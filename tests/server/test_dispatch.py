@@ -1,0 +1,167 @@
+"""Requests run against databases: protocol frames in, reply frames out, no sockets."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+import kilndb
+from kilndb.codec import FrameDecoder, encode_frame
+from kilndb.protocol import BadRequest, Request, ServerConnection
+from kilndb.server import CONNECTION_OPS, Databases, Dispatcher
+
+
+class Harness:
+    """A connection wired to a dispatcher the way a server wires them."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.databases = Databases(data_dir)
+        self.dispatcher = Dispatcher(self.databases)
+        self.connection = ServerConnection()
+
+    def call(self, message: dict[str, Any]) -> dict[str, Any]:
+        (event,) = self.connection.receive_data(encode_frame(orjson.dumps(message)))
+        if isinstance(event, BadRequest):
+            frame = ServerConnection.error(event.error, event.request_id)
+        else:
+            assert isinstance(event, Request)
+            try:
+                result = self.dispatcher.execute(event, "default")
+                frame = ServerConnection.reply(event.request_id, **result)
+            except kilndb.KilnError as exc:
+                frame = ServerConnection.error(exc, event.request_id)
+        decoder = FrameDecoder()
+        decoder.feed(frame)
+        body = decoder.next_frame()
+        assert body is not None
+        reply: dict[str, Any] = orjson.loads(body)
+        return reply
+
+
+@pytest.fixture
+def harness(tmp_path: Path) -> Iterator[Harness]:
+    made = Harness(tmp_path / "data")
+    yield made
+    made.databases.close_all()
+
+
+IGNITER_FACT = {
+    "id": "0b7c7f0e-2f3a-4c55-9a51-6f1f3c9d2a10",
+    "store": "tasks",
+    "key": "t1",
+    "value": {"title": "Hello"},
+    "value_hash": "ignored: the server computes it",
+    "causation": None,
+    "transaction_time": 1.0,
+    "valid_time": None,
+    "schema_version": 1,
+    "producer": None,
+    "derivation": None,
+}
+IGNITER_FIELDS = set(IGNITER_FACT)
+
+
+def test_igniter_write_fact_then_replay(harness: Harness) -> None:
+    assert harness.call({"op": "write_fact", "fact": IGNITER_FACT})["ok"] is True
+    reply = harness.call({"op": "replay"})
+    assert reply["ok"] is True
+    (fact,) = reply["facts"]
+    assert set(fact) >= IGNITER_FIELDS
+    assert (fact["id"], fact["key"], fact["value"]) == (
+        IGNITER_FACT["id"],
+        "t1",
+        {"title": "Hello"},
+    )
+    assert fact["value_hash"] != "ignored: the server computes it"
+
+
+def test_igniter_write_snapshot_skips_stored_ids(harness: Harness) -> None:
+    harness.call({"op": "write_fact", "fact": IGNITER_FACT})
+    other = {**IGNITER_FACT, "id": "second", "key": "t2"}
+    reply = harness.call({"op": "write_snapshot", "facts": [IGNITER_FACT, other]})
+    assert (reply["ok"], reply["written"], reply["skipped"]) == (True, 1, 1)
+    assert [f["key"] for f in harness.call({"op": "replay"})["facts"]] == ["t1", "t2"]
+
+
+def test_ping_and_request_id(harness: Harness) -> None:
+    assert harness.call({"op": "ping", "request_id": 41}) == {
+        "ok": True,
+        "pong": True,
+        "request_id": 41,
+    }
+
+
+def test_native_ops_mirror_the_python_api(harness: Harness) -> None:
+    first = harness.call({"op": "write", "store": "s", "key": "k", "value": 1})["fact"]
+    harness.call({"op": "write", "store": "s", "key": "k", "value": 2, "expected_seq": 1})
+    read = harness.call({"op": "read", "store": "s", "key": "k"})["fact"]
+    assert read["value"] == 2
+    past = harness.call(
+        {"op": "read", "store": "s", "key": "k", "as_of": first["transaction_time"]}
+    )["fact"]
+    assert past["value"] == 1
+    history = harness.call({"op": "history", "store": "s", "key": "k", "since_seq": 2})
+    assert [f["seq"] for f in history["facts"]] == [2]
+    batch = harness.call(
+        {
+            "op": "write_many",
+            "writes": [
+                {"store": "s", "key": "a", "value": "x"},
+                {"store": "s", "key": "k", "deleted": True},
+            ],
+        }
+    )
+    assert [f["deleted"] for f in batch["facts"]] == [False, True]
+    assert harness.call({"op": "keys", "store": "s"})["keys"] == ["a"]
+    assert harness.call({"op": "read", "store": "s", "key": "k"})["fact"] is None
+    assert harness.call({"op": "stores"})["stores"] == ["s"]
+    page = harness.call({"op": "replay", "after": 1, "limit": 2})
+    assert [f["position"] for f in page["facts"]] == [2, 3] and page["next_after"] == 3
+    assert harness.call({"op": "stats"})["stats"]["last_position"] == 4
+    retention = harness.call({"op": "set_retention", "store": "s", "keep": "latest"})
+    assert retention["retention"] == {"keep": "latest", "max_age": None}
+    assert harness.call({"op": "compact"})["ok"] is True
+    assert harness.call({"op": "sync"})["ok"] is True
+
+
+def test_databases_are_selected_per_request(harness: Harness) -> None:
+    harness.call({"op": "write", "database": "billing", "store": "s", "key": "k", "value": 1})
+    assert harness.call({"op": "stores"})["stores"] == []
+    assert harness.call({"op": "stores", "database": "billing"})["stores"] == ["s"]
+    assert harness.databases.names() == ["billing", "default"]
+
+
+@pytest.mark.parametrize(
+    ("message", "code"),
+    [
+        ({"op": "write", "store": "s", "key": "k", "value": 1, "expected_seq": 5}, "conflict"),
+        ({"op": "delete", "store": "s", "key": "never"}, "not_found"),
+        ({"op": "write", "store": "bad name", "key": "k", "value": 1}, "bad_request"),
+        ({"op": "write", "store": "s", "key": "", "value": 1}, "bad_request"),
+        ({"op": "set_retention", "store": "s", "keep": "some"}, "bad_request"),
+        ({"op": "frobnicate"}, "unknown_op"),
+    ],
+)
+def test_errors_become_error_replies(harness: Harness, message: dict[str, Any], code: str) -> None:
+    reply = harness.call({**message, "request_id": "r"})
+    assert reply["ok"] is False
+    assert reply["error_code"] == code
+    assert reply["request_id"] == "r"
+    assert harness.call({"op": "stats"})["stats"]["last_position"] == 0
+
+
+def test_connection_ops_are_not_dispatched(harness: Harness) -> None:
+    for op in CONNECTION_OPS:
+        assert not Dispatcher.handles(op)
+    reply = harness.call({"op": "server_status"})
+    assert reply["ok"] is False and reply["error_code"] == "protocol_error"
+
+
+def test_close_all_flushes_and_reopens_on_demand(harness: Harness) -> None:
+    harness.call({"op": "write", "store": "s", "key": "k", "value": 1})
+    harness.databases.close_all()
+    assert harness.call({"op": "read", "store": "s", "key": "k"})["fact"]["value"] == 1
