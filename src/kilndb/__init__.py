@@ -8,6 +8,7 @@
 from pathlib import Path as _Path
 from typing import Any as _Any
 
+from kilndb.client import RemoteDatabase, connect
 from kilndb.config import DatabaseConfig, SyncMode
 from kilndb.engine import Database, Store, Subscription
 from kilndb.errors import (
@@ -59,6 +60,7 @@ __all__ = [
     "PermissionDeniedError",
     "ProtocolError",
     "ReadOnlyReplicaError",
+    "RemoteDatabase",
     "ReplicationTimeoutError",
     "StorageError",
     "Store",
@@ -69,6 +71,7 @@ __all__ = [
     "UnknownOpError",
     "Write",
     "__version__",
+    "connect",
     "open",
 ]
 

@@ -72,7 +72,11 @@ def test_igniter_write_fact_frame() -> None:
     ("message", "op", "params"),
     [
         ({"op": "replay"}, "replay", {"after": 0, "stores": None, "limit": None}),
-        ({"op": "subscribe", "stores": ["tasks"]}, "subscribe", {"stores": ["tasks"], "after": 0}),
+        (
+            {"op": "subscribe", "stores": ["tasks"]},
+            "subscribe",
+            {"stores": ["tasks"], "after": None},
+        ),
         ({"op": "ping"}, "ping", {}),
         ({"op": "stats"}, "stats", {}),
         ({"op": "server_status"}, "server_status", {}),

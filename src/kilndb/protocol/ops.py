@@ -188,8 +188,9 @@ def _replay(body: dict[str, Any]) -> Params:
 
 
 def _subscribe(body: dict[str, Any]) -> Params:
-    after = _field(body, "after", "count")
-    return {"stores": _field(body, "stores", "strings"), "after": 0 if after is None else after}
+    # Without ``after`` (Igniter's form) a subscription is live only: it starts at the
+    # end of the log. With it, it catches up from that position first.
+    return {"stores": _field(body, "stores", "strings"), "after": _field(body, "after", "count")}
 
 
 def _set_retention(body: dict[str, Any]) -> Params:
@@ -221,6 +222,7 @@ OPS: dict[str, Callable[[dict[str, Any]], Params]] = {
     "stores": _none,
     "compact": _none,
     "set_retention": _set_retention,
+    "retention": lambda body: {"store": _field(body, "store", "str", required=True)},
     "sync": _none,
 }
 

@@ -170,6 +170,7 @@ _HANDLERS: dict[str, Handler] = {
     "stats": lambda db, params: {"stats": db.stats()},
     "compact": lambda db, params: {"result": db.compact()},
     "set_retention": _set_retention,
+    "retention": lambda db, params: {"retention": db.retention(params["store"])},
     "sync": _sync,
 }
 

@@ -1,0 +1,293 @@
+"""The network client: the embedded database's API, served by a KilnDB server.
+
+``kilndb.connect(url)`` returns a :class:`RemoteDatabase` with the same methods as
+:class:`kilndb.Database` (``store``, ``write_many``, ``replay``, ``subscribe``,
+``stores``, ``stats``, ``compact``, ``set_retention``, ``sync``, ``close``) and the same
+errors, so code and tests written against one run against the other.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections import deque
+from collections.abc import Iterable, Iterator
+from types import TracebackType
+from typing import Any
+
+from kilndb.client.transport import Connection
+from kilndb.errors import ClosedError, ConnectionLostError, InvalidArgumentError, KilnError
+from kilndb.model import Fact, Write, fact_from_dict, validate_store_name
+
+__all__ = ["RemoteDatabase", "RemoteStore", "RemoteSubscription", "connect"]
+
+#: Facts fetched per ``replay`` request while iterating.
+REPLAY_PAGE = 1000
+
+
+def _fact(data: dict[str, Any] | None) -> Fact | None:
+    return None if data is None else fact_from_dict(data)
+
+
+def _stores(stores: Iterable[str] | None) -> list[str] | None:
+    if stores is None:
+        return None
+    if isinstance(stores, str) or not isinstance(stores, Iterable):
+        raise InvalidArgumentError("stores must be a list of store names or None")
+    return list(stores)
+
+
+class RemoteStore:
+    """A store of a remote database; the same methods as :class:`kilndb.Store`."""
+
+    __slots__ = ("_db", "name")
+
+    def __init__(self, db: RemoteDatabase, name: str) -> None:
+        self._db = db
+        self.name = name
+
+    def write(self, key: str, value: Any, **options: Any) -> Fact:
+        reply = self._db._call("write", store=self.name, key=key, value=value, **options)
+        return fact_from_dict(reply["fact"])
+
+    def delete(self, key: str, **options: Any) -> Fact:
+        reply = self._db._call("delete", store=self.name, key=key, **options)
+        return fact_from_dict(reply["fact"])
+
+    def read(self, key: str, *, as_of: float | None = None) -> Fact | None:
+        return _fact(self._db._call("read", store=self.name, key=key, as_of=as_of)["fact"])
+
+    def history(
+        self,
+        key: str,
+        *,
+        since_seq: int = 1,
+        until_seq: int | None = None,
+        limit: int | None = None,
+    ) -> list[Fact]:
+        reply = self._db._call(
+            "history",
+            store=self.name,
+            key=key,
+            since_seq=since_seq,
+            until_seq=until_seq,
+            limit=limit,
+        )
+        return [fact_from_dict(f) for f in reply["facts"]]
+
+    def keys(self, prefix: str = "", limit: int | None = None) -> list[str]:
+        keys: list[str] = self._db._call("keys", store=self.name, prefix=prefix, limit=limit)[
+            "keys"
+        ]
+        return keys
+
+
+class RemoteDatabase:
+    """A database on a KilnDB server. Thread-safe; one socket, one request at a time."""
+
+    def __init__(self, url: str, database: str = "default", timeout: float | None = 30.0) -> None:
+        self.url = url
+        self.name = database
+        self.timeout = timeout
+        self._conn = Connection(url, timeout)
+        self._closed = False
+        try:
+            self._conn.call("hello", database=database)
+        except BaseException:
+            self._conn.close()
+            raise
+        self._stores: dict[str, RemoteStore] = {}
+
+    def __repr__(self) -> str:
+        return f"<kilndb.RemoteDatabase {self.name!r} at {self.url!r}>"
+
+    def _call(self, op: str, **params: Any) -> dict[str, Any]:
+        if self._closed:
+            raise ClosedError(f"connection to {self.url} is closed")
+        return self._conn.call(op, **params)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def store(self, name: str) -> RemoteStore:
+        found = self._stores.get(name) if type(name) is str else None
+        if found is None:
+            found = self._stores.setdefault(name, RemoteStore(self, validate_store_name(name)))
+        return found
+
+    def stores(self) -> list[str]:
+        names: list[str] = self._call("stores")["stores"]
+        return names
+
+    def write_many(self, writes: Iterable[Write]) -> list[Fact]:
+        batch = []
+        for write in writes:
+            if type(write) is not Write:
+                raise InvalidArgumentError(
+                    f"write_many takes kilndb.Write objects, not {type(write).__name__}"
+                )
+            batch.append(write._asdict())
+        if not batch:
+            return []
+        return [fact_from_dict(f) for f in self._call("write_many", writes=batch)["facts"]]
+
+    def replay(
+        self, after: int = 0, stores: Iterable[str] | None = None, limit: int | None = None
+    ) -> Iterator[Fact]:
+        chosen = _stores(stores)
+        first = self._call("replay", after=after, stores=chosen, limit=_page(limit))
+        return self._replay(first, chosen, limit)
+
+    def _replay(
+        self, reply: dict[str, Any], stores: list[str] | None, limit: int | None
+    ) -> Iterator[Fact]:
+        sent = 0
+        while True:
+            facts = reply["facts"]
+            for data in facts:
+                yield fact_from_dict(data)
+                sent += 1
+                if sent == limit:
+                    return
+            if len(facts) < REPLAY_PAGE:
+                return
+            remaining = None if limit is None else limit - sent
+            reply = self._call(
+                "replay", after=reply["next_after"], stores=stores, limit=_page(remaining)
+            )
+
+    def subscribe(self, stores: Iterable[str] | None = None, after: int = 0) -> RemoteSubscription:
+        return RemoteSubscription(self.url, self.name, _stores(stores), after, self.timeout)
+
+    def stats(self) -> dict[str, Any]:
+        stats: dict[str, Any] = self._call("stats")["stats"]
+        return stats
+
+    def compact(self) -> dict[str, int]:
+        result: dict[str, int] = self._call("compact")["result"]
+        return result
+
+    def set_retention(self, store: str, keep: str = "all", max_age: float | None = None) -> None:
+        self._call("set_retention", store=store, keep=keep, max_age=max_age)
+
+    def retention(self, store: str) -> dict[str, Any]:
+        policy: dict[str, Any] = self._call("retention", store=store)["retention"]
+        return policy
+
+    def sync(self) -> None:
+        self._call("sync")
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._conn.close()
+
+    def __enter__(self) -> RemoteDatabase:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _page(limit: int | None) -> int:
+    if limit is not None and (type(limit) is not int or limit < 0):
+        raise InvalidArgumentError("limit must be a non-negative integer or None")
+    return REPLAY_PAGE if limit is None else min(limit, REPLAY_PAGE)
+
+
+class RemoteSubscription:
+    """A changefeed on its own connection: catch-up from ``after``, then live."""
+
+    def __init__(
+        self,
+        url: str,
+        database: str,
+        stores: list[str] | None,
+        after: int,
+        timeout: float | None,
+    ) -> None:
+        self.position = after
+        self._buffer: deque[Fact] = deque()
+        self._cond = threading.Condition()
+        self._closed = False
+        self._error: KilnError | None = None
+        self._conn = Connection(url, timeout=None)
+        try:
+            self._conn.call("hello", database=database)
+            self._conn.call("subscribe", stores=stores, after=after)
+        except BaseException:
+            self._conn.close()
+            raise
+        self._thread = threading.Thread(target=self._read, name="kilndb-remote-sub", daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        try:
+            while True:
+                message = self._conn.receive()
+                if message.get("event") == "fact_written":
+                    with self._cond:
+                        self._buffer.append(fact_from_dict(message["fact"]))
+                        self._cond.notify_all()
+                elif message.get("ok") is False:
+                    raise KilnError(str(message.get("error")))
+                elif message.get("ok"):  # the reply to our close
+                    return
+        except (KilnError, ConnectionLostError) as exc:
+            with self._cond:
+                if not self._closed:
+                    self._error = exc
+                self._cond.notify_all()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def get(self, timeout: float | None = None) -> Fact | None:
+        with self._cond:
+            if not self._buffer and not self._closed and self._error is None:
+                self._cond.wait(timeout)
+            if self._buffer and not self._closed:
+                fact = self._buffer.popleft()
+                self.position = fact.position
+                return fact
+            return None
+
+    def __iter__(self) -> Iterator[Fact]:
+        return self
+
+    def __next__(self) -> Fact:
+        while True:
+            fact = self.get(timeout=1.0)
+            if fact is not None:
+                return fact
+            if self._closed or self._error is not None:
+                raise StopIteration
+
+    def close(self) -> None:
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = True
+            self._cond.notify_all()
+        with contextlib.suppress(ConnectionLostError):
+            self._conn.send({"op": "close"})
+        self._thread.join(5)
+        self._conn._drop()
+
+    def __enter__(self) -> RemoteSubscription:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def connect(url: str, database: str = "default", *, timeout: float | None = 30.0) -> RemoteDatabase:
+    """Connect to database ``database`` on the KilnDB server at ``url``."""
+    return RemoteDatabase(url, database, timeout)

@@ -1,0 +1,123 @@
+"""A blocking connection to a KilnDB server: send a request, read its reply.
+
+``tcp://HOST:PORT`` and ``unix:///path.sock`` URLs. One request at a time per
+connection, guarded by a lock, so a :class:`Connection` can be shared by threads.
+Server errors come back as the same :class:`~kilndb.KilnError` classes the server
+raised; a broken or closed socket raises :class:`~kilndb.ConnectionLostError`.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+
+from kilndb.codec import DEFAULT_MAX_FRAME_BYTES, FrameDecoder, encode_frame
+from kilndb.errors import (
+    ConnectionLostError,
+    InvalidArgumentError,
+    KilnError,
+    ProtocolError,
+    error_from_wire,
+)
+
+__all__ = ["Connection", "open_socket"]
+
+
+def open_socket(url: str, timeout: float | None) -> socket.socket:
+    """Connect to ``tcp://HOST:PORT`` or ``unix:///path``."""
+    parts = urlsplit(url)
+    try:
+        if parts.scheme == "tcp":
+            if not parts.hostname or parts.port is None:
+                raise InvalidArgumentError(f"bad server URL {url!r}: use tcp://HOST:PORT")
+            sock = socket.create_connection((parts.hostname, parts.port), timeout=timeout)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        elif parts.scheme == "unix":
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(timeout)
+            sock.connect(parts.path)
+        else:
+            raise InvalidArgumentError(f"bad server URL {url!r}: use tcp:// or unix://")
+    except OSError as exc:
+        raise ConnectionLostError(f"cannot connect to {url}: {exc}") from exc
+    return sock
+
+
+class Connection:
+    """One socket to a server, used request by request."""
+
+    def __init__(self, url: str, timeout: float | None = 30.0) -> None:
+        self.url = url
+        self._sock: socket.socket | None = open_socket(url, timeout)
+        self._decoder = FrameDecoder(DEFAULT_MAX_FRAME_BYTES)
+        self._lock = threading.Lock()
+
+    @property
+    def closed(self) -> bool:
+        return self._sock is None
+
+    def send(self, message: dict[str, Any]) -> None:
+        sock = self._sock
+        if sock is None:
+            raise ConnectionLostError(f"connection to {self.url} is closed")
+        try:
+            sock.sendall(encode_frame(orjson.dumps(message)))
+        except OSError as exc:
+            self._drop()
+            raise ConnectionLostError(f"lost connection to {self.url}: {exc}") from exc
+
+    def receive(self) -> dict[str, Any]:
+        """The next frame from the server, decoded (blocking)."""
+        while True:
+            try:
+                body = self._decoder.next_frame()
+            except ProtocolError:
+                self._drop()
+                raise
+            if body is not None:
+                message = orjson.loads(body)
+                if not isinstance(message, dict):
+                    raise ProtocolError("server sent a frame that is not a JSON object")
+                return message
+            sock = self._sock
+            if sock is None:
+                raise ConnectionLostError(f"connection to {self.url} is closed")
+            try:
+                data = sock.recv(256 * 1024)
+            except OSError as exc:
+                self._drop()
+                raise ConnectionLostError(f"lost connection to {self.url}: {exc}") from exc
+            if not data:
+                self._drop()
+                raise ConnectionLostError(f"the server at {self.url} closed the connection")
+            self._decoder.feed(data)
+
+    def call(self, op: str, **params: Any) -> dict[str, Any]:
+        """Send one request and return its successful reply; raise the server's error."""
+        with self._lock:
+            self.send({"op": op, **params})
+            reply = self.receive()
+        if not reply.get("ok"):
+            raise error_from_wire(reply)
+        return reply
+
+    def close(self) -> None:
+        """Say ``close``, read the server's ``ok`` (so the socket ends with FIN), close."""
+        with self._lock:
+            if self._sock is None:
+                return
+            try:
+                self.send({"op": "close"})
+                self.receive()
+            except KilnError:
+                pass
+            self._drop()
+
+    def _drop(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()

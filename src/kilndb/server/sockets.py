@@ -1,0 +1,382 @@
+"""The socket server: TCP and Unix listeners speaking the wire protocol.
+
+Theory of operation
+-------------------
+Each connection is an :class:`asyncio.Protocol` (no per-frame stream objects): received
+bytes go to a sans-I/O :class:`~kilndb.protocol.ServerConnection`, and every event it
+yields gets a slot in the connection's *pending* queue, in arrival order. Cheap requests
+(``ping``, ``hello``, bad requests) fill their slot at once; database requests run on a
+thread pool — a durable write blocks until its fsync — and fill their slot when done.
+Slots are written out strictly from the head of the queue, so a client may pipeline any
+number of requests and gets its replies in request order, while requests from all
+connections run concurrently and share fsyncs through group commit. Reading pauses while
+a connection has ``max_pipeline`` requests in flight.
+
+``subscribe`` turns a connection into a changefeed: after the ``{"ok": true}`` reply,
+facts are pushed as ``{"event": "fact_written", "fact": …}`` frames until the client
+sends ``close`` or goes away. A subscriber that lets ``max_subscriber_buffer`` bytes pile
+up unread is disconnected with ``subscriber_overflow`` and the position it reached, so
+that it can resume; it never slows writers or other subscribers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kilndb.codec import DEFAULT_MAX_FRAME_BYTES
+from kilndb.config import DatabaseConfig
+from kilndb.engine import Subscription
+from kilndb.errors import KilnError, SubscriberOverflowError, UnavailableError
+from kilndb.protocol import (
+    PROTOCOL_VERSION,
+    BadRequest,
+    ConnectionBroken,
+    Request,
+    ServerConnection,
+)
+from kilndb.server.dispatch import Databases, Dispatcher
+
+__all__ = ["Server", "ServerConfig"]
+
+log = logging.getLogger("kilndb.server")
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """Where and how a server listens. ``port=0`` picks a free port."""
+
+    data: Path = Path("./data")
+    host: str | None = "127.0.0.1"
+    port: int = 7400
+    unix: Path | None = None
+    max_connections: int = 1024
+    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
+    max_pipeline: int = 1024
+    max_subscriber_buffer: int = 8 * 1024 * 1024
+    workers: int = 32
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+
+
+class _Connection(asyncio.Protocol):
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.wire = ServerConnection(server.config.max_frame_bytes)
+        self.pending: deque[asyncio.Future[bytes]] = deque()
+        self.database = "default"
+        self.transport: asyncio.Transport | None = None
+        self.closing = False
+        self.paused = False
+        self.subscription: Subscription | None = None
+
+    # -- asyncio callbacks ---------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        server = self.server
+        if len(server.connections) >= server.config.max_connections:
+            server.counters["rejected_connections_total"] += 1
+            transport.write(
+                ServerConnection.error(UnavailableError("too many connections; retry later"))
+            )
+            transport.close()
+            return
+        server.connections.add(self)
+        server.counters["accepted_connections_total"] += 1
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self in self.server.connections:
+            self.server.connections.discard(self)
+            self.server.counters["closed_connections_total"] += 1
+        if self.subscription is not None:
+            self.subscription.close()
+
+    def data_received(self, data: bytes) -> None:
+        self.server.counters["bytes_in"] += len(data)
+        for event in self.wire.receive_data(data):
+            if isinstance(event, Request):
+                self.server.counters["requests_total"] += 1
+                self._enqueue(self._handle(event))
+            elif isinstance(event, BadRequest):
+                self.server.counters["errors_total"] += 1
+                self._enqueue(self._ready(ServerConnection.error(event.error, event.request_id)))
+            elif isinstance(event, ConnectionBroken):
+                self.server.counters["errors_total"] += 1
+                self._enqueue(self._ready(ServerConnection.error(event.error)))
+                self.closing = True
+        if len(self.pending) >= self.server.config.max_pipeline and self.transport:
+            self.transport.pause_reading()
+            self.paused = True
+
+    # -- replies in request order ----------------------------------------------------
+
+    def _ready(self, frame: bytes) -> asyncio.Future[bytes]:
+        future: asyncio.Future[bytes] = self.server.loop.create_future()
+        future.set_result(frame)
+        return future
+
+    def _enqueue(self, future: asyncio.Future[bytes]) -> None:
+        self.pending.append(future)
+        future.add_done_callback(self._flush)
+
+    def _flush(self, _: object = None) -> None:
+        transport = self.transport
+        while self.pending and self.pending[0].done():
+            frame = self.pending.popleft().result()
+            if transport is not None and not transport.is_closing():
+                self.server.counters["bytes_out"] += len(frame)
+                transport.write(frame)
+        if transport is None:
+            return
+        if self.paused and len(self.pending) < self.server.config.max_pipeline // 2:
+            self.paused = False
+            transport.resume_reading()
+        if self.closing and not self.pending:
+            transport.close()
+
+    # -- requests --------------------------------------------------------------------
+
+    def _handle(self, request: Request) -> asyncio.Future[bytes]:
+        op, request_id = request.op, request.request_id
+        if op == "ping":
+            return self._ready(ServerConnection.reply(request_id, pong=True))
+        if op == "hello":
+            return self._hello(request)
+        if op == "close":
+            self.closing = True
+            if self.subscription is not None:
+                self.subscription.close()
+            return self._ready(ServerConnection.reply(request_id))
+        if op == "server_status":
+            return self._ready(ServerConnection.reply(request_id, **self.server.status()))
+        if op == "subscribe":
+            return self._subscribe(request)
+        return asyncio.wrap_future(self.server.executor.submit(self._execute, request))
+
+    def _hello(self, request: Request) -> asyncio.Future[bytes]:
+        params = request.params
+        version = params["protocol_version"]
+        if version is not None and version != PROTOCOL_VERSION:
+            error = KilnError(
+                f"protocol version {version} is not supported; this server speaks"
+                f" {PROTOCOL_VERSION}"
+            )
+            return self._ready(ServerConnection.error(error, request.request_id))
+        if params["database"] is not None:
+            self.database = params["database"]
+        return self._ready(
+            ServerConnection.reply(
+                request.request_id, protocol_version=PROTOCOL_VERSION, database=self.database
+            )
+        )
+
+    def _execute(self, request: Request) -> bytes:
+        try:
+            result = self.server.dispatcher.execute(request, self.database)
+        except KilnError as exc:
+            self.server.count("errors_total")
+            return ServerConnection.error(exc, request.request_id)
+        except Exception as exc:  # a bug must not take the connection down silently
+            log.exception("request %s failed", request.op)
+            self.server.count("errors_total")
+            return ServerConnection.error(KilnError(f"internal error: {exc}"), request.request_id)
+        if request.op in ("write", "write_fact"):
+            self.server.count("facts_written")
+        elif request.op == "write_many":
+            self.server.count("facts_written", len(request.params["writes"]))
+        elif request.op == "replay":
+            self.server.count("facts_replayed", len(result["facts"]))
+        return ServerConnection.reply(request.request_id, **result)
+
+    # -- changefeed ------------------------------------------------------------------
+
+    def _subscribe(self, request: Request) -> asyncio.Future[bytes]:
+        if self.subscription is not None:
+            error = KilnError("this connection is already subscribed")
+            return self._ready(ServerConnection.error(error, request.request_id))
+        try:
+            db = self.server.databases.get(request.database or self.database)
+            after = request.params["after"]
+            if after is None:  # Igniter's form: live only
+                after = db.stats()["durable_position"]
+            self.subscription = db.subscribe(request.params["stores"], after)
+        except KilnError as exc:
+            return self._ready(ServerConnection.error(exc, request.request_id))
+        reply = self._ready(ServerConnection.reply(request.request_id, position=after))
+        threading.Thread(
+            target=self._pump, args=(self.subscription,), name="kilndb-subscriber", daemon=True
+        ).start()
+        self.server.counters["subscriptions_total"] += 1
+        return reply
+
+    def _pump(self, subscription: Subscription) -> None:
+        """Push the subscription's facts (a thread per subscriber; never blocks writers)."""
+        loop = self.server.loop
+        limit = self.server.config.max_subscriber_buffer
+        while not subscription.closed:
+            fact = subscription.get(timeout=0.5)
+            if fact is None:
+                continue
+            frame = ServerConnection.fact_event(fact.to_dict())
+            transport = self.transport
+            if transport is None or transport.is_closing():
+                break
+            if transport.get_write_buffer_size() > limit:
+                error = SubscriberOverflowError(fact.position - 1)
+                loop.call_soon_threadsafe(self._overflow, error)
+                break
+            loop.call_soon_threadsafe(self._push, frame)
+        subscription.close()
+
+    def _push(self, frame: bytes) -> None:
+        # Events go out only once every reply queued before them has.
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            if self.pending:
+                self._enqueue(self._ready(frame))
+            else:
+                self.server.counters["bytes_out"] += len(frame)
+                transport.write(frame)
+
+    def _overflow(self, error: SubscriberOverflowError) -> None:
+        self._enqueue(self._ready(ServerConnection.error(error)))
+        self.closing = True
+        self._flush()
+
+
+class Server:
+    """A KilnDB server: ``start()`` in a background thread, or ``await serve()``."""
+
+    def __init__(self, config: ServerConfig | None = None, **options: Any) -> None:
+        self.config = config or ServerConfig(**options)
+        self.databases = Databases(self.config.data, self.config.database)
+        self.dispatcher = Dispatcher(self.databases)
+        self.executor = ThreadPoolExecutor(self.config.workers, thread_name_prefix="kilndb-op")
+        self.connections: set[_Connection] = set()
+        self.counters = dict.fromkeys(
+            (
+                "requests_total",
+                "errors_total",
+                "facts_written",
+                "facts_replayed",
+                "bytes_in",
+                "bytes_out",
+                "accepted_connections_total",
+                "closed_connections_total",
+                "rejected_connections_total",
+                "subscriptions_total",
+            ),
+            0,
+        )
+        self._counters_lock = threading.Lock()
+        self.loop: asyncio.AbstractEventLoop = asyncio.new_event_loop()
+        self._servers: list[asyncio.Server] = []
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._startup_error: BaseException | None = None
+        self.addresses: list[str] = []
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def _listen(self) -> None:
+        config = self.config
+        if config.host is not None:
+            server = await self.loop.create_server(
+                lambda: _Connection(self), config.host, config.port, reuse_address=True
+            )
+            self._servers.append(server)
+            host, port = server.sockets[0].getsockname()[:2]
+            self.addresses.append(f"tcp://{host}:{port}")
+        if config.unix is not None:
+            path = Path(config.unix)
+            if path.exists():
+                path.unlink()
+            server = await self.loop.create_unix_server(lambda: _Connection(self), str(path))
+            self._servers.append(server)
+            self.addresses.append(f"unix://{path}")
+
+    def start(self) -> Server:
+        """Listen in a background thread; return once the sockets accept connections."""
+
+        def run() -> None:
+            asyncio.set_event_loop(self.loop)
+            try:
+                self.loop.run_until_complete(self._listen())
+            except BaseException as exc:
+                self._startup_error = exc
+                self._ready.set()
+                return
+            self._ready.set()
+            self.loop.run_forever()
+
+        self._thread = threading.Thread(target=run, name="kilndb-server", daemon=True)
+        self._thread.start()
+        self.wait_until_ready()
+        return self
+
+    def wait_until_ready(self, timeout: float = 10.0) -> None:
+        if not self._ready.wait(timeout):
+            raise TimeoutError("server did not start in time")
+        if self._startup_error is not None:
+            raise self._startup_error
+
+    @property
+    def url(self) -> str:
+        """The first address clients can connect to."""
+        return self.addresses[0]
+
+    def stop(self) -> None:
+        """Stop accepting, close connections, flush and close every database."""
+        if self._thread is None:
+            return
+
+        async def shutdown() -> None:
+            for server in self._servers:
+                server.close()
+            for connection in list(self.connections):
+                if connection.transport is not None:
+                    connection.transport.close()
+            for server in self._servers:
+                await server.wait_closed()
+
+        asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result(30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(30)
+        self._thread = None
+        self.executor.shutdown(wait=True)
+        self.databases.close_all()
+        self.loop.close()
+        if self.config.unix is not None:
+            Path(self.config.unix).unlink(missing_ok=True)
+
+    def __enter__(self) -> Server:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- observability ---------------------------------------------------------------
+
+    def count(self, name: str, amount: int = 1) -> None:
+        """Add to a counter from any thread."""
+        with self._counters_lock:
+            self.counters[name] += amount
+
+    def status(self) -> dict[str, Any]:
+        """The status snapshot ``server_status`` answers with."""
+        return {
+            "schema_version": 1,
+            "status": "ready",
+            "pid": os.getpid(),
+            "addresses": self.addresses,
+            "databases": self.databases.names(),
+            "metrics": {**self.counters, "active_connections": len(self.connections)},
+        }
