@@ -17,14 +17,19 @@ from typing import Any
 import pytest
 
 import kilndb
+from kilndb.config import DatabaseConfig
+from kilndb.server.sockets import Server
 
 
 @dataclass
 class Backend:
-    """Opens the database under test; ``reopen`` closes every handle and opens anew."""
+    """Opens the database under test; ``reopen`` closes every handle and opens anew
+    (for a server: restarts it, so that what survives is what is on disk)."""
 
     name: str
     opener: Callable[..., kilndb.Database]
+    restart: Callable[[], None] = lambda: None
+    stop: Callable[[], None] = lambda: None
     handles: list[kilndb.Database] = field(default_factory=list)
 
     def open(self, **options: Any) -> kilndb.Database:
@@ -34,11 +39,13 @@ class Backend:
 
     def reopen(self, db: kilndb.Database, **options: Any) -> kilndb.Database:
         db.close()
+        self.restart()
         return self.open(**options)
 
     def close_all(self) -> None:
         for db in self.handles:
             db.close()
+        self.stop()
 
 
 def _embedded(data_dir: Path) -> Backend:
@@ -48,7 +55,37 @@ def _embedded(data_dir: Path) -> Backend:
     return Backend("embedded", opener)
 
 
-BACKENDS: dict[str, Callable[[Path], Backend]] = {"embedded": _embedded}
+class _ServerHarness:
+    """A server on loopback, restarted whenever the tests ask for other options."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.server: Server | None = None
+        self.options: dict[str, Any] = {}
+
+    def connect(self, **options: Any) -> kilndb.Database:
+        if self.server is None or options != self.options:
+            self.stop()
+            self.options = options
+            config = DatabaseConfig(**options)
+            self.server = Server(data=self.data_dir, port=0, database=config).start()
+        return kilndb.connect(self.server.url)  # type: ignore[return-value]
+
+    def restart(self) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+
+
+def _tcp(data_dir: Path) -> Backend:
+    harness = _ServerHarness(data_dir)
+    return Backend("tcp", harness.connect, harness.restart, harness.stop)
+
+
+BACKENDS: dict[str, Callable[[Path], Backend]] = {"embedded": _embedded, "tcp": _tcp}
 
 
 @pytest.fixture(params=sorted(BACKENDS))

@@ -16,6 +16,7 @@ from types import TracebackType
 from typing import Any
 
 from kilndb.client.transport import Connection
+from kilndb.engine.writes import prepare_write
 from kilndb.errors import ClosedError, ConnectionLostError, InvalidArgumentError, KilnError
 from kilndb.model import Fact, Write, fact_from_dict, validate_store_name
 
@@ -23,6 +24,13 @@ __all__ = ["RemoteDatabase", "RemoteStore", "RemoteSubscription", "connect"]
 
 #: Facts fetched per ``replay`` request while iterating.
 REPLAY_PAGE = 1000
+
+
+def _check(store: str, key: Any, value: Any, options: dict[str, Any]) -> None:
+    try:
+        prepare_write(store, key, value, store_checked=True, **options)
+    except TypeError as exc:  # an unknown keyword argument
+        raise InvalidArgumentError(str(exc)) from exc
 
 
 def _fact(data: dict[str, Any] | None) -> Fact | None:
@@ -47,10 +55,16 @@ class RemoteStore:
         self.name = name
 
     def write(self, key: str, value: Any, **options: Any) -> Fact:
+        """Append a fact for ``key``; the same arguments and errors as :meth:`Store.write`."""
+        # Checked here with the embedded database's own rules: the same error for the
+        # same mistake, and nothing unserialisable ever reaches the wire.
+        _check(self.name, key, value, options)
         reply = self._db._call("write", store=self.name, key=key, value=value, **options)
         return fact_from_dict(reply["fact"])
 
     def delete(self, key: str, **options: Any) -> Fact:
+        """Write a tombstone for ``key``; as :meth:`Store.delete`."""
+        _check(self.name, key, None, {**options, "deleted": True})
         reply = self._db._call("delete", store=self.name, key=key, **options)
         return fact_from_dict(reply["fact"])
 
@@ -97,6 +111,7 @@ class RemoteDatabase:
             self._conn.close()
             raise
         self._stores: dict[str, RemoteStore] = {}
+        self._subscriptions: list[RemoteSubscription] = []
 
     def __repr__(self) -> str:
         return f"<kilndb.RemoteDatabase {self.name!r} at {self.url!r}>"
@@ -127,7 +142,14 @@ class RemoteDatabase:
                 raise InvalidArgumentError(
                     f"write_many takes kilndb.Write objects, not {type(write).__name__}"
                 )
-            batch.append(write._asdict())
+            fields = write._asdict()
+            _check(
+                validate_store_name(write.store),
+                write.key,
+                write.value,
+                {k: v for k, v in fields.items() if k not in ("store", "key", "value")},
+            )
+            batch.append(fields)
         if not batch:
             return []
         return [fact_from_dict(f) for f in self._call("write_many", writes=batch)["facts"]]
@@ -158,7 +180,13 @@ class RemoteDatabase:
             )
 
     def subscribe(self, stores: Iterable[str] | None = None, after: int = 0) -> RemoteSubscription:
-        return RemoteSubscription(self.url, self.name, _stores(stores), after, self.timeout)
+        """Catch-up from ``after``, then live, on a connection of its own."""
+        if self._closed:
+            raise ClosedError(f"connection to {self.url} is closed")
+        subscription = RemoteSubscription(self.url, self.name, _stores(stores), after, self.timeout)
+        self._subscriptions = [s for s in self._subscriptions if not s.closed]
+        self._subscriptions.append(subscription)
+        return subscription
 
     def stats(self) -> dict[str, Any]:
         stats: dict[str, Any] = self._call("stats")["stats"]
@@ -179,8 +207,11 @@ class RemoteDatabase:
         self._call("sync")
 
     def close(self) -> None:
+        """Close the connection and every subscription opened through it. Idempotent."""
         if not self._closed:
             self._closed = True
+            for subscription in self._subscriptions:
+                subscription.close()
             self._conn.close()
 
     def __enter__(self) -> RemoteDatabase:

@@ -65,7 +65,11 @@ class Connection:
         if sock is None:
             raise ConnectionLostError(f"connection to {self.url} is closed")
         try:
-            sock.sendall(encode_frame(orjson.dumps(message)))
+            body = orjson.dumps(message)
+        except (TypeError, orjson.JSONEncodeError) as exc:
+            raise InvalidArgumentError(f"request is not JSON-serialisable: {exc}") from exc
+        try:
+            sock.sendall(encode_frame(body))
         except OSError as exc:
             self._drop()
             raise ConnectionLostError(f"lost connection to {self.url}: {exc}") from exc
