@@ -7,7 +7,7 @@ DEVSTAMP := $(VENV)/.installed-dev
 BENCHSTAMP := $(VENV)/.installed-bench
 DATA   ?= ./data
 
-.PHONY: run test lint typecheck pytest bench bench-smoke clean
+.PHONY: run demo test lint typecheck pytest bench bench-smoke clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,9 @@ $(BENCHSTAMP): pyproject.toml | $(PY)
 	touch $@
 
 run: $(STAMP)
+	$(VENV)/bin/kiln --data $(DATA) serve
+
+demo: $(STAMP)
 	$(VENV)/bin/kiln --data $(DATA) demo
 
 lint: $(DEVSTAMP)

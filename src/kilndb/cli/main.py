@@ -24,6 +24,7 @@ from kilndb.cli.demo import demo
 from kilndb.cli.errors import translate
 from kilndb.cli.facts import delete, get, history, keys, put, replay
 from kilndb.cli.output import LogLines
+from kilndb.cli.serve import serve
 from kilndb.cli.tail import tail
 from kilndb.config import SyncMode
 
@@ -139,6 +140,7 @@ for _command in (
     retention,
     check,
     demo,
+    serve,
 ):
     cli.add_command(_command)
 

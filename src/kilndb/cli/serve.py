@@ -1,0 +1,153 @@
+"""``kiln serve``: run a KilnDB server in the foreground until SIGTERM or Ctrl-C.
+
+Every option also comes from a ``KILN_*`` environment variable or from a TOML file given
+with ``--config`` (keys named like the options, with underscores: ``max_connections``);
+the command line wins over the environment, which wins over the file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import tomllib
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import click
+
+from kilndb.cli.context import CliSettings, pass_settings
+from kilndb.cli.errors import CliError
+from kilndb.config import DatabaseConfig
+from kilndb.server.sockets import Server, ServerConfig
+
+__all__ = ["serve"]
+
+
+def _load_config(ctx: click.Context, _: click.Parameter, path: Path | None) -> Path | None:
+    if path is None:
+        return None
+    try:
+        with path.open("rb") as handle:
+            values = tomllib.load(handle)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise click.BadParameter(f"cannot read {path}: {exc}") from exc
+    ctx.default_map = {**(ctx.default_map or {}), **values}
+    return path
+
+
+@click.command()
+@click.option(
+    "--config",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    callback=_load_config,
+    is_eager=True,
+    expose_value=False,
+    envvar="KILN_CONFIG",
+    help="TOML file with defaults for these options.",
+)
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    envvar="KILN_HOST",
+    help="Address to listen on for TCP; '' to disable TCP.",
+)
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=7400,
+    show_default=True,
+    envvar="KILN_PORT",
+    help="TCP port (0 picks a free one).",
+)
+@click.option(
+    "--unix",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    envvar="KILN_UNIX",
+    help="Also listen on this Unix socket.",
+)
+@click.option(
+    "--max-connections",
+    type=click.IntRange(1),
+    default=1024,
+    show_default=True,
+    envvar="KILN_MAX_CONNECTIONS",
+    help="Connections beyond this are refused.",
+)
+@click.option(
+    "--max-frame-bytes",
+    type=click.IntRange(1024),
+    default=16 * 1024 * 1024,
+    show_default=True,
+    envvar="KILN_MAX_FRAME_BYTES",
+    help="Largest request accepted.",
+)
+@click.option(
+    "--pid-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    envvar="KILN_PID_FILE",
+    help="Write the server's pid here; removed on exit.",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+    envvar="KILN_LOG_LEVEL",
+)
+@pass_settings
+def serve(
+    settings: CliSettings,
+    host: str,
+    port: int,
+    unix: Path | None,
+    max_connections: int,
+    max_frame_bytes: int,
+    pid_file: Path | None,
+    log_level: str,
+) -> None:
+    """Serve every database under --data over TCP (and a Unix socket with --unix)."""
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(message)s")
+    if not host and unix is None:
+        raise CliError("nothing to listen on: give --host or --unix")
+    config = ServerConfig(
+        data=settings.data,
+        host=host or None,
+        port=port,
+        unix=unix,
+        max_connections=max_connections,
+        max_frame_bytes=max_frame_bytes,
+        database=DatabaseConfig(sync=settings.sync),
+    )
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous: dict[int, Any] = {
+        signum: signal.signal(signum, on_signal) for signum in (signal.SIGTERM, signal.SIGINT)
+    }
+    server = Server(config)
+    try:
+        server.start()
+        if pid_file is not None:
+            pid_file.write_text(f"{os.getpid()}\n")
+        click.echo(f"kiln serve: data in {settings.data.resolve()}")
+        for address in server.addresses:
+            click.echo(f"  listening on {address}")
+        click.echo("  or in Python: kilndb.connect(" + repr(server.url) + ")")
+        click.echo("Ctrl-C or SIGTERM stops it.")
+        while not stop.wait(0.5):
+            pass
+    finally:
+        server.stop()
+        if pid_file is not None:
+            pid_file.unlink(missing_ok=True)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    click.echo("kiln serve: stopped")

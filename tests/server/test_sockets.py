@@ -1,0 +1,185 @@
+"""The socket server with real sockets on loopback: pipelining, bad input, limits."""
+
+from __future__ import annotations
+
+import socket
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+import kilndb
+from kilndb.codec import FrameDecoder, encode_frame
+from kilndb.server.sockets import Server
+
+
+class RawClient:
+    """Frames over a plain socket, exactly as any client in any language would send them."""
+
+    def __init__(self, address: tuple[str, int] | str) -> None:
+        family = socket.AF_UNIX if isinstance(address, str) else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
+        self.sock.settimeout(10)
+        self.sock.connect(address)
+        self.decoder = FrameDecoder()
+
+    def send(self, *messages: dict[str, Any]) -> None:
+        self.sock.sendall(b"".join(encode_frame(orjson.dumps(m)) for m in messages))
+
+    def send_raw(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def receive(self) -> dict[str, Any] | None:
+        """The next frame, or None once the server has closed the connection."""
+        while (body := self.decoder.next_frame()) is None:
+            data = self.sock.recv(65536)
+            if not data:
+                return None
+            self.decoder.feed(data)
+        message: dict[str, Any] = orjson.loads(body)
+        return message
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    with Server(data=tmp_path / "data", port=0, unix=tmp_path / "kiln.sock") as running:
+        yield running
+
+
+def tcp_address(server: Server) -> tuple[str, int]:
+    host, port = server.url.removeprefix("tcp://").rsplit(":", 1)
+    return host, int(port)
+
+
+def test_pipelined_writes_are_answered_in_request_order(server: Server) -> None:
+    client = RawClient(tcp_address(server))
+    client.send(
+        *(
+            {"op": "write", "request_id": i, "store": "s", "key": f"k{i % 7}", "value": i}
+            for i in range(300)
+        )
+    )
+    replies = [client.receive() for _ in range(300)]
+    assert [r["request_id"] for r in replies if r] == list(range(300))
+    assert all(r and r["ok"] for r in replies)
+    positions = [r["fact"]["position"] for r in replies if r]
+    assert sorted(positions) == list(range(1, 301))
+    client.close()
+
+
+def test_a_bad_request_gets_an_error_and_the_connection_goes_on(server: Server) -> None:
+    client = RawClient(tcp_address(server))
+    client.send_raw(encode_frame(b"{not json"))
+    client.send({"op": "frobnicate", "request_id": 1}, {"op": "ping", "request_id": 2})
+    first, second, third = client.receive(), client.receive(), client.receive()
+    assert first and first["ok"] is False and first["error_code"] == "protocol_error"
+    assert second and second["error_code"] == "unknown_op" and second["request_id"] == 1
+    assert third == {"ok": True, "pong": True, "request_id": 2}
+    client.close()
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        struct.pack(">I", 64 * 1024 * 1024) + b"x" * 100,  # over the frame limit
+        encode_frame(b'{"op":"ping"}')[:-1] + b"\x00",  # CRC mismatch
+    ],
+    ids=["oversize", "crc"],
+)
+def test_a_broken_stream_gets_an_error_frame_and_a_close(server: Server, garbage: bytes) -> None:
+    client = RawClient(tcp_address(server))
+    client.send_raw(garbage)
+    error = client.receive()
+    assert error and error["ok"] is False
+    assert error["error_code"] in {"frame_too_large", "protocol_error"}
+    assert client.receive() is None  # closed by the server
+    client.close()
+    other = RawClient(tcp_address(server))  # everyone else is still served
+    other.send({"op": "ping"})
+    assert other.receive() == {"ok": True, "pong": True}
+    other.close()
+
+
+def test_a_client_that_vanishes_mid_frame_hurts_nobody(server: Server) -> None:
+    client = RawClient(tcp_address(server))
+    client.send_raw(encode_frame(b'{"op":"ping"}')[:7])
+    client.close()
+    db = kilndb.connect(server.url)
+    assert db.store("s").write("k", 1).position == 1
+    db.close()
+
+
+def test_igniter_subscription_then_close(server: Server) -> None:
+    subscriber = RawClient(tcp_address(server))
+    subscriber.send({"op": "subscribe", "stores": ["tasks"]})
+    assert subscriber.receive() == {"ok": True, "position": 0}
+    writer = kilndb.connect(server.url)
+    writer.store("other").write("x", 1)
+    written = writer.store("tasks").write("t1", {"title": "Hello"})
+    event = subscriber.receive()
+    assert event and event["event"] == "fact_written"
+    assert event["fact"]["id"] == written.id and event["fact"]["key"] == "t1"
+    subscriber.send({"op": "close"})
+    assert subscriber.receive() == {"ok": True}
+    assert subscriber.receive() is None
+    subscriber.close()
+    writer.close()
+
+
+def test_unix_socket_and_hello(server: Server, tmp_path: Path) -> None:
+    client = RawClient(str(tmp_path / "kiln.sock"))
+    client.send(
+        {"op": "hello", "database": "billing", "protocol_version": 1},
+        {"op": "write", "store": "s", "key": "k", "value": 1},
+        {"op": "hello", "protocol_version": 99},
+    )
+    hello, write, wrong = client.receive(), client.receive(), client.receive()
+    assert hello == {"ok": True, "protocol_version": 1, "database": "billing"}
+    assert write and write["ok"]
+    assert wrong and wrong["ok"] is False and "99" in wrong["error"]
+    client.close()
+    billing = kilndb.connect(f"unix://{tmp_path / 'kiln.sock'}", database="billing")
+    assert billing.store("s").keys() == ["k"]
+    billing.close()
+
+
+def test_max_connections_refuses_with_an_error_frame(tmp_path: Path) -> None:
+    with Server(data=tmp_path / "data", port=0, max_connections=2) as server:
+        first, second = RawClient(tcp_address(server)), RawClient(tcp_address(server))
+        for client in (first, second):
+            client.send({"op": "ping"})
+            assert client.receive() == {"ok": True, "pong": True}
+        third = RawClient(tcp_address(server))
+        refused = third.receive()
+        assert refused and refused["error_code"] == "unavailable"
+        assert third.receive() is None
+        for client in (first, second, third):
+            client.close()
+        assert server.counters["rejected_connections_total"] == 1
+
+
+def test_server_status_reports_counters(server: Server) -> None:
+    client = RawClient(tcp_address(server))
+    client.send({"op": "ping"}, {"op": "server_status", "request_id": "s"})
+    client.receive()
+    status = client.receive()
+    assert status and status["ok"] and status["request_id"] == "s"
+    metrics = status["metrics"]
+    assert metrics["requests_total"] >= 2 and metrics["active_connections"] >= 1
+    client.close()
+
+
+def test_the_client_raises_connection_lost_when_the_server_is_gone(tmp_path: Path) -> None:
+    server = Server(data=tmp_path / "data", port=0).start()
+    db = kilndb.connect(server.url)
+    db.store("s").write("k", 1)
+    server.stop()
+    with pytest.raises(kilndb.ConnectionLostError):
+        db.store("s").write("k", 2)
+    db.close()
