@@ -17,7 +17,13 @@ from typing import Any
 
 from kilndb.client.transport import Connection
 from kilndb.engine.writes import prepare_write
-from kilndb.errors import ClosedError, ConnectionLostError, InvalidArgumentError, KilnError
+from kilndb.errors import (
+    ClosedError,
+    ConnectionLostError,
+    InvalidArgumentError,
+    KilnError,
+    error_from_wire,
+)
 from kilndb.model import Fact, Write, fact_from_dict, validate_store_name
 
 __all__ = ["RemoteDatabase", "RemoteStore", "RemoteSubscription", "connect"]
@@ -233,7 +239,17 @@ def _page(limit: int | None) -> int:
 
 
 class RemoteSubscription:
-    """A changefeed on its own connection: catch-up from ``after``, then live."""
+    """A changefeed on its own connection: catch-up from ``after``, then live.
+
+    If the connection breaks, the subscription reconnects by itself (backoff from
+    ``RECONNECT_MIN`` to ``RECONNECT_MAX`` seconds) and resumes after the last fact it
+    received, so that across reconnects no fact is missed and none is delivered twice.
+    A server error (a cursor compacted away, say) ends it; iteration then stops and
+    :attr:`error` says why.
+    """
+
+    RECONNECT_MIN = 0.05
+    RECONNECT_MAX = 5.0
 
     def __init__(
         self,
@@ -243,46 +259,84 @@ class RemoteSubscription:
         after: int,
         timeout: float | None,
     ) -> None:
+        self.url = url
         self.position = after
+        self._database = database
+        self._stores = stores
+        self._timeout = timeout
+        #: Position of the last fact received (delivered or still buffered).
+        self._received = after
         self._buffer: deque[Fact] = deque()
         self._cond = threading.Condition()
         self._closed = False
-        self._error: KilnError | None = None
-        self._conn = Connection(url, timeout=None)
-        try:
-            self._conn.call("hello", database=database)
-            self._conn.call("subscribe", stores=stores, after=after)
-        except BaseException:
-            self._conn.close()
-            raise
-        self._thread = threading.Thread(target=self._read, name="kilndb-remote-sub", daemon=True)
+        self.error: KilnError | None = None
+        #: How many times the subscription had to reconnect.
+        self.reconnects = 0
+        self._conn: Connection | None = self._connect()  # errors here are the caller's
+        self._thread = threading.Thread(target=self._run, name="kilndb-remote-sub", daemon=True)
         self._thread.start()
 
-    def _read(self) -> None:
+    def _connect(self) -> Connection:
+        conn = Connection(self.url, timeout=self._timeout)
         try:
-            while True:
-                message = self._conn.receive()
-                if message.get("event") == "fact_written":
-                    with self._cond:
-                        self._buffer.append(fact_from_dict(message["fact"]))
+            conn.call("hello", database=self._database)
+            conn.call("subscribe", stores=self._stores, after=self._received)
+        except BaseException:
+            conn.close()
+            raise
+        conn.set_timeout(None)  # facts may be far apart: wait for them indefinitely
+        return conn
+
+    def _run(self) -> None:
+        delay = self.RECONNECT_MIN
+        while not self._closed:
+            try:
+                if self._conn is None:
+                    self._conn = self._connect()
+                    self.reconnects += 1
+                    delay = self.RECONNECT_MIN
+                if self._pump(self._conn):
+                    return  # our close was answered
+            except ConnectionLostError:
+                conn, self._conn = self._conn, None
+                if conn is not None:
+                    conn.abandon()
+                with self._cond:
+                    if self._closed:
+                        return
+                    self._cond.wait(delay)
+                delay = min(delay * 2, self.RECONNECT_MAX)
+            except KilnError as exc:
+                with self._cond:
+                    if not self._closed:
+                        self.error = exc
+                    self._cond.notify_all()
+                return
+
+    def _pump(self, conn: Connection) -> bool:
+        """Read pushed facts until the connection breaks (raises) or close is answered."""
+        while True:
+            message = conn.receive()
+            if message.get("event") == "fact_written":
+                fact = fact_from_dict(message["fact"])
+                with self._cond:
+                    if fact.position > self._received:
+                        self._received = fact.position
+                        self._buffer.append(fact)
                         self._cond.notify_all()
-                elif message.get("ok") is False:
-                    raise KilnError(str(message.get("error")))
-                elif message.get("ok"):  # the reply to our close
-                    return
-        except (KilnError, ConnectionLostError) as exc:
-            with self._cond:
-                if not self._closed:
-                    self._error = exc
-                self._cond.notify_all()
+            elif message.get("ok") is False:
+                raise error_from_wire(message)
+            elif message.get("ok"):
+                return True
 
     @property
     def closed(self) -> bool:
         return self._closed
 
     def get(self, timeout: float | None = None) -> Fact | None:
+        """The next fact, or None if none arrived within ``timeout`` or it ended."""
         with self._cond:
-            if not self._buffer and not self._closed and self._error is None:
+            if not self._buffer and not self._closed and self.error is None:
                 self._cond.wait(timeout)
             if self._buffer and not self._closed:
                 fact = self._buffer.popleft()
@@ -298,19 +352,23 @@ class RemoteSubscription:
             fact = self.get(timeout=1.0)
             if fact is not None:
                 return fact
-            if self._closed or self._error is not None:
+            if self._closed or self.error is not None:
                 raise StopIteration
 
     def close(self) -> None:
+        """End the subscription and its connection (FIN, after the server's ``ok``)."""
         with self._cond:
             if self._closed:
                 return
             self._closed = True
             self._cond.notify_all()
-        with contextlib.suppress(ConnectionLostError):
-            self._conn.send({"op": "close"})
+        conn = self._conn
+        if conn is not None:
+            with contextlib.suppress(ConnectionLostError):
+                conn.send({"op": "close"})
         self._thread.join(5)
-        self._conn._drop()
+        if conn is not None:
+            conn.abandon()
 
     def __enter__(self) -> RemoteSubscription:
         return self

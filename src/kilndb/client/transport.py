@@ -121,6 +121,15 @@ class Connection:
                 pass
             self._drop()
 
+    def set_timeout(self, timeout: float | None) -> None:
+        """Change how long a receive may block (None: forever)."""
+        if self._sock is not None:
+            self._sock.settimeout(timeout)
+
+    def abandon(self) -> None:
+        """Close the socket without the ``close`` handshake (it is broken or done)."""
+        self._drop()
+
     def _drop(self) -> None:
         sock, self._sock = self._sock, None
         if sock is not None:
