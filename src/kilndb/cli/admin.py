@@ -12,7 +12,9 @@ import click
 
 from kilndb.cli.check import check
 from kilndb.cli.context import CliSettings, open_database, pass_settings
+from kilndb.cli.errors import CliError
 from kilndb.cli.output import print_json, print_mapping_table, print_rows_table, stdout_is_terminal
+from kilndb.client.transport import Connection
 
 __all__ = ["check", "compact", "retention", "stats", "stores"]
 
@@ -100,3 +102,31 @@ def retention(settings: CliSettings, store: str, keep: str | None, max_age: floa
             db.set_retention(store, keep=keep or "all", max_age=max_age)
         policy = db.retention(store)
     print_json({"store": store, **policy})
+
+
+@click.command()
+@_format_option
+@pass_settings
+def status(settings: CliSettings, as_json: bool | None) -> None:
+    """Show a server's status: addresses, open databases and counters (needs --url)."""
+    if settings.url is None:
+        raise CliError("kiln status asks a server: give --url (or set KILN_URL)")
+    connection = Connection(settings.url)
+    try:
+        reply = connection.call("server_status")
+    finally:
+        connection.close()
+    reply.pop("ok", None)
+    if _wants_json(as_json):
+        print_json(reply)
+        return
+    print_mapping_table(
+        f"server {settings.url}",
+        {
+            "status": reply.get("status"),
+            "pid": reply.get("pid"),
+            "addresses": ", ".join(reply.get("addresses", [])),
+            "databases": ", ".join(reply.get("databases", [])) or "-",
+            **reply.get("metrics", {}),
+        },
+    )

@@ -21,6 +21,7 @@ import click
 
 import kilndb
 from kilndb.cli.errors import CliError
+from kilndb.client import RemoteDatabase
 from kilndb.config import SyncMode
 from kilndb.model import validate_database_name
 
@@ -54,6 +55,8 @@ class CliSettings:
     data: Path
     database: str = "default"
     sync: SyncMode = "always"
+    #: A server to use instead of the data directory (``--url``/``KILN_URL``).
+    url: str | None = None
 
     @property
     def directory(self) -> Path:
@@ -97,15 +100,20 @@ def require_existing(settings: CliSettings) -> None:
 @contextmanager
 def open_database(
     settings: CliSettings, create: bool = False, **options: Any
-) -> Iterator[kilndb.Database]:
+) -> Iterator[kilndb.Database | RemoteDatabase]:
     """Open the database for one command and close it afterwards, whatever happens.
 
-    Without ``create``, a database that does not exist yet is an error (CliError).
+    With ``--url`` it is the database on that server; otherwise the embedded one, where
+    without ``create`` a database that does not exist yet is an error (CliError).
     KilnErrors propagate; the command group prints them as one line.
     """
-    if not create:
-        require_existing(settings)
-    db = kilndb.open(settings.data, settings.database, sync=settings.sync, **options)
+    db: kilndb.Database | RemoteDatabase
+    if settings.url is not None:
+        db = kilndb.connect(settings.url, settings.database)
+    else:
+        if not create:
+            require_existing(settings)
+        db = kilndb.open(settings.data, settings.database, sync=settings.sync, **options)
     try:
         yield db
     finally:

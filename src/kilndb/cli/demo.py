@@ -225,7 +225,7 @@ def run_demo(
 
 
 def _live_subscription(
-    db: kilndb.Database, tour: _Tour, run: str, pause: float
+    db: kilndb.Database | kilndb.RemoteDatabase, tour: _Tour, run: str, pause: float
 ) -> tuple[list[int], list[int]]:
     received: list[kilndb.Fact] = []
     arrived = threading.Condition()

@@ -18,7 +18,7 @@ from typing import Any, cast
 import click
 
 import kilndb
-from kilndb.cli.admin import check, compact, retention, stats, stores
+from kilndb.cli.admin import check, compact, retention, stats, status, stores
 from kilndb.cli.context import DEFAULT_DATA_DIR, CliSettings
 from kilndb.cli.demo import demo
 from kilndb.cli.errors import translate
@@ -110,18 +110,26 @@ class KilnGroup(click.Group):
     help="Durability of writes: fsync before acknowledging (always), every "
     "sync_interval_ms (interval) or leave it to the OS (none).",
 )
+@click.option(
+    "--url",
+    "url",
+    default=None,
+    envvar="KILN_URL",
+    show_envvar=True,
+    help="Use the server at this URL (tcp://HOST:PORT or unix:///PATH) instead of --data.",
+)
 @click.version_option(
     kilndb.__version__, "-V", "--version", prog_name="kiln", message="%(prog)s (KilnDB) %(version)s"
 )
 @click.pass_context
-def cli(ctx: click.Context, data: Path, database: str, sync: str) -> None:
+def cli(ctx: click.Context, data: Path, database: str, sync: str, url: str | None) -> None:
     """KilnDB: a durable fact store. Append facts, read them back (also as of a past
     time), replay them in commit order and follow the live changefeed.
 
     Every command works on DATA/DATABASE (./data/default unless told otherwise).
     Facts are printed as JSON, one per line. Errors are one line on stderr.
     """
-    ctx.obj = CliSettings(data=data, database=database, sync=cast(SyncMode, sync))
+    ctx.obj = CliSettings(data=data, database=database, sync=cast(SyncMode, sync), url=url)
     # Warnings of the engine (a torn tail cut on open, a repair) as one line each.
     ctx.call_on_close(LogLines(debug=_debug()).install())
 
@@ -141,6 +149,7 @@ for _command in (
     check,
     demo,
     serve,
+    status,
 ):
     cli.add_command(_command)
 

@@ -3,9 +3,10 @@
 :func:`follow` is the loop itself, independent of click so that it can run on a thread
 with a stop event. The command stops cleanly on Ctrl-C or SIGTERM (exit status 0).
 
-An embedded database is open in one process at a time, so ``kiln tail`` follows the
-writes made while it holds the database — its catch-up (``--after``) shows everything
-committed before.
+With ``--url`` it follows a server's changefeed, which every client's writes reach. An
+embedded database is open in one process at a time, so without ``--url`` ``kiln tail``
+follows the writes made while it holds the database — its catch-up (``--after``) shows
+everything committed before.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import click
 
 from kilndb.cli.context import CliSettings, open_database, pass_settings
 from kilndb.cli.output import JsonLines
+from kilndb.client import RemoteDatabase
 from kilndb.engine import Database
 from kilndb.model import Fact
 
@@ -30,7 +32,7 @@ POLL_SECONDS = 0.25
 
 
 def follow(
-    db: Database,
+    db: Database | RemoteDatabase,
     emit: Callable[[Fact], None],
     *,
     after: int,
