@@ -87,6 +87,8 @@ def _start(data: Path) -> tuple[subprocess.Popen[str], str]:
         if not line:
             break
     process.kill()
+    process.wait()
+    process.stdout.close()
     raise AssertionError("kiln serve did not start")
 
 

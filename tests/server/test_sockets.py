@@ -23,7 +23,11 @@ class RawClient:
         family = socket.AF_UNIX if isinstance(address, str) else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_STREAM)
         self.sock.settimeout(10)
-        self.sock.connect(address)
+        try:
+            self.sock.connect(address)
+        except OSError:
+            self.sock.close()
+            raise
         self.decoder = FrameDecoder()
 
     def send(self, *messages: dict[str, Any]) -> None:
@@ -183,3 +187,31 @@ def test_the_client_raises_connection_lost_when_the_server_is_gone(tmp_path: Pat
     with pytest.raises(kilndb.ConnectionLostError):
         db.store("s").write("k", 2)
     db.close()
+
+
+def test_stop_drains_in_flight_requests_and_records_events(tmp_path: Path) -> None:
+    server = Server(data=tmp_path / "data", port=0, drain_timeout=10).start()
+    client = RawClient(tcp_address(server))
+    client.send(
+        *(
+            {"op": "write", "request_id": i, "store": "s", "key": "k", "value": i}
+            for i in range(200)
+        )
+    )
+    first = client.receive()  # the server is busy with the rest of the pipeline
+    assert first and first["ok"]
+    address = tcp_address(server)
+    server.stop()
+    replies = [first]
+    while (reply := client.receive()) is not None:
+        replies.append(reply)
+    client.close()
+    # Every request was answered before the connection closed, and nothing was lost.
+    assert [r["request_id"] for r in replies] == list(range(200))
+    with pytest.raises(OSError):
+        RawClient(address)
+    kinds = [e["event"] for e in server.recent_events]
+    assert kinds[0] == "server_started" and "server_draining" in kinds
+    assert kinds[-1] == "server_stopped" and server.state == "stopped"
+    with kilndb.open(tmp_path / "data") as db:
+        assert [f.value for f in db.store("s").history("k")] == list(range(200))

@@ -87,6 +87,22 @@ def _load_config(ctx: click.Context, _: click.Parameter, path: Path | None) -> P
     help="Largest request accepted.",
 )
 @click.option(
+    "--drain-timeout",
+    type=click.FloatRange(0),
+    default=5.0,
+    show_default=True,
+    envvar="KILN_DRAIN_TIMEOUT",
+    help="Seconds in-flight requests get to finish when stopping.",
+)
+@click.option(
+    "--slow-op-ms",
+    type=click.FloatRange(0),
+    default=500.0,
+    show_default=True,
+    envvar="KILN_SLOW_OP_MS",
+    help="Requests slower than this are counted and reported.",
+)
+@click.option(
     "--pid-file",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
@@ -108,6 +124,8 @@ def serve(
     unix: Path | None,
     max_connections: int,
     max_frame_bytes: int,
+    drain_timeout: float,
+    slow_op_ms: float,
     pid_file: Path | None,
     log_level: str,
 ) -> None:
@@ -122,6 +140,8 @@ def serve(
         unix=unix,
         max_connections=max_connections,
         max_frame_bytes=max_frame_bytes,
+        drain_timeout=drain_timeout,
+        slow_op_ms=slow_op_ms,
         database=DatabaseConfig(sync=settings.sync),
     )
     stop = threading.Event()

@@ -6,7 +6,8 @@ Each connection is an :class:`asyncio.Protocol` (no per-frame stream objects): r
 bytes go to a sans-I/O :class:`~kilndb.protocol.ServerConnection`, and every event it
 yields gets a slot in the connection's *pending* queue, in arrival order. Cheap requests
 (``ping``, ``hello``, bad requests) fill their slot at once; database requests run on a
-thread pool — a durable write blocks until its fsync — and fill their slot when done.
+thread pool — a durable write blocks until its fsync — one after the other for each
+connection (so a pipeline is applied in order) and fill their slot when done.
 Slots are written out strictly from the head of the queue, so a client may pipeline any
 number of requests and gets its replies in request order, while requests from all
 connections run concurrently and share fsyncs through group commit. Reading pauses while
@@ -25,6 +26,7 @@ import asyncio
 import logging
 import os
 import threading
+import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -61,6 +63,12 @@ class ServerConfig:
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
     max_pipeline: int = 1024
     max_subscriber_buffer: int = 8 * 1024 * 1024
+    #: How long ``stop()`` lets in-flight requests finish before closing connections.
+    drain_timeout: float = 5.0
+    #: Requests slower than this are counted and reported as ``slow_op`` events.
+    slow_op_ms: float = 500.0
+    #: Size of the recent-events ring.
+    max_recent_events: int = 100
     workers: int = 32
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
 
@@ -75,6 +83,8 @@ class _Connection(asyncio.Protocol):
         self.closing = False
         self.paused = False
         self.subscription: Subscription | None = None
+        #: The last database request queued on this connection (they run in order).
+        self._tail: asyncio.Future[bytes] | None = None
 
     # -- asyncio callbacks ---------------------------------------------------------
 
@@ -91,13 +101,16 @@ class _Connection(asyncio.Protocol):
             return
         server.connections.add(self)
         server.counters["accepted_connections_total"] += 1
+        server.event("connection_opened", peer=str(transport.get_extra_info("peername")))
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self in self.server.connections:
             self.server.connections.discard(self)
             self.server.counters["closed_connections_total"] += 1
+            self.server.event("connection_closed", error=None if exc is None else str(exc))
         if self.subscription is not None:
             self.subscription.close()
+            self.server.event("subscription_closed")
 
     def data_received(self, data: bytes) -> None:
         self.server.counters["bytes_in"] += len(data)
@@ -159,7 +172,33 @@ class _Connection(asyncio.Protocol):
             return self._ready(ServerConnection.reply(request_id, **self.server.status()))
         if op == "subscribe":
             return self._subscribe(request)
-        return asyncio.wrap_future(self.server.executor.submit(self._execute, request))
+        return self._in_order(request)
+
+    def _in_order(self, request: Request) -> asyncio.Future[bytes]:
+        """Run a database request after this connection's previous one has finished.
+
+        A pipeline is applied in request order (a later write to a key lands after an
+        earlier one), while requests of different connections run concurrently and
+        share fsyncs.
+        """
+        loop = self.server.loop
+        result: asyncio.Future[bytes] = loop.create_future()
+
+        def settle(done: asyncio.Future[bytes]) -> None:
+            if not result.done():
+                result.set_result(done.result())
+
+        def submit(_: object = None) -> None:
+            work = self.server.executor.submit(self._execute, request)
+            asyncio.wrap_future(work, loop=loop).add_done_callback(settle)
+
+        previous = self._tail
+        if previous is None or previous.done():
+            submit()
+        else:
+            previous.add_done_callback(submit)
+        self._tail = result
+        return result
 
     def _hello(self, request: Request) -> asyncio.Future[bytes]:
         params = request.params
@@ -179,15 +218,22 @@ class _Connection(asyncio.Protocol):
         )
 
     def _execute(self, request: Request) -> bytes:
+        started = time.monotonic()
         try:
             result = self.server.dispatcher.execute(request, self.database)
         except KilnError as exc:
             self.server.count("errors_total")
+            self.server.event("request_error", op=request.op, error_code=exc.error_code)
             return ServerConnection.error(exc, request.request_id)
         except Exception as exc:  # a bug must not take the connection down silently
             log.exception("request %s failed", request.op)
             self.server.count("errors_total")
             return ServerConnection.error(KilnError(f"internal error: {exc}"), request.request_id)
+        finally:
+            elapsed_ms = (time.monotonic() - started) * 1000
+            if elapsed_ms >= self.server.config.slow_op_ms:
+                self.server.count("slow_ops_total")
+                self.server.event("slow_op", op=request.op, ms=round(elapsed_ms, 1))
         if request.op in ("write", "write_fact"):
             self.server.count("facts_written")
         elif request.op == "write_many":
@@ -215,6 +261,7 @@ class _Connection(asyncio.Protocol):
             target=self._pump, args=(self.subscription,), name="kilndb-subscriber", daemon=True
         ).start()
         self.server.counters["subscriptions_total"] += 1
+        self.server.event("subscription_opened", after=after)
         return reply
 
     def _pump(self, subscription: Subscription) -> None:
@@ -273,9 +320,13 @@ class Server:
                 "closed_connections_total",
                 "rejected_connections_total",
                 "subscriptions_total",
+                "slow_ops_total",
             ),
             0,
         )
+        self.recent_events: deque[dict[str, Any]] = deque(maxlen=self.config.max_recent_events)
+        self.state = "starting"
+        self._started_at = time.monotonic()
         self._counters_lock = threading.Lock()
         self.loop: asyncio.AbstractEventLoop = asyncio.new_event_loop()
         self._servers: list[asyncio.Server] = []
@@ -302,6 +353,9 @@ class Server:
             server = await self.loop.create_unix_server(lambda: _Connection(self), str(path))
             self._servers.append(server)
             self.addresses.append(f"unix://{path}")
+        self.state = "ready"
+        self._started_at = time.monotonic()
+        self.event("server_started", addresses=list(self.addresses))
 
     def start(self) -> Server:
         """Listen in a background thread; return once the sockets accept connections."""
@@ -334,28 +388,38 @@ class Server:
         return self.addresses[0]
 
     def stop(self) -> None:
-        """Stop accepting, close connections, flush and close every database."""
+        """Drain and stop: refuse new connections, let in-flight requests finish (up to
+        ``drain_timeout``), close connections, flush and close every database."""
         if self._thread is None:
             return
 
         async def shutdown() -> None:
+            self.state = "draining"
+            self.event("server_draining", timeout=self.config.drain_timeout)
             for server in self._servers:
                 server.close()
+            deadline = self.loop.time() + self.config.drain_timeout
+            while self.loop.time() < deadline and any(c.pending for c in self.connections):
+                await asyncio.sleep(0.01)
             for connection in list(self.connections):
                 if connection.transport is not None:
                     connection.transport.close()
             for server in self._servers:
                 await server.wait_closed()
 
-        asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result(30)
+        asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result(
+            self.config.drain_timeout + 30
+        )
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(30)
         self._thread = None
-        self.executor.shutdown(wait=True)
+        self.executor.shutdown(wait=True)  # requests already running complete
         self.databases.close_all()
         self.loop.close()
         if self.config.unix is not None:
             Path(self.config.unix).unlink(missing_ok=True)
+        self.state = "stopped"
+        self.event("server_stopped")
 
     def __enter__(self) -> Server:
         return self.start()
@@ -370,13 +434,28 @@ class Server:
         with self._counters_lock:
             self.counters[name] += amount
 
+    def event(self, kind: str, **details: Any) -> None:
+        """Record an event in the bounded recent-events ring (any thread)."""
+        with self._counters_lock:
+            self.recent_events.append({"event": kind, "at": time.time(), **details})
+
     def status(self) -> dict[str, Any]:
-        """The status snapshot ``server_status`` answers with."""
+        """The observability snapshot (Igniter's shape) that ``server_status`` answers."""
+        with self._counters_lock:
+            counters = dict(self.counters)
         return {
             "schema_version": 1,
-            "status": "ready",
+            "generated_at": time.time(),
+            "status": self.state,
+            "uptime_ms": round((time.monotonic() - self._started_at) * 1000),
             "pid": os.getpid(),
             "addresses": self.addresses,
             "databases": self.databases.names(),
-            "metrics": {**self.counters, "active_connections": len(self.connections)},
+            "metrics": {
+                **counters,
+                "active_connections": len(self.connections),
+                "subscription_count": sum(
+                    1 for c in self.connections if c.subscription is not None
+                ),
+            },
         }
