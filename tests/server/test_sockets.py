@@ -215,3 +215,21 @@ def test_stop_drains_in_flight_requests_and_records_events(tmp_path: Path) -> No
     assert kinds[-1] == "server_stopped" and server.state == "stopped"
     with kilndb.open(tmp_path / "data") as db:
         assert [f.value for f in db.store("s").history("k")] == list(range(200))
+
+
+def test_a_pipeline_shares_fsyncs(server: Server) -> None:
+    client = RawClient(tcp_address(server))
+    client.send(
+        *(
+            {"op": "write", "request_id": i, "store": "s", "key": "k", "value": i}
+            for i in range(1000)
+        )
+    )
+    replies = [client.receive() for _ in range(1000)]
+    client.close()
+    assert all(r and r["ok"] for r in replies)
+    with kilndb.connect(server.url) as db:
+        stats = db.stats()
+        history = db.store("s").history("k")
+    assert [f.value for f in history] == list(range(1000))  # applied in request order
+    assert stats["fsyncs"] < 100, stats["fsyncs"]  # durable, yet far fewer fsyncs than writes

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager
 from itertools import islice
 from math import isfinite
 from pathlib import Path
@@ -456,6 +457,18 @@ class Database:
     def sync(self) -> None:
         """Fsync everything written so far (useful with ``sync="none"|"interval"``)."""
         self._log.sync()
+
+    def defer_durability(self) -> AbstractContextManager[list[int]]:
+        """For transports: writes on this thread return before their fsync.
+
+        Yields the list the positions to make durable are collected in; nothing may be
+        acknowledged before :meth:`wait_durable` of the largest of them has returned.
+        """
+        return self._log.deferring_durability()
+
+    def wait_durable(self, position: int) -> None:
+        """Block until ``position`` is durable under the database's sync mode."""
+        self._log.wait_durable(position)
 
     def stats(self) -> dict[str, Any]:
         """Counters and sizes of the database."""

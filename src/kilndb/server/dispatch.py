@@ -190,9 +190,23 @@ class Dispatcher:
 
         Raises the KilnError the operation raised, or ProtocolError for a connection op.
         """
+        result, db, position = self.apply(request, database)
+        if db is not None and position:
+            db.wait_durable(position)
+        return result
+
+    def apply(self, request: Request, database: str) -> tuple[dict[str, Any], Database | None, int]:
+        """Run ``request`` without waiting for its fsync.
+
+        Returns the reply fields, the database and the position that must be durable
+        before the reply may be sent (0: nothing to wait for).
+        """
         handler = _HANDLERS.get(request.op)
         if handler is None:
             raise ProtocolError(f"op {request.op!r} is handled by the connection, not dispatched")
         if request.op == "ping":
-            return {"pong": True}
-        return handler(self.databases.get(request.database or database), request.params)
+            return {"pong": True}, None, 0
+        db = self.databases.get(request.database or database)
+        with db.defer_durability() as positions:
+            result = handler(db, request.params)
+        return result, db, max(positions, default=0)

@@ -73,6 +73,11 @@ class ServerConfig:
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
 
 
+#: An applied request: its reply slot, the request, an error frame (or None), the
+#: database, the position to make durable and the reply fields.
+_Applied = tuple["asyncio.Future[bytes]", Request, bytes | None, Any, int, dict[str, Any]]
+
+
 class _Connection(asyncio.Protocol):
     def __init__(self, server: Server) -> None:
         self.server = server
@@ -83,8 +88,9 @@ class _Connection(asyncio.Protocol):
         self.closing = False
         self.paused = False
         self.subscription: Subscription | None = None
-        #: The last database request queued on this connection (they run in order).
-        self._tail: asyncio.Future[bytes] | None = None
+        #: Database requests waiting to be applied, in order, with their reply slots.
+        self._queued: list[tuple[Request, asyncio.Future[bytes]]] = []
+        self._applying = False
 
     # -- asyncio callbacks ---------------------------------------------------------
 
@@ -175,30 +181,74 @@ class _Connection(asyncio.Protocol):
         return self._in_order(request)
 
     def _in_order(self, request: Request) -> asyncio.Future[bytes]:
-        """Run a database request after this connection's previous one has finished.
+        """Queue a database request behind this connection's earlier ones.
 
-        A pipeline is applied in request order (a later write to a key lands after an
-        earlier one), while requests of different connections run concurrently and
-        share fsyncs.
+        One worker at a time applies the queued requests of a connection, in request
+        order and back to back, without waiting for fsyncs; a second job then waits for
+        the batch's durability once and builds its replies. A pipeline is thus applied
+        in order (a later write to a key lands after an earlier one) and its writes —
+        and those of every other connection — share fsyncs.
         """
+        reply: asyncio.Future[bytes] = self.server.loop.create_future()
+        self._queued.append((request, reply))
+        if not self._applying:
+            self._apply_next()
+        return reply
+
+    def _apply_next(self) -> None:
+        if not self._queued:
+            self._applying = False
+            return
+        self._applying = True
+        batch, self._queued = self._queued, []
         loop = self.server.loop
-        result: asyncio.Future[bytes] = loop.create_future()
+        work = self.server.executor.submit(self._apply_batch, batch)
+        asyncio.wrap_future(work, loop=loop).add_done_callback(self._applied)
 
-        def settle(done: asyncio.Future[bytes]) -> None:
-            if not result.done():
-                result.set_result(done.result())
+    def _applied(self, done: asyncio.Future[list[_Applied]]) -> None:
+        applied = done.result()
+        self._apply_next()  # the connection's next requests may be applied meanwhile
+        loop = self.server.loop
+        work = self.server.executor.submit(self._acknowledge_batch, applied)
+        asyncio.wrap_future(work, loop=loop).add_done_callback(self._acknowledged)
 
-        def submit(_: object = None) -> None:
-            work = self.server.executor.submit(self._execute, request)
-            asyncio.wrap_future(work, loop=loop).add_done_callback(settle)
+    @staticmethod
+    def _acknowledged(done: asyncio.Future[list[tuple[asyncio.Future[bytes], bytes]]]) -> None:
+        for reply, frame in done.result():
+            if not reply.done():
+                reply.set_result(frame)
 
-        previous = self._tail
-        if previous is None or previous.done():
-            submit()
-        else:
-            previous.add_done_callback(submit)
-        self._tail = result
-        return result
+    def _apply_batch(self, batch: list[tuple[Request, asyncio.Future[bytes]]]) -> list[_Applied]:
+        """Apply requests in order (worker thread); nothing waits for an fsync here."""
+        return [(reply, request, *self._apply(request)) for request, reply in batch]
+
+    def _acknowledge_batch(
+        self, applied: list[_Applied]
+    ) -> list[tuple[asyncio.Future[bytes], bytes]]:
+        """Wait once per database for the batch's durability, then build its replies."""
+        failures: dict[int, KilnError] = {}
+        furthest: dict[int, tuple[Any, int]] = {}
+        for _, _, frame, db, position, _ in applied:
+            if frame is None and db is not None and position:
+                known = furthest.get(id(db))
+                if known is None or position > known[1]:
+                    furthest[id(db)] = (db, position)
+        for key, (db, position) in furthest.items():
+            try:
+                db.wait_durable(position)
+            except KilnError as exc:
+                failures[key] = exc
+        replies = []
+        for reply, request, error_frame, db, _, result in applied:
+            if error_frame is not None:
+                replies.append((reply, error_frame))
+                continue
+            failure = failures.get(id(db))
+            frame = (
+                self._reply(request, result) if failure is None else self._failed(request, failure)
+            )
+            replies.append((reply, frame))
+        return replies
 
     def _hello(self, request: Request) -> asyncio.Future[bytes]:
         params = request.params
@@ -217,23 +267,32 @@ class _Connection(asyncio.Protocol):
             )
         )
 
-    def _execute(self, request: Request) -> bytes:
+    def _apply(self, request: Request) -> tuple[bytes | None, Any, int, dict[str, Any]]:
+        """Apply a request (worker thread). An error reply is final; otherwise the reply
+        is built once the returned position is durable (:meth:`_acknowledge`)."""
         started = time.monotonic()
         try:
-            result = self.server.dispatcher.execute(request, self.database)
+            result, db, position = self.server.dispatcher.apply(request, self.database)
         except KilnError as exc:
-            self.server.count("errors_total")
-            self.server.event("request_error", op=request.op, error_code=exc.error_code)
-            return ServerConnection.error(exc, request.request_id)
+            return self._failed(request, exc), None, 0, {}
         except Exception as exc:  # a bug must not take the connection down silently
             log.exception("request %s failed", request.op)
             self.server.count("errors_total")
-            return ServerConnection.error(KilnError(f"internal error: {exc}"), request.request_id)
+            error = KilnError(f"internal error: {exc}")
+            return ServerConnection.error(error, request.request_id), None, 0, {}
         finally:
             elapsed_ms = (time.monotonic() - started) * 1000
             if elapsed_ms >= self.server.config.slow_op_ms:
                 self.server.count("slow_ops_total")
                 self.server.event("slow_op", op=request.op, ms=round(elapsed_ms, 1))
+        return None, db, position, result
+
+    def _failed(self, request: Request, error: KilnError) -> bytes:
+        self.server.count("errors_total")
+        self.server.event("request_error", op=request.op, error_code=error.error_code)
+        return ServerConnection.error(error, request.request_id)
+
+    def _reply(self, request: Request, result: dict[str, Any]) -> bytes:
         if request.op in ("write", "write_fact"):
             self.server.count("facts_written")
         elif request.op == "write_many":

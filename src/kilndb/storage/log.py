@@ -26,6 +26,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import orjson
@@ -92,6 +93,7 @@ class Log:
             store: Retention.from_dict(policy) for store, policy in self.meta["retention"].items()
         }
         self.lock = threading.Lock()
+        self._deferred = threading.local()
         self.closed = False
         self.last_ttime = recovered.last_ttime
         self.next_position = self.keydir.last_position + 1
@@ -200,10 +202,32 @@ class Log:
         return written
 
     def wait_durable(self, position: int) -> None:
-        """Apply the sync policy to a write that ended at ``position`` (lock released)."""
+        """Apply the sync policy to a write that ended at ``position`` (lock released).
+
+        Inside :meth:`deferring_durability` on this thread, only note the position.
+        """
         if self.config.sync == "always":
+            deferred: list[int] | None = getattr(self._deferred, "positions", None)
+            if deferred is not None:
+                deferred.append(position)
+                return
             self.commit.wait_durable(position)
             self.publish(position)
+
+    @contextmanager
+    def deferring_durability(self) -> Iterator[list[int]]:
+        """Let writes on this thread return before their fsync; collect their positions.
+
+        The caller must :meth:`wait_durable` for the largest one before acknowledging
+        anything: this lets a server apply one connection's pipeline in order while the
+        fsyncs of all its writes are shared.
+        """
+        positions: list[int] = []
+        self._deferred.positions = positions
+        try:
+            yield positions
+        finally:
+            self._deferred.positions = None
 
     def publish(self, position: int) -> None:
         """Make durable facts up to ``position`` visible to subscribers (``sync="always"``)."""
