@@ -8,7 +8,7 @@
 from pathlib import Path as _Path
 from typing import Any as _Any
 
-from kilndb.client import RemoteDatabase, connect
+from kilndb.client import AsyncRemoteDatabase, RemoteDatabase, connect, connect_async
 from kilndb.config import DatabaseConfig, SyncMode
 from kilndb.engine import Database, Store, Subscription
 from kilndb.errors import (
@@ -40,6 +40,7 @@ from kilndb.model import Fact, Write
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncRemoteDatabase",
     "AuthenticationError",
     "ClosedError",
     "ConflictError",
@@ -72,6 +73,7 @@ __all__ = [
     "Write",
     "__version__",
     "connect",
+    "connect_async",
     "open",
 ]
 
