@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,8 @@ def test_serve_answers_and_stops_on_sigterm(tmp_path: Path) -> None:
             str(tmp_path / "data"),
             "serve",
             "--port",
+            "0",
+            "--http-port",
             "0",
             "--pid-file",
             str(pid_file),
@@ -54,6 +57,10 @@ def test_serve_answers_and_stops_on_sigterm(tmp_path: Path) -> None:
         with kilndb.connect(url) as db:
             fact = db.store("tasks").write("t1", {"title": "Hello"})
             assert fact.position == 1
+            status = db._call("server_status")
+        http_url = next(a for a in status["addresses"] if a.startswith("http://"))
+        with urllib.request.urlopen(http_url + "/v1/ready", timeout=10) as response:
+            assert response.status == 200
         os.kill(process.pid, signal.SIGTERM)
         assert process.wait(30) == 0
         assert not pid_file.exists()

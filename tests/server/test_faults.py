@@ -72,7 +72,18 @@ def test_garbage_never_breaks_the_server(
 
 def _start(data: Path) -> tuple[subprocess.Popen[str], str]:
     process = subprocess.Popen(
-        [str(KILN), "--data", str(data), "serve", "--port", "0", "--log-level", "warning"],
+        [
+            str(KILN),
+            "--data",
+            str(data),
+            "serve",
+            "--port",
+            "0",
+            "--http-port",
+            "0",
+            "--log-level",
+            "warning",
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,

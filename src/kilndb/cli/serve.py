@@ -64,6 +64,14 @@ def _load_config(ctx: click.Context, _: click.Parameter, path: Path | None) -> P
     help="TCP port (0 picks a free one).",
 )
 @click.option(
+    "--http-port",
+    type=click.IntRange(-1, 65535),
+    default=7300,
+    show_default=True,
+    envvar="KILN_HTTP_PORT",
+    help="HTTP/SSE/WebSocket port on --host (0 picks a free one, -1 turns HTTP off).",
+)
+@click.option(
     "--unix",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
@@ -121,6 +129,7 @@ def serve(
     settings: CliSettings,
     host: str,
     port: int,
+    http_port: int,
     unix: Path | None,
     max_connections: int,
     max_frame_bytes: int,
@@ -137,6 +146,7 @@ def serve(
         data=settings.data,
         host=host or None,
         port=port,
+        http_port=None if http_port < 0 or not host else http_port,
         unix=unix,
         max_connections=max_connections,
         max_frame_bytes=max_frame_bytes,

@@ -13,6 +13,7 @@ from kilndb.protocol.connection import (
     Event,
     Request,
     ServerConnection,
+    parse_request,
 )
 from kilndb.protocol.ops import OPS, check_params
 
@@ -25,4 +26,5 @@ __all__ = [
     "Request",
     "ServerConnection",
     "check_params",
+    "parse_request",
 ]

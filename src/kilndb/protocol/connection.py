@@ -40,6 +40,7 @@ from kilndb.protocol.ops import OPS
 __all__ = [
     "PROTOCOL_VERSION",
     "BadRequest",
+    "parse_request",
     "ConnectionBroken",
     "Event",
     "Request",
@@ -84,6 +85,33 @@ def _request_id(body: dict[str, Any]) -> Any:
     return request_id if isinstance(request_id, str | int) else None
 
 
+def parse_request(body: bytes) -> Request | BadRequest:
+    """Check one request body (a JSON op envelope), from a frame, HTTP or WebSocket."""
+    try:
+        message = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        return BadRequest(ProtocolError(f"request is not valid JSON: {exc}"))
+    if not isinstance(message, dict):
+        return BadRequest(ProtocolError("request must be a JSON object"))
+    request_id = _request_id(message)
+    op = message.get("op")
+    if not isinstance(op, str):
+        return BadRequest(InvalidArgumentError("missing field 'op'"), request_id)
+    checker = OPS.get(op)
+    if checker is None:
+        return BadRequest(UnknownOpError(f"unknown op {op!r}"), request_id)
+    try:
+        params = checker(message)
+        database = message.get("database")
+        if database is not None:
+            database = validate_database_name(database)
+        if op == "hello":  # selects the connection's database rather than naming one
+            params["database"], database = database, None
+    except InvalidArgumentError as exc:
+        return BadRequest(InvalidArgumentError(f"{op}: {exc.message}"), request_id)
+    return Request(op, params, request_id, database)
+
+
 class ServerConnection:
     """Sans-I/O server side of one connection: bytes in, events out; replies to bytes."""
 
@@ -107,37 +135,11 @@ class ServerConnection:
             self._decoder.feed(data)
             while (body := self._decoder.next_frame()) is not None:
                 self.requests += 1
-                events.append(self._parse(body))
+                events.append(parse_request(body))
         except ProtocolError as exc:
             self.broken = ConnectionBroken(exc)
             events.append(self.broken)
         return events
-
-    @staticmethod
-    def _parse(body: bytes) -> Request | BadRequest:
-        try:
-            message = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            return BadRequest(ProtocolError(f"request is not valid JSON: {exc}"))
-        if not isinstance(message, dict):
-            return BadRequest(ProtocolError("request must be a JSON object"))
-        request_id = _request_id(message)
-        op = message.get("op")
-        if not isinstance(op, str):
-            return BadRequest(InvalidArgumentError("missing field 'op'"), request_id)
-        checker = OPS.get(op)
-        if checker is None:
-            return BadRequest(UnknownOpError(f"unknown op {op!r}"), request_id)
-        try:
-            params = checker(message)
-            database = message.get("database")
-            if database is not None:
-                database = validate_database_name(database)
-            if op == "hello":  # selects the connection's database rather than naming one
-                params["database"], database = database, None
-        except InvalidArgumentError as exc:
-            return BadRequest(InvalidArgumentError(f"{op}: {exc.message}"), request_id)
-        return Request(op, params, request_id, database)
 
     @staticmethod
     def reply(request_id: Any = None, **result: Any) -> bytes:

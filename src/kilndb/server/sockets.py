@@ -59,6 +59,8 @@ class ServerConfig:
     host: str | None = "127.0.0.1"
     port: int = 7400
     unix: Path | None = None
+    #: HTTP/SSE/WebSocket port on ``host`` (None: no HTTP; 0 picks a free port).
+    http_port: int | None = None
     max_connections: int = 1024
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
     max_pipeline: int = 1024
@@ -293,12 +295,7 @@ class _Connection(asyncio.Protocol):
         return ServerConnection.error(error, request.request_id)
 
     def _reply(self, request: Request, result: dict[str, Any]) -> bytes:
-        if request.op in ("write", "write_fact"):
-            self.server.count("facts_written")
-        elif request.op == "write_many":
-            self.server.count("facts_written", len(request.params["writes"]))
-        elif request.op == "replay":
-            self.server.count("facts_replayed", len(result["facts"]))
+        self.server.count_result(request, result)
         return ServerConnection.reply(request.request_id, **result)
 
     # -- changefeed ------------------------------------------------------------------
@@ -367,6 +364,8 @@ class Server:
         self.dispatcher = Dispatcher(self.databases)
         self.executor = ThreadPoolExecutor(self.config.workers, thread_name_prefix="kilndb-op")
         self.connections: set[_Connection] = set()
+        #: Changefeeds served over HTTP (SSE, WebSocket), closed when the server stops.
+        self.streams: set[Subscription] = set()
         self.counters = dict.fromkeys(
             (
                 "requests_total",
@@ -393,6 +392,7 @@ class Server:
         self._ready = threading.Event()
         self._startup_error: BaseException | None = None
         self.addresses: list[str] = []
+        self._http: Any = None
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -412,6 +412,19 @@ class Server:
             server = await self.loop.create_unix_server(lambda: _Connection(self), str(path))
             self._servers.append(server)
             self.addresses.append(f"unix://{path}")
+        if config.http_port is not None:
+            from aiohttp import web
+
+            from kilndb.server.http import build_app
+
+            self._http = web.AppRunner(build_app(self), access_log=None)
+            await self._http.setup()
+            site = web.TCPSite(self._http, config.host or "127.0.0.1", config.http_port)
+            await site.start()
+            bound = site._server
+            assert isinstance(bound, asyncio.Server)
+            host, port = bound.sockets[0].getsockname()[:2]
+            self.addresses.append(f"http://{host}:{port}")
         self.state = "ready"
         self._started_at = time.monotonic()
         self.event("server_started", addresses=list(self.addresses))
@@ -443,8 +456,13 @@ class Server:
 
     @property
     def url(self) -> str:
-        """The first address clients can connect to."""
-        return self.addresses[0]
+        """The first socket address clients can connect to."""
+        return next(a for a in self.addresses if not a.startswith("http"))
+
+    @property
+    def http_url(self) -> str:
+        """The HTTP address (with ``http_port``)."""
+        return next(a for a in self.addresses if a.startswith("http"))
 
     def stop(self) -> None:
         """Drain and stop: refuse new connections, let in-flight requests finish (up to
@@ -463,8 +481,12 @@ class Server:
             for connection in list(self.connections):
                 if connection.transport is not None:
                     connection.transport.close()
+            for stream in list(self.streams):  # SSE and WebSocket changefeeds end now
+                stream.close()
             for server in self._servers:
                 await server.wait_closed()
+            if self._http is not None:
+                await self._http.cleanup()
 
         asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result(
             self.config.drain_timeout + 30
@@ -492,6 +514,15 @@ class Server:
         """Add to a counter from any thread."""
         with self._counters_lock:
             self.counters[name] += amount
+
+    def count_result(self, request: Request, result: dict[str, Any]) -> None:
+        """Count the facts a successful request wrote or replayed (any transport)."""
+        if request.op in ("write", "write_fact"):
+            self.count("facts_written")
+        elif request.op == "write_many":
+            self.count("facts_written", len(request.params["writes"]))
+        elif request.op == "replay":
+            self.count("facts_replayed", len(result["facts"]))
 
     def event(self, kind: str, **details: Any) -> None:
         """Record an event in the bounded recent-events ring (any thread)."""

@@ -1,0 +1,325 @@
+"""HTTP, Server-Sent Events and WebSocket, in the socket server's own event loop.
+
+Endpoints (DESIGN.md "HTTP, SSE and WebSocket"):
+
+``GET /v1/health``          200 while the process is up, with the compact health snapshot
+``GET /v1/ready``           200 when accepting work, 503 while draining
+``GET /v1/status``          the observability snapshot (as ``server_status``)
+``GET /v1/metrics``, ``/metrics``  Prometheus text format
+``GET /v1/events``          SSE changefeed: ``id: <position>``, ``event: fact_committed``,
+                            ``data: <fact>``; resume with ``Last-Event-ID`` or
+                            ``?cursor=``; ``?stores=a,b``; ``?database=``; 409 if the cursor
+                            was compacted away
+``GET /v1/events/recent``   the recent-events ring
+``POST /v1/dispatch``       one op envelope (the wire protocol's JSON) → its reply
+``/v1/db/{database}/stores/{store}/keys/{key}``  GET latest, PUT (body: JSON value),
+                            DELETE; ``.../history`` GET
+``GET /v1/ws``              WebSocket carrying op envelopes; ``subscribe`` pushes
+                            ``{"event": "fact_written", "fact": …}`` messages
+
+Every database call runs on the server's thread pool, as for the socket protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from aiohttp import WSMsgType, web
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from kilndb.errors import CursorTooOldError, InvalidArgumentError, KilnError, NotFoundError
+from kilndb.protocol import BadRequest, Request, parse_request
+
+if TYPE_CHECKING:
+    from kilndb.server.sockets import Server
+
+__all__ = ["build_app"]
+
+_STATUS_OF = {
+    "bad_request": 400,
+    "protocol_error": 400,
+    "unknown_op": 400,
+    "not_found": 404,
+    "conflict": 409,
+    "cursor_too_old": 409,
+    "unauthenticated": 401,
+    "permission_denied": 403,
+    "unavailable": 503,
+}
+_GAUGES = ("active_connections", "subscription_count")
+
+
+def _json(body: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
+
+
+def _error(error: KilnError) -> web.Response:
+    return _json(error.to_wire(), _STATUS_OF.get(error.error_code, 500))
+
+
+class _Collector:
+    """Exposes the server's counters to prometheus_client."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+
+    def collect(self) -> Iterator[Metric]:
+        metrics = self.server.status()["metrics"]
+        for name, value in sorted(metrics.items()):
+            base = name.removesuffix("_total")
+            family: Metric
+            if name in _GAUGES:
+                family = GaugeMetricFamily(f"kiln_{name}", name.replace("_", " "))
+            else:
+                family = CounterMetricFamily(f"kiln_{base}", name.replace("_", " "))
+            family.add_metric([], float(value))
+            yield family
+
+
+def build_app(server: Server) -> web.Application:
+    """The aiohttp application of ``server``."""
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(_Collector(server))
+    loop = server.loop
+
+    async def run(request: Request, database: str) -> dict[str, Any]:
+        def work() -> dict[str, Any]:
+            server.count("requests_total")
+            try:
+                result = server.dispatcher.execute(request, database)
+            except KilnError as exc:
+                server.count("errors_total")
+                server.event("request_error", op=request.op, error_code=exc.error_code)
+                raise
+            server.count_result(request, result)
+            return result
+
+        return await loop.run_in_executor(server.executor, work)
+
+    async def health(_: web.Request) -> web.Response:
+        status = server.status()
+        return _json({k: status[k] for k in ("schema_version", "status", "uptime_ms", "pid")})
+
+    async def ready(_: web.Request) -> web.Response:
+        state = server.state
+        return _json({"status": state}, 200 if state == "ready" else 503)
+
+    async def status(_: web.Request) -> web.Response:
+        return _json(server.status())
+
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(registry), content_type="text/plain")
+
+    async def recent(_: web.Request) -> web.Response:
+        return _json(list(server.recent_events))
+
+    async def dispatch(http: web.Request) -> web.Response:
+        parsed = parse_request(await http.read())
+        if isinstance(parsed, BadRequest):
+            return _error(parsed.error)
+        if parsed.op in ("subscribe", "close", "hello"):
+            return _error(InvalidArgumentError(f"{parsed.op} needs a connection: use /v1/ws"))
+        if parsed.op == "server_status":
+            return _json({"ok": True, **server.status()})
+        try:
+            result = await run(parsed, http.query.get("database", "default"))
+        except KilnError as exc:
+            return _error(exc)
+        reply = {"ok": True, **result}
+        if parsed.request_id is not None:
+            reply["request_id"] = parsed.request_id
+        return _json(reply)
+
+    async def fact(http: web.Request) -> web.Response:
+        info = http.match_info
+        database, store, key = info["database"], info["store"], info["key"]
+        try:
+            if http.method == "GET":
+                request = Request("read", {"store": store, "key": key, "as_of": None})
+            elif http.method == "PUT":
+                try:
+                    value = orjson.loads(await http.read())
+                except orjson.JSONDecodeError as exc:
+                    raise InvalidArgumentError(f"body is not JSON: {exc}") from exc
+                request = Request("write", _write_params(store, key, value))
+            else:
+                request = Request(
+                    "delete",
+                    {
+                        "store": store,
+                        "key": key,
+                        "expected_seq": None,
+                        "id": None,
+                        "causation": None,
+                        "metadata": None,
+                    },
+                )
+            result = await run(request, database)
+        except KilnError as exc:
+            return _error(exc)
+        if result["fact"] is None:
+            return _error(NotFoundError(f"{store}/{key} has no value"))
+        return _json(result["fact"])
+
+    async def history(http: web.Request) -> web.Response:
+        info = http.match_info
+        request = Request(
+            "history",
+            {
+                "store": info["store"],
+                "key": info["key"],
+                "since_seq": 1,
+                "until_seq": None,
+                "limit": None,
+            },
+        )
+        try:
+            result = await run(request, info["database"])
+        except KilnError as exc:
+            return _error(exc)
+        return _json(result["facts"])
+
+    async def events(http: web.Request) -> web.StreamResponse:
+        cursor_text = http.headers.get("Last-Event-ID") or http.query.get("cursor") or "0"
+        stores_text = http.query.get("stores")
+        try:
+            cursor = int(cursor_text)
+            if cursor < 0:
+                raise ValueError(cursor_text)
+            stores = [s for s in stores_text.split(",") if s] if stores_text else None
+            db = server.databases.get(http.query.get("database", "default"))
+            subscription = db.subscribe(stores, cursor)
+        except ValueError:
+            return _error(InvalidArgumentError(f"bad cursor {cursor_text!r}"))
+        except CursorTooOldError as exc:
+            return _error(exc)
+        except KilnError as exc:
+            return _error(exc)
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
+        await response.prepare(http)
+        server.streams.add(subscription)
+        server.event("subscription_opened", transport="sse", after=cursor)
+        try:
+            while True:
+                fact = await loop.run_in_executor(server.executor, subscription.get, 15.0)
+                if fact is None:
+                    if subscription.closed:
+                        break
+                    await response.write(b": keep-alive\n\n")
+                    continue
+                data = orjson.dumps(fact.to_dict())
+                await response.write(
+                    b"id: %d\nevent: fact_committed\ndata: %s\n\n" % (fact.position, data)
+                )
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        finally:
+            server.streams.discard(subscription)
+            subscription.close()
+            server.event("subscription_closed", transport="sse")
+        return response
+
+    async def websocket(http: web.Request) -> web.WebSocketResponse:
+        socket = web.WebSocketResponse(heartbeat=30.0)
+        await socket.prepare(http)
+        database = "default"
+        pump: asyncio.Task[None] | None = None
+        async for message in socket:
+            if message.type != WSMsgType.TEXT:
+                continue
+            parsed = parse_request(message.data.encode())
+            if isinstance(parsed, BadRequest):
+                await socket.send_str(_wire_error(parsed.error, parsed.request_id))
+                continue
+            if parsed.op == "close":
+                break
+            if parsed.op == "hello":
+                database = parsed.params["database"] or database
+                await socket.send_str(orjson.dumps({"ok": True, "database": database}).decode())
+                continue
+            if parsed.op == "subscribe":
+                try:
+                    db = server.databases.get(parsed.database or database)
+                    after = parsed.params["after"]
+                    if after is None:
+                        after = db.stats()["durable_position"]
+                    subscription = db.subscribe(parsed.params["stores"], after)
+                except KilnError as exc:
+                    await socket.send_str(_wire_error(exc, parsed.request_id))
+                    continue
+                await socket.send_str(orjson.dumps({"ok": True, "position": after}).decode())
+                server.streams.add(subscription)
+                pump = loop.create_task(_push(socket, subscription))
+                continue
+            try:
+                result = await run(parsed, database)
+                reply = {"ok": True, **result}
+                if parsed.request_id is not None:
+                    reply["request_id"] = parsed.request_id
+                await socket.send_str(orjson.dumps(reply).decode())
+            except KilnError as exc:
+                await socket.send_str(_wire_error(exc, parsed.request_id))
+        if pump is not None:
+            pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pump
+        await socket.close()
+        return socket
+
+    async def _push(socket: web.WebSocketResponse, subscription: Any) -> None:
+        try:
+            while not socket.closed:
+                fact = await loop.run_in_executor(server.executor, subscription.get, 1.0)
+                if fact is not None:
+                    event = {"event": "fact_written", "fact": fact.to_dict()}
+                    await socket.send_str(orjson.dumps(event).decode())
+        finally:
+            server.streams.discard(subscription)
+            subscription.close()
+
+    app = web.Application()
+    app.router.add_get("/v1/health", health)
+    app.router.add_get("/v1/ready", ready)
+    app.router.add_get("/v1/status", status)
+    app.router.add_get("/v1/metrics", metrics)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/v1/events/recent", recent)
+    app.router.add_get("/v1/events", events)
+    app.router.add_post("/v1/dispatch", dispatch)
+    keys = "/v1/db/{database}/stores/{store}/keys/{key}"
+    app.router.add_route("GET", keys, fact)
+    app.router.add_route("PUT", keys, fact)
+    app.router.add_route("DELETE", keys, fact)
+    app.router.add_get(keys + "/history", history)
+    app.router.add_get("/v1/ws", websocket)
+    return app
+
+
+def _wire_error(error: KilnError, request_id: Any) -> str:
+    body = error.to_wire()
+    if request_id is not None:
+        body["request_id"] = request_id
+    return orjson.dumps(body).decode()
+
+
+def _write_params(store: str, key: str, value: Any) -> dict[str, Any]:
+    return {
+        "store": store,
+        "key": key,
+        "value": value,
+        "expected_seq": None,
+        "id": None,
+        "causation": None,
+        "valid_time": None,
+        "schema_version": 1,
+        "producer": None,
+        "derivation": None,
+        "metadata": None,
+    }

@@ -1,0 +1,183 @@
+"""HTTP, SSE and WebSocket against a real server on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+import kilndb
+from kilndb.server.sockets import Server
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    with Server(data=tmp_path / "data", port=0, http_port=0) as running:
+        yield running
+
+
+def call(server: Server, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(server.http_url + path, data=data, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            raw = response.read()
+            status = response.status
+    except urllib.error.HTTPError as error:
+        raw, status = error.read(), error.code
+        error.close()
+    text = raw.decode()
+    return status, json.loads(text) if text.startswith(("{", "[")) else text
+
+
+def test_health_ready_status_and_recent_events(server: Server) -> None:
+    assert call(server, "GET", "/v1/health")[1]["status"] == "ready"
+    assert call(server, "GET", "/v1/ready") == (200, {"status": "ready"})
+    status, body = call(server, "GET", "/v1/status")
+    assert status == 200 and body["metrics"]["active_connections"] == 0
+    status, events = call(server, "GET", "/v1/events/recent")
+    assert status == 200 and events[0]["event"] == "server_started"
+
+
+def test_rest_facts(server: Server) -> None:
+    base = "/v1/db/billing/stores/tasks/keys/t1"
+    status, fact = call(server, "PUT", base, {"title": "Hello"})
+    assert status == 200 and fact["seq"] == 1 and fact["value"] == {"title": "Hello"}
+    call(server, "PUT", base, {"title": "Hi"})
+    assert call(server, "GET", base)[1]["value"] == {"title": "Hi"}
+    assert [f["seq"] for f in call(server, "GET", base + "/history")[1]] == [1, 2]
+    assert call(server, "DELETE", base)[1]["deleted"] is True
+    status, error = call(server, "GET", base)
+    assert status == 404 and error["error_code"] == "not_found"
+    assert call(server, "GET", "/v1/db/default/stores/bad%20name/keys/k")[0] == 400
+
+
+def test_dispatch_takes_op_envelopes(server: Server) -> None:
+    status, reply = call(
+        server, "POST", "/v1/dispatch", {"op": "write", "store": "s", "key": "k", "value": 1}
+    )
+    assert status == 200 and reply["ok"] and reply["fact"]["position"] == 1
+    assert call(server, "POST", "/v1/dispatch", {"op": "ping", "request_id": 5})[1] == {
+        "ok": True,
+        "pong": True,
+        "request_id": 5,
+    }
+    status, reply = call(server, "POST", "/v1/dispatch", {"op": "nope"})
+    assert status == 400 and reply["error_code"] == "unknown_op"
+    status, reply = call(
+        server,
+        "POST",
+        "/v1/dispatch",
+        {"op": "write", "store": "s", "key": "k", "value": 2, "expected_seq": 0},
+    )
+    assert status == 409 and reply["error_code"] == "conflict"
+
+
+def test_prometheus_metrics_parse(server: Server) -> None:
+    call(server, "POST", "/v1/dispatch", {"op": "write", "store": "s", "key": "k", "value": 1})
+    for path in ("/metrics", "/v1/metrics"):
+        status, text = call(server, "GET", path)
+        assert status == 200
+        families = {f.name: f for f in text_string_to_metric_families(text)}
+        assert families["kiln_facts_written"].samples[0].value == 1
+        assert "kiln_active_connections" in families
+
+
+class _Sse:
+    """One SSE request over its own HTTP connection; close() ends both."""
+
+    def __init__(self, server: Server, headers: dict[str, str], query: str = "") -> None:
+        parts = urlsplit(server.http_url)
+        self.connection = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=10)
+        self.connection.request("GET", "/v1/events" + query, headers=headers)
+        self.response = self.connection.getresponse()
+
+    def close(self) -> None:
+        self.response.close()
+        self.connection.close()
+
+
+def _sse(server: Server, headers: dict[str, str], query: str = "") -> _Sse:
+    return _Sse(server, headers, query)
+
+
+def _read_events(stream: _Sse, count: int) -> list[tuple[int, dict[str, Any]]]:
+    response = stream.response
+    events: list[tuple[int, dict[str, Any]]] = []
+    event_id, data = 0, ""
+    while len(events) < count:
+        line = response.readline().decode().rstrip("\n")
+        if line.startswith("id: "):
+            event_id = int(line[4:])
+        elif line.startswith("data: "):
+            data = line[6:]
+        elif line == "" and data:
+            events.append((event_id, json.loads(data)))
+            data = ""
+    return events
+
+
+def test_sse_streams_and_resumes_with_last_event_id(server: Server) -> None:
+    with kilndb.connect(server.url) as db:
+        for i in range(5):
+            db.store("tasks" if i % 2 == 0 else "other").write(f"k{i}", i)
+    first = _sse(server, {})
+    assert first.response.status == 200
+    assert first.response.getheader("Content-Type", "").startswith("text/event-stream")
+    got = _read_events(first, 3)
+    assert [i for i, _ in got] == [1, 2, 3]
+    first.close()
+    resumed = _sse(server, {"Last-Event-ID": "3"})
+    assert [i for i, _ in _read_events(resumed, 2)] == [4, 5]
+    resumed.close()
+    filtered = _sse(server, {}, "?stores=tasks&cursor=1")
+    assert [f["key"] for _, f in _read_events(filtered, 2)] == ["k2", "k4"]
+    filtered.close()
+
+
+def test_sse_refuses_a_compacted_cursor(server: Server) -> None:
+    with kilndb.connect(server.url) as db:
+        for i in range(4):
+            db.store("s").write("k", i)
+        db.set_retention("s", keep="latest")
+        db.compact()
+    response = _sse(server, {"Last-Event-ID": "1"})
+    assert response.response.status == 409
+    assert json.loads(response.response.read())["error_code"] == "cursor_too_old"
+    response.close()
+
+
+def test_websocket_ops_and_subscription(server: Server) -> None:
+    async def scenario() -> None:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.ws_connect(server.http_url + "/v1/ws") as socket,
+        ):
+            await socket.send_str(json.dumps({"op": "ping", "request_id": 1}))
+            assert json.loads(await socket.receive_str()) == {
+                "ok": True,
+                "pong": True,
+                "request_id": 1,
+            }
+            await socket.send_str(json.dumps({"op": "subscribe", "stores": ["s"], "after": 0}))
+            assert json.loads(await socket.receive_str())["ok"] is True
+            await socket.send_str(
+                json.dumps({"op": "write", "store": "s", "key": "k", "value": 1, "request_id": 2})
+            )
+            messages = [json.loads(await socket.receive_str()) for _ in range(2)]
+            kinds = sorted("event" if "event" in m else "reply" for m in messages)
+            assert kinds == ["event", "reply"]
+            await socket.send_str(json.dumps({"op": "bogus"}))
+            assert json.loads(await socket.receive_str())["error_code"] == "unknown_op"
+
+    asyncio.run(scenario())
