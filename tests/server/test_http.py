@@ -181,3 +181,17 @@ def test_websocket_ops_and_subscription(server: Server) -> None:
             assert json.loads(await socket.receive_str())["error_code"] == "unknown_op"
 
     asyncio.run(scenario())
+
+
+def test_websocket_answers_ping_with_pong(server: Server) -> None:
+    async def scenario() -> None:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.ws_connect(server.http_url + "/v1/ws", autoping=False) as socket,
+        ):
+            await socket.ping(b"are you there")
+            message = await socket.receive(timeout=10)
+            assert message.type == aiohttp.WSMsgType.PONG
+            assert message.data == b"are you there"
+
+    asyncio.run(scenario())
