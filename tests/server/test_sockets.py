@@ -233,3 +233,29 @@ def test_a_pipeline_shares_fsyncs(server: Server) -> None:
         history = db.store("s").history("k")
     assert [f.value for f in history] == list(range(1000))  # applied in request order
     assert stats["fsyncs"] < 100, stats["fsyncs"]  # durable, yet far fewer fsyncs than writes
+
+
+def test_a_subscriber_that_does_not_read_is_cut_off_with_its_position(tmp_path: Path) -> None:
+    with Server(data=tmp_path / "data", port=0, max_subscriber_buffer=64 * 1024) as server:
+        slow = RawClient(tcp_address(server))
+        slow.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        slow.send({"op": "subscribe", "after": 0})
+        assert slow.receive() == {"ok": True, "position": 0}
+        with kilndb.connect(server.url) as writer:
+            pad = "x" * 300
+            for batch in range(60):  # far more than the socket buffers and the 64 KiB limit
+                writer.write_many([kilndb.Write("s", f"k{batch}-{i}", pad) for i in range(500)])
+                if server.status()["metrics"]["subscription_count"] == 0:
+                    break  # already cut off: writers were never held up
+            assert writer.stats()["last_position"] >= 500
+        last_position = 0
+        while (message := slow.receive()) is not None:
+            if message.get("event") == "fact_written":
+                last_position = message["fact"]["position"]
+            else:
+                assert message["error_code"] == "subscriber_overflow"
+                assert message["position"] == last_position  # resume exactly there
+                break
+        else:
+            raise AssertionError("the slow subscriber was never cut off")
+        slow.close()

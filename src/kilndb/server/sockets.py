@@ -50,6 +50,10 @@ __all__ = ["Server", "ServerConfig"]
 
 log = logging.getLogger("kilndb.server")
 
+#: How long an overflowed subscriber has to read the rest and its error before the
+#: connection is dropped.
+OVERFLOW_GRACE_SECONDS = 10.0
+
 
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
@@ -92,6 +96,9 @@ class _Connection(asyncio.Protocol):
         self.subscription: Subscription | None = None
         #: Database requests waiting to be applied, in order, with their reply slots.
         self._queued: list[tuple[Request, asyncio.Future[bytes]]] = []
+        #: Bytes of changefeed frames handed to the loop and not written yet.
+        self._unsent = 0
+        self._unsent_lock = threading.Lock()
         self._applying = False
 
     # -- asyncio callbacks ---------------------------------------------------------
@@ -332,7 +339,14 @@ class _Connection(asyncio.Protocol):
             transport = self.transport
             if transport is None or transport.is_closing():
                 break
-            if transport.get_write_buffer_size() > limit:
+            # What the subscriber has not taken yet: frames handed to the loop but not
+            # written, plus what the transport holds. Counting the former too keeps a
+            # fast pump from queueing without bound behind a busy loop.
+            with self._unsent_lock:
+                unsent = self._unsent + transport.get_write_buffer_size()
+                if unsent <= limit:
+                    self._unsent += len(frame)
+            if unsent > limit:
                 error = SubscriberOverflowError(fact.position - 1)
                 loop.call_soon_threadsafe(self._overflow, error)
                 break
@@ -341,6 +355,8 @@ class _Connection(asyncio.Protocol):
 
     def _push(self, frame: bytes) -> None:
         # Events go out only once every reply queued before them has.
+        with self._unsent_lock:
+            self._unsent -= len(frame)
         transport = self.transport
         if transport is not None and not transport.is_closing():
             if self.pending:
@@ -350,9 +366,15 @@ class _Connection(asyncio.Protocol):
                 transport.write(frame)
 
     def _overflow(self, error: SubscriberOverflowError) -> None:
+        self.server.event("subscriber_overflow", position=error.position)
         self._enqueue(self._ready(ServerConnection.error(error)))
         self.closing = True
         self._flush()
+        # The error waits behind what the subscriber has not read yet; one that never
+        # reads again is dropped after a grace period instead of holding memory.
+        transport = self.transport
+        if transport is not None:
+            self.server.loop.call_later(OVERFLOW_GRACE_SECONDS, transport.abort)
 
 
 class Server:
