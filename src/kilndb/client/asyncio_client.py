@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from kilndb.client.remote import REPLAY_PAGE, _check, _page, _stores
+from kilndb.client.remote import REPLAY_PAGE, _batch, _check, _page, _stores
 from kilndb.codec import DEFAULT_MAX_FRAME_BYTES, FrameDecoder, encode_frame
 from kilndb.errors import (
     ClosedError,
@@ -176,16 +176,7 @@ class AsyncRemoteDatabase:
         return found
 
     async def write_many(self, writes: Iterable[Write]) -> list[Fact]:
-        batch = []
-        for write in writes:
-            if type(write) is not Write:
-                raise InvalidArgumentError(
-                    f"write_many takes kilndb.Write objects, not {type(write).__name__}"
-                )
-            fields = write._asdict()
-            options = {k: v for k, v in fields.items() if k not in ("store", "key", "value")}
-            _check(validate_store_name(write.store), write.key, write.value, options)
-            batch.append(fields)
+        batch = _batch(writes)
         if not batch:
             return []
         reply = await self._call("write_many", writes=batch)

@@ -39,6 +39,21 @@ def _check(store: str, key: Any, value: Any, options: dict[str, Any]) -> None:
         raise InvalidArgumentError(str(exc)) from exc
 
 
+def _batch(writes: Iterable[Write]) -> list[dict[str, Any]]:
+    """The wire form of a ``write_many`` batch, checked with the embedded rules."""
+    batch = []
+    for write in writes:
+        if type(write) is not Write:
+            raise InvalidArgumentError(
+                f"write_many takes kilndb.Write objects, not {type(write).__name__}"
+            )
+        fields = write._asdict()
+        options = {k: v for k, v in fields.items() if k not in ("store", "key", "value")}
+        _check(validate_store_name(write.store), write.key, write.value, options)
+        batch.append(fields)
+    return batch
+
+
 def _fact(data: dict[str, Any] | None) -> Fact | None:
     return None if data is None else fact_from_dict(data)
 
@@ -142,20 +157,8 @@ class RemoteDatabase:
         return names
 
     def write_many(self, writes: Iterable[Write]) -> list[Fact]:
-        batch = []
-        for write in writes:
-            if type(write) is not Write:
-                raise InvalidArgumentError(
-                    f"write_many takes kilndb.Write objects, not {type(write).__name__}"
-                )
-            fields = write._asdict()
-            _check(
-                validate_store_name(write.store),
-                write.key,
-                write.value,
-                {k: v for k, v in fields.items() if k not in ("store", "key", "value")},
-            )
-            batch.append(fields)
+        """Write a batch atomically; as :meth:`Database.write_many`."""
+        batch = _batch(writes)
         if not batch:
             return []
         return [fact_from_dict(f) for f in self._call("write_many", writes=batch)["facts"]]
