@@ -45,9 +45,11 @@ test: lint typecheck pytest
 
 bench: $(BENCHSTAMP)
 	$(PY) bench/embedded.py
+	$(PY) bench/server.py
 
 bench-smoke: $(BENCHSTAMP)
 	$(PY) bench/embedded.py --smoke
+	$(PY) bench/server.py --smoke
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
