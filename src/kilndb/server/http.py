@@ -33,7 +33,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from kilndb.errors import CursorTooOldError, InvalidArgumentError, KilnError, NotFoundError
-from kilndb.protocol import BadRequest, Request, parse_request
+from kilndb.protocol import BadRequest, Request, check_params, parse_request
 
 if TYPE_CHECKING:
     from kilndb.server.sockets import Server
@@ -138,28 +138,15 @@ def build_app(server: Server) -> web.Application:
     async def fact(http: web.Request) -> web.Response:
         info = http.match_info
         database, store, key = info["database"], info["store"], info["key"]
+        body: dict[str, Any] = {"store": store, "key": key}
         try:
-            if http.method == "GET":
-                request = Request("read", {"store": store, "key": key, "as_of": None})
-            elif http.method == "PUT":
+            if http.method == "PUT":
                 try:
-                    value = orjson.loads(await http.read())
+                    body["value"] = orjson.loads(await http.read())
                 except orjson.JSONDecodeError as exc:
                     raise InvalidArgumentError(f"body is not JSON: {exc}") from exc
-                request = Request("write", _write_params(store, key, value))
-            else:
-                request = Request(
-                    "delete",
-                    {
-                        "store": store,
-                        "key": key,
-                        "expected_seq": None,
-                        "id": None,
-                        "causation": None,
-                        "metadata": None,
-                    },
-                )
-            result = await run(request, database)
+            op = {"GET": "read", "PUT": "write", "DELETE": "delete"}[http.method]
+            result = await run(Request(op, check_params(op, body)), database)
         except KilnError as exc:
             return _error(exc)
         if result["fact"] is None:
@@ -168,18 +155,9 @@ def build_app(server: Server) -> web.Application:
 
     async def history(http: web.Request) -> web.Response:
         info = http.match_info
-        request = Request(
-            "history",
-            {
-                "store": info["store"],
-                "key": info["key"],
-                "since_seq": 1,
-                "until_seq": None,
-                "limit": None,
-            },
-        )
+        params = check_params("history", {"store": info["store"], "key": info["key"]})
         try:
-            result = await run(request, info["database"])
+            result = await run(Request("history", params), info["database"])
         except KilnError as exc:
             return _error(exc)
         return _json(result["facts"])
@@ -307,19 +285,3 @@ def _wire_error(error: KilnError, request_id: Any) -> str:
     if request_id is not None:
         body["request_id"] = request_id
     return orjson.dumps(body).decode()
-
-
-def _write_params(store: str, key: str, value: Any) -> dict[str, Any]:
-    return {
-        "store": store,
-        "key": key,
-        "value": value,
-        "expected_seq": None,
-        "id": None,
-        "causation": None,
-        "valid_time": None,
-        "schema_version": 1,
-        "producer": None,
-        "derivation": None,
-        "metadata": None,
-    }
