@@ -23,6 +23,7 @@ from kilndb.engine import Database
 from kilndb.errors import ProtocolError
 from kilndb.model import Fact, Write, validate_database_name
 from kilndb.protocol import Request
+from kilndb.protocol.ops import WRITE_OPTIONS
 
 __all__ = ["CONNECTION_OPS", "Databases", "Dispatcher"]
 
@@ -71,16 +72,8 @@ def _facts(facts: list[Fact]) -> list[dict[str, Any]]:
 
 
 def _write_options(params: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "expected_seq": params["expected_seq"],
-        "id": params["id"],
-        "causation": params["causation"],
-        "valid_time": params["valid_time"],
-        "schema_version": params["schema_version"],
-        "producer": params["producer"],
-        "derivation": params["derivation"],
-        "metadata": params["metadata"],
-    }
+    """The keyword arguments of ``Store.write`` among a write's checked parameters."""
+    return {name: params[name] for name in WRITE_OPTIONS}
 
 
 def _write(db: Database, params: dict[str, Any]) -> dict[str, Any]:
