@@ -43,6 +43,17 @@ async def _open(url: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     raise InvalidArgumentError(f"bad server URL {url!r}: use tcp://HOST:PORT or unix:///PATH")
 
 
+async def _next_message(reader: asyncio.StreamReader, decoder: FrameDecoder) -> dict[str, Any]:
+    """The next frame from the server, decoded; ConnectionLostError once it is gone."""
+    while (body := decoder.next_frame()) is None:
+        data = await reader.read(256 * 1024)
+        if not data:
+            raise ConnectionLostError("the server closed the connection")
+        decoder.feed(data)
+    message: dict[str, Any] = orjson.loads(body)
+    return message
+
+
 class _Channel:
     """One pipelined connection: requests go out at once, replies come back in order."""
 
@@ -58,16 +69,11 @@ class _Channel:
     async def _read(self) -> None:
         try:
             while True:
-                while (body := self._decoder.next_frame()) is not None:
-                    message = orjson.loads(body)
-                    if self._waiting:
-                        future = self._waiting.popleft()
-                        if not future.done():
-                            future.set_result(message)
-                data = await self._reader.read(256 * 1024)
-                if not data:
-                    raise ConnectionLostError(f"the server at {self.url} closed the connection")
-                self._decoder.feed(data)
+                message = await _next_message(self._reader, self._decoder)
+                if self._waiting:
+                    future = self._waiting.popleft()
+                    if not future.done():
+                        future.set_result(message)
         except (KilnError, OSError) as exc:
             failure = (
                 exc
@@ -275,7 +281,7 @@ class AsyncRemoteSubscription:
             {"op": "subscribe", "stores": self._stores, "after": self._received},
         ):
             writer.write(encode_frame(orjson.dumps(message)))
-            reply = await self._next(reader, decoder)
+            reply = await _next_message(reader, decoder)
             if not reply.get("ok"):
                 writer.close()
                 raise error_from_wire(reply)
@@ -283,21 +289,11 @@ class AsyncRemoteSubscription:
         self._writer = writer
         return reader, writer
 
-    @staticmethod
-    async def _next(reader: asyncio.StreamReader, decoder: FrameDecoder) -> dict[str, Any]:
-        while (body := decoder.next_frame()) is None:
-            data = await reader.read(256 * 1024)
-            if not data:
-                raise ConnectionLostError("the server closed the subscription")
-            decoder.feed(data)
-        message: dict[str, Any] = orjson.loads(body)
-        return message
-
     async def _run(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         delay = self.RECONNECT_MIN
         while not self._closed:
             try:
-                message = await self._next(reader, self._decoder)
+                message = await _next_message(reader, self._decoder)
                 if message.get("event") == "fact_written":
                     fact = fact_from_dict(message["fact"])
                     if fact.position > self._received:
