@@ -77,6 +77,42 @@ def test_pipelined_writes_are_answered_in_request_order(server: Server) -> None:
     client.close()
 
 
+def test_a_mixed_pipeline_gets_one_outcome_per_request_in_order(server: Server) -> None:
+    client = RawClient(tcp_address(server))
+    client.send(
+        {"op": "write", "request_id": 0, "store": "s", "key": "a", "value": 1},
+        {"op": "write", "request_id": 1, "store": "s", "key": "a", "value": 2, "expected_seq": 0},
+        {"op": "write", "request_id": 2, "store": "s", "key": "a", "value": 3, "expected_seq": 1},
+        {"op": "write", "request_id": 3, "store": "s", "key": "", "value": 4},
+        {"op": "write", "request_id": 4, "store": "s", "key": "b", "value": 5, "id": "c-1"},
+        {"op": "write", "request_id": 5, "store": "s", "key": "b", "value": 6, "id": "c-1"},
+        {"op": "write", "request_id": 6, "store": "s", "key": "a", "value": 7, "database": "other"},
+        {"op": "read", "request_id": 7, "store": "s", "key": "a"},
+        {"op": "write_fact", "request_id": 8, "fact": {"store": "s", "key": "c", "value": 8}},
+        {"op": "delete", "request_id": 9, "store": "s", "key": "nope"},
+        {"op": "write", "request_id": 10, "store": "s", "key": "a", "value": 9},
+    )
+    replies = [client.receive() for _ in range(11)]
+    assert all(r is not None for r in replies)
+    by_id = {r["request_id"]: r for r in replies if r}
+    assert [r["request_id"] for r in replies if r] == list(range(11))
+    assert by_id[0]["fact"]["seq"] == 1
+    assert by_id[1]["error_code"] == "conflict"
+    assert by_id[2]["fact"]["seq"] == 2 and by_id[2]["fact"]["value"] == 3
+    assert by_id[3]["error_code"] == "bad_request"
+    assert by_id[5]["fact"] == by_id[4]["fact"]  # the retry is the stored fact
+    assert by_id[6]["fact"]["seq"] == 1  # another database
+    assert by_id[7]["fact"]["value"] == 3  # reads see the writes before them
+    assert by_id[8]["fact"]["key"] == "c"
+    assert by_id[9]["error_code"] == "not_found"
+    assert by_id[10]["fact"]["seq"] == 3
+    client.close()
+    with kilndb.connect(server.url) as db:
+        assert [f.value for f in db.replay()] == [1, 3, 5, 8, 9]
+    with kilndb.connect(server.url, "other") as db:
+        assert [f.value for f in db.replay()] == [7]
+
+
 def test_a_bad_request_gets_an_error_and_the_connection_goes_on(server: Server) -> None:
     client = RawClient(tcp_address(server))
     client.send_raw(encode_frame(b"{not json"))

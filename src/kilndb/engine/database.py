@@ -25,6 +25,7 @@ from kilndb.errors import (
     ConflictError,
     CursorTooOldError,
     InvalidArgumentError,
+    KilnError,
     NotFoundError,
 )
 from kilndb.model import (
@@ -45,6 +46,27 @@ _loads = orjson.loads
 _dumps = orjson.dumps
 #: The fields after ``value`` of a Write that sets nothing but store, key and value.
 _PLAIN_WRITE = Write("", "")[3:]
+
+
+def _prepare(write: Write) -> PreparedWrite:
+    if type(write) is not Write:
+        raise InvalidArgumentError(f"expected a kilndb.Write, not {type(write).__name__}")
+    if write[3:] == _PLAIN_WRITE:  # only store, key and value: the common case
+        return prepare_write(write[0], write[1], write[2])
+    return prepare_write(
+        write.store,
+        write.key,
+        write.value,
+        expected_seq=write.expected_seq,
+        id=write.id,
+        causation=write.causation,
+        valid_time=write.valid_time,
+        schema_version=write.schema_version,
+        producer=write.producer,
+        derivation=write.derivation,
+        metadata=write.metadata,
+        deleted=write.deleted,
+    )
 
 
 def _check_limit(limit: object) -> int | None:
@@ -199,34 +221,39 @@ class Database:
         writes of a batch see each other, so a key may appear more than once. The facts
         of a batch share one transaction time: they commit together.
         """
-        prepared = []
-        for write in writes:
-            if type(write) is not Write:
-                raise InvalidArgumentError(
-                    f"write_many takes kilndb.Write objects, not {type(write).__name__}"
-                )
-            if write[3:] == _PLAIN_WRITE:  # only store, key and value: the common case
-                prepared.append(prepare_write(write[0], write[1], write[2]))
-                continue
-            prepared.append(
-                prepare_write(
-                    write.store,
-                    write.key,
-                    write.value,
-                    expected_seq=write.expected_seq,
-                    id=write.id,
-                    causation=write.causation,
-                    valid_time=write.valid_time,
-                    schema_version=write.schema_version,
-                    producer=write.producer,
-                    derivation=write.derivation,
-                    metadata=write.metadata,
-                    deleted=write.deleted,
-                )
-            )
+        prepared = [_prepare(write) for write in writes]
         if not prepared:
             return []
-        return self._commit(prepared)
+        return self._commit(prepared, atomic=True)  # type: ignore[return-value]
+
+    def write_each(self, writes: Iterable[Write]) -> list[Fact | KilnError]:
+        """Commit independent writes together; each succeeds or fails on its own.
+
+        Unlike :meth:`write_many` this is not atomic: the result for each write is its
+        fact, or the error that refused it (ConflictError, NotFoundError,
+        InvalidArgumentError …) while the others go ahead. The writes are applied in
+        order — a later write to a key sees an earlier one — under one lock and with one
+        append, and share an fsync. It is how a server applies a pipeline of requests.
+        """
+        return self._write_each(writes, wire=False)  # type: ignore[return-value]
+
+    def write_each_wire(self, writes: Iterable[Write]) -> list[dict[str, Any] | KilnError]:
+        """:meth:`write_each` for transports: each fact as its wire dict (``to_dict()``
+        form, the value already serialised as an ``orjson.Fragment``), ready to encode."""
+        return self._write_each(writes, wire=True)  # type: ignore[return-value]
+
+    def _write_each(
+        self, writes: Iterable[Write], wire: bool
+    ) -> list[Fact | dict[str, Any] | KilnError]:
+        outcomes: list[PreparedWrite | KilnError] = []
+        for write in writes:
+            try:
+                outcomes.append(_prepare(write))
+            except KilnError as exc:
+                outcomes.append(exc)
+        prepared = [item for item in outcomes if type(item) is PreparedWrite]
+        committed = iter(self._commit(prepared, atomic=False, wire=wire) if prepared else ())
+        return [next(committed) if type(item) is PreparedWrite else item for item in outcomes]  # type: ignore[misc]
 
     def _stage(
         self, w: PreparedWrite, position: int, current: int, is_deleted: bool, ttime: float
@@ -265,27 +292,35 @@ class Database:
         record["value"] = w.stored_value()
         return fact_from_dict(record)
 
-    def _commit(self, writes: list[PreparedWrite]) -> list[Fact]:
+    def _commit(
+        self, writes: list[PreparedWrite], atomic: bool, wire: bool = False
+    ) -> list[Fact | dict[str, Any] | KilnError]:
+        """Stage and append ``writes`` under one lock; one fsync wait for all of them.
+
+        ``atomic``: the first refused write raises and nothing is written, and the facts
+        are framed as one batch. Otherwise a refused write's result is its error.
+        ``wire``: facts are returned as wire dicts (see :meth:`write_each_wire`).
+        """
         log = self._log
         keydir = log.keydir
         stage = self._stage
-        # Each result is a fact already stored (an idempotent retry) or the index of a
-        # record this batch writes.
-        results: list[Fact | int] = []
+        # Each result is a fact already stored (an idempotent retry), the error that
+        # refused the write, or the index of a record this call writes.
+        results: list[Fact | KilnError | int] = []
         records: list[tuple[dict[str, Any], PreparedWrite]] = []
         pending: list[PendingFact] = []
         must_be_durable = 0
         with log.lock:
             log.check_open()
             ttime = log.next_ttime()
-            # (seq, deleted) of keys this batch has written so far.
-            batch_state: dict[tuple[str, str], tuple[int, bool]] = {}
-            # id -> index in ``records`` of the ids this batch writes.
-            batch_ids: dict[str, int] = {}
+            # (seq, deleted) of keys written so far by this call.
+            written_state: dict[tuple[str, str], tuple[int, bool]] = {}
+            # id -> index in ``records`` of the ids this call writes.
+            written_ids: dict[str, int] = {}
             position = log.next_position
             for w in writes:
                 if w.id is not None:
-                    index = batch_ids.get(w.id)
+                    index = written_ids.get(w.id)
                     if index is not None:
                         results.append(index)
                         continue
@@ -294,23 +329,46 @@ class Database:
                         results.append(self._stored_fact(existing))
                         must_be_durable = max(must_be_durable, existing)
                         continue
-                    batch_ids[w.id] = len(records)
                 slot = (w.store, w.key)
-                state = batch_state.get(slot)
+                state = written_state.get(slot)
                 if state is None:
                     latest = keydir.latest(w.store, w.key)
                     state = (0, False) if latest is None else keydir.seq_of(latest)
-                record, staged = stage(w, position, state[0], state[1], ttime)
-                batch_state[slot] = (staged[2], w.deleted)
+                try:
+                    record, staged = stage(w, position, state[0], state[1], ttime)
+                    if not atomic and len(staged[6]) + 8 > log.config.max_record_bytes:
+                        raise InvalidArgumentError(
+                            f"record of {len(staged[6]) + 8} bytes exceeds max_record_bytes"
+                            f" ({log.config.max_record_bytes})"
+                        )
+                except KilnError as exc:
+                    if atomic:
+                        raise
+                    results.append(exc)
+                    continue
+                if w.id is not None:
+                    written_ids[w.id] = len(records)
+                written_state[slot] = (staged[2], w.deleted)
                 pending.append(staged)
                 results.append(len(records))
                 records.append((record, w))
                 position += 1
             if pending:
-                must_be_durable = log.append_locked(pending, batch=len(pending) > 1)
+                must_be_durable = log.append_locked(pending, batch=atomic and len(pending) > 1)
         if must_be_durable:
             log.wait_durable(must_be_durable)
-        written: list[Fact] = []
+        written: list[Fact | dict[str, Any]]
+        if wire:
+            written = [record for record, _ in records]
+            return [
+                written[item]  # type: ignore[misc]
+                if type(item) is int
+                else item.to_dict()
+                if type(item) is Fact
+                else item
+                for item in results
+            ]
+        written = []
         for record, prepared in records:
             record["value"] = prepared.stored_value()
             written.append(fact_from_dict(record))

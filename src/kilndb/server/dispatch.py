@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
 from kilndb.config import DatabaseConfig
 from kilndb.engine import Database
-from kilndb.errors import ProtocolError
+from kilndb.errors import KilnError, ProtocolError
 from kilndb.model import Fact, Write, validate_database_name
 from kilndb.protocol import Request
 from kilndb.protocol.ops import WRITE_OPTIONS
@@ -69,6 +70,11 @@ class Databases:
 
 def _facts(facts: list[Fact]) -> list[dict[str, Any]]:
     return [fact.to_dict() for fact in facts]
+
+
+#: A write's options in the order of Write's fields after ``value``.
+_positional_options = itemgetter(*WRITE_OPTIONS)
+assert Write._fields[3 : 3 + len(WRITE_OPTIONS)] == WRITE_OPTIONS
 
 
 def _write_options(params: dict[str, Any]) -> dict[str, Any]:
@@ -203,3 +209,21 @@ class Dispatcher:
         with db.defer_durability() as positions:
             result = handler(db, request.params)
         return result, db, max(positions, default=0)
+
+    def apply_writes(
+        self, requests: list[Request], database: str
+    ) -> tuple[list[dict[str, Any] | KilnError], Database, int]:
+        """Commit a run of single-fact writes (``write``/``write_fact``) to ``database``
+        together, each with its own outcome, without waiting for their fsync.
+
+        Returns each write's fact (as a wire dict) or error, the database and the
+        position that must be durable before any of the facts is acknowledged.
+        """
+        db = self.databases.get(database)
+        writes = [
+            Write(p["store"], p["key"], p["value"], *_positional_options(p))
+            for p in (request.params for request in requests)
+        ]
+        with db.defer_durability() as positions:
+            outcomes = db.write_each_wire(writes)
+        return outcomes, db, max(positions, default=0)

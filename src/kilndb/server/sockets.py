@@ -23,6 +23,7 @@ that it can resume; it never slows writers or other subscribers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import threading
@@ -79,23 +80,40 @@ class ServerConfig:
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
 
 
+class _Slot:
+    """A reply's place in its connection's reply order; ``frame`` is set once it is ready.
+
+    A worker thread may fill a slot while the loop is flushing: a reference store is
+    atomic, and the loop only writes out a ready prefix of the queue.
+    """
+
+    __slots__ = ("frame",)
+
+    def __init__(self, frame: bytes | None = None) -> None:
+        self.frame = frame
+
+
 #: An applied request: its reply slot, the request, an error frame (or None), the
 #: database, the position to make durable and the reply fields.
-_Applied = tuple["asyncio.Future[bytes]", Request, bytes | None, Any, int, dict[str, Any]]
+_Applied = tuple[_Slot, Request, bytes | None, Any, int, dict[str, Any]]
+
+#: Ops that write one fact: consecutive ones in a pipeline are committed together.
+_SINGLE_WRITES = frozenset({"write", "write_fact"})
 
 
 class _Connection(asyncio.Protocol):
     def __init__(self, server: Server) -> None:
         self.server = server
         self.wire = ServerConnection(server.config.max_frame_bytes)
-        self.pending: deque[asyncio.Future[bytes]] = deque()
+        #: Reply slots in request order; written out from the head as they fill.
+        self.pending: deque[_Slot] = deque()
         self.database = "default"
         self.transport: asyncio.Transport | None = None
         self.closing = False
         self.paused = False
         self.subscription: Subscription | None = None
         #: Database requests waiting to be applied, in order, with their reply slots.
-        self._queued: list[tuple[Request, asyncio.Future[bytes]]] = []
+        self._queued: list[tuple[Request, _Slot]] = []
         #: Bytes of changefeed frames handed to the loop and not written yet.
         self._unsent = 0
         self._unsent_lock = threading.Lock()
@@ -128,39 +146,41 @@ class _Connection(asyncio.Protocol):
             self.server.event("subscription_closed")
 
     def data_received(self, data: bytes) -> None:
-        self.server.counters["bytes_in"] += len(data)
+        counters = self.server.counters
+        counters["bytes_in"] += len(data)
+        pending = self.pending
         for event in self.wire.receive_data(data):
             if isinstance(event, Request):
-                self.server.counters["requests_total"] += 1
-                self._enqueue(self._handle(event))
+                counters["requests_total"] += 1
+                pending.append(self._handle(event))
             elif isinstance(event, BadRequest):
-                self.server.counters["errors_total"] += 1
-                self._enqueue(self._ready(ServerConnection.error(event.error, event.request_id)))
+                counters["errors_total"] += 1
+                pending.append(_Slot(ServerConnection.error(event.error, event.request_id)))
             elif isinstance(event, ConnectionBroken):
-                self.server.counters["errors_total"] += 1
-                self._enqueue(self._ready(ServerConnection.error(event.error)))
+                counters["errors_total"] += 1
+                pending.append(_Slot(ServerConnection.error(event.error)))
                 self.closing = True
-        if len(self.pending) >= self.server.config.max_pipeline and self.transport:
+        if self._queued and not self._applying:
+            self._apply_next()
+        self._flush()
+        if len(pending) >= self.server.config.max_pipeline and self.transport:
             self.transport.pause_reading()
             self.paused = True
 
     # -- replies in request order ----------------------------------------------------
 
-    def _ready(self, frame: bytes) -> asyncio.Future[bytes]:
-        future: asyncio.Future[bytes] = self.server.loop.create_future()
-        future.set_result(frame)
-        return future
+    def _reply_now(self, frame: bytes) -> None:
+        """Queue a frame behind every reply still pending, and write what is ready."""
+        self.pending.append(_Slot(frame))
+        self._flush()
 
-    def _enqueue(self, future: asyncio.Future[bytes]) -> None:
-        self.pending.append(future)
-        future.add_done_callback(self._flush)
-
-    def _flush(self, _: object = None) -> None:
+    def _flush(self) -> None:
         transport = self.transport
         pending = self.pending
         ready = []
-        while pending and pending[0].done():
-            ready.append(pending.popleft().result())
+        while pending and (frame := pending[0].frame) is not None:
+            pending.popleft()
+            ready.append(frame)
         if ready and transport is not None and not transport.is_closing():
             # One write (one syscall) for every reply that is ready, in order.
             data = b"".join(ready) if len(ready) > 1 else ready[0]
@@ -168,45 +188,40 @@ class _Connection(asyncio.Protocol):
             transport.write(data)
         if transport is None:
             return
-        if self.paused and len(self.pending) < self.server.config.max_pipeline // 2:
+        if self.paused and len(pending) < self.server.config.max_pipeline // 2:
             self.paused = False
             transport.resume_reading()
-        if self.closing and not self.pending:
+        if self.closing and not pending:
             transport.close()
 
     # -- requests --------------------------------------------------------------------
 
-    def _handle(self, request: Request) -> asyncio.Future[bytes]:
+    def _handle(self, request: Request) -> _Slot:
         op, request_id = request.op, request.request_id
         if op == "ping":
-            return self._ready(ServerConnection.reply(request_id, pong=True))
+            return _Slot(ServerConnection.reply(request_id, pong=True))
         if op == "hello":
-            return self._hello(request)
+            return _Slot(self._hello(request))
         if op == "close":
             self.closing = True
             if self.subscription is not None:
                 self.subscription.close()
-            return self._ready(ServerConnection.reply(request_id))
+            return _Slot(ServerConnection.reply(request_id))
         if op == "server_status":
-            return self._ready(ServerConnection.reply(request_id, **self.server.status()))
+            return _Slot(ServerConnection.reply(request_id, **self.server.status()))
         if op == "subscribe":
-            return self._subscribe(request)
-        return self._in_order(request)
+            return _Slot(self._subscribe(request))
+        # A database request: queued behind this connection's earlier ones.
+        slot = _Slot()
+        self._queued.append((request, slot))
+        return slot
 
-    def _in_order(self, request: Request) -> asyncio.Future[bytes]:
-        """Queue a database request behind this connection's earlier ones.
-
-        One worker at a time applies the queued requests of a connection, in request
-        order and back to back, without waiting for fsyncs; a second job then waits for
-        the batch's durability once and builds its replies. A pipeline is thus applied
-        in order (a later write to a key lands after an earlier one) and its writes —
-        and those of every other connection — share fsyncs.
-        """
-        reply: asyncio.Future[bytes] = self.server.loop.create_future()
-        self._queued.append((request, reply))
-        if not self._applying:
-            self._apply_next()
-        return reply
+    # Database requests of a connection are applied by one worker at a time, in request
+    # order and back to back, without waiting for fsyncs; a second job then waits for
+    # the batch's durability once and fills its replies. A pipeline is thus applied in
+    # order (a later write to a key lands after an earlier one) and its writes — and
+    # those of every other connection — share fsyncs, while the connection's next
+    # requests are applied during that wait.
 
     def _apply_next(self) -> None:
         if not self._queued:
@@ -214,33 +229,19 @@ class _Connection(asyncio.Protocol):
             return
         self._applying = True
         batch, self._queued = self._queued, []
-        loop = self.server.loop
-        work = self.server.executor.submit(self._apply_batch, batch)
-        asyncio.wrap_future(work, loop=loop).add_done_callback(self._applied)
+        self.server.executor.submit(self._apply_job, batch)
 
-    def _applied(self, done: asyncio.Future[list[_Applied]]) -> None:
-        applied = done.result()
+    def _apply_job(self, batch: list[tuple[Request, _Slot]]) -> None:
+        """Worker: apply a batch, then hand it back to the loop."""
+        applied = self._apply_batch(batch)
+        self._to_loop(self._applied, applied)
+
+    def _applied(self, applied: list[_Applied]) -> None:
         self._apply_next()  # the connection's next requests may be applied meanwhile
-        loop = self.server.loop
-        work = self.server.executor.submit(self._acknowledge_batch, applied)
-        asyncio.wrap_future(work, loop=loop).add_done_callback(self._acknowledged)
+        self.server.executor.submit(self._acknowledge_job, applied)
 
-    def _acknowledged(
-        self, done: asyncio.Future[list[tuple[asyncio.Future[bytes], bytes]]]
-    ) -> None:
-        for reply, frame in done.result():
-            if not reply.done():
-                reply.set_result(frame)
-        self._flush()  # the whole batch goes out in one write
-
-    def _apply_batch(self, batch: list[tuple[Request, asyncio.Future[bytes]]]) -> list[_Applied]:
-        """Apply requests in order (worker thread); nothing waits for an fsync here."""
-        return [(reply, request, *self._apply(request)) for request, reply in batch]
-
-    def _acknowledge_batch(
-        self, applied: list[_Applied]
-    ) -> list[tuple[asyncio.Future[bytes], bytes]]:
-        """Wait once per database for the batch's durability, then build its replies."""
+    def _acknowledge_job(self, applied: list[_Applied]) -> None:
+        """Worker: wait once per database for the batch's durability, fill its replies."""
         failures: dict[int, KilnError] = {}
         furthest: dict[int, tuple[Any, int]] = {}
         for _, _, frame, db, position, _ in applied:
@@ -253,19 +254,67 @@ class _Connection(asyncio.Protocol):
                 db.wait_durable(position)
             except KilnError as exc:
                 failures[key] = exc
-        replies = []
-        for reply, request, error_frame, db, _, result in applied:
+        for slot, request, error_frame, db, _, result in applied:
             if error_frame is not None:
-                replies.append((reply, error_frame))
+                slot.frame = error_frame
                 continue
             failure = failures.get(id(db))
-            frame = (
+            slot.frame = (
                 self._reply(request, result) if failure is None else self._failed(request, failure)
             )
-            replies.append((reply, frame))
-        return replies
+        self._to_loop(self._flush)  # the whole batch goes out in one write
 
-    def _hello(self, request: Request) -> asyncio.Future[bytes]:
+    def _to_loop(self, callback: Any, *args: Any) -> None:
+        with contextlib.suppress(RuntimeError):  # a stopped loop: the server is gone
+            self.server.loop.call_soon_threadsafe(callback, *args)
+
+    def _apply_batch(self, batch: list[tuple[Request, _Slot]]) -> list[_Applied]:
+        """Apply requests in order (worker thread); nothing waits for an fsync here.
+
+        A run of single-fact writes to one database is committed together
+        (:meth:`~kilndb.Database.write_each`): one lock, one append, each write still
+        answered on its own.
+        """
+        applied: list[_Applied] = []
+        i, end = 0, len(batch)
+        while i < end:
+            request, slot = batch[i]
+            if request.op in _SINGLE_WRITES:
+                database = request.database or self.database
+                j = i + 1
+                while j < end:
+                    following = batch[j][0]
+                    if following.op not in _SINGLE_WRITES or (
+                        (following.database or self.database) != database
+                    ):
+                        break
+                    j += 1
+                if j - i > 1:
+                    applied += self._apply_writes(batch[i:j], database)
+                    i = j
+                    continue
+            applied.append((slot, request, *self._apply(request)))
+            i += 1
+        return applied
+
+    def _apply_writes(self, run: list[tuple[Request, _Slot]], database: str) -> list[_Applied]:
+        started = time.monotonic()
+        requests = [request for request, _ in run]
+        try:
+            outcomes, db, position = self.server.dispatcher.apply_writes(requests, database)
+        except Exception as exc:
+            return [(slot, request, *self._refused(request, exc)) for request, slot in run]
+        finally:
+            self._timed(requests[0].op, started)
+        applied: list[_Applied] = []
+        for (request, slot), outcome in zip(run, outcomes, strict=True):
+            if isinstance(outcome, KilnError):
+                applied.append((slot, request, self._failed(request, outcome), None, 0, {}))
+            else:
+                applied.append((slot, request, None, db, position, {"fact": outcome}))
+        return applied
+
+    def _hello(self, request: Request) -> bytes:
         params = request.params
         version = params["protocol_version"]
         if version is not None and version != PROTOCOL_VERSION:
@@ -273,34 +322,41 @@ class _Connection(asyncio.Protocol):
                 f"protocol version {version} is not supported; this server speaks"
                 f" {PROTOCOL_VERSION}"
             )
-            return self._ready(ServerConnection.error(error, request.request_id))
+            return ServerConnection.error(error, request.request_id)
         if params["database"] is not None:
             self.database = params["database"]
-        return self._ready(
-            ServerConnection.reply(
-                request.request_id, protocol_version=PROTOCOL_VERSION, database=self.database
-            )
+        return ServerConnection.reply(
+            request.request_id, protocol_version=PROTOCOL_VERSION, database=self.database
         )
 
     def _apply(self, request: Request) -> tuple[bytes | None, Any, int, dict[str, Any]]:
         """Apply a request (worker thread). An error reply is final; otherwise the reply
-        is built once the returned position is durable (:meth:`_acknowledge`)."""
+        is built once the returned position is durable (:meth:`_acknowledge_job`)."""
         started = time.monotonic()
         try:
             result, db, position = self.server.dispatcher.apply(request, self.database)
-        except KilnError as exc:
-            return self._failed(request, exc), None, 0, {}
-        except Exception as exc:  # a bug must not take the connection down silently
-            log.exception("request %s failed", request.op)
-            self.server.count("errors_total")
-            error = KilnError(f"internal error: {exc}")
-            return ServerConnection.error(error, request.request_id), None, 0, {}
+        except Exception as exc:
+            return self._refused(request, exc)
         finally:
-            elapsed_ms = (time.monotonic() - started) * 1000
-            if elapsed_ms >= self.server.config.slow_op_ms:
-                self.server.count("slow_ops_total")
-                self.server.event("slow_op", op=request.op, ms=round(elapsed_ms, 1))
+            self._timed(request.op, started)
         return None, db, position, result
+
+    def _refused(
+        self, request: Request, exc: Exception
+    ) -> tuple[bytes | None, Any, int, dict[str, Any]]:
+        if isinstance(exc, KilnError):
+            return self._failed(request, exc), None, 0, {}
+        # A bug must not take the connection down silently.
+        log.exception("request %s failed", request.op, exc_info=exc)
+        self.server.count("errors_total")
+        error = KilnError(f"internal error: {exc}")
+        return ServerConnection.error(error, request.request_id), None, 0, {}
+
+    def _timed(self, op: str, started: float) -> None:
+        elapsed_ms = (time.monotonic() - started) * 1000
+        if elapsed_ms >= self.server.config.slow_op_ms:
+            self.server.count("slow_ops_total")
+            self.server.event("slow_op", op=op, ms=round(elapsed_ms, 1))
 
     def _failed(self, request: Request, error: KilnError) -> bytes:
         self.server.count("errors_total")
@@ -313,10 +369,10 @@ class _Connection(asyncio.Protocol):
 
     # -- changefeed ------------------------------------------------------------------
 
-    def _subscribe(self, request: Request) -> asyncio.Future[bytes]:
+    def _subscribe(self, request: Request) -> bytes:
         if self.subscription is not None:
             error = KilnError("this connection is already subscribed")
-            return self._ready(ServerConnection.error(error, request.request_id))
+            return ServerConnection.error(error, request.request_id)
         try:
             db = self.server.databases.get(request.database or self.database)
             after = request.params["after"]
@@ -324,8 +380,8 @@ class _Connection(asyncio.Protocol):
                 after = db.stats()["durable_position"]
             self.subscription = db.subscribe(request.params["stores"], after)
         except KilnError as exc:
-            return self._ready(ServerConnection.error(exc, request.request_id))
-        reply = self._ready(ServerConnection.reply(request.request_id, position=after))
+            return ServerConnection.error(exc, request.request_id)
+        reply = ServerConnection.reply(request.request_id, position=after)
         threading.Thread(
             target=self._pump, args=(self.subscription,), name="kilndb-subscriber", daemon=True
         ).start()
@@ -366,16 +422,15 @@ class _Connection(asyncio.Protocol):
         transport = self.transport
         if transport is not None and not transport.is_closing():
             if self.pending:
-                self._enqueue(self._ready(frame))
+                self._reply_now(frame)
             else:
                 self.server.counters["bytes_out"] += len(frame)
                 transport.write(frame)
 
     def _overflow(self, error: SubscriberOverflowError) -> None:
         self.server.event("subscriber_overflow", position=error.position)
-        self._enqueue(self._ready(ServerConnection.error(error)))
         self.closing = True
-        self._flush()
+        self._reply_now(ServerConnection.error(error))
         # The error waits behind what the subscriber has not read yet; one that never
         # reads again is dropped after a grace period instead of holding memory.
         transport = self.transport

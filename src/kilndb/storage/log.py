@@ -162,9 +162,11 @@ class Log:
             body = fact[6]
             parts += (_pack_u32(len(body)), body, _pack_u32(_crc32(body)))
         data = b"".join(parts)
-        if len(data) > self.config.max_record_bytes:
+        # A batch is one record for recovery; otherwise each fact is its own.
+        largest = len(data) if batch else max(len(fact[6]) for fact in facts) + 8
+        if largest > self.config.max_record_bytes:
             raise InvalidArgumentError(
-                f"record of {len(data)} bytes exceeds max_record_bytes"
+                f"record of {largest} bytes exceeds max_record_bytes"
                 f" ({self.config.max_record_bytes})"
             )
         active = self.active
