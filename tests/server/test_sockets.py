@@ -19,10 +19,12 @@ from kilndb.server.sockets import Server
 class RawClient:
     """Frames over a plain socket, exactly as any client in any language would send them."""
 
-    def __init__(self, address: tuple[str, int] | str) -> None:
+    def __init__(self, address: tuple[str, int] | str, receive_buffer: int | None = None) -> None:
         family = socket.AF_UNIX if isinstance(address, str) else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_STREAM)
         self.sock.settimeout(10)
+        if receive_buffer is not None:  # before connecting, so the window is sized for it
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
         try:
             self.sock.connect(address)
         except OSError:
@@ -273,8 +275,7 @@ def test_a_pipeline_shares_fsyncs(server: Server) -> None:
 
 def test_a_subscriber_that_does_not_read_is_cut_off_with_its_position(tmp_path: Path) -> None:
     with Server(data=tmp_path / "data", port=0, max_subscriber_buffer=64 * 1024) as server:
-        slow = RawClient(tcp_address(server))
-        slow.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        slow = RawClient(tcp_address(server), receive_buffer=4096)
         slow.send({"op": "subscribe", "after": 0})
         assert slow.receive() == {"ok": True, "position": 0}
         with kilndb.connect(server.url) as writer:

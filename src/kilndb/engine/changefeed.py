@@ -22,7 +22,7 @@ from itertools import islice
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from kilndb.errors import ClosedError
+from kilndb.errors import ClosedError, InvalidArgumentError
 from kilndb.model import Fact
 
 if TYPE_CHECKING:
@@ -54,33 +54,55 @@ class Subscription:
             log.subscribers += 1
 
     @property
+    def covered(self) -> int:
+        """The position up to which every fact has been handed out or did not match the
+        stores followed: what a subscriber has seen of the log, filtered facts included."""
+        with self._lock:
+            return self._fetched if not self._buffer else self.position
+
+    @property
     def closed(self) -> bool:
         return self._closed or self._log.closed
 
     def get(self, timeout: float | None = None) -> Fact | None:
         """The next fact, or ``None`` if none arrived in ``timeout`` seconds or closed."""
+        batch = self.get_batch(1, timeout)
+        return batch[0] if batch else None
+
+    def get_batch(self, limit: int = READ_AHEAD, timeout: float | None = None) -> list[Fact]:
+        """The next facts, at most ``limit``: as many as are ready once one is.
+
+        Empty if none arrived in ``timeout`` seconds or the subscription is closed.
+        """
+        if type(limit) is not int or limit < 1:
+            raise InvalidArgumentError("limit must be a positive integer")
         deadline = None if timeout is None else time.monotonic() + timeout
         log = self._log
         with self._lock:
             while True:
                 if self.closed:
-                    return None
-                if self._buffer:
-                    fact = self._buffer.popleft()
-                    self.position = fact.position
-                    return fact
+                    return []
+                buffer = self._buffer
+                if buffer:
+                    if len(buffer) <= limit:
+                        batch = list(buffer)
+                        buffer.clear()
+                    else:
+                        batch = [buffer.popleft() for _ in range(limit)]
+                    self.position = batch[-1].position
+                    return batch
                 visible = log.visible
                 if visible > self._fetched:
                     try:
                         self._read_ahead(visible)
                     except ClosedError:
-                        return None  # the database closed under us
+                        return []  # the database closed under us
                     continue
                 with log.visible_cond:
                     while log.visible <= self._fetched and not self.closed:
                         remaining = None if deadline is None else deadline - time.monotonic()
                         if remaining is not None and remaining <= 0:
-                            return None
+                            return []
                         log.visible_cond.wait(remaining)
 
     def _read_ahead(self, visible: int) -> None:

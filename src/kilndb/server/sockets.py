@@ -15,7 +15,9 @@ a connection has ``max_pipeline`` requests in flight.
 
 ``subscribe`` turns a connection into a changefeed: after the ``{"ok": true}`` reply,
 facts are pushed as ``{"event": "fact_written", "fact": …}`` frames until the client
-sends ``close`` or goes away. A subscriber that lets ``max_subscriber_buffer`` bytes pile
+sends ``close`` or goes away. The frames come from the database's fan-out hub
+(:mod:`kilndb.server.fanout`), which reads the log and encodes each event once for all
+subscribers. A subscriber that lets ``max_subscriber_buffer`` bytes pile
 up unread is disconnected with ``subscriber_overflow`` and the position it reached, so
 that it can resume; it never slows writers or other subscribers.
 """
@@ -46,6 +48,7 @@ from kilndb.protocol import (
     ServerConnection,
 )
 from kilndb.server.dispatch import Databases, Dispatcher
+from kilndb.server.fanout import Fanout, Feed
 
 __all__ = ["Server", "ServerConfig"]
 
@@ -111,7 +114,8 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.closing = False
         self.paused = False
-        self.subscription: Subscription | None = None
+        #: The connection's changefeed, once it has subscribed.
+        self.feed: Feed | None = None
         #: Database requests waiting to be applied, in order, with their reply slots.
         self._queued: list[tuple[Request, _Slot]] = []
         #: Bytes of changefeed frames handed to the loop and not written yet.
@@ -141,8 +145,8 @@ class _Connection(asyncio.Protocol):
             self.server.connections.discard(self)
             self.server.counters["closed_connections_total"] += 1
             self.server.event("connection_closed", error=None if exc is None else str(exc))
-        if self.subscription is not None:
-            self.subscription.close()
+        if self.feed is not None:
+            self.server.fanout.detach(self.feed)
             self.server.event("subscription_closed")
 
     def data_received(self, data: bytes) -> None:
@@ -204,8 +208,8 @@ class _Connection(asyncio.Protocol):
             return _Slot(self._hello(request))
         if op == "close":
             self.closing = True
-            if self.subscription is not None:
-                self.subscription.close()
+            if self.feed is not None:
+                self.server.fanout.detach(self.feed)
             return _Slot(ServerConnection.reply(request_id))
         if op == "server_status":
             return _Slot(ServerConnection.reply(request_id, **self.server.status()))
@@ -232,15 +236,29 @@ class _Connection(asyncio.Protocol):
         self.server.executor.submit(self._apply_job, batch)
 
     def _apply_job(self, batch: list[tuple[Request, _Slot]]) -> None:
-        """Worker: apply a batch, then hand it back to the loop."""
+        """Worker: apply a batch; acknowledge it here unless more requests are waiting."""
         applied = self._apply_batch(batch)
-        self._to_loop(self._applied, applied)
+        if self._queued:
+            # Let the loop start the next batch while this one waits for its fsync.
+            self._to_loop(self._applied, applied)
+        else:
+            # Nothing else to apply: save the round trip through the loop.
+            self._acknowledge(applied)
+            self._to_loop(self._acknowledged)
 
     def _applied(self, applied: list[_Applied]) -> None:
         self._apply_next()  # the connection's next requests may be applied meanwhile
         self.server.executor.submit(self._acknowledge_job, applied)
 
+    def _acknowledged(self) -> None:
+        self._flush()
+        self._apply_next()
+
     def _acknowledge_job(self, applied: list[_Applied]) -> None:
+        self._acknowledge(applied)
+        self._to_loop(self._flush)  # the whole batch goes out in one write
+
+    def _acknowledge(self, applied: list[_Applied]) -> None:
         """Worker: wait once per database for the batch's durability, fill its replies."""
         failures: dict[int, KilnError] = {}
         furthest: dict[int, tuple[Any, int]] = {}
@@ -262,7 +280,6 @@ class _Connection(asyncio.Protocol):
             slot.frame = (
                 self._reply(request, result) if failure is None else self._failed(request, failure)
             )
-        self._to_loop(self._flush)  # the whole batch goes out in one write
 
     def _to_loop(self, callback: Any, *args: Any) -> None:
         with contextlib.suppress(RuntimeError):  # a stopped loop: the server is gone
@@ -331,7 +348,7 @@ class _Connection(asyncio.Protocol):
 
     def _apply(self, request: Request) -> tuple[bytes | None, Any, int, dict[str, Any]]:
         """Apply a request (worker thread). An error reply is final; otherwise the reply
-        is built once the returned position is durable (:meth:`_acknowledge_job`)."""
+        is built once the returned position is durable (:meth:`_acknowledge`)."""
         started = time.monotonic()
         try:
             result, db, position = self.server.dispatcher.apply(request, self.database)
@@ -370,50 +387,50 @@ class _Connection(asyncio.Protocol):
     # -- changefeed ------------------------------------------------------------------
 
     def _subscribe(self, request: Request) -> bytes:
-        if self.subscription is not None:
+        if self.feed is not None:
             error = KilnError("this connection is already subscribed")
             return ServerConnection.error(error, request.request_id)
+        stores = request.params["stores"]
         try:
             db = self.server.databases.get(request.database or self.database)
             after = request.params["after"]
             if after is None:  # Igniter's form: live only
                 after = db.stats()["durable_position"]
-            self.subscription = db.subscribe(request.params["stores"], after)
+            # Checks the cursor (CursorTooOldError) and the store names.
+            db.subscribe(stores, after).close()
+            self.feed = Feed(None if stores is None else frozenset(stores), after, self._send)
+            self.server.fanout.attach(db, self.feed)
         except KilnError as exc:
+            self.feed = None
             return ServerConnection.error(exc, request.request_id)
-        reply = ServerConnection.reply(request.request_id, position=after)
-        threading.Thread(
-            target=self._pump, args=(self.subscription,), name="kilndb-subscriber", daemon=True
-        ).start()
         self.server.counters["subscriptions_total"] += 1
         self.server.event("subscription_opened", after=after)
-        return reply
+        # Events are pushed through the loop, so they follow this reply.
+        return ServerConnection.reply(request.request_id, position=after)
 
-    def _pump(self, subscription: Subscription) -> None:
-        """Push the subscription's facts (a thread per subscriber; never blocks writers)."""
-        loop = self.server.loop
+    def _send(self, data: bytes, position: int) -> bool:
+        """Queue event frames ending at ``position`` (fan-out thread); False: stop.
+
+        Never blocks: a subscriber with ``max_subscriber_buffer`` bytes not taken yet —
+        frames handed to the loop but not written, plus what the transport holds — is
+        cut off with ``subscriber_overflow`` and the position it reached.
+        """
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return False
         limit = self.server.config.max_subscriber_buffer
-        while not subscription.closed:
-            fact = subscription.get(timeout=0.5)
-            if fact is None:
-                continue
-            frame = ServerConnection.fact_event(fact.to_dict())
-            transport = self.transport
-            if transport is None or transport.is_closing():
-                break
-            # What the subscriber has not taken yet: frames handed to the loop but not
-            # written, plus what the transport holds. Counting the former too keeps a
-            # fast pump from queueing without bound behind a busy loop.
-            with self._unsent_lock:
-                unsent = self._unsent + transport.get_write_buffer_size()
-                if unsent <= limit:
-                    self._unsent += len(frame)
-            if unsent > limit:
-                error = SubscriberOverflowError(fact.position - 1)
-                loop.call_soon_threadsafe(self._overflow, error)
-                break
-            loop.call_soon_threadsafe(self._push, frame)
-        subscription.close()
+        with self._unsent_lock:
+            unsent = self._unsent + transport.get_write_buffer_size()
+            if unsent <= limit:
+                self._unsent += len(data)
+        if unsent > limit:
+            feed = self.feed
+            assert feed is not None
+            feed.close()
+            self._to_loop(self._overflow, SubscriberOverflowError(feed.position))
+            return False
+        self._to_loop(self._push, data)
+        return True
 
     def _push(self, frame: bytes) -> None:
         # Events go out only once every reply queued before them has.
@@ -445,6 +462,7 @@ class Server:
         self.config = config or ServerConfig(**options)
         self.databases = Databases(self.config.data, self.config.database)
         self.dispatcher = Dispatcher(self.databases)
+        self.fanout = Fanout()
         self.executor = ThreadPoolExecutor(self.config.workers, thread_name_prefix="kilndb-op")
         self.connections: set[_Connection] = set()
         #: Changefeeds served over HTTP (SSE, WebSocket), closed when the server stops.
@@ -628,7 +646,7 @@ class Server:
                 **counters,
                 "active_connections": len(self.connections),
                 "subscription_count": sum(
-                    1 for c in self.connections if c.subscription is not None
+                    1 for c in self.connections if c.feed is not None and not c.feed.closed
                 ),
             },
         }
