@@ -66,6 +66,43 @@ def test_write_many_rejects_other_objects(db: kilndb.Database) -> None:
         db.write_many([("tasks", "t1", 1)])  # type: ignore[list-item]
 
 
+def test_write_each_gives_every_write_its_own_outcome(db: kilndb.Database) -> None:
+    db.store("s").write("taken", 1)
+    outcomes = db.write_each(
+        [
+            Write("s", "a", 1),
+            Write("s", "taken", 2, expected_seq=0),  # conflict
+            Write("s", "a", 2, expected_seq=1),  # sees the first write of the call
+            Write("s", "", 3),  # invalid key
+            Write("s", "ghost", deleted=True),  # nothing to delete
+            ("s", "b", 1),  # type: ignore[list-item]  # not a Write
+            Write("s", "b", {"x": [1, 2]}, id="cmd-1"),
+            Write("s", "b", "again", id="cmd-1"),  # the same id: the stored fact
+        ]
+    )
+    a1, conflict, a2, invalid, missing, not_write, b, retry = outcomes
+    assert isinstance(a1, kilndb.Fact) and (a1.seq, a1.value) == (1, 1)
+    assert isinstance(conflict, kilndb.ConflictError)
+    assert isinstance(a2, kilndb.Fact) and (a2.seq, a2.value) == (2, 2)
+    assert isinstance(invalid, kilndb.InvalidArgumentError)
+    assert isinstance(missing, kilndb.NotFoundError)
+    assert isinstance(not_write, kilndb.InvalidArgumentError)
+    assert isinstance(b, kilndb.Fact) and b.value == {"x": [1, 2]}
+    assert retry == b
+    # Refused writes take no position.
+    assert [a1.position, a2.position, b.position] == [2, 3, 4]
+    assert db.write_each([]) == []
+
+
+def test_write_each_survives_a_restart(backend: Backend) -> None:
+    db = backend.open()
+    written = db.write_each([Write("s", "k", i) for i in range(100)])
+    assert all(isinstance(f, kilndb.Fact) for f in written)
+    db = backend.reopen(db)
+    assert [f.value for f in db.replay()] == list(range(100))
+    assert db.write_each([Write("s", "k", 0, expected_seq=100)])[0] == db.store("s").read("k")
+
+
 def test_replay_in_position_order_with_filters(db: kilndb.Database) -> None:
     for i in range(10):
         db.store("even" if i % 2 == 0 else "odd").write(f"k{i}", i)

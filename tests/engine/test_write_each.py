@@ -38,18 +38,6 @@ def test_each_write_succeeds_or_fails_on_its_own(tmp_path: Path) -> None:
     db.close()
 
 
-def test_each_write_survives_a_restart_and_ids_are_idempotent(tmp_path: Path) -> None:
-    db = kilndb.open(tmp_path)
-    first = db.write_each([Write("s", "k", 1, id="cmd-1"), Write("s", "k", 9, id="cmd-1")])
-    assert isinstance(first[0], kilndb.Fact) and first[1] == first[0]
-    again = db.write_each([Write("s", "k", 5, id="cmd-1"), Write("s", "j", 2)])
-    assert again[0] == first[0]
-    db.close()
-    db = kilndb.open(tmp_path)
-    assert [f.value for f in db.replay()] == [1, 2]
-    db.close()
-
-
 def test_wire_results_encode_like_facts(tmp_path: Path) -> None:
     db = kilndb.open(tmp_path)
     stored = db.store("s").write("k", {"v": 1}, id="known")

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from kilndb.client.remote import REPLAY_PAGE, _batch, _check, _page, _stores
+from kilndb.client.remote import REPLAY_PAGE, _batch, _check, _each, _page, _stores
 from kilndb.codec import DEFAULT_MAX_FRAME_BYTES, FrameDecoder, encode_frame
 from kilndb.errors import (
     ClosedError,
@@ -187,6 +187,21 @@ class AsyncRemoteDatabase:
             return []
         reply = await self._call("write_many", writes=batch)
         return [fact_from_dict(f) for f in reply["facts"]]
+
+    async def write_each(self, writes: Iterable[Write]) -> list[Fact | KilnError]:
+        """Independent writes, pipelined; as :meth:`Database.write_each`."""
+
+        async def send(request: dict[str, Any]) -> Fact | KilnError:
+            try:
+                reply = await self._call(**request)
+            except KilnError as exc:
+                return exc
+            return fact_from_dict(reply["fact"])
+
+        requests = _each(writes)
+        sent = [send(r) for r in requests if not isinstance(r, KilnError)]
+        replies = iter(await asyncio.gather(*sent))
+        return [r if isinstance(r, KilnError) else next(replies) for r in requests]
 
     async def replay(
         self, after: int = 0, stores: Iterable[str] | None = None, limit: int | None = None

@@ -54,6 +54,26 @@ def _batch(writes: Iterable[Write]) -> list[dict[str, Any]]:
     return batch
 
 
+def _each(writes: Iterable[Write]) -> list[dict[str, Any] | KilnError]:
+    """The wire requests of ``write_each``, or the error that refuses each write here."""
+    requests: list[dict[str, Any] | KilnError] = []
+    for write in writes:
+        try:
+            (fields,) = _batch([write])
+        except KilnError as exc:
+            requests.append(exc)
+            continue
+        op = "delete" if fields["deleted"] else "write"
+        request = {"op": op, **{k: v for k, v in fields.items() if v is not None}}
+        del request["deleted"]  # the op says it; a delete ignores a write's other fields
+        requests.append(request)
+    return requests
+
+
+def _outcome(reply: dict[str, Any]) -> Fact | KilnError:
+    return fact_from_dict(reply["fact"]) if reply.get("ok") else error_from_wire(reply)
+
+
 def _fact(data: dict[str, Any] | None) -> Fact | None:
     return None if data is None else fact_from_dict(data)
 
@@ -162,6 +182,15 @@ class RemoteDatabase:
         if not batch:
             return []
         return [fact_from_dict(f) for f in self._call("write_many", writes=batch)["facts"]]
+
+    def write_each(self, writes: Iterable[Write]) -> list[Fact | KilnError]:
+        """Independent writes, pipelined; as :meth:`Database.write_each`."""
+        requests = _each(writes)
+        sent = [r for r in requests if not isinstance(r, KilnError)]
+        if self._closed:
+            raise ClosedError(f"connection to {self.url} is closed")
+        replies = iter(self._conn.pipeline(sent) if sent else ())
+        return [r if isinstance(r, KilnError) else _outcome(next(replies)) for r in requests]
 
     def replay(
         self, after: int = 0, stores: Iterable[str] | None = None, limit: int | None = None

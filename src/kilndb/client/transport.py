@@ -47,6 +47,10 @@ def open_socket(url: str, timeout: float | None) -> socket.socket:
     return sock
 
 
+#: Requests a pipeline keeps in flight (below the server's ``max_pipeline``).
+PIPELINE_WINDOW = 512
+
+
 class Connection:
     """One socket to a server, used request by request."""
 
@@ -108,6 +112,28 @@ class Connection:
         if not reply.get("ok"):
             raise error_from_wire(reply)
         return reply
+
+    def pipeline(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Send requests back to back, ``PIPELINE_WINDOW`` at a time, and return their
+        replies in order — errors included, not raised."""
+        with self._lock:
+            replies: list[dict[str, Any]] = []
+            for start in range(0, len(messages), PIPELINE_WINDOW):
+                window = messages[start : start + PIPELINE_WINDOW]
+                sock = self._sock
+                if sock is None:
+                    raise ConnectionLostError(f"connection to {self.url} is closed")
+                try:
+                    data = b"".join(encode_frame(orjson.dumps(m)) for m in window)
+                except (TypeError, orjson.JSONEncodeError) as exc:
+                    raise InvalidArgumentError(f"request is not JSON-serialisable: {exc}") from exc
+                try:
+                    sock.sendall(data)
+                except OSError as exc:
+                    self._drop()
+                    raise ConnectionLostError(f"lost connection to {self.url}: {exc}") from exc
+                replies += [self.receive() for _ in window]
+            return replies
 
     def close(self) -> None:
         """Say ``close``, read the server's ``ok`` (so the socket ends with FIN), close."""
