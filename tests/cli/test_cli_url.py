@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,8 +13,7 @@ import pytest
 import kilndb
 from kilndb.server.sockets import Server
 from tests.cli.runner import assert_one_error_line, json_lines, kiln
-
-KILN = Path(sys.executable).with_name("kiln")
+from tests.processes import KILN, reap
 
 
 @pytest.fixture
@@ -80,9 +78,4 @@ def test_tail_follows_other_clients_writes(server: Server) -> None:
         os.kill(process.pid, signal.SIGTERM)
         assert process.wait(20) == 0
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        for stream in (process.stdout, process.stderr):
-            if stream is not None:
-                stream.close()
+        reap(process)

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import os
-import re
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -20,8 +17,7 @@ from hypothesis import strategies as st
 import kilndb
 from kilndb.codec import encode_frame
 from kilndb.server.sockets import Server
-
-KILN = Path(sys.executable).with_name("kiln")
+from tests.processes import reap, start_server
 
 
 @pytest.fixture(scope="module")
@@ -70,46 +66,13 @@ def test_garbage_never_breaks_the_server(
         assert stored == acknowledged
 
 
-def _start(data: Path) -> tuple[subprocess.Popen[str], str]:
-    process = subprocess.Popen(
-        [
-            str(KILN),
-            "--data",
-            str(data),
-            "serve",
-            "--port",
-            "0",
-            "--http-port",
-            "0",
-            "--log-level",
-            "warning",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    assert process.stdout is not None
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        found = re.search(r"tcp://[0-9.]+:\d+", line)
-        if found:
-            return process, found.group(0)
-        if not line:
-            break
-    process.kill()
-    process.wait()
-    process.stdout.close()
-    raise AssertionError("kiln serve did not start")
-
-
 @pytest.mark.integration
 def test_sigkill_during_pipelined_writes_loses_nothing_acknowledged(tmp_path: Path) -> None:
     data = tmp_path / "data"
     acknowledged: list[tuple[str, str]] = []
     lock = threading.Lock()
     for cycle in range(3):
-        process, url = _start(data)
+        process, url = start_server(data, "--http-port", "0", "--log-level", "warning")
         stop = threading.Event()
 
         def write(
@@ -141,8 +104,7 @@ def test_sigkill_during_pipelined_writes_loses_nothing_acknowledged(tmp_path: Pa
         stop.set()
         for writer in writers:
             writer.join(10)
-        assert process.stdout is not None
-        process.stdout.close()
+        reap(process)
     with kilndb.open(data) as db:
         store = db.store("s")
         for key, fact_id in acknowledged:

@@ -54,6 +54,9 @@ __all__ = ["Server", "ServerConfig"]
 
 log = logging.getLogger("kilndb.server")
 
+#: How long a stopping server waits for clients to close after their last reply.
+CLOSE_GRACE_SECONDS = 1.0
+
 #: How long an overflowed subscriber has to read the rest and its error before the
 #: connection is dropped.
 OVERFLOW_GRACE_SECONDS = 10.0
@@ -113,6 +116,10 @@ class _Connection(asyncio.Protocol):
         self.database = "default"
         self.transport: asyncio.Transport | None = None
         self.closing = False
+        #: The server is stopping: in-flight requests are answered, nothing new is read,
+        #: and the last reply is followed by end-of-file.
+        self.draining = False
+        self.eof_sent = False
         self.paused = False
         #: The connection's changefeed, once it has subscribed.
         self.feed: Feed | None = None
@@ -152,6 +159,8 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         counters = self.server.counters
         counters["bytes_in"] += len(data)
+        if self.draining:
+            return  # sent after the server began to stop: never applied, never answered
         pending = self.pending
         for event in self.wire.receive_data(data):
             if isinstance(event, Request):
@@ -178,6 +187,18 @@ class _Connection(asyncio.Protocol):
         self.pending.append(_Slot(frame))
         self._flush()
 
+    @property
+    def writable(self) -> bool:
+        transport = self.transport
+        return transport is not None and not transport.is_closing() and not self.eof_sent
+
+    def drain(self) -> None:
+        """Stop taking requests; answer those in flight, then send end-of-file."""
+        self.draining = True
+        if self.feed is not None:
+            self.server.fanout.detach(self.feed)
+        self._flush()
+
     def _flush(self) -> None:
         transport = self.transport
         pending = self.pending
@@ -185,7 +206,8 @@ class _Connection(asyncio.Protocol):
         while pending and (frame := pending[0].frame) is not None:
             pending.popleft()
             ready.append(frame)
-        if ready and transport is not None and not transport.is_closing():
+        if ready and self.writable:
+            assert transport is not None
             # One write (one syscall) for every reply that is ready, in order.
             data = b"".join(ready) if len(ready) > 1 else ready[0]
             self.server.counters["bytes_out"] += len(data)
@@ -197,6 +219,13 @@ class _Connection(asyncio.Protocol):
             transport.resume_reading()
         if self.closing and not pending:
             transport.close()
+        elif self.draining and not pending and not self.eof_sent:
+            # FIN after the last reply; the client closes, or stop() does after a grace.
+            self.eof_sent = True
+            if transport.can_write_eof():
+                transport.write_eof()
+            else:
+                transport.close()
 
     # -- requests --------------------------------------------------------------------
 
@@ -437,7 +466,7 @@ class _Connection(asyncio.Protocol):
         with self._unsent_lock:
             self._unsent -= len(frame)
         transport = self.transport
-        if transport is not None and not transport.is_closing():
+        if transport is not None and self.writable:
             if self.pending:
                 self._reply_now(frame)
             else:
@@ -577,7 +606,14 @@ class Server:
             for server in self._servers:
                 server.close()
             deadline = self.loop.time() + self.config.drain_timeout
-            while self.loop.time() < deadline and any(c.pending for c in self.connections):
+            for connection in list(self.connections):
+                connection.drain()
+            # In-flight requests are answered, each connection ending with end-of-file...
+            while self.loop.time() < deadline and not all(c.eof_sent for c in self.connections):
+                await asyncio.sleep(0.01)
+            # ... and its client gets a moment to read the replies and close its end.
+            grace = min(deadline, self.loop.time() + CLOSE_GRACE_SECONDS)
+            while self.loop.time() < grace and self.connections:
                 await asyncio.sleep(0.01)
             for connection in list(self.connections):
                 if connection.transport is not None:

@@ -1,0 +1,41 @@
+"""``kiln serve`` as a real process, for tests that signal or kill it."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+KILN = Path(sys.executable).with_name("kiln")
+
+
+def start_server(data: Path, *options: str) -> tuple[subprocess.Popen[str], str]:
+    """``kiln --data DATA serve --port 0 OPTIONS…``; the process and its tcp:// address."""
+    process = subprocess.Popen(
+        [str(KILN), "--data", str(data), "serve", "--port", "0", *options],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,  # never read: a full pipe would block the server
+        text=True,
+    )
+    assert process.stdout is not None
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if found := re.search(r"tcp://[0-9.]+:\d+", line):
+            return process, found.group(0)
+        if not line:
+            break
+    reap(process)
+    raise AssertionError("kiln serve printed no address")
+
+
+def reap(process: subprocess.Popen[str]) -> None:
+    """Kill the process if it still runs, wait for it and close its pipes."""
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+    for stream in (process.stdout, process.stderr):
+        if stream is not None:
+            stream.close()
