@@ -483,6 +483,19 @@ class Database:
         facts = log.iter_facts(start, log.visible, chosen)
         return facts if wanted is None else islice(facts, wanted)
 
+    def replay_wire(
+        self, after: int = 0, stores: Iterable[str] | None = None, limit: int | None = None
+    ) -> Iterator[tuple[int, bytes]]:
+        """:meth:`replay` for transports: ``(position, json)`` of each fact, the JSON
+        being exactly what ``orjson.dumps(fact.to_dict())`` would produce."""
+        start = _check_position("after", after)
+        wanted = _check_limit(limit)
+        chosen = _check_stores(stores)
+        log = self._log
+        log.check_open()
+        records = log.iter_records(start, log.visible, chosen)
+        return records if wanted is None else islice(records, wanted)
+
     def subscribe(self, stores: Iterable[str] | None = None, after: int = 0) -> Subscription:
         """Facts after ``after`` (catch-up), then live ones as they commit.
 

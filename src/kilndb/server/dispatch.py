@@ -19,6 +19,8 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
+from orjson import Fragment
+
 from kilndb.config import DatabaseConfig
 from kilndb.engine import Database
 from kilndb.errors import KilnError, ProtocolError
@@ -138,10 +140,11 @@ def _keys(db: Database, params: dict[str, Any]) -> dict[str, Any]:
 
 
 def _replay(db: Database, params: dict[str, Any]) -> dict[str, Any]:
-    facts = _facts(list(db.replay(params["after"], params["stores"], params["limit"])))
+    # The stored JSON of each fact is its wire form: sent as is, never re-encoded.
+    records = list(db.replay_wire(params["after"], params["stores"], params["limit"]))
     # ``next_after`` lets a client page through with ``limit``.
-    next_after = facts[-1]["position"] if facts else params["after"]
-    return {"facts": facts, "next_after": next_after}
+    next_after = records[-1][0] if records else params["after"]
+    return {"facts": [Fragment(body) for _, body in records], "next_after": next_after}
 
 
 def _set_retention(db: Database, params: dict[str, Any]) -> dict[str, Any]:

@@ -28,6 +28,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -342,11 +343,21 @@ class Log:
     def iter_facts(
         self, after: int, until: int, stores: frozenset[str] | None = None
     ) -> Iterator[Fact]:
-        """Retained facts with ``after < position <= until``, in position order.
+        """Retained facts with ``after < position <= until``, in position order."""
+        return self._scan(after, until, stores, raw=False)
 
-        Reads the data files sequentially; this is the replay and changefeed hot path, so
-        facts are materialised here rather than in a further generator layer.
-        """
+    def iter_records(
+        self, after: int, until: int, stores: frozenset[str] | None = None
+    ) -> Iterator[tuple[int, bytes]]:
+        """:meth:`iter_facts` as ``(position, body)``: each fact's stored JSON, which is
+        its wire form (``Fact.to_dict()``), for a transport to send without re-encoding."""
+        return self._scan(after, until, stores, raw=True)
+
+    def _scan(
+        self, after: int, until: int, stores: frozenset[str] | None, raw: bool
+    ) -> Iterator[Any]:
+        # Reads the data files sequentially. This is the replay and changefeed hot path,
+        # so facts are materialised here rather than in a further generator layer.
         keydir = self.keydir
         new, set_attribute = object.__new__, object.__setattr__
         loc = keydir.loc
@@ -377,6 +388,9 @@ class Log:
                     if not loc[position - base]:
                         continue
                     if stores is None or record["store"] in stores:
+                        if raw:
+                            yield position, body
+                            continue
                         fact: Fact = new(Fact)
                         set_attribute(fact, "__dict__", record)
                         yield fact
