@@ -63,7 +63,27 @@ def _field(body: dict[str, Any], name: str, kind: str, *, required: bool = False
     return value
 
 
+#: The fields of the most common write: store, key and value and nothing else.
+_PLAIN_WRITE = frozenset({"op", "request_id", "database", "store", "key", "value"})
+
+
 def _write_fields(body: dict[str, Any], *, value_required: bool = True) -> Params:
+    store, key = body.get("store"), body.get("key")
+    if type(store) is str and type(key) is str and "value" in body and body.keys() <= _PLAIN_WRITE:
+        # The common case in one check; anything else gets the field-by-field checks.
+        return {
+            "store": store,
+            "key": key,
+            "value": body["value"],
+            "expected_seq": None,
+            "id": None,
+            "causation": None,
+            "valid_time": None,
+            "schema_version": 1,
+            "producer": None,
+            "derivation": None,
+            "metadata": None,
+        }
     params: Params = {
         "store": _field(body, "store", "str", required=True),
         "key": _field(body, "key", "str", required=True),
