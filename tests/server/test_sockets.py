@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
 from collections.abc import Iterator
@@ -113,6 +114,60 @@ def test_a_mixed_pipeline_gets_one_outcome_per_request_in_order(server: Server) 
         assert [f.value for f in db.replay()] == [1, 3, 5, 8, 9]
     with kilndb.connect(server.url, "other") as db:
         assert [f.value for f in db.replay()] == [7]
+
+
+def test_quick_and_worker_ops_interleaved_in_one_pipeline_stay_in_order(server: Server) -> None:
+    client = RawClient(tcp_address(server))
+    client.send({"op": "write", "request_id": "open", "store": "s", "key": "k", "value": 0})
+    assert (client.receive() or {})["ok"]  # the database is open: writes go the quick way
+    requests: list[dict[str, Any]] = []
+    for i in range(1, 201):
+        requests.append({"op": "write", "store": "s", "key": "k", "value": i})
+        if i % 7 == 0:  # replay and history run on worker threads
+            requests.append({"op": "history", "store": "s", "key": "k"})
+        if i % 11 == 0:
+            requests.append({"op": "replay", "after": 0})
+        requests.append({"op": "read", "store": "s", "key": "k"})
+    for n, request in enumerate(requests):
+        request["request_id"] = n
+    client.send(*requests)
+    latest = 0
+    for n, request in enumerate(requests):
+        reply = client.receive()
+        assert reply is not None and reply["ok"] and reply["request_id"] == n, reply
+        if request["op"] == "write":
+            latest = request["value"]
+            assert reply["fact"]["seq"] == latest + 1
+        elif request["op"] == "read":
+            assert reply["fact"]["value"] == latest  # sees every write before it
+        elif request["op"] == "history":
+            assert [f["value"] for f in reply["facts"]] == list(range(latest + 1))
+        else:
+            assert len(reply["facts"]) == latest + 1
+    client.close()
+
+
+def test_an_fsync_failure_fails_the_writes_waiting_for_it(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = RawClient(tcp_address(server))
+    client.send({"op": "write", "request_id": 0, "store": "s", "key": "k", "value": 0})
+    assert (client.receive() or {})["ok"]
+
+    def failing_fdatasync(fd: int) -> None:
+        raise OSError(5, "injected I/O error")
+
+    monkeypatch.setattr(os, "fdatasync", failing_fdatasync)
+    client.send(
+        *({"op": "write", "request_id": i, "store": "s", "key": "k", "value": i} for i in (1, 2))
+    )
+    for i in (1, 2):
+        reply = client.receive()
+        assert reply is not None and reply["request_id"] == i
+        assert reply["ok"] is False and reply["error_code"] == "storage_error", reply
+    client.send({"op": "ping", "request_id": 3})  # the server itself is fine
+    assert client.receive() == {"ok": True, "pong": True, "request_id": 3}
+    client.close()
 
 
 def test_a_bad_request_gets_an_error_and_the_connection_goes_on(server: Server) -> None:

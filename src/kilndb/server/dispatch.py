@@ -58,6 +58,11 @@ class Databases:
                 )
             return found
 
+    def is_open(self, name: str) -> bool:
+        """Whether ``name`` is open (a request for it will not have to open it)."""
+        found = self._open.get(name)
+        return found is not None and not found.closed
+
     def names(self) -> list[str]:
         with self._lock:
             return sorted(self._open)

@@ -106,6 +106,13 @@ _Applied = tuple[_Slot, Request, bytes | None, Any, int, dict[str, Any]]
 #: Ops that write one fact: consecutive ones in a pipeline are committed together.
 _SINGLE_WRITES = frozenset({"write", "write_fact"})
 
+#: Ops whose work is small and bounded, applied on the event loop itself (saving two
+#: thread hand-offs, which cost more than the op). Everything else — replay, history,
+#: keys, compaction, opening a database — runs on the worker threads.
+QUICK_OPS = frozenset({"write", "write_fact", "delete", "read", "write_many"})
+#: The largest ``write_many`` applied on the loop.
+QUICK_BATCH = 100
+
 
 class _Connection(asyncio.Protocol):
     def __init__(self, server: Server) -> None:
@@ -129,6 +136,8 @@ class _Connection(asyncio.Protocol):
         self._unsent = 0
         self._unsent_lock = threading.Lock()
         self._applying = False
+        #: Per database (by id): the furthest position this connection has written.
+        self._written: dict[int, tuple[Any, int]] = {}
 
     # -- asyncio callbacks ---------------------------------------------------------
 
@@ -260,9 +269,28 @@ class _Connection(asyncio.Protocol):
         if not self._queued:
             self._applying = False
             return
-        self._applying = True
         batch, self._queued = self._queued, []
+        if self._quick(batch):
+            # Applied right here; acknowledged with everything else applied during this
+            # turn of the loop, after one fsync (Server._commit_round).
+            self._applying = False
+            self.server.acknowledge_soon(self, self._apply_batch(batch))
+            return
+        self._applying = True
         self.server.executor.submit(self._apply_job, batch)
+
+    def _quick(self, batch: list[tuple[Request, _Slot]]) -> bool:
+        """Whether a batch is cheap enough to apply on the event loop: only bounded
+        ops (see QUICK_OPS), on databases that are open already."""
+        databases = self.server.databases
+        for request, _ in batch:
+            if request.op not in QUICK_OPS:
+                return False
+            if request.op == "write_many" and len(request.params["writes"]) > QUICK_BATCH:
+                return False
+            if not databases.is_open(request.database or self.database):
+                return False
+        return True
 
     def _apply_job(self, batch: list[tuple[Request, _Slot]]) -> None:
         """Worker: apply a batch; acknowledge it here unless more requests are waiting."""
@@ -288,7 +316,7 @@ class _Connection(asyncio.Protocol):
         self._to_loop(self._flush)  # the whole batch goes out in one write
 
     def _acknowledge(self, applied: list[_Applied]) -> None:
-        """Worker: wait once per database for the batch's durability, fill its replies."""
+        """Wait once per database for the batch's durability, fill its replies."""
         failures: dict[int, KilnError] = {}
         furthest: dict[int, tuple[Any, int]] = {}
         for _, _, frame, db, position, _ in applied:
@@ -336,12 +364,30 @@ class _Connection(asyncio.Protocol):
                         break
                     j += 1
                 if j - i > 1:
-                    applied += self._apply_writes(batch[i:j], database)
+                    self._note(applied, self._apply_writes(batch[i:j], database))
                     i = j
                     continue
-            applied.append((slot, request, *self._apply(request)))
+            self._note(applied, [(slot, request, *self._apply(request))])
             i += 1
         return applied
+
+    def _note(self, applied: list[_Applied], more: list[_Applied]) -> None:
+        """Add to ``applied``, remembering how far this connection has written."""
+        written = self._written
+        for _, _, error, db, position, _ in more:
+            if error is None and position:
+                known = written.get(id(db))
+                if known is None or position > known[1]:
+                    written[id(db)] = (db, position)
+        applied += more
+
+    def _settle(self, request: Request) -> None:
+        """Before a replay: make this connection's earlier writes to its database durable,
+        so that it shows every write acknowledged before it (replay shows durable facts)."""
+        db = self.server.databases.get(request.database or self.database)
+        known = self._written.get(id(db))
+        if known is not None:
+            db.wait_durable(known[1])
 
     def _apply_writes(self, run: list[tuple[Request, _Slot]], database: str) -> list[_Applied]:
         started = time.monotonic()
@@ -380,6 +426,8 @@ class _Connection(asyncio.Protocol):
         is built once the returned position is durable (:meth:`_acknowledge`)."""
         started = time.monotonic()
         try:
+            if request.op == "replay":
+                self._settle(request)
             result, db, position = self.server.dispatcher.apply(request, self.database)
         except Exception as exc:
             return self._refused(request, exc)
@@ -492,6 +540,8 @@ class Server:
         self.databases = Databases(self.config.data, self.config.database)
         self.dispatcher = Dispatcher(self.databases)
         self.fanout = Fanout()
+        #: Requests applied on the loop, waiting for the end of its turn.
+        self._awaiting: list[tuple[_Connection, list[_Applied]]] = []
         self.executor = ThreadPoolExecutor(self.config.workers, thread_name_prefix="kilndb-op")
         self.connections: set[_Connection] = set()
         #: Changefeeds served over HTTP (SSE, WebSocket), closed when the server stops.
@@ -646,6 +696,21 @@ class Server:
         self.stop()
 
     # -- observability ---------------------------------------------------------------
+
+    def acknowledge_soon(self, connection: _Connection, applied: list[_Applied]) -> None:
+        """Acknowledge requests applied on the loop once this turn of the loop is over."""
+        if not self._awaiting:
+            self.loop.call_soon(self._commit_round)
+        self._awaiting.append((connection, applied))
+
+    def _commit_round(self) -> None:
+        """Make everything applied on the loop this turn durable — one fsync for all of
+        it, as Redis does before it sleeps — and send the replies."""
+        awaiting, self._awaiting = self._awaiting, []
+        for connection, applied in awaiting:
+            connection._acknowledge(applied)  # the first wait syncs; the rest find it done
+        for connection, _ in awaiting:
+            connection._flush()
 
     def count(self, name: str, amount: int = 1) -> None:
         """Add to a counter from any thread."""
