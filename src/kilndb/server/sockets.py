@@ -4,14 +4,27 @@ Theory of operation
 -------------------
 Each connection is an :class:`asyncio.Protocol` (no per-frame stream objects): received
 bytes go to a sans-I/O :class:`~kilndb.protocol.ServerConnection`, and every event it
-yields gets a slot in the connection's *pending* queue, in arrival order. Cheap requests
-(``ping``, ``hello``, bad requests) fill their slot at once; database requests run on a
-thread pool — a durable write blocks until its fsync — one after the other for each
-connection (so a pipeline is applied in order) and fill their slot when done.
-Slots are written out strictly from the head of the queue, so a client may pipeline any
-number of requests and gets its replies in request order, while requests from all
-connections run concurrently and share fsyncs through group commit. Reading pauses while
-a connection has ``max_pipeline`` requests in flight.
+yields gets a slot in the connection's *pending* queue, in arrival order. Slots are
+written out strictly from the head of the queue, so a client may pipeline any number of
+requests and gets its replies in request order. Reading pauses while a connection has
+``max_pipeline`` requests in flight.
+
+Cheap requests (``ping``, ``hello``, bad requests) fill their slot at once. Database
+requests are applied in batches, one batch of a connection at a time and in request
+order, without waiting for fsyncs (a run of single-fact writes is committed together,
+one lock and one append); the replies of a batch are filled once its writes are durable:
+
+- a batch of *quick* ops (writes, deletes, reads, small ``write_many`` on a database that
+  is open) is applied on the event loop itself, and every batch applied during one turn
+  of the loop — from every connection — is made durable with one fsync at the end of the
+  turn, as Redis does before it sleeps. Handing work to a thread and back costs more
+  than these ops;
+- anything else (replay, history, keys, compaction, opening a database) runs on a worker
+  thread, which then waits for the batch's durability; writes from all connections share
+  fsyncs through group commit.
+
+A replay first makes its connection's earlier writes durable, so it shows every write
+acknowledged before it.
 
 ``subscribe`` turns a connection into a changefeed: after the ``{"ok": true}`` reply,
 facts are pushed as ``{"event": "fact_written", "fact": …}`` frames until the client
@@ -258,13 +271,6 @@ class _Connection(asyncio.Protocol):
         self._queued.append((request, slot))
         return slot
 
-    # Database requests of a connection are applied by one worker at a time, in request
-    # order and back to back, without waiting for fsyncs; a second job then waits for
-    # the batch's durability once and fills its replies. A pipeline is thus applied in
-    # order (a later write to a key lands after an earlier one) and its writes — and
-    # those of every other connection — share fsyncs, while the connection's next
-    # requests are applied during that wait.
-
     def _apply_next(self) -> None:
         if not self._queued:
             self._applying = False
@@ -343,7 +349,7 @@ class _Connection(asyncio.Protocol):
             self.server.loop.call_soon_threadsafe(callback, *args)
 
     def _apply_batch(self, batch: list[tuple[Request, _Slot]]) -> list[_Applied]:
-        """Apply requests in order (worker thread); nothing waits for an fsync here.
+        """Apply requests in order (loop or worker thread); nothing waits for an fsync.
 
         A run of single-fact writes to one database is committed together
         (:meth:`~kilndb.Database.write_each`): one lock, one append, each write still
@@ -422,7 +428,7 @@ class _Connection(asyncio.Protocol):
         )
 
     def _apply(self, request: Request) -> tuple[bytes | None, Any, int, dict[str, Any]]:
-        """Apply a request (worker thread). An error reply is final; otherwise the reply
+        """Apply a request. An error reply is final; otherwise the reply
         is built once the returned position is durable (:meth:`_acknowledge`)."""
         started = time.monotonic()
         try:
