@@ -12,14 +12,14 @@ import pytest
 import kilndb
 from kilndb.codec import FrameDecoder, encode_frame
 from kilndb.protocol import BadRequest, Request, ServerConnection
-from kilndb.server import CONNECTION_OPS, Databases, Dispatcher
+from kilndb.server import CONNECTION_OPS, Dispatcher, NodeManager
 
 
 class Harness:
     """A connection wired to a dispatcher the way a server wires them."""
 
     def __init__(self, data_dir: Path) -> None:
-        self.databases = Databases(data_dir)
+        self.databases = NodeManager(data_dir)
         self.dispatcher = Dispatcher(self.databases)
         self.connection = ServerConnection()
 
@@ -161,7 +161,14 @@ def test_connection_ops_are_not_dispatched(harness: Harness) -> None:
     assert reply["ok"] is False and reply["error_code"] == "protocol_error"
 
 
-def test_close_all_flushes_and_reopens_on_demand(harness: Harness) -> None:
+def test_a_removed_database_reopens_on_demand_and_close_refuses_more(harness: Harness) -> None:
     harness.call({"op": "write", "store": "s", "key": "k", "value": 1})
-    harness.databases.close_all()
+    assert harness.call({"op": "remove_database", "name": "default"}) == {
+        "ok": True,
+        "database": "default",
+        "deleted": False,
+    }
     assert harness.call({"op": "read", "store": "s", "key": "k"})["fact"]["value"] == 1
+    harness.databases.close()
+    reply = harness.call({"op": "read", "store": "s", "key": "k"})
+    assert reply["error_code"] == "unavailable"

@@ -20,6 +20,7 @@ import click
 import kilndb
 from kilndb.cli.admin import check, compact, retention, stats, status, stores
 from kilndb.cli.context import DEFAULT_DATA_DIR, CliSettings
+from kilndb.cli.databases import db
 from kilndb.cli.demo import demo
 from kilndb.cli.errors import translate
 from kilndb.cli.facts import delete, get, history, keys, put, replay
@@ -150,6 +151,7 @@ for _command in (
     demo,
     serve,
     status,
+    db,
 ):
     cli.add_command(_command)
 

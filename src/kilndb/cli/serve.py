@@ -21,6 +21,7 @@ import click
 from kilndb.cli.context import CliSettings, pass_settings
 from kilndb.cli.errors import CliError
 from kilndb.config import DatabaseConfig
+from kilndb.server.nodes import NodeConfig
 from kilndb.server.sockets import Server, ServerConfig
 
 __all__ = ["serve"]
@@ -111,6 +112,30 @@ def _load_config(ctx: click.Context, _: click.Parameter, path: Path | None) -> P
     help="Requests slower than this are counted and reported.",
 )
 @click.option(
+    "--idle-evict-after",
+    type=click.FloatRange(0, min_open=True),
+    default=None,
+    envvar="KILN_IDLE_EVICT_AFTER",
+    help="Close a database unused (no request, no subscriber) for this many seconds;"
+    " the next request reopens it. Default: never.",
+)
+@click.option(
+    "--idle-check-interval",
+    type=click.FloatRange(0, min_open=True),
+    default=30.0,
+    show_default=True,
+    envvar="KILN_IDLE_CHECK_INTERVAL",
+    help="Seconds between idle checks.",
+)
+@click.option(
+    "--max-open-databases",
+    type=click.IntRange(1),
+    default=None,
+    envvar="KILN_MAX_OPEN_DATABASES",
+    help="Most databases open at once; opening another closes the least recently used"
+    " idle one. Default: no cap.",
+)
+@click.option(
     "--pid-file",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
@@ -135,6 +160,9 @@ def serve(
     max_frame_bytes: int,
     drain_timeout: float,
     slow_op_ms: float,
+    idle_evict_after: float | None,
+    idle_check_interval: float,
+    max_open_databases: int | None,
     pid_file: Path | None,
     log_level: str,
 ) -> None:
@@ -153,6 +181,11 @@ def serve(
         drain_timeout=drain_timeout,
         slow_op_ms=slow_op_ms,
         database=DatabaseConfig(sync=settings.sync),
+        nodes=NodeConfig(
+            idle_evict_after=idle_evict_after,
+            idle_check_interval=idle_check_interval,
+            max_open_databases=max_open_databases,
+        ),
     )
     stop = threading.Event()
 

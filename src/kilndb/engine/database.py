@@ -578,6 +578,11 @@ class Database:
     def closed(self) -> bool:
         return self._log.closed
 
+    @property
+    def subscriber_count(self) -> int:
+        """Open subscriptions (changefeeds) following this database."""
+        return self._log.subscribers
+
     def __enter__(self) -> Database:
         return self
 

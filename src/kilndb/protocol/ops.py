@@ -222,6 +222,13 @@ def _set_retention(body: dict[str, Any]) -> Params:
     }
 
 
+def _remove_database(body: dict[str, Any]) -> Params:
+    delete = body.get("delete", False)
+    if type(delete) is not bool:
+        raise InvalidArgumentError("field 'delete' must be a boolean")
+    return {"name": _field(body, "name", "str", required=True), "delete": delete}
+
+
 #: op name -> parameter checker. Igniter's ops first, then the native ones.
 OPS: dict[str, Callable[[dict[str, Any]], Params]] = {
     "write_fact": _write_fact,
@@ -244,6 +251,7 @@ OPS: dict[str, Callable[[dict[str, Any]], Params]] = {
     "set_retention": _set_retention,
     "retention": lambda body: {"store": _field(body, "store", "str", required=True)},
     "sync": _none,
+    "remove_database": _remove_database,
 }
 
 

@@ -1,5 +1,6 @@
-"""The server side: databases shared by many clients over the wire protocol."""
+"""The KilnDB server: node manager, request dispatch, sockets, HTTP."""
 
-from kilndb.server.dispatch import CONNECTION_OPS, Databases, Dispatcher
+from kilndb.server.dispatch import CONNECTION_OPS, Dispatcher
+from kilndb.server.nodes import NodeConfig, NodeManager
 
-__all__ = ["CONNECTION_OPS", "Databases", "Dispatcher"]
+__all__ = ["CONNECTION_OPS", "Dispatcher", "NodeConfig", "NodeManager"]

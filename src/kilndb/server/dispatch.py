@@ -1,11 +1,10 @@
 """Executing requests against databases: the part of the server that is not about sockets.
 
-:class:`Databases` opens each database of a data directory on first use and keeps it
-open; :class:`Dispatcher` runs one checked :class:`~kilndb.protocol.Request` against one
-of them and returns the reply's fields (``{"fact": …}``, ``{"facts": […]}`` …), or raises
-the :class:`~kilndb.KilnError` that becomes the error reply. Calls block (a durable write
-waits for its fsync), so a server runs them off its event loop; many of them at once is
-what lets concurrent writes share fsyncs.
+:class:`Dispatcher` runs one checked :class:`~kilndb.protocol.Request` against one of the
+databases the :class:`~kilndb.server.nodes.NodeManager` keeps open, and returns the
+reply's fields (``{"fact": …}``, ``{"facts": […]}`` …), or raises the
+:class:`~kilndb.KilnError` that becomes the error reply. ``remove_database`` goes
+to the node manager itself.
 
 Connection-level ops — ``hello``, ``subscribe``, ``server_status``, ``close`` — change
 or report the connection or the server, not a database; the transport handles them.
@@ -13,66 +12,25 @@ or report the connection or the server, not a database; the transport handles th
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from operator import itemgetter
-from pathlib import Path
 from typing import Any
 
 from orjson import Fragment
 
-from kilndb.config import DatabaseConfig
 from kilndb.engine import Database
 from kilndb.errors import KilnError, ProtocolError
-from kilndb.model import Fact, Write, validate_database_name
+from kilndb.model import Fact, Write
 from kilndb.protocol import Request
 from kilndb.protocol.ops import WRITE_OPTIONS
+from kilndb.server.nodes import NodeManager
 
-__all__ = ["CONNECTION_OPS", "Databases", "Dispatcher"]
+__all__ = ["CONNECTION_OPS", "Dispatcher"]
 
 #: Ops the transport answers itself.
 CONNECTION_OPS = frozenset({"hello", "subscribe", "server_status", "close"})
 
 Handler = Callable[[Database, dict[str, Any]], dict[str, Any]]
-
-
-class Databases:
-    """The databases under one data directory, each opened once, on first use."""
-
-    def __init__(self, data_dir: str | Path, config: DatabaseConfig | None = None) -> None:
-        self.data_dir = Path(data_dir)
-        self.config = config or DatabaseConfig()
-        self._open: dict[str, Database] = {}
-        self._lock = threading.Lock()
-
-    def get(self, name: str) -> Database:
-        """The open database ``name``, opening (and creating) it if needed."""
-        found = self._open.get(name)
-        if found is not None and not found.closed:
-            return found
-        with self._lock:
-            found = self._open.get(name)
-            if found is None or found.closed:
-                found = self._open[name] = Database(
-                    self.data_dir, validate_database_name(name), self.config
-                )
-            return found
-
-    def is_open(self, name: str) -> bool:
-        """Whether ``name`` is open (a request for it will not have to open it)."""
-        found = self._open.get(name)
-        return found is not None and not found.closed
-
-    def names(self) -> list[str]:
-        with self._lock:
-            return sorted(self._open)
-
-    def close_all(self) -> None:
-        """Flush and close every open database."""
-        with self._lock:
-            databases, self._open = list(self._open.values()), {}
-        for database in databases:
-            database.close()
 
 
 def _facts(facts: list[Fact]) -> list[dict[str, Any]]:
@@ -185,12 +143,12 @@ _HANDLERS: dict[str, Handler] = {
 class Dispatcher:
     """Runs database requests; blocking, thread-safe."""
 
-    def __init__(self, databases: Databases) -> None:
+    def __init__(self, databases: NodeManager) -> None:
         self.databases = databases
 
     @staticmethod
     def handles(op: str) -> bool:
-        return op in _HANDLERS
+        return op in _HANDLERS or op == "remove_database"
 
     def execute(self, request: Request, database: str) -> dict[str, Any]:
         """The reply fields of ``request`` run against ``request.database or database``.
@@ -208,13 +166,18 @@ class Dispatcher:
         Returns the reply fields, the database and the position that must be durable
         before the reply may be sent (0: nothing to wait for).
         """
+        if request.op == "remove_database":  # the node manager's, not a database's
+            params = request.params
+            return self.databases.remove(params["name"], delete=params["delete"]), None, 0
         handler = _HANDLERS.get(request.op)
         if handler is None:
             raise ProtocolError(f"op {request.op!r} is handled by the connection, not dispatched")
         if request.op == "ping":
             return {"pong": True}, None, 0
-        db = self.databases.get(request.database or database)
-        with db.defer_durability() as positions:
+        with (
+            self.databases.use(request.database or database) as db,
+            db.defer_durability() as positions,
+        ):
             result = handler(db, request.params)
         return result, db, max(positions, default=0)
 
@@ -227,11 +190,10 @@ class Dispatcher:
         Returns each write's fact (as a wire dict) or error, the database and the
         position that must be durable before any of the facts is acknowledged.
         """
-        db = self.databases.get(database)
         writes = [
             Write(p["store"], p["key"], p["value"], *_positional_options(p))
             for p in (request.params for request in requests)
         ]
-        with db.defer_durability() as positions:
+        with self.databases.use(database) as db, db.defer_durability() as positions:
             outcomes = db.write_each_wire(writes)
         return outcomes, db, max(positions, default=0)

@@ -60,8 +60,9 @@ from kilndb.protocol import (
     Request,
     ServerConnection,
 )
-from kilndb.server.dispatch import Databases, Dispatcher
+from kilndb.server.dispatch import Dispatcher
 from kilndb.server.fanout import Fanout, Feed
+from kilndb.server.nodes import NodeConfig, NodeManager
 
 __all__ = ["Server", "ServerConfig"]
 
@@ -97,6 +98,8 @@ class ServerConfig:
     max_recent_events: int = 100
     workers: int = 32
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    #: Idle eviction, the open-database cap and the circuit breaker.
+    nodes: NodeConfig = field(default_factory=NodeConfig)
 
 
 class _Slot:
@@ -543,7 +546,7 @@ class Server:
 
     def __init__(self, config: ServerConfig | None = None, **options: Any) -> None:
         self.config = config or ServerConfig(**options)
-        self.databases = Databases(self.config.data, self.config.database)
+        self.databases = NodeManager(self.config.data, self.config.database, self.config.nodes)
         self.dispatcher = Dispatcher(self.databases)
         self.fanout = Fanout()
         #: Requests applied on the loop, waiting for the end of its turn.
@@ -741,6 +744,7 @@ class Server:
         """The observability snapshot (Igniter's shape) that ``server_status`` answers."""
         with self._counters_lock:
             counters = dict(self.counters)
+        nodes = self.databases.status()
         return {
             "schema_version": 1,
             "generated_at": time.time(),
@@ -749,8 +753,13 @@ class Server:
             "pid": os.getpid(),
             "addresses": self.addresses,
             "databases": self.databases.names(),
+            "nodes": nodes,
             "metrics": {
                 **counters,
+                "open_databases": nodes["open_count"],
+                "opened_databases_total": nodes["opened_total"],
+                "evicted_databases_total": nodes["evicted_total"],
+                "failing_databases": len(nodes["failing"]),
                 "active_connections": len(self.connections),
                 "subscription_count": sum(
                     1 for c in self.connections if c.feed is not None and not c.feed.closed

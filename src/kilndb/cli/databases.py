@@ -1,0 +1,93 @@
+"""``kiln db``: the databases of a data directory or of a server — list and remove."""
+
+from __future__ import annotations
+
+import shutil
+
+import click
+
+from kilndb.cli.context import CliSettings, pass_settings
+from kilndb.cli.errors import CliError
+from kilndb.cli.output import print_json, print_rows_table, stdout_is_terminal
+from kilndb.client.transport import Connection
+from kilndb.engine import Database
+from kilndb.model import validate_database_name
+
+__all__ = ["db"]
+
+
+@click.group()
+def db() -> None:
+    """List and remove databases (tenants)."""
+
+
+@db.command("list")
+@pass_settings
+def list_databases(settings: CliSettings) -> None:
+    """The databases on disk (or, with --url, the ones the server has open)."""
+    if settings.url is not None:
+        connection = Connection(settings.url)
+        try:
+            reply = connection.call("server_status")
+        finally:
+            connection.close()
+        nodes = reply.get("nodes", {})
+        rows = [
+            {"database": name, "state": "open", **info}
+            for name, info in nodes.get("open", {}).items()
+        ] + [
+            {"database": name, "state": "failing", **info}
+            for name, info in nodes.get("failing", {}).items()
+        ]
+    else:
+        data = settings.data
+        names = (
+            sorted(p.name for p in data.iterdir() if (p / "META").is_file())
+            if data.is_dir()
+            else []
+        )
+        rows = [{"database": name, "state": "on disk"} for name in names]
+    if not stdout_is_terminal():
+        print_json(rows)
+        return
+    print_rows_table(
+        "databases",
+        ("database", "state"),
+        ((row["database"], row["state"]) for row in rows),
+    )
+
+
+@db.command()
+@click.argument("name")
+@click.option("--delete", is_flag=True, help="Also delete its files (asks first).")
+@click.option("--yes", is_flag=True, help="Do not ask before deleting.")
+@pass_settings
+def remove(settings: CliSettings, name: str, delete: bool, yes: bool) -> None:
+    """Close and evict database NAME on a server (--url); --delete also removes its files.
+
+    Without --url, removes the database from the data directory (--delete required),
+    refusing while a process has it open.
+    """
+    validate_database_name(name)
+    if delete and not yes:
+        where = settings.url or str(settings.data)
+        click.confirm(
+            f"Delete database {name!r} and all its facts from {where}?", abort=True, err=True
+        )
+    if settings.url is not None:
+        connection = Connection(settings.url)
+        try:
+            reply = connection.call("remove_database", name=name, delete=delete)
+        finally:
+            connection.close()
+        reply.pop("ok", None)
+        print_json(reply)
+        return
+    if not delete:
+        raise CliError("without --url there is nothing to close: give --delete to delete files")
+    path = settings.data / name
+    if not (path / "META").is_file():
+        raise CliError(f"no database {name!r} in {settings.data}")
+    Database(settings.data, name).close()  # refuses (database_locked) while it is in use
+    shutil.rmtree(path)
+    print_json({"database": name, "deleted": True})

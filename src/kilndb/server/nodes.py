@@ -1,0 +1,335 @@
+"""The node manager: the databases (tenants) of one data directory, as a server sees them.
+
+Theory of operation
+-------------------
+Each database is opened on first use and then kept open as one *node*. A node records
+when it was last used and how many requests are using it right now (``use()``); the
+database's own subscriber count says whether a changefeed follows it. A node with
+neither, unused for ``idle_evict_after`` seconds, is flushed and closed by a background
+checker and reopened transparently by the next request. With ``max_open_databases``,
+opening one more database first evicts the least recently used idle node (and refuses
+with ``unavailable`` when every open node is busy).
+
+Opening can fail — a damaged log, a directory the server may not read. After
+``breaker_threshold`` consecutive failures a database's *circuit breaker* opens: for
+``breaker_cooldown`` seconds every request for it fails at once with ``unavailable`` and
+the cause, instead of retrying recovery on every request. Then one request may try again;
+a success closes the breaker, a failure opens it for another cooldown.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kilndb.config import DatabaseConfig
+from kilndb.engine import Database
+from kilndb.errors import InvalidArgumentError, KilnError, NotFoundError, UnavailableError
+from kilndb.model import validate_database_name
+
+__all__ = ["NodeConfig", "NodeManager"]
+
+log = logging.getLogger("kilndb.server")
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    """How the node manager keeps databases open."""
+
+    #: Close a database unused (no request, no subscriber) for this long; None: never.
+    idle_evict_after: float | None = None
+    #: How often the idle checker looks.
+    idle_check_interval: float = 30.0
+    #: Most databases open at once; None: no cap.
+    max_open_databases: int | None = None
+    #: Consecutive failures to open a database that open its circuit breaker.
+    breaker_threshold: int = 3
+    #: How long an open breaker fails requests fast.
+    breaker_cooldown: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.idle_evict_after is not None and self.idle_evict_after <= 0:
+            raise InvalidArgumentError("idle_evict_after must be positive or None")
+        if self.idle_check_interval <= 0:
+            raise InvalidArgumentError("idle_check_interval must be positive")
+        if self.max_open_databases is not None and self.max_open_databases < 1:
+            raise InvalidArgumentError("max_open_databases must be at least 1 or None")
+
+
+class _Node:
+    __slots__ = ("active", "db", "last_used", "opened_at")
+
+    def __init__(self, db: Database, now: float) -> None:
+        self.db = db
+        self.active = 0
+        self.last_used = now
+        self.opened_at = now
+
+    def idle(self) -> bool:
+        return self.active == 0 and self.db.subscriber_count == 0
+
+
+class _Breaker:
+    __slots__ = ("cause", "failures", "open_until")
+
+    def __init__(self) -> None:
+        self.failures = 0
+        self.cause = ""
+        self.open_until = 0.0
+
+
+class NodeManager:
+    """Opens, keeps, evicts and removes the databases under one data directory."""
+
+    def __init__(
+        self,
+        data_dir: str | Path,
+        config: DatabaseConfig | None = None,
+        nodes: NodeConfig | None = None,
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.config = config or DatabaseConfig()
+        self.node_config = nodes or NodeConfig()
+        self._nodes: dict[str, _Node] = {}
+        self._breakers: dict[str, _Breaker] = {}
+        self._removing: set[str] = set()
+        self._lock = threading.RLock()
+        #: Serialises opening, so that one database is never opened twice at once.
+        self._opening = threading.Lock()
+        self.evicted_total = 0
+        self.opened_total = 0
+        self._closed = False
+        self._stop = threading.Event()
+        self._checker: threading.Thread | None = None
+        if self.node_config.idle_evict_after is not None:
+            self._checker = threading.Thread(
+                target=self._check_idle, name="kilndb-idle-evict", daemon=True
+            )
+            self._checker.start()
+
+    # -- getting databases -----------------------------------------------------------
+
+    def get_or_create(self, name: str) -> Database:
+        """The open database ``name``, opening (and creating) it if needed.
+
+        Raises UnavailableError while its circuit breaker is open, when every open
+        database is busy at the ``max_open_databases`` cap, or while it is being removed.
+        """
+        node = self._nodes.get(name)
+        if node is not None and not node.db.closed:
+            node.last_used = time.monotonic()
+            return node.db
+        return self._open(name).db
+
+    #: The name the rest of the server uses.
+    get = get_or_create
+
+    @contextmanager
+    def use(self, name: str) -> Iterator[Database]:
+        """The database ``name``, counted as in use (never evicted) inside the block."""
+        while True:
+            node = self._nodes.get(name)
+            if node is None or node.db.closed:
+                node = self._open(name)
+            with self._lock:
+                if self._nodes.get(name) is node and not node.db.closed:
+                    node.active += 1
+                    node.last_used = time.monotonic()
+                    break
+        try:
+            yield node.db
+        finally:
+            with self._lock:
+                node.active -= 1
+                node.last_used = time.monotonic()
+
+    def is_open(self, name: str) -> bool:
+        """Whether ``name`` is open (a request for it will not have to open it)."""
+        node = self._nodes.get(name)
+        return node is not None and not node.db.closed
+
+    def names(self) -> list[str]:
+        """The open databases, sorted."""
+        with self._lock:
+            return sorted(n for n, node in self._nodes.items() if not node.db.closed)
+
+    def _open(self, name: str) -> _Node:
+        validate_database_name(name)
+        with self._opening:
+            with self._lock:
+                if self._closed:
+                    raise UnavailableError("the server is stopping")
+                if name in self._removing:
+                    raise UnavailableError(f"database {name!r} is being removed")
+                node = self._nodes.get(name)
+                if node is not None and not node.db.closed:
+                    return node
+                breaker = self._breakers.get(name)
+                now = time.monotonic()
+                if breaker is not None and breaker.open_until > now:
+                    raise UnavailableError(
+                        f"database {name!r} is unavailable for"
+                        f" {breaker.open_until - now:.0f} s more after"
+                        f" {breaker.failures} failures to open it: {breaker.cause}"
+                    )
+                self._make_room(name)
+            try:
+                db = Database(self.data_dir, name, self.config)
+            except (KilnError, OSError) as exc:
+                self._failed(name, exc)
+                raise
+            with self._lock:
+                self._breakers.pop(name, None)
+                node = self._nodes[name] = _Node(db, time.monotonic())
+                self.opened_total += 1
+            return node
+
+    def _failed(self, name: str, exc: BaseException) -> None:
+        threshold = self.node_config.breaker_threshold
+        with self._lock:
+            breaker = self._breakers.setdefault(name, _Breaker())
+            breaker.failures += 1
+            breaker.cause = str(exc)
+            if breaker.failures >= threshold:
+                breaker.open_until = time.monotonic() + self.node_config.breaker_cooldown
+        log.warning(
+            "opening database %s failed (%d in a row): %s",
+            name,
+            breaker.failures,
+            exc,
+            extra={"database": name},
+        )
+
+    def _make_room(self, name: str) -> None:
+        """At the cap, evict the least recently used idle database (hold the lock)."""
+        cap = self.node_config.max_open_databases
+        if cap is None:
+            return
+        open_nodes = [(n, node) for n, node in self._nodes.items() if not node.db.closed]
+        if len(open_nodes) < cap:
+            return
+        idle = [(node.last_used, n) for n, node in open_nodes if node.idle()]
+        if not idle:
+            raise UnavailableError(
+                f"cannot open database {name!r}: {cap} databases are open and all are busy"
+            )
+        _, victim = min(idle)
+        self._evict_locked(victim)
+
+    # -- eviction and removal --------------------------------------------------------
+
+    def evict_idle(self, now: float | None = None) -> list[str]:
+        """Close every database idle for ``idle_evict_after`` seconds; their names."""
+        after = self.node_config.idle_evict_after
+        if after is None:
+            return []
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            victims = [
+                name
+                for name, node in self._nodes.items()
+                if node.idle() and now - node.last_used >= after and not node.db.closed
+            ]
+            for name in victims:
+                self._evict_locked(name)
+        return victims
+
+    def _evict_locked(self, name: str) -> None:
+        node = self._nodes.pop(name)
+        try:
+            node.db.close()  # flushes: everything written is durable
+        except KilnError as exc:
+            log.warning("closing idle database %s failed: %s", name, exc)
+        self.evicted_total += 1
+        log.info("database %s closed after being idle", name, extra={"database": name})
+
+    def _check_idle(self) -> None:
+        interval = self.node_config.idle_check_interval
+        while not self._stop.wait(interval):
+            try:
+                self.evict_idle()
+            except Exception:
+                log.exception("idle eviction failed")
+
+    def remove(self, name: str, delete: bool = False) -> dict[str, Any]:
+        """Close and forget ``name``; with ``delete`` also remove its files.
+
+        Requests for it meanwhile fail with ``unavailable``; a later request opens (and
+        after ``delete`` creates) it anew. Raises NotFoundError if it does not exist.
+        """
+        validate_database_name(name)
+        path = self.data_dir / name
+        with self._lock:
+            if name in self._removing:
+                raise UnavailableError(f"database {name!r} is being removed")
+            node = self._nodes.get(name)
+            if node is None and not path.is_dir():
+                raise NotFoundError(f"database {name!r} does not exist")
+            self._removing.add(name)
+        try:
+            with self._opening:
+                with self._lock:
+                    if name in self._nodes:
+                        self._evict_locked(name)
+                        self.evicted_total -= 1  # removed, not evicted for idleness
+                    self._breakers.pop(name, None)
+                if delete and path.is_dir():
+                    shutil.rmtree(path)
+        finally:
+            with self._lock:
+                self._removing.discard(name)
+        log.info("database %s removed%s", name, " and deleted" if delete else "")
+        return {"database": name, "deleted": delete}
+
+    def close(self) -> None:
+        """Flush and close every open database; stop the idle checker."""
+        self._stop.set()
+        with self._lock:
+            self._closed = True
+            nodes, self._nodes = list(self._nodes.values()), {}
+        for node in nodes:
+            node.db.close()
+        if self._checker is not None and self._checker is not threading.current_thread():
+            self._checker.join(5)
+
+    close_all = close
+
+    # -- observability ---------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """Open, evicted and failing databases."""
+        now = time.monotonic()
+        with self._lock:
+            open_nodes = {
+                name: {
+                    "active_requests": node.active,
+                    "subscribers": node.db.subscriber_count,
+                    "idle_seconds": round(now - node.last_used, 3),
+                }
+                for name, node in sorted(self._nodes.items())
+                if not node.db.closed
+            }
+            failing = {
+                name: {
+                    "failures": breaker.failures,
+                    "cause": breaker.cause,
+                    "retry_in_seconds": round(max(0.0, breaker.open_until - now), 3),
+                }
+                for name, breaker in sorted(self._breakers.items())
+            }
+            return {
+                "open": open_nodes,
+                "open_count": len(open_nodes),
+                "opened_total": self.opened_total,
+                "evicted_total": self.evicted_total,
+                "failing": failing,
+                "max_open_databases": self.node_config.max_open_databases,
+                "idle_evict_after": self.node_config.idle_evict_after,
+            }

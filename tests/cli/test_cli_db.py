@@ -1,0 +1,52 @@
+"""``kiln db list`` and ``kiln db remove``, on a data directory and through a server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import kilndb
+from kilndb.server.sockets import Server
+from tests.cli.runner import assert_one_error_line, json_lines, kiln
+
+
+def _make(data: Path, *names: str) -> None:
+    for name in names:
+        with kilndb.open(data, name) as db:
+            db.store("s").write("k", name)
+
+
+def test_list_and_remove_on_a_data_directory(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    _make(data, "a", "b")
+    listed = kiln(data, "db", "list")
+    assert [row["database"] for row in json_lines(listed.stdout)[0]] == ["a", "b"]
+    refused = kiln(data, "db", "remove", "a", "--delete", input="n\n")
+    assert refused.exit_code == 1 and (data / "a").is_dir()  # the user said no
+    assert_one_error_line(kiln(data, "db", "remove", "a"), 1, "--delete")
+    removed = kiln(data, "db", "remove", "a", "--delete", "--yes")
+    assert removed.exit_code == 0, removed.stderr
+    assert json_lines(removed.stdout) == [{"database": "a", "deleted": True}]
+    assert not (data / "a").exists() and (data / "b").is_dir()
+    assert_one_error_line(kiln(data, "db", "remove", "a", "--delete", "--yes"), 1, "no database")
+
+
+def test_remove_refuses_a_database_in_use(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    with kilndb.open(data, "busy"):
+        result = kiln(data, "db", "remove", "busy", "--delete", "--yes")
+        assert_one_error_line(result, 1, "already open")
+    assert (data / "busy").is_dir()
+
+
+def test_list_and_remove_through_a_server(tmp_path: Path) -> None:
+    data = tmp_path / "served"
+    with Server(data=data, port=0) as server:
+        with kilndb.connect(server.url, "t1") as db:
+            db.store("s").write("k", 1)
+        url = ("--url", server.url)
+        listed = json_lines(kiln(tmp_path, *url, "db", "list").stdout)[0]
+        assert [row["database"] for row in listed] == ["t1"]
+        removed = kiln(tmp_path, *url, "db", "remove", "t1", "--delete", "--yes")
+        assert removed.exit_code == 0, removed.stderr
+        assert not (data / "t1").exists()
+        assert json_lines(kiln(tmp_path, *url, "db", "list").stdout)[0] == []
