@@ -21,6 +21,7 @@ def test_all_lists_exactly_the_public_names() -> None:
         "protocol",
         "server",
         "client",
+        "streams",
     }
     assert set(kilndb.__all__) - {"__version__"} == public - modules
     for name in kilndb.__all__:

@@ -36,6 +36,7 @@ from kilndb.errors import (
     UnknownOpError,
 )
 from kilndb.model import Fact, Write
+from kilndb.streams import Entry, Record
 
 __version__ = "0.1.0"
 
@@ -51,6 +52,7 @@ __all__ = [
     "DatabaseConfig",
     "DatabaseLockedError",
     "DiskFullError",
+    "Entry",
     "Fact",
     "FrameTooLargeError",
     "InvalidArgumentError",
@@ -61,6 +63,7 @@ __all__ = [
     "PermissionDeniedError",
     "ProtocolError",
     "ReadOnlyReplicaError",
+    "Record",
     "RemoteDatabase",
     "ReplicationTimeoutError",
     "StorageError",

@@ -172,3 +172,58 @@ def test_a_removed_database_reopens_on_demand_and_close_refuses_more(harness: Ha
     harness.databases.close()
     reply = harness.call({"op": "read", "store": "s", "key": "k"})
     assert reply["error_code"] == "unavailable"
+
+
+def test_stream_ops_on_the_wire(harness: Harness) -> None:
+    produced = harness.call(
+        {
+            "op": "produce",
+            "space": "orders",
+            "segment": "o-1",
+            "records": [{"payload_base64": "AP8="}, {"payload": {"a": 1}, "metadata": {"m": "x"}}],
+            "expected_seq": 0,
+        }
+    )
+    assert [e["sequence"] for e in produced["entries"]] == [1, 2]
+    assert produced["entries"][0]["payload_base64"] == "AP8="
+    consumed = harness.call({"op": "consume", "space": "orders", "segment": "o-1", "min_seq": 2})
+    assert consumed["entries"][0]["payload"] == {"a": 1}
+    assert consumed["entries"][0]["metadata"] == {"m": "x"}
+    peek = harness.call({"op": "peek", "space": "orders", "segment": "o-1"})
+    assert peek["entry"]["sequence"] == 2
+    status = harness.call({"op": "segment_status", "space": "orders", "segment": "o-1"})
+    assert status["status"]["last_sequence"] == 2
+    assert harness.call({"op": "spaces"})["spaces"] == ["orders"]
+    assert harness.call({"op": "segments", "space": "orders"})["segments"] == ["o-1"]
+    assert len(harness.call({"op": "space_consume", "space": "orders"})["entries"]) == 2
+    conflict = harness.call(
+        {
+            "op": "produce",
+            "space": "orders",
+            "segment": "o-1",
+            "records": [{"payload": 1}],
+            "expected_seq": 0,
+        }
+    )
+    assert conflict["error_code"] == "conflict" and "expected sequence 0" in conflict["error"]
+
+
+@pytest.mark.parametrize(
+    ("message", "fragment"),
+    [
+        ({"op": "produce", "space": "s", "segment": "g"}, "records"),
+        ({"op": "produce", "space": "s", "segment": "g", "records": [1]}, "records[0]"),
+        ({"op": "produce", "space": "s", "segment": "g", "records": [{}]}, "payload"),
+        (
+            {"op": "produce", "space": "s", "segment": "g", "records": [{"payload_base64": "@@"}]},
+            "base64",
+        ),
+        ({"op": "consume", "space": "s"}, "segment"),
+        ({"op": "consume", "space": "s", "segment": "g", "limit": -1}, "limit"),
+        ({"op": "subscribe_status", "segment": "g"}, "space"),
+    ],
+)
+def test_bad_stream_requests(harness: Harness, message: dict[str, Any], fragment: str) -> None:
+    reply = harness.call(message)
+    assert reply["ok"] is False and reply["error_code"] == "bad_request", reply
+    assert fragment in reply["error"]

@@ -26,6 +26,7 @@ from kilndb.cli.errors import translate
 from kilndb.cli.facts import delete, get, history, keys, put, replay
 from kilndb.cli.output import LogLines
 from kilndb.cli.serve import serve
+from kilndb.cli.stream import stream
 from kilndb.cli.tail import tail
 from kilndb.config import SyncMode
 
@@ -152,6 +153,7 @@ for _command in (
     serve,
     status,
     db,
+    stream,
 ):
     cli.add_command(_command)
 

@@ -25,7 +25,7 @@ from kilndb.client import RemoteDatabase
 from kilndb.engine import Database
 from kilndb.model import Fact
 
-__all__ = ["follow", "tail"]
+__all__ = ["follow", "stop_on_signals", "tail"]
 
 #: How often a blocked wait wakes up to look at the stop event.
 POLL_SECONDS = 0.25
@@ -59,7 +59,7 @@ def follow(
 
 
 @contextmanager
-def _stop_on_signals() -> Iterator[None]:
+def stop_on_signals() -> Iterator[None]:
     """Let Ctrl-C (SIGINT) and SIGTERM end the follow as a KeyboardInterrupt.
 
     SIGINT gets Python's default handler even if the process started with it ignored (as
@@ -94,7 +94,7 @@ def tail(settings: CliSettings, after: int | None, stores: tuple[str, ...]) -> N
     """Follow the changefeed: print each fact as it commits, until Ctrl-C."""
     out = JsonLines(flush_each=True)
     try:
-        with _stop_on_signals(), open_database(settings) as db:
+        with stop_on_signals(), open_database(settings) as db:
             start = db.stats()["last_position"] if after is None else after
             follow(db, out.fact, after=start, stores=list(stores) or None)
     except KeyboardInterrupt:

@@ -8,18 +8,16 @@ errors, so code and tests written against one run against the other.
 
 from __future__ import annotations
 
-import contextlib
-import threading
-from collections import deque
 from collections.abc import Iterable, Iterator
 from types import TracebackType
 from typing import Any
 
+from kilndb.client.pushed import PushedStream
+from kilndb.client.streams import RemoteSpace, RemoteStatusSubscription
 from kilndb.client.transport import Connection
 from kilndb.engine.writes import prepare_write
 from kilndb.errors import (
     ClosedError,
-    ConnectionLostError,
     InvalidArgumentError,
     KilnError,
     error_from_wire,
@@ -172,6 +170,23 @@ class RemoteDatabase:
             found = self._stores.setdefault(name, RemoteStore(self, validate_store_name(name)))
         return found
 
+    def space(self, name: str) -> RemoteSpace:
+        """The streams view of store ``name``; as :meth:`Database.space`."""
+        return RemoteSpace(self._call, name, self._status_subscription)
+
+    def spaces(self) -> list[str]:
+        spaces: list[str] = self._call("spaces")["spaces"]
+        return spaces
+
+    def _status_subscription(
+        self, space: str, segment: str, heartbeat: float
+    ) -> RemoteStatusSubscription:
+        if self._closed:
+            raise ClosedError(f"connection to {self.url} is closed")
+        return RemoteStatusSubscription(
+            self.url, self.name, space, segment, heartbeat, self.timeout
+        )
+
     def stores(self) -> list[str]:
         names: list[str] = self._call("stores")["stores"]
         return names
@@ -270,18 +285,13 @@ def _page(limit: int | None) -> int:
     return REPLAY_PAGE if limit is None else min(limit, REPLAY_PAGE)
 
 
-class RemoteSubscription:
+class RemoteSubscription(PushedStream[Fact]):
     """A changefeed on its own connection: catch-up from ``after``, then live.
 
-    If the connection breaks, the subscription reconnects by itself (backoff from
-    ``RECONNECT_MIN`` to ``RECONNECT_MAX`` seconds) and resumes after the last fact it
-    received, so that across reconnects no fact is missed and none is delivered twice.
-    A server error (a cursor compacted away, say) ends it; iteration then stops and
-    :attr:`error` says why.
+    After a reconnect it resumes after the last fact it received, so that across
+    reconnects no fact is missed and none is delivered twice. A server error (a cursor
+    compacted away, say) ends it.
     """
-
-    RECONNECT_MIN = 0.05
-    RECONNECT_MAX = 5.0
 
     def __init__(
         self,
@@ -291,122 +301,26 @@ class RemoteSubscription:
         after: int,
         timeout: float | None,
     ) -> None:
-        self.url = url
         self.position = after
-        self._database = database
         self._stores = stores
-        self._timeout = timeout
         #: Position of the last fact received (delivered or still buffered).
         self._received = after
-        self._buffer: deque[Fact] = deque()
-        self._cond = threading.Condition()
-        self._closed = False
-        self.error: KilnError | None = None
-        #: How many times the subscription had to reconnect.
-        self.reconnects = 0
-        self._conn: Connection | None = self._connect()  # errors here are the caller's
-        self._thread = threading.Thread(target=self._run, name="kilndb-remote-sub", daemon=True)
-        self._thread.start()
+        super().__init__(url, database, timeout)
 
-    def _connect(self) -> Connection:
-        conn = Connection(self.url, timeout=self._timeout)
-        try:
-            conn.call("hello", database=self._database)
-            conn.call("subscribe", stores=self._stores, after=self._received)
-        except BaseException:
-            conn.close()
-            raise
-        conn.set_timeout(None)  # facts may be far apart: wait for them indefinitely
-        return conn
+    def _subscribe(self, conn: Connection) -> None:
+        conn.call("subscribe", stores=self._stores, after=self._received)
 
-    def _run(self) -> None:
-        delay = self.RECONNECT_MIN
-        while not self._closed:
-            try:
-                if self._conn is None:
-                    self._conn = self._connect()
-                    self.reconnects += 1
-                    delay = self.RECONNECT_MIN
-                if self._pump(self._conn):
-                    return  # our close was answered
-            except ConnectionLostError:
-                conn, self._conn = self._conn, None
-                if conn is not None:
-                    conn.abandon()
-                with self._cond:
-                    if self._closed:
-                        return
-                    self._cond.wait(delay)
-                delay = min(delay * 2, self.RECONNECT_MAX)
-            except KilnError as exc:
-                with self._cond:
-                    if not self._closed:
-                        self.error = exc
-                    self._cond.notify_all()
-                return
-
-    def _pump(self, conn: Connection) -> bool:
-        """Read pushed facts until the connection breaks (raises) or close is answered."""
-        while True:
-            message = conn.receive()
-            if message.get("event") == "fact_written":
-                fact = fact_from_dict(message["fact"])
-                with self._cond:
-                    if fact.position > self._received:
-                        self._received = fact.position
-                        self._buffer.append(fact)
-                        self._cond.notify_all()
-            elif message.get("ok") is False:
-                raise error_from_wire(message)
-            elif message.get("ok"):
-                return True
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    def get(self, timeout: float | None = None) -> Fact | None:
-        """The next fact, or None if none arrived within ``timeout`` or it ended."""
-        with self._cond:
-            if not self._buffer and not self._closed and self.error is None:
-                self._cond.wait(timeout)
-            if self._buffer and not self._closed:
-                fact = self._buffer.popleft()
-                self.position = fact.position
-                return fact
+    def _accept(self, message: dict[str, Any]) -> Fact | None:
+        if message.get("event") != "fact_written":
             return None
+        fact = fact_from_dict(message["fact"])
+        if fact.position <= self._received:
+            return None
+        self._received = fact.position
+        return fact
 
-    def __iter__(self) -> Iterator[Fact]:
-        return self
-
-    def __next__(self) -> Fact:
-        while True:
-            fact = self.get(timeout=1.0)
-            if fact is not None:
-                return fact
-            if self._closed or self.error is not None:
-                raise StopIteration
-
-    def close(self) -> None:
-        """End the subscription and its connection (FIN, after the server's ``ok``)."""
-        with self._cond:
-            if self._closed:
-                return
-            self._closed = True
-            self._cond.notify_all()
-        conn = self._conn
-        if conn is not None:
-            with contextlib.suppress(ConnectionLostError):
-                conn.send({"op": "close"})
-        self._thread.join(5)
-        if conn is not None:
-            conn.abandon()
-
-    def __enter__(self) -> RemoteSubscription:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def _delivered(self, item: Fact) -> None:
+        self.position = item.position
 
 
 def connect(url: str, database: str = "default", *, timeout: float | None = 30.0) -> RemoteDatabase:

@@ -1,6 +1,7 @@
-"""The engine: facts, history, time travel, batches, replay and the changefeed."""
+"""The engine: facts, history, time travel, batches, replay, the changefeed, streams."""
 
 from kilndb.engine.changefeed import Subscription
 from kilndb.engine.database import Database, Store
+from kilndb.engine.streams import Segment, Space, StatusSubscription
 
-__all__ = ["Database", "Store", "Subscription"]
+__all__ = ["Database", "Segment", "Space", "StatusSubscription", "Store", "Subscription"]

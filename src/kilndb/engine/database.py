@@ -20,6 +20,7 @@ import orjson
 
 from kilndb.config import DatabaseConfig
 from kilndb.engine.changefeed import Subscription
+from kilndb.engine.streams import Space
 from kilndb.engine.writes import PreparedWrite, prepare_write
 from kilndb.errors import (
     ConflictError,
@@ -204,6 +205,28 @@ class Database:
         if found is None:
             found = self._stores.setdefault(name, Store(self, validate_store_name(name)))
         return found
+
+    def space(self, name: str) -> Space:
+        """The streams view of store ``name``: ordered segments (keys) of entries (facts)."""
+        return Space(self, name)
+
+    def spaces(self) -> list[str]:
+        """The spaces (stores) that hold entries, sorted."""
+        return self.stores()
+
+    def _visible_position(self) -> int:
+        return self._log.visible
+
+    def _segment_bounds(self, store: str, key: str) -> tuple[Fact | None, Fact | None]:
+        """The first and the last retained fact of a key (None, None if it has none)."""
+        log = self._log
+        log.check_open()
+        positions = log.keydir.positions(store, key)
+        if not positions:
+            return None, None
+        ends = [positions[0]] if len(positions) == 1 else [positions[0], positions[-1]]
+        facts = [fact_from_dict(_loads(body)) for body in log.read_bodies(ends)]
+        return (facts[0], facts[-1]) if facts else (None, None)
 
     def stores(self) -> list[str]:
         """Names of the stores that hold retained facts, sorted."""

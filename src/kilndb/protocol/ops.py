@@ -222,6 +222,58 @@ def _set_retention(body: dict[str, Any]) -> Params:
     }
 
 
+def _segment_of(body: dict[str, Any]) -> Params:
+    return {
+        "space": _field(body, "space", "str", required=True),
+        "segment": _field(body, "segment", "str", required=True),
+    }
+
+
+def _produce(body: dict[str, Any]) -> Params:
+    records = _field(body, "records", "list", required=True)
+    for index, record in enumerate(records):
+        if not isinstance(record, dict):
+            raise InvalidArgumentError(f"records[{index}] must be an object")
+    return {
+        **_segment_of(body),
+        "records": records,
+        "expected_seq": _field(body, "expected_seq", "count"),
+    }
+
+
+def _consume(body: dict[str, Any]) -> Params:
+    min_seq = _field(body, "min_seq", "count")
+    return {
+        **_segment_of(body),
+        "min_seq": 1 if min_seq is None else min_seq,
+        "max_seq": _field(body, "max_seq", "count"),
+        "min_ts": _field(body, "min_ts", "number"),
+        "max_ts": _field(body, "max_ts", "number"),
+        "limit": _field(body, "limit", "count"),
+    }
+
+
+def _space_consume(body: dict[str, Any]) -> Params:
+    after = _field(body, "after", "count")
+    return {
+        "space": _field(body, "space", "str", required=True),
+        "after": 0 if after is None else after,
+        "min_ts": _field(body, "min_ts", "number"),
+        "max_ts": _field(body, "max_ts", "number"),
+        "limit": _field(body, "limit", "count"),
+    }
+
+
+def _subscribe_status(body: dict[str, Any]) -> Params:
+    segment = _field(body, "segment", "str")
+    heartbeat = _field(body, "heartbeat", "number")
+    return {
+        "space": _field(body, "space", "str", required=True),
+        "segment": "*" if segment is None else segment,
+        "heartbeat": 30.0 if heartbeat is None else heartbeat,
+    }
+
+
 def _remove_database(body: dict[str, Any]) -> Params:
     delete = body.get("delete", False)
     if type(delete) is not bool:
@@ -252,6 +304,15 @@ OPS: dict[str, Callable[[dict[str, Any]], Params]] = {
     "retention": lambda body: {"store": _field(body, "store", "str", required=True)},
     "sync": _none,
     "remove_database": _remove_database,
+    # Streams: spaces (stores) of ordered segments (keys).
+    "produce": _produce,
+    "consume": _consume,
+    "peek": _segment_of,
+    "segment_status": _segment_of,
+    "space_consume": _space_consume,
+    "spaces": _none,
+    "segments": lambda body: {"space": _field(body, "space", "str", required=True)},
+    "subscribe_status": _subscribe_status,
 }
 
 

@@ -24,11 +24,12 @@ from kilndb.model import Fact, Write
 from kilndb.protocol import Request
 from kilndb.protocol.ops import WRITE_OPTIONS
 from kilndb.server.nodes import NodeManager
+from kilndb.streams import entry_to_wire, record_from_wire
 
 __all__ = ["CONNECTION_OPS", "Dispatcher"]
 
 #: Ops the transport answers itself.
-CONNECTION_OPS = frozenset({"hello", "subscribe", "server_status", "close"})
+CONNECTION_OPS = frozenset({"hello", "subscribe", "subscribe_status", "server_status", "close"})
 
 Handler = Callable[[Database, dict[str, Any]], dict[str, Any]]
 
@@ -120,6 +121,40 @@ def _sync(db: Database, params: dict[str, Any]) -> dict[str, Any]:
     return {}
 
 
+def _produce(db: Database, params: dict[str, Any]) -> dict[str, Any]:
+    records = [record_from_wire(record) for record in params["records"]]
+    segment = db.space(params["space"]).segment(params["segment"])
+    entries = segment.produce(records, expected_seq=params["expected_seq"])
+    return {"entries": [entry_to_wire(entry) for entry in entries]}
+
+
+def _consume(db: Database, params: dict[str, Any]) -> dict[str, Any]:
+    entries = (
+        db.space(params["space"])
+        .segment(params["segment"])
+        .consume(
+            params["min_seq"],
+            params["max_seq"],
+            params["min_ts"],
+            params["max_ts"],
+            params["limit"],
+        )
+    )
+    return {"entries": [entry_to_wire(entry) for entry in entries]}
+
+
+def _peek(db: Database, params: dict[str, Any]) -> dict[str, Any]:
+    entry = db.space(params["space"]).segment(params["segment"]).peek()
+    return {"entry": None if entry is None else entry_to_wire(entry)}
+
+
+def _space_consume(db: Database, params: dict[str, Any]) -> dict[str, Any]:
+    entries = db.space(params["space"]).consume(
+        params["after"], params["min_ts"], params["max_ts"], params["limit"]
+    )
+    return {"entries": [entry_to_wire(entry) for entry in entries]}
+
+
 _HANDLERS: dict[str, Handler] = {
     "ping": lambda db, params: {"pong": True},  # answered without opening a database
     "write_fact": _write,
@@ -137,6 +172,15 @@ _HANDLERS: dict[str, Handler] = {
     "set_retention": _set_retention,
     "retention": lambda db, params: {"retention": db.retention(params["store"])},
     "sync": _sync,
+    "produce": _produce,
+    "consume": _consume,
+    "peek": _peek,
+    "segment_status": lambda db, params: {
+        "status": db.space(params["space"]).segment(params["segment"]).status()
+    },
+    "space_consume": _space_consume,
+    "spaces": lambda db, params: {"spaces": db.spaces()},
+    "segments": lambda db, params: {"segments": db.space(params["space"]).segments()},
 }
 
 

@@ -49,9 +49,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kilndb.codec import DEFAULT_MAX_FRAME_BYTES
+import orjson
+
+from kilndb.codec import DEFAULT_MAX_FRAME_BYTES, encode_frame
 from kilndb.config import DatabaseConfig
-from kilndb.engine import Subscription
+from kilndb.engine import StatusSubscription, Subscription
 from kilndb.errors import KilnError, SubscriberOverflowError, UnavailableError
 from kilndb.protocol import (
     PROTOCOL_VERSION,
@@ -146,6 +148,8 @@ class _Connection(asyncio.Protocol):
         self.paused = False
         #: The connection's changefeed, once it has subscribed.
         self.feed: Feed | None = None
+        #: Or its segment-status subscription.
+        self.status_feed: StatusSubscription | None = None
         #: Database requests waiting to be applied, in order, with their reply slots.
         self._queued: list[tuple[Request, _Slot]] = []
         #: Bytes of changefeed frames handed to the loop and not written yet.
@@ -177,8 +181,8 @@ class _Connection(asyncio.Protocol):
             self.server.connections.discard(self)
             self.server.counters["closed_connections_total"] += 1
             self.server.event("connection_closed", error=None if exc is None else str(exc))
-        if self.feed is not None:
-            self.server.fanout.detach(self.feed)
+        if self.feed is not None or self.status_feed is not None:
+            self._unsubscribe()
             self.server.event("subscription_closed")
 
     def data_received(self, data: bytes) -> None:
@@ -220,8 +224,7 @@ class _Connection(asyncio.Protocol):
     def drain(self) -> None:
         """Stop taking requests; answer those in flight, then send end-of-file."""
         self.draining = True
-        if self.feed is not None:
-            self.server.fanout.detach(self.feed)
+        self._unsubscribe()
         self._flush()
 
     def _flush(self) -> None:
@@ -262,13 +265,14 @@ class _Connection(asyncio.Protocol):
             return _Slot(self._hello(request))
         if op == "close":
             self.closing = True
-            if self.feed is not None:
-                self.server.fanout.detach(self.feed)
+            self._unsubscribe()
             return _Slot(ServerConnection.reply(request_id))
         if op == "server_status":
             return _Slot(ServerConnection.reply(request_id, **self.server.status()))
         if op == "subscribe":
             return _Slot(self._subscribe(request))
+        if op == "subscribe_status":
+            return _Slot(self._subscribe_status(request))
         # A database request: queued behind this connection's earlier ones.
         slot = _Slot()
         self._queued.append((request, slot))
@@ -472,8 +476,14 @@ class _Connection(asyncio.Protocol):
 
     # -- changefeed ------------------------------------------------------------------
 
-    def _subscribe(self, request: Request) -> bytes:
+    def _unsubscribe(self) -> None:
         if self.feed is not None:
+            self.server.fanout.detach(self.feed)
+        if self.status_feed is not None:
+            self.status_feed.close()
+
+    def _subscribe(self, request: Request) -> bytes:
+        if self.feed is not None or self.status_feed is not None:
             error = KilnError("this connection is already subscribed")
             return ServerConnection.error(error, request.request_id)
         stores = request.params["stores"]
@@ -494,6 +504,43 @@ class _Connection(asyncio.Protocol):
         # Events are pushed through the loop, so they follow this reply.
         return ServerConnection.reply(request.request_id, position=after)
 
+    def _subscribe_status(self, request: Request) -> bytes:
+        if self.feed is not None or self.status_feed is not None:
+            error = KilnError("this connection is already subscribed")
+            return ServerConnection.error(error, request.request_id)
+        params = request.params
+        try:
+            db = self.server.databases.get(request.database or self.database)
+            status = db.space(params["space"]).subscribe_status(
+                params["segment"], params["heartbeat"]
+            )
+        except KilnError as exc:
+            return ServerConnection.error(exc, request.request_id)
+        self.status_feed = status
+        threading.Thread(
+            target=self._pump_status, args=(status,), name="kilndb-status", daemon=True
+        ).start()
+        self.server.counters["subscriptions_total"] += 1
+        self.server.event("subscription_opened", space=status.space, segment=status.segment)
+        return ServerConnection.reply(
+            request.request_id,
+            space=status.space,
+            segment=status.segment,
+            heartbeat=status.heartbeat,
+        )
+
+    def _pump_status(self, status: StatusSubscription) -> None:
+        """Push ``{"event": "segment_status", "type": …, …}`` frames (its own thread)."""
+        try:
+            while not status.closed:
+                message = status.get(timeout=0.5)
+                if message is not None:
+                    frame = encode_frame(orjson.dumps({"event": "segment_status", **message}))
+                    if not self._send(frame, 0):
+                        break
+        finally:
+            status.close()
+
     def _send(self, data: bytes, position: int) -> bool:
         """Queue event frames ending at ``position`` (fan-out thread); False: stop.
 
@@ -511,9 +558,13 @@ class _Connection(asyncio.Protocol):
                 self._unsent += len(data)
         if unsent > limit:
             feed = self.feed
-            assert feed is not None
-            feed.close()
-            self._to_loop(self._overflow, SubscriberOverflowError(feed.position))
+            reached = 0
+            if feed is not None:
+                feed.close()
+                reached = feed.position
+            if self.status_feed is not None:
+                self.status_feed.close()
+            self._to_loop(self._overflow, SubscriberOverflowError(reached))
             return False
         self._to_loop(self._push, data)
         return True
@@ -730,6 +781,8 @@ class Server:
         """Count the facts a successful request wrote or replayed (any transport)."""
         if request.op in ("write", "write_fact"):
             self.count("facts_written")
+        elif request.op == "produce":
+            self.count("facts_written", len(result["entries"]))
         elif request.op == "write_many":
             self.count("facts_written", len(request.params["writes"]))
         elif request.op == "replay":
@@ -762,7 +815,10 @@ class Server:
                 "failing_databases": len(nodes["failing"]),
                 "active_connections": len(self.connections),
                 "subscription_count": sum(
-                    1 for c in self.connections if c.feed is not None and not c.feed.closed
+                    1
+                    for c in self.connections
+                    if (c.feed is not None and not c.feed.closed)
+                    or (c.status_feed is not None and not c.status_feed.closed)
                 ),
             },
         }

@@ -1,0 +1,153 @@
+"""A stream of messages a server pushes on a connection of its own."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections import deque
+from collections.abc import Iterator
+from typing import Any, Generic, Self, TypeVar
+
+from kilndb.client.transport import Connection
+from kilndb.errors import ConnectionLostError, KilnError, error_from_wire
+
+__all__ = ["PushedStream"]
+
+T = TypeVar("T")
+
+
+class PushedStream(Generic[T]):
+    """Messages a server pushes on a connection of their own, read by a thread.
+
+    If the connection breaks, the stream reconnects by itself (backoff from
+    ``RECONNECT_MIN`` to ``RECONNECT_MAX`` seconds) and subscribes again (see
+    :meth:`_subscribe`). A server error ends it; iteration then stops and :attr:`error`
+    says why. Subclasses say how to subscribe and what a pushed message yields.
+    """
+
+    RECONNECT_MIN = 0.05
+    RECONNECT_MAX = 5.0
+
+    def __init__(self, url: str, database: str, timeout: float | None) -> None:
+        self.url = url
+        self._database = database
+        self._timeout = timeout
+        self._buffer: deque[T] = deque()
+        self._cond = threading.Condition()
+        self._closed = False
+        self.error: KilnError | None = None
+        #: How many times the stream had to reconnect.
+        self.reconnects = 0
+        self._conn: Connection | None = self._connect()  # errors here are the caller's
+        self._thread = threading.Thread(target=self._run, name="kilndb-pushed", daemon=True)
+        self._thread.start()
+
+    def _subscribe(self, conn: Connection) -> None:
+        """Send the subscribing request on a fresh connection."""
+        raise NotImplementedError
+
+    def _accept(self, message: dict[str, Any]) -> T | None:
+        """The item a pushed message carries, or None to skip it (reader thread)."""
+        raise NotImplementedError
+
+    def _delivered(self, item: T) -> None:
+        """Called when ``get`` hands ``item`` out."""
+
+    def _connect(self) -> Connection:
+        conn = Connection(self.url, timeout=self._timeout)
+        try:
+            conn.call("hello", database=self._database)
+            self._subscribe(conn)
+        except BaseException:
+            conn.close()
+            raise
+        conn.set_timeout(None)  # pushes may be far apart: wait for them indefinitely
+        return conn
+
+    def _run(self) -> None:
+        delay = self.RECONNECT_MIN
+        while not self._closed:
+            try:
+                if self._conn is None:
+                    self._conn = self._connect()
+                    self.reconnects += 1
+                    delay = self.RECONNECT_MIN
+                if self._pump(self._conn):
+                    return  # our close was answered
+            except ConnectionLostError:
+                conn, self._conn = self._conn, None
+                if conn is not None:
+                    conn.abandon()
+                with self._cond:
+                    if self._closed:
+                        return
+                    self._cond.wait(delay)
+                delay = min(delay * 2, self.RECONNECT_MAX)
+            except KilnError as exc:
+                with self._cond:
+                    if not self._closed:
+                        self.error = exc
+                    self._cond.notify_all()
+                return
+
+    def _pump(self, conn: Connection) -> bool:
+        """Read pushed messages until the connection breaks (raises) or close is answered."""
+        while True:
+            message = conn.receive()
+            if "event" in message:
+                item = self._accept(message)
+                if item is not None:
+                    with self._cond:
+                        self._buffer.append(item)
+                        self._cond.notify_all()
+            elif message.get("ok") is False:
+                raise error_from_wire(message)
+            elif message.get("ok"):
+                return True
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def get(self, timeout: float | None = None) -> T | None:
+        """The next item, or None if none arrived within ``timeout`` or it ended."""
+        with self._cond:
+            if not self._buffer and not self._closed and self.error is None:
+                self._cond.wait(timeout)
+            if self._buffer and not self._closed:
+                item = self._buffer.popleft()
+                self._delivered(item)
+                return item
+            return None
+
+    def __iter__(self) -> Iterator[T]:
+        return self
+
+    def __next__(self) -> T:
+        while True:
+            item = self.get(timeout=1.0)
+            if item is not None:
+                return item
+            if self._closed or self.error is not None:
+                raise StopIteration
+
+    def close(self) -> None:
+        """End the stream and its connection (FIN, after the server's ``ok``)."""
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = True
+            self._cond.notify_all()
+        conn = self._conn
+        if conn is not None:
+            with contextlib.suppress(ConnectionLostError):
+                conn.send({"op": "close"})
+        self._thread.join(5)
+        if conn is not None:
+            conn.abandon()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

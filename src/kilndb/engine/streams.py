@@ -1,0 +1,228 @@
+"""Spaces and segments: the streams view of a :class:`~kilndb.engine.Database`.
+
+``db.space("orders").segment("o-1")`` reads and writes the facts of key ``o-1`` in store
+``orders`` as an ordered segment of entries (see :mod:`kilndb.streams`). Producing is an
+atomic ``write_many`` (one transaction time for the batch), so the entries of a batch
+get consecutive sequences, and ``expected_seq`` is the segment's last sequence before the
+batch (0: the segment must be empty), checked under the database's write lock — of two
+producers racing for the same sequence exactly one wins.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from kilndb.errors import ConflictError, InvalidArgumentError
+from kilndb.model import Fact, validate_key, validate_store_name
+from kilndb.streams import (
+    Entry,
+    check_time,
+    clamp_heartbeat,
+    clamp_limit,
+    entry_from_fact,
+    record_write,
+    status_of,
+)
+
+if TYPE_CHECKING:
+    from kilndb.engine.changefeed import Subscription
+    from kilndb.engine.database import Database
+
+__all__ = ["Segment", "Space", "StatusSubscription"]
+
+
+def _in_time(entry: Entry, min_ts: float | None, max_ts: float | None) -> bool:
+    return (min_ts is None or entry.timestamp >= min_ts) and (
+        max_ts is None or entry.timestamp <= max_ts
+    )
+
+
+class Segment:
+    """An ordered segment (a key) of a space. Get one with ``space.segment(name)``."""
+
+    __slots__ = ("_db", "name", "space")
+
+    def __init__(self, db: Database, space: str, name: str) -> None:
+        self._db = db
+        self.space = space
+        self.name = validate_key(name)
+
+    def __repr__(self) -> str:
+        return f"<Segment {self.space!r}/{self.name!r}>"
+
+    def produce(self, records: Iterable[Any], expected_seq: int | None = None) -> list[Entry]:
+        """Append records atomically; return their entries.
+
+        ``expected_seq``: the segment's last sequence before this batch must be this (0:
+        the segment must be empty), else ConflictError saying expected and actual.
+        """
+        writes = [record_write(self.space, self.name, record) for record in records]
+        if not writes:
+            return []
+        if expected_seq is not None:
+            if type(expected_seq) is not int or expected_seq < 0:
+                raise InvalidArgumentError("expected_seq must be a non-negative integer or None")
+            writes[0] = writes[0]._replace(expected_seq=expected_seq)
+        try:
+            facts = self._db.write_many(writes)
+        except ConflictError as exc:
+            raise ConflictError(
+                self.space,
+                self.name,
+                exc.expected,
+                exc.actual,
+                f"segment {self.space}/{self.name}: expected sequence {exc.expected},"
+                f" actual sequence {exc.actual}",
+            ) from None
+        return [entry_from_fact(fact) for fact in facts]
+
+    def consume(
+        self,
+        min_seq: int = 1,
+        max_seq: int | None = None,
+        min_ts: float | None = None,
+        max_ts: float | None = None,
+        limit: int | None = None,
+    ) -> list[Entry]:
+        """Entries with ``min_seq <= sequence <= max_seq`` and timestamps in
+        ``[min_ts, max_ts]``, in sequence order; at most ``limit`` (clamped to 10,000,000)."""
+        low, high = check_time("min_ts", min_ts), check_time("max_ts", max_ts)
+        wanted = clamp_limit(limit)
+        store = self._db.store(self.space)
+        filtered = low is not None or high is not None
+        facts = store.history(
+            self.name, since_seq=min_seq, until_seq=max_seq, limit=None if filtered else wanted
+        )
+        entries = (entry_from_fact(fact) for fact in facts)
+        if filtered:
+            entries = (entry for entry in entries if _in_time(entry, low, high))
+        return [entry for entry, _ in zip(entries, range(wanted), strict=False)]
+
+    def peek(self) -> Entry | None:
+        """The last entry, or None for an empty segment."""
+        _, last = self._db._segment_bounds(self.space, self.name)
+        return None if last is None else entry_from_fact(last)
+
+    def status(self) -> dict[str, Any]:
+        """``space, segment, first_sequence, first_timestamp, last_sequence,
+        last_timestamp`` (None for an empty segment)."""
+        first, last = self._db._segment_bounds(self.space, self.name)
+        return status_of(self.space, self.name, first, last)
+
+
+class Space:
+    """A space (a store) seen as a set of ordered segments. Get one with ``db.space()``."""
+
+    __slots__ = ("_db", "name")
+
+    def __init__(self, db: Database, name: str) -> None:
+        self._db = db
+        self.name = validate_store_name(name)
+
+    def __repr__(self) -> str:
+        return f"<Space {self.name!r}>"
+
+    def segment(self, name: str) -> Segment:
+        return Segment(self._db, self.name, name)
+
+    def segments(self) -> list[str]:
+        """The segments that hold entries, sorted."""
+        return self._db.store(self.name).keys()
+
+    def consume(
+        self,
+        after: int = 0,
+        min_ts: float | None = None,
+        max_ts: float | None = None,
+        limit: int | None = None,
+    ) -> list[Entry]:
+        """Every entry of the space with position > ``after``, in commit order."""
+        low, high = check_time("min_ts", min_ts), check_time("max_ts", max_ts)
+        wanted = clamp_limit(limit)
+        entries = (entry_from_fact(f) for f in self._db.replay(after, stores=[self.name]))
+        chosen = (entry for entry in entries if _in_time(entry, low, high))
+        return [entry for entry, _ in zip(chosen, range(wanted), strict=False)]
+
+    def subscribe_status(self, segment: str = "*", heartbeat: float = 30) -> StatusSubscription:
+        """The status of ``segment`` (``"*"``: every segment) now, then one notification
+        per change and a heartbeat after ``heartbeat`` quiet seconds (clamped to 1 to 300)."""
+        return StatusSubscription(self._db, self.name, segment, clamp_heartbeat(heartbeat))
+
+
+class StatusSubscription:
+    """Messages about a space's segments: ``{"type": "status", **status}`` for each
+    segment at the start, ``{"type": "change", **status}`` after each produce, and
+    ``{"type": "heartbeat", "at": t}`` when nothing happened for ``heartbeat`` seconds.
+
+    An iterator (blocking) and a context manager; :meth:`get` waits at most ``timeout``.
+    """
+
+    def __init__(self, db: Database, space: str, segment: str, heartbeat: float) -> None:
+        if segment != "*":
+            validate_key(segment)
+        self._db = db
+        self.space = space
+        self.segment = segment
+        self.heartbeat = heartbeat
+        # Follow first, then take the snapshot: no change can fall between the two.
+        self._changes: Subscription = db.subscribe([space], after=db._visible_position())
+        names = db.store(space).keys() if segment == "*" else [segment]
+        self._pending: deque[dict[str, Any]] = deque(
+            {"type": "status", **Segment(db, space, name).status()} for name in names
+        )
+        self._quiet_since = time.monotonic()
+
+    @property
+    def closed(self) -> bool:
+        return self._changes.closed
+
+    def get(self, timeout: float | None = None) -> dict[str, Any] | None:
+        """The next message; None if ``timeout`` passed first or the subscription closed."""
+        if self._pending:
+            return self._pending.popleft()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.closed:
+            beat_at = self._quiet_since + self.heartbeat
+            now = time.monotonic()
+            if now >= beat_at:
+                self._quiet_since = now
+                return {"type": "heartbeat", "at": time.time()}
+            wait = beat_at - now if deadline is None else min(beat_at, deadline) - now
+            if wait <= 0:
+                return None
+            fact = self._changes.get(timeout=wait)
+            if fact is not None and (self.segment in ("*", fact.key)):
+                self._quiet_since = time.monotonic()
+                return {"type": "change", **self._status(fact)}
+        return None
+
+    def _status(self, fact: Fact) -> dict[str, Any]:
+        first, _ = self._db._segment_bounds(self.space, fact.key)
+        return status_of(self.space, fact.key, first, fact)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return self
+
+    def __next__(self) -> dict[str, Any]:
+        message = self.get()
+        if message is None:
+            raise StopIteration
+        return message
+
+    def close(self) -> None:
+        self._changes.close()
+
+    def __enter__(self) -> StatusSubscription:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -1,0 +1,202 @@
+"""The streams view: ordered segments over the fact log (streamkit's model), no I/O.
+
+A *space* is a store, a *segment* is a key and an *entry* is a fact: an entry's
+``sequence`` is the fact's ``seq`` and its ``timestamp`` the fact's transaction time, so
+producing to a segment is writing facts for its key and consuming it is reading the
+key's history. There is no second copy of the data.
+
+A :class:`Record` payload is JSON or ``bytes``. Bytes are kept byte-exact: the fact's
+value is their base64 text and its metadata carries ``kiln.payload = "base64"``, which
+the entry hides again. Metadata keys starting with ``kiln.`` are reserved.
+
+On the wire an entry is ``{"space", "segment", "sequence", "timestamp", "position",
+"id", "metadata"}`` plus ``"payload"`` (JSON) or ``"payload_base64"`` (bytes).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from kilndb.errors import InvalidArgumentError
+from kilndb.model import Fact, Write
+
+__all__ = [
+    "MAX_CONSUME",
+    "Entry",
+    "Record",
+    "clamp_heartbeat",
+    "clamp_limit",
+    "entry_from_fact",
+    "entry_from_wire",
+    "entry_to_wire",
+    "record_from_wire",
+    "record_to_wire",
+    "record_write",
+    "status_of",
+]
+
+#: Consume limits are clamped to this many entries.
+MAX_CONSUME = 10_000_000
+#: Metadata key marking a bytes payload, and the prefix reserved for KilnDB.
+PAYLOAD_KEY = "kiln.payload"
+RESERVED_PREFIX = "kiln."
+
+
+class Record(NamedTuple):
+    """What a producer appends to a segment: a payload (``bytes`` or JSON) and metadata."""
+
+    payload: Any
+    metadata: dict[str, str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One entry of a segment: a fact seen through the streams view."""
+
+    space: str
+    segment: str
+    sequence: int
+    timestamp: float
+    payload: Any
+    metadata: dict[str, str] = field(default_factory=dict)
+    position: int = 0
+    id: str = ""
+
+
+def record_write(space: str, segment: str, record: object) -> Write:
+    """The fact write of one record (checked: a Record, no reserved metadata)."""
+    if not isinstance(record, Record):
+        raise InvalidArgumentError(
+            f"produce takes kilndb.Record objects, not {type(record).__name__}"
+        )
+    payload, metadata = record
+    if metadata is not None:
+        if not isinstance(metadata, dict):
+            raise InvalidArgumentError("metadata must be a dict of strings to strings")
+        if any(isinstance(k, str) and k.startswith(RESERVED_PREFIX) for k in metadata):
+            raise InvalidArgumentError(
+                f"metadata keys starting with {RESERVED_PREFIX!r} are reserved"
+            )
+    if isinstance(payload, bytes | bytearray | memoryview):
+        meta = {**(metadata or {}), PAYLOAD_KEY: "base64"}
+        return Write(space, segment, base64.b64encode(bytes(payload)).decode(), metadata=meta)
+    return Write(space, segment, payload, metadata=metadata)
+
+
+def entry_from_fact(fact: Fact) -> Entry:
+    """The entry a fact is; a bytes payload is decoded back to the exact bytes."""
+    metadata = fact.metadata
+    payload = fact.value
+    if metadata.get(PAYLOAD_KEY) == "base64":
+        metadata = {k: v for k, v in metadata.items() if k != PAYLOAD_KEY}
+        payload = base64.b64decode(payload)
+    return Entry(
+        fact.store,
+        fact.key,
+        fact.seq,
+        fact.transaction_time,
+        payload,
+        metadata,
+        fact.position,
+        fact.id,
+    )
+
+
+def status_of(space: str, segment: str, first: Fact | None, last: Fact | None) -> dict[str, Any]:
+    """A segment's status from its first and last retained facts."""
+    return {
+        "space": space,
+        "segment": segment,
+        "first_sequence": None if first is None else first.seq,
+        "first_timestamp": None if first is None else first.transaction_time,
+        "last_sequence": None if last is None else last.seq,
+        "last_timestamp": None if last is None else last.transaction_time,
+    }
+
+
+def clamp_limit(limit: object) -> int:
+    """A consume limit: a non-negative integer, at most :data:`MAX_CONSUME` (None: that)."""
+    if limit is None:
+        return MAX_CONSUME
+    if type(limit) is not int or limit < 0:
+        raise InvalidArgumentError("limit must be a non-negative integer or None")
+    return min(limit, MAX_CONSUME)
+
+
+def clamp_heartbeat(seconds: object) -> float:
+    """A status-subscription heartbeat interval, clamped to 1 to 300 seconds."""
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+        raise InvalidArgumentError("heartbeat must be a number of seconds")
+    return float(min(max(seconds, 1.0), 300.0))
+
+
+def check_time(name: str, value: object) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidArgumentError(f"{name} must be a timestamp (epoch seconds) or None")
+    return float(value)
+
+
+# -- wire forms --------------------------------------------------------------------------
+
+
+def record_to_wire(record: Record) -> dict[str, Any]:
+    payload, metadata = record
+    wire: dict[str, Any] = {"metadata": metadata}
+    if isinstance(payload, bytes | bytearray | memoryview):
+        wire["payload_base64"] = base64.b64encode(bytes(payload)).decode()
+    else:
+        wire["payload"] = payload
+    return wire
+
+
+def record_from_wire(wire: dict[str, Any]) -> Record:
+    metadata = wire.get("metadata")
+    if "payload_base64" in wire:
+        encoded = wire["payload_base64"]
+        if not isinstance(encoded, str):
+            raise InvalidArgumentError("payload_base64 must be a base64 string")
+        try:
+            return Record(base64.b64decode(encoded, validate=True), metadata)
+        except (binascii.Error, ValueError) as exc:
+            raise InvalidArgumentError(f"payload_base64 is not valid base64: {exc}") from exc
+    if "payload" not in wire:
+        raise InvalidArgumentError("a record needs 'payload' or 'payload_base64'")
+    return Record(wire["payload"], metadata)
+
+
+def entry_to_wire(entry: Entry) -> dict[str, Any]:
+    wire: dict[str, Any] = {
+        "space": entry.space,
+        "segment": entry.segment,
+        "sequence": entry.sequence,
+        "timestamp": entry.timestamp,
+        "position": entry.position,
+        "id": entry.id,
+        "metadata": entry.metadata,
+    }
+    if isinstance(entry.payload, bytes):
+        wire["payload_base64"] = base64.b64encode(entry.payload).decode()
+    else:
+        wire["payload"] = entry.payload
+    return wire
+
+
+def entry_from_wire(wire: dict[str, Any]) -> Entry:
+    payload = (
+        base64.b64decode(wire["payload_base64"]) if "payload_base64" in wire else wire["payload"]
+    )
+    return Entry(
+        wire["space"],
+        wire["segment"],
+        wire["sequence"],
+        wire["timestamp"],
+        payload,
+        wire["metadata"],
+        wire["position"],
+        wire["id"],
+    )
