@@ -22,6 +22,7 @@ def test_all_lists_exactly_the_public_names() -> None:
         "server",
         "client",
         "streams",
+        "leases",
     }
     assert set(kilndb.__all__) - {"__version__"} == public - modules
     for name in kilndb.__all__:
@@ -47,6 +48,8 @@ def test_every_error_is_a_kiln_error_with_a_unique_code() -> None:
         kilndb.SubscriberOverflowError(77),
         kilndb.NotFoundError("no such key"),
         kilndb.InvalidArgumentError("bad"),
+        kilndb.LeaseHeldError("job", "worker-1", 1.7e9),
+        kilndb.LeaseLostError("job", 3, 4, "a newer lease exists"),
     ],
 )
 def test_errors_survive_the_wire(error: kilndb.KilnError) -> None:

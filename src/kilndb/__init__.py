@@ -35,6 +35,7 @@ from kilndb.errors import (
     UnavailableError,
     UnknownOpError,
 )
+from kilndb.leases import Lease, LeaseKeeper
 from kilndb.model import Fact, Write
 from kilndb.streams import Entry, Record
 
@@ -57,7 +58,9 @@ __all__ = [
     "FrameTooLargeError",
     "InvalidArgumentError",
     "KilnError",
+    "Lease",
     "LeaseHeldError",
+    "LeaseKeeper",
     "LeaseLostError",
     "NotFoundError",
     "PermissionDeniedError",

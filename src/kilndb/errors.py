@@ -198,15 +198,29 @@ class PermissionDeniedError(KilnError):
 
 
 class LeaseHeldError(KilnError):
-    """The lease is held by someone else."""
+    """The lease is held by someone else: ``holder`` until ``expires_at``."""
 
     error_code = "lease_held"
+    fields = ("key", "holder", "expires_at")
+
+    def __init__(self, key: str, holder: str, expires_at: float) -> None:
+        super().__init__(f"lease {key!r} is held by {holder!r} until {expires_at:.3f}")
+        self.key = key
+        self.holder = holder
+        self.expires_at = expires_at
 
 
 class LeaseLostError(KilnError):
-    """The lease expired or a newer fencing token exists."""
+    """The lease expired or a newer fencing token exists for its key."""
 
     error_code = "lease_lost"
+    fields = ("key", "token", "current_token")
+
+    def __init__(self, key: str, token: int, current_token: int | None, reason: str) -> None:
+        super().__init__(f"lease {key!r} with token {token} is lost: {reason}")
+        self.key = key
+        self.token = token
+        self.current_token = current_token
 
 
 class ConnectionLostError(KilnError):

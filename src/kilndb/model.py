@@ -121,6 +121,9 @@ def validate_database_name(name: object) -> str:
 
 _known_store_names: set[str] = set()
 
+#: Stores whose names start with this belong to KilnDB itself (``kiln.leases``).
+RESERVED_STORE_PREFIX = "kiln."
+
 
 def validate_store_name(name: object) -> str:
     """Return ``name`` if it is a valid store name, else raise InvalidArgumentError."""
@@ -130,6 +133,10 @@ def validate_store_name(name: object) -> str:
         raise InvalidArgumentError(
             f"invalid store name {name!r}: use 1-128 of A-Z a-z 0-9 _ . : -,"
             " starting with a letter, digit or _"
+        )
+    if name.startswith(RESERVED_STORE_PREFIX):
+        raise InvalidArgumentError(
+            f"store names starting with {RESERVED_STORE_PREFIX!r} are reserved ({name!r})"
         )
     if type(name) is str and len(_known_store_names) < 10_000:
         _known_store_names.add(name)

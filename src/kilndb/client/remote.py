@@ -22,6 +22,7 @@ from kilndb.errors import (
     KilnError,
     error_from_wire,
 )
+from kilndb.leases import Lease, LeaseKeeper, check_fence, check_ttl, lease_from_wire
 from kilndb.model import Fact, Write, fact_from_dict, validate_store_name
 
 __all__ = ["RemoteDatabase", "RemoteStore", "RemoteSubscription", "connect"]
@@ -72,6 +73,12 @@ def _outcome(reply: dict[str, Any]) -> Fact | KilnError:
     return fact_from_dict(reply["fact"]) if reply.get("ok") else error_from_wire(reply)
 
 
+def _fence(options: dict[str, Any]) -> dict[str, Any] | None:
+    """Take ``fence`` out of a call's options, as its wire form ``{"key", "token"}``."""
+    checked = check_fence(options.pop("fence", None))
+    return None if checked is None else {"key": checked[0], "token": checked[1]}
+
+
 def _fact(data: dict[str, Any] | None) -> Fact | None:
     return None if data is None else fact_from_dict(data)
 
@@ -97,14 +104,18 @@ class RemoteStore:
         """Append a fact for ``key``; the same arguments and errors as :meth:`Store.write`."""
         # Checked here with the embedded database's own rules: the same error for the
         # same mistake, and nothing unserialisable ever reaches the wire.
+        fence = _fence(options)
         _check(self.name, key, value, options)
-        reply = self._db._call("write", store=self.name, key=key, value=value, **options)
+        reply = self._db._call(
+            "write", store=self.name, key=key, value=value, fence=fence, **options
+        )
         return fact_from_dict(reply["fact"])
 
     def delete(self, key: str, **options: Any) -> Fact:
         """Write a tombstone for ``key``; as :meth:`Store.delete`."""
+        fence = _fence(options)
         _check(self.name, key, None, {**options, "deleted": True})
-        reply = self._db._call("delete", store=self.name, key=key, **options)
+        reply = self._db._call("delete", store=self.name, key=key, fence=fence, **options)
         return fact_from_dict(reply["fact"])
 
     def read(self, key: str, *, as_of: float | None = None) -> Fact | None:
@@ -191,12 +202,38 @@ class RemoteDatabase:
         names: list[str] = self._call("stores")["stores"]
         return names
 
-    def write_many(self, writes: Iterable[Write]) -> list[Fact]:
+    def write_many(self, writes: Iterable[Write], *, fence: Any = None) -> list[Fact]:
         """Write a batch atomically; as :meth:`Database.write_many`."""
+        fenced = _fence({"fence": fence})
         batch = _batch(writes)
         if not batch:
             return []
-        return [fact_from_dict(f) for f in self._call("write_many", writes=batch)["facts"]]
+        reply = self._call("write_many", writes=batch, fence=fenced)
+        return [fact_from_dict(f) for f in reply["facts"]]
+
+    # -- leases ----------------------------------------------------------------------
+
+    def acquire_lease(self, key: str, holder: str, ttl: float) -> Lease:
+        """As :meth:`Database.acquire_lease`."""
+        reply = self._call("acquire_lease", key=key, holder=holder, ttl=check_ttl(ttl))
+        return lease_from_wire(reply["lease"])
+
+    def renew_lease(self, lease: Lease, ttl: float | None = None) -> Lease:
+        """As :meth:`Database.renew_lease`."""
+        ttl = None if ttl is None else check_ttl(ttl)
+        return lease_from_wire(self._call("renew_lease", **lease.to_dict(), ttl=ttl)["lease"])
+
+    def release_lease(self, lease: Lease) -> bool:
+        """As :meth:`Database.release_lease`."""
+        released: bool = self._call("release_lease", **lease.to_dict())["released"]
+        return released
+
+    def leases(self) -> list[Lease]:
+        return [lease_from_wire(wire) for wire in self._call("leases")["leases"]]
+
+    def lease(self, key: str, holder: str, ttl: float) -> LeaseKeeper:
+        """As :meth:`Database.lease`."""
+        return LeaseKeeper(self, key, holder, ttl)
 
     def write_each(self, writes: Iterable[Write]) -> list[Fact | KilnError]:
         """Independent writes, pipelined; as :meth:`Database.write_each`."""

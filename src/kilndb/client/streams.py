@@ -8,6 +8,7 @@ from typing import Any
 from kilndb.client.pushed import PushedStream
 from kilndb.client.transport import Connection
 from kilndb.engine.writes import prepare_write
+from kilndb.leases import check_fence
 from kilndb.model import validate_key, validate_store_name
 from kilndb.streams import (
     Entry,
@@ -38,7 +39,10 @@ class RemoteSegment:
         self.space = space
         self.name = validate_key(name)
 
-    def produce(self, records: Iterable[Any], expected_seq: int | None = None) -> list[Entry]:
+    def produce(
+        self, records: Iterable[Any], expected_seq: int | None = None, *, fence: Any = None
+    ) -> list[Entry]:
+        fenced = check_fence(fence)
         checked = list(records)
         for record in checked:  # the embedded rules, before anything is sent
             write = record_write(self.space, self.name, record)
@@ -51,6 +55,7 @@ class RemoteSegment:
             segment=self.name,
             records=[record_to_wire(record) for record in checked],
             expected_seq=expected_seq,
+            fence=None if fenced is None else {"key": fenced[0], "token": fenced[1]},
         )
         return _entries(reply)
 

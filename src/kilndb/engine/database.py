@@ -8,6 +8,7 @@ offers the same interface, so code written against one runs against the other.
 from __future__ import annotations
 
 import bisect
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager
 from itertools import islice
@@ -27,9 +28,14 @@ from kilndb.errors import (
     CursorTooOldError,
     InvalidArgumentError,
     KilnError,
+    LeaseHeldError,
+    LeaseLostError,
     NotFoundError,
 )
+from kilndb.leases import LEASE_STORE, Lease, LeaseKeeper, check_fence, check_ttl
 from kilndb.model import (
+    MAX_ID_LENGTH,
+    RESERVED_STORE_PREFIX,
     Fact,
     Write,
     fact_from_dict,
@@ -68,6 +74,12 @@ def _prepare(write: Write) -> PreparedWrite:
         metadata=write.metadata,
         deleted=write.deleted,
     )
+
+
+def _check_holder(holder: object) -> str:
+    if not isinstance(holder, str) or not holder or len(holder) > MAX_ID_LENGTH:
+        raise InvalidArgumentError(f"holder must be a non-empty string of at most {MAX_ID_LENGTH}")
+    return holder
 
 
 def _check_limit(limit: object) -> int | None:
@@ -115,12 +127,14 @@ class Store:
         producer: Any = None,
         derivation: Any = None,
         metadata: dict[str, str] | None = None,
+        fence: Any = None,
     ) -> Fact:
         """Append a fact for ``key``; return it once it is durable.
 
         Raises ConflictError if ``expected_seq`` does not match (0 = the key must not
         exist), InvalidArgumentError for a bad argument (nothing is written). Writing an
-        ``id`` the database already holds returns the stored fact.
+        ``id`` the database already holds returns the stored fact. With ``fence=lease``
+        the write is refused (LeaseLostError) once a newer lease exists for its key.
         """
         prepared = prepare_write(
             self.name,
@@ -136,7 +150,7 @@ class Store:
             metadata=metadata,
             store_checked=True,
         )
-        return self._db._commit_one(prepared)
+        return self._db._commit_one(prepared, check_fence(fence))
 
     def delete(
         self,
@@ -146,6 +160,7 @@ class Store:
         id: str | None = None,
         causation: str | None = None,
         metadata: dict[str, str] | None = None,
+        fence: Any = None,
     ) -> Fact:
         """Write a tombstone for ``key``; raises NotFoundError if it has no live value."""
         prepared = prepare_write(
@@ -159,7 +174,7 @@ class Store:
             deleted=True,
             store_checked=True,
         )
-        return self._db._commit_one(prepared)
+        return self._db._commit_one(prepared, check_fence(fence))
 
     def read(self, key: str, *, as_of: float | None = None) -> Fact | None:
         """The latest fact of ``key`` (as of a transaction time), or None if absent/deleted."""
@@ -206,6 +221,136 @@ class Database:
             found = self._stores.setdefault(name, Store(self, validate_store_name(name)))
         return found
 
+    # -- leases ----------------------------------------------------------------------
+
+    def acquire_lease(self, key: str, holder: str, ttl: float) -> Lease:
+        """Take the lease ``key`` for ``holder`` for ``ttl`` seconds (capped at 24 h).
+
+        A free, expired or released lease gets the key's next fencing token; the holder
+        of a valid lease acquiring it again extends it (same token). Raises
+        LeaseHeldError (who holds it, until when) if someone else holds it.
+        """
+        validate_key(key)
+        who = _check_holder(holder)
+        seconds = check_ttl(ttl)
+        while True:
+            current, seq = self._lease_state(key)
+            now = time.time()
+            if current is not None and not current["released"] and current["expires_at"] > now:
+                if current["holder"] != who:
+                    raise LeaseHeldError(key, current["holder"], current["expires_at"])
+                token = current["token"]
+            else:
+                token = (0 if current is None else current["token"]) + 1
+            lease = Lease(key, who, token, now + seconds)
+            if self._put_lease(lease, seq, released=False):
+                return lease
+
+    def renew_lease(self, lease: Lease, ttl: float | None = None) -> Lease:
+        """Extend a held lease to ``ttl`` seconds (default 60, capped at 24 h) from now.
+
+        Raises LeaseLostError if it expired, was released or was taken over.
+        """
+        if not isinstance(lease, Lease):
+            raise InvalidArgumentError("renew_lease takes a kilndb.Lease")
+        seconds = check_ttl(60.0 if ttl is None else ttl)
+        while True:
+            current, seq = self._lease_state(lease.key)
+            self._check_held(lease, current)
+            renewed = Lease(lease.key, lease.holder, lease.token, time.time() + seconds)
+            if self._put_lease(renewed, seq, released=False):
+                return renewed
+
+    def release_lease(self, lease: Lease) -> bool:
+        """Give a held lease up; False if it was not held any more (nothing to do)."""
+        if not isinstance(lease, Lease):
+            raise InvalidArgumentError("release_lease takes a kilndb.Lease")
+        while True:
+            current, seq = self._lease_state(lease.key)
+            try:
+                self._check_held(lease, current)
+            except LeaseLostError:
+                return False
+            released = Lease(lease.key, lease.holder, lease.token, time.time())
+            if self._put_lease(released, seq, released=True):
+                return True
+
+    def leases(self) -> list[Lease]:
+        """The leases held now (not expired, not released), by key."""
+        now = time.time()
+        held = []
+        for fact in self._lease_facts():
+            value = fact.value
+            if not value["released"] and value["expires_at"] > now:
+                held.append(Lease(fact.key, value["holder"], value["token"], value["expires_at"]))
+        return sorted(held, key=lambda lease: lease.key)
+
+    def lease(self, key: str, holder: str, ttl: float) -> LeaseKeeper:
+        """``with db.lease(key, holder=…, ttl=…) as lease:`` — held, renewed at ttl/2,
+        released on exit; ``lease.lost`` tells a loss, and fenced calls then refuse."""
+        return LeaseKeeper(self, key, holder, ttl)
+
+    def _lease_facts(self) -> list[Fact]:
+        store = Store(self, LEASE_STORE)
+        facts = (store.read(key) for key in store.keys(prefix=""))
+        return [fact for fact in facts if fact is not None]
+
+    def _lease_state(self, key: str) -> tuple[dict[str, Any] | None, int]:
+        """The lease's latest value (None if never taken) and its fact's seq."""
+        fact = Store(self, LEASE_STORE).read(key)
+        return (
+            (None, self._latest_seq(LEASE_STORE, key))
+            if fact is None
+            else (
+                fact.value,
+                fact.seq,
+            )
+        )
+
+    def _latest_seq(self, store: str, key: str) -> int:
+        latest = self._log.keydir.latest(store, key)
+        return 0 if latest is None else self._log.keydir.seq_of(latest)[0]
+
+    def _check_held(self, lease: Lease, current: dict[str, Any] | None) -> None:
+        token = None if current is None else current["token"]
+        if current is None or token != lease.token or current["holder"] != lease.holder:
+            raise LeaseLostError(lease.key, lease.token, token, "a newer lease exists")
+        if current["released"]:
+            raise LeaseLostError(lease.key, lease.token, token, "it was released")
+        if current["expires_at"] <= time.time():
+            raise LeaseLostError(lease.key, lease.token, token, "it expired")
+
+    def _put_lease(self, lease: Lease, seq: int, released: bool) -> bool:
+        """Write the lease's new state if nobody else did since ``seq``; False to retry."""
+        if LEASE_STORE not in self._log.retention:
+            self._log.set_retention(LEASE_STORE, Retention(keep="latest"))
+        value = {
+            "holder": lease.holder,
+            "token": lease.token,
+            "expires_at": lease.expires_at,
+            "released": released,
+        }
+        prepared = prepare_write(
+            LEASE_STORE, lease.key, value, expected_seq=seq, store_checked=True
+        )
+        try:
+            self._commit_one(prepared)
+        except ConflictError:
+            return False
+        return True
+
+    def _check_fence_locked(self, key: str, token: int) -> None:
+        """Refuse a fenced write unless ``token`` is the lease's newest (hold the lock)."""
+        log = self._log
+        position = log.keydir.latest(LEASE_STORE, key)
+        body = None if position is None else log.read_body_locked(position)
+        current = None if body is None else _loads(body)["value"]["token"]
+        if current != token:
+            reason = "no such lease" if current is None else "a newer lease exists"
+            if current is not None and current < token:
+                reason = "no lease with this token was ever granted"
+            raise LeaseLostError(key, token, current, reason)
+
     def space(self, name: str) -> Space:
         """The streams view of store ``name``: ordered segments (keys) of entries (facts)."""
         return Space(self, name)
@@ -233,21 +378,22 @@ class Database:
         log = self._log
         with log.lock:
             log.check_open()
-            return sorted(log.keydir.stores)
+            return sorted(s for s in log.keydir.stores if not s.startswith(RESERVED_STORE_PREFIX))
 
     # -- writing ---------------------------------------------------------------------
 
-    def write_many(self, writes: Iterable[Write]) -> list[Fact]:
+    def write_many(self, writes: Iterable[Write], *, fence: Any = None) -> list[Fact]:
         """Write a batch atomically: every fact is committed, or none (also across a crash).
 
         Raises ConflictError (nothing written) if any ``expected_seq`` does not match; the
         writes of a batch see each other, so a key may appear more than once. The facts
         of a batch share one transaction time: they commit together.
         """
+        fenced = check_fence(fence)
         prepared = [_prepare(write) for write in writes]
         if not prepared:
             return []
-        return self._commit(prepared, atomic=True)  # type: ignore[return-value]
+        return self._commit(prepared, atomic=True, fence=fenced)  # type: ignore[return-value]
 
     def write_each(self, writes: Iterable[Write]) -> list[Fact | KilnError]:
         """Commit independent writes together; each succeeds or fails on its own.
@@ -290,12 +436,14 @@ class Database:
         record = w.record(w.id or self._log.ids_codec.generate(position), seq, position, ttime)
         return record, (w.store, w.key, seq, w.deleted, ttime, w.id, _dumps(record))
 
-    def _commit_one(self, w: PreparedWrite) -> Fact:
+    def _commit_one(self, w: PreparedWrite, fence: tuple[str, int] | None = None) -> Fact:
         log = self._log
         keydir = log.keydir
         stored: Fact | None = None
         with log.lock:
             log.check_open()
+            if fence is not None:
+                self._check_fence_locked(*fence)
             existing = None if w.id is None else self._stored_position(w.id)
             if existing is not None:
                 stored = self._stored_fact(existing)
@@ -316,7 +464,11 @@ class Database:
         return fact_from_dict(record)
 
     def _commit(
-        self, writes: list[PreparedWrite], atomic: bool, wire: bool = False
+        self,
+        writes: list[PreparedWrite],
+        atomic: bool,
+        wire: bool = False,
+        fence: tuple[str, int] | None = None,
     ) -> list[Fact | dict[str, Any] | KilnError]:
         """Stage and append ``writes`` under one lock; one fsync wait for all of them.
 
@@ -335,6 +487,8 @@ class Database:
         must_be_durable = 0
         with log.lock:
             log.check_open()
+            if fence is not None:
+                self._check_fence_locked(*fence)
             ttime = log.next_ttime()
             # (seq, deleted) of keys written so far by this call.
             written_state: dict[tuple[str, str], tuple[int, bool]] = {}

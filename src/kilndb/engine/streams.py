@@ -54,11 +54,14 @@ class Segment:
     def __repr__(self) -> str:
         return f"<Segment {self.space!r}/{self.name!r}>"
 
-    def produce(self, records: Iterable[Any], expected_seq: int | None = None) -> list[Entry]:
+    def produce(
+        self, records: Iterable[Any], expected_seq: int | None = None, *, fence: Any = None
+    ) -> list[Entry]:
         """Append records atomically; return their entries.
 
         ``expected_seq``: the segment's last sequence before this batch must be this (0:
         the segment must be empty), else ConflictError saying expected and actual.
+        ``fence=lease``: refused with LeaseLostError once a newer lease exists for its key.
         """
         writes = [record_write(self.space, self.name, record) for record in records]
         if not writes:
@@ -68,7 +71,7 @@ class Segment:
                 raise InvalidArgumentError("expected_seq must be a non-negative integer or None")
             writes[0] = writes[0]._replace(expected_seq=expected_seq)
         try:
-            facts = self._db.write_many(writes)
+            facts = self._db.write_many(writes, fence=fence)
         except ConflictError as exc:
             raise ConflictError(
                 self.space,

@@ -67,6 +67,16 @@ def _field(body: dict[str, Any], name: str, kind: str, *, required: bool = False
 _PLAIN_WRITE = frozenset({"op", "request_id", "database", "store", "key", "value"})
 
 
+def _fence(body: dict[str, Any]) -> dict[str, Any] | None:
+    """A ``fence``: the ``{"key", "token"}`` of the lease the write is made under."""
+    fence: dict[str, Any] | None = _field(body, "fence", "object")
+    if fence is not None and not (
+        isinstance(fence.get("key"), str) and type(fence.get("token")) is int
+    ):
+        raise InvalidArgumentError('field \'fence\' must be {"key": string, "token": integer}')
+    return fence
+
+
 def _write_fields(body: dict[str, Any], *, value_required: bool = True) -> Params:
     store, key = body.get("store"), body.get("key")
     if type(store) is str and type(key) is str and "value" in body and body.keys() <= _PLAIN_WRITE:
@@ -83,6 +93,7 @@ def _write_fields(body: dict[str, Any], *, value_required: bool = True) -> Param
             "producer": None,
             "derivation": None,
             "metadata": None,
+            "fence": None,
         }
     params: Params = {
         "store": _field(body, "store", "str", required=True),
@@ -100,6 +111,7 @@ def _write_fields(body: dict[str, Any], *, value_required: bool = True) -> Param
     params["producer"] = body.get("producer")
     params["derivation"] = body.get("derivation")
     params["metadata"] = _field(body, "metadata", "object")
+    params["fence"] = _fence(body)
     return params
 
 
@@ -142,7 +154,7 @@ def _write_many(body: dict[str, Any]) -> Params:
             raise InvalidArgumentError(f"writes[{index}]: field 'deleted' must be a boolean")
         params["deleted"] = deleted
         checked.append(params)
-    return {"writes": checked}
+    return {"writes": checked, "fence": _fence(body)}
 
 
 def _write_snapshot(body: dict[str, Any]) -> Params:
@@ -186,6 +198,7 @@ def _delete(body: dict[str, Any]) -> Params:
         "id": _field(body, "id", "str"),
         "causation": _field(body, "causation", "str"),
         "metadata": _field(body, "metadata", "object"),
+        "fence": _fence(body),
     }
 
 
@@ -238,6 +251,7 @@ def _produce(body: dict[str, Any]) -> Params:
         **_segment_of(body),
         "records": records,
         "expected_seq": _field(body, "expected_seq", "count"),
+        "fence": _fence(body),
     }
 
 
@@ -271,6 +285,24 @@ def _subscribe_status(body: dict[str, Any]) -> Params:
         "space": _field(body, "space", "str", required=True),
         "segment": "*" if segment is None else segment,
         "heartbeat": 30.0 if heartbeat is None else heartbeat,
+    }
+
+
+def _acquire_lease(body: dict[str, Any]) -> Params:
+    return {
+        "key": _field(body, "key", "str", required=True),
+        "holder": _field(body, "holder", "str", required=True),
+        "ttl": _field(body, "ttl", "number", required=True),
+    }
+
+
+def _held_lease(body: dict[str, Any]) -> Params:
+    return {
+        "key": _field(body, "key", "str", required=True),
+        "holder": _field(body, "holder", "str", required=True),
+        "token": _field(body, "token", "count", required=True),
+        "expires_at": _field(body, "expires_at", "number") or 0.0,
+        "ttl": _field(body, "ttl", "number"),
     }
 
 
@@ -313,6 +345,11 @@ OPS: dict[str, Callable[[dict[str, Any]], Params]] = {
     "spaces": _none,
     "segments": lambda body: {"space": _field(body, "space", "str", required=True)},
     "subscribe_status": _subscribe_status,
+    # Leases with fencing tokens.
+    "acquire_lease": _acquire_lease,
+    "renew_lease": _held_lease,
+    "release_lease": _held_lease,
+    "leases": _none,
 }
 
 

@@ -20,6 +20,7 @@ from orjson import Fragment
 
 from kilndb.engine import Database
 from kilndb.errors import KilnError, ProtocolError
+from kilndb.leases import Lease
 from kilndb.model import Fact, Write
 from kilndb.protocol import Request
 from kilndb.protocol.ops import WRITE_OPTIONS
@@ -49,7 +50,9 @@ def _write_options(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def _write(db: Database, params: dict[str, Any]) -> dict[str, Any]:
-    fact = db.store(params["store"]).write(params["key"], params["value"], **_write_options(params))
+    fact = db.store(params["store"]).write(
+        params["key"], params["value"], fence=params["fence"], **_write_options(params)
+    )
     return {"fact": fact.to_dict()}
 
 
@@ -58,7 +61,7 @@ def _write_many(db: Database, params: dict[str, Any]) -> dict[str, Any]:
         Write(w["store"], w["key"], w["value"], deleted=w["deleted"], **_write_options(w))
         for w in params["writes"]
     ]
-    return {"facts": _facts(db.write_many(writes))}
+    return {"facts": _facts(db.write_many(writes, fence=params["fence"]))}
 
 
 def _write_snapshot(db: Database, params: dict[str, Any]) -> dict[str, Any]:
@@ -94,6 +97,7 @@ def _delete(db: Database, params: dict[str, Any]) -> dict[str, Any]:
         id=params["id"],
         causation=params["causation"],
         metadata=params["metadata"],
+        fence=params["fence"],
     )
     return {"fact": fact.to_dict()}
 
@@ -124,7 +128,7 @@ def _sync(db: Database, params: dict[str, Any]) -> dict[str, Any]:
 def _produce(db: Database, params: dict[str, Any]) -> dict[str, Any]:
     records = [record_from_wire(record) for record in params["records"]]
     segment = db.space(params["space"]).segment(params["segment"])
-    entries = segment.produce(records, expected_seq=params["expected_seq"])
+    entries = segment.produce(records, expected_seq=params["expected_seq"], fence=params["fence"])
     return {"entries": [entry_to_wire(entry) for entry in entries]}
 
 
@@ -155,6 +159,14 @@ def _space_consume(db: Database, params: dict[str, Any]) -> dict[str, Any]:
     return {"entries": [entry_to_wire(entry) for entry in entries]}
 
 
+def _held(params: dict[str, Any]) -> Lease:
+    return Lease(params["key"], params["holder"], params["token"], params["expires_at"])
+
+
+def _renew_lease(db: Database, params: dict[str, Any]) -> dict[str, Any]:
+    return {"lease": db.renew_lease(_held(params), params["ttl"]).to_dict()}
+
+
 _HANDLERS: dict[str, Handler] = {
     "ping": lambda db, params: {"pong": True},  # answered without opening a database
     "write_fact": _write,
@@ -181,6 +193,12 @@ _HANDLERS: dict[str, Handler] = {
     "space_consume": _space_consume,
     "spaces": lambda db, params: {"spaces": db.spaces()},
     "segments": lambda db, params: {"segments": db.space(params["space"]).segments()},
+    "acquire_lease": lambda db, params: {
+        "lease": db.acquire_lease(params["key"], params["holder"], params["ttl"]).to_dict()
+    },
+    "renew_lease": _renew_lease,
+    "release_lease": lambda db, params: {"released": db.release_lease(_held(params))},
+    "leases": lambda db, params: {"leases": [lease.to_dict() for lease in db.leases()]},
 }
 
 

@@ -124,6 +124,12 @@ _Applied = tuple[_Slot, Request, bytes | None, Any, int, dict[str, Any]]
 #: Ops that write one fact: consecutive ones in a pipeline are committed together.
 _SINGLE_WRITES = frozenset({"write", "write_fact"})
 
+
+def _groupable(request: Request) -> bool:
+    """A single-fact write that may be committed together with its neighbours."""
+    return request.op in _SINGLE_WRITES and request.params["fence"] is None
+
+
 #: Ops whose work is small and bounded, applied on the event loop itself (saving two
 #: thread hand-offs, which cost more than the op). Everything else — replay, history,
 #: keys, compaction, opening a database — runs on the worker threads.
@@ -366,12 +372,12 @@ class _Connection(asyncio.Protocol):
         i, end = 0, len(batch)
         while i < end:
             request, slot = batch[i]
-            if request.op in _SINGLE_WRITES:
+            if _groupable(request):
                 database = request.database or self.database
                 j = i + 1
                 while j < end:
                     following = batch[j][0]
-                    if following.op not in _SINGLE_WRITES or (
+                    if not _groupable(following) or (
                         (following.database or self.database) != database
                     ):
                         break
