@@ -24,6 +24,7 @@ from kilndb.cli.databases import db
 from kilndb.cli.demo import demo
 from kilndb.cli.errors import translate
 from kilndb.cli.facts import delete, get, history, keys, put, replay
+from kilndb.cli.lease import lease
 from kilndb.cli.output import LogLines
 from kilndb.cli.serve import serve
 from kilndb.cli.stream import stream
@@ -154,6 +155,7 @@ for _command in (
     status,
     db,
     stream,
+    lease,
 ):
     cli.add_command(_command)
 
