@@ -169,16 +169,104 @@ def test_websocket_ops_and_subscription(server: Server) -> None:
                 "pong": True,
                 "request_id": 1,
             }
-            await socket.send_str(json.dumps({"op": "subscribe", "stores": ["s"], "after": 0}))
-            assert json.loads(await socket.receive_str())["ok"] is True
+            subscribe = {"op": "subscribe", "stores": ["s"], "after": 0, "request_id": "feed"}
+            await socket.send_str(json.dumps(subscribe))
+            reply = json.loads(await socket.receive_str())
+            assert reply["ok"] is True and reply["subscription"] == "feed"
             await socket.send_str(
                 json.dumps({"op": "write", "store": "s", "key": "k", "value": 1, "request_id": 2})
             )
             messages = [json.loads(await socket.receive_str()) for _ in range(2)]
             kinds = sorted("event" if "event" in m else "reply" for m in messages)
             assert kinds == ["event", "reply"]
+            event = next(m for m in messages if "event" in m)
+            assert event["subscription"] == "feed" and event["fact"]["value"] == 1
             await socket.send_str(json.dumps({"op": "bogus"}))
             assert json.loads(await socket.receive_str())["error_code"] == "unknown_op"
+            await socket.send_str(json.dumps({"op": "subscribe", "stores": ["s"]}))
+            unnamed = json.loads(await socket.receive_str())
+            assert unnamed["error_code"] == "bad_request"  # a subscription needs a name
+
+    asyncio.run(scenario())
+
+
+def test_websocket_multiplexes_requests_and_subscriptions(server: Server) -> None:
+    async def scenario() -> None:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.ws_connect(server.http_url + "/v1/ws") as socket,
+        ):
+            await socket.send_str(json.dumps({"op": "subscribe", "after": 0, "request_id": "a"}))
+            await socket.send_str(
+                json.dumps({"op": "subscribe_status", "space": "q", "request_id": "b"})
+            )
+            for i in range(50):  # all in flight at once; replies matched by request_id
+                write = {"op": "write", "store": "q", "key": f"k{i % 5}", "value": i}
+                await socket.send_str(json.dumps({**write, "request_id": i}))
+            replies: dict[Any, dict[str, Any]] = {}
+            events: dict[str, int] = {"a": 0, "b": 0}
+            while len(replies) < 52 or events["a"] < 50 or events["b"] < 50:
+                message = json.loads(await socket.receive_str(timeout=10))
+                if "event" in message:
+                    if message["event"] == "fact_written" or message.get("type") == "change":
+                        events[message["subscription"]] += 1
+                else:
+                    assert message["ok"], message
+                    replies[message["request_id"]] = message
+            assert sorted(k for k in replies if isinstance(k, int)) == list(range(50))
+            assert {replies[i]["fact"]["value"] for i in range(50)} == set(range(50))
+            await socket.send_str(
+                json.dumps({"op": "unsubscribe", "subscription": "a", "request_id": "u"})
+            )
+            while True:
+                message = json.loads(await socket.receive_str(timeout=10))
+                if message.get("request_id") == "u":
+                    assert message == {"ok": True, "subscription": "a", "request_id": "u"}
+                    break
+            await socket.send_str(
+                json.dumps({"op": "write", "store": "q", "key": "z", "value": 0, "request_id": "w"})
+            )
+            seen = [json.loads(await socket.receive_str(timeout=10)) for _ in range(2)]
+            assert {m.get("subscription") for m in seen if "event" in m} == {"b"}
+
+    asyncio.run(scenario())
+
+
+def test_websocket_caps_message_size(tmp_path: Path) -> None:
+    with Server(data=tmp_path / "data", port=0, http_port=0, max_frame_bytes=4096) as server:
+
+        async def scenario() -> None:
+            async with (
+                aiohttp.ClientSession() as session,
+                session.ws_connect(server.http_url + "/v1/ws") as socket,
+            ):
+                big = {"op": "write", "store": "s", "key": "k", "value": "x" * 10_000}
+                await socket.send_str(json.dumps(big))
+                message = await socket.receive(timeout=10)
+                assert message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+                assert socket.close_code == 1009
+
+        asyncio.run(scenario())
+
+
+def test_websocket_drops_a_silent_client(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kilndb.server import websocket
+
+    monkeypatch.setattr(websocket, "PING_SECONDS", 0.1)
+    monkeypatch.setattr(websocket, "SILENCE_SECONDS", 0.5)
+
+    async def scenario() -> None:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.ws_connect(server.http_url + "/v1/ws", autoping=False) as socket,
+        ):
+            kinds = []
+            while True:  # pings arrive, we never answer: the server gives up
+                message = await socket.receive(timeout=10)
+                kinds.append(message.type)
+                if message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED):
+                    break
+            assert aiohttp.WSMsgType.PING in kinds
 
     asyncio.run(scenario())
 

@@ -11,10 +11,9 @@ from typing import Any
 import click
 
 from kilndb.cli.check import check
-from kilndb.cli.context import CliSettings, open_database, pass_settings
+from kilndb.cli.context import CliSettings, open_database, pass_settings, server_connection
 from kilndb.cli.errors import CliError
 from kilndb.cli.output import print_json, print_mapping_table, print_rows_table, stdout_is_terminal
-from kilndb.client.transport import Connection
 
 __all__ = ["check", "compact", "retention", "stats", "stores"]
 
@@ -111,7 +110,7 @@ def status(settings: CliSettings, as_json: bool | None) -> None:
     """Show a server's status: addresses, open databases and counters (needs --url)."""
     if settings.url is None:
         raise CliError("kiln status asks a server: give --url (or set KILN_URL)")
-    connection = Connection(settings.url)
+    connection = server_connection(settings)
     try:
         reply = connection.call("server_status")
     finally:

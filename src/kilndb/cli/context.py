@@ -22,6 +22,8 @@ import click
 import kilndb
 from kilndb.cli.errors import CliError
 from kilndb.client import RemoteDatabase
+from kilndb.client.endpoint import Endpoint
+from kilndb.client.transport import Connection
 from kilndb.config import SyncMode
 from kilndb.model import validate_database_name
 
@@ -57,6 +59,23 @@ class CliSettings:
     sync: SyncMode = "always"
     #: A server to use instead of the data directory (``--url``/``KILN_URL``).
     url: str | None = None
+    #: How to reach it: token and TLS files.
+    token: str | None = None
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    def endpoint(self) -> Endpoint:
+        """The server of ``--url`` with the token and TLS options."""
+        if self.url is None:
+            raise CliError("this command asks a server: give --url (or set KILN_URL)")
+        return Endpoint.make(
+            self.url,
+            token=self.token,
+            ca_file=self.ca_file,
+            cert_file=self.cert_file,
+            key_file=self.key_file,
+        )
 
     @property
     def directory(self) -> Path:
@@ -71,6 +90,17 @@ class CliSettings:
         if self.database != "default":
             parts += ["--database", self.database]
         return shlex.join([*parts, *words])
+
+
+def server_connection(settings: CliSettings) -> Connection:
+    """A raw connection to the ``--url`` server, introduced with ``hello`` (token)."""
+    connection = Connection(settings.endpoint())
+    try:
+        connection.hello(settings.database)
+    except BaseException:
+        connection.close()
+        raise
+    return connection
 
 
 def pass_settings(f: Callable[Concatenate[CliSettings, P], R]) -> Callable[P, R]:
@@ -109,7 +139,7 @@ def open_database(
     """
     db: kilndb.Database | RemoteDatabase
     if settings.url is not None:
-        db = kilndb.connect(settings.url, settings.database)
+        db = RemoteDatabase(settings.endpoint(), settings.database)
     else:
         if not create:
             require_existing(settings)

@@ -6,10 +6,9 @@ import shutil
 
 import click
 
-from kilndb.cli.context import CliSettings, pass_settings
+from kilndb.cli.context import CliSettings, pass_settings, server_connection
 from kilndb.cli.errors import CliError
 from kilndb.cli.output import print_json, print_rows_table, stdout_is_terminal
-from kilndb.client.transport import Connection
 from kilndb.engine import Database
 from kilndb.model import validate_database_name
 
@@ -26,7 +25,7 @@ def db() -> None:
 def list_databases(settings: CliSettings) -> None:
     """The databases on disk (or, with --url, the ones the server has open)."""
     if settings.url is not None:
-        connection = Connection(settings.url)
+        connection = server_connection(settings)
         try:
             reply = connection.call("server_status")
         finally:
@@ -75,7 +74,7 @@ def remove(settings: CliSettings, name: str, delete: bool, yes: bool) -> None:
             f"Delete database {name!r} and all its facts from {where}?", abort=True, err=True
         )
     if settings.url is not None:
-        connection = Connection(settings.url)
+        connection = server_connection(settings)
         try:
             reply = connection.call("remove_database", name=name, delete=delete)
         finally:

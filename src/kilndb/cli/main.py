@@ -29,6 +29,7 @@ from kilndb.cli.output import LogLines
 from kilndb.cli.serve import serve
 from kilndb.cli.stream import stream
 from kilndb.cli.tail import tail
+from kilndb.cli.token import token
 from kilndb.config import SyncMode
 
 __all__ = ["KilnGroup", "cli", "main"]
@@ -119,20 +120,71 @@ class KilnGroup(click.Group):
     default=None,
     envvar="KILN_URL",
     show_envvar=True,
-    help="Use the server at this URL (tcp://HOST:PORT or unix:///PATH) instead of --data.",
+    help="Use the server at this URL (tcp://HOST:PORT, tls://HOST:PORT or unix:///PATH)"
+    " instead of --data.",
+)
+@click.option(
+    "--token",
+    default=None,
+    envvar="KILN_TOKEN",
+    show_envvar=True,
+    help="JWT for a server that requires authentication.",
+)
+@click.option(
+    "--ca-file",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    envvar="KILN_CA_FILE",
+    show_envvar=True,
+    help="CA certificate that signed the server's TLS certificate.",
+)
+@click.option(
+    "--cert-file",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    envvar="KILN_CERT_FILE",
+    show_envvar=True,
+    help="Client certificate (PEM) for mutual TLS.",
+)
+@click.option(
+    "--key-file",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    envvar="KILN_KEY_FILE",
+    show_envvar=True,
+    help="Key of --cert-file.",
 )
 @click.version_option(
     kilndb.__version__, "-V", "--version", prog_name="kiln", message="%(prog)s (KilnDB) %(version)s"
 )
 @click.pass_context
-def cli(ctx: click.Context, data: Path, database: str, sync: str, url: str | None) -> None:
+def cli(
+    ctx: click.Context,
+    data: Path,
+    database: str,
+    sync: str,
+    url: str | None,
+    token: str | None,
+    ca_file: Path | None,
+    cert_file: Path | None,
+    key_file: Path | None,
+) -> None:
     """KilnDB: a durable fact store. Append facts, read them back (also as of a past
     time), replay them in commit order and follow the live changefeed.
 
     Every command works on DATA/DATABASE (./data/default unless told otherwise).
     Facts are printed as JSON, one per line. Errors are one line on stderr.
     """
-    ctx.obj = CliSettings(data=data, database=database, sync=cast(SyncMode, sync), url=url)
+    ctx.obj = CliSettings(
+        data=data,
+        database=database,
+        sync=cast(SyncMode, sync),
+        url=url,
+        token=token,
+        ca_file=ca_file,
+        cert_file=cert_file,
+        key_file=key_file,
+    )
     # Warnings of the engine (a torn tail cut on open, a repair) as one line each.
     ctx.call_on_close(LogLines(debug=_debug()).install())
 
@@ -156,6 +208,7 @@ for _command in (
     db,
     stream,
     lease,
+    token,
 ):
     cli.add_command(_command)
 

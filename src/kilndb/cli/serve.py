@@ -21,6 +21,7 @@ import click
 from kilndb.cli.context import CliSettings, pass_settings
 from kilndb.cli.errors import CliError
 from kilndb.config import DatabaseConfig
+from kilndb.server.auth import AuthConfig
 from kilndb.server.nodes import NodeConfig
 from kilndb.server.sockets import Server, ServerConfig
 
@@ -136,6 +137,47 @@ def _load_config(ctx: click.Context, _: click.Parameter, path: Path | None) -> P
     " idle one. Default: no cap.",
 )
 @click.option(
+    "--auth-secret",
+    default=None,
+    envvar="KILN_AUTH_SECRET",
+    help="Require JWTs signed with this HS256 secret on every transport.",
+)
+@click.option(
+    "--auth-public-key",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    envvar="KILN_AUTH_PUBLIC_KEY",
+    help="Require JWTs signed by the private half of this PEM key (RS256 or ES256).",
+)
+@click.option(
+    "--insecure-bind",
+    is_flag=True,
+    default=False,
+    envvar="KILN_INSECURE_BIND",
+    help="Allow a non-loopback --host without authentication.",
+)
+@click.option(
+    "--tls-cert",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    envvar="KILN_TLS_CERT",
+    help="TLS certificate chain (PEM) for TCP and HTTP.",
+)
+@click.option(
+    "--tls-key",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    envvar="KILN_TLS_KEY",
+    help="Key of --tls-cert.",
+)
+@click.option(
+    "--tls-client-ca",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    envvar="KILN_TLS_CLIENT_CA",
+    help="Require client certificates signed by this CA (mutual TLS).",
+)
+@click.option(
     "--pid-file",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
@@ -163,6 +205,12 @@ def serve(
     idle_evict_after: float | None,
     idle_check_interval: float,
     max_open_databases: int | None,
+    auth_secret: str | None,
+    auth_public_key: Path | None,
+    insecure_bind: bool,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    tls_client_ca: Path | None,
     pid_file: Path | None,
     log_level: str,
 ) -> None:
@@ -186,6 +234,11 @@ def serve(
             idle_check_interval=idle_check_interval,
             max_open_databases=max_open_databases,
         ),
+        auth=AuthConfig.from_files(auth_secret, auth_public_key),
+        insecure_bind=insecure_bind,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        tls_client_ca=tls_client_ca,
     )
     stop = threading.Event()
 

@@ -12,11 +12,12 @@ import asyncio
 import contextlib
 from collections import deque
 from collections.abc import AsyncIterator, Iterable
+from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import orjson
 
+from kilndb.client.endpoint import Endpoint
 from kilndb.client.remote import REPLAY_PAGE, _batch, _check, _each, _page, _stores
 from kilndb.codec import DEFAULT_MAX_FRAME_BYTES, FrameDecoder, encode_frame
 from kilndb.errors import (
@@ -29,18 +30,6 @@ from kilndb.errors import (
 from kilndb.model import Fact, Write, fact_from_dict, validate_store_name
 
 __all__ = ["AsyncRemoteDatabase", "AsyncRemoteStore", "AsyncRemoteSubscription", "connect_async"]
-
-
-async def _open(url: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    parts = urlsplit(url)
-    try:
-        if parts.scheme == "tcp" and parts.hostname and parts.port is not None:
-            return await asyncio.open_connection(parts.hostname, parts.port)
-        if parts.scheme == "unix":
-            return await asyncio.open_unix_connection(parts.path)
-    except OSError as exc:
-        raise ConnectionLostError(f"cannot connect to {url}: {exc}") from exc
-    raise InvalidArgumentError(f"bad server URL {url!r}: use tcp://HOST:PORT or unix:///PATH")
 
 
 async def _next_message(reader: asyncio.StreamReader, decoder: FrameDecoder) -> dict[str, Any]:
@@ -163,8 +152,9 @@ class AsyncRemoteStore:
 class AsyncRemoteDatabase:
     """A database on a KilnDB server, for asyncio code. Use :func:`connect_async`."""
 
-    def __init__(self, url: str, database: str, channel: _Channel) -> None:
-        self.url = url
+    def __init__(self, endpoint: Endpoint, database: str, channel: _Channel) -> None:
+        self.endpoint = endpoint
+        self.url = endpoint.url
         self.name = database
         self._channel = channel
         self._closed = False
@@ -228,7 +218,7 @@ class AsyncRemoteDatabase:
         """Catch-up from ``after``, then live; ``async for fact in sub`` or ``await sub.get()``."""
         if self._closed:
             raise ClosedError(f"connection to {self.url} is closed")
-        return AsyncRemoteSubscription(self.url, self.name, _stores(stores), after)
+        return AsyncRemoteSubscription(self.endpoint, self.name, _stores(stores), after)
 
     async def stores(self) -> list[str]:
         names: list[str] = (await self._call("stores"))["stores"]
@@ -274,8 +264,11 @@ class AsyncRemoteSubscription:
     RECONNECT_MIN = 0.05
     RECONNECT_MAX = 5.0
 
-    def __init__(self, url: str, database: str, stores: list[str] | None, after: int) -> None:
-        self.url = url
+    def __init__(
+        self, endpoint: Endpoint, database: str, stores: list[str] | None, after: int
+    ) -> None:
+        self.endpoint = endpoint
+        self.url = endpoint.url
         self.position = after
         self.reconnects = 0
         self._database = database
@@ -289,10 +282,10 @@ class AsyncRemoteSubscription:
         self.error: KilnError | None = None
 
     async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        reader, writer = await _open(self.url)
+        reader, writer = await self.endpoint.open_stream()
         decoder = FrameDecoder(DEFAULT_MAX_FRAME_BYTES)
         for message in (
-            {"op": "hello", "database": self._database},
+            self.endpoint.hello(self._database),
             {"op": "subscribe", "stores": self._stores, "after": self._received},
         ):
             writer.write(encode_frame(orjson.dumps(message)))
@@ -382,13 +375,27 @@ class AsyncRemoteSubscription:
         await self.close()
 
 
-async def connect_async(url: str, database: str = "default") -> AsyncRemoteDatabase:
-    """Connect to database ``database`` on the KilnDB server at ``url`` (asyncio)."""
-    reader, writer = await _open(url)
+async def connect_async(
+    url: str,
+    database: str = "default",
+    *,
+    token: str | None = None,
+    tls: bool | None = None,
+    ca_file: str | Path | None = None,
+    cert_file: str | Path | None = None,
+    key_file: str | Path | None = None,
+) -> AsyncRemoteDatabase:
+    """Connect to database ``database`` on the KilnDB server at ``url`` (asyncio); the
+    same options as :func:`kilndb.connect`."""
+    endpoint = Endpoint.make(
+        url, token=token, tls=tls, ca_file=ca_file, cert_file=cert_file, key_file=key_file
+    )
+    reader, writer = await endpoint.open_stream()
     channel = _Channel(url, reader, writer)
     try:
-        await channel.call("hello", database=database)
+        hello = endpoint.hello(database)
+        await channel.call(hello.pop("op"), **hello)
     except BaseException:
         await channel.close()
         raise
-    return AsyncRemoteDatabase(url, database, channel)
+    return AsyncRemoteDatabase(endpoint, database, channel)

@@ -8,6 +8,7 @@ from collections import deque
 from collections.abc import Iterator
 from typing import Any, Generic, Self, TypeVar
 
+from kilndb.client.endpoint import Endpoint
 from kilndb.client.transport import Connection
 from kilndb.errors import ConnectionLostError, KilnError, error_from_wire
 
@@ -28,8 +29,9 @@ class PushedStream(Generic[T]):
     RECONNECT_MIN = 0.05
     RECONNECT_MAX = 5.0
 
-    def __init__(self, url: str, database: str, timeout: float | None) -> None:
-        self.url = url
+    def __init__(self, endpoint: Endpoint | str, database: str, timeout: float | None) -> None:
+        self.endpoint = Endpoint.make(endpoint)
+        self.url = self.endpoint.url
         self._database = database
         self._timeout = timeout
         self._buffer: deque[T] = deque()
@@ -54,9 +56,9 @@ class PushedStream(Generic[T]):
         """Called when ``get`` hands ``item`` out."""
 
     def _connect(self) -> Connection:
-        conn = Connection(self.url, timeout=self._timeout)
+        conn = Connection(self.endpoint, timeout=self._timeout)
         try:
-            conn.call("hello", database=self._database)
+            conn.hello(self._database)
             self._subscribe(conn)
         except BaseException:
             conn.close()

@@ -9,9 +9,11 @@ errors, so code and tests written against one run against the other.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from kilndb.client.endpoint import Endpoint
 from kilndb.client.pushed import PushedStream
 from kilndb.client.streams import RemoteSpace, RemoteStatusSubscription
 from kilndb.client.transport import Connection
@@ -149,14 +151,20 @@ class RemoteStore:
 class RemoteDatabase:
     """A database on a KilnDB server. Thread-safe; one socket, one request at a time."""
 
-    def __init__(self, url: str, database: str = "default", timeout: float | None = 30.0) -> None:
-        self.url = url
+    def __init__(
+        self,
+        url: str | Endpoint,
+        database: str = "default",
+        timeout: float | None = 30.0,
+    ) -> None:
+        self.endpoint = Endpoint.make(url)
+        self.url = self.endpoint.url
         self.name = database
         self.timeout = timeout
-        self._conn = Connection(url, timeout)
+        self._conn = Connection(self.endpoint, timeout)
         self._closed = False
         try:
-            self._conn.call("hello", database=database)
+            self._conn.hello(database)
         except BaseException:
             self._conn.close()
             raise
@@ -195,7 +203,7 @@ class RemoteDatabase:
         if self._closed:
             raise ClosedError(f"connection to {self.url} is closed")
         return RemoteStatusSubscription(
-            self.url, self.name, space, segment, heartbeat, self.timeout
+            self.endpoint, self.name, space, segment, heartbeat, self.timeout
         )
 
     def stores(self) -> list[str]:
@@ -273,7 +281,9 @@ class RemoteDatabase:
         """Catch-up from ``after``, then live, on a connection of its own."""
         if self._closed:
             raise ClosedError(f"connection to {self.url} is closed")
-        subscription = RemoteSubscription(self.url, self.name, _stores(stores), after, self.timeout)
+        subscription = RemoteSubscription(
+            self.endpoint, self.name, _stores(stores), after, self.timeout
+        )
         self._subscriptions = [s for s in self._subscriptions if not s.closed]
         self._subscriptions.append(subscription)
         return subscription
@@ -332,7 +342,7 @@ class RemoteSubscription(PushedStream[Fact]):
 
     def __init__(
         self,
-        url: str,
+        endpoint: Endpoint,
         database: str,
         stores: list[str] | None,
         after: int,
@@ -342,7 +352,7 @@ class RemoteSubscription(PushedStream[Fact]):
         self._stores = stores
         #: Position of the last fact received (delivered or still buffered).
         self._received = after
-        super().__init__(url, database, timeout)
+        super().__init__(endpoint, database, timeout)
 
     def _subscribe(self, conn: Connection) -> None:
         conn.call("subscribe", stores=self._stores, after=self._received)
@@ -360,6 +370,25 @@ class RemoteSubscription(PushedStream[Fact]):
         self.position = item.position
 
 
-def connect(url: str, database: str = "default", *, timeout: float | None = 30.0) -> RemoteDatabase:
-    """Connect to database ``database`` on the KilnDB server at ``url``."""
-    return RemoteDatabase(url, database, timeout)
+def connect(
+    url: str,
+    database: str = "default",
+    *,
+    timeout: float | None = 30.0,
+    token: str | None = None,
+    tls: bool | None = None,
+    ca_file: str | Path | None = None,
+    cert_file: str | Path | None = None,
+    key_file: str | Path | None = None,
+) -> RemoteDatabase:
+    """Connect to database ``database`` on the KilnDB server at ``url``.
+
+    ``tcp://HOST:PORT``, ``tls://HOST:PORT`` or ``unix:///PATH``; ``token`` is the JWT a
+    server with authentication requires; ``tls=True`` turns TLS on for ``tcp://``;
+    ``ca_file`` checks the server's certificate, ``cert_file``/``key_file`` present a
+    client certificate (mutual TLS).
+    """
+    endpoint = Endpoint.make(
+        url, token=token, tls=tls, ca_file=ca_file, cert_file=cert_file, key_file=key_file
+    )
+    return RemoteDatabase(endpoint, database, timeout)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from kilndb.client.endpoint import Endpoint
 from kilndb.client.pushed import PushedStream
 from kilndb.client.transport import Connection
 from kilndb.engine.writes import prepare_write
@@ -141,7 +142,7 @@ class RemoteStatusSubscription(PushedStream[dict[str, Any]]):
 
     def __init__(
         self,
-        url: str,
+        endpoint: Endpoint,
         database: str,
         space: str,
         segment: str,
@@ -151,7 +152,7 @@ class RemoteStatusSubscription(PushedStream[dict[str, Any]]):
         self.space = space
         self.segment = segment
         self.heartbeat = heartbeat
-        super().__init__(url, database, timeout)
+        super().__init__(endpoint, database, timeout)
 
     def _subscribe(self, conn: Connection) -> None:
         conn.call(

@@ -1,7 +1,8 @@
 """A blocking connection to a KilnDB server: send a request, read its reply.
 
-``tcp://HOST:PORT`` and ``unix:///path.sock`` URLs. One request at a time per
-connection, guarded by a lock, so a :class:`Connection` can be shared by threads.
+``tcp://``, ``tls://`` and ``unix://`` URLs (see :class:`~kilndb.client.endpoint.Endpoint`).
+One request at a time per connection, guarded by a lock, so a :class:`Connection` can
+be shared by threads.
 Server errors come back as the same :class:`~kilndb.KilnError` classes the server
 raised; a broken or closed socket raises :class:`~kilndb.ConnectionLostError`.
 """
@@ -11,10 +12,10 @@ from __future__ import annotations
 import socket
 import threading
 from typing import Any
-from urllib.parse import urlsplit
 
 import orjson
 
+from kilndb.client.endpoint import Endpoint
 from kilndb.codec import DEFAULT_MAX_FRAME_BYTES, FrameDecoder, encode_frame
 from kilndb.errors import (
     ConnectionLostError,
@@ -24,27 +25,7 @@ from kilndb.errors import (
     error_from_wire,
 )
 
-__all__ = ["Connection", "open_socket"]
-
-
-def open_socket(url: str, timeout: float | None) -> socket.socket:
-    """Connect to ``tcp://HOST:PORT`` or ``unix:///path``."""
-    parts = urlsplit(url)
-    try:
-        if parts.scheme == "tcp":
-            if not parts.hostname or parts.port is None:
-                raise InvalidArgumentError(f"bad server URL {url!r}: use tcp://HOST:PORT")
-            sock = socket.create_connection((parts.hostname, parts.port), timeout=timeout)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        elif parts.scheme == "unix":
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.settimeout(timeout)
-            sock.connect(parts.path)
-        else:
-            raise InvalidArgumentError(f"bad server URL {url!r}: use tcp:// or unix://")
-    except OSError as exc:
-        raise ConnectionLostError(f"cannot connect to {url}: {exc}") from exc
-    return sock
+__all__ = ["Connection"]
 
 
 #: Requests a pipeline keeps in flight (below the server's ``max_pipeline``).
@@ -54,9 +35,10 @@ PIPELINE_WINDOW = 512
 class Connection:
     """One socket to a server, used request by request."""
 
-    def __init__(self, url: str, timeout: float | None = 30.0) -> None:
-        self.url = url
-        self._sock: socket.socket | None = open_socket(url, timeout)
+    def __init__(self, endpoint: Endpoint | str, timeout: float | None = 30.0) -> None:
+        self.endpoint = Endpoint.make(endpoint)
+        self.url = self.endpoint.url
+        self._sock: socket.socket | None = self.endpoint.open_socket(timeout)
         self._decoder = FrameDecoder(DEFAULT_MAX_FRAME_BYTES)
         self._lock = threading.Lock()
 
@@ -103,6 +85,11 @@ class Connection:
                 self._drop()
                 raise ConnectionLostError(f"the server at {self.url} closed the connection")
             self._decoder.feed(data)
+
+    def hello(self, database: str) -> dict[str, Any]:
+        """Open the conversation: select ``database`` and present the endpoint's token."""
+        message = self.endpoint.hello(database)
+        return self.call(message.pop("op"), **message)
 
     def call(self, op: str, **params: Any) -> dict[str, Any]:
         """Send one request and return its successful reply; raise the server's error."""

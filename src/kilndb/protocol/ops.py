@@ -306,6 +306,13 @@ def _held_lease(body: dict[str, Any]) -> Params:
     }
 
 
+def _unsubscribe(body: dict[str, Any]) -> Params:
+    name = body.get("subscription")
+    if not isinstance(name, str | int) or isinstance(name, bool):
+        raise InvalidArgumentError("field 'subscription' must be a subscription's request_id")
+    return {"subscription": name}
+
+
 def _remove_database(body: dict[str, Any]) -> Params:
     delete = body.get("delete", False)
     if type(delete) is not bool:
@@ -350,6 +357,7 @@ OPS: dict[str, Callable[[dict[str, Any]], Params]] = {
     "renew_lease": _held_lease,
     "release_lease": _held_lease,
     "leases": _none,
+    "unsubscribe": _unsubscribe,  # WebSocket: end one of the connection's subscriptions
 }
 
 

@@ -23,17 +23,24 @@ Every database call runs on the server's thread pool, as for the socket protocol
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from aiohttp import WSMsgType, web
+from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from kilndb.errors import CursorTooOldError, InvalidArgumentError, KilnError, NotFoundError
+from kilndb.errors import (
+    AuthenticationError,
+    CursorTooOldError,
+    InvalidArgumentError,
+    KilnError,
+    NotFoundError,
+)
 from kilndb.protocol import BadRequest, Request, check_params, parse_request
+from kilndb.server.auth import ANONYMOUS, Principal
+from kilndb.server.websocket import websocket_handler
 
 if TYPE_CHECKING:
     from kilndb.server.sockets import Server
@@ -51,7 +58,7 @@ _STATUS_OF = {
     "permission_denied": 403,
     "unavailable": 503,
 }
-_GAUGES = ("active_connections", "subscription_count")
+_GAUGES = ("active_connections", "subscription_count", "open_databases", "failing_databases")
 
 
 def _json(body: Any, status: int = 200) -> web.Response:
@@ -101,6 +108,27 @@ def build_app(server: Server) -> web.Application:
 
         return await loop.run_in_executor(server.executor, work)
 
+    def _denied(http: web.Request, op: str, database: str | None) -> web.Response | None:
+        """The 401/403 reply unless the request's bearer token grants ``op``."""
+        try:
+            principal = _principal(http)
+            if principal is None:
+                raise AuthenticationError("send Authorization: Bearer <token>")
+            principal.check(op, database)
+        except KilnError as exc:
+            server.count("errors_total")
+            return _error(exc)
+        return None
+
+    def _principal(http: web.Request) -> Principal | None:
+        """Who the bearer token speaks for (None: no token sent)."""
+        if not server.auth.enabled:
+            return ANONYMOUS
+        header = http.headers.get("Authorization", "")
+        if not header.startswith("Bearer "):
+            return None
+        return server.auth.verify(header.removeprefix("Bearer "))
+
     async def health(_: web.Request) -> web.Response:
         status = server.status()
         return _json({k: status[k] for k in ("schema_version", "status", "uptime_ms", "pid")})
@@ -109,25 +137,34 @@ def build_app(server: Server) -> web.Application:
         state = server.state
         return _json({"status": state}, 200 if state == "ready" else 503)
 
-    async def status(_: web.Request) -> web.Response:
+    async def status(http: web.Request) -> web.Response:
+        if denied := _denied(http, "server_status", None):
+            return denied
         return _json(server.status())
 
-    async def metrics(_: web.Request) -> web.Response:
+    async def metrics(http: web.Request) -> web.Response:
+        if denied := _denied(http, "server_status", None):
+            return denied
         return web.Response(body=generate_latest(registry), content_type="text/plain")
 
-    async def recent(_: web.Request) -> web.Response:
+    async def recent(http: web.Request) -> web.Response:
+        if denied := _denied(http, "server_status", None):
+            return denied
         return _json(list(server.recent_events))
 
     async def dispatch(http: web.Request) -> web.Response:
         parsed = parse_request(await http.read())
         if isinstance(parsed, BadRequest):
             return _error(parsed.error)
-        if parsed.op in ("subscribe", "close", "hello"):
+        if parsed.op in ("subscribe", "subscribe_status", "unsubscribe", "close", "hello"):
             return _error(InvalidArgumentError(f"{parsed.op} needs a connection: use /v1/ws"))
+        database = parsed.database or http.query.get("database", "default")
+        if denied := _denied(http, parsed.op, database):
+            return denied
         if parsed.op == "server_status":
             return _json({"ok": True, **server.status()})
         try:
-            result = await run(parsed, http.query.get("database", "default"))
+            result = await run(parsed, database)
         except KilnError as exc:
             return _error(exc)
         reply = {"ok": True, **result}
@@ -146,6 +183,8 @@ def build_app(server: Server) -> web.Application:
                 except orjson.JSONDecodeError as exc:
                     raise InvalidArgumentError(f"body is not JSON: {exc}") from exc
             op = {"GET": "read", "PUT": "write", "DELETE": "delete"}[http.method]
+            if denied := _denied(http, op, database):
+                return denied
             result = await run(Request(op, check_params(op, body)), database)
         except KilnError as exc:
             return _error(exc)
@@ -156,6 +195,8 @@ def build_app(server: Server) -> web.Application:
     async def history(http: web.Request) -> web.Response:
         info = http.match_info
         params = check_params("history", {"store": info["store"], "key": info["key"]})
+        if denied := _denied(http, "history", info["database"]):
+            return denied
         try:
             result = await run(Request("history", params), info["database"])
         except KilnError as exc:
@@ -170,7 +211,10 @@ def build_app(server: Server) -> web.Application:
             if cursor < 0:
                 raise ValueError(cursor_text)
             stores = [s for s in stores_text.split(",") if s] if stores_text else None
-            db = server.databases.get(http.query.get("database", "default"))
+            database = http.query.get("database", "default")
+            if denied := _denied(http, "subscribe", database):
+                return denied
+            db = server.databases.get(database)
             subscription = db.subscribe(stores, cursor)
         except ValueError:
             return _error(InvalidArgumentError(f"bad cursor {cursor_text!r}"))
@@ -204,64 +248,6 @@ def build_app(server: Server) -> web.Application:
             server.event("subscription_closed", transport="sse")
         return response
 
-    async def websocket(http: web.Request) -> web.WebSocketResponse:
-        socket = web.WebSocketResponse(heartbeat=30.0)
-        await socket.prepare(http)
-        database = "default"
-        pump: asyncio.Task[None] | None = None
-        async for message in socket:
-            if message.type != WSMsgType.TEXT:
-                continue
-            parsed = parse_request(message.data.encode())
-            if isinstance(parsed, BadRequest):
-                await socket.send_str(_wire_error(parsed.error, parsed.request_id))
-                continue
-            if parsed.op == "close":
-                break
-            if parsed.op == "hello":
-                database = parsed.params["database"] or database
-                await socket.send_str(orjson.dumps({"ok": True, "database": database}).decode())
-                continue
-            if parsed.op == "subscribe":
-                try:
-                    db = server.databases.get(parsed.database or database)
-                    after = parsed.params["after"]
-                    if after is None:
-                        after = db.stats()["durable_position"]
-                    subscription = db.subscribe(parsed.params["stores"], after)
-                except KilnError as exc:
-                    await socket.send_str(_wire_error(exc, parsed.request_id))
-                    continue
-                await socket.send_str(orjson.dumps({"ok": True, "position": after}).decode())
-                server.streams.add(subscription)
-                pump = loop.create_task(_push(socket, subscription))
-                continue
-            try:
-                result = await run(parsed, database)
-                reply = {"ok": True, **result}
-                if parsed.request_id is not None:
-                    reply["request_id"] = parsed.request_id
-                await socket.send_str(orjson.dumps(reply).decode())
-            except KilnError as exc:
-                await socket.send_str(_wire_error(exc, parsed.request_id))
-        if pump is not None:
-            pump.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await pump
-        await socket.close()
-        return socket
-
-    async def _push(socket: web.WebSocketResponse, subscription: Any) -> None:
-        try:
-            while not socket.closed:
-                fact = await loop.run_in_executor(server.executor, subscription.get, 1.0)
-                if fact is not None:
-                    event = {"event": "fact_written", "fact": fact.to_dict()}
-                    await socket.send_str(orjson.dumps(event).decode())
-        finally:
-            server.streams.discard(subscription)
-            subscription.close()
-
     app = web.Application()
     app.router.add_get("/v1/health", health)
     app.router.add_get("/v1/ready", ready)
@@ -276,7 +262,7 @@ def build_app(server: Server) -> web.Application:
     app.router.add_route("PUT", keys, fact)
     app.router.add_route("DELETE", keys, fact)
     app.router.add_get(keys + "/history", history)
-    app.router.add_get("/v1/ws", websocket)
+    app.router.add_get("/v1/ws", websocket_handler(server, run, _principal))
     return app
 
 

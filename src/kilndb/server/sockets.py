@@ -39,8 +39,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
+import ssl
 import threading
 import time
 from collections import deque
@@ -54,7 +56,13 @@ import orjson
 from kilndb.codec import DEFAULT_MAX_FRAME_BYTES, encode_frame
 from kilndb.config import DatabaseConfig
 from kilndb.engine import StatusSubscription, Subscription
-from kilndb.errors import KilnError, SubscriberOverflowError, UnavailableError
+from kilndb.errors import (
+    AuthenticationError,
+    InvalidArgumentError,
+    KilnError,
+    SubscriberOverflowError,
+    UnavailableError,
+)
 from kilndb.protocol import (
     PROTOCOL_VERSION,
     BadRequest,
@@ -62,6 +70,7 @@ from kilndb.protocol import (
     Request,
     ServerConnection,
 )
+from kilndb.server.auth import ANONYMOUS, AuthConfig, Authenticator, Principal
 from kilndb.server.dispatch import Dispatcher
 from kilndb.server.fanout import Fanout, Feed
 from kilndb.server.nodes import NodeConfig, NodeManager
@@ -102,6 +111,31 @@ class ServerConfig:
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     #: Idle eviction, the open-database cap and the circuit breaker.
     nodes: NodeConfig = field(default_factory=NodeConfig)
+    #: Tokens required on every transport when a secret or a public key is set.
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    #: Listen on a non-loopback address without authentication (refused otherwise).
+    insecure_bind: bool = False
+    #: TLS for TCP and HTTP: certificate chain and key (PEM files).
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    #: With it, clients must present a certificate signed by this CA (mutual TLS).
+    tls_client_ca: Path | None = None
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The server's TLS context, or None without a certificate."""
+        if self.tls_cert is None:
+            if self.tls_key is not None or self.tls_client_ca is not None:
+                raise InvalidArgumentError("TLS options need a certificate (tls_cert)")
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            context.load_cert_chain(self.tls_cert, self.tls_key)
+            if self.tls_client_ca is not None:
+                context.load_verify_locations(cafile=self.tls_client_ca)
+                context.verify_mode = ssl.CERT_REQUIRED
+        except (OSError, ssl.SSLError) as exc:
+            raise InvalidArgumentError(f"cannot set up TLS: {exc}") from exc
+        return context
 
 
 class _Slot:
@@ -152,6 +186,8 @@ class _Connection(asyncio.Protocol):
         self.draining = False
         self.eof_sent = False
         self.paused = False
+        #: Who the connection's token speaks for (None: not authenticated yet).
+        self.principal: Principal | None = None if server.auth.enabled else ANONYMOUS
         #: The connection's changefeed, once it has subscribed.
         self.feed: Feed | None = None
         #: Or its segment-status subscription.
@@ -273,6 +309,13 @@ class _Connection(asyncio.Protocol):
             self.closing = True
             self._unsubscribe()
             return _Slot(ServerConnection.reply(request_id))
+        try:
+            if self.principal is None:
+                raise AuthenticationError("authenticate first: hello {token}")
+            database = None if op == "remove_database" else request.database or self.database
+            self.principal.check(op, database)
+        except KilnError as exc:
+            return _Slot(self._failed(request, exc))
         if op == "server_status":
             return _Slot(ServerConnection.reply(request_id, **self.server.status()))
         if op == "subscribe":
@@ -434,6 +477,11 @@ class _Connection(asyncio.Protocol):
                 f" {PROTOCOL_VERSION}"
             )
             return ServerConnection.error(error, request.request_id)
+        if params["token"] is not None:
+            try:
+                self.principal = self.server.auth.verify(params["token"])
+            except KilnError as exc:
+                return self._failed(request, exc)
         if params["database"] is not None:
             self.database = params["database"]
         return ServerConnection.reply(
@@ -598,11 +646,28 @@ class _Connection(asyncio.Protocol):
             self.server.loop.call_later(OVERFLOW_GRACE_SECONDS, transport.abort)
 
 
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 class Server:
     """A KilnDB server: ``start()`` in a background thread, or ``await serve()``."""
 
     def __init__(self, config: ServerConfig | None = None, **options: Any) -> None:
         self.config = config or ServerConfig(**options)
+        self.auth = Authenticator(self.config.auth)
+        self.ssl_context = self.config.ssl_context()
+        host = self.config.host
+        if host is not None and not _is_loopback(host) and not self.auth.enabled:
+            if not self.config.insecure_bind:
+                raise InvalidArgumentError(
+                    f"refusing to listen on {host} without authentication: give an auth"
+                    " secret or public key, or insecure_bind (--insecure-bind)"
+                )
+            log.warning("listening on %s without authentication", host)
         self.databases = NodeManager(self.config.data, self.config.database, self.config.nodes)
         self.dispatcher = Dispatcher(self.databases)
         self.fanout = Fanout()
@@ -632,7 +697,8 @@ class Server:
         self.state = "starting"
         self._started_at = time.monotonic()
         self._counters_lock = threading.Lock()
-        self.loop: asyncio.AbstractEventLoop = asyncio.new_event_loop()
+        #: The server's event loop, made by :meth:`start`.
+        self.loop: asyncio.AbstractEventLoop
         self._servers: list[asyncio.Server] = []
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
@@ -646,11 +712,16 @@ class Server:
         config = self.config
         if config.host is not None:
             server = await self.loop.create_server(
-                lambda: _Connection(self), config.host, config.port, reuse_address=True
+                lambda: _Connection(self),
+                config.host,
+                config.port,
+                reuse_address=True,
+                ssl=self.ssl_context,
             )
             self._servers.append(server)
             host, port = server.sockets[0].getsockname()[:2]
-            self.addresses.append(f"tcp://{host}:{port}")
+            scheme = "tcp" if self.ssl_context is None else "tls"
+            self.addresses.append(f"{scheme}://{host}:{port}")
         if config.unix is not None:
             path = Path(config.unix)
             if path.exists():
@@ -665,12 +736,18 @@ class Server:
 
             self._http = web.AppRunner(build_app(self), access_log=None)
             await self._http.setup()
-            site = web.TCPSite(self._http, config.host or "127.0.0.1", config.http_port)
+            site = web.TCPSite(
+                self._http,
+                config.host or "127.0.0.1",
+                config.http_port,
+                ssl_context=self.ssl_context,
+            )
             await site.start()
             bound = site._server
             assert isinstance(bound, asyncio.Server)
             host, port = bound.sockets[0].getsockname()[:2]
-            self.addresses.append(f"http://{host}:{port}")
+            scheme = "http" if self.ssl_context is None else "https"
+            self.addresses.append(f"{scheme}://{host}:{port}")
         self.state = "ready"
         self._started_at = time.monotonic()
         self.event("server_started", addresses=list(self.addresses))
@@ -678,12 +755,15 @@ class Server:
     def start(self) -> Server:
         """Listen in a background thread; return once the sockets accept connections."""
 
+        self.loop = asyncio.new_event_loop()
+
         def run() -> None:
             asyncio.set_event_loop(self.loop)
             try:
                 self.loop.run_until_complete(self._listen())
             except BaseException as exc:
                 self._startup_error = exc
+                self.loop.close()
                 self._ready.set()
                 return
             self._ready.set()

@@ -1,0 +1,281 @@
+"""``GET /v1/ws``: the op JSON messages over WebSocket, many at once on one connection.
+
+Each text message is one op envelope (as on the socket protocol). Requests run
+concurrently — at most ``MAX_IN_FLIGHT`` per connection — and each reply carries the
+request's ``request_id``, so a client tags its requests and matches the replies in any
+order. ``subscribe`` and ``subscribe_status`` open a subscription named by their
+``request_id`` (required): after its ``ok`` reply, its pushed messages carry
+``"subscription": <request_id>``; ``unsubscribe {subscription}`` ends one, ``close`` ends
+the connection. The server pings every 30 s and drops a client it has not heard from
+(pongs included) for 90 s; a message over the server's ``max_frame_bytes`` closes the
+connection with code 1009.
+
+With authentication on, the token comes in the ``Authorization: Bearer`` header of the
+upgrade request or in a first ``hello {token}`` message; until then only ``hello``,
+``ping`` and ``close`` are answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from aiohttp import WSMsgType, web
+
+from kilndb.errors import AuthenticationError, InvalidArgumentError, KilnError
+from kilndb.protocol import BadRequest, Request, parse_request
+from kilndb.server.auth import Principal
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from kilndb.server.sockets import Server
+
+__all__ = ["MAX_IN_FLIGHT", "PING_SECONDS", "SILENCE_SECONDS", "websocket_handler"]
+
+PING_SECONDS = 30.0
+SILENCE_SECONDS = 90.0
+MAX_IN_FLIGHT = 256
+
+
+_ENDS = frozenset({WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR})
+
+
+def _dumps(body: dict[str, Any]) -> str:
+    return orjson.dumps(body).decode()
+
+
+def _error(error: KilnError, request_id: Any) -> str:
+    body = error.to_wire()
+    if request_id is not None:
+        body["request_id"] = request_id
+    return _dumps(body)
+
+
+class _Session:
+    def __init__(
+        self,
+        server: Server,
+        socket: web.WebSocketResponse,
+        run: Callable[[Request, str], Awaitable[dict[str, Any]]],
+        principal: Principal | None,
+    ) -> None:
+        self.server = server
+        self.socket = socket
+        self.run = run
+        self.principal = principal
+        self.database = "default"
+        self.subscriptions: dict[Any, tuple[Any, asyncio.Task[None]]] = {}
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+
+    async def send(self, text: str) -> None:
+        if not self.socket.closed:
+            with contextlib.suppress(ConnectionResetError):
+                await self.socket.send_str(text)
+
+    async def serve(self) -> None:
+        pinger = asyncio.get_running_loop().create_task(self._ping())
+        try:
+            while True:
+                try:
+                    message = await self.socket.receive(timeout=SILENCE_SECONDS)
+                except TimeoutError:
+                    self.server.event("websocket_silent", seconds=SILENCE_SECONDS)
+                    break
+                if message.type == WSMsgType.TEXT:
+                    if not await self._on_text(message.data):
+                        break
+                elif message.type == WSMsgType.BINARY:
+                    await self.send(_error(InvalidArgumentError("send text messages"), None))
+                elif (
+                    message.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED)
+                    or message.type == WSMsgType.ERROR
+                ):
+                    break
+        finally:
+            pinger.cancel()
+            await self._end()
+
+    async def _ping(self) -> None:
+        while not self.socket.closed:
+            await asyncio.sleep(PING_SECONDS)
+            with contextlib.suppress(ConnectionResetError, RuntimeError):
+                await self.socket.ping()
+
+    async def _on_text(self, text: str) -> bool:
+        """Handle one message; False ends the connection."""
+        self.server.count("requests_total")
+        parsed = parse_request(text.encode())
+        if isinstance(parsed, BadRequest):
+            self.server.count("errors_total")
+            await self.send(_error(parsed.error, parsed.request_id))
+            return True
+        op, request_id = parsed.op, parsed.request_id
+        if op == "close":
+            return False
+        if op == "ping":
+            await self.send(_dumps(_reply(request_id, pong=True)))
+            return True
+        if op == "hello":
+            await self._hello(parsed)
+            return True
+        database = parsed.database or self.database
+        try:
+            if self.principal is None:
+                raise AuthenticationError("authenticate first: hello {token}")
+            self.principal.check(op, None if op == "remove_database" else database)
+        except KilnError as exc:
+            self.server.count("errors_total")
+            await self.send(_error(exc, request_id))
+            return True
+        if op == "unsubscribe":
+            await self._unsubscribe(parsed)
+        elif op in ("subscribe", "subscribe_status"):
+            await self._subscribe(parsed, database)
+        elif op == "server_status":
+            await self.send(_dumps(_reply(request_id, **self.server.status())))
+        else:
+            await self.slots.acquire()
+            task = asyncio.get_running_loop().create_task(self._request(parsed, database))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+        return True
+
+    async def _request(self, request: Request, database: str) -> None:
+        try:
+            result = await self.run(request, database)
+            await self.send(_dumps(_reply(request.request_id, **result)))
+        except KilnError as exc:
+            await self.send(_error(exc, request.request_id))
+        finally:
+            self.slots.release()
+
+    async def _hello(self, request: Request) -> None:
+        params = request.params
+        try:
+            if params["token"] is not None:
+                self.principal = self.server.auth.verify(params["token"])
+            elif self.principal is None:
+                raise AuthenticationError("a token is required: hello {token}")
+        except KilnError as exc:
+            self.server.count("errors_total")
+            await self.send(_error(exc, request.request_id))
+            return
+        if params["database"] is not None:
+            self.database = params["database"]
+        await self.send(_dumps(_reply(request.request_id, database=self.database)))
+
+    async def _subscribe(self, request: Request, database: str) -> None:
+        name = request.request_id
+        if name is None or name in self.subscriptions:
+            error = InvalidArgumentError(
+                "a subscription needs a request_id of its own to name it"
+                if name is None
+                else f"subscription {name!r} exists already"
+            )
+            await self.send(_error(error, name))
+            return
+        params = request.params
+        fields: dict[str, Any]
+        try:
+            db = self.server.databases.get(database)
+            if request.op == "subscribe":
+                after = params["after"]
+                if after is None:
+                    after = db.stats()["durable_position"]
+                source: Any = db.subscribe(params["stores"], after)
+                fields = {"position": after}
+            else:
+                source = db.space(params["space"]).subscribe_status(
+                    params["segment"], params["heartbeat"]
+                )
+                fields = {"space": source.space, "segment": source.segment}
+        except KilnError as exc:
+            await self.send(_error(exc, name))
+            return
+        await self.send(_dumps(_reply(name, subscription=name, **fields)))
+        self.server.count("subscriptions_total")
+        self.server.event("subscription_opened", transport="websocket", op=request.op)
+        pump = asyncio.get_running_loop().create_task(self._pump(name, source, request.op))
+        self.subscriptions[name] = (source, pump)
+
+    async def _pump(self, name: Any, source: Any, op: str) -> None:
+        loop = asyncio.get_running_loop()
+        executor = self.server.executor
+        try:
+            while not self.socket.closed and not source.closed:
+                if op == "subscribe":
+                    facts = await loop.run_in_executor(executor, source.get_batch, 256, 1.0)
+                    for fact in facts:
+                        event = {"event": "fact_written", "subscription": name}
+                        await self.send(_dumps({**event, "fact": fact.to_dict()}))
+                else:
+                    message = await loop.run_in_executor(executor, source.get, 1.0)
+                    if message is not None:
+                        event = {"event": "segment_status", "subscription": name}
+                        await self.send(_dumps({**event, **message}))
+        finally:
+            source.close()
+
+    async def _unsubscribe(self, request: Request) -> None:
+        name = request.params["subscription"]
+        found = self.subscriptions.pop(name, None)
+        if found is None:
+            error = InvalidArgumentError(f"no subscription {name!r}")
+            await self.send(_error(error, request.request_id))
+            return
+        source, pump = found
+        source.close()
+        pump.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await pump
+        await self.send(_dumps(_reply(request.request_id, subscription=name)))
+
+    async def _end(self) -> None:
+        for source, pump in self.subscriptions.values():
+            source.close()
+            pump.cancel()
+        for _, pump in self.subscriptions.values():
+            with contextlib.suppress(asyncio.CancelledError):
+                await pump
+        if self.subscriptions:
+            self.server.event("subscription_closed", transport="websocket")
+        self.subscriptions.clear()
+        for task in list(self.tasks):
+            with contextlib.suppress(asyncio.CancelledError, KilnError):
+                await task
+        await self.socket.close()
+
+
+def _reply(request_id: Any, **fields: Any) -> dict[str, Any]:
+    body = {"ok": True, **fields}
+    if request_id is not None:
+        body["request_id"] = request_id
+    return body
+
+
+def websocket_handler(
+    server: Server,
+    run: Callable[[Request, str], Awaitable[dict[str, Any]]],
+    principal_of: Callable[[web.Request], Principal | None],
+) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """The ``/v1/ws`` handler of ``server``; ``run`` executes one request and
+    ``principal_of`` reads the upgrade request's bearer token (None: none sent)."""
+
+    async def websocket(http: web.Request) -> web.StreamResponse:
+        try:
+            principal = principal_of(http)
+        except KilnError as exc:  # a bad token in the header: refused before upgrading
+            server.count("errors_total")
+            return web.Response(
+                body=orjson.dumps(exc.to_wire()), status=401, content_type="application/json"
+            )
+        socket = web.WebSocketResponse(autoping=True, max_msg_size=server.config.max_frame_bytes)
+        await socket.prepare(http)
+        await _Session(server, socket, run, principal).serve()
+        return socket
+
+    return websocket
