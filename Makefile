@@ -46,10 +46,12 @@ test: lint typecheck pytest
 bench: $(BENCHSTAMP)
 	$(PY) bench/embedded.py
 	$(PY) bench/server.py
+	$(PY) bench/streams.py
 
 bench-smoke: $(BENCHSTAMP)
 	$(PY) bench/embedded.py --smoke
 	$(PY) bench/server.py --smoke
+	$(PY) bench/streams.py --smoke
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -161,7 +161,7 @@ class Report:
         return None
 
 
-def render(report: Report) -> str:
+def render(report: Report, issue: str = "3") -> str:
     header = ("benchmark", "KilnDB", "peer", "peer result", "KilnDB/peer")
     rows: list[tuple[str, ...]] = []
     groups: list[bool] = []
@@ -198,7 +198,7 @@ def render(report: Report) -> str:
             out.append(rule)
         out.append(text(cells))
     out.append("")
-    out.append("Targets (issue 3), judged from this run:")
+    out.append(f"Targets (issue {issue}), judged from this run:")
     width = max((len(t.text) for t in report.targets), default=0)
     for t in report.targets:
         verdict = "PASS" if t.ok else ("MISS" if t.ok is not None else "n/a ")

@@ -10,7 +10,9 @@ value is their base64 text and its metadata carries ``kiln.payload = "base64"``,
 the entry hides again. Metadata keys starting with ``kiln.`` are reserved.
 
 On the wire an entry is ``{"space", "segment", "sequence", "timestamp", "position",
-"id", "metadata"}`` plus ``"payload"`` (JSON) or ``"payload_base64"`` (bytes).
+"id", "metadata"}`` plus ``"payload"`` (JSON) or ``"payload_base64"`` (bytes). A
+``produce`` reply lists ``{"sequence", "timestamp", "position", "id"}`` per record
+(``produced``): the producer has the payloads already.
 """
 
 from __future__ import annotations
@@ -30,8 +32,10 @@ __all__ = [
     "clamp_heartbeat",
     "clamp_limit",
     "entry_from_fact",
+    "entry_from_produced",
     "entry_from_wire",
     "entry_to_wire",
+    "produced_to_wire",
     "record_from_wire",
     "record_to_wire",
     "record_write",
@@ -184,6 +188,33 @@ def entry_to_wire(entry: Entry) -> dict[str, Any]:
     else:
         wire["payload"] = entry.payload
     return wire
+
+
+def produced_to_wire(entry: Entry) -> dict[str, Any]:
+    """What a ``produce`` reply says of each entry: where the log put it."""
+    return {
+        "sequence": entry.sequence,
+        "timestamp": entry.timestamp,
+        "position": entry.position,
+        "id": entry.id,
+    }
+
+
+def entry_from_produced(space: str, segment: str, record: Record, wire: dict[str, Any]) -> Entry:
+    """The entry a produced record became, from the ``produce`` reply."""
+    payload, metadata = record
+    if isinstance(payload, bytearray | memoryview):
+        payload = bytes(payload)
+    return Entry(
+        space,
+        segment,
+        wire["sequence"],
+        wire["timestamp"],
+        payload,
+        dict(metadata or {}),
+        wire["position"],
+        wire["id"],
+    )
 
 
 def entry_from_wire(wire: dict[str, Any]) -> Entry:

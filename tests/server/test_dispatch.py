@@ -184,8 +184,10 @@ def test_stream_ops_on_the_wire(harness: Harness) -> None:
             "expected_seq": 0,
         }
     )
-    assert [e["sequence"] for e in produced["entries"]] == [1, 2]
-    assert produced["entries"][0]["payload_base64"] == "AP8="
+    assert [e["sequence"] for e in produced["produced"]] == [1, 2]
+    assert set(produced["produced"][0]) == {"sequence", "timestamp", "position", "id"}
+    first = harness.call({"op": "consume", "space": "orders", "segment": "o-1", "limit": 1})
+    assert first["entries"][0]["payload_base64"] == "AP8="  # byte-exact
     consumed = harness.call({"op": "consume", "space": "orders", "segment": "o-1", "min_seq": 2})
     assert consumed["entries"][0]["payload"] == {"a": 1}
     assert consumed["entries"][0]["metadata"] == {"m": "x"}

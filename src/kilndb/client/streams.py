@@ -16,6 +16,7 @@ from kilndb.streams import (
     check_time,
     clamp_heartbeat,
     clamp_limit,
+    entry_from_produced,
     entry_from_wire,
     record_to_wire,
     record_write,
@@ -58,7 +59,10 @@ class RemoteSegment:
             expected_seq=expected_seq,
             fence=None if fenced is None else {"key": fenced[0], "token": fenced[1]},
         )
-        return _entries(reply)
+        return [
+            entry_from_produced(self.space, self.name, record, wire)
+            for record, wire in zip(checked, reply["produced"], strict=True)
+        ]
 
     def consume(
         self,

@@ -25,7 +25,7 @@ from kilndb.model import Fact, Write
 from kilndb.protocol import Request
 from kilndb.protocol.ops import WRITE_OPTIONS
 from kilndb.server.nodes import NodeManager
-from kilndb.streams import entry_to_wire, record_from_wire
+from kilndb.streams import entry_to_wire, produced_to_wire, record_from_wire
 
 __all__ = ["CONNECTION_OPS", "Dispatcher"]
 
@@ -129,7 +129,8 @@ def _produce(db: Database, params: dict[str, Any]) -> dict[str, Any]:
     records = [record_from_wire(record) for record in params["records"]]
     segment = db.space(params["space"]).segment(params["segment"])
     entries = segment.produce(records, expected_seq=params["expected_seq"], fence=params["fence"])
-    return {"entries": [entry_to_wire(entry) for entry in entries]}
+    # The producer has the payloads: only what the log gave them goes back.
+    return {"produced": [produced_to_wire(entry) for entry in entries]}
 
 
 def _consume(db: Database, params: dict[str, Any]) -> dict[str, Any]:

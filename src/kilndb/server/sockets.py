@@ -396,9 +396,14 @@ class _Connection(asyncio.Protocol):
                 slot.frame = error_frame
                 continue
             failure = failures.get(id(db))
-            slot.frame = (
-                self._reply(request, result) if failure is None else self._failed(request, failure)
-            )
+            try:
+                slot.frame = (
+                    self._reply(request, result)
+                    if failure is None
+                    else self._failed(request, failure)
+                )
+            except Exception as exc:  # never leave a reply slot empty: it would stall
+                slot.frame = self._refused(request, exc)[0]
 
     def _to_loop(self, callback: Any, *args: Any) -> None:
         with contextlib.suppress(RuntimeError):  # a stopped loop: the server is gone
@@ -868,7 +873,7 @@ class Server:
         if request.op in ("write", "write_fact"):
             self.count("facts_written")
         elif request.op == "produce":
-            self.count("facts_written", len(result["entries"]))
+            self.count("facts_written", len(result["produced"]))
         elif request.op == "write_many":
             self.count("facts_written", len(request.params["writes"]))
         elif request.op == "replay":
