@@ -621,14 +621,17 @@ class Database:
         wanted = _check_limit(limit)
         keydir = log.keydir
         seqs, base = keydir.seq, keydir.base
-        chosen: list[int] = []
-        for position in keydir.positions(store, key):
-            seq = seqs[position - base] & ~TOMBSTONE
-            if seq < since:
-                continue
-            if (until is not None and seq > until) or len(chosen) == wanted:
-                break
-            chosen.append(position)
+        positions = keydir.positions(store, key)
+
+        # A key's seqs grow with its positions: find the first one wanted by bisection.
+        def seq_of(position: int) -> int:
+            return seqs[position - base] & ~TOMBSTONE
+
+        start = bisect.bisect_left(positions, since, key=seq_of)
+        end = len(positions) if wanted is None else min(len(positions), start + wanted)
+        if until is not None:  # and the last one, by bisection too
+            end = min(end, bisect.bisect_right(positions, until, key=seq_of, lo=start))
+        chosen = positions[start:end]
         return [fact_from_dict(_loads(body)) for body in log.read_bodies(chosen)]
 
     def _keys(self, store: str, prefix: object, limit: object) -> list[str]:
