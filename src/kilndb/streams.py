@@ -35,6 +35,7 @@ __all__ = [
     "entry_from_produced",
     "entry_from_wire",
     "entry_to_wire",
+    "fact_to_entry_wire",
     "produced_to_wire",
     "record_from_wire",
     "record_to_wire",
@@ -171,6 +172,27 @@ def record_from_wire(wire: dict[str, Any]) -> Record:
     if "payload" not in wire:
         raise InvalidArgumentError("a record needs 'payload' or 'payload_base64'")
     return Record(wire["payload"], metadata)
+
+
+def fact_to_entry_wire(fact: Fact) -> dict[str, Any]:
+    """The wire form of the entry a fact is, straight from the fact (a bytes payload
+    stays in its stored base64 form): ``entry_to_wire(entry_from_fact(fact))``."""
+    metadata = fact.metadata
+    wire: dict[str, Any] = {
+        "space": fact.store,
+        "segment": fact.key,
+        "sequence": fact.seq,
+        "timestamp": fact.transaction_time,
+        "position": fact.position,
+        "id": fact.id,
+        "metadata": metadata,
+    }
+    if metadata.get(PAYLOAD_KEY) == "base64":
+        wire["metadata"] = {k: v for k, v in metadata.items() if k != PAYLOAD_KEY}
+        wire["payload_base64"] = fact.value
+    else:
+        wire["payload"] = fact.value
+    return wire
 
 
 def entry_to_wire(entry: Entry) -> dict[str, Any]:

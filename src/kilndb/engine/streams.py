@@ -35,10 +35,8 @@ if TYPE_CHECKING:
 __all__ = ["Segment", "Space", "StatusSubscription"]
 
 
-def _in_time(entry: Entry, min_ts: float | None, max_ts: float | None) -> bool:
-    return (min_ts is None or entry.timestamp >= min_ts) and (
-        max_ts is None or entry.timestamp <= max_ts
-    )
+def _in_time(timestamp: float, min_ts: float | None, max_ts: float | None) -> bool:
+    return (min_ts is None or timestamp >= min_ts) and (max_ts is None or timestamp <= max_ts)
 
 
 class Segment:
@@ -93,17 +91,26 @@ class Segment:
     ) -> list[Entry]:
         """Entries with ``min_seq <= sequence <= max_seq`` and timestamps in
         ``[min_ts, max_ts]``, in sequence order; at most ``limit`` (clamped to 10,000,000)."""
+        facts = self.consume_facts(min_seq, max_seq, min_ts, max_ts, limit)
+        return [entry_from_fact(fact) for fact in facts]
+
+    def consume_facts(
+        self,
+        min_seq: int = 1,
+        max_seq: int | None = None,
+        min_ts: float | None = None,
+        max_ts: float | None = None,
+        limit: int | None = None,
+    ) -> list[Fact]:
+        """:meth:`consume` as the facts the entries are (for transports)."""
         low, high = check_time("min_ts", min_ts), check_time("max_ts", max_ts)
         wanted = clamp_limit(limit)
         store = self._db.store(self.space)
-        filtered = low is not None or high is not None
-        facts = store.history(
-            self.name, since_seq=min_seq, until_seq=max_seq, limit=None if filtered else wanted
-        )
-        entries = (entry_from_fact(fact) for fact in facts)
-        if filtered:
-            entries = (entry for entry in entries if _in_time(entry, low, high))
-        return [entry for entry, _ in zip(entries, range(wanted), strict=False)]
+        if low is None and high is None:
+            return store.history(self.name, since_seq=min_seq, until_seq=max_seq, limit=wanted)
+        facts = store.history(self.name, since_seq=min_seq, until_seq=max_seq)
+        chosen = (fact for fact in facts if _in_time(fact.transaction_time, low, high))
+        return [fact for fact, _ in zip(chosen, range(wanted), strict=False)]
 
     def peek(self) -> Entry | None:
         """The last entry, or None for an empty segment."""
@@ -144,11 +151,21 @@ class Space:
         limit: int | None = None,
     ) -> list[Entry]:
         """Every entry of the space with position > ``after``, in commit order."""
+        return [entry_from_fact(fact) for fact in self.consume_facts(after, min_ts, max_ts, limit)]
+
+    def consume_facts(
+        self,
+        after: int = 0,
+        min_ts: float | None = None,
+        max_ts: float | None = None,
+        limit: int | None = None,
+    ) -> list[Fact]:
+        """:meth:`consume` as the facts the entries are (for transports)."""
         low, high = check_time("min_ts", min_ts), check_time("max_ts", max_ts)
         wanted = clamp_limit(limit)
-        entries = (entry_from_fact(f) for f in self._db.replay(after, stores=[self.name]))
-        chosen = (entry for entry in entries if _in_time(entry, low, high))
-        return [entry for entry, _ in zip(chosen, range(wanted), strict=False)]
+        facts = self._db.replay(after, stores=[self.name])
+        chosen = (fact for fact in facts if _in_time(fact.transaction_time, low, high))
+        return [fact for fact, _ in zip(chosen, range(wanted), strict=False)]
 
     def subscribe_status(self, segment: str = "*", heartbeat: float = 30) -> StatusSubscription:
         """The status of ``segment`` (``"*"``: every segment) now, then one notification

@@ -25,7 +25,12 @@ from kilndb.model import Fact, Write
 from kilndb.protocol import Request
 from kilndb.protocol.ops import WRITE_OPTIONS
 from kilndb.server.nodes import NodeManager
-from kilndb.streams import entry_to_wire, produced_to_wire, record_from_wire
+from kilndb.streams import (
+    entry_to_wire,
+    fact_to_entry_wire,
+    produced_to_wire,
+    record_from_wire,
+)
 
 __all__ = ["CONNECTION_OPS", "Dispatcher"]
 
@@ -154,10 +159,10 @@ def _peek(db: Database, params: dict[str, Any]) -> dict[str, Any]:
 
 
 def _space_consume(db: Database, params: dict[str, Any]) -> dict[str, Any]:
-    entries = db.space(params["space"]).consume(
+    facts = db.space(params["space"]).consume_facts(
         params["after"], params["min_ts"], params["max_ts"], params["limit"]
     )
-    return {"entries": [entry_to_wire(entry) for entry in entries]}
+    return {"entries": [fact_to_entry_wire(fact) for fact in facts]}
 
 
 def _held(params: dict[str, Any]) -> Lease:
