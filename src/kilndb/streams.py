@@ -95,9 +95,13 @@ def entry_from_fact(fact: Fact) -> Entry:
     """The entry a fact is; a bytes payload is decoded back to the exact bytes."""
     metadata = fact.metadata
     payload = fact.value
-    if metadata.get(PAYLOAD_KEY) == "base64":
-        metadata = {k: v for k, v in metadata.items() if k != PAYLOAD_KEY}
-        payload = base64.b64decode(payload)
+    if metadata.get(PAYLOAD_KEY) == "base64" and isinstance(payload, str):
+        try:
+            payload = base64.b64decode(payload, validate=True)
+        except (binascii.Error, ValueError):
+            pass  # not written by produce (a plain write set the key): shown as it is
+        else:
+            metadata = {k: v for k, v in metadata.items() if k != PAYLOAD_KEY}
     return Entry(
         fact.store,
         fact.key,
@@ -187,12 +191,22 @@ def fact_to_entry_wire(fact: Fact) -> dict[str, Any]:
         "id": fact.id,
         "metadata": metadata,
     }
-    if metadata.get(PAYLOAD_KEY) == "base64":
+    if metadata.get(PAYLOAD_KEY) == "base64" and _is_base64(fact.value):
         wire["metadata"] = {k: v for k, v in metadata.items() if k != PAYLOAD_KEY}
         wire["payload_base64"] = fact.value
     else:
         wire["payload"] = fact.value
     return wire
+
+
+def _is_base64(value: object) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    return True
 
 
 def entry_to_wire(entry: Entry) -> dict[str, Any]:

@@ -147,3 +147,19 @@ def test_status_subscription_snapshot_changes_and_heartbeats(db: kilndb.Database
         space.segment("a").produce([Record(2)])
         change = only_a.get(timeout=5)
         assert change is not None and (change["segment"], change["last_sequence"]) == ("a", 2)
+
+
+def test_a_plain_write_cannot_break_a_segment(db: kilndb.Database) -> None:
+    db.store("s").write("g", "not base64!", metadata={"kiln.payload": "base64"})
+    (entry,) = db.space("s").segment("g").consume()
+    assert entry.payload == "not base64!"  # shown as written, not an error
+
+
+def test_leases_stay_out_of_replay_and_the_changefeed(db: kilndb.Database) -> None:
+    db.store("s").write("k", 1)
+    db.acquire_lease("job", "w1", 30)
+    with db.subscribe(after=0) as sub:
+        first = sub.get(timeout=5)
+        assert first is not None and first.store == "s"
+        assert sub.get(timeout=0.3) is None
+    assert [f.store for f in db.replay()] == ["s"]

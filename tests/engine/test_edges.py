@@ -188,3 +188,31 @@ def test_a_write_in_flight_when_the_database_closes_is_acknowledged(
     with kilndb.open(tmp_path) as again:
         latest = again.store("s").read("k")
         assert latest is not None and latest.value == 1
+
+
+def test_segments_show_durable_entries_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = kilndb.open(tmp_path)
+    segment = db.space("s").segment("g")
+    segment.produce([kilndb.Record(1)])
+    entered, release = threading.Event(), threading.Event()
+    real = os.fdatasync
+
+    def slow_fdatasync(fd: int) -> None:
+        entered.set()
+        release.wait(10)
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", slow_fdatasync)
+    producer = threading.Thread(target=segment.produce, args=([kilndb.Record(2)],))
+    producer.start()
+    assert entered.wait(10)
+    # Applied but not yet durable: a consumer must not move its cursor past it.
+    assert [e.payload for e in segment.consume()] == [1]
+    assert segment.status()["last_sequence"] == 1
+    assert segment.peek() is not None and segment.peek().payload == 1  # type: ignore[union-attr]
+    release.set()
+    producer.join(10)
+    assert [e.payload for e in segment.consume()] == [1, 2]
+    db.close()

@@ -253,3 +253,42 @@ def test_kiln_token_create_and_token_option(server: Server, tmp_path: Path) -> N
     ) or "scope" in refused.stderr
     anonymous = kiln(tmp_path, "--url", server.url, "get", "s", "k")
     assert anonymous.exit_code == 1 and SECRET_VALUE not in anonymous.stderr + anonymous.stdout
+
+
+def test_hello_cannot_redirect_requests_queued_before_it(server: Server) -> None:
+    from tests.server.test_sockets import RawClient, tcp_address
+
+    only_a = create_token(SECRET, ["kiln::tenant-a"])
+    client = RawClient(tcp_address(server))
+    client.send({"op": "hello", "token": only_a, "database": "tenant-a", "request_id": 0})
+    assert (client.receive() or {})["ok"]
+    client.send(  # one send: the write is queued when hello switches the database
+        {"op": "write", "store": "s", "key": "k", "value": "mine", "request_id": 1},
+        {"op": "hello", "database": "tenant-b", "request_id": 2},
+        {"op": "read", "store": "s", "key": "k", "request_id": 3},
+    )
+    replies = [client.receive() for _ in range(3)]
+    assert replies[0] is not None and replies[0]["ok"]
+    assert replies[2] is not None and replies[2]["error_code"] == "permission_denied"
+    client.close()
+    admin = create_token(SECRET, ["kiln::*"])
+    with kilndb.connect(server.url, "tenant-b", token=admin) as b:
+        assert b.store("s").read("k") is None  # nothing landed in the other tenant
+    with kilndb.connect(server.url, "tenant-a", token=admin) as a:
+        fact = a.store("s").read("k")
+        assert fact is not None and fact.value == "mine"
+
+
+def test_the_admin_scope_is_not_a_database_scope(server: Server) -> None:
+    admin = create_token(SECRET, ["kiln::admin"])
+    with (
+        kilndb.connect(server.url, "admin", token=admin) as db,
+        pytest.raises(kilndb.PermissionDeniedError),
+    ):
+        db.store("s").write("k", 1)
+    tenant = create_token(SECRET, ["kiln::admin:read"])
+    with (
+        kilndb.connect(server.url, "admin", token=tenant) as db,
+        pytest.raises(kilndb.PermissionDeniedError),
+    ):
+        db.store("s").read("k")

@@ -142,3 +142,19 @@ def test_remove_closes_and_delete_removes_files(tmp_path: Path) -> None:
                 admin._call("remove_database", name="../etc")
         with kilndb.connect(server.url, "gone") as db:  # created anew, empty
             assert db.store("s").read("k") is None
+
+
+def test_the_breaker_cause_does_not_show_server_paths(tmp_path: Path) -> None:
+    holder = kilndb.open(tmp_path, "locked")
+    manager = NodeManager(tmp_path, nodes=NodeConfig(breaker_cooldown=30))
+    try:
+        for _ in range(3):
+            with pytest.raises(DatabaseLockedError):
+                manager.get_or_create("locked")
+        with pytest.raises(UnavailableError) as refused:
+            manager.get_or_create("locked")
+        assert str(tmp_path) not in str(refused.value)
+        assert "DatabaseLockedError" in str(refused.value)
+    finally:
+        holder.close()
+        manager.close()

@@ -363,13 +363,14 @@ class Database:
         return self._log.visible
 
     def _segment_bounds(self, store: str, key: str) -> tuple[Fact | None, Fact | None]:
-        """The first and the last retained fact of a key (None, None if it has none)."""
+        """The first and the last visible retained fact of a key (None, None if none)."""
         log = self._log
         log.check_open()
         positions = log.keydir.positions(store, key)
-        if not positions:
+        stop = bisect.bisect_right(positions, log.visible)  # durable entries only
+        if not stop:
             return None, None
-        ends = [positions[0]] if len(positions) == 1 else [positions[0], positions[-1]]
+        ends = [positions[0]] if stop == 1 else [positions[0], positions[stop - 1]]
         facts = [fact_from_dict(_loads(body)) for body in log.read_bodies(ends)]
         return (facts[0], facts[-1]) if facts else (None, None)
 
@@ -612,7 +613,10 @@ class Database:
         since_seq: object,
         until_seq: object,
         limit: object,
+        visible_only: bool = False,
     ) -> list[Fact]:
+        """``visible_only``: stop at the visible position (the durable one with
+        ``sync="always"``), as the changefeed and replay do — the streams view's rule."""
         log = self._log
         log.check_open()
         validate_key(key)
@@ -627,10 +631,11 @@ class Database:
         def seq_of(position: int) -> int:
             return seqs[position - base] & ~TOMBSTONE
 
-        start = bisect.bisect_left(positions, since, key=seq_of)
-        end = len(positions) if wanted is None else min(len(positions), start + wanted)
+        stop = bisect.bisect_right(positions, log.visible) if visible_only else len(positions)
+        start = bisect.bisect_left(positions, since, key=seq_of, hi=stop)
+        end = stop if wanted is None else min(stop, start + wanted)
         if until is not None:  # and the last one, by bisection too
-            end = min(end, bisect.bisect_right(positions, until, key=seq_of, lo=start))
+            end = min(end, bisect.bisect_right(positions, until, key=seq_of, lo=start, hi=stop))
         chosen = positions[start:end]
         return [fact_from_dict(_loads(body)) for body in log.read_bodies(chosen)]
 

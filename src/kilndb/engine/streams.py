@@ -105,10 +105,12 @@ class Segment:
         """:meth:`consume` as the facts the entries are (for transports)."""
         low, high = check_time("min_ts", min_ts), check_time("max_ts", max_ts)
         wanted = clamp_limit(limit)
-        store = self._db.store(self.space)
+        history = self._db._history
+        # Like the changefeed, the streams view shows durable entries only: a consumer's
+        # cursor never moves past an entry a crash could still take back.
         if low is None and high is None:
-            return store.history(self.name, since_seq=min_seq, until_seq=max_seq, limit=wanted)
-        facts = store.history(self.name, since_seq=min_seq, until_seq=max_seq)
+            return history(self.space, self.name, min_seq, max_seq, wanted, visible_only=True)
+        facts = history(self.space, self.name, min_seq, max_seq, None, visible_only=True)
         chosen = (fact for fact in facts if _in_time(fact.transaction_time, low, high))
         return [fact for fact, _ in zip(chosen, range(wanted), strict=False)]
 
@@ -188,13 +190,17 @@ class StatusSubscription:
         self.space = space
         self.segment = segment
         self.heartbeat = heartbeat
-        # Follow first, then take the snapshot: no change can fall between the two.
+        # Follow first, then take the snapshot: no change can fall between the two. The
+        # snapshot (a read per segment) is taken by the first get(), on the caller's
+        # thread, so opening a subscription is cheap whatever the size of the space.
         self._changes: Subscription = db.subscribe([space], after=db._visible_position())
-        names = db.store(space).keys() if segment == "*" else [segment]
-        self._pending: deque[dict[str, Any]] = deque(
-            {"type": "status", **Segment(db, space, name).status()} for name in names
-        )
+        self._pending: deque[dict[str, Any]] | None = None
         self._quiet_since = time.monotonic()
+
+    def _snapshot(self) -> deque[dict[str, Any]]:
+        db, space = self._db, self.space
+        names = db.store(space).keys() if self.segment == "*" else [self.segment]
+        return deque({"type": "status", **Segment(db, space, name).status()} for name in names)
 
     @property
     def closed(self) -> bool:
@@ -202,6 +208,8 @@ class StatusSubscription:
 
     def get(self, timeout: float | None = None) -> dict[str, Any] | None:
         """The next message; None if ``timeout`` passed first or the subscription closed."""
+        if self._pending is None:
+            self._pending = self._snapshot()
         if self._pending:
             return self._pending.popleft()
         deadline = None if timeout is None else time.monotonic() + timeout

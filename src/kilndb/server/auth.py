@@ -74,7 +74,7 @@ READ_OPS = frozenset(
 #: Ops of the server rather than of one database.
 ADMIN_OPS = frozenset({"server_status", "remove_database"})
 #: Ops anyone may send, authenticated or not.
-OPEN_OPS = frozenset({"hello", "ping", "close"})
+OPEN_OPS = frozenset({"hello", "ping", "close", "unsubscribe"})
 
 
 def action_of(op: str) -> Action:
@@ -101,7 +101,9 @@ class Principal:
             return True
         if action == "admin":
             return "kiln::admin" in scopes
-        if database is None:
+        if database is None or database == "admin":
+            # ``kiln::admin`` names server administration, not a database called admin:
+            # that one is reachable with ``kiln::*`` only.
             return False
         if f"kiln::{database}" in scopes:
             return True

@@ -85,6 +85,13 @@ class _Breaker:
         self.open_until = 0.0
 
 
+def _close(db: Database) -> None:
+    try:
+        db.close()  # flushes: everything written is durable
+    except KilnError as exc:
+        log.warning("closing database %s failed: %s", db.name, exc)
+
+
 class NodeManager:
     """Opens, keeps, evicts and removes the databases under one data directory."""
 
@@ -179,10 +186,12 @@ class NodeManager:
                         f" {breaker.open_until - now:.0f} s more after"
                         f" {breaker.failures} failures to open it: {breaker.cause}"
                     )
-                self._make_room(name)
+                victim = self._make_room(name)
+            if victim is not None:
+                _close(victim)  # outside the lock: requests for other databases go on
             try:
                 db = Database(self.data_dir, name, self.config)
-            except (KilnError, OSError) as exc:
+            except Exception as exc:
                 self._failed(name, exc)
                 raise
             with self._lock:
@@ -196,7 +205,8 @@ class NodeManager:
         with self._lock:
             breaker = self._breakers.setdefault(name, _Breaker())
             breaker.failures += 1
-            breaker.cause = str(exc)
+            # What went wrong, without the server's own paths.
+            breaker.cause = f"{type(exc).__name__}: {exc}".replace(str(self.data_dir), "DATA")
             if breaker.failures >= threshold:
                 breaker.open_until = time.monotonic() + self.node_config.breaker_cooldown
         log.warning(
@@ -207,21 +217,22 @@ class NodeManager:
             extra={"database": name},
         )
 
-    def _make_room(self, name: str) -> None:
-        """At the cap, evict the least recently used idle database (hold the lock)."""
+    def _make_room(self, name: str) -> Database | None:
+        """At the cap, take the least recently used idle database out (hold the lock);
+        the caller closes it once the lock is released."""
         cap = self.node_config.max_open_databases
         if cap is None:
-            return
+            return None
         open_nodes = [(n, node) for n, node in self._nodes.items() if not node.db.closed]
         if len(open_nodes) < cap:
-            return
+            return None
         idle = [(node.last_used, n) for n, node in open_nodes if node.idle()]
         if not idle:
             raise UnavailableError(
                 f"cannot open database {name!r}: {cap} databases are open and all are busy"
             )
         _, victim = min(idle)
-        self._evict_locked(victim)
+        return self._evict_locked(victim)
 
     # -- eviction and removal --------------------------------------------------------
 
@@ -237,18 +248,17 @@ class NodeManager:
                 for name, node in self._nodes.items()
                 if node.idle() and now - node.last_used >= after and not node.db.closed
             ]
-            for name in victims:
-                self._evict_locked(name)
+            closing = [self._evict_locked(name) for name in victims]
+        for db in closing:  # flushing outside the lock: other requests go on meanwhile
+            _close(db)
         return victims
 
-    def _evict_locked(self, name: str) -> None:
+    def _evict_locked(self, name: str) -> Database:
+        """Forget an open database (hold the lock); the caller closes it."""
         node = self._nodes.pop(name)
-        try:
-            node.db.close()  # flushes: everything written is durable
-        except KilnError as exc:
-            log.warning("closing idle database %s failed: %s", name, exc)
         self.evicted_total += 1
         log.info("database %s closed after being idle", name, extra={"database": name})
+        return node.db
 
     def _check_idle(self) -> None:
         interval = self.node_config.idle_check_interval
@@ -276,10 +286,10 @@ class NodeManager:
         try:
             with self._opening:
                 with self._lock:
-                    if name in self._nodes:
-                        self._evict_locked(name)
-                        self.evicted_total -= 1  # removed, not evicted for idleness
+                    node = self._nodes.pop(name, None)
                     self._breakers.pop(name, None)
+                if node is not None:
+                    _close(node.db)
                 if delete and path.is_dir():
                     shutil.rmtree(path)
         finally:

@@ -198,8 +198,8 @@ class _Connection(asyncio.Protocol):
         self._unsent = 0
         self._unsent_lock = threading.Lock()
         self._applying = False
-        #: Per database (by id): the furthest position this connection has written.
-        self._written: dict[int, tuple[Any, int]] = {}
+        #: Per database name: the furthest position this connection has written.
+        self._written: dict[str, int] = {}
 
     # -- asyncio callbacks ---------------------------------------------------------
 
@@ -309,11 +309,13 @@ class _Connection(asyncio.Protocol):
             self.closing = True
             self._unsubscribe()
             return _Slot(ServerConnection.reply(request_id))
+        if request.database is None and op != "remove_database":
+            # Resolved now: a later hello {database} must not redirect a queued request.
+            request = request._replace(database=self.database)
         try:
             if self.principal is None:
                 raise AuthenticationError("authenticate first: hello {token}")
-            database = None if op == "remove_database" else request.database or self.database
-            self.principal.check(op, database)
+            self.principal.check(op, request.database)
         except KilnError as exc:
             return _Slot(self._failed(request, exc))
         if op == "server_status":
@@ -442,19 +444,18 @@ class _Connection(asyncio.Protocol):
         """Add to ``applied``, remembering how far this connection has written."""
         written = self._written
         for _, _, error, db, position, _ in more:
-            if error is None and position:
-                known = written.get(id(db))
-                if known is None or position > known[1]:
-                    written[id(db)] = (db, position)
+            if error is None and position and position > written.get(db.name, 0):
+                written[db.name] = position
         applied += more
 
     def _settle(self, request: Request) -> None:
         """Before a replay: make this connection's earlier writes to its database durable,
         so that it shows every write acknowledged before it (replay shows durable facts)."""
-        db = self.server.databases.get(request.database or self.database)
-        known = self._written.get(id(db))
-        if known is not None:
-            db.wait_durable(known[1])
+        name = request.database or self.database
+        position = self._written.get(name)
+        if position is not None:
+            # A database closed meanwhile was flushed: its reopened log is durable already.
+            self.server.databases.get(name).wait_durable(position)
 
     def _apply_writes(self, run: list[tuple[Request, _Slot]], database: str) -> list[_Applied]:
         started = time.monotonic()

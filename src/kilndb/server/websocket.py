@@ -24,7 +24,12 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiohttp import WSMsgType, web
 
-from kilndb.errors import AuthenticationError, InvalidArgumentError, KilnError
+from kilndb.errors import (
+    AuthenticationError,
+    InvalidArgumentError,
+    KilnError,
+    UnavailableError,
+)
 from kilndb.protocol import BadRequest, Request, parse_request
 from kilndb.server.auth import Principal
 
@@ -33,11 +38,19 @@ if TYPE_CHECKING:
 
     from kilndb.server.sockets import Server
 
-__all__ = ["MAX_IN_FLIGHT", "PING_SECONDS", "SILENCE_SECONDS", "websocket_handler"]
+__all__ = [
+    "MAX_IN_FLIGHT",
+    "MAX_SUBSCRIPTIONS",
+    "PING_SECONDS",
+    "SILENCE_SECONDS",
+    "websocket_handler",
+]
 
 PING_SECONDS = 30.0
 SILENCE_SECONDS = 90.0
 MAX_IN_FLIGHT = 256
+#: Subscriptions one WebSocket connection may hold at once.
+MAX_SUBSCRIPTIONS = 64
 
 
 _ENDS = frozenset({WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR})
@@ -170,6 +183,10 @@ class _Session:
 
     async def _subscribe(self, request: Request, database: str) -> None:
         name = request.request_id
+        if len(self.subscriptions) >= MAX_SUBSCRIPTIONS:
+            full = UnavailableError(f"at most {MAX_SUBSCRIPTIONS} subscriptions per connection")
+            await self.send(_error(full, name))
+            return
         if name is None or name in self.subscriptions:
             error = InvalidArgumentError(
                 "a subscription needs a request_id of its own to name it"

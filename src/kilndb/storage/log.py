@@ -35,6 +35,7 @@ import orjson
 from kilndb.codec import encode_frame
 from kilndb.config import DatabaseConfig
 from kilndb.errors import ClosedError, CorruptRecordError, InvalidArgumentError, StorageError
+from kilndb.model import RESERVED_STORE_PREFIX as RESERVED
 from kilndb.model import Fact
 from kilndb.storage.datafile import DataFile, fsync_directory, hint_path
 from kilndb.storage.group_commit import GroupCommit
@@ -387,7 +388,9 @@ class Log:
                     last = position
                     if not loc[position - base]:
                         continue
-                    if stores is None or record["store"] in stores:
+                    store = record["store"]
+                    # Without a filter, KilnDB's own stores (leases) stay out of sight.
+                    if store in stores if stores is not None else not store.startswith(RESERVED):
                         if raw:
                             yield position, body
                             continue
