@@ -46,6 +46,7 @@ from kilndb.model import (
 from kilndb.storage.keydir import TOMBSTONE
 from kilndb.storage.log import Log, PendingFact
 from kilndb.storage.retention import Retention
+from kilndb.storage.shipping import LogReader
 
 __all__ = ["Database", "Store"]
 
@@ -200,13 +201,20 @@ class Database:
     """An open database: one directory, one ordered log. Use :func:`kilndb.open`."""
 
     def __init__(
-        self, path: str | Path, database: str = "default", config: DatabaseConfig | None = None
+        self,
+        path: str | Path,
+        database: str = "default",
+        config: DatabaseConfig | None = None,
+        *,
+        database_id: str | None = None,
     ) -> None:
+        """``database_id``: for a replica, its leader's id (a new database takes it; an
+        existing one must have it)."""
         self.name = validate_database_name(database)
         self.data_dir = Path(path)
         self.path = self.data_dir / self.name
         self.config = config or DatabaseConfig()
-        self._log = Log(self.path, self.config)
+        self._log = Log(self.path, self.config, database_id)
         self._stores: dict[str, Store] = {}
 
     def __repr__(self) -> str:
@@ -358,6 +366,24 @@ class Database:
     def spaces(self) -> list[str]:
         """The spaces (stores) that hold entries, sorted."""
         return self.stores()
+
+    # -- replication -----------------------------------------------------------------
+
+    @property
+    def database_id(self) -> str:
+        return self._log.database_id
+
+    def log_reader(self, after: int) -> LogReader:
+        """For a leader: ships this database's durable records after ``after``."""
+        self._log.check_open()
+        return LogReader(self._log, after)
+
+    def append_shipment(self, frames: bytes) -> int:
+        """For a follower: append a leader's shipment verbatim; its last position once it
+        is durable under this database's sync mode."""
+        last = self._log.append_shipment(frames)
+        self._log.wait_durable(last)
+        return last
 
     def _visible_position(self) -> int:
         return self._log.visible

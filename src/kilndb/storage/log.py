@@ -34,7 +34,13 @@ import orjson
 
 from kilndb.codec import encode_frame
 from kilndb.config import DatabaseConfig
-from kilndb.errors import ClosedError, CorruptRecordError, InvalidArgumentError, StorageError
+from kilndb.errors import (
+    ClosedError,
+    CorruptRecordError,
+    InvalidArgumentError,
+    ProtocolError,
+    StorageError,
+)
 from kilndb.model import RESERVED_STORE_PREFIX as RESERVED
 from kilndb.model import Fact
 from kilndb.storage.datafile import DataFile, fsync_directory, hint_path
@@ -47,6 +53,7 @@ from kilndb.storage.meta import load_or_create_meta, write_meta
 from kilndb.storage.records import FACT_PREFIX, batch_header
 from kilndb.storage.recovery import recover, write_header
 from kilndb.storage.retention import Retention
+from kilndb.storage.shipping import parse_shipment
 
 __all__ = ["Log", "PendingFact"]
 
@@ -68,13 +75,17 @@ _unpack_u32 = _U32.unpack_from
 
 
 class Log:
-    def __init__(self, directory: Path, config: DatabaseConfig) -> None:
+    def __init__(
+        self, directory: Path, config: DatabaseConfig, database_id: str | None = None
+    ) -> None:
+        """Open (or create) the log in ``directory``. ``database_id``: the id a new
+        database gets (a follower takes its leader's), and the one an existing must have."""
         self.directory = directory
         self.config = config
         directory.mkdir(parents=True, exist_ok=True)
         self._dir_lock = DatabaseLock(directory)
         try:
-            self.meta = load_or_create_meta(directory)
+            self.meta = load_or_create_meta(directory, database_id)
             self.database_id: str = self.meta["database_id"]
             self.ids_codec = IdCodec(self.database_id)
             recovered = recover(directory, self.database_id, self.ids_codec)
@@ -204,6 +215,64 @@ class Log:
                 with self.visible_cond:
                     self.visible_cond.notify_all()
         return written
+
+    def append_shipment(self, frames: bytes, after: int | None = None) -> int:
+        """Append a replication shipment as it is (a follower); return its last position.
+
+        ``frames`` are a leader's records after ``after`` (default: this log's end),
+        checked by :func:`~kilndb.storage.shipping.parse_shipment`; they are written
+        verbatim and indexed like local writes, at the leader's positions. Raises
+        ProtocolError (nothing written) if they do not continue this log.
+        """
+        with self.lock:
+            self.check_open()
+            last_here = self.next_position - 1
+            parsed = parse_shipment(frames, last_here if after is None else after)
+            if not parsed:
+                return last_here
+            first = next(fact[0] for _, fact in parsed if fact is not None)
+            if first <= last_here:
+                raise ProtocolError(
+                    f"shipment starts at position {first}, this log is at {last_here}"
+                )
+            data = b"".join(frame for frame, _ in parsed)
+            active = self.active
+            if active.size + len(data) > self.config.max_file_size and self._has_facts(active):
+                self._rotate_locked()
+                active = self.active
+            offset = active.append(data)
+            file_id = active.file_id
+            keydir = self.keydir
+            retention = self.retention
+            codec = self.ids_codec
+            facts = 0
+            position = last_here
+            for frame, fact in parsed:
+                if fact is None:
+                    offset += len(frame)
+                    continue
+                position, store, key, seq, deleted, ttime, fact_id, _ = fact
+                previous = keydir.latest(store, key) if store in retention else None
+                # add() leaves the leader's holes (compacted positions) as holes here too.
+                keydir.add(store, key, position, file_id, offset, len(frame), seq, deleted, ttime)
+                if codec.position_of(fact_id) != position:
+                    self.ids[fact_id] = position
+                if previous is not None and retention[store].keep == "latest":
+                    self._mark_dead(keydir.drop(store, key, (previous,)))
+                self.last_ttime = max(self.last_ttime, ttime)
+                offset += len(frame)
+                facts += 1
+            self.next_position = position + 1
+            self.written = position
+            counters = self.stats_counters
+            counters["writes"] += 1
+            counters["facts_written"] += facts
+            if self.config.sync != "always":
+                self.visible = position
+                if self.subscribers:
+                    with self.visible_cond:
+                        self.visible_cond.notify_all()
+            return position
 
     def wait_durable(self, position: int) -> None:
         """Apply the sync policy to a write that ended at ``position`` (lock released).

@@ -39,14 +39,15 @@ def write_meta(directory: Path, meta: dict[str, Any]) -> None:
     fsync_directory(directory)
 
 
-def load_or_create_meta(directory: Path) -> dict[str, Any]:
+def load_or_create_meta(directory: Path, database_id: str | None = None) -> dict[str, Any]:
+    """Read ``META`` (creating it for a new database, with ``database_id`` if given)."""
     path = directory / "META"
     try:
         meta: dict[str, Any] = orjson.loads(path.read_bytes())
     except FileNotFoundError:
         meta = {
             "format": FORMAT_VERSION,
-            "database_id": str(uuid.uuid4()),
+            "database_id": database_id or str(uuid.uuid4()),
             "created_at": time.time(),
             "epochs": [{"epoch": 0, "start_position": 1}],
             "retention": {},
@@ -60,6 +61,11 @@ def load_or_create_meta(directory: Path) -> dict[str, Any]:
         raise StorageError(
             f"{path}: on-disk format {meta.get('format')!r} is not supported"
             f" (this KilnDB reads format {FORMAT_VERSION})"
+        )
+    if database_id is not None and meta.get("database_id") != database_id:
+        raise StorageError(
+            f"{path}: database id {meta.get('database_id')} is not {database_id}"
+            " (a replica must hold its leader's database)"
         )
     meta.setdefault("retention", {})
     meta.setdefault("compacted_through", 0)

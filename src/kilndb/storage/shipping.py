@@ -1,0 +1,224 @@
+"""Log shipping: the leader's side reads its log as verbatim frames, the follower's side
+appends them unchanged.
+
+Theory of operation
+-------------------
+Replication copies a database's log record for record, so that a follower ends up with
+the leader's facts at the leader's positions and can serve reads, replay and changefeeds
+from them. A :class:`LogReader` walks the leader's data files from a position, and hands
+out :class:`Shipment` s: the CRC-framed records — facts and the batch headers that make
+a ``write_many`` atomic — exactly as they are stored (a frame is its body, its length
+and its CRC, so re-framing a body gives the same bytes), never a file header (each node
+has its own files), never part of a batch, and only up to the leader's *durable*
+position: a follower never holds what a leader crash could take back. A shipment stops
+at about ``max_records`` records or ``max_bytes`` bytes, but a batch is never split.
+
+:func:`parse_shipment` checks a received shipment — every CRC, positions that only grow,
+batches complete — before :meth:`kilndb.storage.log.Log.append_shipment` appends the
+bytes as they are and indexes the facts. Positions need not be contiguous: compaction
+leaves holes in a leader's log, and the follower keeps the same holes.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from kilndb.codec import FrameDecoder
+from kilndb.errors import CursorTooOldError, ProtocolError
+from kilndb.storage.records import BATCH_PREFIX, FACT_PREFIX, FILE_PREFIX
+
+if TYPE_CHECKING:
+    from kilndb.storage.log import Log
+
+__all__ = ["LogReader", "ParsedFact", "Shipment", "parse_shipment"]
+
+_U32 = struct.Struct(">I")
+_crc32 = zlib.crc32
+
+#: (position, store, key, seq, deleted, transaction_time, id, body)
+ParsedFact = tuple[int, str, str, int, bool, float, str, bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class Shipment:
+    """Verbatim frames of records ``first … last`` (``count`` facts)."""
+
+    frames: bytes
+    first: int
+    last: int
+    count: int
+
+
+def _frame(body: bytes) -> bytes:
+    return _U32.pack(len(body)) + body + _U32.pack(_crc32(body))
+
+
+class LogReader:
+    """Reads a leader's log after a position, a shipment at a time (one follower each)."""
+
+    def __init__(self, log: Log, after: int) -> None:
+        self.log = log
+        #: The last position shipped.
+        self.after = after
+        compacted = int(log.meta.get("compacted_through", 0))
+        if 0 < after < compacted:
+            raise CursorTooOldError(after, compacted)
+        self._file_id: int | None = None
+        self._offset = 0
+
+    def next(self, max_records: int = 256, max_bytes: int = 64 * 1024) -> Shipment | None:
+        """The next shipment of durable records, or None if there is nothing new."""
+        log = self.log
+        durable = log.commit.durable
+        if durable <= self.after:
+            return None
+        if self._file_id is None:
+            self._seek()
+        parts: list[bytes] = []
+        size = count = 0
+        first = last = 0
+        while self._file_id is not None and count < max_records and size < max_bytes:
+            unit = self._read_unit(durable)
+            if unit is None:
+                if not self._next_file():
+                    break
+                continue
+            frames, positions, end = unit
+            parts += frames
+            size += sum(len(f) for f in frames)
+            count += len(positions)
+            first = first or positions[0]
+            last = positions[-1]
+            self._offset = end
+            self.after = last
+        if not parts:
+            return None
+        return Shipment(b"".join(parts), first, last, count)
+
+    # -- walking the files -----------------------------------------------------------
+
+    def _seek(self) -> None:
+        """Find the file and offset of the first record after ``self.after``."""
+        log = self.log
+        with log.lock:
+            log.check_open()
+            candidates = [f for f, p in log.first_positions.items() if p <= self.after + 1]
+            file_id = max(candidates) if candidates else min(log.files)
+        self._file_id = file_id
+        self._offset = 0
+        datafile = log.files[file_id]
+        for offset, body in datafile.frames(0, datafile.size):
+            if body.startswith(FILE_PREFIX):
+                continue
+            position = _first_position(body)
+            if position > self.after:
+                self._offset = offset
+                return
+            if body.startswith(BATCH_PREFIX):
+                header = orjson.loads(body)
+                if header["first"] + header["batch"] - 1 > self.after:
+                    raise ProtocolError(
+                        f"position {self.after} is inside a batch; ship from a batch boundary"
+                    )
+        self._offset = datafile.size  # everything in this file is shipped already
+
+    def _next_file(self) -> bool:
+        log = self.log
+        with log.lock:
+            later = [f for f in log.files if self._file_id is not None and f > self._file_id]
+        if not later:
+            return False
+        self._file_id = min(later)
+        self._offset = 0
+        return True
+
+    def _read_unit(self, durable: int) -> tuple[list[bytes], list[int], int] | None:
+        """The next fact, or the next whole batch, if durable: (frames, positions, end)."""
+        assert self._file_id is not None
+        datafile = self.log.files.get(self._file_id)
+        if datafile is None:
+            return None
+        frames: list[bytes] = []
+        positions: list[int] = []
+        expected = 0
+        for offset, body in datafile.frames(self._offset, datafile.size):
+            end = offset + len(body) + 8
+            if body.startswith(FILE_PREFIX):
+                self._offset = end
+                continue
+            if body.startswith(BATCH_PREFIX):
+                header = orjson.loads(body)
+                if header["first"] + header["batch"] - 1 > durable:
+                    return None
+                expected = header["batch"]
+                frames.append(_frame(body))
+                continue
+            if not body.startswith(FACT_PREFIX):
+                raise ProtocolError(f"unknown record at offset {offset} of {datafile.path}")
+            position = orjson.loads(body)["position"]
+            if position > durable:
+                return None
+            frames.append(_frame(body))
+            positions.append(position)
+            if len(positions) >= expected:
+                return frames, positions, end
+        return None
+
+
+def _first_position(body: bytes) -> int:
+    record: dict[str, Any] = orjson.loads(body)
+    return int(record["first"] if "batch" in record else record["position"])
+
+
+def parse_shipment(frames: bytes, after: int) -> list[tuple[bytes, ParsedFact | None]]:
+    """Check a shipment received after position ``after``.
+
+    Returns each frame with its fact (None for a batch header). Raises ProtocolError for
+    a bad CRC, a truncated frame, a file header, positions that do not grow or a batch
+    that is not complete.
+    """
+    decoder = FrameDecoder(max_frame_bytes=max(len(frames), 1))
+    decoder.feed(frames)
+    out: list[tuple[bytes, ParsedFact | None]] = []
+    last = after
+    owed = 0
+    while (body := decoder.next_frame()) is not None:
+        frame = _frame(body)
+        if body.startswith(BATCH_PREFIX):
+            if owed:
+                raise ProtocolError("a batch header inside a batch")
+            header = orjson.loads(body)
+            owed = int(header["batch"])
+            if header["first"] <= last:
+                raise ProtocolError(f"batch at {header['first']} does not follow {last}")
+            out.append((frame, None))
+            continue
+        if not body.startswith(FACT_PREFIX):
+            raise ProtocolError("a shipment carries facts and batch headers only")
+        record = orjson.loads(body)
+        position = record["position"]
+        if position <= last:
+            raise ProtocolError(f"position {position} does not follow {last}")
+        last = position
+        owed = max(owed - 1, 0)
+        fact: ParsedFact = (
+            position,
+            record["store"],
+            record["key"],
+            record["seq"],
+            record["deleted"],
+            record["transaction_time"],
+            record["id"],
+            body,
+        )
+        out.append((frame, fact))
+    if decoder.buffered:
+        raise ProtocolError("a shipment ends inside a frame")
+    if owed:
+        raise ProtocolError("a shipment ends inside a batch")
+    return out
