@@ -385,6 +385,25 @@ class Database:
         self._log.wait_durable(last)
         return last
 
+    def wait_visible(self, after: int, timeout: float) -> int:
+        """Wait up to ``timeout`` seconds for a position beyond ``after`` to become
+        visible (durable, with ``sync="always"``); return the visible position."""
+        log = self._log
+        with log.visible_cond:
+            log.subscribers += 1  # writers notify only while someone waits
+            try:
+                if log.visible <= after and not log.closed:
+                    log.visible_cond.wait(timeout)
+                return log.visible
+            finally:
+                log.subscribers -= 1
+
+    @property
+    def leader_epoch(self) -> int:
+        """The leader epoch this database's log is in (META)."""
+        epochs = self._log.meta.get("epochs") or [{"epoch": 0}]
+        return int(epochs[-1]["epoch"])
+
     def _visible_position(self) -> int:
         return self._log.visible
 

@@ -313,6 +313,23 @@ def _unsubscribe(body: dict[str, Any]) -> Params:
     return {"subscription": name}
 
 
+def _sync_request(body: dict[str, Any]) -> Params:
+    flags = _field(body, "flags", "strings")
+    return {
+        "protocol_version": _field(body, "protocol_version", "count", required=True),
+        "leader_epoch": _field(body, "leader_epoch", "count", required=True),
+        "position": _field(body, "position", "count", required=True),
+        "flags": [] if flags is None else flags,
+    }
+
+
+def _replication_ack(body: dict[str, Any]) -> Params:
+    return {
+        "applied": _field(body, "applied", "count", required=True),
+        "durable": _field(body, "durable", "count", required=True),
+    }
+
+
 def _remove_database(body: dict[str, Any]) -> Params:
     delete = body.get("delete", False)
     if type(delete) is not bool:
@@ -358,6 +375,9 @@ OPS: dict[str, Callable[[dict[str, Any]], Params]] = {
     "release_lease": _held_lease,
     "leases": _none,
     "unsubscribe": _unsubscribe,  # WebSocket: end one of the connection's subscriptions
+    # Replication: a follower's stream of one database (its database is "database").
+    "sync_request": _sync_request,
+    "replication_ack": _replication_ack,
 }
 
 

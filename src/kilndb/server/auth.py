@@ -69,6 +69,8 @@ READ_OPS = frozenset(
         "segments",
         "subscribe_status",
         "leases",
+        "sync_request",
+        "replication_ack",
     }
 )
 #: Ops of the server rather than of one database.

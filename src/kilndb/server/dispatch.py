@@ -19,11 +19,12 @@ from typing import Any
 from orjson import Fragment
 
 from kilndb.engine import Database
-from kilndb.errors import KilnError, ProtocolError
+from kilndb.errors import KilnError, ProtocolError, ReadOnlyReplicaError
 from kilndb.leases import Lease
 from kilndb.model import Fact, Write
 from kilndb.protocol import Request
 from kilndb.protocol.ops import WRITE_OPTIONS
+from kilndb.server.auth import action_of
 from kilndb.server.nodes import NodeManager
 from kilndb.streams import (
     entry_to_wire,
@@ -213,6 +214,14 @@ class Dispatcher:
 
     def __init__(self, databases: NodeManager) -> None:
         self.databases = databases
+        #: Databases this server follows (name -> leader URL): written by replication
+        #: only, so a write request gets ReadOnlyReplicaError naming the leader.
+        self.read_only: dict[str, str] = {}
+
+    def _check_writable(self, op: str, database: str) -> None:
+        leader = self.read_only.get(database)
+        if leader is not None and action_of(op) == "write":
+            raise ReadOnlyReplicaError(leader)
 
     @staticmethod
     def handles(op: str) -> bool:
@@ -242,6 +251,7 @@ class Dispatcher:
             raise ProtocolError(f"op {request.op!r} is handled by the connection, not dispatched")
         if request.op == "ping":
             return {"pong": True}, None, 0
+        self._check_writable(request.op, request.database or database)
         with (
             self.databases.use(request.database or database) as db,
             db.defer_durability() as positions,
@@ -258,6 +268,7 @@ class Dispatcher:
         Returns each write's fact (as a wire dict) or error, the database and the
         position that must be durable before any of the facts is acknowledged.
         """
+        self._check_writable("write", database)
         writes = [
             Write(p["store"], p["key"], p["value"], *_positional_options(p))
             for p in (request.params for request in requests)

@@ -107,6 +107,8 @@ class NodeManager:
         self._nodes: dict[str, _Node] = {}
         self._breakers: dict[str, _Breaker] = {}
         self._removing: set[str] = set()
+        #: Databases never evicted (a follower streams into them).
+        self.pinned: set[str] = set()
         self._lock = threading.RLock()
         #: Serialises opening, so that one database is never opened twice at once.
         self._opening = threading.Lock()
@@ -123,7 +125,7 @@ class NodeManager:
 
     # -- getting databases -----------------------------------------------------------
 
-    def get_or_create(self, name: str) -> Database:
+    def get_or_create(self, name: str, database_id: str | None = None) -> Database:
         """The open database ``name``, opening (and creating) it if needed.
 
         Raises UnavailableError while its circuit breaker is open, when every open
@@ -133,7 +135,7 @@ class NodeManager:
         if node is not None and not node.db.closed:
             node.last_used = time.monotonic()
             return node.db
-        return self._open(name).db
+        return self._open(name, database_id).db
 
     #: The name the rest of the server uses.
     get = get_or_create
@@ -157,6 +159,11 @@ class NodeManager:
                 node.active -= 1
                 node.last_used = time.monotonic()
 
+    def exists(self, name: str) -> bool:
+        """Whether database ``name`` is open or on disk."""
+        validate_database_name(name)
+        return self.is_open(name) or (self.data_dir / name / "META").is_file()
+
     def is_open(self, name: str) -> bool:
         """Whether ``name`` is open (a request for it will not have to open it)."""
         node = self._nodes.get(name)
@@ -167,7 +174,7 @@ class NodeManager:
         with self._lock:
             return sorted(n for n, node in self._nodes.items() if not node.db.closed)
 
-    def _open(self, name: str) -> _Node:
+    def _open(self, name: str, database_id: str | None = None) -> _Node:
         validate_database_name(name)
         with self._opening:
             with self._lock:
@@ -190,7 +197,7 @@ class NodeManager:
             if victim is not None:
                 _close(victim)  # outside the lock: requests for other databases go on
             try:
-                db = Database(self.data_dir, name, self.config)
+                db = Database(self.data_dir, name, self.config, database_id=database_id)
             except Exception as exc:
                 self._failed(name, exc)
                 raise
@@ -226,7 +233,9 @@ class NodeManager:
         open_nodes = [(n, node) for n, node in self._nodes.items() if not node.db.closed]
         if len(open_nodes) < cap:
             return None
-        idle = [(node.last_used, n) for n, node in open_nodes if node.idle()]
+        idle = [
+            (node.last_used, n) for n, node in open_nodes if node.idle() and n not in self.pinned
+        ]
         if not idle:
             raise UnavailableError(
                 f"cannot open database {name!r}: {cap} databases are open and all are busy"
@@ -246,7 +255,10 @@ class NodeManager:
             victims = [
                 name
                 for name, node in self._nodes.items()
-                if node.idle() and now - node.last_used >= after and not node.db.closed
+                if node.idle()
+                and now - node.last_used >= after
+                and not node.db.closed
+                and name not in self.pinned
             ]
             closing = [self._evict_locked(name) for name in victims]
         for db in closing:  # flushing outside the lock: other requests go on meanwhile

@@ -53,16 +53,20 @@ from typing import Any
 
 import orjson
 
+from kilndb.client.endpoint import Endpoint
 from kilndb.codec import DEFAULT_MAX_FRAME_BYTES, encode_frame
 from kilndb.config import DatabaseConfig
-from kilndb.engine import StatusSubscription, Subscription
+from kilndb.engine import Database, StatusSubscription, Subscription
 from kilndb.errors import (
     AuthenticationError,
     InvalidArgumentError,
     KilnError,
+    NotFoundError,
+    ProtocolError,
     SubscriberOverflowError,
     UnavailableError,
 )
+from kilndb.model import validate_database_name
 from kilndb.protocol import (
     PROTOCOL_VERSION,
     BadRequest,
@@ -70,10 +74,13 @@ from kilndb.protocol import (
     Request,
     ServerConnection,
 )
+from kilndb.replication.follower import Follower
+from kilndb.replication.protocol import PROTOCOL_VERSION as REPLICATION_PROTOCOL
 from kilndb.server.auth import ANONYMOUS, AuthConfig, Authenticator, Principal
 from kilndb.server.dispatch import Dispatcher
 from kilndb.server.fanout import Fanout, Feed
 from kilndb.server.nodes import NodeConfig, NodeManager
+from kilndb.server.replication import FollowerLink
 
 __all__ = ["Server", "ServerConfig"]
 
@@ -120,6 +127,14 @@ class ServerConfig:
     tls_key: Path | None = None
     #: With it, clients must present a certificate signed by this CA (mutual TLS).
     tls_client_ca: Path | None = None
+    #: Follow the leader at this address (``HOST:PORT`` or a URL) for ``replicate``.
+    replica_of: str | None = None
+    #: The databases to follow (with ``replica_of``).
+    replicate: tuple[str, ...] = ("default",)
+    #: The token this server presents to its leader (when the leader requires one).
+    replication_token: str | None = None
+    #: First and longest wait before reconnecting to the leader.
+    replication_backoff: tuple[float, float] = (1.0, 30.0)
 
     def ssl_context(self) -> ssl.SSLContext | None:
         """The server's TLS context, or None without a certificate."""
@@ -190,6 +205,8 @@ class _Connection(asyncio.Protocol):
         self.principal: Principal | None = None if server.auth.enabled else ANONYMOUS
         #: The connection's changefeed, once it has subscribed.
         self.feed: Feed | None = None
+        #: Or the follower it ships a database to (replication).
+        self.link: FollowerLink | None = None
         #: Or its segment-status subscription.
         self.status_feed: StatusSubscription | None = None
         #: Database requests waiting to be applied, in order, with their reply slots.
@@ -324,6 +341,12 @@ class _Connection(asyncio.Protocol):
             return _Slot(self._subscribe(request))
         if op == "subscribe_status":
             return _Slot(self._subscribe_status(request))
+        if op == "sync_request":
+            return _Slot(self._sync_request(request))
+        if op == "replication_ack":
+            if self.link is not None:
+                self.link.on_ack(request.params["applied"], request.params["durable"])
+            return _Slot(b"")  # acks are not answered
         # A database request: queued behind this connection's earlier ones.
         slot = _Slot()
         self._queued.append((request, slot))
@@ -537,6 +560,9 @@ class _Connection(asyncio.Protocol):
     # -- changefeed ------------------------------------------------------------------
 
     def _unsubscribe(self) -> None:
+        if self.link is not None:
+            self.link.close()
+            self.server.links.discard(self.link)
         if self.feed is not None:
             self.server.fanout.detach(self.feed)
         if self.status_feed is not None:
@@ -563,6 +589,58 @@ class _Connection(asyncio.Protocol):
         self.server.event("subscription_opened", after=after)
         # Events are pushed through the loop, so they follow this reply.
         return ServerConnection.reply(request.request_id, position=after)
+
+    def _sync_request(self, request: Request) -> bytes:
+        """A follower asks for a database's log: answer shard_info, then ship it."""
+        if self.feed is not None or self.status_feed is not None or self.link is not None:
+            error = KilnError("this connection is already streaming")
+            return ServerConnection.error(error, request.request_id)
+        params = request.params
+        name = request.database or self.database
+        try:
+            if params["protocol_version"] != REPLICATION_PROTOCOL:
+                raise ProtocolError(
+                    f"replication protocol version {params['protocol_version']} is not"
+                    f" {REPLICATION_PROTOCOL}"
+                )
+            if not self.server.databases.exists(name):
+                raise NotFoundError(f"this server has no database {name!r} to replicate")
+            db = self.server.databases.get(name)
+            if params["leader_epoch"] > db.leader_epoch:
+                raise ProtocolError(
+                    f"epoch mismatch: the follower is at leader epoch"
+                    f" {params['leader_epoch']}, this server at {db.leader_epoch}"
+                )
+            peer = str(self.transport.get_extra_info("peername")) if self.transport else "?"
+            link = FollowerLink(db, peer, params["position"], self._send, self._drop_link)
+        except KilnError as exc:
+            self.server.event("replication_refused", database=name, error=str(exc))
+            log.warning("replication of %s refused: %s", name, exc)
+            return self._failed(request, exc)
+        self.link = link
+        self.server.links.add(link)
+        self.server.event("follower_connected", database=name, peer=link.peer)
+        stats = db.stats()
+        reply = ServerConnection.reply(
+            request.request_id,
+            type="shard_info",
+            database=name,
+            database_id=db.database_id,
+            protocol_version=REPLICATION_PROTOCOL,
+            leader_epoch=db.leader_epoch,
+            last_position=stats["last_position"],
+            durable_position=stats["durable_position"],
+        )
+        # Shipments go through the loop, after this reply.
+        self.server.loop.call_soon(link.start)
+        return reply
+
+    def _drop_link(self, reason: str) -> None:
+        """Cut a follower's connection (from its shipping thread)."""
+        self.server.event("follower_dropped", reason=reason)
+        transport = self.transport
+        if transport is not None:
+            self._to_loop(transport.abort)
 
     def _subscribe_status(self, request: Request) -> bytes:
         if self.feed is not None or self.status_feed is not None:
@@ -677,6 +755,10 @@ class Server:
         self.databases = NodeManager(self.config.data, self.config.database, self.config.nodes)
         self.dispatcher = Dispatcher(self.databases)
         self.fanout = Fanout()
+        #: Followers streaming databases from this server.
+        self.links: set[FollowerLink] = set()
+        #: The databases this server follows from its leader.
+        self.followers: list[Follower] = []
         #: Requests applied on the loop, waiting for the end of its turn.
         self._awaiting: list[tuple[_Connection, list[_Applied]]] = []
         self.executor = ThreadPoolExecutor(self.config.workers, thread_name_prefix="kilndb-op")
@@ -757,6 +839,7 @@ class Server:
         self.state = "ready"
         self._started_at = time.monotonic()
         self.event("server_started", addresses=list(self.addresses))
+        self._start_following()
 
     def start(self) -> Server:
         """Listen in a background thread; return once the sockets accept connections."""
@@ -833,6 +916,8 @@ class Server:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(30)
         self._thread = None
+        for follower in self.followers:
+            follower.stop()
         self.executor.shutdown(wait=True)  # requests already running complete
         self.databases.close_all()
         self.loop.close()
@@ -863,6 +948,33 @@ class Server:
             connection._acknowledge(applied)  # the first wait syncs; the rest find it done
         for connection, _ in awaiting:
             connection._flush()
+
+    def replication_status(self) -> dict[str, Any]:
+        """The followers this server ships to, and the leaders it follows."""
+        followers = [link.status() for link in list(self.links) if not link.closed]
+        following = [follower.status() for follower in self.followers]
+        role = "follower" if following else "leader"
+        return {"role": role, "followers": followers, "following": following}
+
+    def _start_following(self) -> None:
+        config = self.config
+        if config.replica_of is None:
+            return
+        url = config.replica_of if "://" in config.replica_of else f"tcp://{config.replica_of}"
+        leader = Endpoint.make(url, token=config.replication_token)
+        low, high = config.replication_backoff
+        for name in config.replicate:
+            validate_database_name(name)
+            self.dispatcher.read_only[name] = leader.url
+            self.databases.pinned.add(name)
+
+            def open_local(database_id: str | None, name: str = name) -> Database | None:
+                if database_id is None and not self.databases.exists(name):
+                    return None
+                return self.databases.get_or_create(name, database_id)
+
+            follower = Follower(leader, name, open_local, backoff_min=low, backoff_max=high)
+            self.followers.append(follower.start())
 
     def count(self, name: str, amount: int = 1) -> None:
         """Add to a counter from any thread."""
@@ -899,6 +1011,7 @@ class Server:
             "addresses": self.addresses,
             "databases": self.databases.names(),
             "nodes": nodes,
+            "replication": self.replication_status(),
             "metrics": {
                 **counters,
                 "open_databases": nodes["open_count"],

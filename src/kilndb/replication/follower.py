@@ -1,0 +1,143 @@
+"""The follower's side of replication: one thread per database, streaming from a leader.
+
+A :class:`Follower` connects to the leader, asks for its database from its own last
+durable position (``sync_request``), creates the local database with the leader's id
+if it has none, appends each shipment verbatim (:meth:`kilndb.Database.append_shipment`)
+and acknowledges what it applied and made durable. When the connection breaks or the
+leader goes silent it reconnects with exponential backoff (``backoff_min`` to
+``backoff_max`` seconds, with jitter) and resumes from where its log ends — the cursor is
+the local log itself, durable by construction. An error the leader answers (another
+protocol version, epoch or database) is kept in :attr:`last_error` and shown in status.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from kilndb.client.endpoint import Endpoint
+from kilndb.client.transport import Connection
+from kilndb.engine import Database
+from kilndb.errors import ConnectionLostError, KilnError
+from kilndb.replication.protocol import SILENCE_SECONDS, ack, frames_of, sync_request
+
+__all__ = ["Follower"]
+
+log = logging.getLogger("kilndb.replication")
+
+
+class Follower:
+    """Streams database ``name`` from ``leader`` into the local database."""
+
+    def __init__(
+        self,
+        leader: Endpoint,
+        name: str,
+        open_local: Callable[[str | None], Database | None],
+        *,
+        backoff_min: float = 1.0,
+        backoff_max: float = 30.0,
+    ) -> None:
+        self.leader = leader
+        self.name = name
+        #: ``open_local(database_id)``: the local database (created with that id when it
+        #: does not exist); ``open_local(None)``: the existing one, or None.
+        self._open_local = open_local
+        self.backoff_min = backoff_min
+        self.backoff_max = backoff_max
+        self.state = "connecting"
+        self.position = 0
+        self.leader_position = 0
+        self.last_error: str | None = None
+        self.reconnects = 0
+        self.caught_up_at: float | None = None
+        self._stop = threading.Event()
+        self._conn: Connection | None = None
+        self._thread = threading.Thread(target=self._run, name=f"kilndb-follow-{name}", daemon=True)
+
+    def start(self) -> Follower:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        conn = self._conn
+        if conn is not None:
+            conn.abandon()
+        self._thread.join(10)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "database": self.name,
+            "leader": self.leader.url,
+            "state": self.state,
+            "position": self.position,
+            "leader_position": self.leader_position,
+            "lag_records": max(0, self.leader_position - self.position),
+            "reconnects": self.reconnects,
+            "last_error": self.last_error,
+        }
+
+    def _run(self) -> None:
+        delay = self.backoff_min
+        while not self._stop.is_set():
+            try:
+                self._follow()
+                delay = self.backoff_min
+            except KilnError as exc:
+                if self._stop.is_set():
+                    return
+                self.last_error = str(exc)
+                self.state = "error" if not isinstance(exc, ConnectionLostError) else "retrying"
+                log.warning("following %s from %s: %s", self.name, self.leader.url, exc)
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                conn.abandon()
+            self.reconnects += 1
+            # Exponential backoff with jitter, so that followers do not return in step.
+            self._stop.wait(delay * random.uniform(0.5, 1.0))
+            delay = min(delay * 2, self.backoff_max)
+
+    def _follow(self) -> None:
+        local = self._open_local(None)
+        position = 0 if local is None else local.stats()["durable_position"]
+        epoch = 0 if local is None else local.leader_epoch
+        self.state = "connecting"
+        conn = self._conn = Connection(self.leader, timeout=SILENCE_SECONDS)
+        conn.hello(self.name)
+        info = conn.call(**sync_request(self.name, epoch, position))
+        if local is None:
+            local = self._open_local(info["database_id"])
+            assert local is not None
+        elif local.database_id != info["database_id"]:
+            raise KilnError(
+                f"local database {self.name} has id {local.database_id}, the leader's is"
+                f" {info['database_id']}: it is another database (a full copy is needed)"
+            )
+        self.position = position
+        self.leader_position = info["last_position"]
+        self.state = "catching_up"
+        self.last_error = None
+        while not self._stop.is_set():
+            message = conn.receive()
+            kind = message.get("type")
+            if message.get("ok") is False:
+                raise KilnError(f"the leader refused: {message.get('error')}")
+            if message.get("event") != "replication":
+                continue
+            if kind == "batch":
+                self.position = local.append_shipment(frames_of(message))
+                self.leader_position = max(self.leader_position, message["last"])
+            elif kind == "caught_up":
+                self.state = "streaming"
+                self.caught_up_at = time.time()
+            elif kind == "heartbeat":
+                self.leader_position = max(self.leader_position, message["durable_position"])
+            else:
+                continue
+            durable = local.stats()["durable_position"]
+            conn.send(ack(self.position, durable))

@@ -1,0 +1,124 @@
+"""The leader's side of replication: one :class:`FollowerLink` per follower and database.
+
+A socket connection that sends ``sync_request`` (see :mod:`kilndb.replication.protocol`)
+becomes a link: after the ``shard_info`` reply a thread ships the database's log from the
+follower's position — batches until it has caught up, then live as writes become
+durable, heartbeats when idle — through the connection's bounded send buffer (a follower
+that does not keep up is cut off like any slow subscriber, and reconnects). The
+follower's ``replication_ack`` frames update what the leader knows of it: position
+acked, lag in records and seconds, last ack time, state.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from kilndb.codec import encode_frame
+from kilndb.engine import Database
+from kilndb.errors import KilnError
+from kilndb.replication.protocol import (
+    HEARTBEAT_SECONDS,
+    SILENCE_SECONDS,
+    batch_event,
+    caught_up_event,
+    heartbeat_event,
+)
+
+__all__ = ["FollowerLink"]
+
+log = logging.getLogger("kilndb.replication")
+
+
+class FollowerLink:
+    """A follower streaming one database from this leader."""
+
+    def __init__(
+        self,
+        db: Database,
+        peer: str,
+        after: int,
+        send: Callable[[bytes, int], bool],
+        drop: Callable[[str], None],
+    ) -> None:
+        self.db = db
+        self.peer = peer
+        self.state = "catching_up"
+        self.sent = after
+        self.applied = after
+        self.durable = after
+        self.last_ack = time.time()
+        self._send = send
+        self._drop = drop
+        self.closed = False
+        self._reader = db.log_reader(after)  # raises CursorTooOldError past compaction
+        self._thread = threading.Thread(
+            target=self._run, name=f"kilndb-ship-{db.name}", daemon=True
+        )
+
+    def start(self) -> FollowerLink:
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self.closed = True
+
+    def on_ack(self, applied: int, durable: int) -> None:
+        self.applied = max(self.applied, applied)
+        self.durable = max(self.durable, durable)
+        self.last_ack = time.time()
+
+    def status(self) -> dict[str, Any]:
+        last = self.db.stats()["last_position"] if not self.db.closed else self.sent
+        lag_seconds = 0.0 if self.durable >= last else round(time.time() - self.last_ack, 3)
+        return {
+            "database": self.db.name,
+            "peer": self.peer,
+            "state": self.state,
+            "position_sent": self.sent,
+            "position_acked": self.durable,
+            "lag_records": max(0, last - self.durable),
+            "lag_seconds": lag_seconds,
+            "last_ack_at": self.last_ack,
+        }
+
+    def _push(self, event: dict[str, Any]) -> bool:
+        return self._send(encode_frame(orjson.dumps(event)), 0)
+
+    def _run(self) -> None:
+        db, reader = self.db, self._reader
+        target = db.wait_visible(-1, 0)  # what "caught up" means for this follower
+        last_push = time.monotonic()
+        try:
+            while not self.closed and not db.closed:
+                shipment = reader.next()
+                if shipment is not None:
+                    if not self._push(batch_event(shipment)):
+                        return
+                    self.sent = shipment.last
+                    last_push = time.monotonic()
+                    continue
+                if self.state == "catching_up" and reader.after >= target:
+                    self.state = "streaming"
+                    if not self._push(caught_up_event(reader.after)):
+                        return
+                now = time.monotonic()
+                if time.time() - self.last_ack > SILENCE_SECONDS:
+                    self._drop(f"follower {self.peer} silent for {SILENCE_SECONDS:.0f} s")
+                    return
+                if now - last_push >= HEARTBEAT_SECONDS:
+                    if not self._push(heartbeat_event(reader.after)):
+                        return
+                    last_push = now
+                db.wait_visible(reader.after, HEARTBEAT_SECONDS)
+        except KilnError as exc:
+            log.warning("shipping %s to %s stopped: %s", db.name, self.peer, exc)
+            self._drop(str(exc))
+        finally:
+            self.closed = True
+            self.state = "disconnected"

@@ -1,0 +1,126 @@
+"""A follower server streaming a leader's database: catch-up, live, restart, read-only."""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+import kilndb
+from kilndb import Write
+from kilndb.server.sockets import Server
+from tests.server.test_sockets import RawClient, tcp_address
+
+
+def _digest(url: str, database: str = "default") -> tuple[int, str]:
+    with kilndb.connect(url, database) as db:
+        facts = [f.to_dict() for f in db.replay()]
+    return len(facts), hashlib.sha256(repr(facts).encode()).hexdigest()
+
+
+def _eventually(check: Callable[[], bool], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.05)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _follower(tmp_path: Path, leader: Server, name: str = "follower") -> Server:
+    host, port = tcp_address(leader)
+    return Server(
+        data=tmp_path / name,
+        port=0,
+        replica_of=f"{host}:{port}",
+        replicate=("default",),
+        replication_backoff=(0.05, 0.3),
+    ).start()
+
+
+def _write(url: str, start: int, n: int) -> None:
+    with kilndb.connect(url) as db:
+        for i in range(start, start + n):
+            if i % 10 == 0:
+                db.write_many([Write("s", f"b{i}-{j}", j) for j in range(4)])
+            else:
+                db.store("s").write(f"k{i % 7}", {"i": i})
+
+
+def test_a_follower_catches_up_then_streams_live(tmp_path: Path) -> None:
+    with Server(data=tmp_path / "leader", port=0) as leader:
+        _write(leader.url, 0, 200)
+        follower = _follower(tmp_path, leader)
+        try:
+            _eventually(lambda: _digest(follower.url) == _digest(leader.url))
+            _write(leader.url, 200, 100)  # live
+            _eventually(lambda: _digest(follower.url) == _digest(leader.url))
+            status = follower.status()["replication"]
+            assert status["role"] == "follower"
+            (state,) = status["following"]
+            assert state["state"] == "streaming" and state["lag_records"] == 0
+            (link,) = leader.status()["replication"]["followers"]
+            assert link["state"] == "streaming"
+            _eventually(lambda: leader.status()["replication"]["followers"][0]["lag_records"] == 0)
+            with kilndb.connect(follower.url) as db:  # reads work, writes go to the leader
+                assert db.store("s").read("k1") is not None
+                with pytest.raises(kilndb.ReadOnlyReplicaError) as refused:
+                    db.store("s").write("k1", 0)
+                assert refused.value.leader == leader.url
+        finally:
+            follower.stop()
+
+
+def test_a_restarted_follower_resumes_and_a_restarted_leader_is_found_again(
+    tmp_path: Path,
+) -> None:
+    port = _free_port()
+    leader = Server(data=tmp_path / "leader", port=port).start()
+    _write(leader.url, 0, 100)
+    follower = _follower(tmp_path, leader)
+    _eventually(lambda: _digest(follower.url) == _digest(leader.url))
+    follower.stop()
+    _write(leader.url, 100, 50)  # while the follower is down
+    follower = _follower(tmp_path, leader)
+    _eventually(lambda: _digest(follower.url) == _digest(leader.url))
+    leader.stop()  # the link breaks; the follower retries with backoff
+    _eventually(lambda: follower.status()["replication"]["following"][0]["reconnects"] > 0)
+    leader = Server(data=tmp_path / "leader", port=port).start()
+    _write(leader.url, 150, 50)
+    try:
+        _eventually(lambda: _digest(follower.url) == _digest(leader.url))
+    finally:
+        follower.stop()
+        leader.stop()
+
+
+def test_bad_replication_requests_are_refused_and_the_leader_keeps_serving(
+    tmp_path: Path,
+) -> None:
+    with Server(data=tmp_path / "leader", port=0) as leader:
+        _write(leader.url, 0, 5)
+        client = RawClient(tcp_address(leader))
+        base = {"op": "sync_request", "leader_epoch": 0, "position": 0, "request_id": 1}
+        client.send({**base, "protocol_version": 99})
+        reply = client.receive()
+        assert reply is not None and "protocol version 99" in reply["error"]
+        client.send({**base, "protocol_version": 1, "database": "nope"})
+        reply = client.receive()
+        assert reply is not None and reply["error_code"] == "not_found"
+        client.send({**base, "protocol_version": 1, "leader_epoch": 7})
+        reply = client.receive()
+        assert reply is not None and "epoch mismatch" in reply["error"]
+        client.close()
+        with kilndb.connect(leader.url) as db:
+            assert db.store("s").read("k1") is not None
+        events = [e["event"] for e in leader.recent_events]
+        assert events.count("replication_refused") == 3
