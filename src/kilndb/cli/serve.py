@@ -178,6 +178,26 @@ def _load_config(ctx: click.Context, _: click.Parameter, path: Path | None) -> P
     help="Require client certificates signed by this CA (mutual TLS).",
 )
 @click.option(
+    "--replica-of",
+    default=None,
+    envvar="KILN_REPLICA_OF",
+    help="Follow the leader at HOST:PORT (or a tcp:// / tls:// URL): its databases here"
+    " are read-only copies.",
+)
+@click.option(
+    "--replicate",
+    default="default",
+    show_default=True,
+    envvar="KILN_REPLICATE",
+    help="With --replica-of: the databases to follow, comma-separated.",
+)
+@click.option(
+    "--replication-token",
+    default=None,
+    envvar="KILN_REPLICATION_TOKEN",
+    help="JWT presented to a leader that requires authentication (read scope).",
+)
+@click.option(
     "--pid-file",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
@@ -211,6 +231,9 @@ def serve(
     tls_cert: Path | None,
     tls_key: Path | None,
     tls_client_ca: Path | None,
+    replica_of: str | None,
+    replicate: str,
+    replication_token: str | None,
     pid_file: Path | None,
     log_level: str,
 ) -> None:
@@ -239,6 +262,9 @@ def serve(
         tls_cert=tls_cert,
         tls_key=tls_key,
         tls_client_ca=tls_client_ca,
+        replica_of=replica_of,
+        replicate=tuple(name.strip() for name in replicate.split(",") if name.strip()),
+        replication_token=replication_token,
     )
     stop = threading.Event()
 

@@ -58,7 +58,15 @@ _STATUS_OF = {
     "permission_denied": 403,
     "unavailable": 503,
 }
-_GAUGES = ("active_connections", "subscription_count", "open_databases", "failing_databases")
+_GAUGES = (
+    "active_connections",
+    "subscription_count",
+    "open_databases",
+    "failing_databases",
+    "replication_followers",
+    "replication_follower_lag_records",
+    "replication_lag_records",
+)
 
 
 def _json(body: Any, status: int = 200) -> web.Response:
@@ -146,6 +154,11 @@ def build_app(server: Server) -> web.Application:
         if denied := _denied(http, "server_status", None):
             return denied
         return web.Response(body=generate_latest(registry), content_type="text/plain")
+
+    async def replication(http: web.Request) -> web.Response:
+        if denied := _denied(http, "server_status", None):
+            return denied
+        return _json(server.replication_status())
 
     async def recent(http: web.Request) -> web.Response:
         if denied := _denied(http, "server_status", None):
@@ -255,6 +268,7 @@ def build_app(server: Server) -> web.Application:
     app.router.add_get("/v1/metrics", metrics)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/v1/events/recent", recent)
+    app.router.add_get("/v1/replication", replication)
     app.router.add_get("/v1/events", events)
     app.router.add_post("/v1/dispatch", dispatch)
     keys = "/v1/db/{database}/stores/{store}/keys/{key}"

@@ -1002,6 +1002,7 @@ class Server:
         with self._counters_lock:
             counters = dict(self.counters)
         nodes = self.databases.status()
+        replication = self.replication_status()
         return {
             "schema_version": 1,
             "generated_at": time.time(),
@@ -1011,13 +1012,20 @@ class Server:
             "addresses": self.addresses,
             "databases": self.databases.names(),
             "nodes": nodes,
-            "replication": self.replication_status(),
+            "replication": replication,
             "metrics": {
                 **counters,
                 "open_databases": nodes["open_count"],
                 "opened_databases_total": nodes["opened_total"],
                 "evicted_databases_total": nodes["evicted_total"],
                 "failing_databases": len(nodes["failing"]),
+                "replication_followers": len(replication["followers"]),
+                "replication_follower_lag_records": max(
+                    (f["lag_records"] for f in replication["followers"]), default=0
+                ),
+                "replication_lag_records": max(
+                    (f["lag_records"] for f in replication["following"]), default=0
+                ),
                 "active_connections": len(self.connections),
                 "subscription_count": sum(
                     1
