@@ -124,3 +124,41 @@ def test_bad_replication_requests_are_refused_and_the_leader_keeps_serving(
             assert db.store("s").read("k1") is not None
         events = [e["event"] for e in leader.recent_events]
         assert events.count("replication_refused") == 3
+
+
+def test_replicas_wait_for_followers_and_time_out_without_them(tmp_path: Path) -> None:
+    with Server(data=tmp_path / "leader", port=0, replica_timeout=0.5) as leader:
+        _write(leader.url, 0, 1)
+        with kilndb.connect(leader.url) as db:
+            with pytest.raises(kilndb.ReplicationTimeoutError, match="0 of 1"):
+                db.store("s").write("alone", 1, replicas=1)
+            fact = db.store("s").read("alone")
+            assert fact is not None  # committed on the leader all the same
+        follower = _follower(tmp_path, leader)
+        try:
+            _eventually(lambda: _digest(follower.url) == _digest(leader.url))
+            with kilndb.connect(leader.url) as db:
+                written = db.store("s").write("safe", 2, replicas=1)
+                with kilndb.connect(follower.url) as copy:  # already there when answered
+                    there = copy.store("s").read("safe")
+                    assert there is not None and there.position == written.position
+                many = db.write_many([Write("s", f"m{j}", j) for j in range(5)], replicas=1)
+                assert len(many) == 5
+                with pytest.raises(kilndb.ReplicationTimeoutError, match="1 of 2"):
+                    db.store("s").write("more", 3, replicas=2)
+                with pytest.raises(kilndb.InvalidArgumentError):
+                    db.store("s").write("bad", 4, replicas=-1)
+        finally:
+            follower.stop()
+
+
+def test_min_insync_replicas_applies_to_every_write(tmp_path: Path) -> None:
+    with (
+        Server(
+            data=tmp_path / "leader", port=0, min_insync_replicas=1, replica_timeout=0.3
+        ) as leader,
+        kilndb.connect(leader.url) as db,
+    ):
+        with pytest.raises(kilndb.ReplicationTimeoutError):
+            db.store("s").write("k", 1)
+        assert db.store("s").write("k", 2, replicas=0).value == 2  # the request decides

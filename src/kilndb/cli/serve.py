@@ -198,6 +198,23 @@ def _load_config(ctx: click.Context, _: click.Parameter, path: Path | None) -> P
     help="JWT presented to a leader that requires authentication (read scope).",
 )
 @click.option(
+    "--min-insync-replicas",
+    type=click.IntRange(0),
+    default=0,
+    show_default=True,
+    envvar="KILN_MIN_INSYNC_REPLICAS",
+    help="Followers that must have a write durably before it is acknowledged (a request's"
+    " replicas= overrides it).",
+)
+@click.option(
+    "--replica-timeout",
+    type=click.FloatRange(0, min_open=True),
+    default=5.0,
+    show_default=True,
+    envvar="KILN_REPLICA_TIMEOUT",
+    help="Seconds a write waits for its replicas before replication_timeout.",
+)
+@click.option(
     "--pid-file",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
@@ -234,6 +251,8 @@ def serve(
     replica_of: str | None,
     replicate: str,
     replication_token: str | None,
+    min_insync_replicas: int,
+    replica_timeout: float,
     pid_file: Path | None,
     log_level: str,
 ) -> None:
@@ -265,6 +284,8 @@ def serve(
         replica_of=replica_of,
         replicate=tuple(name.strip() for name in replicate.split(",") if name.strip()),
         replication_token=replication_token,
+        min_insync_replicas=min_insync_replicas,
+        replica_timeout=replica_timeout,
     )
     stop = threading.Event()
 

@@ -81,6 +81,14 @@ def _fence(options: dict[str, Any]) -> dict[str, Any] | None:
     return None if checked is None else {"key": checked[0], "token": checked[1]}
 
 
+def _replicas(options: dict[str, Any]) -> int | None:
+    """Take ``replicas`` (followers that must have the write durably) out of the options."""
+    replicas = options.pop("replicas", None)
+    if replicas is not None and (type(replicas) is not int or replicas < 0):
+        raise InvalidArgumentError("replicas must be a non-negative integer or None")
+    return replicas
+
+
 def _fact(data: dict[str, Any] | None) -> Fact | None:
     return None if data is None else fact_from_dict(data)
 
@@ -103,21 +111,36 @@ class RemoteStore:
         self.name = name
 
     def write(self, key: str, value: Any, **options: Any) -> Fact:
-        """Append a fact for ``key``; the same arguments and errors as :meth:`Store.write`."""
+        """Append a fact for ``key``; the same arguments and errors as :meth:`Store.write`.
+
+        On a server with followers, ``replicas=N`` also waits until N of them have the
+        fact durably (ReplicationTimeoutError after the server's ``replica_timeout``; the
+        write itself stays committed on the leader).
+        """
         # Checked here with the embedded database's own rules: the same error for the
         # same mistake, and nothing unserialisable ever reaches the wire.
         fence = _fence(options)
+        replicas = _replicas(options)
         _check(self.name, key, value, options)
         reply = self._db._call(
-            "write", store=self.name, key=key, value=value, fence=fence, **options
+            "write",
+            store=self.name,
+            key=key,
+            value=value,
+            fence=fence,
+            replicas=replicas,
+            **options,
         )
         return fact_from_dict(reply["fact"])
 
     def delete(self, key: str, **options: Any) -> Fact:
         """Write a tombstone for ``key``; as :meth:`Store.delete`."""
         fence = _fence(options)
+        replicas = _replicas(options)
         _check(self.name, key, None, {**options, "deleted": True})
-        reply = self._db._call("delete", store=self.name, key=key, fence=fence, **options)
+        reply = self._db._call(
+            "delete", store=self.name, key=key, fence=fence, replicas=replicas, **options
+        )
         return fact_from_dict(reply["fact"])
 
     def read(self, key: str, *, as_of: float | None = None) -> Fact | None:
@@ -210,13 +233,17 @@ class RemoteDatabase:
         names: list[str] = self._call("stores")["stores"]
         return names
 
-    def write_many(self, writes: Iterable[Write], *, fence: Any = None) -> list[Fact]:
-        """Write a batch atomically; as :meth:`Database.write_many`."""
+    def write_many(
+        self, writes: Iterable[Write], *, fence: Any = None, replicas: int | None = None
+    ) -> list[Fact]:
+        """Write a batch atomically; as :meth:`Database.write_many`. ``replicas``: see
+        :meth:`RemoteStore.write`."""
         fenced = _fence({"fence": fence})
+        count = _replicas({"replicas": replicas})
         batch = _batch(writes)
         if not batch:
             return []
-        reply = self._call("write_many", writes=batch, fence=fenced)
+        reply = self._call("write_many", writes=batch, fence=fenced, replicas=count)
         return [fact_from_dict(f) for f in reply["facts"]]
 
     # -- leases ----------------------------------------------------------------------

@@ -94,6 +94,7 @@ def _write_fields(body: dict[str, Any], *, value_required: bool = True) -> Param
             "derivation": None,
             "metadata": None,
             "fence": None,
+            "replicas": None,
         }
     params: Params = {
         "store": _field(body, "store", "str", required=True),
@@ -112,6 +113,7 @@ def _write_fields(body: dict[str, Any], *, value_required: bool = True) -> Param
     params["derivation"] = body.get("derivation")
     params["metadata"] = _field(body, "metadata", "object")
     params["fence"] = _fence(body)
+    params["replicas"] = _field(body, "replicas", "count")
     return params
 
 
@@ -154,7 +156,11 @@ def _write_many(body: dict[str, Any]) -> Params:
             raise InvalidArgumentError(f"writes[{index}]: field 'deleted' must be a boolean")
         params["deleted"] = deleted
         checked.append(params)
-    return {"writes": checked, "fence": _fence(body)}
+    return {
+        "writes": checked,
+        "fence": _fence(body),
+        "replicas": _field(body, "replicas", "count"),
+    }
 
 
 def _write_snapshot(body: dict[str, Any]) -> Params:
@@ -199,6 +205,7 @@ def _delete(body: dict[str, Any]) -> Params:
         "causation": _field(body, "causation", "str"),
         "metadata": _field(body, "metadata", "object"),
         "fence": _fence(body),
+        "replicas": _field(body, "replicas", "count"),
     }
 
 
@@ -252,6 +259,7 @@ def _produce(body: dict[str, Any]) -> Params:
         "records": records,
         "expected_seq": _field(body, "expected_seq", "count"),
         "fence": _fence(body),
+        "replicas": _field(body, "replicas", "count"),
     }
 
 

@@ -106,7 +106,12 @@ def build_app(server: Server) -> web.Application:
         def work() -> dict[str, Any]:
             server.count("requests_total")
             try:
-                result = server.dispatcher.execute(request, database)
+                result, db, position = server.dispatcher.apply(request, database)
+                if db is not None and position:
+                    db.wait_durable(position)
+                    replicas = server.replicas_for(request)
+                    if replicas:
+                        server.wait_replicas(db.name, position, replicas)
             except KilnError as exc:
                 server.count("errors_total")
                 server.event("request_error", op=request.op, error_code=exc.error_code)

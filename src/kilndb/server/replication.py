@@ -45,6 +45,7 @@ class FollowerLink:
         after: int,
         send: Callable[[bytes, int], bool],
         drop: Callable[[str], None],
+        acked: Callable[[], None] = lambda: None,
     ) -> None:
         self.db = db
         self.peer = peer
@@ -55,6 +56,7 @@ class FollowerLink:
         self.last_ack = time.time()
         self._send = send
         self._drop = drop
+        self._acked = acked
         self.closed = False
         self._reader = db.log_reader(after)  # raises CursorTooOldError past compaction
         self._thread = threading.Thread(
@@ -72,6 +74,7 @@ class FollowerLink:
         self.applied = max(self.applied, applied)
         self.durable = max(self.durable, durable)
         self.last_ack = time.time()
+        self._acked()
 
     def status(self) -> dict[str, Any]:
         last = self.db.stats()["last_position"] if not self.db.closed else self.sent

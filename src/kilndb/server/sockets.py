@@ -63,6 +63,7 @@ from kilndb.errors import (
     KilnError,
     NotFoundError,
     ProtocolError,
+    ReplicationTimeoutError,
     SubscriberOverflowError,
     UnavailableError,
 )
@@ -76,7 +77,7 @@ from kilndb.protocol import (
 )
 from kilndb.replication.follower import Follower
 from kilndb.replication.protocol import PROTOCOL_VERSION as REPLICATION_PROTOCOL
-from kilndb.server.auth import ANONYMOUS, AuthConfig, Authenticator, Principal
+from kilndb.server.auth import ANONYMOUS, AuthConfig, Authenticator, Principal, action_of
 from kilndb.server.dispatch import Dispatcher
 from kilndb.server.fanout import Fanout, Feed
 from kilndb.server.nodes import NodeConfig, NodeManager
@@ -135,6 +136,11 @@ class ServerConfig:
     replication_token: str | None = None
     #: First and longest wait before reconnecting to the leader.
     replication_backoff: tuple[float, float] = (1.0, 30.0)
+    #: Followers that must have a write durably before it is acknowledged, unless the
+    #: request says otherwise (``replicas``).
+    min_insync_replicas: int = 0
+    #: How long a write waits for its replicas before ``replication_timeout``.
+    replica_timeout: float = 5.0
 
     def ssl_context(self) -> ssl.SSLContext | None:
         """The server's TLS context, or None without a certificate."""
@@ -371,8 +377,8 @@ class _Connection(asyncio.Protocol):
         ops (see QUICK_OPS), on databases that are open already."""
         databases = self.server.databases
         for request, _ in batch:
-            if request.op not in QUICK_OPS:
-                return False
+            if request.op not in QUICK_OPS or self.server.replicas_for(request):
+                return False  # waiting for followers' acks must not hold the loop
             if request.op == "write_many" and len(request.params["writes"]) > QUICK_BATCH:
                 return False
             if not databases.is_open(request.database or self.database):
@@ -416,11 +422,17 @@ class _Connection(asyncio.Protocol):
                 db.wait_durable(position)
             except KilnError as exc:
                 failures[key] = exc
-        for slot, request, error_frame, db, _, result in applied:
+        for slot, request, error_frame, db, position, result in applied:
             if error_frame is not None:
                 slot.frame = error_frame
                 continue
             failure = failures.get(id(db))
+            replicas = self.server.replicas_for(request)
+            if failure is None and replicas and position:
+                try:
+                    self.server.wait_replicas(db.name, position, replicas)
+                except KilnError as exc:
+                    failure = exc
             try:
                 slot.frame = (
                     self._reply(request, result)
@@ -612,7 +624,9 @@ class _Connection(asyncio.Protocol):
                     f" {params['leader_epoch']}, this server at {db.leader_epoch}"
                 )
             peer = str(self.transport.get_extra_info("peername")) if self.transport else "?"
-            link = FollowerLink(db, peer, params["position"], self._send, self._drop_link)
+            link = FollowerLink(
+                db, peer, params["position"], self._send, self._drop_link, self.server.acked
+            )
         except KilnError as exc:
             self.server.event("replication_refused", database=name, error=str(exc))
             log.warning("replication of %s refused: %s", name, exc)
@@ -759,6 +773,8 @@ class Server:
         self.links: set[FollowerLink] = set()
         #: The databases this server follows from its leader.
         self.followers: list[Follower] = []
+        #: Notified when a follower acknowledges (writes waiting for replicas).
+        self._acks = threading.Condition()
         #: Requests applied on the loop, waiting for the end of its turn.
         self._awaiting: list[tuple[_Connection, list[_Applied]]] = []
         self.executor = ThreadPoolExecutor(self.config.workers, thread_name_prefix="kilndb-op")
@@ -948,6 +964,41 @@ class Server:
             connection._acknowledge(applied)  # the first wait syncs; the rest find it done
         for connection, _ in awaiting:
             connection._flush()
+
+    def replicas_for(self, request: Request) -> int:
+        """How many followers must have a write durably before it is answered."""
+        if action_of(request.op) != "write":
+            return 0
+        asked = request.params.get("replicas")
+        return self.config.min_insync_replicas if asked is None else int(asked)
+
+    def acked(self) -> None:
+        """A follower acknowledged something: wake the writes waiting for replicas."""
+        with self._acks:
+            self._acks.notify_all()
+
+    def wait_replicas(self, database: str, position: int, replicas: int) -> None:
+        """Block until ``replicas`` followers of ``database`` have ``position`` durably;
+        ReplicationTimeoutError after ``replica_timeout`` (the write stays committed)."""
+        timeout = self.config.replica_timeout
+        deadline = time.monotonic() + timeout
+        with self._acks:
+            while True:
+                have = sum(
+                    1
+                    for link in list(self.links)
+                    if not link.closed and link.db.name == database and link.durable >= position
+                )
+                if have >= replicas:
+                    return
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise ReplicationTimeoutError(
+                        f"{have} of {replicas} replicas acknowledged position {position} within"
+                        f" {timeout:g} s; the write is committed on the leader and will reach"
+                        " the followers when they catch up"
+                    )
+                self._acks.wait(remaining)
 
     def replication_status(self) -> dict[str, Any]:
         """The followers this server ships to, and the leaders it follows."""
