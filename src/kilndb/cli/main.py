@@ -26,6 +26,7 @@ from kilndb.cli.errors import translate
 from kilndb.cli.facts import delete, get, history, keys, put, replay
 from kilndb.cli.lease import lease
 from kilndb.cli.output import LogLines
+from kilndb.cli.replication import promote, replicate
 from kilndb.cli.serve import serve
 from kilndb.cli.stream import stream
 from kilndb.cli.tail import tail
@@ -209,6 +210,8 @@ for _command in (
     stream,
     lease,
     token,
+    promote,
+    replicate,
 ):
     cli.add_command(_command)
 

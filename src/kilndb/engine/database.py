@@ -399,6 +399,22 @@ class Database:
                 log.subscribers -= 1
 
     @property
+    def epochs(self) -> list[dict[str, int]]:
+        """The leader epoch history: ``{"epoch", "start_position"}`` each (META)."""
+        return [
+            dict(e) for e in self._log.meta.get("epochs") or [{"epoch": 0, "start_position": 1}]
+        ]
+
+    def promote(self) -> int:
+        """Make this copy a leader's: start a new leader epoch at the next position."""
+        self._log.check_open()
+        return self._log.start_epoch()
+
+    def adopt_epochs(self, epochs: list[dict[str, int]]) -> None:
+        """For a follower: record its leader's epoch history."""
+        self._log.adopt_epochs(epochs)
+
+    @property
     def leader_epoch(self) -> int:
         """The leader epoch this database's log is in (META)."""
         epochs = self._log.meta.get("epochs") or [{"epoch": 0}]

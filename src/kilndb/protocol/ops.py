@@ -338,6 +338,18 @@ def _replication_ack(body: dict[str, Any]) -> Params:
     }
 
 
+def _promote(body: dict[str, Any]) -> Params:
+    return {"database": _field(body, "database", "str")}
+
+
+def _replicate(body: dict[str, Any]) -> Params:
+    databases = _field(body, "databases", "strings")
+    return {
+        "leader": _field(body, "leader", "str", required=True),
+        "databases": databases if databases else ["default"],
+    }
+
+
 def _remove_database(body: dict[str, Any]) -> Params:
     delete = body.get("delete", False)
     if type(delete) is not bool:
@@ -386,6 +398,8 @@ OPS: dict[str, Callable[[dict[str, Any]], Params]] = {
     # Replication: a follower's stream of one database (its database is "database").
     "sync_request": _sync_request,
     "replication_ack": _replication_ack,
+    "promote": _promote,  # admin: lead the databases this server follows
+    "replicate": _replicate,  # admin: follow them from another leader
 }
 
 

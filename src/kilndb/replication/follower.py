@@ -30,6 +30,26 @@ __all__ = ["Follower"]
 log = logging.getLogger("kilndb.replication")
 
 
+class _Resync(Exception):
+    """Ask the leader again at once (the local log was just cut back)."""
+
+
+def _ranges(positions: list[int]) -> str:
+    """``1..3, 7`` for [1, 2, 3, 7]."""
+    if not positions:
+        return "none"
+    parts: list[str] = []
+    start = previous = positions[0]
+    for position in [*positions[1:], None]:
+        if position is not None and position == previous + 1:
+            previous = position
+            continue
+        parts.append(str(start) if start == previous else f"{start}..{previous}")
+        if position is not None:
+            start = previous = position
+    return ", ".join(parts)
+
+
 class Follower:
     """Streams database ``name`` from ``leader`` into the local database."""
 
@@ -38,6 +58,7 @@ class Follower:
         leader: Endpoint,
         name: str,
         open_local: Callable[[str | None], Database | None],
+        truncate_local: Callable[[int], list[int]],
         *,
         backoff_min: float = 1.0,
         backoff_max: float = 30.0,
@@ -47,6 +68,12 @@ class Follower:
         #: ``open_local(database_id)``: the local database (created with that id when it
         #: does not exist); ``open_local(None)``: the existing one, or None.
         self._open_local = open_local
+        #: ``truncate_local(position)``: close the local database and cut its records
+        #: after ``position`` (a divergent tail); the positions dropped.
+        self._truncate_local = truncate_local
+        #: Positions dropped from a divergent tail, most recent truncation.
+        self.dropped: list[int] = []
+        self.truncations = 0
         self.backoff_min = backoff_min
         self.backoff_max = backoff_max
         self.state = "connecting"
@@ -79,6 +106,7 @@ class Follower:
             "leader_position": self.leader_position,
             "lag_records": max(0, self.leader_position - self.position),
             "reconnects": self.reconnects,
+            "truncations": self.truncations,
             "last_error": self.last_error,
         }
 
@@ -88,6 +116,9 @@ class Follower:
             try:
                 self._follow()
                 delay = self.backoff_min
+            except _Resync:
+                delay = self.backoff_min
+                continue  # at once: the log was cut back to where the leader's history is
             except KilnError as exc:
                 if self._stop.is_set():
                     return
@@ -118,6 +149,20 @@ class Follower:
                 f"local database {self.name} has id {local.database_id}, the leader's is"
                 f" {info['database_id']}: it is another database (a full copy is needed)"
             )
+        if info.get("truncate_after") is not None:
+            conn.close()
+            self._conn = None
+            self.state = "truncating"
+            self.dropped = self._truncate_local(int(info["truncate_after"]))
+            self.truncations += 1
+            log.warning(
+                "database %s diverged from its leader %s: dropped positions %s",
+                self.name,
+                self.leader.url,
+                _ranges(self.dropped),
+            )
+            raise _Resync
+        local.adopt_epochs(info["epochs"])
         self.position = position
         self.leader_position = info["last_position"]
         self.state = "catching_up"

@@ -3,8 +3,8 @@
 A follower opens a connection to the leader's socket port and sends ``sync_request
 {database, protocol_version, leader_epoch, position, flags}`` (``position``: its last
 durable position). The leader answers ``{"ok": true, "type": "shard_info", database,
-database_id, protocol_version, leader_epoch, last_position, durable_position}`` — or an
-error frame saying what differs (protocol version, epoch, database) — and then pushes
+database_id, protocol_version, leader_epoch, epochs, last_position, durable_position}`` —
+or an error frame saying what differs (protocol version, epoch, database) — and then pushes
 ``{"event": "replication", "type": …}`` frames on the connection:
 
 ``batch {first, last, count, frames}``
@@ -14,6 +14,10 @@ error frame saying what differs (protocol version, epoch, database) — and then
     once, when the follower has everything that was durable when it asked.
 ``heartbeat {durable_position}``
     after a second without a batch.
+
+If the follower's log has left the leader's — it holds records from a position where a
+later leader epoch began — ``shard_info`` carries ``truncate_after: P`` instead and ships
+nothing: the follower drops its records after ``P`` and asks again.
 
 The follower answers with ``replication_ack {applied, durable}`` after every batch while
 catching up and at least every 1,000 records or 100 ms while streaming, and after each
@@ -34,6 +38,7 @@ __all__ = [
     "ack",
     "batch_event",
     "caught_up_event",
+    "divergence_point",
     "frames_of",
     "heartbeat_event",
     "sync_request",
@@ -53,6 +58,21 @@ def sync_request(database: str, epoch: int, position: int) -> dict[str, Any]:
         "position": position,
         "flags": [],
     }
+
+
+def divergence_point(epochs: list[dict[str, int]], epoch: int, position: int) -> int | None:
+    """Where a follower's log leaves the leader's, if it does: the last position they
+    share.
+
+    The follower last followed (or led) in ``epoch`` and holds records up to
+    ``position``. The leader's history says at which position each later epoch began;
+    records the follower holds from the first such position on were written under an
+    older leader the current one never had them from, so the logs agree only before it.
+    """
+    later = [e["start_position"] for e in epochs if e["epoch"] > epoch]
+    if later and position >= later[0]:
+        return later[0] - 1
+    return None
 
 
 def batch_event(shipment: Shipment) -> dict[str, Any]:

@@ -107,7 +107,8 @@ class NodeManager:
         self._nodes: dict[str, _Node] = {}
         self._breakers: dict[str, _Breaker] = {}
         self._removing: set[str] = set()
-        #: Databases never evicted (a follower streams into them).
+        #: Databases a follower streams into: never evicted, and created only by
+        #: replication (with the leader's database id), never by a client's request.
         self.pinned: set[str] = set()
         self._lock = threading.RLock()
         #: Serialises opening, so that one database is never opened twice at once.
@@ -185,6 +186,12 @@ class NodeManager:
                 node = self._nodes.get(name)
                 if node is not None and not node.db.closed:
                     return node
+                if (
+                    name in self.pinned
+                    and database_id is None
+                    and not (self.data_dir / name / "META").is_file()
+                ):
+                    raise UnavailableError(f"database {name!r} is not replicated here yet")
                 breaker = self._breakers.get(name)
                 now = time.monotonic()
                 if breaker is not None and breaker.open_until > now:

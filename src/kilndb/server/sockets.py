@@ -77,11 +77,13 @@ from kilndb.protocol import (
 )
 from kilndb.replication.follower import Follower
 from kilndb.replication.protocol import PROTOCOL_VERSION as REPLICATION_PROTOCOL
+from kilndb.replication.protocol import divergence_point
 from kilndb.server.auth import ANONYMOUS, AuthConfig, Authenticator, Principal, action_of
 from kilndb.server.dispatch import Dispatcher
 from kilndb.server.fanout import Fanout, Feed
 from kilndb.server.nodes import NodeConfig, NodeManager
 from kilndb.server.replication import FollowerLink
+from kilndb.storage.truncate import truncate_after
 
 __all__ = ["Server", "ServerConfig"]
 
@@ -349,6 +351,8 @@ class _Connection(asyncio.Protocol):
             return _Slot(self._subscribe_status(request))
         if op == "sync_request":
             return _Slot(self._sync_request(request))
+        if op in ("promote", "replicate"):
+            return self._server_op(request)
         if op == "replication_ack":
             if self.link is not None:
                 self.link.on_ack(request.params["applied"], request.params["durable"])
@@ -623,6 +627,24 @@ class _Connection(asyncio.Protocol):
                     f"epoch mismatch: the follower is at leader epoch"
                     f" {params['leader_epoch']}, this server at {db.leader_epoch}"
                 )
+            diverged_after = divergence_point(db.epochs, params["leader_epoch"], params["position"])
+            if diverged_after is not None:
+                # The follower holds records this leader's history does not: it must cut
+                # them (and ask again) before anything can be shipped.
+                self.server.event("follower_diverged", database=name, truncate_after=diverged_after)
+                stats = db.stats()
+                return ServerConnection.reply(
+                    request.request_id,
+                    type="shard_info",
+                    database=name,
+                    database_id=db.database_id,
+                    protocol_version=REPLICATION_PROTOCOL,
+                    leader_epoch=db.leader_epoch,
+                    epochs=db.epochs,
+                    last_position=stats["last_position"],
+                    durable_position=stats["durable_position"],
+                    truncate_after=diverged_after,
+                )
             peer = str(self.transport.get_extra_info("peername")) if self.transport else "?"
             link = FollowerLink(
                 db, peer, params["position"], self._send, self._drop_link, self.server.acked
@@ -642,12 +664,33 @@ class _Connection(asyncio.Protocol):
             database_id=db.database_id,
             protocol_version=REPLICATION_PROTOCOL,
             leader_epoch=db.leader_epoch,
+            epochs=db.epochs,
             last_position=stats["last_position"],
             durable_position=stats["durable_position"],
         )
         # Shipments go through the loop, after this reply.
         self.server.loop.call_soon(link.start)
         return reply
+
+    def _server_op(self, request: Request) -> _Slot:
+        """``promote``/``replicate``: they stop threads, so they run on a worker."""
+        slot = _Slot()
+        params = request.params
+
+        def job() -> None:
+            try:
+                if request.op == "promote":
+                    database = params["database"]
+                    result = self.server.promote(None if database is None else [database])
+                else:
+                    result = self.server.follow(params["leader"], params["databases"])
+                slot.frame = ServerConnection.reply(request.request_id, **result)
+            except Exception as exc:
+                slot.frame = self._refused(request, exc)[0]
+            self._to_loop(self._flush)
+
+        self.server.executor.submit(job)
+        return slot
 
     def _drop_link(self, reason: str) -> None:
         """Cut a follower's connection (from its shipping thread)."""
@@ -1009,13 +1052,20 @@ class Server:
 
     def _start_following(self) -> None:
         config = self.config
-        if config.replica_of is None:
-            return
-        url = config.replica_of if "://" in config.replica_of else f"tcp://{config.replica_of}"
+        if config.replica_of is not None:
+            self.follow(config.replica_of, list(config.replicate))
+
+    def follow(self, leader_address: str, names: list[str]) -> dict[str, Any]:
+        """Follow ``names`` from the leader at ``leader_address`` (``HOST:PORT`` or a
+        URL), replacing whatever leader they followed; they become read-only here."""
+        config = self.config
+        url = leader_address if "://" in leader_address else f"tcp://{leader_address}"
         leader = Endpoint.make(url, token=config.replication_token)
         low, high = config.replication_backoff
-        for name in config.replicate:
+        for name in names:
             validate_database_name(name)
+        self._stop_following(names)
+        for name in names:
             self.dispatcher.read_only[name] = leader.url
             self.databases.pinned.add(name)
 
@@ -1024,8 +1074,44 @@ class Server:
                     return None
                 return self.databases.get_or_create(name, database_id)
 
-            follower = Follower(leader, name, open_local, backoff_min=low, backoff_max=high)
+            def truncate_local(position: int, name: str = name) -> list[int]:
+                if self.databases.is_open(name):
+                    self.databases.remove(name)  # closed, kept on disk
+                dropped = truncate_after(self.databases.data_dir / name, position)
+                self.event("divergent_tail_dropped", database=name, positions=len(dropped))
+                return dropped
+
+            follower = Follower(
+                leader, name, open_local, truncate_local, backoff_min=low, backoff_max=high
+            )
             self.followers.append(follower.start())
+        self.event("following", leader=leader.url, databases=names)
+        return {"leader": leader.url, "databases": names}
+
+    def _stop_following(self, names: list[str] | None) -> list[Follower]:
+        stopping = [f for f in self.followers if names is None or f.name in names]
+        for follower in stopping:
+            follower.stop()
+            self.followers.remove(follower)
+            self.dispatcher.read_only.pop(follower.name, None)
+            self.databases.pinned.discard(follower.name)
+        return stopping
+
+    def promote(self, names: list[str] | None = None) -> dict[str, Any]:
+        """Stop following ``names`` (default: every database followed) and lead them: a
+        new leader epoch in each one's META, writes accepted from now on."""
+        stopped = self._stop_following(names)
+        if not stopped:
+            raise InvalidArgumentError("this server follows none of those databases")
+        promoted = []
+        for follower in stopped:
+            db = self.databases.get(follower.name)
+            epoch = db.promote()
+            position = db.stats()["last_position"]
+            promoted.append({"database": follower.name, "epoch": epoch, "position": position})
+            self.event("promoted", database=follower.name, epoch=epoch, position=position)
+            log.warning("promoted to leader of %s at epoch %d", follower.name, epoch)
+        return {"promoted": promoted}
 
     def count(self, name: str, amount: int = 1) -> None:
         """Add to a counter from any thread."""

@@ -673,6 +673,22 @@ class Log:
                 self.meta["compacted_through"] = position
                 write_meta(self.directory, self.meta)
 
+    def start_epoch(self) -> int:
+        """Begin a new leader epoch at the next position (a promotion); return it."""
+        with self.lock, self._meta_lock:
+            epochs = self.meta.setdefault("epochs", [{"epoch": 0, "start_position": 1}])
+            epoch = int(epochs[-1]["epoch"]) + 1
+            epochs.append({"epoch": epoch, "start_position": self.next_position})
+            write_meta(self.directory, self.meta)
+            return epoch
+
+    def adopt_epochs(self, epochs: list[dict[str, int]]) -> None:
+        """Take a leader's epoch history (a follower in step with it)."""
+        with self._meta_lock:
+            if self.meta.get("epochs") != epochs:
+                self.meta["epochs"] = [dict(e) for e in epochs]
+                write_meta(self.directory, self.meta)
+
     def save_meta(self) -> None:
         """Write ``META`` durably; callers change ``self.meta`` first."""
         with self._meta_lock:

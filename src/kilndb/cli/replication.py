@@ -1,0 +1,47 @@
+"""``kiln promote`` and ``kiln replicate``: failover by hand (admin, with ``--url``)."""
+
+from __future__ import annotations
+
+import click
+
+from kilndb.cli.context import CliSettings, pass_settings, server_connection
+from kilndb.cli.output import print_json
+
+__all__ = ["promote", "replicate"]
+
+
+@click.command()
+@click.option("--database", "only", default=None, help="Only this database (default: all).")
+@pass_settings
+def promote(settings: CliSettings, only: str | None) -> None:
+    """Make the follower at --url the leader of the databases it follows.
+
+    Each gets a new leader epoch (in its META) and accepts writes from then on. Point
+    the other followers at it with `kiln replicate`.
+    """
+    connection = server_connection(settings)
+    try:
+        reply = connection.call("promote", database=only)
+    finally:
+        connection.close()
+    reply.pop("ok", None)
+    print_json(reply)
+
+
+@click.command()
+@click.option("--from", "leader", required=True, help="The leader to follow: HOST:PORT.")
+@click.option("--database", "databases", multiple=True, help="A database to follow (repeatable).")
+@pass_settings
+def replicate(settings: CliSettings, leader: str, databases: tuple[str, ...]) -> None:
+    """Make the server at --url follow --from for these databases (default: default).
+
+    A former leader pointed at the new one drops the records it never shipped (they are
+    kept beside its data files as *.divergent-*) and catches up.
+    """
+    connection = server_connection(settings)
+    try:
+        reply = connection.call("replicate", leader=leader, databases=list(databases) or None)
+    finally:
+        connection.close()
+    reply.pop("ok", None)
+    print_json(reply)
