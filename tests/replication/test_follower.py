@@ -167,3 +167,20 @@ def test_min_insync_replicas_applies_to_every_write(tmp_path: Path) -> None:
         with pytest.raises(kilndb.ReplicationTimeoutError):
             db.store("s").write("k", 1)
         assert db.store("s").write("k", 2, replicas=0).value == 2  # the request decides
+
+
+def test_a_client_of_a_follower_can_follow_the_leader_for_writes(tmp_path: Path) -> None:
+    with Server(data=tmp_path / "leader", port=0) as leader:
+        _write(leader.url, 0, 3)
+        follower = _follower(tmp_path, leader)
+        try:
+            _eventually(lambda: _digest(follower.url) == _digest(leader.url))
+            with kilndb.connect(follower.url, follow_leader=True) as db:
+                written = db.store("s").write("via-follower", 1)  # lands on the leader
+                with kilndb.connect(leader.url) as direct:
+                    assert direct.store("s").read("via-follower") == written
+                _eventually(lambda: db.store("s").read("via-follower") == written)
+            with kilndb.connect(follower.url) as db, pytest.raises(kilndb.ReadOnlyReplicaError):
+                db.store("s").write("refused", 1)
+        finally:
+            follower.stop()

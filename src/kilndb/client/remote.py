@@ -8,6 +8,7 @@ errors, so code and tests written against one run against the other.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
@@ -22,6 +23,7 @@ from kilndb.errors import (
     ClosedError,
     InvalidArgumentError,
     KilnError,
+    ReadOnlyReplicaError,
     error_from_wire,
 )
 from kilndb.leases import Lease, LeaseKeeper, check_fence, check_ttl, lease_from_wire
@@ -179,7 +181,12 @@ class RemoteDatabase:
         url: str | Endpoint,
         database: str = "default",
         timeout: float | None = 30.0,
+        follow_leader: bool = False,
     ) -> None:
+        #: Send writes a follower refuses (ReadOnlyReplicaError) on to its leader.
+        self.follow_leader = follow_leader
+        self._leader: Connection | None = None
+        self._leader_lock = threading.Lock()
         self.endpoint = Endpoint.make(url)
         self.url = self.endpoint.url
         self.name = database
@@ -200,7 +207,24 @@ class RemoteDatabase:
     def _call(self, op: str, **params: Any) -> dict[str, Any]:
         if self._closed:
             raise ClosedError(f"connection to {self.url} is closed")
-        return self._conn.call(op, **params)
+        try:
+            return self._conn.call(op, **params)
+        except ReadOnlyReplicaError as refused:
+            if not self.follow_leader or not refused.leader:
+                raise
+            return self._leader_call(refused.leader, op, params)
+
+    def _leader_call(self, leader: str, op: str, params: dict[str, Any]) -> dict[str, Any]:
+        """A write a follower refused, sent to its leader (same token and TLS)."""
+        with self._leader_lock:
+            conn = self._leader
+            if conn is None or conn.closed or conn.url != leader:
+                if conn is not None:
+                    conn.close()
+                endpoint = Endpoint(leader, self.endpoint.token, self.endpoint.ssl_context)
+                conn = self._leader = Connection(endpoint, self.timeout)
+                conn.hello(self.name)
+        return conn.call(op, **params)
 
     @property
     def closed(self) -> bool:
@@ -340,6 +364,8 @@ class RemoteDatabase:
             for subscription in self._subscriptions:
                 subscription.close()
             self._conn.close()
+            if self._leader is not None:
+                self._leader.close()
 
     def __enter__(self) -> RemoteDatabase:
         return self
@@ -407,15 +433,17 @@ def connect(
     ca_file: str | Path | None = None,
     cert_file: str | Path | None = None,
     key_file: str | Path | None = None,
+    follow_leader: bool = False,
 ) -> RemoteDatabase:
     """Connect to database ``database`` on the KilnDB server at ``url``.
 
     ``tcp://HOST:PORT``, ``tls://HOST:PORT`` or ``unix:///PATH``; ``token`` is the JWT a
     server with authentication requires; ``tls=True`` turns TLS on for ``tcp://``;
     ``ca_file`` checks the server's certificate, ``cert_file``/``key_file`` present a
-    client certificate (mutual TLS).
+    client certificate (mutual TLS). ``follow_leader``: on a follower, writes it refuses
+    (ReadOnlyReplicaError) go to the leader it names, reads stay here.
     """
     endpoint = Endpoint.make(
         url, token=token, tls=tls, ca_file=ca_file, cert_file=cert_file, key_file=key_file
     )
-    return RemoteDatabase(endpoint, database, timeout)
+    return RemoteDatabase(endpoint, database, timeout, follow_leader)
