@@ -47,11 +47,13 @@ bench: $(BENCHSTAMP)
 	$(PY) bench/embedded.py
 	$(PY) bench/server.py
 	$(PY) bench/streams.py
+	$(PY) bench/replication.py
 
 bench-smoke: $(BENCHSTAMP)
 	$(PY) bench/embedded.py --smoke
 	$(PY) bench/server.py --smoke
 	$(PY) bench/streams.py --smoke
+	$(PY) bench/replication.py --smoke
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

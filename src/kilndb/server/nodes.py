@@ -317,6 +317,26 @@ class NodeManager:
         log.info("database %s removed%s", name, " and deleted" if delete else "")
         return {"database": name, "deleted": delete}
 
+    @contextmanager
+    def offline(self, name: str) -> Iterator[Path]:
+        """Close ``name`` and keep it closed inside the block (requests for it get
+        ``unavailable``), for work on its files; yields its directory."""
+        validate_database_name(name)
+        with self._lock:
+            if name in self._removing:
+                raise UnavailableError(f"database {name!r} is being worked on")
+            self._removing.add(name)
+        try:
+            with self._opening:
+                with self._lock:
+                    node = self._nodes.pop(name, None)
+                if node is not None:
+                    _close(node.db)
+            yield self.data_dir / name  # other databases open meanwhile
+        finally:
+            with self._lock:
+                self._removing.discard(name)
+
     def close(self) -> None:
         """Flush and close every open database; stop the idle checker."""
         self._stop.set()

@@ -1075,9 +1075,8 @@ class Server:
                 return self.databases.get_or_create(name, database_id)
 
             def truncate_local(position: int, name: str = name) -> list[int]:
-                if self.databases.is_open(name):
-                    self.databases.remove(name)  # closed, kept on disk
-                dropped = truncate_after(self.databases.data_dir / name, position)
+                with self.databases.offline(name) as directory:  # no request reopens it
+                    dropped = truncate_after(directory, position)
                 self.event("divergent_tail_dropped", database=name, positions=len(dropped))
                 return dropped
 

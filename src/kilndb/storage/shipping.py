@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -71,6 +72,7 @@ class LogReader:
             raise CursorTooOldError(after, compacted)
         self._file_id: int | None = None
         self._offset = 0
+        self._exhausted = False
 
     def next(self, max_records: int = 256, max_bytes: int = 64 * 1024) -> Shipment | None:
         """The next shipment of visible records, or None if there is nothing new."""
@@ -83,20 +85,24 @@ class LogReader:
         parts: list[bytes] = []
         size = count = 0
         first = last = 0
-        while self._file_id is not None and count < max_records and size < max_bytes:
-            unit = self._read_unit(durable)
-            if unit is None:
-                if not self._next_file():
+        while self._file_id is not None:
+            full = False
+            self._exhausted = False
+            for frames, positions, end in self._units(durable):
+                parts += frames
+                size += sum(len(f) for f in frames)
+                count += len(positions)
+                first = first or positions[0]
+                last = positions[-1]
+                self._offset = end
+                self.after = last
+                if count >= max_records or size >= max_bytes:
+                    full = True
                     break
-                continue
-            frames, positions, end = unit
-            parts += frames
-            size += sum(len(f) for f in frames)
-            count += len(positions)
-            first = first or positions[0]
-            last = positions[-1]
-            self._offset = end
-            self.after = last
+            # Full, or stopped before a record not durable yet, or at the end of the
+            # newest file: done for now. At the end of an older file: on to the next.
+            if full or not self._exhausted or not self._next_file():
+                break
         if not parts:
             return None
         return Shipment(b"".join(parts), first, last, count)
@@ -138,12 +144,14 @@ class LogReader:
         self._offset = 0
         return True
 
-    def _read_unit(self, durable: int) -> tuple[list[bytes], list[int], int] | None:
-        """The next fact, or the next whole batch, if durable: (frames, positions, end)."""
+    def _units(self, durable: int) -> Iterator[tuple[list[bytes], list[int], int]]:
+        """The durable facts and whole batches from the current offset, each as
+        (frames, positions, end offset); sets ``_exhausted`` at the end of the data."""
         assert self._file_id is not None
         datafile = self.log.files.get(self._file_id)
         if datafile is None:
-            return None
+            self._exhausted = True
+            return
         frames: list[bytes] = []
         positions: list[int] = []
         expected = 0
@@ -155,7 +163,7 @@ class LogReader:
             if body.startswith(BATCH_PREFIX):
                 header = orjson.loads(body)
                 if header["first"] + header["batch"] - 1 > durable:
-                    return None
+                    return
                 expected = header["batch"]
                 frames.append(_frame(body))
                 continue
@@ -163,12 +171,13 @@ class LogReader:
                 raise ProtocolError(f"unknown record at offset {offset} of {datafile.path}")
             position = orjson.loads(body)["position"]
             if position > durable:
-                return None
+                return
             frames.append(_frame(body))
             positions.append(position)
             if len(positions) >= expected:
-                return frames, positions, end
-        return None
+                yield frames, positions, end
+                frames, positions, expected = [], [], 0
+        self._exhausted = not frames  # not in the middle of a batch still being written
 
 
 def _first_position(body: bytes) -> int:
