@@ -184,3 +184,33 @@ def test_a_client_of_a_follower_can_follow_the_leader_for_writes(tmp_path: Path)
                 db.store("s").write("refused", 1)
         finally:
             follower.stop()
+
+
+def test_a_stalled_follower_is_dropped_and_garbage_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kilndb.server import replication
+
+    monkeypatch.setattr(replication, "SILENCE_SECONDS", 0.5)
+    monkeypatch.setattr(replication, "HEARTBEAT_SECONDS", 0.1)
+    with Server(data=tmp_path / "leader", port=0) as leader:
+        _write(leader.url, 0, 5)
+        stalled = RawClient(tcp_address(leader))
+        stalled.send(
+            {"op": "sync_request", "protocol_version": 1, "leader_epoch": 0, "position": 0}
+        )
+        info = stalled.receive()
+        assert info is not None and info["type"] == "shard_info"
+        received = []
+        while (message := stalled.receive()) is not None:  # never acks: cut off
+            received.append(message.get("type"))
+        assert "batch" in received
+        _eventually(lambda: "follower_dropped" in [e["event"] for e in leader.recent_events])
+        stalled.close()
+        garbage = RawClient(tcp_address(leader))
+        garbage.send_raw(b"\x00\x00\x00\x05hello\x00\x00\x00\x00")
+        reply = garbage.receive()
+        assert reply is not None and reply["ok"] is False
+        garbage.close()
+        with kilndb.connect(leader.url) as db:  # the leader keeps serving
+            assert db.store("s").read("k1") is not None

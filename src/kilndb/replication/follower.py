@@ -113,6 +113,7 @@ class Follower:
     def _run(self) -> None:
         delay = self.backoff_min
         while not self._stop.is_set():
+            progress = self.position
             try:
                 self._follow()
                 delay = self.backoff_min
@@ -129,6 +130,8 @@ class Follower:
             if conn is not None:
                 conn.abandon()
             self.reconnects += 1
+            if self.position > progress:
+                delay = self.backoff_min  # it was working: a fresh start, not a long wait
             # Exponential backoff with jitter, so that followers do not return in step.
             self._stop.wait(delay * random.uniform(0.5, 1.0))
             delay = min(delay * 2, self.backoff_max)

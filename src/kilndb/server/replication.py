@@ -34,6 +34,9 @@ __all__ = ["FollowerLink"]
 
 log = logging.getLogger("kilndb.replication")
 
+#: Bytes of shipments a follower may have in flight before shipping waits for it.
+SEND_WINDOW = 2 * 1024 * 1024
+
 
 class FollowerLink:
     """A follower streaming one database from this leader."""
@@ -46,6 +49,7 @@ class FollowerLink:
         send: Callable[[bytes, int], bool],
         drop: Callable[[str], None],
         acked: Callable[[], None] = lambda: None,
+        backlog: Callable[[], int] = lambda: 0,
     ) -> None:
         self.db = db
         self.peer = peer
@@ -57,6 +61,9 @@ class FollowerLink:
         self._send = send
         self._drop = drop
         self._acked = acked
+        #: Bytes handed to the connection and not sent yet: shipping waits while more
+        #: than SEND_WINDOW are (flow control, instead of cutting the follower off).
+        self._backlog = backlog
         self.closed = False
         self._reader = db.log_reader(after)  # raises CursorTooOldError past compaction
         self._thread = threading.Thread(
@@ -91,6 +98,12 @@ class FollowerLink:
         }
 
     def _push(self, event: dict[str, Any]) -> bool:
+        deadline = time.monotonic() + SILENCE_SECONDS
+        while self._backlog() > SEND_WINDOW and not self.closed:
+            if time.monotonic() > deadline:
+                self._drop(f"follower {self.peer} stopped reading")
+                return False
+            time.sleep(0.002)
         return self._send(encode_frame(orjson.dumps(event)), 0)
 
     def _run(self) -> None:

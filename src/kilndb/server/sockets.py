@@ -647,7 +647,13 @@ class _Connection(asyncio.Protocol):
                 )
             peer = str(self.transport.get_extra_info("peername")) if self.transport else "?"
             link = FollowerLink(
-                db, peer, params["position"], self._send, self._drop_link, self.server.acked
+                db,
+                peer,
+                params["position"],
+                self._send,
+                self._drop_link,
+                self.server.acked,
+                self.backlog,
             )
         except KilnError as exc:
             self.server.event("replication_refused", database=name, error=str(exc))
@@ -691,6 +697,13 @@ class _Connection(asyncio.Protocol):
 
         self.server.executor.submit(job)
         return slot
+
+    def backlog(self) -> int:
+        """Bytes of pushed frames not sent yet (any thread)."""
+        transport = self.transport
+        with self._unsent_lock:
+            unsent = self._unsent
+        return unsent + (transport.get_write_buffer_size() if transport is not None else 0)
 
     def _drop_link(self, reason: str) -> None:
         """Cut a follower's connection (from its shipping thread)."""
