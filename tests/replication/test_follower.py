@@ -214,3 +214,37 @@ def test_a_stalled_follower_is_dropped_and_garbage_is_refused(
         garbage.close()
         with kilndb.connect(leader.url) as db:  # the leader keeps serving
             assert db.store("s").read("k1") is not None
+
+
+def test_following_every_database_of_the_leader_new_ones_included(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kilndb.server import sockets
+
+    monkeypatch.setattr(sockets, "DISCOVER_SECONDS", 0.2)
+    with Server(data=tmp_path / "leader", port=0) as leader:
+        for name in ("a", "b"):
+            with kilndb.connect(leader.url, name) as db:
+                db.store("s").write("k", name)
+        host, port = tcp_address(leader)
+        follower = Server(
+            data=tmp_path / "follower",
+            port=0,
+            replica_of=f"{host}:{port}",
+            replicate=None,
+            replication_backoff=(0.05, 0.3),
+        ).start()
+        try:
+            for name in ("a", "b"):
+
+                def same(name: str = name) -> bool:
+                    return _digest(follower.url, name) == _digest(leader.url, name)
+
+                _eventually(same)
+            with kilndb.connect(leader.url, "c") as db:  # a database born later
+                db.store("s").write("k", "c")
+            _eventually(lambda: _digest(follower.url, "c") == _digest(leader.url, "c"))
+            followed = {f["database"] for f in follower.status()["replication"]["following"]}
+            assert followed == {"a", "b", "c"}
+        finally:
+            follower.stop()

@@ -186,10 +186,10 @@ def _load_config(ctx: click.Context, _: click.Parameter, path: Path | None) -> P
 )
 @click.option(
     "--replicate",
-    default="default",
-    show_default=True,
+    default=None,
     envvar="KILN_REPLICATE",
-    help="With --replica-of: the databases to follow, comma-separated.",
+    help="With --replica-of: the databases to follow, comma-separated. Default: every"
+    " database of the leader, new ones as they appear (the token needs kiln::admin).",
 )
 @click.option(
     "--replication-token",
@@ -249,7 +249,7 @@ def serve(
     tls_key: Path | None,
     tls_client_ca: Path | None,
     replica_of: str | None,
-    replicate: str,
+    replicate: str | None,
     replication_token: str | None,
     min_insync_replicas: int,
     replica_timeout: float,
@@ -282,7 +282,9 @@ def serve(
         tls_key=tls_key,
         tls_client_ca=tls_client_ca,
         replica_of=replica_of,
-        replicate=tuple(name.strip() for name in replicate.split(",") if name.strip()),
+        replicate=None
+        if replicate is None
+        else tuple(name.strip() for name in replicate.split(",") if name.strip()),
         replication_token=replication_token,
         min_insync_replicas=min_insync_replicas,
         replica_timeout=replica_timeout,

@@ -380,6 +380,7 @@ OPS: dict[str, Callable[[dict[str, Any]], Params]] = {
     "retention": lambda body: {"store": _field(body, "store", "str", required=True)},
     "sync": _none,
     "remove_database": _remove_database,
+    "databases": _none,  # admin: every database of the server
     # Streams: spaces (stores) of ordered segments (keys).
     "produce": _produce,
     "consume": _consume,

@@ -225,7 +225,7 @@ class Dispatcher:
 
     @staticmethod
     def handles(op: str) -> bool:
-        return op in _HANDLERS or op == "remove_database"
+        return op in _HANDLERS or op in ("remove_database", "databases")
 
     def execute(self, request: Request, database: str) -> dict[str, Any]:
         """The reply fields of ``request`` run against ``request.database or database``.
@@ -243,7 +243,9 @@ class Dispatcher:
         Returns the reply fields, the database and the position that must be durable
         before the reply may be sent (0: nothing to wait for).
         """
-        if request.op == "remove_database":  # the node manager's, not a database's
+        if request.op == "databases":  # the node manager's, not a database's
+            return {"databases": self.databases.on_disk()}, None, 0
+        if request.op == "remove_database":
             params = request.params
             return self.databases.remove(params["name"], delete=params["delete"]), None, 0
         handler = _HANDLERS.get(request.op)

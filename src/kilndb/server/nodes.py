@@ -110,6 +110,9 @@ class NodeManager:
         #: Databases a follower streams into: never evicted, and created only by
         #: replication (with the leader's database id), never by a client's request.
         self.pinned: set[str] = set()
+        #: A follower of every database of its leader: no database is created here but
+        #: by replication.
+        self.replicas_only = False
         self._lock = threading.RLock()
         #: Serialises opening, so that one database is never opened twice at once.
         self._opening = threading.Lock()
@@ -170,6 +173,12 @@ class NodeManager:
         node = self._nodes.get(name)
         return node is not None and not node.db.closed
 
+    def on_disk(self) -> list[str]:
+        """Every database of the data directory (open or not), sorted."""
+        if not self.data_dir.is_dir():
+            return []
+        return sorted(p.name for p in self.data_dir.iterdir() if (p / "META").is_file())
+
     def names(self) -> list[str]:
         """The open databases, sorted."""
         with self._lock:
@@ -187,7 +196,7 @@ class NodeManager:
                 if node is not None and not node.db.closed:
                     return node
                 if (
-                    name in self.pinned
+                    (name in self.pinned or self.replicas_only)
                     and database_id is None
                     and not (self.data_dir / name / "META").is_file()
                 ):

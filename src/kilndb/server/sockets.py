@@ -54,6 +54,7 @@ from typing import Any
 import orjson
 
 from kilndb.client.endpoint import Endpoint
+from kilndb.client.transport import Connection
 from kilndb.codec import DEFAULT_MAX_FRAME_BYTES, encode_frame
 from kilndb.config import DatabaseConfig
 from kilndb.engine import Database, StatusSubscription, Subscription
@@ -77,7 +78,7 @@ from kilndb.protocol import (
 )
 from kilndb.replication.follower import Follower
 from kilndb.replication.protocol import PROTOCOL_VERSION as REPLICATION_PROTOCOL
-from kilndb.replication.protocol import divergence_point
+from kilndb.replication.protocol import SILENCE_SECONDS, divergence_point
 from kilndb.server.auth import ANONYMOUS, AuthConfig, Authenticator, Principal, action_of
 from kilndb.server.dispatch import Dispatcher
 from kilndb.server.fanout import Fanout, Feed
@@ -88,6 +89,9 @@ from kilndb.storage.truncate import truncate_after
 __all__ = ["Server", "ServerConfig"]
 
 log = logging.getLogger("kilndb.server")
+
+#: How often a follower of every database asks its leader for new ones.
+DISCOVER_SECONDS = 2.0
 
 #: How long a stopping server waits for clients to close after their last reply.
 CLOSE_GRACE_SECONDS = 1.0
@@ -130,10 +134,11 @@ class ServerConfig:
     tls_key: Path | None = None
     #: With it, clients must present a certificate signed by this CA (mutual TLS).
     tls_client_ca: Path | None = None
-    #: Follow the leader at this address (``HOST:PORT`` or a URL) for ``replicate``.
+    #: Follow the leader at this address (``HOST:PORT`` or a URL): ``replicate``, or
+    #: every database it has (new ones as they appear) when ``replicate`` is None.
     replica_of: str | None = None
     #: The databases to follow (with ``replica_of``).
-    replicate: tuple[str, ...] = ("default",)
+    replicate: tuple[str, ...] | None = ("default",)
     #: The token this server presents to its leader (when the leader requires one).
     replication_token: str | None = None
     #: First and longest wait before reconnecting to the leader.
@@ -829,6 +834,8 @@ class Server:
         self.links: set[FollowerLink] = set()
         #: The databases this server follows from its leader.
         self.followers: list[Follower] = []
+        #: Set to stop discovering a leader's databases.
+        self._discovering = threading.Event()
         #: Notified when a follower acknowledges (writes waiting for replicas).
         self._acks = threading.Condition()
         #: Requests applied on the loop, waiting for the end of its turn.
@@ -988,6 +995,7 @@ class Server:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(30)
         self._thread = None
+        self._discovering.set()
         for follower in self.followers:
             follower.stop()
         self.executor.shutdown(wait=True)  # requests already running complete
@@ -1065,12 +1073,46 @@ class Server:
 
     def _start_following(self) -> None:
         config = self.config
-        if config.replica_of is not None:
-            self.follow(config.replica_of, list(config.replicate))
+        if config.replica_of is None:
+            return
+        if config.replicate is not None:
+            self.follow(config.replica_of, list(config.replicate), discovered=True)
+            return
+        self._discovering.clear()
+        self.databases.replicas_only = True
+        threading.Thread(
+            target=self._discover, args=(config.replica_of,), name="kilndb-discover", daemon=True
+        ).start()
 
-    def follow(self, leader_address: str, names: list[str]) -> dict[str, Any]:
+    def _discover(self, leader_address: str) -> None:
+        """Follow every database of the leader, and new ones as they appear."""
+        url = leader_address if "://" in leader_address else f"tcp://{leader_address}"
+        leader = Endpoint.make(url, token=self.config.replication_token)
+        while not self._discovering.wait(DISCOVER_SECONDS if self.followers else 0.2):
+            try:
+                conn = Connection(leader, timeout=SILENCE_SECONDS)
+                try:
+                    conn.hello("default")
+                    names = conn.call("databases")["databases"]
+                finally:
+                    conn.close()
+            except KilnError as exc:
+                log.debug("listing the databases of %s: %s", leader.url, exc)
+                continue
+            followed = {follower.name for follower in self.followers}
+            new = [name for name in names if name not in followed]
+            if new and not self._discovering.is_set():
+                self.follow(leader_address, new, discovered=True)
+
+    def follow(
+        self, leader_address: str, names: list[str], discovered: bool = False
+    ) -> dict[str, Any]:
         """Follow ``names`` from the leader at ``leader_address`` (``HOST:PORT`` or a
-        URL), replacing whatever leader they followed; they become read-only here."""
+        URL), replacing whatever leader they followed; they become read-only here.
+        Unless ``discovered`` (by following every database of a leader), this also ends
+        the discovery of a previous leader's databases."""
+        if not discovered:
+            self._discovering.set()
         config = self.config
         url = leader_address if "://" in leader_address else f"tcp://{leader_address}"
         leader = Endpoint.make(url, token=config.replication_token)
@@ -1101,6 +1143,9 @@ class Server:
         return {"leader": leader.url, "databases": names}
 
     def _stop_following(self, names: list[str] | None) -> list[Follower]:
+        if names is None:
+            self._discovering.set()  # not following the leader any more
+            self.databases.replicas_only = False
         stopping = [f for f in self.followers if names is None or f.name in names]
         for follower in stopping:
             follower.stop()
