@@ -61,3 +61,65 @@ def test_a_killed_follower_process_converges(tmp_path: Path) -> None:
                 process.send_signal(signal.SIGTERM)
                 process.wait(30)
             reap(process)
+
+
+@pytest.mark.integration
+def test_writes_acknowledged_with_a_replica_survive_the_leader(tmp_path: Path) -> None:
+    leader, leader_url = start_server(tmp_path / "leader", "--http-port", "-1")
+    address = leader_url.removeprefix("tcp://")
+    followers = [
+        start_server(tmp_path / f"follower{n}", "--http-port", "-1", "--replica-of", address)
+        for n in range(2)
+    ]
+    acknowledged: list[tuple[str, str]] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def write(worker: int) -> None:
+        try:
+            with kilndb.connect(leader_url) as db:
+                i = 0
+                while not stop.is_set():
+                    key = f"w{worker}-{i}"
+                    fact = db.store("s").write(key, i, replicas=1)
+                    with lock:
+                        acknowledged.append((key, fact.id))
+                    i += 1
+        except kilndb.KilnError:
+            pass  # the leader died under us: the write in flight was never acknowledged
+
+    try:
+        with kilndb.connect(leader_url) as db:
+            db.store("s").write("first", 0)  # the database exists before followers sync
+        writers = [threading.Thread(target=write, args=(n,)) for n in range(4)]
+        for writer in writers:
+            writer.start()
+        _eventually(lambda: len(acknowledged) >= 200, timeout=60)
+        os.kill(leader.pid, signal.SIGKILL)
+        leader.wait(10)
+        stop.set()
+        for writer in writers:
+            writer.join(30)
+        positions = [_last(url) for _, url in followers]
+        best = followers[positions.index(max(positions))][1]
+        with kilndb.connect(best) as db:
+            db._call("promote")
+            store = db.store("s")
+            missing = [
+                key
+                for key, fact_id in acknowledged
+                if (found := store.read(key)) is None or found.id != fact_id
+            ]
+        assert not missing, f"{len(missing)} acknowledged writes lost: {missing[:5]}"
+    finally:
+        stop.set()
+        for process in (leader, *(p for p, _ in followers)):
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                process.wait(30)
+            reap(process)
+
+
+def _last(url: str) -> int:
+    with kilndb.connect(url) as db:
+        return int(db.stats()["last_position"])
