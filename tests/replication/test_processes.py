@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import threading
 import time
 import urllib.request
@@ -123,3 +124,91 @@ def test_writes_acknowledged_with_a_replica_survive_the_leader(tmp_path: Path) -
 def _last(url: str) -> int:
     with kilndb.connect(url) as db:
         return int(db.stats()["last_position"])
+
+
+CHAOS_WRITES = int(os.environ.get("KILN_CHAOS_WRITES", "100000"))
+
+
+@pytest.mark.integration
+def test_followers_converge_through_kills_and_cut_links(tmp_path: Path) -> None:
+    import random
+
+    from tests.replication.proxy import CuttingProxy
+
+    leader, leader_url = start_server(tmp_path / "leader", "--http-port", "-1")
+    host, port = leader_url.removeprefix("tcp://").rsplit(":", 1)
+    with kilndb.connect(leader_url) as db:
+        db.store("s").write("first", 0)
+    proxies = [CuttingProxy((host, int(port))) for _ in range(2)]
+
+    def start_follower(n: int) -> tuple[subprocess.Popen[str], str]:
+        proxy_host, proxy_port = proxies[n].address
+        return start_server(
+            tmp_path / f"follower{n}",
+            "--http-port",
+            "-1",
+            "--replica-of",
+            f"{proxy_host}:{proxy_port}",
+            "--log-level",
+            "error",
+        )
+
+    followers = [start_follower(n) for n in range(2)]
+    stop = threading.Event()
+    kills = [0]
+
+    def chaos() -> None:
+        rng = random.Random(7)
+        while not stop.wait(rng.uniform(0.2, 0.8)):
+            if rng.random() < 0.6:
+                rng.choice(proxies).cut()
+            else:
+                n = rng.randrange(2)
+                process, _ = followers[n]
+                os.kill(process.pid, signal.SIGKILL)
+                process.wait(10)
+                reap(process)
+                followers[n] = start_follower(n)
+                kills[0] += 1
+
+    def write(worker: int, count: int) -> None:
+        with kilndb.connect(leader_url) as db:
+            for first in range(0, count, 50):
+                db.write_many(
+                    kilndb.Write("s", f"w{worker}-{i % 500}", i)
+                    for i in range(first, min(first + 50, count))
+                )
+
+    agitator = threading.Thread(target=chaos)
+    agitator.start()
+    try:
+        per_writer = CHAOS_WRITES // 4
+        writers = [threading.Thread(target=write, args=(n, per_writer)) for n in range(4)]
+        for writer in writers:
+            writer.start()
+        for writer in writers:
+            writer.join(600)
+        stop.set()
+        agitator.join(30)
+        assert kills[0] >= 1 and sum(p.cuts for p in proxies) >= 1
+        expected = _digest(leader_url)
+        assert expected[0] == 4 * per_writer + 1
+        for _, url in followers:
+
+            def caught_up(url: str = url) -> bool:
+                return _digest(url) == expected
+
+            _eventually(caught_up, timeout=180)
+        for _, url in followers:  # a full copy was never needed: the logs were extended
+            with kilndb.connect(url) as db:
+                status = db._call("server_status")["replication"]["following"]
+                assert all(f["truncations"] == 0 for f in status)
+    finally:
+        stop.set()
+        for proxy in proxies:
+            proxy.close()
+        for process in (leader, *(p for p, _ in followers)):
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                process.wait(30)
+            reap(process)
