@@ -248,3 +248,36 @@ def test_following_every_database_of_the_leader_new_ones_included(
             assert followed == {"a", "b", "c"}
         finally:
             follower.stop()
+
+
+def test_the_async_client_follows_the_leader_and_waits_for_replicas(tmp_path: Path) -> None:
+    import asyncio
+
+    with Server(data=tmp_path / "leader", port=0, replica_timeout=0.5) as leader:
+        _write(leader.url, 0, 2)
+        follower = _follower(tmp_path, leader)
+        try:
+            _eventually(lambda: _digest(follower.url) == _digest(leader.url))
+
+            async def scenario() -> None:
+                db = await kilndb.connect_async(follower.url, follow_leader=True)
+                try:
+                    fact = await db.store("s").write("async", 1, replicas=1)
+                    many = await db.write_many([Write("s", "m", 2)], replicas=1)
+                    assert len(many) == 1
+                    with pytest.raises(kilndb.ReplicationTimeoutError):
+                        await db.store("s").write("two", 1, replicas=2)
+                finally:
+                    await db.close()
+                plain = await kilndb.connect_async(follower.url)
+                try:
+                    with pytest.raises(kilndb.ReadOnlyReplicaError):
+                        await plain.store("s").write("refused", 1)
+                    found = await plain.store("s").read("async")  # replicated before the ack
+                    assert found is not None and found.position == fact.position
+                finally:
+                    await plain.close()
+
+            asyncio.run(scenario())
+        finally:
+            follower.stop()

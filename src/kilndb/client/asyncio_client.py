@@ -18,13 +18,23 @@ from typing import Any
 import orjson
 
 from kilndb.client.endpoint import Endpoint
-from kilndb.client.remote import REPLAY_PAGE, _batch, _check, _each, _page, _stores
+from kilndb.client.remote import (
+    REPLAY_PAGE,
+    _batch,
+    _check,
+    _each,
+    _fence,
+    _page,
+    _replicas,
+    _stores,
+)
 from kilndb.codec import DEFAULT_MAX_FRAME_BYTES, FrameDecoder, encode_frame
 from kilndb.errors import (
     ClosedError,
     ConnectionLostError,
     InvalidArgumentError,
     KilnError,
+    ReadOnlyReplicaError,
     error_from_wire,
 )
 from kilndb.model import Fact, Write, fact_from_dict, validate_store_name
@@ -112,13 +122,26 @@ class AsyncRemoteStore:
         self.name = name
 
     async def write(self, key: str, value: Any, **options: Any) -> Fact:
+        """As :meth:`kilndb.client.RemoteStore.write` (``fence=``, ``replicas=``)."""
+        fence, replicas = _fence(options), _replicas(options)
         _check(self.name, key, value, options)
-        reply = await self._db._call("write", store=self.name, key=key, value=value, **options)
+        reply = await self._db._call(
+            "write",
+            store=self.name,
+            key=key,
+            value=value,
+            fence=fence,
+            replicas=replicas,
+            **options,
+        )
         return fact_from_dict(reply["fact"])
 
     async def delete(self, key: str, **options: Any) -> Fact:
+        fence, replicas = _fence(options), _replicas(options)
         _check(self.name, key, None, {**options, "deleted": True})
-        reply = await self._db._call("delete", store=self.name, key=key, **options)
+        reply = await self._db._call(
+            "delete", store=self.name, key=key, fence=fence, replicas=replicas, **options
+        )
         return fact_from_dict(reply["fact"])
 
     async def read(self, key: str, *, as_of: float | None = None) -> Fact | None:
@@ -152,7 +175,16 @@ class AsyncRemoteStore:
 class AsyncRemoteDatabase:
     """A database on a KilnDB server, for asyncio code. Use :func:`connect_async`."""
 
-    def __init__(self, endpoint: Endpoint, database: str, channel: _Channel) -> None:
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        database: str,
+        channel: _Channel,
+        follow_leader: bool = False,
+    ) -> None:
+        #: Send writes a follower refuses (ReadOnlyReplicaError) on to its leader.
+        self.follow_leader = follow_leader
+        self._leader: _Channel | None = None
         self.endpoint = endpoint
         self.url = endpoint.url
         self.name = database
@@ -163,7 +195,25 @@ class AsyncRemoteDatabase:
     async def _call(self, op: str, **params: Any) -> dict[str, Any]:
         if self._closed:
             raise ClosedError(f"connection to {self.url} is closed")
-        return await self._channel.call(op, **params)
+        try:
+            return await self._channel.call(op, **params)
+        except ReadOnlyReplicaError as refused:
+            if not self.follow_leader or not refused.leader:
+                raise
+            return await self._leader_call(refused.leader, op, params)
+
+    async def _leader_call(self, leader: str, op: str, params: dict[str, Any]) -> dict[str, Any]:
+        """A write a follower refused, sent to its leader (same token and TLS)."""
+        channel = self._leader
+        if channel is None or channel.url != leader:
+            if channel is not None:
+                await channel.close()
+            endpoint = Endpoint(leader, self.endpoint.token, self.endpoint.ssl_context)
+            reader, writer = await endpoint.open_stream()
+            channel = self._leader = _Channel(leader, reader, writer)
+            hello = endpoint.hello(self.name)
+            await channel.call(hello.pop("op"), **hello)
+        return await channel.call(op, **params)
 
     def store(self, name: str) -> AsyncRemoteStore:
         found = self._stores.get(name) if type(name) is str else None
@@ -171,11 +221,15 @@ class AsyncRemoteDatabase:
             found = self._stores.setdefault(name, AsyncRemoteStore(self, validate_store_name(name)))
         return found
 
-    async def write_many(self, writes: Iterable[Write]) -> list[Fact]:
+    async def write_many(
+        self, writes: Iterable[Write], *, fence: Any = None, replicas: int | None = None
+    ) -> list[Fact]:
+        fenced = _fence({"fence": fence})
+        count = _replicas({"replicas": replicas})
         batch = _batch(writes)
         if not batch:
             return []
-        reply = await self._call("write_many", writes=batch)
+        reply = await self._call("write_many", writes=batch, fence=fenced, replicas=count)
         return [fact_from_dict(f) for f in reply["facts"]]
 
     async def write_each(self, writes: Iterable[Write]) -> list[Fact | KilnError]:
@@ -248,6 +302,8 @@ class AsyncRemoteDatabase:
         if not self._closed:
             self._closed = True
             await self._channel.close()
+            if self._leader is not None:
+                await self._leader.close()
 
     async def __aenter__(self) -> AsyncRemoteDatabase:
         return self
@@ -384,6 +440,7 @@ async def connect_async(
     ca_file: str | Path | None = None,
     cert_file: str | Path | None = None,
     key_file: str | Path | None = None,
+    follow_leader: bool = False,
 ) -> AsyncRemoteDatabase:
     """Connect to database ``database`` on the KilnDB server at ``url`` (asyncio); the
     same options as :func:`kilndb.connect`."""
@@ -398,4 +455,4 @@ async def connect_async(
     except BaseException:
         await channel.close()
         raise
-    return AsyncRemoteDatabase(endpoint, database, channel)
+    return AsyncRemoteDatabase(endpoint, database, channel, follow_leader)
