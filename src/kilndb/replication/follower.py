@@ -138,12 +138,16 @@ class Follower:
 
     def _follow(self) -> None:
         local = self._open_local(None)
-        position = 0 if local is None else local.stats()["durable_position"]
+        if local is not None:
+            local.sync()  # everything it holds is durable: ask from the end of its log
+        position = 0 if local is None else local.stats()["last_position"]
         epoch = 0 if local is None else local.leader_epoch
         self.state = "connecting"
         conn = self._conn = Connection(self.leader, timeout=SILENCE_SECONDS)
         conn.hello(self.name)
         info = conn.call(**sync_request(self.name, epoch, position))
+        if self._stop.is_set():
+            return
         if local is None:
             local = self._open_local(info["database_id"])
             assert local is not None
@@ -177,6 +181,8 @@ class Follower:
                 raise KilnError(f"the leader refused: {message.get('error')}")
             if message.get("event") != "replication":
                 continue
+            if self._stop.is_set():
+                return
             if kind == "batch":
                 self.position = local.append_shipment(frames_of(message))
                 self.leader_position = max(self.leader_position, message["last"])

@@ -111,7 +111,10 @@ class FollowerLink:
         target = db.wait_visible(-1, 0)  # what "caught up" means for this follower
         last_push = time.monotonic()
         try:
-            while not self.closed and not db.closed:
+            while not self.closed:
+                if db.closed:  # evicted or removed: the follower reconnects and reopens it
+                    self._drop(f"database {db.name} was closed")
+                    return
                 shipment = reader.next()
                 if shipment is not None:
                     if not self._push(batch_event(shipment)):

@@ -633,6 +633,11 @@ class _Connection(asyncio.Protocol):
                     f" {params['leader_epoch']}, this server at {db.leader_epoch}"
                 )
             diverged_after = divergence_point(db.epochs, params["leader_epoch"], params["position"])
+            last_here = db.stats()["last_position"]
+            if diverged_after is None and params["position"] > last_here:
+                # The follower holds records this leader lost (a crash before they were
+                # durable here): they are not this leader's, whatever their positions.
+                diverged_after = last_here
             if diverged_after is not None:
                 # The follower holds records this leader's history does not: it must cut
                 # them (and ask again) before anything can be shipped.
@@ -1156,14 +1161,20 @@ class Server:
 
     def promote(self, names: list[str] | None = None) -> dict[str, Any]:
         """Stop following ``names`` (default: every database followed) and lead them: a
-        new leader epoch in each one's META, writes accepted from now on."""
-        stopped = self._stop_following(names)
-        if not stopped:
+        new leader epoch in each one's META, writes accepted from then on."""
+        self._discovering.set()  # a promoted database must not be followed again
+        self.databases.replicas_only = False
+        stopping = [f for f in self.followers if names is None or f.name in names]
+        if not stopping:
             raise InvalidArgumentError("this server follows none of those databases")
         promoted = []
-        for follower in stopped:
+        for follower in stopping:
+            follower.stop()  # its thread has ended: nothing is appended any more
             db = self.databases.get(follower.name)
-            epoch = db.promote()
+            epoch = db.promote()  # the new epoch first, then writes are accepted
+            self.followers.remove(follower)
+            self.dispatcher.read_only.pop(follower.name, None)
+            self.databases.pinned.discard(follower.name)
             position = db.stats()["last_position"]
             promoted.append({"database": follower.name, "epoch": epoch, "position": position})
             self.event("promoted", database=follower.name, epoch=epoch, position=position)

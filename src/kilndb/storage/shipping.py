@@ -71,6 +71,9 @@ class LogReader:
         if 0 < after < compacted:
             raise CursorTooOldError(after, compacted)
         self._file_id: int | None = None
+        #: The file read; compaction replaces a file under the same id, and then the
+        #: offset means nothing any more: the reader seeks again by position.
+        self._datafile: Any = None
         self._offset = 0
         self._exhausted = False
 
@@ -80,6 +83,8 @@ class LogReader:
         durable = log.visible
         if durable <= self.after:
             return None
+        if self._file_id is not None and log.files.get(self._file_id) is not self._datafile:
+            self._file_id = None  # compacted (or gone) under us
         if self._file_id is None:
             self._seek()
         parts: list[bytes] = []
@@ -118,7 +123,7 @@ class LogReader:
             file_id = max(candidates) if candidates else min(log.files)
         self._file_id = file_id
         self._offset = 0
-        datafile = log.files[file_id]
+        datafile = self._datafile = log.files[file_id]
         for offset, body in datafile.frames(0, datafile.size):
             if body.startswith(FILE_PREFIX):
                 continue
@@ -141,6 +146,7 @@ class LogReader:
         if not later:
             return False
         self._file_id = min(later)
+        self._datafile = self.log.files.get(self._file_id)
         self._offset = 0
         return True
 
@@ -149,8 +155,9 @@ class LogReader:
         (frames, positions, end offset); sets ``_exhausted`` at the end of the data."""
         assert self._file_id is not None
         datafile = self.log.files.get(self._file_id)
-        if datafile is None:
-            self._exhausted = True
+        if datafile is None or datafile is not self._datafile:
+            self._exhausted = False  # replaced meanwhile: seek again on the next call
+            self._file_id = None
             return
         frames: list[bytes] = []
         positions: list[int] = []
