@@ -281,3 +281,18 @@ def test_the_async_client_follows_the_leader_and_waits_for_replicas(tmp_path: Pa
             asyncio.run(scenario())
         finally:
             follower.stop()
+
+
+def test_a_leader_that_leaves_syncing_to_the_os_still_ships_durable_records(
+    tmp_path: Path,
+) -> None:
+    config = kilndb.DatabaseConfig(sync="none")
+    with Server(data=tmp_path / "leader", port=0, database=config) as leader:
+        _write(leader.url, 0, 30)
+        follower = _follower(tmp_path, leader)
+        try:
+            _eventually(lambda: _digest(follower.url) == _digest(leader.url))
+            _write(leader.url, 30, 10)  # live, still without fsyncs of its own
+            _eventually(lambda: _digest(follower.url) == _digest(leader.url))
+        finally:
+            follower.stop()

@@ -415,6 +415,11 @@ class Database:
         self._log.adopt_epochs(epochs)
 
     @property
+    def durable_position(self) -> int:
+        """The last position known to be on stable storage."""
+        return self._log.commit.durable
+
+    @property
     def leader_epoch(self) -> int:
         """The leader epoch this database's log is in (META)."""
         epochs = self._log.meta.get("epochs") or [{"epoch": 0}]

@@ -122,6 +122,11 @@ class FollowerLink:
                     self.sent = shipment.last
                     last_push = time.monotonic()
                     continue
+                if db.wait_visible(-1, 0) > db.durable_position:
+                    # Written but not durable yet (sync "interval" or "none"): a follower
+                    # gets only what a crash cannot take back, so make it durable now.
+                    db.sync()
+                    continue
                 if self.state == "catching_up" and reader.after >= target:
                     self.state = "streaming"
                     if not self._push(caught_up_event(reader.after)):

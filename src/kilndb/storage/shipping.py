@@ -9,9 +9,9 @@ from them. A :class:`LogReader` walks the leader's data files from a position, a
 out :class:`Shipment` s: the CRC-framed records — facts and the batch headers that make
 a ``write_many`` atomic — exactly as they are stored (a frame is its body, its length
 and its CRC, so re-framing a body gives the same bytes), never a file header (each node
-has its own files), never part of a batch, and only up to the leader's *visible*
-position — its durable one with ``sync="always"``: a follower never holds what a leader
-crash could take back. A shipment stops
+has its own files), never part of a batch, and only up to the leader's *durable*
+position: a follower never holds what a leader crash could take back (a leader whose
+sync mode leaves writes to the OS fsyncs for its followers). A shipment stops
 at about ``max_records`` records or ``max_bytes`` bytes, but a batch is never split.
 
 :func:`parse_shipment` checks a received shipment — every CRC, positions that only grow,
@@ -78,9 +78,9 @@ class LogReader:
         self._exhausted = False
 
     def next(self, max_records: int = 256, max_bytes: int = 64 * 1024) -> Shipment | None:
-        """The next shipment of visible records, or None if there is nothing new."""
+        """The next shipment of durable records, or None if there is nothing new."""
         log = self.log
-        durable = log.visible
+        durable = log.commit.durable
         if durable <= self.after:
             return None
         if self._file_id is not None and log.files.get(self._file_id) is not self._datafile:
