@@ -6,16 +6,11 @@ here (with ``--smoke`` the bench installs nothing and skips a missing peer).
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-pytestmark = pytest.mark.integration
+from tests.bench.smoke import run_bench
 
-ROOT = Path(__file__).resolve().parents[2]
-BENCH = ROOT / "bench" / "streams.py"
+pytestmark = pytest.mark.integration
 
 ROWS = (
     "segment produce, batches of 100",
@@ -27,17 +22,4 @@ ROWS = (
 
 
 def test_streams_bench_smoke_prints_every_row() -> None:
-    done = subprocess.run(
-        [sys.executable, str(BENCH), "--smoke"],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=ROOT,
-    )
-    assert done.returncode == 0, done.stderr
-    table = done.stdout
-    for row in ROWS:
-        assert row in table, (row, table)
-    assert "Targets (issue 4)" in table
-    assert "Traceback" not in done.stderr
+    assert "Targets (issue 4)" in run_bench("streams.py", ROWS)

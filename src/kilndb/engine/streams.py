@@ -35,8 +35,17 @@ if TYPE_CHECKING:
 __all__ = ["Segment", "Space", "StatusSubscription"]
 
 
-def _in_time(timestamp: float, min_ts: float | None, max_ts: float | None) -> bool:
-    return (min_ts is None or timestamp >= min_ts) and (max_ts is None or timestamp <= max_ts)
+def _in_window(
+    facts: Iterable[Fact], min_ts: float | None, max_ts: float | None, limit: int
+) -> list[Fact]:
+    """The first ``limit`` facts with a transaction time in ``[min_ts, max_ts]``."""
+    chosen = (
+        fact
+        for fact in facts
+        if (min_ts is None or fact.transaction_time >= min_ts)
+        and (max_ts is None or fact.transaction_time <= max_ts)
+    )
+    return [fact for fact, _ in zip(chosen, range(limit), strict=False)]
 
 
 class Segment:
@@ -111,8 +120,7 @@ class Segment:
         if low is None and high is None:
             return history(self.space, self.name, min_seq, max_seq, wanted, visible_only=True)
         facts = history(self.space, self.name, min_seq, max_seq, None, visible_only=True)
-        chosen = (fact for fact in facts if _in_time(fact.transaction_time, low, high))
-        return [fact for fact, _ in zip(chosen, range(wanted), strict=False)]
+        return _in_window(facts, low, high, wanted)
 
     def peek(self) -> Entry | None:
         """The last entry, or None for an empty segment."""
@@ -165,9 +173,7 @@ class Space:
         """:meth:`consume` as the facts the entries are (for transports)."""
         low, high = check_time("min_ts", min_ts), check_time("max_ts", max_ts)
         wanted = clamp_limit(limit)
-        facts = self._db.replay(after, stores=[self.name])
-        chosen = (fact for fact in facts if _in_time(fact.transaction_time, low, high))
-        return [fact for fact, _ in zip(chosen, range(wanted), strict=False)]
+        return _in_window(self._db.replay(after, stores=[self.name]), low, high, wanted)
 
     def subscribe_status(self, segment: str = "*", heartbeat: float = 30) -> StatusSubscription:
         """The status of ``segment`` (``"*"``: every segment) now, then one notification
