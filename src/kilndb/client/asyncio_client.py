@@ -21,12 +21,13 @@ from kilndb.client.endpoint import Endpoint
 from kilndb.client.remote import (
     REPLAY_PAGE,
     _batch,
-    _check,
+    _delete_request,
     _each,
     _fence,
     _page,
     _replicas,
     _stores,
+    _write_request,
 )
 from kilndb.codec import DEFAULT_MAX_FRAME_BYTES, FrameDecoder, encode_frame
 from kilndb.errors import (
@@ -123,25 +124,11 @@ class AsyncRemoteStore:
 
     async def write(self, key: str, value: Any, **options: Any) -> Fact:
         """As :meth:`kilndb.client.RemoteStore.write` (``fence=``, ``replicas=``)."""
-        fence, replicas = _fence(options), _replicas(options)
-        _check(self.name, key, value, options)
-        reply = await self._db._call(
-            "write",
-            store=self.name,
-            key=key,
-            value=value,
-            fence=fence,
-            replicas=replicas,
-            **options,
-        )
+        reply = await self._db._call("write", **_write_request(self.name, key, value, options))
         return fact_from_dict(reply["fact"])
 
     async def delete(self, key: str, **options: Any) -> Fact:
-        fence, replicas = _fence(options), _replicas(options)
-        _check(self.name, key, None, {**options, "deleted": True})
-        reply = await self._db._call(
-            "delete", store=self.name, key=key, fence=fence, replicas=replicas, **options
-        )
+        reply = await self._db._call("delete", **_delete_request(self.name, key, options))
         return fact_from_dict(reply["fact"])
 
     async def read(self, key: str, *, as_of: float | None = None) -> Fact | None:

@@ -91,6 +91,22 @@ def _replicas(options: dict[str, Any]) -> int | None:
     return replicas
 
 
+def _write_request(store: str, key: Any, value: Any, options: dict[str, Any]) -> dict[str, Any]:
+    """The parameters of a ``write``, checked here with the embedded rules: the same error
+    for the same mistake, and nothing unserialisable ever reaches the wire."""
+    fence, replicas = _fence(options), _replicas(options)
+    _check(store, key, value, options)
+    params = {"store": store, "key": key, "value": value, "fence": fence, "replicas": replicas}
+    return {**params, **options}
+
+
+def _delete_request(store: str, key: Any, options: dict[str, Any]) -> dict[str, Any]:
+    """The parameters of a ``delete`` (see :func:`_write_request`)."""
+    fence, replicas = _fence(options), _replicas(options)
+    _check(store, key, None, {**options, "deleted": True})
+    return {"store": store, "key": key, "fence": fence, "replicas": replicas, **options}
+
+
 def _fact(data: dict[str, Any] | None) -> Fact | None:
     return None if data is None else fact_from_dict(data)
 
@@ -121,28 +137,12 @@ class RemoteStore:
         """
         # Checked here with the embedded database's own rules: the same error for the
         # same mistake, and nothing unserialisable ever reaches the wire.
-        fence = _fence(options)
-        replicas = _replicas(options)
-        _check(self.name, key, value, options)
-        reply = self._db._call(
-            "write",
-            store=self.name,
-            key=key,
-            value=value,
-            fence=fence,
-            replicas=replicas,
-            **options,
-        )
+        reply = self._db._call("write", **_write_request(self.name, key, value, options))
         return fact_from_dict(reply["fact"])
 
     def delete(self, key: str, **options: Any) -> Fact:
         """Write a tombstone for ``key``; as :meth:`Store.delete`."""
-        fence = _fence(options)
-        replicas = _replicas(options)
-        _check(self.name, key, None, {**options, "deleted": True})
-        reply = self._db._call(
-            "delete", store=self.name, key=key, fence=fence, replicas=replicas, **options
-        )
+        reply = self._db._call("delete", **_delete_request(self.name, key, options))
         return fact_from_dict(reply["fact"])
 
     def read(self, key: str, *, as_of: float | None = None) -> Fact | None:
