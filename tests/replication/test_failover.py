@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 import kilndb
+from kilndb.config import DatabaseConfig
 from kilndb.server.sockets import Server
 from tests.cli.runner import json_lines, kiln
 from tests.replication.test_follower import _digest, _eventually, _follower, _write
@@ -75,3 +76,72 @@ def test_promote_refuses_a_server_that_follows_nothing(tmp_path: Path) -> None:
     with Server(data=tmp_path / "data", port=0) as server:
         result = kiln(tmp_path, "--url", server.url, "promote")
         assert result.exit_code == 1 and "follows none" in result.stderr
+
+
+def test_a_follower_behind_the_leaders_compaction_makes_a_full_copy_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    small = DatabaseConfig(max_file_size=4096, auto_compact=False)
+    with Server(data=tmp_path / "leader", port=0, database=small) as leader:
+        with kilndb.connect(leader.url) as db:
+            db.set_retention("s", keep="latest")
+        _write(leader.url, 0, 60)
+        follower = _follower(tmp_path, leader)
+        _eventually(lambda: _digest(follower.url) == _digest(leader.url))
+        with kilndb.connect(follower.url) as db:  # the policy came with the log
+            assert db.retention("s")["keep"] == "latest"
+        (state,) = follower.status()["replication"]["following"]
+        copied = state["position"]
+        follower.stop()
+        # While it is away the leader overwrites the same keys and compacts: the
+        # records the follower lacks are gone from the leader's log.
+        _write(leader.url, 60, 400)
+        with kilndb.connect(leader.url) as db:
+            db.compact()
+            compacted = db.stats()["compacted_through"]
+        assert compacted > copied
+        with caplog.at_level(logging.WARNING):
+            follower = _follower(tmp_path, leader)
+            try:
+                _eventually(lambda: _digest(follower.url) == _digest(leader.url))
+                (state,) = follower.status()["replication"]["following"]
+                assert state["full_resyncs"] == 1 and state["truncations"] == 0
+                assert any("full copy" in r.getMessage() for r in caplog.records)
+                _write(leader.url, 460, 20)  # and it streams on from the copy
+                _eventually(lambda: _digest(follower.url) == _digest(leader.url))
+                (state,) = follower.status()["replication"]["following"]
+                assert state["full_resyncs"] == 1
+            finally:
+                follower.stop()
+
+
+
+def test_two_followers_promoted_from_one_epoch_are_told_apart(tmp_path: Path) -> None:
+    a = Server(data=tmp_path / "a", port=0).start()
+    _write(a.url, 0, 30)
+    b, c = _follower(tmp_path, a, "b"), _follower(tmp_path, a, "c")
+    _eventually(lambda: _digest(b.url) == _digest(a.url) == _digest(c.url))
+    a.stop()
+    # Split brain: both followers are promoted to epoch 1 and take different writes —
+    # c more of them, so that its log is longer than b's.
+    for server in (b, c):
+        result = kiln(tmp_path, "--url", server.url, "promote")
+        assert result.exit_code == 0, result.stderr
+    with kilndb.connect(b.url) as db:
+        db.store("s").write("only-on-b", 1)
+    with kilndb.connect(c.url) as db:
+        for i in range(20):
+            db.store("s").write(f"only-on-c-{i}", i)
+    try:
+        # The operator keeps b and points c at it: everything c took alone is cut.
+        pointed = kiln(tmp_path, "--url", c.url, "replicate", "--from", _address(b))
+        assert pointed.exit_code == 0, pointed.stderr
+        _eventually(lambda: _digest(c.url) == _digest(b.url))
+        (state,) = c.status()["replication"]["following"]
+        assert state["truncations"] == 1
+        with kilndb.connect(c.url) as db:
+            assert db.store("s").read("only-on-c-0") is None
+            assert db.store("s").read("only-on-b") is not None
+    finally:
+        b.stop()
+        c.stop()

@@ -81,6 +81,14 @@ def test_a_follower_catches_up_then_streams_live(tmp_path: Path) -> None:
                 with pytest.raises(kilndb.ReadOnlyReplicaError) as refused:
                     db.store("s").write("k1", 0)
                 assert refused.value.leader == leader.url
+            # A retention change reaches the follower while it streams: both then hide
+            # the same superseded facts.
+            with kilndb.connect(leader.url) as db:
+                db.set_retention("s", keep="latest")
+            _eventually(lambda: _digest(follower.url) == _digest(leader.url))
+            with kilndb.connect(follower.url) as db:
+                assert db.retention("s")["keep"] == "latest"
+                assert len(db.store("s").history("k1")) == 1
         finally:
             follower.stop()
 

@@ -199,9 +199,12 @@ def test_followers_converge_through_kills_and_cut_links(tmp_path: Path) -> None:
                 return _digest(url) == expected
 
             _eventually(caught_up, timeout=180)
-        for _, url in followers:  # a full copy was never needed: the logs were extended
+        # Nothing was compacted and no leader changed: every follower resumed by
+        # extending its log — no full copy and no truncation was ever required.
+        for _, url in followers:
             with kilndb.connect(url) as db:
                 status = db._call("server_status")["replication"]["following"]
+                assert all(f["full_resyncs"] == 0 for f in status)
                 assert all(f["truncations"] == 0 for f in status)
     finally:
         stop.set()

@@ -399,8 +399,9 @@ class Database:
                 log.subscribers -= 1
 
     @property
-    def epochs(self) -> list[dict[str, int]]:
-        """The leader epoch history: ``{"epoch", "start_position"}`` each (META)."""
+    def epochs(self) -> list[dict[str, Any]]:
+        """The leader epoch history: ``{"epoch", "start_position", "id"}`` each (META;
+        epoch 0, the database's creation, has no id)."""
         return [
             dict(e) for e in self._log.meta.get("epochs") or [{"epoch": 0, "start_position": 1}]
         ]
@@ -410,9 +411,34 @@ class Database:
         self._log.check_open()
         return self._log.start_epoch()
 
-    def adopt_epochs(self, epochs: list[dict[str, int]]) -> None:
+    def adopt_epochs(self, epochs: list[dict[str, Any]]) -> None:
         """For a follower: record its leader's epoch history."""
         self._log.adopt_epochs(epochs)
+
+    def retention_policies(self) -> dict[str, dict[str, Any]]:
+        """Every store's retention policy that is not the default, reserved stores
+        included: ``{store: {"keep", "max_age"}}``."""
+        return {store: policy.to_dict() for store, policy in self._log.retention.items()}
+
+    def adopt_retention(self, policies: dict[str, dict[str, Any]]) -> None:
+        """For a follower: take its leader's retention policies (so it drops, and shows,
+        the same facts); stores absent from ``policies`` go back to keeping all."""
+        current = self._log.retention
+        for store in sorted(set(current) | set(policies)):
+            policy = Retention.from_dict(policies.get(store, {}))
+            if current.get(store, Retention()) != policy:
+                self._log.set_retention(store, policy)
+
+    def adopt_compacted(self, position: int) -> None:
+        """For a follower: its leader's compaction removed records up to ``position``, so
+        changefeed cursors below it are too old here as well."""
+        self._log.record_compacted(position)
+
+    @property
+    def compacted_through(self) -> int:
+        """The highest position compaction has removed (0 if none): changefeed cursors
+        and replication positions below it cannot be served from this log."""
+        return int(self._log.meta.get("compacted_through", 0))
 
     @property
     def durable_position(self) -> int:

@@ -327,8 +327,26 @@ def _sync_request(body: dict[str, Any]) -> Params:
         "protocol_version": _field(body, "protocol_version", "count", required=True),
         "leader_epoch": _field(body, "leader_epoch", "count", required=True),
         "position": _field(body, "position", "count", required=True),
+        "epochs": _epochs(body),
         "flags": [] if flags is None else flags,
     }
+
+
+def _epochs(body: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """A follower's leader epoch history: ``[{"epoch", "start_position", "id"?}, …]``."""
+    epochs: list[Any] | None = _field(body, "epochs", "list")
+    if epochs is not None and not all(
+        isinstance(e, dict)
+        and type(e.get("epoch")) is int
+        and type(e.get("start_position")) is int
+        and isinstance(e.get("id", ""), str)
+        for e in epochs
+    ):
+        raise InvalidArgumentError(
+            'field \'epochs\' must be a list of {"epoch": integer, "start_position":'
+            ' integer, "id": string}'
+        )
+    return epochs
 
 
 def _replication_ack(body: dict[str, Any]) -> Params:

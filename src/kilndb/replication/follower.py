@@ -6,7 +6,10 @@ if it has none, appends each shipment verbatim (:meth:`kilndb.Database.append_sh
 and acknowledges what it applied and made durable. When the connection breaks or the
 leader goes silent it reconnects with exponential backoff (``backoff_min`` to
 ``backoff_max`` seconds, with jitter) and resumes from where its log ends — the cursor is
-the local log itself, durable by construction. An error the leader answers (another
+the local log itself, durable by construction. When the leader says the local log has
+left its history it cuts the divergent tail; when the leader has compacted away records
+the copy lacks it discards the copy and starts over from position 0 (a full resync,
+counted in :attr:`full_resyncs`). An error the leader answers (another
 protocol version, epoch or database) is kept in :attr:`last_error` and shown in status.
 """
 
@@ -59,6 +62,7 @@ class Follower:
         name: str,
         open_local: Callable[[str | None], Database | None],
         truncate_local: Callable[[int], list[int]],
+        discard_local: Callable[[], int],
         *,
         backoff_min: float = 1.0,
         backoff_max: float = 30.0,
@@ -71,6 +75,11 @@ class Follower:
         #: ``truncate_local(position)``: close the local database and cut its records
         #: after ``position`` (a divergent tail); the positions dropped.
         self._truncate_local = truncate_local
+        #: ``discard_local()``: close the local database and empty it for a full copy;
+        #: the number of facts it held.
+        self._discard_local = discard_local
+        #: Full copies made because the leader had compacted away what this copy lacked.
+        self.full_resyncs = 0
         #: Positions dropped from a divergent tail, most recent truncation.
         self.dropped: list[int] = []
         self.truncations = 0
@@ -107,6 +116,7 @@ class Follower:
             "lag_records": max(0, self.leader_position - self.position),
             "reconnects": self.reconnects,
             "truncations": self.truncations,
+            "full_resyncs": self.full_resyncs,
             "last_error": self.last_error,
         }
 
@@ -141,11 +151,11 @@ class Follower:
         if local is not None:
             local.sync()  # everything it holds is durable: ask from the end of its log
         position = 0 if local is None else local.stats()["last_position"]
-        epoch = 0 if local is None else local.leader_epoch
+        epochs = [{"epoch": 0, "start_position": 1}] if local is None else local.epochs
         self.state = "connecting"
         conn = self._conn = Connection(self.leader, timeout=SILENCE_SECONDS)
         conn.hello(self.name)
-        info = conn.call(**sync_request(self.name, epoch, position))
+        info = conn.call(**sync_request(self.name, epochs, position))
         if self._stop.is_set():
             return
         if local is None:
@@ -169,7 +179,24 @@ class Follower:
                 _ranges(self.dropped),
             )
             raise _Resync
+        if info.get("full_resync"):
+            conn.close()
+            self._conn = None
+            self.state = "resyncing"
+            discarded = self._discard_local()
+            self.full_resyncs += 1
+            log.warning(
+                "database %s is behind what its leader %s compacted (position %d, compacted"
+                " through %d): discarded its %d facts for a full copy",
+                self.name,
+                self.leader.url,
+                position,
+                info.get("compacted_through", 0),
+                discarded,
+            )
+            raise _Resync
         local.adopt_epochs(info["epochs"])
+        local.adopt_compacted(int(info.get("compacted_through", 0)))
         self.position = position
         self.leader_position = info["last_position"]
         self.state = "catching_up"
@@ -191,6 +218,9 @@ class Follower:
                 self.caught_up_at = time.time()
             elif kind == "heartbeat":
                 self.leader_position = max(self.leader_position, message["durable_position"])
+            elif kind == "settings":
+                local.adopt_retention(message["retention"])
+                continue
             else:
                 continue
             durable = local.stats()["durable_position"]

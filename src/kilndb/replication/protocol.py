@@ -1,9 +1,10 @@
 """The replication protocol, sans I/O: the messages a leader and a follower exchange.
 
 A follower opens a connection to the leader's socket port and sends ``sync_request
-{database, protocol_version, leader_epoch, position, flags}`` (``position``: its last
-durable position). The leader answers ``{"ok": true, "type": "shard_info", database,
-database_id, protocol_version, leader_epoch, epochs, last_position, durable_position}`` —
+{database, protocol_version, leader_epoch, epochs, position, flags}`` (``position``: its
+last durable position; ``epochs``: its leader epoch history). The leader answers
+``{"ok": true, "type": "shard_info", database, database_id, protocol_version,
+leader_epoch, epochs, last_position, durable_position, compacted_through}`` —
 or an error frame saying what differs (protocol version, epoch, database) — and then pushes
 ``{"event": "replication", "type": …}`` frames on the connection:
 
@@ -14,10 +15,17 @@ or an error frame saying what differs (protocol version, epoch, database) — an
     once, when the follower has everything that was durable when it asked.
 ``heartbeat {durable_position}``
     after a second without a batch.
+``settings {retention}``
+    the database's retention policies, before the first batch and whenever they change,
+    so that a follower drops (and hides) the same facts as its leader.
 
-If the follower's log has left the leader's — it holds records from a position where a
-later leader epoch began — ``shard_info`` carries ``truncate_after: P`` instead and ships
-nothing: the follower drops its records after ``P`` and asks again.
+If the follower's log has left the leader's — it holds records from a position where
+their epoch histories part (see :func:`divergence_point`) — ``shard_info`` carries
+``truncate_after: P`` instead and ships nothing: the follower drops its records after
+``P`` and asks again. If the leader's compaction has removed records after the
+follower's position (``compacted_through`` above it), no shipment can make the two logs
+equal again: ``shard_info`` carries ``full_resync: true`` and the follower discards its
+copy and asks from position 0 — a full copy, done only then.
 
 The follower answers with ``replication_ack {applied, durable}`` after every batch while
 catching up and at least every 1,000 records or 100 ms while streaming, and after each
@@ -41,6 +49,7 @@ __all__ = [
     "divergence_point",
     "frames_of",
     "heartbeat_event",
+    "settings_event",
     "sync_request",
 ]
 
@@ -49,29 +58,45 @@ HEARTBEAT_SECONDS = 1.0
 SILENCE_SECONDS = 10.0
 
 
-def sync_request(database: str, epoch: int, position: int) -> dict[str, Any]:
+def sync_request(database: str, epochs: list[dict[str, Any]], position: int) -> dict[str, Any]:
     return {
         "op": "sync_request",
         "database": database,
         "protocol_version": PROTOCOL_VERSION,
-        "leader_epoch": epoch,
+        "leader_epoch": int(epochs[-1]["epoch"]) if epochs else 0,
+        "epochs": epochs,
         "position": position,
         "flags": [],
     }
 
 
-def divergence_point(epochs: list[dict[str, int]], epoch: int, position: int) -> int | None:
+def _same_epoch(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    fields = ("epoch", "start_position", "id")
+    return all(a.get(f, "") == b.get(f, "") for f in fields)
+
+
+def divergence_point(
+    leader: list[dict[str, Any]], follower: list[dict[str, Any]], position: int
+) -> int | None:
     """Where a follower's log leaves the leader's, if it does: the last position they
     share.
 
-    The follower last followed (or led) in ``epoch`` and holds records up to
-    ``position``. The leader's history says at which position each later epoch began;
-    records the follower holds from the first such position on were written under an
-    older leader the current one never had them from, so the logs agree only before it.
+    Both sides keep a history of leader epochs (``{"epoch", "start_position", "id"}``;
+    a promotion appends one with a fresh ``id``, a follower takes its leader's). The two
+    logs were written by the same leaders up to where the histories part: the start of
+    the first epoch one side has and the other does not — a later epoch the follower
+    never followed, or one it led (or followed) that this leader never had, such as a
+    second follower promoted from the same epoch. The follower, holding records up to
+    ``position``, agrees with the leader only before the earlier of those two starts.
     """
-    later = [e["start_position"] for e in epochs if e["epoch"] > epoch]
-    if later and position >= later[0]:
-        return later[0] - 1
+    shared = 0
+    for mine, theirs in zip(leader, follower, strict=False):
+        if not _same_epoch(mine, theirs):
+            break
+        shared += 1
+    starts = [h[shared]["start_position"] for h in (leader, follower) if shared < len(h)]
+    if starts and position >= min(starts):
+        return int(min(starts)) - 1
     return None
 
 
@@ -92,6 +117,10 @@ def frames_of(event: dict[str, Any]) -> bytes:
 
 def caught_up_event(position: int) -> dict[str, Any]:
     return {"event": "replication", "type": "caught_up", "position": position}
+
+
+def settings_event(retention: dict[str, Any]) -> dict[str, Any]:
+    return {"event": "replication", "type": "settings", "retention": retention}
 
 
 def heartbeat_event(durable: int) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from kilndb.replication.protocol import (
     batch_event,
     caught_up_event,
     heartbeat_event,
+    settings_event,
 )
 
 __all__ = ["FollowerLink"]
@@ -110,11 +111,17 @@ class FollowerLink:
         db, reader = self.db, self._reader
         target = db.wait_visible(-1, 0)  # what "caught up" means for this follower
         last_push = time.monotonic()
+        settings: dict[str, Any] | None = None
         try:
             while not self.closed:
                 if db.closed:  # evicted or removed: the follower reconnects and reopens it
                     self._drop(f"database {db.name} was closed")
                     return
+                policies = db.retention_policies()
+                if policies != settings:
+                    if not self._push(settings_event(policies)):
+                        return
+                    settings = policies
                 shipment = reader.next()
                 if shipment is not None:
                     if not self._push(batch_event(shipment)):

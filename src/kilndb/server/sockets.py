@@ -84,7 +84,7 @@ from kilndb.server.dispatch import Dispatcher
 from kilndb.server.fanout import Fanout, Feed
 from kilndb.server.nodes import NodeConfig, NodeManager
 from kilndb.server.replication import FollowerLink
-from kilndb.storage.truncate import truncate_after
+from kilndb.storage.truncate import discard_copy, truncate_after
 
 __all__ = ["Server", "ServerConfig"]
 
@@ -632,17 +632,27 @@ class _Connection(asyncio.Protocol):
                     f"epoch mismatch: the follower is at leader epoch"
                     f" {params['leader_epoch']}, this server at {db.leader_epoch}"
                 )
-            diverged_after = divergence_point(db.epochs, params["leader_epoch"], params["position"])
-            last_here = db.stats()["last_position"]
-            if diverged_after is None and params["position"] > last_here:
+            history = params["epochs"]
+            if history is None:  # a follower that sends only its epoch number
+                history = [e for e in db.epochs if e["epoch"] <= params["leader_epoch"]]
+            diverged_after = divergence_point(db.epochs, history, params["position"])
+            stats = db.stats()
+            if diverged_after is None and params["position"] > stats["last_position"]:
                 # The follower holds records this leader lost (a crash before they were
                 # durable here): they are not this leader's, whatever their positions.
-                diverged_after = last_here
-            if diverged_after is not None:
-                # The follower holds records this leader's history does not: it must cut
-                # them (and ask again) before anything can be shipped.
-                self.server.event("follower_diverged", database=name, truncate_after=diverged_after)
-                stats = db.stats()
+                diverged_after = stats["last_position"]
+            compacted = db.compacted_through
+            full_resync = diverged_after is None and 0 < params["position"] < compacted
+            if diverged_after is not None or full_resync:
+                # The follower holds records this leader's history does not (it must cut
+                # them), or compaction removed records it lacks (it must start over):
+                # either way it asks again before anything is shipped.
+                if full_resync:
+                    self.server.event("follower_full_resync", database=name, compacted=compacted)
+                else:
+                    self.server.event(
+                        "follower_diverged", database=name, truncate_after=diverged_after
+                    )
                 return ServerConnection.reply(
                     request.request_id,
                     type="shard_info",
@@ -653,7 +663,9 @@ class _Connection(asyncio.Protocol):
                     epochs=db.epochs,
                     last_position=stats["last_position"],
                     durable_position=stats["durable_position"],
+                    compacted_through=compacted,
                     truncate_after=diverged_after,
+                    full_resync=full_resync,
                 )
             peer = str(self.transport.get_extra_info("peername")) if self.transport else "?"
             link = FollowerLink(
@@ -683,6 +695,7 @@ class _Connection(asyncio.Protocol):
             epochs=db.epochs,
             last_position=stats["last_position"],
             durable_position=stats["durable_position"],
+            compacted_through=db.compacted_through,
         )
         # Shipments go through the loop, after this reply.
         self.server.loop.call_soon(link.start)
@@ -1140,8 +1153,20 @@ class Server:
                 self.event("divergent_tail_dropped", database=name, positions=len(dropped))
                 return dropped
 
+            def discard_local(name: str = name) -> int:
+                with self.databases.offline(name) as directory:
+                    facts = discard_copy(directory)
+                self.event("full_resync", database=name, facts=facts)
+                return facts
+
             follower = Follower(
-                leader, name, open_local, truncate_local, backoff_min=low, backoff_max=high
+                leader,
+                name,
+                open_local,
+                truncate_local,
+                discard_local,
+                backoff_min=low,
+                backoff_max=high,
             )
             self.followers.append(follower.start())
         self.event("following", leader=leader.url, databases=names)

@@ -24,6 +24,7 @@ import queue
 import struct
 import threading
 import time
+import uuid
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -678,11 +679,16 @@ class Log:
         with self.lock, self._meta_lock:
             epochs = self.meta.setdefault("epochs", [{"epoch": 0, "start_position": 1}])
             epoch = int(epochs[-1]["epoch"]) + 1
-            epochs.append({"epoch": epoch, "start_position": self.next_position})
+            # The id tells two promotions to the same epoch number apart (two followers
+            # of one leader both promoted): their histories differ although the numbers
+            # match.
+            epochs.append(
+                {"epoch": epoch, "start_position": self.next_position, "id": uuid.uuid4().hex}
+            )
             write_meta(self.directory, self.meta)
             return epoch
 
-    def adopt_epochs(self, epochs: list[dict[str, int]]) -> None:
+    def adopt_epochs(self, epochs: list[dict[str, Any]]) -> None:
         """Take a leader's epoch history (a follower in step with it)."""
         with self._meta_lock:
             if self.meta.get("epochs") != epochs:

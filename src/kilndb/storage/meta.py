@@ -2,7 +2,8 @@
 
 Fields: ``format`` (on-disk format version, currently 1), ``database_id`` (UUID, fixed
 at creation; replication keeps it equal on leader and followers), ``created_at`` (epoch
-seconds), ``epochs`` (leader epoch history, a list of ``{"epoch", "start_position"}``),
+seconds), ``epochs`` (leader epoch history, a list of ``{"epoch", "start_position",
+"id"}``; each promotion adds one with a fresh random ``id``),
 ``retention`` (per-store retention policies), ``compacted_through`` (the highest
 position compaction has removed; cursors below it are too old for a changefeed) and,
 after a ``kiln check --fix`` that dropped facts, ``position_floor`` (positions up to it

@@ -7,7 +7,8 @@ with a position above ``position`` from the data files of a database that no pro
 open. Nothing is destroyed silently: the bytes cut are kept beside their file as
 ``NNNNNNNN.log.divergent-OFFSET`` (whole later files are renamed so), hint files of the
 files touched are removed (recovery rebuilds them), and the positions dropped are
-returned and logged.
+returned and logged. :func:`discard_copy` empties a follower's copy when nothing short
+of a full copy can bring it back in step with its leader.
 """
 
 from __future__ import annotations
@@ -28,9 +29,10 @@ from kilndb.storage.datafile import (
     write_durably,
 )
 from kilndb.storage.lockfile import DatabaseLock
+from kilndb.storage.meta import write_meta
 from kilndb.storage.records import BATCH_PREFIX, FACT_PREFIX, FILE_PREFIX
 
-__all__ = ["truncate_after"]
+__all__ = ["discard_copy", "truncate_after"]
 
 log = logging.getLogger("kilndb.storage")
 
@@ -64,6 +66,39 @@ def truncate_after(directory: Path, position: int) -> list[int]:
                 extra={"path": str(directory), "positions": dropped},
             )
         return dropped
+    finally:
+        lock.release()
+
+
+def discard_copy(directory: Path) -> int:
+    """Empty a follower's copy for a full resync; return how many facts it held.
+
+    Used only when its leader can no longer ship what the copy lacks (compaction
+    removed those records): every data and hint file goes, ``META`` keeps the database
+    id and loses what described the old files (``compacted_through``,
+    ``position_floor``), and the copy is refilled from position 0.
+    """
+    lock = DatabaseLock(directory)  # DatabaseLockedError while the database is open
+    try:
+        facts = 0
+        for file_id in list_data_files(directory):
+            path = data_path(directory, file_id)
+            facts += len(_fact_positions(path, 0))
+            path.unlink()
+            _drop_hint(path)
+        meta_path = directory / "META"
+        meta = orjson.loads(meta_path.read_bytes())
+        meta.pop("position_floor", None)
+        meta["compacted_through"] = 0
+        write_meta(directory, meta)
+        fsync_directory(directory)
+        log.warning(
+            "replica copy in %s discarded for a full resync: %d facts",
+            directory,
+            facts,
+            extra={"path": str(directory), "facts": facts},
+        )
+        return facts
     finally:
         lock.release()
 
