@@ -115,7 +115,6 @@ def test_a_follower_behind_the_leaders_compaction_makes_a_full_copy_once(
                 follower.stop()
 
 
-
 def test_two_followers_promoted_from_one_epoch_are_told_apart(tmp_path: Path) -> None:
     a = Server(data=tmp_path / "a", port=0).start()
     _write(a.url, 0, 30)

@@ -121,6 +121,59 @@ def test_writes_acknowledged_with_a_replica_survive_the_leader(tmp_path: Path) -
             reap(process)
 
 
+@pytest.mark.integration
+def test_a_killed_leader_with_an_unreplicated_tail_rejoins_and_converges(
+    tmp_path: Path,
+) -> None:
+    quiet = ("--http-port", "-1", "--log-level", "warning")
+    old, old_url = start_server(tmp_path / "a", *quiet)
+    follower_args = (*quiet, "--replica-of", old_url.removeprefix("tcp://"))
+    new, new_url = start_server(tmp_path / "b", *follower_args)
+    processes = [old, new]
+    try:
+        with kilndb.connect(old_url) as db:
+            for i in range(300):
+                db.store("s").write(f"k{i % 13}", i)
+        _eventually(lambda: _digest(new_url) == _digest(old_url), timeout=60)
+        shared = _last(new_url)
+        os.kill(new.pid, signal.SIGKILL)  # the follower is gone: nothing more is shipped
+        new.wait(10)
+        with kilndb.connect(old_url) as db:
+            for i in range(50):
+                db.store("s").write(f"unreplicated-{i}", i)
+        os.kill(old.pid, signal.SIGKILL)
+        old.wait(10)
+
+        # The follower comes back, its leader dead, and is promoted by hand.
+        new, new_url = start_server(tmp_path / "b", *follower_args)
+        processes.append(new)
+        with kilndb.connect(new_url) as db:
+            with pytest.raises(kilndb.ReadOnlyReplicaError):  # a copy, even unreachable
+                db.store("s").write("too-early", 1)
+            db._call("promote")
+            for i in range(20):
+                db.store("s").write(f"after-failover-{i}", i)
+
+        # The old leader restarts as a follower of the new one: its tail is dropped.
+        rejoin = (*quiet, "--replica-of", new_url.removeprefix("tcp://"))
+        old, old_url = start_server(tmp_path / "a", *rejoin)
+        processes.append(old)
+        _eventually(lambda: _digest(old_url) == _digest(new_url), timeout=60)
+        with kilndb.connect(old_url) as db:
+            (state,) = db._call("server_status")["replication"]["following"]
+            assert state["truncations"] == 1 and state["full_resyncs"] == 0
+            assert db.store("s").read("unreplicated-0") is None
+            assert db.store("s").read("after-failover-19") is not None
+        assert _last(old_url) == shared + 20
+        assert list((tmp_path / "a" / "default").glob("*.divergent-*"))
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                process.wait(30)
+            reap(process)
+
+
 def _last(url: str) -> int:
     with kilndb.connect(url) as db:
         return int(db.stats()["last_position"])

@@ -1098,6 +1098,11 @@ class Server:
             return
         self._discovering.clear()
         self.databases.replicas_only = True
+        held = self.databases.on_disk()
+        if held:
+            # The copies this server already holds are followed at once — read-only and
+            # promotable even while the leader cannot be reached to list its databases.
+            self.follow(config.replica_of, held, discovered=True)
         threading.Thread(
             target=self._discover, args=(config.replica_of,), name="kilndb-discover", daemon=True
         ).start()
