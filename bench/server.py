@@ -197,6 +197,8 @@ def render(report: Report, issue: str = "3") -> str:
         if first and i:
             out.append(rule)
         out.append(text(cells))
+    if not report.targets:  # an issue that set no targets
+        return "\n".join(out)
     out.append("")
     out.append(f"Targets (issue {issue}), judged from this run:")
     width = max((len(t.text) for t in report.targets), default=0)

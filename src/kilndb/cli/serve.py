@@ -40,6 +40,11 @@ def _load_config(ctx: click.Context, _: click.Parameter, path: Path | None) -> P
     return path
 
 
+def _names(text: str | None) -> tuple[str, ...]:
+    """``a, b,,c`` → ``("a", "b", "c")``."""
+    return tuple(name.strip() for name in (text or "").split(",") if name.strip())
+
+
 @click.command()
 @click.option(
     "--config",
@@ -198,6 +203,48 @@ def _load_config(ctx: click.Context, _: click.Parameter, path: Path | None) -> P
     help="JWT presented to a leader that requires authentication (read scope).",
 )
 @click.option(
+    "--gossip-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    envvar="KILN_GOSSIP_PORT",
+    help="Join a cluster: gossip membership and metadata on this UDP and TCP port of"
+    " --host (0 picks a free one).",
+)
+@click.option(
+    "--node-name",
+    default=None,
+    envvar="KILN_NODE_NAME",
+    help="This node's name in the cluster (unique). Default: HOST:PORT.",
+)
+@click.option(
+    "--join",
+    default=None,
+    envvar="KILN_JOIN",
+    help="Cluster members to join through, HOST:GOSSIP_PORT, comma-separated.",
+)
+@click.option(
+    "--cluster-key",
+    default=None,
+    envvar="KILN_CLUSTER_KEY",
+    help="Secret every member shares: gossip packets are authenticated with HMAC-SHA256."
+    " Without it anyone who can reach the gossip port can join.",
+)
+@click.option(
+    "--probe-interval",
+    type=click.FloatRange(0.01, 60),
+    default=1.0,
+    show_default=True,
+    envvar="KILN_PROBE_INTERVAL",
+    help="Seconds between failure-detection probes (the same on every member).",
+)
+@click.option(
+    "--follow",
+    is_flag=True,
+    envvar="KILN_FOLLOW",
+    help="With --gossip-port: follow every database of the cluster from the member that"
+    " leads it, found through gossip (instead of --replica-of).",
+)
+@click.option(
     "--min-insync-replicas",
     type=click.IntRange(0),
     default=0,
@@ -251,6 +298,12 @@ def serve(
     replica_of: str | None,
     replicate: str | None,
     replication_token: str | None,
+    gossip_port: int | None,
+    node_name: str | None,
+    join: str | None,
+    cluster_key: str | None,
+    probe_interval: float,
+    follow: bool,
     min_insync_replicas: int,
     replica_timeout: float,
     pid_file: Path | None,
@@ -260,6 +313,10 @@ def serve(
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(message)s")
     if not host and unix is None:
         raise CliError("nothing to listen on: give --host or --unix")
+    if gossip_port is None and (join or follow or node_name):
+        raise CliError("--join, --follow and --node-name need --gossip-port")
+    if follow and replica_of:
+        raise CliError("--follow finds leaders through gossip: drop --replica-of")
     config = ServerConfig(
         data=settings.data,
         host=host or None,
@@ -282,10 +339,14 @@ def serve(
         tls_key=tls_key,
         tls_client_ca=tls_client_ca,
         replica_of=replica_of,
-        replicate=None
-        if replicate is None
-        else tuple(name.strip() for name in replicate.split(",") if name.strip()),
+        replicate=None if replicate is None else _names(replicate),
         replication_token=replication_token,
+        gossip_port=gossip_port,
+        node_name=node_name,
+        join=_names(join),
+        cluster_key=cluster_key,
+        probe_interval=probe_interval,
+        follow=follow,
         min_insync_replicas=min_insync_replicas,
         replica_timeout=replica_timeout,
     )

@@ -148,6 +148,18 @@ class ServerConfig:
     min_insync_replicas: int = 0
     #: How long a write waits for its replicas before ``replication_timeout``.
     replica_timeout: float = 5.0
+    #: Cluster membership (gossip on ``host``:``gossip_port``, UDP and TCP; None: no
+    #: cluster). ``node_name`` defaults to the host name and TCP port.
+    gossip_port: int | None = None
+    node_name: str | None = None
+    #: Members to join through (``HOST:GOSSIP_PORT`` each).
+    join: tuple[str, ...] = ()
+    #: Shared secret that authenticates gossip packets (HMAC-SHA256).
+    cluster_key: str | None = None
+    #: Seconds between two failure-detection probes (every member should agree).
+    probe_interval: float = 1.0
+    #: Follow, from whichever member leads it, every database the cluster has.
+    follow: bool = False
 
     def ssl_context(self) -> ssl.SSLContext | None:
         """The server's TLS context, or None without a certificate."""
