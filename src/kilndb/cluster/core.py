@@ -108,7 +108,7 @@ class SwimCore:
         self.config = cfg = config or ClusterConfig()
         self.metadata = MetadataStore(name, generation)
         self.counters: Counter[str] = Counter()
-        room = cfg.max_udp_bytes - packet_size(name, PingReq(2**40, name, address))
+        room = cfg.max_udp_bytes - packet_size(name, 2**40, PingReq(2**40, name, address))
         self._queue = BroadcastQueue(max_size=room)
         self._rng = rng
         self._table = MemberTable(
@@ -290,6 +290,7 @@ class SwimCore:
             return out
         for update in packet.updates:
             self._apply(update, now)
+        self._table.heard_from(packet.sender, packet.incarnation, now)
         body = packet.body
         if isinstance(body, Ping):
             if body.target == self.name:
@@ -362,13 +363,13 @@ class SwimCore:
         return self._tcp(address, body)
 
     def _udp(self, address: str, body: Body) -> Outgoing:
-        budget = self.config.max_udp_bytes - packet_size(self.name, body)
+        budget = self.config.max_udp_bytes - packet_size(self.name, self.incarnation, body)
         limit = self.config.retransmit_limit(self.live_count())
         updates = tuple(self._queue.take(budget, limit))
-        return Outgoing(address, Packet(self.name, body, updates), "udp")
+        return Outgoing(address, Packet(self.name, body, updates, self.incarnation), "udp")
 
     def _tcp(self, address: str, body: Body) -> Outgoing:
-        return Outgoing(address, Packet(self.name, body), _TCP)
+        return Outgoing(address, Packet(self.name, body, (), self.incarnation), _TCP)
 
 
 _TCP: Channel = "tcp"

@@ -163,6 +163,13 @@ class MemberTable:
         elif state == MemberState.LEFT.value:
             self.apply(Left(record.name, record.incarnation), now)
 
+    def heard_from(self, name: str, incarnation: int, now: float) -> None:
+        """A packet came from ``name`` at ``incarnation``: if that is newer than we hold,
+        it refuted a suspicion or death we have not heard of yet (take it as its Alive)."""
+        peer = self.peers.get(name)
+        if peer is not None and incarnation > peer.incarnation:
+            self.apply(Alive(name, peer.address, incarnation), now)
+
     def apply(self, update: Alive | Suspect | Dead | Left, now: float) -> None:
         """Apply one membership update (the table in the module docstring)."""
         if update.name == self.name:

@@ -4,9 +4,10 @@ Everything here is a frozen, slotted dataclass with no behaviour, so that the pr
 core (:mod:`kilndb.cluster.core`) can be driven and inspected in tests without bytes and
 the wire codec (:mod:`kilndb.cluster.wire`) can encode every class the same generic way.
 
-A :class:`Packet` is what travels, over UDP or TCP: the sender's name, one *body* (what
-the packet is for: a probe, an ack, a push-pull…) and the *updates* that ride along
-with it (membership rumours and metadata deltas, SWIM's "piggybacking").
+A :class:`Packet` is what travels, over UDP or TCP: the sender's name and incarnation,
+one *body* (what the packet is for: a probe, an ack, a push-pull…) and the *updates*
+that ride along with it (membership rumours and metadata deltas, SWIM's
+"piggybacking").
 
 Addresses are ``"host:port"`` strings; one port number serves both UDP and TCP.
 """
@@ -229,6 +230,7 @@ class Packet:
     sender: str
     body: Body
     updates: tuple[Update, ...] = ()
+    incarnation: int = 0  # the sender's: any contact refreshes a stale view of it
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,7 +6,8 @@ One packet is one UDP datagram, or one TCP frame ``[u32 big-endian length][packe
     0       1     version        WIRE_VERSION (1)
     1       8     boot           u64 BE: the sender's start (µs since the epoch)
     9       8     seq            u64 BE: the sender's packet counter on this channel, from 1
-    17      n     payload        orjson: [sender, [tag, *body fields], [[tag, *fields], ...]]
+    17      n     payload        orjson: [sender, incarnation, [tag, *body fields],
+                                          [[tag, *update fields], ...]]
     17+n    32    mac            HMAC-SHA256(cluster key, bytes 0 .. 17+n)
 
 The MAC covers the header and the payload. Without a cluster key the MAC is computed
@@ -157,10 +158,12 @@ def update_size(update: m.Update) -> int:
     return len(orjson.dumps(_tagged(update)))
 
 
-def packet_size(sender: str, body: m.Body, update_sizes: typing.Iterable[int] = ()) -> int:
+def packet_size(
+    sender: str, incarnation: int, body: m.Body, update_sizes: typing.Iterable[int] = ()
+) -> int:
     """The exact size of a sealed packet with updates of the given sizes."""
     sizes = list(update_sizes)
-    base = len(orjson.dumps([sender, _tagged(body), []]))
+    base = len(orjson.dumps([sender, incarnation, _tagged(body), []]))
     return HEADER_BYTES + MAC_BYTES + base + sum(sizes) + max(0, len(sizes) - 1)
 
 
@@ -171,7 +174,7 @@ def encode_payload(packet: m.Packet) -> bytes:
         TypeError: a metadata value orjson cannot encode.
     """
     updates = [_tagged(u) for u in packet.updates]
-    return orjson.dumps([packet.sender, _tagged(packet.body), updates])
+    return orjson.dumps([packet.sender, packet.incarnation, _tagged(packet.body), updates])
 
 
 def decode_payload(payload: bytes) -> m.Packet:
@@ -184,12 +187,13 @@ def decode_payload(payload: bytes) -> m.Packet:
         raw = orjson.loads(payload)
     except orjson.JSONDecodeError as exc:
         raise WireError("malformed", "not JSON") from exc
-    if not isinstance(raw, list) or len(raw) != 3 or not isinstance(raw[2], list):
+    if not isinstance(raw, list) or len(raw) != 4 or not isinstance(raw[3], list):
         raise WireError("malformed", "not a packet")
     sender = _build(str, raw[0])
-    body = _build_tagged(_BODIES, raw[1])
-    updates = tuple(_build_tagged(_UPDATES, u) for u in raw[2])
-    return m.Packet(sender, body, updates)
+    incarnation = _build(int, raw[1])
+    body = _build_tagged(_BODIES, raw[2])
+    updates = tuple(_build_tagged(_UPDATES, u) for u in raw[3])
+    return m.Packet(sender, body, updates, incarnation)
 
 
 # -- replay window and codec ---------------------------------------------------------
