@@ -189,7 +189,24 @@ def test_a_client_of_a_follower_can_follow_the_leader_for_writes(tmp_path: Path)
                     assert direct.store("s").read("via-follower") == written
                 _eventually(lambda: db.store("s").read("via-follower") == written)
             with kilndb.connect(follower.url) as db, pytest.raises(kilndb.ReadOnlyReplicaError):
-                db.store("s").write("refused", 1)
+                db.store("s").write("refused", 1)  # outside a cluster: not followed
+            with kilndb.connect(follower.url, read_from="leader") as db:
+                assert db.url == leader.url and db.cluster_node is None
+                assert db.cluster() is None
+                db.store("s").write("read-from-leader", 1)
+                assert db.store("s").read("read-from-leader") is not None
+            with pytest.raises(kilndb.InvalidArgumentError, match="read_from"):
+                kilndb.connect(follower.url, read_from="nearest")
+            client = RawClient(tcp_address(follower))
+            client.send({"op": "hello", "database": "default"})
+            assert client.receive() == {
+                "ok": True,
+                "protocol_version": 1,
+                "database": "default",
+                "role": "follower",
+                "leader": leader.url,
+            }
+            client.close()
         finally:
             follower.stop()
 
@@ -285,6 +302,12 @@ def test_the_async_client_follows_the_leader_and_waits_for_replicas(tmp_path: Pa
                     assert found is not None and found.position == fact.position
                 finally:
                     await plain.close()
+                direct = await kilndb.connect_async(follower.url, read_from="leader")
+                try:
+                    assert direct.url == leader.url and await direct.cluster() is None
+                    await direct.store("s").write("async-direct", 1)
+                finally:
+                    await direct.close()
 
             asyncio.run(scenario())
         finally:

@@ -237,7 +237,7 @@ def test_unix_socket_and_hello(server: Server, tmp_path: Path) -> None:
         {"op": "hello", "protocol_version": 99},
     )
     hello, write, wrong = client.receive(), client.receive(), client.receive()
-    assert hello == {"ok": True, "protocol_version": 1, "database": "billing"}
+    assert hello == {"ok": True, "protocol_version": 1, "database": "billing", "role": "leader"}
     assert write and write["ok"]
     assert wrong and wrong["ok"] is False and "99" in wrong["error"]
     client.close()

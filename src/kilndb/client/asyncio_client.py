@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from kilndb.client.endpoint import Endpoint
+from kilndb.client.endpoint import Endpoint, check_read_from, leader_to_read_from
 from kilndb.client.remote import (
     REPLAY_PAGE,
     _batch,
@@ -168,9 +168,12 @@ class AsyncRemoteDatabase:
         database: str,
         channel: _Channel,
         follow_leader: bool = False,
+        cluster_node: str | None = None,
     ) -> None:
         #: Send writes a follower refuses (ReadOnlyReplicaError) on to its leader.
         self.follow_leader = follow_leader
+        #: The cluster member this client reached (None: the server is in no cluster).
+        self.cluster_node = cluster_node
         self._leader: _Channel | None = None
         self.endpoint = endpoint
         self.url = endpoint.url
@@ -201,6 +204,11 @@ class AsyncRemoteDatabase:
             hello = endpoint.hello(self.name)
             await channel.call(hello.pop("op"), **hello)
         return await channel.call(op, **params)
+
+    async def cluster(self) -> dict[str, Any] | None:
+        """As :meth:`kilndb.client.remote.RemoteDatabase.cluster`."""
+        found: dict[str, Any] | None = (await self._call("cluster"))["cluster"]
+        return found
 
     def store(self, name: str) -> AsyncRemoteStore:
         found = self._stores.get(name) if type(name) is str else None
@@ -427,19 +435,32 @@ async def connect_async(
     ca_file: str | Path | None = None,
     cert_file: str | Path | None = None,
     key_file: str | Path | None = None,
-    follow_leader: bool = False,
+    follow_leader: bool | None = None,
+    read_from: str = "any",
 ) -> AsyncRemoteDatabase:
     """Connect to database ``database`` on the KilnDB server at ``url`` (asyncio); the
     same options as :func:`kilndb.connect`."""
+    check_read_from(read_from)
     endpoint = Endpoint.make(
         url, token=token, tls=tls, ca_file=ca_file, cert_file=cert_file, key_file=key_file
     )
+    channel, reply = await _open(endpoint, database)
+    if leader := leader_to_read_from(endpoint, reply, read_from):
+        await channel.close()
+        endpoint = Endpoint(leader, endpoint.token, endpoint.ssl_context)
+        channel, reply = await _open(endpoint, database)
+    node = reply.get("cluster")
+    follow = node is not None if follow_leader is None else follow_leader
+    return AsyncRemoteDatabase(endpoint, database, channel, follow, node)
+
+
+async def _open(endpoint: Endpoint, database: str) -> tuple[_Channel, dict[str, Any]]:
+    """A channel to ``endpoint`` that has said hello for ``database``, and the reply."""
     reader, writer = await endpoint.open_stream()
-    channel = _Channel(url, reader, writer)
+    channel = _Channel(endpoint.url, reader, writer)
     try:
         hello = endpoint.hello(database)
-        await channel.call(hello.pop("op"), **hello)
+        return channel, await channel.call(hello.pop("op"), **hello)
     except BaseException:
         await channel.close()
         raise
-    return AsyncRemoteDatabase(endpoint, database, channel, follow_leader)

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from kilndb.errors import ConnectionLostError, InvalidArgumentError
+from kilndb.errors import ConnectionLostError, InvalidArgumentError, UnavailableError
 
-__all__ = ["Endpoint"]
+__all__ = ["READ_FROM", "Endpoint", "check_read_from", "leader_to_read_from"]
 
 
 @dataclass(frozen=True)
@@ -113,3 +113,28 @@ class Endpoint:
             return await asyncio.open_connection(host, port, ssl=self.ssl_context)
         except OSError as exc:
             raise ConnectionLostError(f"cannot connect to {self.url}: {exc}") from exc
+
+
+#: Where a client sends reads: any node it reached, or the database's leader.
+READ_FROM = ("any", "leader")
+
+
+def check_read_from(read_from: str) -> None:
+    """Raises InvalidArgumentError unless ``read_from`` is ``"any"`` or ``"leader"``."""
+    if read_from not in READ_FROM:
+        raise InvalidArgumentError(f'read_from must be "any" or "leader", not {read_from!r}')
+
+
+def leader_to_read_from(endpoint: Endpoint, hello: dict[str, Any], read_from: str) -> str | None:
+    """The leader's URL when reads must go there and the server said hello as a
+    follower of the database (None: stay). Raises UnavailableError when the follower
+    knows no leader for it yet."""
+    if read_from != "leader" or hello.get("role") != "follower":
+        return None
+    leader = hello.get("leader")
+    if not leader:
+        raise UnavailableError(
+            f"{endpoint.url} holds a copy of {hello.get('database')!r} but knows no leader"
+            " for it yet"
+        )
+    return str(leader)

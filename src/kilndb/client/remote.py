@@ -14,7 +14,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from kilndb.client.endpoint import Endpoint
+from kilndb.client.endpoint import Endpoint, check_read_from, leader_to_read_from
 from kilndb.client.pushed import PushedStream
 from kilndb.client.streams import RemoteSpace, RemoteStatusSubscription
 from kilndb.client.transport import Connection
@@ -181,10 +181,10 @@ class RemoteDatabase:
         url: str | Endpoint,
         database: str = "default",
         timeout: float | None = 30.0,
-        follow_leader: bool = False,
+        follow_leader: bool | None = None,
+        read_from: str = "any",
     ) -> None:
-        #: Send writes a follower refuses (ReadOnlyReplicaError) on to its leader.
-        self.follow_leader = follow_leader
+        check_read_from(read_from)
         self._leader: Connection | None = None
         self._leader_lock = threading.Lock()
         self.endpoint = Endpoint.make(url)
@@ -194,10 +194,22 @@ class RemoteDatabase:
         self._conn = Connection(self.endpoint, timeout)
         self._closed = False
         try:
-            self._conn.hello(database)
+            hello = self._conn.hello(database)
+            if leader := leader_to_read_from(self.endpoint, hello, read_from):
+                self._conn.close()
+                self.endpoint = Endpoint(leader, self.endpoint.token, self.endpoint.ssl_context)
+                self.url = leader
+                self._conn = Connection(self.endpoint, timeout)
+                hello = self._conn.hello(database)
         except BaseException:
             self._conn.close()
             raise
+        #: The cluster member this client reached (None: the server is in no cluster).
+        self.cluster_node: str | None = hello.get("cluster")
+        #: Send writes a follower refuses (ReadOnlyReplicaError) on to its leader; by
+        #: default on in a cluster.
+        in_cluster = self.cluster_node is not None
+        self.follow_leader = in_cluster if follow_leader is None else follow_leader
         self._stores: dict[str, RemoteStore] = {}
         self._subscriptions: list[RemoteSubscription] = []
 
@@ -229,6 +241,12 @@ class RemoteDatabase:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    def cluster(self) -> dict[str, Any] | None:
+        """The cluster as the server sees it — members (state, incarnation, addresses,
+        databases), each database's leader, gossip counters — or None outside one."""
+        found: dict[str, Any] | None = self._call("cluster")["cluster"]
+        return found
 
     def store(self, name: str) -> RemoteStore:
         found = self._stores.get(name) if type(name) is str else None
@@ -433,7 +451,8 @@ def connect(
     ca_file: str | Path | None = None,
     cert_file: str | Path | None = None,
     key_file: str | Path | None = None,
-    follow_leader: bool = False,
+    follow_leader: bool | None = None,
+    read_from: str = "any",
 ) -> RemoteDatabase:
     """Connect to database ``database`` on the KilnDB server at ``url``.
 
@@ -441,9 +460,12 @@ def connect(
     server with authentication requires; ``tls=True`` turns TLS on for ``tcp://``;
     ``ca_file`` checks the server's certificate, ``cert_file``/``key_file`` present a
     client certificate (mutual TLS). ``follow_leader``: on a follower, writes it refuses
-    (ReadOnlyReplicaError) go to the leader it names, reads stay here.
+    (ReadOnlyReplicaError) go to the leader it names, reads stay here — on by default
+    when the server is a cluster member (``kiln serve --gossip-port``).
+    ``read_from="leader"`` sends reads to the database's leader as well (when ``url`` is
+    a follower that knows it; UnavailableError if it does not yet).
     """
     endpoint = Endpoint.make(
         url, token=token, tls=tls, ca_file=ca_file, cert_file=cert_file, key_file=key_file
     )
-    return RemoteDatabase(endpoint, database, timeout, follow_leader)
+    return RemoteDatabase(endpoint, database, timeout, follow_leader, read_from)

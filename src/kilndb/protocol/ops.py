@@ -384,6 +384,7 @@ OPS: dict[str, Callable[[dict[str, Any]], Params]] = {
     "ping": _none,
     "stats": _none,
     "server_status": _none,
+    "cluster": _none,  # the cluster this server is a member of: members, leaders
     "close": _none,
     "hello": _hello,
     "write": _write,

@@ -71,6 +71,7 @@ READ_OPS = frozenset(
         "leases",
         "sync_request",
         "replication_ack",
+        "cluster",
     }
 )
 #: Ops of the server rather than of one database.

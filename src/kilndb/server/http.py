@@ -165,6 +165,12 @@ def build_app(server: Server) -> web.Application:
             return denied
         return _json(server.replication_status())
 
+    async def cluster(http: web.Request) -> web.Response:
+        # Any database's read scope will do: clients learn where its leader is.
+        if denied := _denied(http, "cluster", http.query.get("database", "default")):
+            return denied
+        return _json(server.cluster_status())
+
     async def recent(http: web.Request) -> web.Response:
         if denied := _denied(http, "server_status", None):
             return denied
@@ -274,6 +280,7 @@ def build_app(server: Server) -> web.Application:
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/v1/events/recent", recent)
     app.router.add_get("/v1/replication", replication)
+    app.router.add_get("/v1/cluster", cluster)
     app.router.add_get("/v1/events", events)
     app.router.add_post("/v1/dispatch", dispatch)
     keys = "/v1/db/{database}/stores/{store}/keys/{key}"

@@ -49,7 +49,7 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -85,6 +85,9 @@ from kilndb.server.fanout import Fanout, Feed
 from kilndb.server.nodes import NodeConfig, NodeManager
 from kilndb.server.replication import FollowerLink
 from kilndb.storage.truncate import discard_copy, truncate_after
+
+if TYPE_CHECKING:
+    from kilndb.server.cluster import ClusterAgent
 
 __all__ = ["Server", "ServerConfig"]
 
@@ -362,6 +365,8 @@ class _Connection(asyncio.Protocol):
             return _Slot(self._failed(request, exc))
         if op == "server_status":
             return _Slot(ServerConnection.reply(request_id, **self.server.status()))
+        if op == "cluster":
+            return _Slot(ServerConnection.reply(request_id, **self.server.cluster_status()))
         if op == "subscribe":
             return _Slot(self._subscribe(request))
         if op == "subscribe_status":
@@ -546,8 +551,21 @@ class _Connection(asyncio.Protocol):
                 return self._failed(request, exc)
         if params["database"] is not None:
             self.database = params["database"]
+        # Where writes to this database go, and whether this server is in a cluster: a
+        # client routes by it without another round trip.
+        where: dict[str, Any] = {}
+        leader = self.server.dispatcher.read_only.get(self.database)
+        if leader is not None:
+            where = {"role": "follower", "leader": leader or None}
+        else:
+            where = {"role": "leader"}
+        if self.server.cluster is not None:
+            where["cluster"] = self.server.cluster.name
         return ServerConnection.reply(
-            request.request_id, protocol_version=PROTOCOL_VERSION, database=self.database
+            request.request_id,
+            protocol_version=PROTOCOL_VERSION,
+            database=self.database,
+            **where,
         )
 
     def _apply(self, request: Request) -> tuple[bytes | None, Any, int, dict[str, Any]]:
@@ -902,6 +920,8 @@ class Server:
         self._startup_error: BaseException | None = None
         self.addresses: list[str] = []
         self._http: Any = None
+        #: This server as a cluster member (with ``gossip_port``).
+        self.cluster: ClusterAgent | None = None
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -945,6 +965,12 @@ class Server:
             host, port = bound.sockets[0].getsockname()[:2]
             scheme = "http" if self.ssl_context is None else "https"
             self.addresses.append(f"{scheme}://{host}:{port}")
+        if self.config.gossip_port is not None:
+            from kilndb.server.cluster import ClusterAgent  # only cluster members need it
+
+            self.cluster = ClusterAgent(self)
+            await self.cluster.start()
+            self.addresses.append(f"gossip://{self.cluster.address}")
         self.state = "ready"
         self._started_at = time.monotonic()
         self.event("server_started", addresses=list(self.addresses))
@@ -997,6 +1023,8 @@ class Server:
         async def shutdown() -> None:
             self.state = "draining"
             self.event("server_draining", timeout=self.config.drain_timeout)
+            if self.cluster is not None:
+                await self.cluster.stop()  # goodbye: members see this one left at once
             for server in self._servers:
                 server.close()
             deadline = self.loop.time() + self.config.drain_timeout
@@ -1094,6 +1122,12 @@ class Server:
                     )
                 self._acks.wait(remaining)
 
+    def cluster_status(self) -> dict[str, Any]:
+        """The cluster as this member sees it (``{"cluster": None}`` outside one)."""
+        if self.cluster is None:
+            return {"cluster": None}
+        return {"cluster": self.cluster.status()}
+
     def replication_status(self) -> dict[str, Any]:
         """The followers this server ships to, and the leaders it follows."""
         followers = [link.status() for link in list(self.links) if not link.closed]
@@ -1103,6 +1137,13 @@ class Server:
 
     def _start_following(self) -> None:
         config = self.config
+        if config.follow:
+            # Every database here is a copy of one some member leads: read-only (leader
+            # not known yet) until gossip names its leader, and promotable meanwhile.
+            self.databases.replicas_only = True
+            for name in self.databases.on_disk():
+                self.dispatcher.read_only[name] = ""
+                self.databases.pinned.add(name)
         if config.replica_of is None:
             return
         if config.replicate is not None:
@@ -1207,20 +1248,28 @@ class Server:
         self._discovering.set()  # a promoted database must not be followed again
         self.databases.replicas_only = False
         stopping = [f for f in self.followers if names is None or f.name in names]
-        if not stopping:
+        # Copies whose leader is not known yet (``follow`` mode, the leader gone).
+        waiting = {f.name for f in self.followers}
+        held = [
+            name
+            for name in self.dispatcher.read_only
+            if name not in waiting and (names is None or name in names)
+        ]
+        if not stopping and not held:
             raise InvalidArgumentError("this server follows none of those databases")
-        promoted = []
         for follower in stopping:
             follower.stop()  # its thread has ended: nothing is appended any more
-            db = self.databases.get(follower.name)
-            epoch = db.promote()  # the new epoch first, then writes are accepted
             self.followers.remove(follower)
-            self.dispatcher.read_only.pop(follower.name, None)
-            self.databases.pinned.discard(follower.name)
+        promoted = []
+        for name in sorted([f.name for f in stopping] + held):
+            db = self.databases.get(name)
+            epoch = db.promote()  # the new epoch first, then writes are accepted
+            self.dispatcher.read_only.pop(name, None)
+            self.databases.pinned.discard(name)
             position = db.stats()["last_position"]
-            promoted.append({"database": follower.name, "epoch": epoch, "position": position})
-            self.event("promoted", database=follower.name, epoch=epoch, position=position)
-            log.warning("promoted to leader of %s at epoch %d", follower.name, epoch)
+            promoted.append({"database": name, "epoch": epoch, "position": position})
+            self.event("promoted", database=name, epoch=epoch, position=position)
+            log.warning("promoted to leader of %s at epoch %d", name, epoch)
         return {"promoted": promoted}
 
     def count(self, name: str, amount: int = 1) -> None:

@@ -1,0 +1,215 @@
+"""A server as a cluster member: what it publishes through gossip, and what it reads back.
+
+With ``gossip_port`` set, the server runs a gossip node (:mod:`kilndb.cluster`) on its
+own event loop and publishes, as that node's metadata:
+
+``kiln``
+    ``{"tcp": URL, "http": URL | None}`` — where clients and followers reach it.
+``db/NAME`` (one key per database it holds)
+    ``{"role": "leader", "epoch": E}`` for a database it leads, or
+    ``{"role": "follower", "leader": URL, "epoch": E, "lag": RECORDS, "state": S}`` for
+    one it follows.
+
+Values change only when what they describe changes (a promotion, a new database, a
+follower's lag), so steady state costs no gossip. From everyone's metadata a member
+knows the leader of each database: the live member that publishes ``role: leader`` with
+the highest epoch. With ``follow``, the server follows every database from that leader,
+re-pointing a follower when a different member takes over with a higher epoch (after
+someone ran ``kiln promote`` there). Gossip never promotes anyone: a database whose
+leader is dead stays without one until an operator promotes a follower.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from kilndb.cluster import AsyncGossip, ClusterConfig, Member, MemberState
+from kilndb.errors import KilnError
+
+if TYPE_CHECKING:
+    from kilndb.server.sockets import Server
+
+__all__ = ["ClusterAgent", "Leader"]
+
+log = logging.getLogger("kilndb.cluster")
+
+#: Prefix of the per-database metadata keys.
+DB_PREFIX = "db/"
+
+
+@dataclass(frozen=True, slots=True)
+class Leader:
+    """The member that leads a database, as the cluster metadata says."""
+
+    node: str
+    url: str
+    epoch: int
+
+
+class ClusterAgent:
+    """The gossip node of one server, and the follow-the-leader loop of ``--follow``."""
+
+    def __init__(self, server: Server) -> None:
+        config = server.config
+        assert config.gossip_port is not None and config.host is not None
+        self.server = server
+        self.name = config.node_name or f"{config.host}:{server.url.rsplit(':', 1)[1]}"
+        self.gossip = AsyncGossip(
+            name=self.name,
+            bind=f"{config.host}:{config.gossip_port}",
+            seeds=list(config.join),
+            config=ClusterConfig(probe_interval=config.probe_interval),
+            cluster_key=None if config.cluster_key is None else config.cluster_key.encode(),
+        )
+        self._published: dict[str, Any] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._reconciling = False
+        #: Epoch each database was last seen at here (databases that are not open keep
+        #: the last value published).
+        self._epochs: dict[str, int] = {}
+
+    @property
+    def address(self) -> str:
+        """The gossip address (``HOST:PORT``) other members join through."""
+        return self.gossip.address
+
+    async def start(self) -> None:
+        await self.gossip.start()
+        self._publish()
+        self._task = asyncio.get_running_loop().create_task(self._every_interval())
+
+    async def stop(self) -> None:
+        """Say goodbye (other members mark this one ``left`` at once) and stop."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        try:
+            await self.gossip.leave()
+        finally:
+            await self.gossip.stop()
+
+    async def _every_interval(self) -> None:
+        interval = self.server.config.probe_interval
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                self._publish()
+                if self.server.config.follow and not self._reconciling:
+                    self._reconciling = True
+                    self.server.loop.run_in_executor(self.server.executor, self._reconcile)
+            except Exception:  # one bad round must not end publishing
+                log.exception("cluster metadata round failed")
+
+    # -- what this node publishes ----------------------------------------------------
+
+    def _metadata(self) -> dict[str, Any]:
+        server = self.server
+        http = next((a for a in server.addresses if a.startswith("http")), None)
+        values: dict[str, Any] = {"kiln": {"tcp": server.url, "http": http}}
+        following = {f.name: f for f in server.followers}
+        for name in server.databases.on_disk():
+            if server.databases.is_open(name):
+                with contextlib.suppress(KilnError):  # closed under us: keep the last one
+                    self._epochs[name] = server.databases.get(name).leader_epoch
+            epoch = self._epochs.get(name, 0)
+            follower = following.get(name)
+            if follower is None:
+                values[DB_PREFIX + name] = {"role": "leader", "epoch": epoch}
+            else:
+                values[DB_PREFIX + name] = {
+                    "role": "follower",
+                    "leader": follower.leader.url,
+                    "epoch": epoch,
+                    "lag": max(0, follower.leader_position - follower.position),
+                    "state": follower.state,
+                }
+        return values
+
+    def _publish(self) -> None:
+        values = self._metadata()
+        for key, value in values.items():
+            if self._published.get(key) != value:
+                self.gossip.set(key, value)
+                self._published[key] = value
+        for key in [k for k in self._published if k not in values]:
+            self.gossip.delete(key)
+            del self._published[key]
+
+    # -- what the cluster says ------------------------------------------------------
+
+    def members(self) -> list[Member]:
+        return self.gossip.members()
+
+    def leaders(self) -> dict[str, Leader]:
+        """Each database's leader: the live member publishing ``role: leader`` at the
+        highest epoch (ties: the first name, so that every member picks the same)."""
+        found: dict[str, Leader] = {}
+        for member in sorted(self.members(), key=lambda m: m.name):
+            if member.state is not MemberState.ALIVE:
+                continue
+            url = (member.metadata.get("kiln") or {}).get("tcp")
+            if not url:
+                continue
+            for key, value in member.metadata.items():
+                if not key.startswith(DB_PREFIX) or value.get("role") != "leader":
+                    continue
+                name, epoch = key[len(DB_PREFIX) :], int(value.get("epoch", 0))
+                known = found.get(name)
+                if known is None or epoch > known.epoch:
+                    found[name] = Leader(member.name, url, epoch)
+        return found
+
+    def _reconcile(self) -> None:
+        """``--follow``: follow each database from its leader (a worker thread: starting
+        and stopping followers waits for their threads)."""
+        server = self.server
+        try:
+            following = {f.name: f.leader.url for f in server.followers}
+            for name, leader in sorted(self.leaders().items()):
+                if leader.node == self.name or following.get(name) == leader.url:
+                    continue
+                if name in following or not server.databases.exists(name):
+                    log.info("following %s from %s (%s)", name, leader.node, leader.url)
+                elif name not in server.dispatcher.read_only:
+                    # A database this node leads itself: never demoted by gossip.
+                    continue
+                server.follow(leader.url, [name], discovered=True)
+        except Exception:
+            log.exception("following the cluster's leaders failed")
+        finally:
+            self._reconciling = False
+
+    def status(self) -> dict[str, Any]:
+        """``GET /v1/cluster`` and ``kiln cluster status``: members, their addresses and
+        databases, each database's leader, and the gossip counters."""
+        members = []
+        for member in self.members():
+            meta = member.metadata
+            members.append(
+                {
+                    "name": member.name,
+                    "gossip": member.address,
+                    "state": member.state.value,
+                    "incarnation": member.incarnation,
+                    "tcp": (meta.get("kiln") or {}).get("tcp"),
+                    "http": (meta.get("kiln") or {}).get("http"),
+                    "databases": {
+                        k[len(DB_PREFIX) :]: v for k, v in meta.items() if k.startswith(DB_PREFIX)
+                    },
+                }
+            )
+        return {
+            "node": self.name,
+            "gossip": self.address,
+            "members": sorted(members, key=lambda m: m["name"]),
+            "leaders": {
+                name: {"node": leader.node, "url": leader.url, "epoch": leader.epoch}
+                for name, leader in sorted(self.leaders().items())
+            },
+            "counters": self.gossip.status().get("counters", {}),
+        }
