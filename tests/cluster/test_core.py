@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+from typing import Any
 
 import pytest
 
@@ -163,7 +164,7 @@ def test_piggybacking_fills_a_datagram_but_never_overflows_it() -> None:
             0.0,
         )
     codec = Codec(b"k", 1)
-    t, ping = run_to_probe(node)
+    _, ping = run_to_probe(node)
     data = codec.seal(ping.packet, "udp")
     assert 1300 < len(data) <= CFG.max_udp_bytes
     assert len(ping.packet.updates) > 10
@@ -179,6 +180,7 @@ def test_config_formulas_and_validation() -> None:
     assert cfg.retransmit_limit(200) == 4 * math.ceil(math.log10(201))
     assert cfg.expected_confirmations(3) == 0 and cfg.suspicion_deadline(3, 0) == 4.0
     assert ClusterConfig(probe_interval=0.1).gossip_every == pytest.approx(0.02)
+    bad: dict[str, Any]
     for bad in (
         {"probe_interval": 0},
         {"probe_timeout": 2.0},
@@ -187,4 +189,4 @@ def test_config_formulas_and_validation() -> None:
         {"max_udp_bytes": 100},
     ):
         with pytest.raises(InvalidArgumentError):
-            ClusterConfig(**bad)  # type: ignore[arg-type]
+            ClusterConfig(**bad)
