@@ -19,6 +19,7 @@ import click
 
 import kilndb
 from kilndb.cli.admin import check, compact, retention, stats, status, stores
+from kilndb.cli.cluster import cluster
 from kilndb.cli.context import DEFAULT_DATA_DIR, CliSettings
 from kilndb.cli.databases import db
 from kilndb.cli.demo import demo
@@ -212,6 +213,7 @@ for _command in (
     token,
     promote,
     replicate,
+    cluster,
 ):
     cli.add_command(_command)
 

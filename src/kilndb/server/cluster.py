@@ -75,7 +75,7 @@ class ClusterAgent:
     @property
     def address(self) -> str:
         """The gossip address (``HOST:PORT``) other members join through."""
-        return self.gossip.address
+        return self.gossip.address or ""
 
     async def start(self) -> None:
         await self.gossip.start()
@@ -211,5 +211,8 @@ class ClusterAgent:
                 name: {"node": leader.node, "url": leader.url, "epoch": leader.epoch}
                 for name, leader in sorted(self.leaders().items())
             },
-            "counters": self.gossip.status().get("counters", {}),
+            "incarnation": self.gossip.status()["incarnation"],
+            "authenticated": self.server.config.cluster_key is not None,
+            "probe_interval": self.gossip.config.probe_interval,
+            "counters": self.gossip.counters(),
         }

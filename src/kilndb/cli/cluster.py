@@ -1,0 +1,81 @@
+"""``kiln cluster status``: the members of the cluster a server belongs to (``--url``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from kilndb.cli.context import CliSettings, pass_settings, server_connection
+from kilndb.cli.errors import CliError
+from kilndb.cli.output import print_json, print_rows_table, stdout_is_terminal
+
+__all__ = ["cluster"]
+
+
+@click.group()
+def cluster() -> None:
+    """Cluster membership, as a member (--url) sees it."""
+
+
+def _describe(databases: dict[str, Any]) -> str:
+    """``default leader e1, orders follower e0 lag 3``."""
+    parts = []
+    for name, info in sorted(databases.items()):
+        text = f"{name} {info.get('role', '?')} e{info.get('epoch', 0)}"
+        if info.get("role") == "follower":
+            text += f" lag {info.get('lag', 0)}"
+        parts.append(text)
+    return ", ".join(parts) or "-"
+
+
+def _lag(databases: dict[str, Any]) -> int | str:
+    lags = [int(i.get("lag", 0)) for i in databases.values() if i.get("role") == "follower"]
+    return max(lags) if lags else "-"
+
+
+@cluster.command("status")
+@click.option(
+    "--json/--table",
+    "as_json",
+    default=None,
+    help="Force JSON or a table (default: a table on a terminal, else JSON).",
+)
+@pass_settings
+def status(settings: CliSettings, as_json: bool | None) -> None:
+    """Members (state, incarnation, addresses, databases, lag) and each database's leader."""
+    if settings.url is None:
+        raise CliError("kiln cluster status needs --url (a member of the cluster)")
+    connection = server_connection(settings)
+    try:
+        found = connection.call("cluster")["cluster"]
+    finally:
+        connection.close()
+    if found is None:
+        raise CliError(f"{settings.url} is not a cluster member (kiln serve --gossip-port)")
+    if as_json if as_json is not None else not stdout_is_terminal():
+        print_json(found)
+        return
+    print_rows_table(
+        f"cluster seen by {found['node']} ({found['gossip']})",
+        ("member", "state", "incarnation", "tcp", "gossip", "databases", "lag"),
+        (
+            (
+                m["name"],
+                m["state"],
+                m["incarnation"],
+                m["tcp"] or "-",
+                m["gossip"],
+                _describe(m["databases"]),
+                _lag(m["databases"]),
+            )
+            for m in found["members"]
+        ),
+    )
+    leaders = found["leaders"].items()
+    print_rows_table(
+        "leaders",
+        ("database", "member", "epoch", "url"),
+        ((name, lead["node"], lead["epoch"], lead["url"]) for name, lead in leaders),
+        empty="none known",
+    )

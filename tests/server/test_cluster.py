@@ -1,0 +1,215 @@
+"""``kiln serve`` processes forming a cluster by gossip: failure detection between real
+processes, graceful leave, leaders found through metadata, clients routed to them."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+import signal
+import subprocess
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import kilndb
+from kilndb.cluster import ClusterConfig
+from tests.cli.runner import kiln
+from tests.processes import reap, start_server
+
+#: Fast probes, so that the whole file runs in seconds; every member uses the same.
+PROBE = 0.2
+KEY = "test-cluster-key-0123456789"
+
+
+def _cluster(url: str) -> dict[str, Any]:
+    with kilndb.connect(url) as db:
+        found = db.cluster()
+    assert found is not None
+    return found
+
+
+def _states(url: str) -> dict[str, str]:
+    return {m["name"]: m["state"] for m in _cluster(url)["members"]}
+
+
+def _eventually(check: Callable[[], bool], timeout: float) -> float:
+    """Wait until ``check()``; return the seconds it took (AssertionError past timeout)."""
+    start = time.monotonic()
+    while True:
+        try:
+            if check():
+                return time.monotonic() - start
+        except kilndb.KilnError:
+            pass  # a member that is starting or stopping
+        if time.monotonic() - start > timeout:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.05)
+
+
+class Members:
+    """Member processes of one test cluster, stopped at the end."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.processes: dict[str, subprocess.Popen[str]] = {}
+        self.urls: dict[str, str] = {}
+        self.seed: str | None = None
+
+    def start(self, name: str, *options: str) -> str:
+        join = ("--join", self.seed) if self.seed else ()
+        process, url = start_server(
+            self.tmp_path / name,
+            "--http-port",
+            "0",
+            "--gossip-port",
+            "0",
+            "--node-name",
+            name,
+            "--cluster-key",
+            KEY,
+            "--probe-interval",
+            str(PROBE),
+            "--log-level",
+            "warning",
+            *join,
+            *options,
+        )
+        self.processes[name], self.urls[name] = process, url
+        if self.seed is None:
+            self.seed = _cluster(url)["gossip"]
+        return url
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    process.wait(30)
+            reap(process)
+
+
+@pytest.fixture
+def members(tmp_path: Path) -> Any:
+    group = Members(tmp_path)
+    try:
+        yield group
+    finally:
+        group.stop()
+
+
+@pytest.mark.integration
+def test_five_members_detect_a_killed_one_see_it_return_and_see_a_goodbye(
+    members: Members,
+) -> None:
+    names = [f"n{i}" for i in range(1, 6)]
+    for name in names:
+        members.start(name)
+    everyone_alive = dict.fromkeys(names, "alive")
+
+    def sees_everyone(name: str) -> bool:
+        return _states(members.urls[name]) == everyone_alive
+
+    for name in names:
+        _eventually(functools.partial(sees_everyone, name), 20)
+
+    # SIGKILL: no goodbye; the others must find out by probing.
+    victim = members.processes["n3"]
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait(10)
+    reap(victim)
+    bound = ClusterConfig(probe_interval=PROBE).detection_bound(5)
+    others = [n for n in names if n != "n3"]
+    took = _eventually(
+        lambda: all(_states(members.urls[n])["n3"] == "dead" for n in others), bound + 2.0
+    )
+    assert took <= bound + 2.0
+
+    # Restarted (new process, new ports): alive again everywhere, at a new incarnation.
+    before = {m["name"]: m for m in _cluster(members.urls["n1"])["members"]}["n3"]
+    members.start("n3")
+    _eventually(lambda: all(_states(members.urls[n]).get("n3") == "alive" for n in names), 20)
+    after = {m["name"]: m for m in _cluster(members.urls["n1"])["members"]}["n3"]
+    assert after["incarnation"] > before["incarnation"] or after["gossip"] != before["gossip"]
+
+    # SIGTERM: the member says goodbye and is `left` at once, not suspected first.
+    leaving = members.processes["n4"]
+    leaving.send_signal(signal.SIGTERM)
+    leaving.wait(30)
+    took = _eventually(
+        lambda: all(_states(members.urls[n])["n4"] == "left" for n in ("n1", "n2", "n5")), 5
+    )
+    assert took < bound / 2  # well before a failure detector could have said so
+
+
+@pytest.mark.integration
+def test_a_follower_finds_its_leader_through_gossip_and_clients_write_through_it(
+    members: Members, tmp_path: Path
+) -> None:
+    leader_url = members.start("leader")
+    with kilndb.connect(leader_url) as db:
+        for i in range(50):
+            db.store("s").write(f"k{i}", i)
+    follower_url = members.start("follower", "--follow")
+
+    def same() -> bool:
+        with kilndb.connect(leader_url) as a, kilndb.connect(follower_url) as b:
+            return [f.to_dict() for f in a.replay()] == [f.to_dict() for f in b.replay()]
+
+    _eventually(same, 30)
+    # A client that reached the follower learns it is in a cluster and writes through.
+    with kilndb.connect(follower_url) as db:
+        assert db.cluster_node == "follower" and db.follow_leader
+        written = db.store("s").write("through-the-follower", 1)
+        with kilndb.connect(leader_url) as direct:
+            assert direct.store("s").read("through-the-follower") == written
+    with (
+        kilndb.connect(follower_url, follow_leader=False) as db,
+        pytest.raises(kilndb.ReadOnlyReplicaError),
+    ):
+        db.store("s").write("no", 1)
+    with kilndb.connect(follower_url, read_from="leader") as db:
+        assert db.url == leader_url
+
+    # Everyone agrees who leads what; the status endpoints and the CLI show it.
+    found = _cluster(follower_url)
+    assert found["leaders"]["default"]["node"] == "leader"
+    _eventually(
+        lambda: (
+            {m["name"]: m for m in _cluster(leader_url)["members"]}["follower"]["databases"]
+            .get("default", {})
+            .get("role")
+            == "follower"
+        ),
+        10,
+    )
+    with kilndb.connect(leader_url) as db:
+        http = next(a for a in db._call("server_status")["addresses"] if a.startswith("http"))
+    with urllib.request.urlopen(http + "/v1/cluster", timeout=10) as reply:
+        body = json.loads(reply.read())
+    assert {m["name"] for m in body["cluster"]["members"]} == {"leader", "follower"}
+    result = kiln(tmp_path, "--url", follower_url, "cluster", "status", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["node"] == "follower"
+    table = kiln(tmp_path, "--url", follower_url, "cluster", "status", "--table")
+    assert table.exit_code == 0 and "leader" in table.stdout and "alive" in table.stdout
+
+
+def test_cluster_status_of_a_server_outside_a_cluster(tmp_path: Path) -> None:
+    from kilndb.server.sockets import Server
+
+    with Server(data=tmp_path / "alone", port=0) as server:
+        result = kiln(tmp_path, "--url", server.url, "cluster", "status")
+        assert result.exit_code == 1 and "not a cluster member" in result.stderr
+        with kilndb.connect(server.url) as db:
+            assert db.cluster() is None and db.cluster_node is None and not db.follow_leader
+
+
+def test_cluster_options_need_a_gossip_port(tmp_path: Path) -> None:
+    result = kiln(tmp_path, "serve", "--port", "0", "--join", "127.0.0.1:1")
+    assert result.exit_code == 1 and "need --gossip-port" in result.stderr
