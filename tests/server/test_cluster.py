@@ -213,3 +213,37 @@ def test_cluster_status_of_a_server_outside_a_cluster(tmp_path: Path) -> None:
 def test_cluster_options_need_a_gossip_port(tmp_path: Path) -> None:
     result = kiln(tmp_path, "serve", "--port", "0", "--join", "127.0.0.1:1")
     assert result.exit_code == 1 and "need --gossip-port" in result.stderr
+
+
+@pytest.mark.integration
+def test_after_a_promotion_followers_re_point_to_the_new_leader_by_themselves(
+    members: Members, tmp_path: Path
+) -> None:
+    old_url = members.start("a")
+    with kilndb.connect(old_url) as db:
+        for i in range(30):
+            db.store("s").write(f"k{i}", i)
+    b_url = members.start("b", "--follow")
+    c_url = members.start("c", "--follow")
+
+    def replayed(url: str) -> list[dict[str, Any]]:
+        with kilndb.connect(url) as db:
+            return [f.to_dict() for f in db.replay()]
+
+    _eventually(lambda: replayed(b_url) == replayed(old_url) == replayed(c_url), 30)
+    old = members.processes["a"]
+    os.kill(old.pid, signal.SIGKILL)
+    old.wait(10)
+    # Gossip promotes nobody: the operator does, and the cluster learns the new leader.
+    promoted = kiln(tmp_path, "--url", b_url, "promote")
+    assert promoted.exit_code == 0, promoted.stderr
+    _eventually(lambda: _cluster(c_url)["leaders"].get("default", {}).get("node") == "b", 20)
+    with kilndb.connect(c_url) as db:  # c followed b by itself; its clients write there
+        _eventually(
+            lambda: db._call("server_status")["replication"]["following"][0]["leader"] == b_url,
+            20,
+        )
+        written = db.store("s").write("after-failover", 1)
+    _eventually(lambda: replayed(c_url) == replayed(b_url), 20)
+    with kilndb.connect(b_url) as db:
+        assert db.store("s").read("after-failover") == written
