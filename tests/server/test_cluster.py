@@ -193,6 +193,10 @@ def test_a_follower_finds_its_leader_through_gossip_and_clients_write_through_it
     with urllib.request.urlopen(http + "/v1/cluster", timeout=10) as reply:
         body = json.loads(reply.read())
     assert {m["name"] for m in body["cluster"]["members"]} == {"leader", "follower"}
+    with urllib.request.urlopen(http + "/metrics", timeout=10) as reply:
+        metrics = reply.read().decode()
+    assert "kiln_cluster_members_alive 2.0" in metrics
+    assert "kiln_gossip_packets_dropped_total 0.0" in metrics
     result = kiln(tmp_path, "--url", follower_url, "cluster", "status", "--json")
     assert result.exit_code == 0, result.stderr
     assert json.loads(result.stdout)["node"] == "follower"

@@ -39,6 +39,8 @@ log = logging.getLogger("kilndb.cluster")
 
 #: Prefix of the per-database metadata keys.
 DB_PREFIX = "db/"
+#: Shortest time between two rounds of publishing (and of following leaders).
+PUBLISH_SECONDS = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,14 +96,16 @@ class ClusterAgent:
             await self.gossip.stop()
 
     async def _every_interval(self) -> None:
-        interval = self.server.config.probe_interval
+        # Publishing lists the data directory: at most once a second.
+        interval = max(PUBLISH_SECONDS, self.server.config.probe_interval)
         while True:
             await asyncio.sleep(interval)
             try:
                 self._publish()
                 if self.server.config.follow and not self._reconciling:
                     self._reconciling = True
-                    self.server.loop.run_in_executor(self.server.executor, self._reconcile)
+                    leaders = self.leaders()  # read on the loop, which owns the gossip state
+                    self.server.loop.run_in_executor(self.server.executor, self._reconcile, leaders)
             except Exception:  # one bad round must not end publishing
                 log.exception("cluster metadata round failed")
 
@@ -164,13 +168,13 @@ class ClusterAgent:
                     found[name] = Leader(member.name, url, epoch)
         return found
 
-    def _reconcile(self) -> None:
+    def _reconcile(self, leaders: dict[str, Leader]) -> None:
         """``--follow``: follow each database from its leader (a worker thread: starting
         and stopping followers waits for their threads)."""
         server = self.server
         try:
             following = {f.name: f.leader.url for f in server.followers}
-            for name, leader in sorted(self.leaders().items()):
+            for name, leader in sorted(leaders.items()):
                 if leader.node == self.name or following.get(name) == leader.url:
                     continue
                 if name in following or not server.databases.exists(name):
@@ -183,6 +187,20 @@ class ClusterAgent:
             log.exception("following the cluster's leaders failed")
         finally:
             self._reconciling = False
+
+    def metrics(self) -> dict[str, int]:
+        """Gauges and counters for ``/metrics``: members by state, gossip traffic."""
+        states = [m.state.value for m in self.members()]
+        counters = self.gossip.counters()
+        found = {f"cluster_members_{s.value}": states.count(s.value) for s in MemberState}
+        found["gossip_packets_dropped_total"] = sum(
+            v for k, v in counters.items() if k.startswith("dropped_")
+        )
+        for name in ("packets_in", "packets_out"):
+            found[f"gossip_{name}_total"] = sum(
+                counters.get(f"{name}_{channel}", 0) for channel in ("udp", "tcp")
+            )
+        return found
 
     def status(self) -> dict[str, Any]:
         """``GET /v1/cluster`` and ``kiln cluster status``: members, their addresses and

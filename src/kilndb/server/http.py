@@ -66,6 +66,10 @@ _GAUGES = (
     "replication_followers",
     "replication_follower_lag_records",
     "replication_lag_records",
+    "cluster_members_alive",
+    "cluster_members_suspect",
+    "cluster_members_dead",
+    "cluster_members_left",
 )
 
 

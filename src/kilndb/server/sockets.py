@@ -1322,6 +1322,7 @@ class Server:
                 "replication_lag_records": max(
                     (f["lag_records"] for f in replication["following"]), default=0
                 ),
+                **({} if self.cluster is None else self.cluster.metrics()),
                 "active_connections": len(self.connections),
                 "subscription_count": sum(
                     1
