@@ -251,3 +251,43 @@ def test_after_a_promotion_followers_re_point_to_the_new_leader_by_themselves(
     _eventually(lambda: replayed(c_url) == replayed(b_url), 20)
     with kilndb.connect(b_url) as db:
         assert db.store("s").read("after-failover") == written
+
+
+@pytest.mark.integration
+def test_bad_gossip_packets_are_dropped_counted_and_harmless(members: Members) -> None:
+    import socket
+
+    from kilndb.cluster.messages import Packet, Ping
+    from kilndb.cluster.wire import Codec
+
+    a_url = members.start("a")
+    b_url = members.start("b")
+    _eventually(lambda: _states(a_url) == {"a": "alive", "b": "alive"}, 20)
+    host, port = _cluster(a_url)["gossip"].rsplit(":", 1)
+    ping = Packet("intruder", Ping(1, "a"))
+    valid = Codec(KEY.encode(), boot=1).seal(ping, "udp")
+    forged = Codec(b"not-the-cluster-key", boot=1).seal(ping, "udp")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        for datagram in (b"\x00garbage", b"x" * 60_000, forged, valid, valid):
+            udp.sendto(datagram, (host, int(port)))
+
+    def dropped() -> dict[str, int]:
+        counters = _cluster(a_url)["counters"]
+        return {k: v for k, v in counters.items() if k.startswith("dropped_") and v}
+
+    _eventually(
+        lambda: (
+            dropped()
+            == {
+                "dropped_malformed": 1,
+                "dropped_oversize": 1,
+                "dropped_bad_mac": 1,
+                "dropped_replay": 1,  # the second copy of the valid packet
+            }
+        ),
+        10,
+    )
+    # The member kept working: b is still alive to it, and writes still go through.
+    assert _states(a_url) == {"a": "alive", "b": "alive"}
+    with kilndb.connect(b_url) as db:
+        assert db.cluster() is not None
