@@ -48,12 +48,14 @@ bench: $(BENCHSTAMP)
 	$(PY) bench/server.py
 	$(PY) bench/streams.py
 	$(PY) bench/replication.py
+	$(PY) bench/cluster.py
 
 bench-smoke: $(BENCHSTAMP)
 	$(PY) bench/embedded.py --smoke
 	$(PY) bench/server.py --smoke
 	$(PY) bench/streams.py --smoke
 	$(PY) bench/replication.py --smoke
+	$(PY) bench/cluster.py --smoke
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
