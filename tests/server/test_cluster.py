@@ -159,7 +159,13 @@ def test_a_follower_finds_its_leader_through_gossip_and_clients_write_through_it
 
     def same() -> bool:
         with kilndb.connect(leader_url) as a, kilndb.connect(follower_url) as b:
-            return [f.to_dict() for f in a.replay()] == [f.to_dict() for f in b.replay()]
+            following = b._call("server_status")["replication"]["following"]
+            # b.url: a member without the database would have sent the client on.
+            return (
+                b.url == follower_url
+                and bool(following)
+                and [f.to_dict() for f in a.replay()] == [f.to_dict() for f in b.replay()]
+            )
 
     _eventually(same, 30)
     # A client that reached the follower learns it is in a cluster and writes through.
@@ -175,6 +181,13 @@ def test_a_follower_finds_its_leader_through_gossip_and_clients_write_through_it
         db.store("s").write("no", 1)
     with kilndb.connect(follower_url, read_from="leader") as db:
         assert db.url == leader_url
+    # A database only the leader holds: a client of another member is sent there.
+    with kilndb.connect(leader_url, "orders") as db:
+        db.store("o").write("o1", 1)
+    third_url = members.start("third")  # a member that follows nothing
+    _eventually(lambda: "orders" in _cluster(third_url)["leaders"], 20)
+    with kilndb.connect(third_url, "orders") as db:
+        assert db.url == leader_url and db.store("o").read("o1") is not None
 
     # Everyone agrees who leads what; the status endpoints and the CLI show it.
     found = _cluster(follower_url)
@@ -192,10 +205,10 @@ def test_a_follower_finds_its_leader_through_gossip_and_clients_write_through_it
         http = next(a for a in db._call("server_status")["addresses"] if a.startswith("http"))
     with urllib.request.urlopen(http + "/v1/cluster", timeout=10) as reply:
         body = json.loads(reply.read())
-    assert {m["name"] for m in body["cluster"]["members"]} == {"leader", "follower"}
+    assert {m["name"] for m in body["cluster"]["members"]} == {"leader", "follower", "third"}
     with urllib.request.urlopen(http + "/metrics", timeout=10) as reply:
         metrics = reply.read().decode()
-    assert "kiln_cluster_members_alive 2.0" in metrics
+    assert "kiln_cluster_members_alive 3.0" in metrics
     assert "kiln_gossip_packets_dropped_total 0.0" in metrics
     result = kiln(tmp_path, "--url", follower_url, "cluster", "status", "--json")
     assert result.exit_code == 0, result.stderr
@@ -230,11 +243,13 @@ def test_after_a_promotion_followers_re_point_to_the_new_leader_by_themselves(
     b_url = members.start("b", "--follow")
     c_url = members.start("c", "--follow")
 
-    def replayed(url: str) -> list[dict[str, Any]]:
+    def replayed(url: str) -> list[dict[str, Any]] | None:
+        """The facts the member at ``url`` holds (None while it has no copy: the client
+        was sent on to the leader)."""
         with kilndb.connect(url) as db:
-            return [f.to_dict() for f in db.replay()]
+            return [f.to_dict() for f in db.replay()] if db.url == url else None
 
-    _eventually(lambda: replayed(b_url) == replayed(old_url) == replayed(c_url), 30)
+    _eventually(lambda: None is not replayed(b_url) == replayed(old_url) == replayed(c_url), 30)
     old = members.processes["a"]
     os.kill(old.pid, signal.SIGKILL)
     old.wait(10)
@@ -248,7 +263,7 @@ def test_after_a_promotion_followers_re_point_to_the_new_leader_by_themselves(
             20,
         )
         written = db.store("s").write("after-failover", 1)
-    _eventually(lambda: replayed(c_url) == replayed(b_url), 20)
+    _eventually(lambda: None is not replayed(c_url) == replayed(b_url), 20)
     with kilndb.connect(b_url) as db:
         assert db.store("s").read("after-failover") == written
 

@@ -126,10 +126,14 @@ def check_read_from(read_from: str) -> None:
 
 
 def leader_to_read_from(endpoint: Endpoint, hello: dict[str, Any], read_from: str) -> str | None:
-    """The leader's URL when reads must go there and the server said hello as a
-    follower of the database (None: stay). Raises UnavailableError when the follower
-    knows no leader for it yet."""
-    if read_from != "leader" or hello.get("role") != "follower":
+    """The leader's URL when the client must talk to it instead (None: stay): the
+    server does not hold the database but knows the cluster member that leads it, or
+    reads must go to the leader and the server said hello as a follower. Raises
+    UnavailableError when that follower knows no leader for it yet."""
+    role = hello.get("role")
+    if role == "elsewhere" and hello.get("leader"):
+        return str(hello["leader"])
+    if read_from != "leader" or role != "follower":
         return None
     leader = hello.get("leader")
     if not leader:

@@ -168,6 +168,16 @@ class ClusterAgent:
                     found[name] = Leader(member.name, url, epoch)
         return found
 
+    def elsewhere(self, name: str) -> Leader | None:
+        """The member leading database ``name`` when this server does not hold it."""
+        try:
+            if self.server.databases.exists(name):
+                return None
+        except KilnError:
+            return None  # not a valid name: the request itself will say so
+        leader = self.leaders().get(name)
+        return None if leader is None or leader.node == self.name else leader
+
     def _reconcile(self, leaders: dict[str, Leader]) -> None:
         """``--follow``: follow each database from its leader (a worker thread: starting
         and stopping followers waits for their threads)."""

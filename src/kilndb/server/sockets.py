@@ -555,12 +555,16 @@ class _Connection(asyncio.Protocol):
         # client routes by it without another round trip.
         where: dict[str, Any] = {}
         leader = self.server.dispatcher.read_only.get(self.database)
+        cluster = self.server.cluster
         if leader is not None:
             where = {"role": "follower", "leader": leader or None}
+        elif cluster is not None and (elsewhere := cluster.elsewhere(self.database)):
+            # Not held here, led by another member: the client goes there.
+            where = {"role": "elsewhere", "leader": elsewhere.url}
         else:
             where = {"role": "leader"}
-        if self.server.cluster is not None:
-            where["cluster"] = self.server.cluster.name
+        if cluster is not None:
+            where["cluster"] = cluster.name
         return ServerConnection.reply(
             request.request_id,
             protocol_version=PROTOCOL_VERSION,
