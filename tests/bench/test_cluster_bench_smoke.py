@@ -20,4 +20,8 @@ ROWS = (
 
 def test_cluster_bench_smoke_prints_every_row() -> None:
     table = run_bench("cluster.py", ROWS)
-    assert "MISS" not in table.split("Targets")[1].split("loopback detection")[0]
+    # The simulated targets are deterministic (seeded); the loopback race against Serf
+    # is timing-dependent and judged only in the table.
+    simulated = [line for line in table.split("Targets")[1].splitlines() if "loss" in line]
+    assert len(simulated) == 6
+    assert all(line.strip().startswith("PASS") for line in simulated), simulated
