@@ -8,7 +8,8 @@ packets authenticated under a cluster key (:mod:`kilndb.cluster.wire`).
 """
 
 from kilndb.cluster.config import ClusterConfig
-from kilndb.cluster.gossip import EVENTS, AsyncGossip
+from kilndb.cluster.gossip import AsyncGossip
+from kilndb.cluster.hooks import EVENTS
 from kilndb.cluster.messages import KeyEvent, Member, MemberEvent, MemberState, SyncEvent
 from kilndb.cluster.threaded import Gossip
 from kilndb.cluster.wire import WireError

@@ -19,10 +19,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import inspect
 import logging
 import random
-import struct
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -30,48 +28,15 @@ from typing import Any
 
 from kilndb.cluster.config import ClusterConfig
 from kilndb.cluster.core import SwimCore
+from kilndb.cluster.hooks import Callback, Hooks
 from kilndb.cluster.messages import Member, Outgoing, Rumors, SyncEvent, parse_address
-from kilndb.cluster.wire import REASONS, Codec, WireError, check_value
+from kilndb.cluster.transport import COUNTERS, bind, close_writer, read_frames, send_frame
+from kilndb.cluster.wire import Codec, WireError, check_value
 from kilndb.errors import InvalidArgumentError
 
-__all__ = ["EVENTS", "AsyncGossip", "Callback"]
+__all__ = ["AsyncGossip"]
 
 log = logging.getLogger("kilndb.cluster")
-
-#: Names accepted by :meth:`AsyncGossip.on`.
-EVENTS = frozenset(
-    {
-        "new_key",
-        "key_changed",
-        "key_removed",
-        "member_joined",
-        "member_alive",
-        "member_suspect",
-        "member_dead",
-        "member_left",
-    }
-)
-Callback = Callable[..., Any]
-_FRAME = struct.Struct(">I")
-_COUNTERS = (
-    "packets_in_udp",
-    "packets_in_tcp",
-    "packets_out_udp",
-    "packets_out_tcp",
-    "bytes_in",
-    "bytes_out",
-    "send_errors",
-    "callback_errors",
-    "probes",
-    "indirect_probes",
-    "probe_failures",
-    "suspicions",
-    "declared_dead",
-    "refutations",
-    "gossip_rounds",
-    "push_pulls",
-    *(f"dropped_{reason}" for reason in REASONS),
-)
 
 
 class AsyncGossip:
@@ -118,9 +83,8 @@ class AsyncGossip:
         self._core: SwimCore | None = None
         self._codec: Codec | None = None
         self._pending: dict[str, Any] = {}  # writes made before start
-        self._hooks: dict[str, list[Callback]] = {}
-        self._periodics: list[list[Any]] = []  # [due, seconds, fn]
-        self._counters: Counter[str] = Counter(dict.fromkeys(_COUNTERS, 0))
+        self._counters: Counter[str] = Counter(dict.fromkeys(COUNTERS, 0))
+        self.hooks = Hooks(name, self._counters)
         self._udp: asyncio.DatagramTransport | None = None
         self._server: asyncio.Server | None = None
         self._runner: asyncio.Task[None] | None = None
@@ -136,25 +100,14 @@ class AsyncGossip:
         Raises:
             OSError: the address cannot be bound.
         """
-        loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         host, port = parse_address(self._bind)
-        for _ in range(20):
-            udp, _proto = await loop.create_datagram_endpoint(
-                lambda: _Datagrams(self), local_addr=(host, port)
-            )
-            actual = udp.get_extra_info("sockname")[1]
-            try:
-                self._server = await asyncio.start_server(self._on_connection, host, actual)
-            except OSError:
-                udp.close()
-                if port:
-                    raise
-                continue
-            self._udp = udp
-            break
-        else:
-            raise OSError(f"no port free for both UDP and TCP on {host}")
+        self._udp, self._server, actual = await bind(
+            host,
+            port,
+            lambda data, source: self._received(data, "udp", source),
+            self._on_connection,
+        )
         boot = time.time_ns() // 1000
         address = self._advertise or f"{host}:{actual}"
         self._codec = Codec(
@@ -229,12 +182,7 @@ class AsyncGossip:
                 self._hook("before_gossip")
             self._send(core.tick(now))
             self._dispatch()
-            due = core.next_deadline()
-            for periodic in self._periodics:
-                if now >= periodic[0]:
-                    periodic[0] = now + periodic[1]
-                    self._call(periodic[2])
-                due = min(due, periodic[0])
+            due = min(core.next_deadline(), self.hooks.run_due(now, self._spawn))
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(max(0.0, due - self._clock())):
@@ -264,21 +212,15 @@ class AsyncGossip:
         peer = writer.get_extra_info("peername")
         source = f"{peer[0]}:{peer[1]}" if peer else "?"
         try:
-            async with asyncio.timeout(10):
-                while head := await reader.read(_FRAME.size):
-                    if len(head) < _FRAME.size:
-                        head += await reader.readexactly(_FRAME.size - len(head))
-                    (length,) = _FRAME.unpack(head)
-                    if length > self.config.max_tcp_bytes:
-                        self._counters["dropped_oversize"] += 1
-                        break
-                    self._received(await reader.readexactly(length), "tcp", source)
-        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
-            self._counters["dropped_malformed"] += 1
+            failed = await read_frames(
+                reader,
+                self.config.max_tcp_bytes,
+                lambda data: self._received(data, "tcp", source),
+            )
+            if failed:
+                self._counters[f"dropped_{failed}"] += 1
         finally:
-            writer.close()
-            with contextlib.suppress(ConnectionError):
-                await writer.wait_closed()
+            await close_writer(writer)
 
     def _seal(self, out: Outgoing) -> bytes | None:
         assert self._codec is not None
@@ -317,16 +259,7 @@ class AsyncGossip:
         if data is None:
             return
         try:
-            host, port = parse_address(address)
-            async with asyncio.timeout(max(1.0, self.config.probe_interval * 5)):
-                _, writer = await asyncio.open_connection(host, port)
-                try:
-                    writer.write(_FRAME.pack(len(data)) + data)
-                    await writer.drain()
-                finally:
-                    writer.close()
-                    with contextlib.suppress(ConnectionError):
-                        await writer.wait_closed()
+            await send_frame(address, data, max(1.0, self.config.probe_interval * 5))
         except (OSError, ValueError, TimeoutError) as exc:
             self._counters["send_errors"] += 1
             log.debug("gossip %s: TCP to %s failed: %s", self.name, address, exc)
@@ -345,35 +278,19 @@ class AsyncGossip:
                 self._hook(event.kind, event)
 
     def _hook(self, name: str, *args: Any) -> None:
-        for fn in self._hooks.get(name, ()):
-            self._call(fn, *args)
+        self.hooks.fire(name, *args, spawn=self._spawn)
 
-    def _call(self, fn: Callback, *args: Any) -> None:
-        try:
-            result = fn(*args)
-            if inspect.isawaitable(result) and self._tasks is not None:
-                self._tasks.create_task(self._guard(result))
-        except Exception:
-            self._counters["callback_errors"] += 1
-            log.exception("gossip %s: callback %r failed", self.name, fn)
-
-    async def _guard(self, awaitable: Any) -> None:
-        try:
-            await awaitable
-        except Exception:
-            self._counters["callback_errors"] += 1
-            log.exception("gossip %s: async callback failed", self.name)
+    def _spawn(self, awaitable: Any) -> None:
+        if self._tasks is not None:
+            self._tasks.create_task(self.hooks.guard(awaitable))
 
     def on(self, event: str, fn: Callback) -> None:
-        """Call ``fn(event_object)`` on each ``event`` (see :data:`EVENTS`): a
-        :class:`KeyEvent` for key events, a :class:`MemberEvent` for member ones.
+        """Call ``fn(event_object)`` on each ``event`` (see :data:`EVENTS`).
 
         Raises:
             InvalidArgumentError: an unknown event name.
         """
-        if event not in EVENTS:
-            raise InvalidArgumentError(f"unknown event {event!r}; one of {sorted(EVENTS)}")
-        self._hooks.setdefault(event, []).append(fn)
+        self.hooks.on(event, fn)
 
     def before(self, event: str, fn: Callback) -> None:
         """Call ``fn()`` before each gossip round (``event`` must be ``"gossip"``).
@@ -381,9 +298,7 @@ class AsyncGossip:
         Raises:
             InvalidArgumentError: another event name.
         """
-        if event != "gossip":
-            raise InvalidArgumentError("before() supports only 'gossip'")
-        self._hooks.setdefault("before_gossip", []).append(fn)
+        self.hooks.before(event, fn)
 
     def after(self, event: str, fn: Callback) -> None:
         """Call ``fn(address)`` after each gossip packet (``"gossip"``), or
@@ -392,9 +307,7 @@ class AsyncGossip:
         Raises:
             InvalidArgumentError: another event name.
         """
-        if event not in ("gossip", "sync"):
-            raise InvalidArgumentError("after() supports 'gossip' and 'sync'")
-        self._hooks.setdefault(f"after_{event}", []).append(fn)
+        self.hooks.after(event, fn)
 
     def every(self, seconds: float, fn: Callback) -> None:
         """Call ``fn()`` every ``seconds`` while the node runs.
@@ -402,9 +315,7 @@ class AsyncGossip:
         Raises:
             InvalidArgumentError: ``seconds`` <= 0.
         """
-        if seconds <= 0:
-            raise InvalidArgumentError("every() needs seconds > 0")
-        self._periodics.append([self._clock() + seconds, seconds, fn])
+        self.hooks.every(seconds, fn, self._clock())
         self._wake.set()
 
     # -- metadata and views ----------------------------------------------------------
@@ -492,20 +403,4 @@ class AsyncGossip:
         }
 
 
-class _Deleted:
-    def __repr__(self) -> str:
-        return "<deleted>"
-
-
-_DELETED: Any = _Deleted()
-
-
-class _Datagrams(asyncio.DatagramProtocol):
-    def __init__(self, node: AsyncGossip) -> None:
-        self._node = node
-
-    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
-        self._node._received(data, "udp", f"{addr[0]}:{addr[1]}")
-
-    def error_received(self, exc: Exception) -> None:
-        log.debug("gossip %s: UDP error %s", self._node.name, exc)
+_DELETED: Any = object()  # marks a pending delete

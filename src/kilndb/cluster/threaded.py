@@ -21,7 +21,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from kilndb.cluster.config import ClusterConfig
-from kilndb.cluster.gossip import AsyncGossip, Callback
+from kilndb.cluster.gossip import AsyncGossip
+from kilndb.cluster.hooks import Callback
 from kilndb.cluster.messages import Member
 from kilndb.errors import ClosedError
 
