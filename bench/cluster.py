@@ -62,7 +62,7 @@ class Sizes:
     trials: int  # kills per loopback side
 
 
-FULL = Sizes((10, 50, 200, 1000), 50, 50, 500, 3)
+FULL = Sizes((10, 50, 200, 1000), 50, 50, 500, 5)
 SMOKE = Sizes((10, 50), 20, 10, 100, 1)
 
 
@@ -273,26 +273,29 @@ def run(sizes: Sizes, smoke: bool, procs: Processes) -> Report:
     for trial in range(sizes.trials):
         log(f"loopback: KilnDB agents, trial {trial + 1}")
         times.append(kill_detection(procs, "kiln"))
-    kiln = Cell(mean(times) * 1000, "ms")
     reason = ensure_installed("serf", "serf", smoke)
-    peer: Cell | str = reason
+    serf_times: list[float] = []
+    peer_name = "HashiCorp Serf"
     if not reason:
         version = subprocess.run(["serf", "version"], capture_output=True, text=True, check=False)
-        serf_times = []
+        peer_name = f"HashiCorp Serf {(version.stdout.split() or ['?'])[0]}, LAN profile"
         for trial in range(sizes.trials):
             log(f"loopback: Serf agents, trial {trial + 1}")
             serf_times.append(kill_detection(procs, "serf"))
-        peer = Cell(mean(serf_times) * 1000, "ms")
-        serf_version = (version.stdout.split() or ["?"])[0]
-        peer_name = f"HashiCorp Serf {serf_version}, LAN profile"
-    else:
-        peer_name = "HashiCorp Serf"
-    report.add(label, kiln, [(peer_name, peer)])
-    if isinstance(peer, Cell):
-        ratio = peer.value / kiln.value
-        report.targets.append(
-            Target(ratio >= 1 / 1.5, "loopback detection no slower than 1.5x Serf", f"{ratio:.2f}x")
-        )
+    kills = f"{sizes.trials} kill{'s' if sizes.trials > 1 else ''}"
+    for what, pick in (("mean", mean), ("slowest", max)):
+        kiln = Cell(pick(times) * 1000, "ms")
+        peer: Cell | str = Cell(pick(serf_times) * 1000, "ms") if serf_times else reason
+        report.add(f"{label}, {what} of {kills}", kiln, [(peer_name, peer)])
+        if what == "mean" and isinstance(peer, Cell):
+            ratio = peer.value / kiln.value
+            report.targets.append(
+                Target(
+                    ratio >= 1 / 1.5,
+                    "loopback detection (mean) within 1.5x of Serf's",
+                    f"{ratio:.2f}x",
+                )
+            )
     return report
 
 
