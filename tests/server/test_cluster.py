@@ -227,9 +227,16 @@ def test_cluster_status_of_a_server_outside_a_cluster(tmp_path: Path) -> None:
             assert db.cluster() is None and db.cluster_node is None and not db.follow_leader
 
 
-def test_cluster_options_need_a_gossip_port(tmp_path: Path) -> None:
-    result = kiln(tmp_path, "serve", "--port", "0", "--join", "127.0.0.1:1")
-    assert result.exit_code == 1 and "need --gossip-port" in result.stderr
+def test_cluster_options_need_a_gossip_port_and_a_reachable_host(tmp_path: Path) -> None:
+    for options in (("--join", "127.0.0.1:1"), ("--cluster-key", "k"), ("--follow",)):
+        result = kiln(tmp_path, "serve", "--port", "0", *options)
+        assert result.exit_code == 1 and "need --gossip-port" in result.stderr
+    result = kiln(tmp_path, "serve", "--host", "0.0.0.0", "--insecure-bind", "--gossip-port", "0")
+    assert result.exit_code == 1 and "not a wildcard" in result.stderr
+    follow = kiln(
+        tmp_path, "serve", "--gossip-port", "0", "--follow", "--replica-of", "127.0.0.1:1"
+    )
+    assert follow.exit_code == 1 and "drop --replica-of" in follow.stderr
 
 
 @pytest.mark.integration
@@ -306,3 +313,36 @@ def test_bad_gossip_packets_are_dropped_counted_and_harmless(members: Members) -
     assert _states(a_url) == {"a": "alive", "b": "alive"}
     with kilndb.connect(b_url) as db:
         assert db.cluster() is not None
+
+
+def test_a_follow_member_never_announces_its_copies_as_led(tmp_path: Path) -> None:
+    from kilndb.server.sockets import Server
+
+    with kilndb.open(tmp_path / "data", "orders") as local:  # a copy left from before
+        local.store("o").write("o1", 1)
+    with Server(
+        data=tmp_path / "data",
+        port=0,
+        gossip_port=0,
+        node_name="m",
+        probe_interval=PROBE,
+        follow=True,
+    ) as server:
+
+        def published() -> dict[str, Any]:
+            (member,) = _cluster(server.url)["members"]
+            return dict(member["databases"])
+
+        _eventually(lambda: "orders" in published(), 10)
+        assert published()["orders"] == {"role": "follower", "leader": None, "epoch": 0}
+        assert _cluster(server.url)["leaders"] == {}
+        with kilndb.connect(server.url, "orders") as db:
+            with pytest.raises(kilndb.ReadOnlyReplicaError):  # read-only until a leader
+                db.store("o").write("o2", 2)
+            assert db.store("o").read("o1") is not None
+        # An operator may still promote it (its leader is gone for good).
+        with kilndb.connect(server.url, "orders") as db:
+            db._call("promote", database="orders")
+            db.store("o").write("o2", 2)
+        _eventually(lambda: published()["orders"]["role"] == "leader", 10)
+        assert published()["orders"]["epoch"] == 1

@@ -313,8 +313,13 @@ def serve(
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(message)s")
     if not host and unix is None:
         raise CliError("nothing to listen on: give --host or --unix")
-    if gossip_port is None and (join or follow or node_name):
-        raise CliError("--join, --follow and --node-name need --gossip-port")
+    if gossip_port is None and (join or follow or node_name or cluster_key):
+        raise CliError("--join, --follow, --node-name and --cluster-key need --gossip-port")
+    if gossip_port is not None and (not host or host in ("0.0.0.0", "::")):
+        raise CliError(
+            "--gossip-port needs --host set to the address other members reach this one at"
+            " (not a wildcard: it is published to the cluster)"
+        )
     if follow and replica_of:
         raise CliError("--follow finds leaders through gossip: drop --replica-of")
     config = ServerConfig(

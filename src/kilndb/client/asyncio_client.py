@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from kilndb.client.endpoint import Endpoint, check_read_from, leader_to_read_from
+from kilndb.client.endpoint import Endpoint, arrived, check_read_from, leader_to_read_from
 from kilndb.client.remote import (
     REPLAY_PAGE,
     _batch,
@@ -445,10 +445,20 @@ async def connect_async(
         url, token=token, tls=tls, ca_file=ca_file, cert_file=cert_file, key_file=key_file
     )
     channel, reply = await _open(endpoint, database)
-    if leader := leader_to_read_from(endpoint, reply, read_from):
+    try:
+        leader = leader_to_read_from(endpoint, reply, read_from)
+    except BaseException:
+        await channel.close()
+        raise
+    if leader:
         await channel.close()
         endpoint = Endpoint(leader, endpoint.token, endpoint.ssl_context)
         channel, reply = await _open(endpoint, database)
+        try:
+            arrived(endpoint, reply)
+        except BaseException:
+            await channel.close()
+            raise
     node = reply.get("cluster")
     follow = node is not None if follow_leader is None else follow_leader
     return AsyncRemoteDatabase(endpoint, database, channel, follow, node)

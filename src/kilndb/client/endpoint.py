@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 from kilndb.errors import ConnectionLostError, InvalidArgumentError, UnavailableError
 
-__all__ = ["READ_FROM", "Endpoint", "check_read_from", "leader_to_read_from"]
+__all__ = ["READ_FROM", "Endpoint", "arrived", "check_read_from", "leader_to_read_from"]
 
 
 @dataclass(frozen=True)
@@ -132,6 +132,8 @@ def leader_to_read_from(endpoint: Endpoint, hello: dict[str, Any], read_from: st
     UnavailableError when that follower knows no leader for it yet."""
     role = hello.get("role")
     if role == "elsewhere" and hello.get("leader"):
+        if endpoint.url == hello["leader"]:  # sent back to where it already is
+            raise UnavailableError(f"{endpoint.url} says another member leads its database")
         return str(hello["leader"])
     if read_from != "leader" or role != "follower":
         return None
@@ -142,3 +144,13 @@ def leader_to_read_from(endpoint: Endpoint, hello: dict[str, Any], read_from: st
             " for it yet"
         )
     return str(leader)
+
+
+def arrived(endpoint: Endpoint, hello: dict[str, Any]) -> None:
+    """After one redirect to a leader: raises UnavailableError if that server sends the
+    client on again (members that disagree about the leader, while gossip converges)."""
+    if hello.get("role") == "elsewhere":
+        raise UnavailableError(
+            f"{endpoint.url} does not lead {hello.get('database')!r} either (the cluster"
+            " is changing its mind; try again)"
+        )

@@ -14,7 +14,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from kilndb.client.endpoint import Endpoint, check_read_from, leader_to_read_from
+from kilndb.client.endpoint import Endpoint, arrived, check_read_from, leader_to_read_from
 from kilndb.client.pushed import PushedStream
 from kilndb.client.streams import RemoteSpace, RemoteStatusSubscription
 from kilndb.client.transport import Connection
@@ -201,6 +201,7 @@ class RemoteDatabase:
                 self.url = leader
                 self._conn = Connection(self.endpoint, timeout)
                 hello = self._conn.hello(database)
+                arrived(self.endpoint, hello)
         except BaseException:
             self._conn.close()
             raise

@@ -373,10 +373,11 @@ class Database:
     def database_id(self) -> str:
         return self._log.database_id
 
-    def log_reader(self, after: int) -> LogReader:
-        """For a leader: ships this database's durable records after ``after``."""
+    def log_reader(self, after: int, holds_through: int = 0) -> LogReader:
+        """For a leader: ships this database's durable records after ``after`` (to a
+        follower whose copy reflects compaction through ``holds_through``)."""
         self._log.check_open()
-        return LogReader(self._log, after)
+        return LogReader(self._log, after, holds_through)
 
     def append_shipment(self, frames: bytes) -> int:
         """For a follower: append a leader's shipment verbatim; its last position once it
@@ -418,7 +419,8 @@ class Database:
     def retention_policies(self) -> dict[str, dict[str, Any]]:
         """Every store's retention policy that is not the default, reserved stores
         included: ``{store: {"keep", "max_age"}}``."""
-        return {store: policy.to_dict() for store, policy in self._log.retention.items()}
+        with self._log.lock:  # set_retention changes the map under this lock
+            return {store: policy.to_dict() for store, policy in self._log.retention.items()}
 
     def adopt_retention(self, policies: dict[str, dict[str, Any]]) -> None:
         """For a follower: take its leader's retention policies (so it drops, and shows,

@@ -328,6 +328,7 @@ def _sync_request(body: dict[str, Any]) -> Params:
         "leader_epoch": _field(body, "leader_epoch", "count", required=True),
         "position": _field(body, "position", "count", required=True),
         "epochs": _epochs(body),
+        "compacted_through": _field(body, "compacted_through", "count") or 0,
         "flags": [] if flags is None else flags,
     }
 

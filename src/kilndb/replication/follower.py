@@ -136,6 +136,12 @@ class Follower:
                 self.last_error = str(exc)
                 self.state = "error" if not isinstance(exc, ConnectionLostError) else "retrying"
                 log.warning("following %s from %s: %s", self.name, self.leader.url, exc)
+            except Exception as exc:  # a bug or a local fault: report it, retry later
+                if self._stop.is_set():
+                    return
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                self.state = "error"
+                log.exception("following %s from %s failed", self.name, self.leader.url)
             conn, self._conn = self._conn, None
             if conn is not None:
                 conn.abandon()
@@ -155,7 +161,8 @@ class Follower:
         self.state = "connecting"
         conn = self._conn = Connection(self.leader, timeout=SILENCE_SECONDS)
         conn.hello(self.name)
-        info = conn.call(**sync_request(self.name, epochs, position))
+        compacted = 0 if local is None else local.compacted_through
+        info = conn.call(**sync_request(self.name, epochs, position, compacted))
         if self._stop.is_set():
             return
         if local is None:

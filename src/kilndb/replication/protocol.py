@@ -1,9 +1,10 @@
 """The replication protocol, sans I/O: the messages a leader and a follower exchange.
 
 A follower opens a connection to the leader's socket port and sends ``sync_request
-{database, protocol_version, leader_epoch, epochs, position, flags}`` (``position``: its
-last durable position; ``epochs``: its leader epoch history). The leader answers
-``{"ok": true, "type": "shard_info", database, database_id, protocol_version,
+{database, protocol_version, leader_epoch, epochs, position, compacted_through, flags}``
+(``position``: its last durable position; ``epochs``: its leader epoch history;
+``compacted_through``: how far its leader had compacted the log it copied). The leader
+answers ``{"ok": true, "type": "shard_info", database, database_id, protocol_version,
 leader_epoch, epochs, last_position, durable_position, compacted_through}`` —
 or an error frame saying what differs (protocol version, epoch, database) — and then pushes
 ``{"event": "replication", "type": …}`` frames on the connection:
@@ -23,9 +24,10 @@ If the follower's log has left the leader's — it holds records from a position
 their epoch histories part (see :func:`divergence_point`) — ``shard_info`` carries
 ``truncate_after: P`` instead and ships nothing: the follower drops its records after
 ``P`` and asks again. If the leader's compaction has removed records after the
-follower's position (``compacted_through`` above it), no shipment can make the two logs
-equal again: ``shard_info`` carries ``full_resync: true`` and the follower discards its
-copy and asks from position 0 — a full copy, done only then.
+follower's position (``compacted_through`` above it, and above what the follower's copy
+already reflects), no shipment can make the two logs equal again: ``shard_info``
+carries ``full_resync: true`` and the follower discards its copy and asks from position
+0 — a full copy, done only then. An interrupted full copy resumes where it stopped.
 
 The follower answers with ``replication_ack {applied, durable}`` after every batch while
 catching up and at least every 1,000 records or 100 ms while streaming, and after each
@@ -58,7 +60,9 @@ HEARTBEAT_SECONDS = 1.0
 SILENCE_SECONDS = 10.0
 
 
-def sync_request(database: str, epochs: list[dict[str, Any]], position: int) -> dict[str, Any]:
+def sync_request(
+    database: str, epochs: list[dict[str, Any]], position: int, compacted_through: int = 0
+) -> dict[str, Any]:
     return {
         "op": "sync_request",
         "database": database,
@@ -66,6 +70,7 @@ def sync_request(database: str, epochs: list[dict[str, Any]], position: int) -> 
         "leader_epoch": int(epochs[-1]["epoch"]) if epochs else 0,
         "epochs": epochs,
         "position": position,
+        "compacted_through": compacted_through,
         "flags": [],
     }
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from kilndb.cluster import AsyncGossip, ClusterConfig, Member, MemberState
-from kilndb.errors import KilnError
+from kilndb.errors import InvalidArgumentError, KilnError
 
 if TYPE_CHECKING:
     from kilndb.server.sockets import Server
@@ -57,7 +57,8 @@ class ClusterAgent:
 
     def __init__(self, server: Server) -> None:
         config = server.config
-        assert config.gossip_port is not None and config.host is not None
+        if config.gossip_port is None or not config.host:
+            raise InvalidArgumentError("a cluster member needs a host and a gossip port")
         self.server = server
         self.name = config.node_name or f"{config.host}:{server.url.rsplit(':', 1)[1]}"
         self.gossip = AsyncGossip(
@@ -70,9 +71,6 @@ class ClusterAgent:
         self._published: dict[str, Any] = {}
         self._task: asyncio.Task[None] | None = None
         self._reconciling = False
-        #: Epoch each database was last seen at here (databases that are not open keep
-        #: the last value published).
-        self._epochs: dict[str, int] = {}
 
     @property
     def address(self) -> str:
@@ -92,6 +90,8 @@ class ClusterAgent:
                 await self._task
         try:
             await self.gossip.leave()
+        except Exception:  # stopping goes on: the others will find out by probing
+            log.exception("saying goodbye to the cluster failed")
         finally:
             await self.gossip.stop()
 
@@ -103,9 +103,14 @@ class ClusterAgent:
             try:
                 self._publish()
                 if self.server.config.follow and not self._reconciling:
-                    self._reconciling = True
                     leaders = self.leaders()  # read on the loop, which owns the gossip state
-                    self.server.loop.run_in_executor(self.server.executor, self._reconcile, leaders)
+                    self._reconciling = True
+                    try:
+                        self.server.loop.run_in_executor(
+                            self.server.executor, self._reconcile, leaders
+                        )
+                    except RuntimeError:  # the executor is shutting down
+                        self._reconciling = False
             except Exception:  # one bad round must not end publishing
                 log.exception("cluster metadata round failed")
 
@@ -115,16 +120,13 @@ class ClusterAgent:
         server = self.server
         http = next((a for a in server.addresses if a.startswith("http")), None)
         values: dict[str, Any] = {"kiln": {"tcp": server.url, "http": http}}
-        following = {f.name: f for f in server.followers}
+        following = {f.name: f for f in list(server.followers)}
+        read_only = dict(server.dispatcher.read_only)
         for name in server.databases.on_disk():
-            if server.databases.is_open(name):
-                with contextlib.suppress(KilnError):  # closed under us: keep the last one
-                    self._epochs[name] = server.databases.get(name).leader_epoch
-            epoch = self._epochs.get(name, 0)
+            # Read without opening or touching: gossip must not keep databases open.
+            epoch = server.databases.leader_epoch(name)
             follower = following.get(name)
-            if follower is None:
-                values[DB_PREFIX + name] = {"role": "leader", "epoch": epoch}
-            else:
+            if follower is not None:
                 values[DB_PREFIX + name] = {
                     "role": "follower",
                     "leader": follower.leader.url,
@@ -132,6 +134,10 @@ class ClusterAgent:
                     "lag": max(0, follower.leader_position - follower.position),
                     "state": follower.state,
                 }
+            elif name in read_only:  # a copy whose leader is not known yet
+                values[DB_PREFIX + name] = {"role": "follower", "leader": None, "epoch": epoch}
+            else:
+                values[DB_PREFIX + name] = {"role": "leader", "epoch": epoch}
         return values
 
     def _publish(self) -> None:
@@ -150,11 +156,13 @@ class ClusterAgent:
         return self.gossip.members()
 
     def leaders(self) -> dict[str, Leader]:
-        """Each database's leader: the live member publishing ``role: leader`` at the
-        highest epoch (ties: the first name, so that every member picks the same)."""
+        """Each database's leader: the member publishing ``role: leader`` at the highest
+        epoch (ties: the first name, so that every member picks the same). A suspect
+        member still counts — suspicion is not death, and a leader briefly unreachable
+        must not make another member look like the place to create the database."""
         found: dict[str, Leader] = {}
         for member in sorted(self.members(), key=lambda m: m.name):
-            if member.state is not MemberState.ALIVE:
+            if member.state not in (MemberState.ALIVE, MemberState.SUSPECT):
                 continue
             url = (member.metadata.get("kiln") or {}).get("tcp")
             if not url:
@@ -183,16 +191,23 @@ class ClusterAgent:
         and stopping followers waits for their threads)."""
         server = self.server
         try:
-            following = {f.name: f.leader.url for f in server.followers}
             for name, leader in sorted(leaders.items()):
-                if leader.node == self.name or following.get(name) == leader.url:
+                if leader.node == self.name:
                     continue
-                if name in following or not server.databases.exists(name):
+                with server.following_lock:  # no promotion in between
+                    if server.state != "ready":
+                        return
+                    current = {f.name: f.leader.url for f in server.followers}.get(name)
+                    if current == leader.url:
+                        continue
+                    held = server.databases.exists(name)
+                    if held and name not in server.dispatcher.read_only:
+                        continue  # a database this node leads: gossip never demotes
+                    if held and leader.epoch < server.databases.leader_epoch(name):
+                        # Stale metadata of an older leader: never follow backwards.
+                        continue
                     log.info("following %s from %s (%s)", name, leader.node, leader.url)
-                elif name not in server.dispatcher.read_only:
-                    # A database this node leads itself: never demoted by gossip.
-                    continue
-                server.follow(leader.url, [name], discovered=True)
+                    server.follow(leader.url, [name], discovered=True)
         except Exception:
             log.exception("following the cluster's leaders failed")
         finally:

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from kilndb.config import DatabaseConfig
 from kilndb.engine import Database
 from kilndb.errors import InvalidArgumentError, KilnError, NotFoundError, UnavailableError
@@ -167,6 +169,24 @@ class NodeManager:
         """Whether database ``name`` is open or on disk."""
         validate_database_name(name)
         return self.is_open(name) or (self.data_dir / name / "META").is_file()
+
+    def peek(self, name: str) -> Database | None:
+        """The open database ``name`` without opening it or counting it as used (for
+        status and gossip, which must not keep idle databases from eviction)."""
+        node = self._nodes.get(name)
+        return None if node is None or node.db.closed else node.db
+
+    def leader_epoch(self, name: str) -> int:
+        """The last leader epoch of ``name``: from the open database, else from its
+        ``META`` (0 if it cannot be read)."""
+        db = self.peek(name)
+        if db is not None:
+            return db.leader_epoch
+        try:
+            epochs = orjson.loads((self.data_dir / name / "META").read_bytes()).get("epochs")
+            return int(epochs[-1]["epoch"]) if epochs else 0
+        except (OSError, ValueError, TypeError, KeyError, IndexError):
+            return 0
 
     def is_open(self, name: str) -> bool:
         """Whether ``name`` is open (a request for it will not have to open it)."""

@@ -51,6 +51,7 @@ class FollowerLink:
         drop: Callable[[str], None],
         acked: Callable[[], None] = lambda: None,
         backlog: Callable[[], int] = lambda: 0,
+        holds_through: int = 0,
     ) -> None:
         self.db = db
         self.peer = peer
@@ -66,7 +67,8 @@ class FollowerLink:
         #: than SEND_WINDOW are (flow control, instead of cutting the follower off).
         self._backlog = backlog
         self.closed = False
-        self._reader = db.log_reader(after)  # raises CursorTooOldError past compaction
+        # Raises CursorTooOldError past compaction.
+        self._reader = db.log_reader(after, holds_through)
         self._thread = threading.Thread(
             target=self._run, name=f"kilndb-ship-{db.name}", daemon=True
         )
@@ -117,12 +119,15 @@ class FollowerLink:
                 if db.closed:  # evicted or removed: the follower reconnects and reopens it
                     self._drop(f"database {db.name} was closed")
                     return
+                shipment = reader.next()
+                # Read after the shipment: a policy set before any of its records was
+                # appended (set_retention and appends share the log's lock) is seen
+                # here and reaches the follower before them.
                 policies = db.retention_policies()
                 if policies != settings:
                     if not self._push(settings_event(policies)):
                         return
                     settings = policies
-                shipment = reader.next()
                 if shipment is not None:
                     if not self._push(batch_event(shipment)):
                         return
@@ -150,6 +155,9 @@ class FollowerLink:
         except KilnError as exc:
             log.warning("shipping %s to %s stopped: %s", db.name, self.peer, exc)
             self._drop(str(exc))
+        except Exception as exc:  # a bug must not leave the follower waiting silently
+            log.exception("shipping %s to %s failed", db.name, self.peer)
+            self._drop(f"{type(exc).__name__}: {exc}")
         finally:
             self.closed = True
             self.state = "disconnected"

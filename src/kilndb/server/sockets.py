@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import logging
 import os
@@ -46,10 +47,11 @@ import ssl
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
@@ -90,6 +92,8 @@ if TYPE_CHECKING:
     from kilndb.server.cluster import ClusterAgent
 
 __all__ = ["Server", "ServerConfig"]
+
+_R = TypeVar("_R")
 
 log = logging.getLogger("kilndb.server")
 
@@ -179,6 +183,18 @@ class ServerConfig:
         except (OSError, ssl.SSLError) as exc:
             raise InvalidArgumentError(f"cannot set up TLS: {exc}") from exc
         return context
+
+
+def _following(method: Callable[..., _R]) -> Callable[..., _R]:
+    """Run a method that starts, stops or promotes followers under the server's
+    ``following_lock``: one change to what this server follows at a time."""
+
+    @functools.wraps(method)
+    def locked(self: Server, *args: Any, **kwargs: Any) -> _R:
+        with self.following_lock:
+            return method(self, *args, **kwargs)
+
+    return locked
 
 
 class _Slot:
@@ -676,7 +692,12 @@ class _Connection(asyncio.Protocol):
                 # durable here): they are not this leader's, whatever their positions.
                 diverged_after = stats["last_position"]
             compacted = db.compacted_through
-            full_resync = diverged_after is None and 0 < params["position"] < compacted
+            # A copy made from this log compacted as far as it is now lacks nothing
+            # (an interrupted full copy resumes); any other copy behind compaction may.
+            holds = params["compacted_through"]
+            full_resync = (
+                diverged_after is None and 0 < params["position"] < compacted and holds < compacted
+            )
             if diverged_after is not None or full_resync:
                 # The follower holds records this leader's history does not (it must cut
                 # them), or compaction removed records it lacks (it must start over):
@@ -710,6 +731,7 @@ class _Connection(asyncio.Protocol):
                 self._drop_link,
                 self.server.acked,
                 self.backlog,
+                holds,
             )
         except KilnError as exc:
             self.server.event("replication_refused", database=name, error=str(exc))
@@ -886,6 +908,9 @@ class Server:
         self.links: set[FollowerLink] = set()
         #: The databases this server follows from its leader.
         self.followers: list[Follower] = []
+        #: Held while followers are started, stopped or promoted (reentrant: follow
+        #: stops the followers it replaces).
+        self.following_lock = threading.RLock()
         #: Set to stop discovering a leader's databases.
         self._discovering = threading.Event()
         #: Notified when a follower acknowledges (writes waiting for replicas).
@@ -969,16 +994,23 @@ class Server:
             host, port = bound.sockets[0].getsockname()[:2]
             scheme = "http" if self.ssl_context is None else "https"
             self.addresses.append(f"{scheme}://{host}:{port}")
+        self.state = "ready"
+        self._start_following()  # first: what gossip publishes depends on it
         if self.config.gossip_port is not None:
             from kilndb.server.cluster import ClusterAgent  # only cluster members need it
 
             self.cluster = ClusterAgent(self)
-            await self.cluster.start()
+            try:
+                await self.cluster.start()
+            except BaseException:  # e.g. the gossip port is taken: let nothing stay bound
+                for server in self._servers:
+                    server.close()
+                if self._http is not None:
+                    await self._http.cleanup()
+                raise
             self.addresses.append(f"gossip://{self.cluster.address}")
-        self.state = "ready"
         self._started_at = time.monotonic()
         self.event("server_started", addresses=list(self.addresses))
-        self._start_following()
 
     def start(self) -> Server:
         """Listen in a background thread; return once the sockets accept connections."""
@@ -1058,7 +1090,9 @@ class Server:
         self._thread.join(30)
         self._thread = None
         self._discovering.set()
-        for follower in self.followers:
+        with self.following_lock:  # state is "draining": no follow() starts another
+            followers = list(self.followers)
+        for follower in followers:
             follower.stop()
         self.executor.shutdown(wait=True)  # requests already running complete
         self.databases.close_all()
@@ -1184,6 +1218,7 @@ class Server:
             if new and not self._discovering.is_set():
                 self.follow(leader_address, new, discovered=True)
 
+    @_following
     def follow(
         self, leader_address: str, names: list[str], discovered: bool = False
     ) -> dict[str, Any]:
@@ -1191,6 +1226,8 @@ class Server:
         URL), replacing whatever leader they followed; they become read-only here.
         Unless ``discovered`` (by following every database of a leader), this also ends
         the discovery of a previous leader's databases."""
+        if self.state in ("draining", "stopped"):
+            raise UnavailableError("the server is stopping")
         if not discovered:
             self._discovering.set()
         config = self.config
@@ -1234,6 +1271,7 @@ class Server:
         self.event("following", leader=leader.url, databases=names)
         return {"leader": leader.url, "databases": names}
 
+    @_following
     def _stop_following(self, names: list[str] | None) -> list[Follower]:
         if names is None:
             self._discovering.set()  # not following the leader any more
@@ -1246,6 +1284,7 @@ class Server:
             self.databases.pinned.discard(follower.name)
         return stopping
 
+    @_following
     def promote(self, names: list[str] | None = None) -> dict[str, Any]:
         """Stop following ``names`` (default: every database followed) and lead them: a
         new leader epoch in each one's META, writes accepted from then on."""
@@ -1256,7 +1295,7 @@ class Server:
         waiting = {f.name for f in self.followers}
         held = [
             name
-            for name in self.dispatcher.read_only
+            for name in list(self.dispatcher.read_only)
             if name not in waiting and (names is None or name in names)
         ]
         if not stopping and not held:

@@ -24,9 +24,9 @@ from typing import Any
 import orjson
 
 from kilndb.errors import StorageError
-from kilndb.storage.datafile import fsync_directory, write_durably
+from kilndb.storage.datafile import DATA_SUFFIX, HINT_SUFFIX, fsync_directory, write_durably
 
-__all__ = ["FORMAT_VERSION", "load_or_create_meta", "write_meta"]
+__all__ = ["FORMAT_VERSION", "finish_discard", "load_or_create_meta", "write_meta"]
 
 FORMAT_VERSION = 1
 
@@ -38,6 +38,18 @@ def write_meta(directory: Path, meta: dict[str, Any]) -> None:
     write_durably(temporary, [data])
     os.replace(temporary, path)
     fsync_directory(directory)
+
+
+def finish_discard(directory: Path, meta: dict[str, Any]) -> None:
+    """Empty a replica copy whose ``META`` says ``discarding`` (a full resync, possibly
+    interrupted by a crash): hints, then data files, then the flag."""
+    for suffix in (HINT_SUFFIX, DATA_SUFFIX):
+        for path in sorted(directory.glob(f"*{suffix}")):
+            if path.name.removesuffix(suffix).isdigit():
+                path.unlink()
+    fsync_directory(directory)
+    meta.pop("discarding", None)
+    write_meta(directory, meta)
 
 
 def load_or_create_meta(directory: Path, database_id: str | None = None) -> dict[str, Any]:
@@ -70,4 +82,6 @@ def load_or_create_meta(directory: Path, database_id: str | None = None) -> dict
         )
     meta.setdefault("retention", {})
     meta.setdefault("compacted_through", 0)
+    if meta.get("discarding"):
+        finish_discard(directory, meta)
     return meta

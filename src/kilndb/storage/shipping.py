@@ -63,12 +63,16 @@ def _frame(body: bytes) -> bytes:
 class LogReader:
     """Reads a leader's log after a position, a shipment at a time (one follower each)."""
 
-    def __init__(self, log: Log, after: int) -> None:
+    def __init__(self, log: Log, after: int, holds_through: int = 0) -> None:
+        """``holds_through``: the follower's copy was made from this log already
+        compacted through that position, so it lacks nothing compaction removed there.
+        Raises CursorTooOldError if compaction removed records after ``after`` that the
+        follower cannot have."""
         self.log = log
         #: The last position shipped.
         self.after = after
         compacted = int(log.meta.get("compacted_through", 0))
-        if 0 < after < compacted:
+        if 0 < after < compacted and holds_through < compacted:
             raise CursorTooOldError(after, compacted)
         self._file_id: int | None = None
         #: The file read; compaction replaces a file under the same id, and then the

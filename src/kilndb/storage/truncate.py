@@ -29,7 +29,7 @@ from kilndb.storage.datafile import (
     write_durably,
 )
 from kilndb.storage.lockfile import DatabaseLock
-from kilndb.storage.meta import write_meta
+from kilndb.storage.meta import finish_discard, write_meta
 from kilndb.storage.records import BATCH_PREFIX, FACT_PREFIX, FILE_PREFIX
 
 __all__ = ["discard_copy", "truncate_after"]
@@ -80,18 +80,18 @@ def discard_copy(directory: Path) -> int:
     """
     lock = DatabaseLock(directory)  # DatabaseLockedError while the database is open
     try:
-        facts = 0
-        for file_id in list_data_files(directory):
-            path = data_path(directory, file_id)
-            facts += len(_fact_positions(path, 0))
-            path.unlink()
-            _drop_hint(path)
-        meta_path = directory / "META"
-        meta = orjson.loads(meta_path.read_bytes())
+        facts = sum(
+            len(_fact_positions(data_path(directory, file_id), 0))
+            for file_id in list_data_files(directory)
+        )
+        meta = orjson.loads((directory / "META").read_bytes())
         meta.pop("position_floor", None)
         meta["compacted_through"] = 0
+        # First the intent, durably: a crash from here on leaves a copy that the next
+        # open finishes emptying (never a copy with files missing in the middle).
+        meta["discarding"] = True
         write_meta(directory, meta)
-        fsync_directory(directory)
+        finish_discard(directory, meta)
         log.warning(
             "replica copy in %s discarded for a full resync: %d facts",
             directory,
