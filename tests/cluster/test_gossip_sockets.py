@@ -195,3 +195,22 @@ def test_bad_arguments_are_refused() -> None:
         g.before("sync", print)
     with pytest.raises(TypeError):
         g.set("k", object())
+
+
+def test_a_node_started_before_its_seed_joins_once_the_seed_is_up() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        seed_address = f"127.0.0.1:{probe.getsockname()[1]}"
+    early = Gossip("early", "127.0.0.1:0", seeds=[seed_address], cluster_key=KEY, config=CFG)
+    early.start()
+    seed = Gossip("seed", seed_address, cluster_key=KEY, config=CFG)
+    try:
+        eventually(lambda: early.counters().get("send_errors", 0) >= 1, 5.0)  # refused
+        seed.start()
+        # Far sooner than the next push-pull (30 probe intervals): it keeps asking.
+        took = eventually(lambda: state(early, "seed") is MemberState.ALIVE, 2.0)
+        assert took < CFG.push_pull_every
+        eventually(lambda: state(seed, "early") is MemberState.ALIVE, 2.0)
+    finally:
+        early.stop()
+        seed.stop()

@@ -351,3 +351,24 @@ def test_a_subscriber_that_does_not_read_is_cut_off_with_its_position(tmp_path: 
         else:
             raise AssertionError("the slow subscriber was never cut off")
         slow.close()
+
+
+def test_a_server_that_cannot_bind_fails_cleanly_and_frees_what_it_bound(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            tcp_port = probe.getsockname()[1]
+        server = Server(data=tmp_path / "data", port=tcp_port, http_port=busy)
+        with pytest.raises(OSError, match="address already in use"):
+            server.start()
+        server.stop()  # nothing to stop: no error
+        with socket.socket() as again:  # the TCP port bound before the failure is free
+            again.bind(("127.0.0.1", tcp_port))
+    # Nothing is left holding the data directory.
+    with Server(data=tmp_path / "data", port=0) as healthy, kilndb.connect(healthy.url) as db:
+        db.store("s").write("k", 1)

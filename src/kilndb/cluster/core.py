@@ -35,7 +35,8 @@ live member over TCP (``PushPull`` → reply with the deltas the initiator lacks
 ``Deltas`` with what the peer lacks), and with one random dead member, which is how a
 healed partition rediscovers itself (the "dead" side refutes). Joining sends ``Hello``
 to the seeds, which answer with a push-pull reply; a node with no live member left
-says ``Hello`` to its seeds again. ``Goodbye`` marks the sender ``left`` at once.
+says ``Hello`` to its seeds again, every probe interval. ``Goodbye`` marks the sender
+``left`` at once.
 Dead and left members (and their metadata) are forgotten after ``reap_after``.
 """
 
@@ -227,6 +228,11 @@ class SwimCore:
             self._next_probe = _advance(self._next_probe, cfg.probe_interval, now)
             out.extend(self._start_probe(now))
             self._table.reap(now)
+            if self._seeds and not self._table.live():
+                # Alone (a seed that was not up yet when this node started, or every
+                # member gone): ask the seeds again every probe interval, not only at
+                # the next push-pull.
+                out.extend(self._hello(seed) for seed in self._seeds)
         if now >= self._next_gossip:
             self._next_gossip = _advance(self._next_gossip, cfg.gossip_every, now)
             out.extend(self._gossip())

@@ -1000,14 +1000,7 @@ class Server:
             from kilndb.server.cluster import ClusterAgent  # only cluster members need it
 
             self.cluster = ClusterAgent(self)
-            try:
-                await self.cluster.start()
-            except BaseException:  # e.g. the gossip port is taken: let nothing stay bound
-                for server in self._servers:
-                    server.close()
-                if self._http is not None:
-                    await self._http.cleanup()
-                raise
+            await self.cluster.start()  # on failure start() unbinds everything
             self.addresses.append(f"gossip://{self.cluster.address}")
         self._started_at = time.monotonic()
         self.event("server_started", addresses=list(self.addresses))
@@ -1023,6 +1016,10 @@ class Server:
                 self.loop.run_until_complete(self._listen())
             except BaseException as exc:
                 self._startup_error = exc
+                for server in self._servers:  # what was bound before the failure
+                    server.close()
+                if self._http is not None:
+                    self.loop.run_until_complete(self._http.cleanup())
                 self.loop.close()
                 self._ready.set()
                 return
@@ -1031,7 +1028,18 @@ class Server:
 
         self._thread = threading.Thread(target=run, name="kilndb-server", daemon=True)
         self._thread.start()
-        self.wait_until_ready()
+        try:
+            self.wait_until_ready()
+        except BaseException:
+            if self._startup_error is not None:  # nothing runs: stop() has nothing to do
+                self._thread.join(10)
+                self._thread = None
+                self._discovering.set()
+                for follower in list(self.followers):
+                    follower.stop()
+                self.executor.shutdown(wait=False)
+                self.databases.close_all()
+            raise
         return self
 
     def wait_until_ready(self, timeout: float = 10.0) -> None:
