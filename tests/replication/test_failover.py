@@ -144,3 +144,22 @@ def test_two_followers_promoted_from_one_epoch_are_told_apart(tmp_path: Path) ->
     finally:
         b.stop()
         c.stop()
+
+
+def test_a_refused_promotion_changes_nothing(tmp_path: Path) -> None:
+    with Server(data=tmp_path / "leader", port=0) as leader:
+        _write(leader.url, 0, 3)
+        host, port = tcp_address(leader)
+        with Server(
+            data=tmp_path / "follower",
+            port=0,
+            replica_of=f"{host}:{port}",
+            replicate=None,  # every database of the leader: none may be created here
+            replication_backoff=(0.05, 0.3),
+        ) as follower:
+            _eventually(lambda: _digest(follower.url) == _digest(leader.url))
+            with kilndb.connect(follower.url) as db, pytest.raises(kilndb.InvalidArgumentError):
+                db._call("promote", database="not-followed")
+            with kilndb.connect(follower.url, "fresh") as db, pytest.raises(kilndb.KilnError):
+                db.store("s").write("k", 1)
+            assert not (tmp_path / "follower" / "fresh").exists()

@@ -27,7 +27,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from kilndb.cluster import AsyncGossip, ClusterConfig, Member, MemberState
+from kilndb.cluster import AsyncGossip, ClusterConfig, KeyEvent, Member, MemberState
 from kilndb.errors import InvalidArgumentError, KilnError
 
 if TYPE_CHECKING:
@@ -78,9 +78,25 @@ class ClusterAgent:
         return self.gossip.address or ""
 
     async def start(self) -> None:
+        if self.server.config.follow:
+            # A leader's news (a new database, a promotion) is acted on when it
+            # arrives, not at the next round.
+            for event in ("new_key", "key_changed"):
+                self.gossip.on(event, self._on_key)
         await self.gossip.start()
         self._publish()
         self._task = asyncio.get_running_loop().create_task(self._every_interval())
+
+    def _on_key(self, event: KeyEvent) -> None:
+        value = event.value if isinstance(event.value, dict) else {}
+        if event.key.startswith(DB_PREFIX) and value.get("role") == "leader":
+            self._follow_leaders()
+
+    def changed(self) -> None:
+        """What this server leads or follows changed (a promotion, a re-pointing):
+        publish now rather than at the next round. Safe from any thread."""
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to tell
+            self.server.loop.call_soon_threadsafe(self._publish)
 
     async def stop(self) -> None:
         """Say goodbye (other members mark this one ``left`` at once) and stop."""
@@ -102,17 +118,21 @@ class ClusterAgent:
             await asyncio.sleep(interval)
             try:
                 self._publish()
-                if self.server.config.follow and not self._reconciling:
-                    leaders = self.leaders()  # read on the loop, which owns the gossip state
-                    self._reconciling = True
-                    try:
-                        self.server.loop.run_in_executor(
-                            self.server.executor, self._reconcile, leaders
-                        )
-                    except RuntimeError:  # the executor is shutting down
-                        self._reconciling = False
+                if self.server.config.follow:
+                    self._follow_leaders()
             except Exception:  # one bad round must not end publishing
                 log.exception("cluster metadata round failed")
+
+    def _follow_leaders(self) -> None:
+        """Start a ``--follow`` round on a worker unless one is running (on the loop)."""
+        if self._reconciling:
+            return
+        leaders = self.leaders()  # read on the loop, which owns the gossip state
+        self._reconciling = True
+        try:
+            self.server.loop.run_in_executor(self.server.executor, self._reconcile, leaders)
+        except RuntimeError:  # the executor is shutting down
+            self._reconciling = False
 
     # -- what this node publishes ----------------------------------------------------
 

@@ -1277,6 +1277,8 @@ class Server:
             )
             self.followers.append(follower.start())
         self.event("following", leader=leader.url, databases=names)
+        if self.cluster is not None:
+            self.cluster.changed()
         return {"leader": leader.url, "databases": names}
 
     @_following
@@ -1296,8 +1298,6 @@ class Server:
     def promote(self, names: list[str] | None = None) -> dict[str, Any]:
         """Stop following ``names`` (default: every database followed) and lead them: a
         new leader epoch in each one's META, writes accepted from then on."""
-        self._discovering.set()  # a promoted database must not be followed again
-        self.databases.replicas_only = False
         stopping = [f for f in self.followers if names is None or f.name in names]
         # Copies whose leader is not known yet (``follow`` mode, the leader gone).
         waiting = {f.name for f in self.followers}
@@ -1308,6 +1308,8 @@ class Server:
         ]
         if not stopping and not held:
             raise InvalidArgumentError("this server follows none of those databases")
+        self._discovering.set()  # a promoted database must not be followed again
+        self.databases.replicas_only = False
         for follower in stopping:
             follower.stop()  # its thread has ended: nothing is appended any more
             self.followers.remove(follower)
@@ -1321,6 +1323,8 @@ class Server:
             promoted.append({"database": name, "epoch": epoch, "position": position})
             self.event("promoted", database=name, epoch=epoch, position=position)
             log.warning("promoted to leader of %s at epoch %d", name, epoch)
+        if self.cluster is not None:
+            self.cluster.changed()
         return {"promoted": promoted}
 
     def count(self, name: str, amount: int = 1) -> None:
