@@ -190,3 +190,22 @@ def test_config_formulas_and_validation() -> None:
     ):
         with pytest.raises(InvalidArgumentError):
             ClusterConfig(**bad)
+
+
+def test_a_probe_cut_short_by_timer_jitter_still_counts_as_failed() -> None:
+    # Real timers fire a little early or late: the probe started late, and the next
+    # probe is due a hair before ``started + probe_interval``. The unanswered probe must
+    # count as failed then, not vanish under the next one.
+    node = core()
+    scheduled = node.next_deadline()
+    while True:
+        late = scheduled + 0.05
+        pings = [o for o in node.tick(late) if isinstance(o.packet.body, m.Ping)]
+        if pings:
+            break
+        scheduled = node.next_deadline()
+    target = pings[0].packet.body.target  # type: ignore[union-attr]
+    node.tick(late + CFG.ack_timeout)  # indirect probes go out, nobody answers
+    node.tick(scheduled + CFG.probe_interval)  # the next probe is due: 0.05 s "early"
+    assert node.counters["suspicions"] == 1
+    assert ("member_suspect", target) in member_events(node)

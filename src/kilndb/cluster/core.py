@@ -226,6 +226,13 @@ class SwimCore:
                 self.counters["declared_dead"] += 1
         if now >= self._next_probe:
             self._next_probe = _advance(self._next_probe, cfg.probe_interval, now)
+            probe = self._probe
+            if probe is not None and not probe.acked:
+                # Its interval is over by the schedule even if the clock read a hair
+                # earlier than ``started + probe_interval`` (timers fire early or late):
+                # a probe is never dropped unanswered without counting as failed.
+                self._probe = None
+                self._probe_failed(probe.target, now)
             out.extend(self._start_probe(now))
             self._table.reap(now)
             if self._seeds and not self._table.live():
@@ -263,11 +270,10 @@ class SwimCore:
         peer = self._table.peers.get(name)
         self.counters["probe_failures"] += 1
         if peer is not None and peer.state in LIVE:
-            update = Suspect(name, peer.incarnation, self.name)
-            if peer.state is MemberState.SUSPECT:
-                self._queue.push(update)  # a confirmation for the others
-            else:
-                self._table.apply(update, now)
+            # Suspected already (by someone else): this failed probe is an independent
+            # confirmation — it shortens this node's own timer too, and is spread so
+            # that it shortens the others' (as in memberlist).
+            self._table.apply(Suspect(name, peer.incarnation, self.name), now)
 
     def _gossip(self) -> list[Outgoing]:
         if not len(self._queue):
