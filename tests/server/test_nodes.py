@@ -158,3 +158,51 @@ def test_the_breaker_cause_does_not_show_server_paths(tmp_path: Path) -> None:
     finally:
         holder.close()
         manager.close()
+
+
+def test_subscribers_of_a_removed_database_are_told_not_left_hanging(tmp_path: Path) -> None:
+    with Server(data=tmp_path / "data", port=0) as server:
+        with kilndb.connect(server.url, "gone") as db:
+            db.store("s").write("k", 1)
+            subscription = db.subscribe(after=0)
+            assert subscription.get(timeout=10) is not None  # caught up, then live
+            with kilndb.connect(server.url) as admin:
+                admin._call("remove_database", name="gone", delete=False)
+            deadline = time.monotonic() + 10
+            while subscription.error is None and time.monotonic() < deadline:
+                subscription.get(timeout=0.1)
+            assert isinstance(subscription.error, kilndb.UnavailableError)
+            assert "closed under it" in str(subscription.error)
+            subscription.close()
+        events = [e["event"] for e in server.recent_events]
+        assert "subscription_ended" in events
+
+
+def test_requests_wait_out_a_removal_and_new_ones_are_refused(tmp_path: Path) -> None:
+    manager = NodeManager(tmp_path, nodes=NodeConfig())
+    try:
+        manager.get_or_create("busy")
+        entered, release = threading.Event(), threading.Event()
+
+        def request() -> None:
+            with manager.use("busy") as db:
+                entered.set()
+                release.wait(10)
+                db.store("s").write("k", 1)  # still open: the removal waited
+
+        worker = threading.Thread(target=request)
+        worker.start()
+        assert entered.wait(10)
+        removing = threading.Thread(target=manager.remove, args=("busy",))
+        removing.start()
+        deadline = time.monotonic() + 10
+        while "busy" not in manager._removing and time.monotonic() < deadline:
+            time.sleep(0.005)
+        with pytest.raises(UnavailableError), manager.use("busy"):
+            pass
+        release.set()
+        worker.join(10)
+        removing.join(10)
+        assert not removing.is_alive() and not manager.is_open("busy")
+    finally:
+        manager.close()

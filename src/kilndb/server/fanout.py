@@ -53,13 +53,20 @@ class Feed:
     """
 
     def __init__(
-        self, stores: frozenset[str] | None, after: int, send: Callable[[bytes, int], bool]
+        self,
+        stores: frozenset[str] | None,
+        after: int,
+        send: Callable[[bytes, int], bool],
+        gone: Callable[[Feed], None] | None = None,
     ) -> None:
         self.stores = stores
         #: Position of the last fact queued to the subscriber.
         self.position = after
         self.closed = False
         self._send = send
+        #: Told (once) when the database closes under the feed: removed, or a replica
+        #: copy being cut back or recopied. The subscriber must hear of it, not hang.
+        self._gone = gone
         #: Set while catching up on a subscription of its own.
         self.catch_up: Subscription | None = None
 
@@ -85,6 +92,14 @@ class Feed:
         self.closed = True
         if self.catch_up is not None:
             self.catch_up.close()
+
+    def end(self) -> None:
+        """The database closed under this feed: close it and tell its subscriber."""
+        if self.closed:
+            return
+        self.close()
+        if self._gone is not None:
+            self._gone(self)
 
 
 def encode(facts: list[Any]) -> list[Frame]:
@@ -156,7 +171,7 @@ class Hub:
                 orphans, self.feeds = list(self.feeds), set()
             self.fanout.retire(self, force=True)
             for feed in orphans:  # resubscribed on a fresh hub, from where they are
-                self.fanout.attach(self.db, feed)
+                self.fanout.attach(self.db, feed)  # (or told, if the database closed)
 
 
 class Fanout:
@@ -171,7 +186,10 @@ class Fanout:
 
         The caller has checked the cursor (``db.subscribe`` raises CursorTooOldError).
         """
-        if feed.closed or db.closed:
+        if feed.closed:
+            return
+        if db.closed:
+            feed.end()
             return
         if self._join(db, feed, feed.position):
             return
@@ -219,3 +237,5 @@ class Fanout:
         finally:
             subscription.close()
             feed.catch_up = None
+            if db.closed:
+                feed.end()

@@ -41,6 +41,10 @@ __all__ = ["NodeConfig", "NodeManager"]
 log = logging.getLogger("kilndb.server")
 
 
+#: How long removing a database (or taking it offline) waits for requests using it.
+DRAIN_SECONDS = 10.0
+
+
 @dataclass(frozen=True, slots=True)
 class NodeConfig:
     """How the node manager keeps databases open."""
@@ -154,6 +158,8 @@ class NodeManager:
             if node is None or node.db.closed:
                 node = self._open(name)
             with self._lock:
+                if name in self._removing:
+                    raise UnavailableError(f"database {name!r} is being worked on")
                 if self._nodes.get(name) is node and not node.db.closed:
                     node.active += 1
                     node.last_used = time.monotonic()
@@ -332,6 +338,7 @@ class NodeManager:
                 raise NotFoundError(f"database {name!r} does not exist")
             self._removing.add(name)
         try:
+            self._drain(name)
             with self._opening:
                 with self._lock:
                     node = self._nodes.pop(name, None)
@@ -346,6 +353,18 @@ class NodeManager:
         log.info("database %s removed%s", name, " and deleted" if delete else "")
         return {"database": name, "deleted": delete}
 
+    def _drain(self, name: str) -> None:
+        """Let the requests already using ``name`` finish (new ones are refused while it
+        is being removed or worked on), for up to ``DRAIN_SECONDS``."""
+        deadline = time.monotonic() + DRAIN_SECONDS
+        while time.monotonic() < deadline:
+            with self._lock:
+                node = self._nodes.get(name)
+                if node is None or node.active == 0:
+                    return
+            time.sleep(0.005)
+        log.warning("database %s still had requests after %.0f s: closing it", name, DRAIN_SECONDS)
+
     @contextmanager
     def offline(self, name: str) -> Iterator[Path]:
         """Close ``name`` and keep it closed inside the block (requests for it get
@@ -356,6 +375,7 @@ class NodeManager:
                 raise UnavailableError(f"database {name!r} is being worked on")
             self._removing.add(name)
         try:
+            self._drain(name)
             with self._opening:
                 with self._lock:
                     node = self._nodes.pop(name, None)

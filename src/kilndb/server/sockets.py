@@ -651,7 +651,8 @@ class _Connection(asyncio.Protocol):
                 after = db.stats()["durable_position"]
             # Checks the cursor (CursorTooOldError) and the store names.
             db.subscribe(stores, after).close()
-            self.feed = Feed(None if stores is None else frozenset(stores), after, self._send)
+            chosen = None if stores is None else frozenset(stores)
+            self.feed = Feed(chosen, after, self._send, self._feed_gone)
             self.server.fanout.attach(db, self.feed)
         except KilnError as exc:
             self.feed = None
@@ -867,6 +868,23 @@ class _Connection(asyncio.Protocol):
             else:
                 self.server.counters["bytes_out"] += len(frame)
                 transport.write(frame)
+
+    def _feed_gone(self, feed: Feed) -> None:
+        """The database closed under this connection's subscription (fan-out thread)."""
+        error = UnavailableError(
+            "the database of this subscription was closed under it (removed, or its"
+            f" replica copy cut back or recopied); subscribe again after position"
+            f" {feed.position} once it is back"
+        )
+        self._to_loop(self._end_subscription, error)
+
+    def _end_subscription(self, error: KilnError) -> None:
+        self.server.event("subscription_ended", error=error.message)
+        self.closing = True
+        self._reply_now(ServerConnection.error(error))
+        transport = self.transport
+        if transport is not None:
+            self.server.loop.call_later(OVERFLOW_GRACE_SECONDS, transport.abort)
 
     def _overflow(self, error: SubscriberOverflowError) -> None:
         self.server.event("subscriber_overflow", position=error.position)
