@@ -199,13 +199,39 @@ def test_a_probe_cut_short_by_timer_jitter_still_counts_as_failed() -> None:
     node = core()
     scheduled = node.next_deadline()
     while True:
-        late = scheduled + 0.05
+        late = scheduled + 0.03
         pings = [o for o in node.tick(late) if isinstance(o.packet.body, m.Ping)]
         if pings:
             break
         scheduled = node.next_deadline()
     target = pings[0].packet.body.target  # type: ignore[union-attr]
     node.tick(late + CFG.ack_timeout)  # indirect probes go out, nobody answers
-    node.tick(scheduled + CFG.probe_interval)  # the next probe is due: 0.05 s "early"
+    node.tick(scheduled + CFG.probe_interval)  # the next probe is due: 0.03 s "early"
     assert node.counters["suspicions"] == 1
     assert ("member_suspect", target) in member_events(node)
+
+
+def test_a_probe_started_late_by_a_busy_loop_still_gets_its_whole_interval() -> None:
+    node = core()
+    scheduled = node.next_deadline()
+    while True:
+        late = scheduled + 0.6  # longer than the ack timeout
+        pings = [o for o in node.tick(late) if isinstance(o.packet.body, m.Ping)]
+        if pings:
+            break
+        scheduled = node.next_deadline()
+    out = node.tick(scheduled + CFG.probe_interval)  # the schedule says: next probe
+    assert not any(isinstance(o.packet.body, m.Ping) for o in out)
+    assert node.counters["suspicions"] == 0  # not failed: it had only 0.4 s
+    assert node.next_deadline() <= late + CFG.probe_interval
+    out = node.tick(late + CFG.ack_timeout)
+    assert any(isinstance(o.packet.body, m.PingReq) for o in out)  # indirect probes too
+    node.tick(late + CFG.probe_interval)
+    assert node.counters["suspicions"] == 1
+
+
+def test_a_leaving_node_has_nothing_scheduled_and_gossip_hooks_fire_every_round() -> None:
+    node = core()
+    assert node.gossip_due(node.next_deadline() + CFG.gossip_every)  # even with no news
+    node.leave(0.0)
+    assert node.next_deadline() == math.inf and not node.gossip_due(1e9)

@@ -214,3 +214,40 @@ def test_a_node_started_before_its_seed_joins_once_the_seed_is_up() -> None:
     finally:
         early.stop()
         seed.stop()
+
+
+def test_callbacks_may_use_the_node_and_even_stop_it() -> None:
+    seen: list[Any] = []
+    node = Gossip("cb", "127.0.0.1:0", cluster_key=KEY, config=CFG)
+    # A blocking method called from a callback (on the node's own thread) runs at once
+    # instead of waiting for the loop that is running the callback.
+    node.every(0.05, lambda: seen.append(node.get("k")))
+    node.start()
+    node.set("k", 1)
+    eventually(lambda: 1 in seen, 2.0)
+    node.every(0.05, node.stop)  # stopping from a callback returns, then the node stops
+    eventually(lambda: node._loop is None, 2.0)
+    node.stop()  # and stopping again is a no-op
+
+
+def test_a_member_with_an_unusable_address_breaks_nothing() -> None:
+    a = Gossip("a", "127.0.0.1:0", cluster_key=KEY, config=CFG)
+    a.start()
+    try:
+        codec = Codec(KEY, boot=1)
+        bogus = m.Packet("evil", m.Ping(1, "a"), (m.Alive("evil", "\u00dc" * 70 + ":7946", 0),))
+        host, port = parse_address(str(a.address))
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.sendto(codec.seal(bogus, "udp"), (host, port))
+        eventually(lambda: a.member("evil") is not None, 2.0)
+        eventually(lambda: a.counters()["send_errors"] >= 1, 3.0)  # it was probed
+        c = Gossip("c", "127.0.0.1:0", seeds=[str(a.address)], cluster_key=KEY, config=CFG)
+        c.start()
+        try:  # a still probes, gossips and takes members in
+            eventually(lambda: state(a, "c") is MemberState.ALIVE, 3.0)
+            eventually(lambda: state(a, "evil") is MemberState.DEAD, 10.0)
+            assert a.counters()["timer_errors"] == 0
+        finally:
+            c.stop()
+    finally:
+        a.stop()

@@ -187,10 +187,12 @@ class SwimCore:
 
     def gossip_due(self, now: float) -> bool:
         """Whether the next :meth:`tick` runs a gossip round (for before-gossip hooks)."""
-        return now >= self._next_gossip and len(self._queue) > 0
+        return not self._table.leaving and now >= self._next_gossip
 
     def next_deadline(self) -> float:
-        """When :meth:`tick` has something to do next."""
+        """When :meth:`tick` has something to do next (inf while leaving: nothing)."""
+        if self._table.leaving:
+            return float("inf")
         times = [self._next_probe, self._next_gossip, self._next_push_pull]
         probe = self._probe
         if probe is not None and not probe.acked:
@@ -224,15 +226,19 @@ class SwimCore:
             if now >= peer.deadline:
                 self._table.apply(Dead(peer.name, peer.incarnation, self.name), now)
                 self.counters["declared_dead"] += 1
-        if now >= self._next_probe:
-            self._next_probe = _advance(self._next_probe, cfg.probe_interval, now)
-            probe = self._probe
-            if probe is not None and not probe.acked:
-                # Its interval is over by the schedule even if the clock read a hair
-                # earlier than ``started + probe_interval`` (timers fire early or late):
-                # a probe is never dropped unanswered without counting as failed.
+        probe = self._probe
+        if now >= self._next_probe and probe is not None and not probe.acked:
+            if now < probe.started + cfg.probe_interval - cfg.ack_timeout / 10:
+                # The probe itself started late (the loop was busy): it gets its whole
+                # interval, or a lagging node would suspect healthy members.
+                self._next_probe = probe.started + cfg.probe_interval
+            else:
+                # Its interval is over, give or take a timer firing a hair early: it is
+                # never replaced unanswered without counting as failed.
                 self._probe = None
                 self._probe_failed(probe.target, now)
+        if now >= self._next_probe:
+            self._next_probe = _advance(self._next_probe, cfg.probe_interval, now)
             out.extend(self._start_probe(now))
             self._table.reap(now)
             if self._seeds and not self._table.live():

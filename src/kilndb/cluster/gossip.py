@@ -19,8 +19,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import ipaddress
 import logging
 import random
+import socket
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -71,6 +73,11 @@ class AsyncGossip:
                 parse_address(address)
         except ValueError as exc:
             raise InvalidArgumentError(str(exc)) from exc
+        if advertise is None and parse_address(bind)[0] in ("0.0.0.0", "::", ""):
+            raise InvalidArgumentError(
+                f"bound to the wildcard {bind}: say which address the others reach this"
+                " node at (advertise=)"
+            )
         config = config or ClusterConfig()
         if probe_interval is not None:
             config = dataclasses.replace(config, probe_interval=probe_interval)
@@ -83,12 +90,21 @@ class AsyncGossip:
         self._core: SwimCore | None = None
         self._codec: Codec | None = None
         self._pending: dict[str, Any] = {}  # writes made before start
+        #: This node's own keys, published again by a restart of the node.
+        self._own: dict[str, Any] = {}
+        self._last_boot = 0
+        #: Resolved UDP addresses of members that advertise a host name.
+        self._resolved: dict[str, tuple[str, int]] = {}
+        #: Tasks of async callbacks and of sends, outside the timers' task group (a
+        #: callback may stop the node, which must not wait for that callback).
+        self._side_tasks: set[asyncio.Task[Any]] = set()
+        #: Server-side TCP connections being read (closed by stop()).
+        self._readers: set[asyncio.StreamWriter] = set()
         self._counters: Counter[str] = Counter(dict.fromkeys(COUNTERS, 0))
         self.hooks = Hooks(name, self._counters)
         self._udp: asyncio.DatagramTransport | None = None
         self._server: asyncio.Server | None = None
         self._runner: asyncio.Task[None] | None = None
-        self._tasks: asyncio.TaskGroup | None = None
         self._wake = asyncio.Event()
 
     # -- lifecycle -------------------------------------------------------------------
@@ -108,7 +124,9 @@ class AsyncGossip:
             lambda data, source: self._received(data, "udp", source),
             self._on_connection,
         )
-        boot = time.time_ns() // 1000
+        # Microseconds of wall clock, never repeating within this process (a restarted
+        # node must have a later generation than its previous run).
+        boot = self._last_boot = max(time.time_ns() // 1000, self._last_boot + 1)
         address = self._advertise or f"{host}:{actual}"
         self._codec = Codec(
             self._key,
@@ -125,7 +143,7 @@ class AsyncGossip:
             config=self.config,
         )
         self._core = core
-        for key, value in self._pending.items():
+        for key, value in {**self._own, **self._pending}.items():
             core.set_key(key, value) if value is not _DELETED else core.delete_key(key)
         self._pending.clear()
         if self._key is None:
@@ -139,19 +157,28 @@ class AsyncGossip:
         log.info("gossip node %s at %s, seeds %s", self.name, address, list(self._seeds))
 
     async def stop(self) -> None:
-        """Stop at once, without a goodbye (the others will find this node dead)."""
-        if self._runner is not None:
-            self._runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._runner
-            self._runner = None
-        if self._udp is not None:
-            self._udp.close()
-            self._udp = None
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
+        """Stop at once, without a goodbye (the others will find this node dead). Safe to
+        await from one of the node's own async callbacks."""
+        current = asyncio.current_task()
+        for task in list(self._side_tasks):
+            if task is not current:
+                task.cancel()
+        try:
+            if self._runner is not None:
+                runner, self._runner = self._runner, None
+                runner.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await runner
+        finally:
+            if self._udp is not None:
+                self._udp.close()
+                self._udp = None
+            if self._server is not None:
+                server, self._server = self._server, None
+                server.close()
+                for writer in list(self._readers):  # wait_closed waits for them (3.12+)
+                    writer.close()
+                await server.wait_closed()
 
     async def leave(self, timeout: float = 2.0) -> None:
         """Say ``Goodbye`` to every live member (they mark this node ``left`` at once),
@@ -165,27 +192,37 @@ class AsyncGossip:
         await self.stop()
 
     async def _run(self, ready: asyncio.Event) -> None:
-        async with asyncio.TaskGroup() as tasks:
-            self._tasks = tasks
-            ready.set()
-            try:
-                await self._timers()
-            finally:
-                self._tasks = None
+        ready.set()
+        await self._timers()
+
+    def _own_task(self, coro: Any) -> None:
+        """Run ``coro`` as a task this node owns (cancelled by stop())."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._side_tasks.add(task)
+        task.add_done_callback(self._side_tasks.discard)
 
     async def _timers(self) -> None:
         core = self._core
         assert core is not None
         while True:
-            now = self._clock()
-            if core.gossip_due(now):
-                self._hook("before_gossip")
-            self._send(core.tick(now))
-            self._dispatch()
-            due = min(core.next_deadline(), self.hooks.run_due(now, self._spawn))
+            try:
+                now = self._clock()
+                if core.gossip_due(now):
+                    self._hook("before_gossip")
+                self._send(core.tick(now))
+                self._dispatch()
+                due = min(core.next_deadline(), self.hooks.run_due(now, self._spawn))
+            except Exception:  # a bug must not end failure detection silently
+                self._counters["timer_errors"] += 1
+                log.exception("gossip %s: timer round failed", self.name)
+                due = self._clock() + self.config.gossip_every
             self._wake.clear()
+            wait = due - self._clock()
+            if wait == float("inf"):
+                await self._wake.wait()  # nothing scheduled (leaving): until woken
+                continue
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(max(0.0, due - self._clock())):
+                async with asyncio.timeout(max(0.0, wait)):
                     await self._wake.wait()
 
     # -- packets ---------------------------------------------------------------------
@@ -211,6 +248,7 @@ class AsyncGossip:
     ) -> None:
         peer = writer.get_extra_info("peername")
         source = f"{peer[0]}:{peer[1]}" if peer else "?"
+        self._readers.add(writer)
         try:
             failed = await read_frames(
                 reader,
@@ -220,6 +258,7 @@ class AsyncGossip:
             if failed:
                 self._counters[f"dropped_{failed}"] += 1
         finally:
+            self._readers.discard(writer)
             await close_writer(writer)
 
     def _seal(self, out: Outgoing) -> bytes | None:
@@ -240,27 +279,56 @@ class AsyncGossip:
                 self._send_udp(out.address, data)
                 if isinstance(out.packet.body, Rumors):
                     self._hook("after_gossip", out.address)
-            elif self._tasks is not None:
-                self._tasks.create_task(self._send_tcp(out.address, data))
+            elif self._runner is not None:
+                self._own_task(self._send_tcp(out.address, data))
 
     def _send_udp(self, address: str, data: bytes) -> None:
-        if self._udp is None:
+        target = self._resolved.get(address)
+        if target is None:
+            try:
+                host, port = parse_address(address)
+                target = (str(ipaddress.ip_address(host)), port)
+            except ValueError:
+                # A host name: resolved in a task (never a blocking DNS lookup on the
+                # loop), and anything unusable fails this send only.
+                if self._runner is not None:
+                    self._own_task(self._resolve_and_send(address, data))
+                return
+        self._sendto(address, target, data)
+
+    def _sendto(self, address: str, target: tuple[str, int], data: bytes) -> None:
+        udp = self._udp
+        if udp is None or udp.is_closing():
             return
         try:
-            self._udp.sendto(data, parse_address(address))
-        except (OSError, ValueError) as exc:
+            udp.sendto(data, target)
+        except Exception as exc:
             self._counters["send_errors"] += 1
             log.debug("gossip %s: UDP to %s failed: %s", self.name, address, exc)
             return
         self._counters["packets_out_udp"] += 1
         self._counters["bytes_out"] += len(data)
 
+    async def _resolve_and_send(self, address: str, data: bytes) -> None:
+        try:
+            host, port = parse_address(address)
+            infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+            target = (str(infos[0][4][0]), int(infos[0][4][1]))
+        except (OSError, ValueError, UnicodeError, IndexError) as exc:
+            self._counters["send_errors"] += 1
+            log.debug("gossip %s: cannot resolve %s: %s", self.name, address, exc)
+            return
+        if len(self._resolved) > 4096:
+            self._resolved.clear()
+        self._resolved[address] = target
+        self._sendto(address, target, data)
+
     async def _send_tcp(self, address: str, data: bytes | None) -> None:
         if data is None:
             return
         try:
             await send_frame(address, data, max(1.0, self.config.probe_interval * 5))
-        except (OSError, ValueError, TimeoutError) as exc:
+        except (OSError, ValueError, UnicodeError, TimeoutError) as exc:
             self._counters["send_errors"] += 1
             log.debug("gossip %s: TCP to %s failed: %s", self.name, address, exc)
             return
@@ -281,8 +349,8 @@ class AsyncGossip:
         self.hooks.fire(name, *args, spawn=self._spawn)
 
     def _spawn(self, awaitable: Any) -> None:
-        if self._tasks is not None:
-            self._tasks.create_task(self.hooks.guard(awaitable))
+        if self._runner is not None:
+            self._own_task(self.hooks.guard(awaitable))
 
     def on(self, event: str, fn: Callback) -> None:
         """Call ``fn(event_object)`` on each ``event`` (see :data:`EVENTS`).
@@ -327,6 +395,7 @@ class AsyncGossip:
             TypeError: ``value`` is not JSON that orjson can encode.
         """
         check_value(value)
+        self._own[key] = value
         if self._core is None:
             self._pending[key] = value
         else:
@@ -335,6 +404,7 @@ class AsyncGossip:
 
     def delete(self, key: str) -> None:
         """Delete one of this node's keys (the deletion replicates as a tombstone)."""
+        self._own.pop(key, None)
         if self._core is None:
             self._pending[key] = _DELETED
         else:

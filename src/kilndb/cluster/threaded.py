@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 from kilndb.cluster.config import ClusterConfig
@@ -100,16 +100,35 @@ class Gossip:
             raise
 
     def stop(self) -> None:
-        """Stop without a goodbye and end the thread (no-op if not running)."""
-        if self._loop is not None:
-            self._wait(self.node.stop())
-            self._halt()
+        """Stop without a goodbye and end the thread (no-op if not running). From one of
+        the node's own callbacks it returns at once and the node stops right after."""
+        self._end(self.node.stop())
 
     def leave(self, timeout: float = 2.0) -> None:
         """Say goodbye to every live member, then stop (no-op if not running)."""
-        if self._loop is not None:
-            self._wait(self.node.leave(timeout))
+        self._end(self.node.leave(timeout))
+
+    def _end(self, coro: Coroutine[Any, Any, None]) -> None:
+        loop = self._loop
+        if loop is None:
+            coro.close()
+            return
+        if self._on_node_thread():  # a callback: the loop cannot wait for itself
+            self._loop = self._thread = None
+
+            async def end() -> None:
+                await coro
+                loop.stop()
+
+            loop.create_task(end())
+            return
+        try:
+            self._wait(coro)
+        finally:
             self._halt()
+
+    def _on_node_thread(self) -> bool:
+        return self._thread is not None and threading.current_thread() is self._thread
 
     def _halt(self) -> None:
         loop, thread = self._loop, self._thread
@@ -128,7 +147,7 @@ class Gossip:
         return asyncio.run_coroutine_threadsafe(run(), self._loop).result(self.timeout)
 
     def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        if self._loop is None:
+        if self._loop is None or self._on_node_thread():  # not running, or a callback
             return fn(*args, **kwargs)
 
         async def run() -> T:

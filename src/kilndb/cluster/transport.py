@@ -30,6 +30,7 @@ COUNTERS = (
     "bytes_out",
     "send_errors",
     "callback_errors",
+    "timer_errors",
     "probes",
     "indirect_probes",
     "probe_failures",
