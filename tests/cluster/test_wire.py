@@ -12,9 +12,13 @@ from kilndb.cluster import messages as m
 from kilndb.cluster.wire import (
     HEADER_BYTES,
     MAC_BYTES,
+    MAX_VALUE_DEPTH,
+    REASONS,
+    WIRE_VERSION,
     Codec,
     ReplayGuard,
     WireError,
+    check_value,
     decode_payload,
     encode_payload,
     packet_size,
@@ -22,12 +26,12 @@ from kilndb.cluster.wire import (
 )
 
 names = st.text(min_size=1, max_size=12)
-counts = st.integers(min_value=0, max_value=2**53)
+counts = st.integers(min_value=0, max_value=2**53 - 1)
 addresses = st.builds(lambda h, p: f"{h}:{p}", st.ip_addresses(v=4).map(str), st.integers(0, 65535))
 json_values: st.SearchStrategy[Any] = st.recursive(
     st.none()
     | st.booleans()
-    | st.integers(-(2**63), 2**63 - 1)
+    | st.integers(-(2**53) + 1, 2**53 - 1)
     | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(max_size=20),
     lambda inner: (
@@ -96,7 +100,7 @@ PING = m.Packet("n1", m.Ping(1, "n2"), (m.Alive("n1", "127.0.0.1:1", 0),))
 
 def test_garbage_is_malformed() -> None:
     codec = Codec(None, 1)
-    for data in (b"", b"x" * 10, b"\x01" + b"\x00" * 60):
+    for data in (b"", b"x" * 10, bytes([WIRE_VERSION]) + b"\x00" * 60):
         with pytest.raises(WireError) as info:
             codec.open(data, "udp")
         assert info.value.reason in ("malformed", "bad_mac")
@@ -134,7 +138,7 @@ def test_flipped_byte_is_bad_mac() -> None:
 
 def test_other_version_is_refused() -> None:
     data = bytearray(Codec(b"k", 1).seal(PING, "udp"))
-    data[0] = 2
+    data[0] = WIRE_VERSION + 1
     with pytest.raises(WireError) as info:
         Codec(b"k", 2).open(bytes(data), "udp")
     assert info.value.reason == "version"
@@ -150,7 +154,8 @@ def test_oversize_is_refused_both_ways() -> None:
     with pytest.raises(WireError) as info:
         Codec(b"k", 2).open(data, "udp")
     assert info.value.reason == "oversize"
-    assert Codec(b"k", 2).open(data, "tcp") == big  # TCP allows 4 MiB
+    frame = Codec(b"k", 1).seal(big, "tcp")
+    assert Codec(b"k", 2).open(frame, "tcp") == big  # TCP allows 4 MiB
 
 
 def test_a_replayed_packet_is_refused_and_fresh_ones_still_pass() -> None:
@@ -192,3 +197,94 @@ def test_sizes_of_the_parts_add_up() -> None:
     data = Codec(None, 1).seal(packet, "udp")
     assert len(data) == packet_size("n9", 2, m.Ack(4), [update_size(u) for u in updates])
     assert len(data) > HEADER_BYTES + MAC_BYTES
+
+
+def _forge(key: bytes, head: bytes, payload: bytes) -> bytes:
+    import hashlib
+    import hmac
+
+    data = head + payload
+    return data + hmac.new(key, data, hashlib.sha256).digest()
+
+
+def _nested(depth: int) -> Any:
+    value: Any = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def test_a_datagram_replayed_as_a_tcp_frame_is_refused_and_spends_nothing() -> None:
+    sender, receiver = Codec(b"k", 100), Codec(b"k", 1)
+    for _ in range(3000):
+        datagram = sender.seal(PING, "udp")
+    assert receiver.open(datagram, "udp") == PING
+    with pytest.raises(WireError) as info:
+        receiver.open(datagram, "tcp")
+    assert info.value.reason == "channel" and "channel" in REASONS
+    # The genuine TCP frame (seq 1 on its channel) is still taken: the TCP window did
+    # not move to seq 3000.
+    goodbye = m.Packet("n1", m.Goodbye("n1", 0))
+    assert receiver.open(sender.seal(goodbye, "tcp"), "tcp") == goodbye
+    frame = sender.seal(goodbye, "tcp")
+    with pytest.raises(WireError) as info:
+        receiver.open(frame, "udp")
+    assert info.value.reason == "channel"
+
+
+def test_the_channel_byte_is_under_the_mac() -> None:
+    data = bytearray(Codec(b"k", 1).seal(PING, "udp"))
+    assert data[1] == 1  # udp
+    data[1] = 2  # claim tcp
+    with pytest.raises(WireError) as info:
+        Codec(b"k", 2).open(bytes(data), "tcp")
+    assert info.value.reason == "bad_mac"
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b'["n1",9007199254740992,[1,1,"n2"],[]]',  # incarnation 2**53
+        b'["n1",0,[1,18446744073709551615,"n2"],[]]',  # seq u64 max
+        b'["n1",0,[5],[[21,"x",9007199254740992,"y"]]]',  # Suspect incarnation
+        b'["n1",0,[5],[[24,"x",1,"k",9007199254740993,1,false]]]',  # KeyDelta version
+        b'["n1",0,[9,[],[["x",9007199254740992,0]]]]',  # Digest generation
+        b'["n1",0,[5],[[24,"x",1,"k",1,18446744073709551615,false]]]',  # value: big int
+        b'["n1",0,[5],[[24,"x",1,"k",1,' + b"[" * 300 + b"]" * 300 + b",false]]]",
+    ],
+)
+def test_values_that_decode_but_cannot_be_encoded_again_are_malformed(payload: bytes) -> None:
+    with pytest.raises(WireError) as info:
+        decode_payload(payload)
+    assert info.value.reason == "malformed"
+    receiver = Codec(b"k", 2)
+    head = bytes([WIRE_VERSION, 1]) + (1).to_bytes(8, "big") + (1).to_bytes(8, "big")
+    with pytest.raises(WireError) as info:
+        receiver.open(_forge(b"k", head, payload), "udp")
+    assert info.value.reason == "malformed"
+
+
+def test_a_value_at_the_deepest_allowed_nesting_travels_in_every_position() -> None:
+    value = _nested(MAX_VALUE_DEPTH)
+    check_value(value)
+    delta = m.KeyDelta("n1", 1, "k", 1, value, False)
+    packets = [
+        m.Packet("n1", m.Rumors(), (delta,)),
+        m.Packet("n1", m.Deltas((delta,), ())),
+        m.Packet("n1", m.PushPull((), (), (delta,), True, False)),
+    ]
+    sender, receiver = Codec(b"k", 1), Codec(b"k", 2)
+    for packet in packets:
+        assert receiver.open(sender.seal(packet, "tcp"), "tcp") == packet
+        # what was taken in can be passed on, in any body
+        for again in packets:
+            sender.seal(again, "tcp")
+
+
+@pytest.mark.parametrize(
+    "value",
+    [_nested(MAX_VALUE_DEPTH + 1), 2**53, -(2**53), {"n": 2**63}, [1, 2**64 - 1]],
+)
+def test_check_value_refuses_what_a_packet_could_not_carry(value: Any) -> None:
+    with pytest.raises(TypeError):
+        check_value(value)

@@ -3,18 +3,28 @@
 One packet is one UDP datagram, or one TCP frame ``[u32 big-endian length][packet]``::
 
     offset  size  field
-    0       1     version        WIRE_VERSION (1)
-    1       8     boot           u64 BE: the sender's start (µs since the epoch)
-    9       8     seq            u64 BE: the sender's packet counter on this channel, from 1
-    17      n     payload        orjson: [sender, incarnation, [tag, *body fields],
+    0       1     version        WIRE_VERSION (2)
+    1       1     channel        1 = UDP, 2 = TCP: the channel the packet was sealed for
+    2       8     boot           u64 BE: the sender's start (µs since the epoch)
+    10      8     seq            u64 BE: the sender's packet counter on this channel, from 1
+    18      n     payload        orjson: [sender, incarnation, [tag, *body fields],
                                           [[tag, *update fields], ...]]
-    17+n    32    mac            HMAC-SHA256(cluster key, bytes 0 .. 17+n)
+    18+n    32    mac            HMAC-SHA256(cluster key, bytes 0 .. 18+n)
 
 The MAC covers the header and the payload. Without a cluster key the MAC is computed
 under the empty key: it still catches corruption, but anyone can forge packets (the
 transport logs a warning at start). Nested records (a :class:`Digest` in a
 :class:`PushPull`…) are encoded as lists of their fields in declaration order; bodies
 and updates lead with a tag because several types may stand in their place.
+
+The channel byte is under the MAC so that a captured datagram cannot be replayed as a
+TCP frame (or the reverse): each channel has its own sequence numbers and replay
+window, and a packet that arrives on the other channel is refused (``channel``).
+
+Everything decoded must encode again, or a node would take in a rumour it cannot pass
+on: every integer field of a message is in ``0 <= x < 2**53`` (JSON's safe integers),
+and every metadata value passes :func:`check_value` (JSON-safe integers, nesting shallow
+enough to sit inside any packet); anything else is ``malformed``.
 
 Replay protection: a receiver keeps, per sender name and channel, the sender's boot and
 a 1,024-packet sliding window of sequence numbers (IPsec style). A packet from an older
@@ -44,6 +54,8 @@ from kilndb.errors import ProtocolError
 __all__ = [
     "HEADER_BYTES",
     "MAC_BYTES",
+    "MAX_INT",
+    "MAX_VALUE_DEPTH",
     "REASONS",
     "WIRE_VERSION",
     "Codec",
@@ -56,14 +68,26 @@ __all__ = [
     "update_size",
 ]
 
-WIRE_VERSION = 1
-_HEADER = struct.Struct(">BQQ")
+WIRE_VERSION = 2
+_HEADER = struct.Struct(">BBQQ")
 HEADER_BYTES = _HEADER.size
 MAC_BYTES = 32
-assert HEADER_BYTES == 17
+assert HEADER_BYTES == 18
+
+_CHANNELS: dict[str, int] = {"udp": 1, "tcp": 2}
 
 #: Why a packet was dropped.
-REASONS = ("malformed", "version", "oversize", "bad_mac", "replay")
+REASONS = ("malformed", "version", "oversize", "bad_mac", "channel", "replay")
+
+#: Integer fields of messages are below this (JSON's safe integers, exact everywhere).
+MAX_INT = 2**53
+
+# orjson refuses to encode containers nested deeper than this; a metadata value sits
+# at most _VALUE_NESTING lists deep in a packet ([packet, [tag, [deltas, [delta...).
+_ORJSON_MAX_DEPTH = 254
+_VALUE_NESTING = 4
+#: The deepest nesting of containers a metadata value may have.
+MAX_VALUE_DEPTH = _ORJSON_MAX_DEPTH - _VALUE_NESTING
 
 _TAGS: dict[type[Any], int] = {
     m.Ping: 1,
@@ -120,15 +144,19 @@ def _tagged(obj: Any) -> list[Any]:
 
 
 def _build(kind: Any, raw: Any) -> Any:
-    if kind is Any:
+    if kind is Any:  # a metadata value
+        try:
+            check_value(raw)
+        except TypeError as exc:
+            raise WireError("malformed", str(exc)) from exc
         return raw
     if kind is bool or kind is str:
         if type(raw) is not kind:
             raise WireError("malformed", f"expected {kind.__name__}")
         return raw
     if kind is int:
-        if type(raw) is not int or raw < 0:
-            raise WireError("malformed", "expected a non-negative int")
+        if type(raw) is not int or not 0 <= raw < MAX_INT:
+            raise WireError("malformed", "expected an int in 0 .. 2**53 - 1")
         return raw
     origin = typing.get_origin(kind)
     if origin is tuple:
@@ -171,7 +199,8 @@ def encode_payload(packet: m.Packet) -> bytes:
     """The orjson payload of ``packet``.
 
     Raises:
-        TypeError: a metadata value orjson cannot encode.
+        TypeError: a metadata value that does not pass :func:`check_value` and that
+            orjson cannot encode (never for a packet :func:`decode_payload` returned).
     """
     updates = [_tagged(u) for u in packet.updates]
     return orjson.dumps([packet.sender, packet.incarnation, _tagged(packet.body), updates])
@@ -181,7 +210,8 @@ def decode_payload(payload: bytes) -> m.Packet:
     """The packet in ``payload``.
 
     Raises:
-        WireError: ``malformed`` (not JSON, or not a packet).
+        WireError: ``malformed`` (not JSON, not a packet, or a field that could not be
+            encoded again: an integer out of range, a metadata value too deeply nested).
     """
     try:
         raw = orjson.loads(payload)
@@ -257,17 +287,20 @@ class Codec:
 
         Raises:
             WireError: ``oversize`` (larger than the channel's limit).
-            TypeError: a metadata value orjson cannot encode.
+            TypeError: a metadata value that did not pass :func:`check_value` (never for
+                values that did, nor for packets :meth:`open` returned).
         """
         self._seq[channel] += 1
-        head = _HEADER.pack(WIRE_VERSION, self.boot, self._seq[channel]) + encode_payload(packet)
+        header = _HEADER.pack(WIRE_VERSION, _CHANNELS[channel], self.boot, self._seq[channel])
+        head = header + encode_payload(packet)
         data = head + hmac.new(self._key, head, hashlib.sha256).digest()
         if len(data) > self.limits[channel]:
             raise WireError("oversize", f"{len(data)} bytes > {self.limits[channel]}")
         return data
 
     def open(self, data: bytes, channel: m.Channel) -> m.Packet:
-        """The packet in ``data``, checked in order: size, version, MAC, shape, replay.
+        """The packet in ``data``, checked in order: size, version, MAC, channel, shape,
+        replay.
 
         Raises:
             WireError: with the first reason the packet fails.
@@ -276,12 +309,14 @@ class Codec:
             raise WireError("oversize", f"{len(data)} bytes")
         if len(data) < HEADER_BYTES + MAC_BYTES:
             raise WireError("malformed", "shorter than header and MAC")
-        version, boot, seq = _HEADER.unpack_from(data)
+        version, sealed_for, boot, seq = _HEADER.unpack_from(data)
         if version != WIRE_VERSION:
             raise WireError("version", f"version {version}, expected {WIRE_VERSION}")
         head, mac = data[:-MAC_BYTES], data[-MAC_BYTES:]
         if not hmac.compare_digest(hmac.new(self._key, head, hashlib.sha256).digest(), mac):
             raise WireError("bad_mac", "wrong cluster key or corrupted")
+        if sealed_for != _CHANNELS[channel]:
+            raise WireError("channel", f"sealed for channel {sealed_for}, arrived on {channel}")
         packet = decode_payload(head[HEADER_BYTES:])
         if not self.guard.accept(packet.sender, channel, boot, seq):
             raise WireError("replay", f"{packet.sender} boot {boot} seq {seq}")
@@ -289,12 +324,20 @@ class Codec:
 
 
 def check_value(value: Any) -> None:
-    """Check that ``value`` can travel as metadata (JSON that orjson encodes).
+    """Check that ``value`` can travel as metadata: JSON that orjson encodes, with
+    integers in JSON's safe range (``abs(x) < 2**53``) and containers nested at most
+    :data:`MAX_VALUE_DEPTH` deep, so that it can be sealed in any packet.
 
     Raises:
         TypeError: it cannot.
     """
+    nested: Any = value
+    for _ in range(_VALUE_NESTING):  # where the value sits deepest in a packet
+        nested = [nested]
     try:
-        orjson.dumps(value)
+        orjson.dumps(nested, option=orjson.OPT_STRICT_INTEGER)
     except orjson.JSONEncodeError as exc:
-        raise TypeError(f"metadata values must be JSON: {exc}") from exc
+        raise TypeError(
+            "metadata values must be JSON with integers under 2**53, nested at most "
+            f"{MAX_VALUE_DEPTH} deep: {exc}"
+        ) from exc
