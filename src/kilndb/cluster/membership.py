@@ -8,6 +8,7 @@ the protocol around it):
 update     accepted when                                  effect
 =========  ============================================  ===============================
 Alive      unknown member, or incarnation > known          alive (joined / alive again)
+           incarnation = known, which was only heard of      its address taken (state kept)
 Suspect    alive or suspect, incarnation >= known          suspect; a new ``by`` at the
                                                            same incarnation confirms and
                                                            shortens the timer
@@ -19,6 +20,14 @@ An update about this node itself is never stored: a ``Suspect``/``Dead``/``Left`
 incarnation at least ours, or an ``Alive`` of a newer incarnation (or another address)
 that we did not send, makes us *refute* with a higher incarnation. Every accepted
 update is queued for re-broadcast and produces a :class:`MemberEvent`.
+
+Any packet carries its sender's incarnation (:meth:`MemberTable.heard_from`): a newer
+one than we hold means the sender refuted a suspicion or death we have not heard of.
+It is taken locally (the member is alive at that incarnation) but not spread, since
+the packet does not say at which address: a restarted member may have moved, and an
+invented ``Alive`` at the old address would undo the real one. The row is marked
+*heard of* until the member's own ``Alive`` at that incarnation arrives, which is then
+taken (and spread) although its incarnation is not newer.
 """
 
 from __future__ import annotations
@@ -62,6 +71,7 @@ class Peer:
     suspected_at: float = 0.0
     suspected_by: set[str] = field(default_factory=set)
     deadline: float = 0.0
+    heard_of: int | None = None  # an incarnation learnt from its packets, address unknown
 
 
 class MemberTable:
@@ -145,11 +155,17 @@ class MemberTable:
         self._live = None
 
     def reap(self, now: float) -> None:
-        """Forget dead and left members (and their metadata) after ``reap_after``."""
+        """Forget dead and left members (and their metadata) after ``reap_after``.
+
+        The metadata of a reaped member's run is refused for another ``reap_after``, so
+        that a peer which has not reaped it yet cannot hand it back.
+        """
+        self._metadata.expire(now)
         for peer in [p for p in self.peers.values() if p.state in _GONE]:
             if now - peer.since >= self.config.reap_after:
                 del self.peers[peer.name]
-                self.events.extend(self._metadata.forget(peer.name))
+                until = now + self.config.reap_after
+                self.events.extend(self._metadata.forget(peer.name, refuse_until=until))
                 self._counters["reaped"] += 1
 
     def merge(self, record: MemberRecord, sender: str, now: float) -> None:
@@ -165,10 +181,13 @@ class MemberTable:
 
     def heard_from(self, name: str, incarnation: int, now: float) -> None:
         """A packet came from ``name`` at ``incarnation``: if that is newer than we hold,
-        it refuted a suspicion or death we have not heard of yet (take it as its Alive)."""
+        it refuted a suspicion or death we have not heard of yet. It is alive at that
+        incarnation here, but nothing is spread (see the module docstring)."""
         peer = self.peers.get(name)
-        if peer is not None and incarnation > peer.incarnation:
-            self.apply(Alive(name, peer.address, incarnation), now)
+        if peer is None or incarnation <= peer.incarnation:
+            return
+        peer.incarnation = peer.heard_of = incarnation
+        self._revive(peer, now)
 
     def apply(self, update: Alive | Suspect | Dead | Left, now: float) -> None:
         """Apply one membership update (the table in the module docstring)."""
@@ -207,17 +226,30 @@ class MemberTable:
         if peer is None:
             peer = Peer(update.name, update.address, update.incarnation, MemberState.ALIVE, now)
             self.peers[update.name] = peer
+            self._metadata.rejoined(update.name)
             self._live = None
             self._order.insert(self._rng.randint(0, len(self._order)), peer.name)
             self._queue.push(update)
             self._emit("member_joined", peer)
             return
+        if update.incarnation == peer.incarnation == peer.heard_of:
+            # Its own word at the incarnation we only heard of: take the address (it
+            # may have restarted elsewhere), and spread it; the state is that of the
+            # incarnation already.
+            peer.address, peer.heard_of = update.address, None
+            self._queue.push(update)
+            return
         if update.incarnation <= peer.incarnation:
             return
-        before = peer.state
         peer.address, peer.incarnation = update.address, update.incarnation
-        self._set(peer, MemberState.ALIVE, now)
+        peer.heard_of = None
         self._queue.push(update)
+        self._revive(peer, now)
+
+    def _revive(self, peer: Peer, now: float) -> None:
+        """Make ``peer`` alive after a newer incarnation, with the events that follow."""
+        before = peer.state
+        self._set(peer, MemberState.ALIVE, now)
         if before is not MemberState.ALIVE:
             self._emit("member_joined" if before is MemberState.LEFT else "member_alive", peer)
         if before in _GONE:

@@ -13,6 +13,16 @@ every key of that owner above the watermark in version order, after which the re
 may raise its watermark to the peer's. Deltas that arrive by gossip, out of order or
 with gaps, are applied at once (last writer wins per key), but only move the watermark
 while they are contiguous, so a digest never claims more than the node holds.
+
+A digest also tells of new runs: an owner at a larger generation than the one held
+replaces the old run at once (its keys are dropped), even before the new run has
+written a key, or the old keys would live on among the peers forever.
+
+When the member table *reaps* a dead or left member, its metadata is forgotten and the
+run is remembered as reaped for a while (``reap_after``): deltas of that run (from a
+peer that has not reaped it yet) are refused, so the keys do not come back. A newer
+generation (the node restarted) is taken at once, and the refusal ends early if the
+member rejoins.
 """
 
 from __future__ import annotations
@@ -34,12 +44,19 @@ class _Owner:
     keys: dict[str, KeyDelta] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class _Reaped:
+    generation: int | None  # the run that was reaped; None: we held none of its keys
+    until: float  # refuse its deltas until then (clock of the caller of forget/expire)
+
+
 class MetadataStore:
     """The metadata one node holds: its own keys and the replicas of everyone else's."""
 
     def __init__(self, owner: str, generation: int) -> None:
         self.owner = owner
         self._owners: dict[str, _Owner] = {owner: _Owner(generation)}
+        self._reaped: dict[str, _Reaped] = {}
 
     # -- the local node's writes -----------------------------------------------------
 
@@ -66,6 +83,8 @@ class MetadataStore:
         state = self._owners.get(delta.owner)
         if delta.owner == self.owner:
             return False, events  # nobody else writes our keys: an echo or an old run
+        if self._refused(delta.owner, delta.generation):
+            return False, events  # a reaped run: its keys must not come back
         if state is None or delta.generation > state.generation:
             if state is not None:
                 events.extend(self.forget(delta.owner))
@@ -89,14 +108,23 @@ class MetadataStore:
         self, deltas: Iterable[KeyDelta], digest: Iterable[Digest]
     ) -> list[KeyEvent]:
         """Apply the deltas a peer computed against our digest, then raise watermarks to
-        the peer's: we now hold all it held."""
+        the peer's: we now hold all it held.
+
+        An owner the peer holds at a newer generation replaces our older run (its keys
+        are removed) even if the new run sent no key.
+        """
         events: list[KeyEvent] = []
         for delta in deltas:
             events.extend(self.apply(delta)[1])
         for entry in digest:
             state = self._owners.get(entry.owner)
             if entry.owner == self.owner or state is None:
-                continue
+                continue  # (a reaped owner has no state: nothing to raise)
+            if entry.generation > state.generation:
+                # The peer computed its deltas against our older run, so it sent every
+                # key of the new one: we hold all it holds of it.
+                events.extend(self.forget(entry.owner))
+                state = self._owners[entry.owner] = _Owner(entry.generation)
             if state.generation == entry.generation and entry.version > state.watermark:
                 state.watermark = entry.version
                 state.above = {v for v in state.above if v > entry.version}
@@ -122,18 +150,47 @@ class MetadataStore:
             out.extend(sorted(newer, key=lambda d: d.version))
         return tuple(out)
 
-    def forget(self, owner: str) -> list[KeyEvent]:
-        """Drop everything of ``owner`` (reaped, or replaced by a new run)."""
+    def forget(self, owner: str, *, refuse_until: float | None = None) -> list[KeyEvent]:
+        """Drop everything of ``owner`` (reaped, or replaced by a new run).
+
+        With ``refuse_until`` (a reaped member), the run dropped is remembered and its
+        deltas are refused until :meth:`expire` passes that time, a newer generation of
+        the owner arrives, or :meth:`rejoined` is called.
+        """
+        if owner == self.owner:
+            return []
         state = self._owners.pop(owner, None)
-        if state is None or owner == self.owner:
-            if state is not None:
-                self._owners[owner] = state
+        if refuse_until is not None:
+            known = self._reaped.get(owner)
+            generation = state.generation if state is not None else None
+            if known is not None and generation is None:
+                generation = known.generation
+            self._reaped[owner] = _Reaped(generation, refuse_until)
+        if state is None:
             return []
         return [
             KeyEvent("key_removed", owner, d.key, d.value)
             for d in state.keys.values()
             if not d.deleted
         ]
+
+    def expire(self, now: float) -> None:
+        """End the refusals of reaped runs whose time is up."""
+        for owner in [o for o, r in self._reaped.items() if r.until <= now]:
+            del self._reaped[owner]
+
+    def rejoined(self, owner: str) -> None:
+        """``owner`` is a member again: take its metadata again, whatever the run."""
+        self._reaped.pop(owner, None)
+
+    def _refused(self, owner: str, generation: int) -> bool:
+        reaped = self._reaped.get(owner)
+        if reaped is None:
+            return False
+        if reaped.generation is not None and generation > reaped.generation:
+            del self._reaped[owner]  # a new run of the owner: welcome
+            return False
+        return True
 
     # -- reads -----------------------------------------------------------------------
 
