@@ -392,7 +392,9 @@ class AsyncGossip:
         """Publish ``key = value`` (any JSON value) as this node's metadata.
 
         Raises:
-            TypeError: ``value`` is not JSON that orjson can encode.
+            TypeError: ``value`` is not JSON that travels safely: something orjson cannot
+                encode, integers beyond +-(2**53 - 1), or nesting deeper than
+                :data:`~kilndb.cluster.wire.MAX_VALUE_DEPTH`.
         """
         check_value(value)
         self._own[key] = value
