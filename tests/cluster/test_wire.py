@@ -283,7 +283,16 @@ def test_a_value_at_the_deepest_allowed_nesting_travels_in_every_position() -> N
 
 @pytest.mark.parametrize(
     "value",
-    [_nested(MAX_VALUE_DEPTH + 1), 2**53, -(2**53), {"n": 2**63}, [1, 2**64 - 1]],
+    [
+        _nested(MAX_VALUE_DEPTH + 1),
+        2**53,
+        -(2**53),
+        {"n": 2**63},
+        [1, 2**64 - 1],
+        float("nan"),
+        {"a": [1.0, float("inf")]},
+        (float("-inf"),),
+    ],
 )
 def test_check_value_refuses_what_a_packet_could_not_carry(value: Any) -> None:
     with pytest.raises(TypeError):

@@ -41,6 +41,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import hmac
+import math
 import struct
 import typing
 from collections import OrderedDict
@@ -341,3 +342,14 @@ def check_value(value: Any) -> None:
             "metadata values must be JSON with integers under 2**53, nested at most "
             f"{MAX_VALUE_DEPTH} deep: {exc}"
         ) from exc
+    # orjson writes NaN and infinities as null: the owner would hold another value than
+    # every other node.
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            raise TypeError(f"metadata values must be finite numbers, not {item!r}")
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
