@@ -683,16 +683,28 @@ class _Connection(asyncio.Protocol):
                     f"epoch mismatch: the follower is at leader epoch"
                     f" {params['leader_epoch']}, this server at {db.leader_epoch}"
                 )
+            epochs = db.epochs
             history = params["epochs"]
             if history is None:  # a follower that sends only its epoch number
-                history = [e for e in db.epochs if e["epoch"] <= params["leader_epoch"]]
-            diverged_after = divergence_point(db.epochs, history, params["position"])
+                history = [e for e in epochs if e["epoch"] <= params["leader_epoch"]]
+            diverged_after = divergence_point(epochs, history, params["position"])
             stats = db.stats()
+            compacted = db.compacted_through
+            shard_info = {
+                "type": "shard_info",
+                "database": name,
+                "database_id": db.database_id,
+                "protocol_version": REPLICATION_PROTOCOL,
+                "leader_epoch": db.leader_epoch,
+                "epochs": epochs,
+                "last_position": stats["last_position"],
+                "durable_position": stats["durable_position"],
+                "compacted_through": compacted,
+            }
             if diverged_after is None and params["position"] > stats["last_position"]:
                 # The follower holds records this leader lost (a crash before they were
                 # durable here): they are not this leader's, whatever their positions.
                 diverged_after = stats["last_position"]
-            compacted = db.compacted_through
             # A copy made from this log compacted as far as it is now lacks nothing
             # (an interrupted full copy resumes); any other copy behind compaction may.
             holds = params["compacted_through"]
@@ -711,15 +723,7 @@ class _Connection(asyncio.Protocol):
                     )
                 return ServerConnection.reply(
                     request.request_id,
-                    type="shard_info",
-                    database=name,
-                    database_id=db.database_id,
-                    protocol_version=REPLICATION_PROTOCOL,
-                    leader_epoch=db.leader_epoch,
-                    epochs=db.epochs,
-                    last_position=stats["last_position"],
-                    durable_position=stats["durable_position"],
-                    compacted_through=compacted,
+                    **shard_info,
                     truncate_after=diverged_after,
                     full_resync=full_resync,
                 )
@@ -741,19 +745,7 @@ class _Connection(asyncio.Protocol):
         self.link = link
         self.server.links.add(link)
         self.server.event("follower_connected", database=name, peer=link.peer)
-        stats = db.stats()
-        reply = ServerConnection.reply(
-            request.request_id,
-            type="shard_info",
-            database=name,
-            database_id=db.database_id,
-            protocol_version=REPLICATION_PROTOCOL,
-            leader_epoch=db.leader_epoch,
-            epochs=db.epochs,
-            last_position=stats["last_position"],
-            durable_position=stats["durable_position"],
-            compacted_through=db.compacted_through,
-        )
+        reply = ServerConnection.reply(request.request_id, **shard_info)
         # Shipments go through the loop, after this reply.
         self.server.loop.call_soon(link.start)
         return reply
