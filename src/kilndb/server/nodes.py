@@ -112,6 +112,8 @@ class NodeManager:
         self.node_config = nodes or NodeConfig()
         self._nodes: dict[str, _Node] = {}
         self._breakers: dict[str, _Breaker] = {}
+        #: Leader epochs of databases seen, for status and gossip without opening them.
+        self._epochs: dict[str, int] = {}
         self._removing: set[str] = set()
         #: Databases a follower streams into: never evicted, and created only by
         #: replication (with the leader's database id), never by a client's request.
@@ -184,15 +186,20 @@ class NodeManager:
 
     def leader_epoch(self, name: str) -> int:
         """The last leader epoch of ``name``: from the open database, else from its
-        ``META`` (0 if it cannot be read)."""
+        ``META``, read once per time it was closed (epochs change only while it is open;
+        0 if it cannot be read)."""
         db = self.peek(name)
         if db is not None:
-            return db.leader_epoch
-        try:
-            epochs = orjson.loads((self.data_dir / name / "META").read_bytes()).get("epochs")
-            return int(epochs[-1]["epoch"]) if epochs else 0
-        except (OSError, ValueError, TypeError, KeyError, IndexError):
-            return 0
+            epoch = self._epochs[name] = db.leader_epoch
+            return epoch
+        if name not in self._epochs:
+            try:
+                meta = orjson.loads((self.data_dir / name / "META").read_bytes())
+                epochs = meta.get("epochs")
+                self._epochs[name] = int(epochs[-1]["epoch"]) if epochs else 0
+            except (OSError, ValueError, TypeError, KeyError, IndexError):
+                return 0
+        return self._epochs[name]
 
     def is_open(self, name: str) -> bool:
         """Whether ``name`` is open (a request for it will not have to open it)."""
@@ -245,6 +252,7 @@ class NodeManager:
                 raise
             with self._lock:
                 self._breakers.pop(name, None)
+                self._epochs.pop(name, None)  # may change while open: read it afresh
                 node = self._nodes[name] = _Node(db, time.monotonic())
                 self.opened_total += 1
             return node
@@ -331,25 +339,14 @@ class NodeManager:
         validate_database_name(name)
         path = self.data_dir / name
         with self._lock:
-            if name in self._removing:
-                raise UnavailableError(f"database {name!r} is being removed")
-            node = self._nodes.get(name)
-            if node is None and not path.is_dir():
+            if name not in self._nodes and not path.is_dir():
                 raise NotFoundError(f"database {name!r} does not exist")
-            self._removing.add(name)
-        try:
-            self._drain(name)
-            with self._opening:
-                with self._lock:
-                    node = self._nodes.pop(name, None)
-                    self._breakers.pop(name, None)
-                if node is not None:
-                    _close(node.db)
-                if delete and path.is_dir():
-                    shutil.rmtree(path)
-        finally:
+        with self.offline(name):
             with self._lock:
-                self._removing.discard(name)
+                self._breakers.pop(name, None)
+                self._epochs.pop(name, None)
+            if delete and path.is_dir():
+                shutil.rmtree(path)  # no request reopens it meanwhile
         log.info("database %s removed%s", name, " and deleted" if delete else "")
         return {"database": name, "deleted": delete}
 
