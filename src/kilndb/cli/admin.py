@@ -13,22 +13,15 @@ import click
 from kilndb.cli.check import check
 from kilndb.cli.context import CliSettings, open_database, pass_settings, server_connection
 from kilndb.cli.errors import CliError
-from kilndb.cli.output import print_json, print_mapping_table, print_rows_table, stdout_is_terminal
+from kilndb.cli.output import (
+    format_option,
+    print_json,
+    print_mapping_table,
+    print_rows_table,
+    wants_json,
+)
 
 __all__ = ["check", "compact", "retention", "stats", "stores"]
-
-
-def _format_option(f: Any) -> Any:
-    return click.option(
-        "--json/--table",
-        "as_json",
-        default=None,
-        help="Force JSON or a table (default: a table on a terminal, else JSON).",
-    )(f)
-
-
-def _wants_json(as_json: bool | None) -> bool:
-    return not stdout_is_terminal() if as_json is None else as_json
 
 
 def _describe_retention(policy: dict[str, Any]) -> str:
@@ -39,13 +32,13 @@ def _describe_retention(policy: dict[str, Any]) -> str:
 
 
 @click.command()
-@_format_option
+@format_option
 @pass_settings
 def stores(settings: CliSettings, as_json: bool | None) -> None:
     """List the stores with their live keys and retention policy."""
     with open_database(settings) as db:
         rows = [(name, len(db.store(name).keys()), db.retention(name)) for name in db.stores()]
-    if _wants_json(as_json):
+    if wants_json(as_json):
         print_json([{"store": name, "keys": n, "retention": policy} for name, n, policy in rows])
     else:
         print_rows_table(
@@ -56,13 +49,13 @@ def stores(settings: CliSettings, as_json: bool | None) -> None:
 
 
 @click.command()
-@_format_option
+@format_option
 @pass_settings
 def stats(settings: CliSettings, as_json: bool | None) -> None:
     """Show counters and sizes of the database."""
     with open_database(settings) as db:
         counters = db.stats()
-    if _wants_json(as_json):
+    if wants_json(as_json):
         print_json(counters)
     else:
         print_mapping_table(f"database {settings.database!r}", counters)
@@ -104,7 +97,7 @@ def retention(settings: CliSettings, store: str, keep: str | None, max_age: floa
 
 
 @click.command()
-@_format_option
+@format_option
 @pass_settings
 def status(settings: CliSettings, as_json: bool | None) -> None:
     """Show a server's status: addresses, open databases and counters (needs --url)."""
@@ -116,7 +109,7 @@ def status(settings: CliSettings, as_json: bool | None) -> None:
     finally:
         connection.close()
     reply.pop("ok", None)
-    if _wants_json(as_json):
+    if wants_json(as_json):
         print_json(reply)
         return
     print_mapping_table(

@@ -8,7 +8,7 @@ import click
 
 from kilndb.cli.context import CliSettings, pass_settings, server_connection
 from kilndb.cli.errors import CliError
-from kilndb.cli.output import print_json, print_rows_table, stdout_is_terminal
+from kilndb.cli.output import format_option, print_json, print_rows_table, wants_json
 
 __all__ = ["cluster"]
 
@@ -35,12 +35,7 @@ def _lag(databases: dict[str, Any]) -> int | str:
 
 
 @cluster.command("status")
-@click.option(
-    "--json/--table",
-    "as_json",
-    default=None,
-    help="Force JSON or a table (default: a table on a terminal, else JSON).",
-)
+@format_option
 @pass_settings
 def status(settings: CliSettings, as_json: bool | None) -> None:
     """Members (state, incarnation, addresses, databases, lag) and each database's leader."""
@@ -53,7 +48,7 @@ def status(settings: CliSettings, as_json: bool | None) -> None:
         connection.close()
     if found is None:
         raise CliError(f"{settings.url} is not a cluster member (kiln serve --gossip-port)")
-    if as_json if as_json is not None else not stdout_is_terminal():
+    if wants_json(as_json):
         print_json(found)
         return
     print_rows_table(

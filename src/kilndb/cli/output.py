@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import IO, TYPE_CHECKING, Any
 
+import click
 import orjson
 
 from kilndb.model import Fact
@@ -25,10 +26,12 @@ __all__ = [
     "JsonLines",
     "LogLines",
     "console",
+    "format_option",
     "print_json",
     "print_mapping_table",
     "print_rows_table",
     "stdout_is_terminal",
+    "wants_json",
 ]
 
 
@@ -128,6 +131,21 @@ def print_mapping_table(title: str, mapping: Mapping[str, Any]) -> None:
     for name, value in mapping.items():
         table.add_row(name.replace("_", " "), _cell(value))
     console().print(table)
+
+
+def format_option(f: Any) -> Any:
+    """The ``--json/--table`` option of commands that print a table on a terminal."""
+    return click.option(
+        "--json/--table",
+        "as_json",
+        default=None,
+        help="Force JSON or a table (default: a table on a terminal, else JSON).",
+    )(f)
+
+
+def wants_json(as_json: bool | None) -> bool:
+    """JSON if ``--json``, a table if ``--table``, else JSON unless on a terminal."""
+    return not stdout_is_terminal() if as_json is None else as_json
 
 
 def print_rows_table(

@@ -140,9 +140,13 @@ class ClusterAgent:
         server = self.server
         http = next((a for a in server.addresses if a.startswith("http")), None)
         values: dict[str, Any] = {"kiln": {"tcp": server.url, "http": http}}
+        # The directory first: following a database marks it read-only before its copy
+        # is created, so every copy listed here is in the snapshots taken after — never
+        # published as led here for a moment.
+        held = server.databases.on_disk()
         following = {f.name: f for f in list(server.followers)}
         read_only = dict(server.dispatcher.read_only)
-        for name in server.databases.on_disk():
+        for name in held:
             # Read without opening or touching: gossip must not keep databases open.
             epoch = server.databases.leader_epoch(name)
             follower = following.get(name)

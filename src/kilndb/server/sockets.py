@@ -1254,10 +1254,13 @@ class Server:
         low, high = config.replication_backoff
         for name in names:
             validate_database_name(name)
-        self._stop_following(names)
-        for name in names:
+        for name in names:  # read-only from now on, without a gap while re-pointing
             self.dispatcher.read_only[name] = leader.url
             self.databases.pinned.add(name)
+        for follower in [f for f in self.followers if f.name in names]:
+            follower.stop()  # the one that followed another leader
+            self.followers.remove(follower)
+        for name in names:
 
             def open_local(database_id: str | None, name: str = name) -> Database | None:
                 if database_id is None and not self.databases.exists(name):
@@ -1290,19 +1293,6 @@ class Server:
         if self.cluster is not None:
             self.cluster.changed()
         return {"leader": leader.url, "databases": names}
-
-    @_following
-    def _stop_following(self, names: list[str] | None) -> list[Follower]:
-        if names is None:
-            self._discovering.set()  # not following the leader any more
-            self.databases.replicas_only = False
-        stopping = [f for f in self.followers if names is None or f.name in names]
-        for follower in stopping:
-            follower.stop()
-            self.followers.remove(follower)
-            self.dispatcher.read_only.pop(follower.name, None)
-            self.databases.pinned.discard(follower.name)
-        return stopping
 
     @_following
     def promote(self, names: list[str] | None = None) -> dict[str, Any]:
