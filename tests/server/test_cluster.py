@@ -28,7 +28,8 @@ KEY = "test-cluster-key-0123456789"
 
 
 def _cluster(url: str) -> dict[str, Any]:
-    with kilndb.connect(url) as db:
+    """The cluster as the member at ``url`` sees it (not sent on to another member)."""
+    with kilndb.connect(url, follow_leader=False) as db:
         found = db.cluster()
     assert found is not None
     return found
@@ -188,6 +189,8 @@ def test_a_follower_finds_its_leader_through_gossip_and_clients_write_through_it
     _eventually(lambda: "orders" in _cluster(third_url)["leaders"], 20)
     with kilndb.connect(third_url, "orders") as db:
         assert db.url == leader_url and db.store("o").read("o1") is not None
+    with kilndb.connect(third_url, "orders", follow_leader=False) as db:
+        assert db.url == third_url  # told to stay: it stays
 
     # Everyone agrees who leads what; the status endpoints and the CLI show it.
     found = _cluster(follower_url)

@@ -446,7 +446,7 @@ async def connect_async(
     )
     channel, reply = await _open(endpoint, database)
     try:
-        leader = leader_to_read_from(endpoint, reply, read_from)
+        leader = leader_to_read_from(endpoint, reply, read_from, follow_leader)
     except BaseException:
         await channel.close()
         raise

@@ -125,13 +125,16 @@ def check_read_from(read_from: str) -> None:
         raise InvalidArgumentError(f'read_from must be "any" or "leader", not {read_from!r}')
 
 
-def leader_to_read_from(endpoint: Endpoint, hello: dict[str, Any], read_from: str) -> str | None:
+def leader_to_read_from(
+    endpoint: Endpoint, hello: dict[str, Any], read_from: str, follow_leader: bool | None
+) -> str | None:
     """The leader's URL when the client must talk to it instead (None: stay): the
-    server does not hold the database but knows the cluster member that leads it, or
-    reads must go to the leader and the server said hello as a follower. Raises
-    UnavailableError when that follower knows no leader for it yet."""
+    server does not hold the database but knows the cluster member that leads it (unless
+    ``follow_leader`` is False: the client stays where it connected), or reads must go
+    to the leader and the server said hello as a follower. Raises UnavailableError when
+    that follower knows no leader for it yet."""
     role = hello.get("role")
-    if role == "elsewhere" and hello.get("leader"):
+    if role == "elsewhere" and hello.get("leader") and follow_leader is not False:
         if endpoint.url == hello["leader"]:  # sent back to where it already is
             raise UnavailableError(f"{endpoint.url} says another member leads its database")
         return str(hello["leader"])

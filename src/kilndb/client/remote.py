@@ -195,7 +195,7 @@ class RemoteDatabase:
         self._closed = False
         try:
             hello = self._conn.hello(database)
-            if leader := leader_to_read_from(self.endpoint, hello, read_from):
+            if leader := leader_to_read_from(self.endpoint, hello, read_from, follow_leader):
                 self._conn.close()
                 self.endpoint = Endpoint(leader, self.endpoint.token, self.endpoint.ssl_context)
                 self.url = leader
@@ -462,7 +462,9 @@ def connect(
     ``ca_file`` checks the server's certificate, ``cert_file``/``key_file`` present a
     client certificate (mutual TLS). ``follow_leader``: on a follower, writes it refuses
     (ReadOnlyReplicaError) go to the leader it names, reads stay here — on by default
-    when the server is a cluster member (``kiln serve --gossip-port``).
+    when the server is a cluster member (``kiln serve --gossip-port``), where a member
+    that does not hold the database also sends the client to the one that leads it;
+    ``follow_leader=False`` stays on ``url`` whatever it says.
     ``read_from="leader"`` sends reads to the database's leader as well (when ``url`` is
     a follower that knows it; UnavailableError if it does not yet).
     """
