@@ -443,6 +443,11 @@ class AsyncGossip:
         return None if self._core is None else self._core.member(name)
 
     @property
+    def incarnation(self) -> int:
+        """This node's incarnation (raised each time it refutes a suspicion)."""
+        return 0 if self._core is None else self._core.incarnation
+
+    @property
     def address(self) -> str | None:
         """The advertised ``host:port`` (None before start)."""
         return None if self._core is None else self._core.address
@@ -461,7 +466,7 @@ class AsyncGossip:
             "name": self.name,
             "address": self.address,
             "running": self._runner is not None,
-            "incarnation": 0 if core is None else core.incarnation,
+            "incarnation": self.incarnation,
             "authenticated": self._key is not None,
             "live_members": 1 if core is None else core.live_count(),
             "config": {

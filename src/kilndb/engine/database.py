@@ -448,6 +448,12 @@ class Database:
         return self._log.commit.durable
 
     @property
+    def last_position(self) -> int:
+        """The last position written (durable or not), as ``stats()["last_position"]``
+        without the rest of the counters."""
+        return self._log.next_position - 1
+
+    @property
     def leader_epoch(self) -> int:
         """The leader epoch this database's log is in (META)."""
         epochs = self._log.meta.get("epochs") or [{"epoch": 0}]

@@ -156,7 +156,7 @@ class Follower:
         local = self._open_local(None)
         if local is not None:
             local.sync()  # everything it holds is durable: ask from the end of its log
-        position = 0 if local is None else local.stats()["last_position"]
+        position = 0 if local is None else local.last_position
         epochs = [{"epoch": 0, "start_position": 1}] if local is None else local.epochs
         self.state = "connecting"
         conn = self._conn = Connection(self.leader, timeout=SILENCE_SECONDS)
@@ -230,5 +230,4 @@ class Follower:
                 continue
             else:
                 continue
-            durable = local.stats()["durable_position"]
-            conn.send(ack(self.position, durable))
+            conn.send(ack(self.position, local.durable_position))

@@ -278,7 +278,7 @@ class ClusterAgent:
                 name: {"node": leader.node, "url": leader.url, "epoch": leader.epoch}
                 for name, leader in sorted(self.leaders().items())
             },
-            "incarnation": self.gossip.status()["incarnation"],
+            "incarnation": self.gossip.incarnation,
             "authenticated": self.server.config.cluster_key is not None,
             "probe_interval": self.gossip.config.probe_interval,
             "counters": self.gossip.counters(),

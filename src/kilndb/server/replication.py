@@ -87,7 +87,7 @@ class FollowerLink:
         self._acked()
 
     def status(self) -> dict[str, Any]:
-        last = self.db.stats()["last_position"] if not self.db.closed else self.sent
+        last = self.db.last_position if not self.db.closed else self.sent
         lag_seconds = 0.0 if self.durable >= last else round(time.time() - self.last_ack, 3)
         return {
             "database": self.db.name,
