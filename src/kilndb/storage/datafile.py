@@ -25,14 +25,11 @@ from __future__ import annotations
 
 import errno
 import os
-import struct
 import weakref
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-from kilndb.codec import FRAME_HEADER_SIZE, FRAME_OVERHEAD
+from kilndb import _core
 from kilndb.errors import DiskFullError, StorageError
 
 __all__ = [
@@ -54,11 +51,6 @@ HINT_SUFFIX = ".hint"
 #: Temporary files of interrupted writes (hints, META, compaction): safe to delete.
 LEFTOVER_SUFFIXES = (".tmp", ".compact")
 PREALLOCATE_STEP = 4 * 1024 * 1024
-READ_CHUNK = 1024 * 1024
-
-_U32 = struct.Struct(">I")
-_unpack_u32 = _U32.unpack_from
-_crc32 = zlib.crc32
 
 
 def data_path(directory: Path, file_id: int) -> Path:
@@ -238,11 +230,12 @@ class DataFile:
             raise _storage_error("fsync", self.path, exc) from exc
 
     def frames(self, start: int = 0, end: int | None = None) -> FrameReader:
-        return FrameReader(self.fd, start, self.size if end is None else end)
+        return FrameReader(self.fd, start, self.size if end is None else end, str(self.path))
 
 
 class FrameReader:
-    """Sequential reader of the frames in ``[start, end)`` of a file.
+    """Sequential reader of the frames in ``[start, end)`` of a file (native, a read chunk
+    at a time with the GIL released around each ``pread``).
 
     Iterating yields ``(offset, body)``. Iteration stops at ``end``, at a zero-length
     header (the end-of-data marker of a preallocated file) or at the first frame that is
@@ -251,84 +244,26 @@ class FrameReader:
     ``"length"`` or ``"crc"``.
     """
 
-    __slots__ = ("_end", "_fd", "_start", "stop_offset", "stop_reason")
+    __slots__ = ("_reader",)
 
-    def __init__(self, fd: int, start: int, end: int) -> None:
-        self._fd = fd
-        self._start = start
-        self._end = end
-        self.stop_offset = start
-        self.stop_reason: str | None = None
+    def __init__(self, fd: int, start: int, end: int, path: str = "") -> None:
+        self._reader = _core.FrameReader(fd, start, end, path)
+
+    @property
+    def stop_offset(self) -> int:
+        return self._reader.stop_offset
+
+    @property
+    def stop_reason(self) -> str | None:
+        return self._reader.stop_reason
 
     def __iter__(self) -> Iterator[tuple[int, bytes]]:
-        for batch in self._batches(True):
+        next_batch = self._reader.next_batch
+        while (batch := next_batch(True)) is not None:
             yield from batch  # type: ignore[misc]
 
     def body_batches(self) -> Iterator[list[bytes]]:
         """The bodies alone, a list per read chunk: the cheapest way through a file."""
-        return self._batches(False)  # type: ignore[return-value]
-
-    def _batches(self, with_offsets: bool) -> Iterator[list[tuple[int, bytes]] | list[bytes]]:
-        # Frames are parsed a whole read chunk at a time, so that the per-frame cost is a
-        # few operations on a local buffer, not a generator resumption.
-        end = self._end
-        unpack, crc32 = _unpack_u32, _crc32
-        base = self._start  # file offset of buf[0]
-        buf = b""
-        p = 0
-        while True:
-            out: list[Any] = []
-            append = out.append
-            limit = len(buf)
-            while True:
-                offset = base + p
-                if offset >= end:
-                    self.stop_offset = end
-                    if out:
-                        yield out
-                    return
-                if limit - p < FRAME_HEADER_SIZE:
-                    break
-                (length,) = unpack(buf, p)
-                if length == 0:
-                    self._stop(offset, "end-marker")
-                    if out:
-                        yield out
-                    return
-                frame_end = p + FRAME_OVERHEAD + length
-                if offset + FRAME_OVERHEAD + length > end:
-                    self._stop(offset, "length")
-                    if out:
-                        yield out
-                    return
-                if frame_end > limit:
-                    break
-                body = buf[p + FRAME_HEADER_SIZE : frame_end - 4]
-                if crc32(body) != unpack(buf, frame_end - 4)[0]:
-                    self._stop(offset, "crc")
-                    if out:
-                        yield out
-                    return
-                append((offset, body) if with_offsets else body)
-                p = frame_end
-            self.stop_offset = base + p
-            if out:
-                yield out
-            need = FRAME_HEADER_SIZE
-            if limit - p >= FRAME_HEADER_SIZE:
-                need = FRAME_OVERHEAD + unpack(buf, p)[0]
-            buf, base, p = self._refill(buf, base, p, need)
-            if len(buf) - p < need:
-                self._stop(base + p, "short")
-                return
-
-    def _refill(self, buf: bytes, base: int, p: int, need: int) -> tuple[bytes, int, int]:
-        base += p
-        want = min(max(READ_CHUNK, need), self._end - base)
-        rest = buf[p:]
-        data = os.pread(self._fd, want - len(rest), base + len(rest)) if want > len(rest) else b""
-        return rest + data, base, 0
-
-    def _stop(self, offset: int, reason: str) -> None:
-        self.stop_offset = offset
-        self.stop_reason = reason
+        next_batch = self._reader.next_batch
+        while (batch := next_batch(False)) is not None:
+            yield batch  # type: ignore[misc]

@@ -1,0 +1,31 @@
+//! `kilndb._core`: the native core of KilnDB.
+//!
+//! The Python package is the public face; this module implements the formats it
+//! declares (frames, records, the keydir and scans) and is called once per batch or
+//! buffer, never once per item inside a lock. Every function turns a panic into
+//! `kilndb.KilnError` ([`errors::guard`]) and raises the `kilndb.errors` classes.
+
+use pyo3::prelude::*;
+
+pub mod errors;
+pub mod frame;
+mod py_frame;
+
+/// Panics on purpose: lets the tests prove that a bug in the core reaches Python as
+/// `KilnError` instead of aborting the process.
+#[pyfunction]
+fn _panic_for_tests(py: Python<'_>, message: &str) -> PyResult<()> {
+    errors::guard(py, || panic!("{message}"))
+}
+
+#[pymodule]
+fn _core(module: &Bound<'_, PyModule>) -> PyResult<()> {
+    module.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    module.add_function(wrap_pyfunction!(py_frame::crc32, module)?)?;
+    module.add_function(wrap_pyfunction!(py_frame::encode_frame, module)?)?;
+    module.add_function(wrap_pyfunction!(py_frame::encode_frames, module)?)?;
+    module.add_class::<py_frame::FrameDecoder>()?;
+    module.add_class::<py_frame::FrameReader>()?;
+    module.add_function(wrap_pyfunction!(_panic_for_tests, module)?)?;
+    Ok(())
+}
