@@ -60,8 +60,9 @@ rust-check: $(DEVSTAMP)
 test: lint typecheck rust-check pytest
 
 # An abi3 wheel (CPython >= 3.11) in dist/, installable without a Rust toolchain.
+WHEEL_DIR ?= dist
 wheel: $(DEVSTAMP)
-	$(VENV)/bin/maturin build --release --quiet --out dist
+	$(VENV)/bin/maturin build --release --quiet --out $(WHEEL_DIR)
 
 bench: $(BENCHSTAMP)
 	$(PY) bench/embedded.py

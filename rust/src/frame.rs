@@ -129,7 +129,7 @@ pub fn step(buf: &[u8], p: usize, base: u64, end: u64, complete: bool) -> Step {
 }
 
 /// Why a stream decoder refused its input.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StreamError {
     TooLarge { size: u64, limit: u64 },
     Crc,
@@ -169,9 +169,9 @@ impl StreamDecoder {
 
     /// The next complete body as a range of the internal buffer, `Ok(None)` when more
     /// bytes are needed. The range is valid until the next call.
-    pub fn next_range(&mut self) -> Result<Option<(usize, usize)>, &StreamError> {
-        if self.failed.is_some() {
-            return Err(self.failed.as_ref().expect("checked"));
+    pub fn next_range(&mut self) -> Result<Option<(usize, usize)>, StreamError> {
+        if let Some(failed) = self.failed {
+            return Err(failed);
         }
         let available = self.buffer.len() - self.start;
         if available < HEADER_SIZE {
@@ -180,11 +180,12 @@ impl StreamDecoder {
         }
         let length = read_u32(&self.buffer, self.start) as u64;
         if length > self.max_frame_bytes {
-            self.failed = Some(StreamError::TooLarge {
+            let failed = StreamError::TooLarge {
                 size: length,
                 limit: self.max_frame_bytes,
-            });
-            return Err(self.failed.as_ref().expect("just set"));
+            };
+            self.failed = Some(failed);
+            return Err(failed);
         }
         let total = OVERHEAD + length as usize;
         if available < total {
@@ -195,7 +196,7 @@ impl StreamDecoder {
         let body_end = body_start + length as usize;
         if crc32(&self.buffer[body_start..body_end]) != read_u32(&self.buffer, body_end) {
             self.failed = Some(StreamError::Crc);
-            return Err(self.failed.as_ref().expect("just set"));
+            return Err(StreamError::Crc);
         }
         self.start += total;
         Ok(Some((body_start, body_end)))
@@ -245,7 +246,13 @@ mod tests {
             } => assert_eq!(&buf[body_start..body_end], b"one"),
             other => panic!("{other:?}"),
         }
-        assert_eq!(step(&buf, 11, 0, end, true), Step::Frame { body_start: 15, body_end: 20 });
+        assert_eq!(
+            step(&buf, 11, 0, end, true),
+            Step::Frame {
+                body_start: 15,
+                body_end: 20
+            }
+        );
         assert_eq!(step(&buf, 24, 0, end, true), Step::Stop(Stop::Clean));
         // A range cut inside the second frame: its length runs past the end.
         assert_eq!(step(&buf, 11, 0, end - 1, true), Step::Stop(Stop::Length));
@@ -286,7 +293,7 @@ mod tests {
         decoder.feed(&encode(b"hello"));
         assert_eq!(
             decoder.next_range(),
-            Err(&StreamError::TooLarge { size: 5, limit: 4 })
+            Err(StreamError::TooLarge { size: 5, limit: 4 })
         );
         // It stays failed.
         assert!(decoder.next_range().is_err());
@@ -294,6 +301,6 @@ mod tests {
         frame[5] ^= 0xFF;
         let mut decoder = StreamDecoder::new(1024);
         decoder.feed(&frame);
-        assert_eq!(decoder.next_range(), Err(&StreamError::Crc));
+        assert_eq!(decoder.next_range(), Err(StreamError::Crc));
     }
 }

@@ -35,10 +35,7 @@ pub fn encode_frame<'py>(py: Python<'py>, body: &[u8]) -> PyResult<Bound<'py, Py
 
 /// The frames of several bodies, back to back, as one bytes object.
 #[pyfunction]
-pub fn encode_frames<'py>(
-    py: Python<'py>,
-    bodies: Vec<Vec<u8>>,
-) -> PyResult<Bound<'py, PyBytes>> {
+pub fn encode_frames<'py>(py: Python<'py>, bodies: Vec<Vec<u8>>) -> PyResult<Bound<'py, PyBytes>> {
     guard(py, || {
         let total = bodies.iter().map(|b| b.len() + frame::OVERHEAD).sum();
         let mut out = Vec::with_capacity(total);
@@ -49,9 +46,9 @@ pub fn encode_frames<'py>(
     })
 }
 
-fn stream_error(py: Python<'_>, err: &StreamError) -> PyErr {
+fn stream_error(py: Python<'_>, err: StreamError) -> PyErr {
     match err {
-        StreamError::TooLarge { size, limit } => frame_too_large(py, *size, *limit),
+        StreamError::TooLarge { size, limit } => frame_too_large(py, size, limit),
         StreamError::Crc => protocol_error(py, "frame CRC mismatch"),
     }
 }
@@ -94,7 +91,7 @@ impl FrameDecoder {
     /// Append received bytes. Never blocks and never parses.
     fn feed(&mut self, py: Python<'_>, data: &[u8]) -> PyResult<()> {
         guard(py, || {
-            if let Some(err) = &self.inner.failed {
+            if let Some(err) = self.inner.failed {
                 return Err(stream_error(py, err));
             }
             self.inner.feed(data);
@@ -184,7 +181,11 @@ impl FrameReader {
         if want <= self.buf.len() {
             return Ok(false);
         }
-        let (fd, at, count) = (self.fd, self.base + self.buf.len() as u64, want - self.buf.len());
+        let (fd, at, count) = (
+            self.fd,
+            self.base + self.buf.len() as u64,
+            want - self.buf.len(),
+        );
         let data = py
             .detach(|| pread_exact(&borrowed_file(fd), at, count))
             .map_err(|err| storage_error(py, "read", &self.path, &err))?;
@@ -289,7 +290,10 @@ impl FrameReader {
                 for (offset, start, end) in ranges {
                     let body = PyBytes::new(py, &self.buf[start..end]);
                     if with_offsets {
-                        out.append(PyTuple::new(py, [offset.into_pyobject(py)?.into_any(), body.into_any()])?)?;
+                        out.append(PyTuple::new(
+                            py,
+                            [offset.into_pyobject(py)?.into_any(), body.into_any()],
+                        )?)?;
                     } else {
                         out.append(body)?;
                     }

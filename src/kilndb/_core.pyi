@@ -49,7 +49,9 @@ class FrameReader:
     @property
     def stop_reason(self) -> str | None:
         """None (clean end), "end-marker", "short", "length" or "crc"."""
-    def next_batch(self, with_offsets: bool = False) -> list[bytes] | list[tuple[int, bytes]] | None:
+    def next_batch(
+        self, with_offsets: bool = False
+    ) -> list[bytes] | list[tuple[int, bytes]] | None:
         """The next read chunk's frames (bodies, or ``(offset, body)``); None when done."""
 
 def _panic_for_tests(message: str) -> None:
