@@ -7,12 +7,10 @@ offers the same interface, so code written against one runs against the other.
 
 from __future__ import annotations
 
-import bisect
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager
 from itertools import islice
-from math import isfinite
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -30,21 +28,17 @@ from kilndb.errors import (
     KilnError,
     LeaseHeldError,
     LeaseLostError,
-    NotFoundError,
 )
 from kilndb.leases import LEASE_STORE, Lease, LeaseKeeper, check_fence, check_ttl
 from kilndb.model import (
     MAX_ID_LENGTH,
-    RESERVED_STORE_PREFIX,
     Fact,
     Write,
-    fact_from_dict,
     validate_database_name,
     validate_key,
     validate_store_name,
 )
-from kilndb.storage.keydir import TOMBSTONE
-from kilndb.storage.log import Log, PendingFact
+from kilndb.storage.facts import FactLog, check_limit, check_position
 from kilndb.storage.retention import Retention
 from kilndb.storage.shipping import LogReader
 
@@ -81,18 +75,6 @@ def _check_holder(holder: object) -> str:
     if not isinstance(holder, str) or not holder or len(holder) > MAX_ID_LENGTH:
         raise InvalidArgumentError(f"holder must be a non-empty string of at most {MAX_ID_LENGTH}")
     return holder
-
-
-def _check_limit(limit: object) -> int | None:
-    if limit is not None and (type(limit) is not int or limit < 0):
-        raise InvalidArgumentError("limit must be a non-negative integer or None")
-    return limit
-
-
-def _check_position(name: str, value: object) -> int:
-    if type(value) is not int or value < 0:
-        raise InvalidArgumentError(f"{name} must be a non-negative integer")
-    return value
 
 
 def _check_stores(stores: object) -> frozenset[str] | None:
@@ -151,7 +133,7 @@ class Store:
             metadata=metadata,
             store_checked=True,
         )
-        return self._db._commit_one(prepared, check_fence(fence))
+        return self._db._log.commit_one(prepared, check_fence(fence))
 
     def delete(
         self,
@@ -175,11 +157,11 @@ class Store:
             deleted=True,
             store_checked=True,
         )
-        return self._db._commit_one(prepared, check_fence(fence))
+        return self._db._log.commit_one(prepared, check_fence(fence))
 
     def read(self, key: str, *, as_of: float | None = None) -> Fact | None:
         """The latest fact of ``key`` (as of a transaction time), or None if absent/deleted."""
-        return self._db._read(self.name, key, as_of)
+        return self._db._log.read(self.name, key, as_of)
 
     def history(
         self,
@@ -190,11 +172,11 @@ class Store:
         limit: int | None = None,
     ) -> list[Fact]:
         """Retained facts of ``key`` with ``since_seq <= seq <= until_seq``, by seq."""
-        return self._db._history(self.name, key, since_seq, until_seq, limit)
+        return self._db._log.history(self.name, key, since_seq, until_seq, limit)
 
     def keys(self, prefix: str = "", limit: int | None = None) -> list[str]:
         """Keys with a live (not deleted) value, sorted, optionally by prefix."""
-        return self._db._keys(self.name, prefix, limit)
+        return self._db._log.keys(self.name, prefix, limit)
 
 
 class Database:
@@ -214,7 +196,7 @@ class Database:
         self.data_dir = Path(path)
         self.path = self.data_dir / self.name
         self.config = config or DatabaseConfig()
-        self._log = Log(self.path, self.config, database_id)
+        self._log = FactLog(self.path, self.config, database_id)
         self._stores: dict[str, Store] = {}
 
     def __repr__(self) -> str:
@@ -307,17 +289,13 @@ class Database:
         """The lease's latest value (None if never taken) and its fact's seq."""
         fact = Store(self, LEASE_STORE).read(key)
         return (
-            (None, self._latest_seq(LEASE_STORE, key))
+            (None, self._log.latest_seq(LEASE_STORE, key))
             if fact is None
             else (
                 fact.value,
                 fact.seq,
             )
         )
-
-    def _latest_seq(self, store: str, key: str) -> int:
-        latest = self._log.keydir.latest(store, key)
-        return 0 if latest is None else self._log.keydir.seq_of(latest)[0]
 
     def _check_held(self, lease: Lease, current: dict[str, Any] | None) -> None:
         token = None if current is None else current["token"]
@@ -342,22 +320,10 @@ class Database:
             LEASE_STORE, lease.key, value, expected_seq=seq, store_checked=True
         )
         try:
-            self._commit_one(prepared)
+            self._log.commit_one(prepared)
         except ConflictError:
             return False
         return True
-
-    def _check_fence_locked(self, key: str, token: int) -> None:
-        """Refuse a fenced write unless ``token`` is the lease's newest (hold the lock)."""
-        log = self._log
-        position = log.keydir.latest(LEASE_STORE, key)
-        body = None if position is None else log.read_body_locked(position)
-        current = None if body is None else _loads(body)["value"]["token"]
-        if current != token:
-            reason = "no such lease" if current is None else "a newer lease exists"
-            if current is not None and current < token:
-                reason = "no lease with this token was ever granted"
-            raise LeaseLostError(key, token, current, reason)
 
     def space(self, name: str) -> Space:
         """The streams view of store ``name``: ordered segments (keys) of entries (facts)."""
@@ -445,7 +411,7 @@ class Database:
     @property
     def durable_position(self) -> int:
         """The last position known to be on stable storage."""
-        return self._log.commit.durable
+        return self._log.group_commit.durable
 
     @property
     def last_position(self) -> int:
@@ -459,27 +425,9 @@ class Database:
         epochs = self._log.meta.get("epochs") or [{"epoch": 0}]
         return int(epochs[-1]["epoch"])
 
-    def _visible_position(self) -> int:
-        return self._log.visible
-
-    def _segment_bounds(self, store: str, key: str) -> tuple[Fact | None, Fact | None]:
-        """The first and the last visible retained fact of a key (None, None if none)."""
-        log = self._log
-        log.check_open()
-        positions = log.keydir.positions(store, key)
-        stop = bisect.bisect_right(positions, log.visible)  # durable entries only
-        if not stop:
-            return None, None
-        ends = [positions[0]] if stop == 1 else [positions[0], positions[stop - 1]]
-        facts = [fact_from_dict(_loads(body)) for body in log.read_bodies(ends)]
-        return (facts[0], facts[-1]) if facts else (None, None)
-
     def stores(self) -> list[str]:
         """Names of the stores that hold retained facts, sorted."""
-        log = self._log
-        with log.lock:
-            log.check_open()
-            return sorted(s for s in log.keydir.stores if not s.startswith(RESERVED_STORE_PREFIX))
+        return self._log.stores()
 
     # -- writing ---------------------------------------------------------------------
 
@@ -494,7 +442,7 @@ class Database:
         prepared = [_prepare(write) for write in writes]
         if not prepared:
             return []
-        return self._commit(prepared, atomic=True, fence=fenced)  # type: ignore[return-value]
+        return self._log.commit(prepared, atomic=True, fence=fenced)  # type: ignore[return-value]
 
     def write_each(self, writes: Iterable[Write]) -> list[Fact | KilnError]:
         """Commit independent writes together; each succeeds or fails on its own.
@@ -522,246 +470,17 @@ class Database:
             except KilnError as exc:
                 outcomes.append(exc)
         prepared = [item for item in outcomes if type(item) is PreparedWrite]
-        committed = iter(self._commit(prepared, atomic=False, wire=wire) if prepared else ())
+        committed = iter(self._log.commit(prepared, atomic=False, wire=wire) if prepared else ())
         return [next(committed) if type(item) is PreparedWrite else item for item in outcomes]  # type: ignore[misc]
 
-    def _stage(
-        self, w: PreparedWrite, position: int, current: int, is_deleted: bool, ttime: float
-    ) -> tuple[dict[str, Any], PendingFact]:
-        """Check a write against its key's state and build its record (hold the lock)."""
-        if w.expected_seq is not None and w.expected_seq != current:
-            raise ConflictError(w.store, w.key, w.expected_seq, current)
-        if w.deleted and (current == 0 or is_deleted):
-            raise NotFoundError(f"{w.store}/{w.key} has no value to delete")
-        seq = current + 1
-        record = w.record(w.id or self._log.ids_codec.generate(position), seq, position, ttime)
-        return record, (w.store, w.key, seq, w.deleted, ttime, w.id, _dumps(record))
-
-    def _commit_one(self, w: PreparedWrite, fence: tuple[str, int] | None = None) -> Fact:
-        log = self._log
-        keydir = log.keydir
-        stored: Fact | None = None
-        with log.lock:
-            log.check_open()
-            if fence is not None:
-                self._check_fence_locked(*fence)
-            existing = None if w.id is None else self._stored_position(w.id)
-            if existing is not None:
-                stored = self._stored_fact(existing)
-            else:
-                latest = keydir.latest(w.store, w.key)
-                current, is_deleted = (0, False) if latest is None else keydir.seq_of(latest)
-                record, pending = self._stage(
-                    w, log.next_position, current, is_deleted, log.next_ttime()
-                )
-                last = log.append_locked([pending], batch=False)
-        if stored is not None:
-            # A retry may arrive while the original is still waiting for its fsync: it
-            # is acknowledged no sooner than the original.
-            log.wait_durable(stored.position)
-            return stored
-        log.wait_durable(last)
-        record["value"] = w.stored_value()
-        return fact_from_dict(record)
-
-    def _commit(
-        self,
-        writes: list[PreparedWrite],
-        atomic: bool,
-        wire: bool = False,
-        fence: tuple[str, int] | None = None,
-    ) -> list[Fact | dict[str, Any] | KilnError]:
-        """Stage and append ``writes`` under one lock; one fsync wait for all of them.
-
-        ``atomic``: the first refused write raises and nothing is written, and the facts
-        are framed as one batch. Otherwise a refused write's result is its error.
-        ``wire``: facts are returned as wire dicts (see :meth:`write_each_wire`).
-        """
-        log = self._log
-        keydir = log.keydir
-        stage = self._stage
-        # Each result is a fact already stored (an idempotent retry), the error that
-        # refused the write, or the index of a record this call writes.
-        results: list[Fact | KilnError | int] = []
-        records: list[tuple[dict[str, Any], PreparedWrite]] = []
-        pending: list[PendingFact] = []
-        must_be_durable = 0
-        with log.lock:
-            log.check_open()
-            if fence is not None:
-                self._check_fence_locked(*fence)
-            ttime = log.next_ttime()
-            # (seq, deleted) of keys written so far by this call.
-            written_state: dict[tuple[str, str], tuple[int, bool]] = {}
-            # id -> index in ``records`` of the ids this call writes.
-            written_ids: dict[str, int] = {}
-            position = log.next_position
-            for w in writes:
-                if w.id is not None:
-                    index = written_ids.get(w.id)
-                    if index is not None:
-                        results.append(index)
-                        continue
-                    existing = self._stored_position(w.id)
-                    if existing is not None:
-                        results.append(self._stored_fact(existing))
-                        must_be_durable = max(must_be_durable, existing)
-                        continue
-                slot = (w.store, w.key)
-                state = written_state.get(slot)
-                if state is None:
-                    latest = keydir.latest(w.store, w.key)
-                    state = (0, False) if latest is None else keydir.seq_of(latest)
-                try:
-                    record, staged = stage(w, position, state[0], state[1], ttime)
-                    if not atomic and len(staged[6]) + 8 > log.config.max_record_bytes:
-                        raise InvalidArgumentError(
-                            f"record of {len(staged[6]) + 8} bytes exceeds max_record_bytes"
-                            f" ({log.config.max_record_bytes})"
-                        )
-                except KilnError as exc:
-                    if atomic:
-                        raise
-                    results.append(exc)
-                    continue
-                if w.id is not None:
-                    written_ids[w.id] = len(records)
-                written_state[slot] = (staged[2], w.deleted)
-                pending.append(staged)
-                results.append(len(records))
-                records.append((record, w))
-                position += 1
-            if pending:
-                must_be_durable = log.append_locked(pending, batch=atomic and len(pending) > 1)
-        if must_be_durable:
-            log.wait_durable(must_be_durable)
-        written: list[Fact | dict[str, Any]]
-        if wire:
-            written = [record for record, _ in records]
-            return [
-                written[item]  # type: ignore[misc]
-                if type(item) is int
-                else item.to_dict()
-                if type(item) is Fact
-                else item
-                for item in results
-            ]
-        written = []
-        for record, prepared in records:
-            record["value"] = prepared.stored_value()
-            written.append(fact_from_dict(record))
-        return [written[item] if type(item) is int else item for item in results]  # type: ignore[misc]
-
-    def _stored_position(self, fact_id: str) -> int | None:
-        """Position of the fact already stored under ``fact_id`` (hold the log lock)."""
-        log = self._log
-        position = log.ids.get(fact_id)
-        if position is not None:
-            # A fact that retention has dropped no longer exists: its id is free again.
-            return position if log.keydir.is_retained(position) else None
-        generated = log.ids_codec.position_of(fact_id)
-        if generated is None:
-            return None
-        if generated >= log.next_position:
-            raise InvalidArgumentError(
-                f"id {fact_id!r} has the form of an id this database generates"
-                " and does not name a stored fact"
-            )
-        return generated if log.keydir.is_retained(generated) else None
-
     # -- reading ---------------------------------------------------------------------
-
-    def _stored_fact(self, position: int) -> Fact:
-        """The retained fact at ``position`` (hold the log lock)."""
-        body = self._log.read_body_locked(position)
-        if body is None:
-            raise NotFoundError(f"no retained fact at position {position}")
-        return fact_from_dict(_loads(body))
-
-    def _read(self, store: str, key: str, as_of: float | None) -> Fact | None:
-        log = self._log
-        log.check_open()
-        if type(key) is not str:
-            validate_key(key)
-        if as_of is not None and (
-            isinstance(as_of, bool) or not isinstance(as_of, int | float) or not isfinite(as_of)
-        ):
-            raise InvalidArgumentError("as_of must be a finite transaction time (epoch seconds)")
-        keydir = log.keydir
-        while True:
-            if as_of is None:
-                position = keydir.latest(store, key)
-            else:
-                positions = keydir.positions(store, key)
-                limit = keydir.position_at_time(as_of)
-                index = bisect.bisect_right(positions, limit)
-                position = positions[index - 1] if index else None
-            if position is None:
-                return None
-            body = log.read_body(position)
-            if body is not None:  # else retention dropped it just now: look again
-                break
-        record = _loads(body)
-        if record["deleted"]:
-            return None
-        return fact_from_dict(record)
-
-    def _history(
-        self,
-        store: str,
-        key: str,
-        since_seq: object,
-        until_seq: object,
-        limit: object,
-        visible_only: bool = False,
-    ) -> list[Fact]:
-        """``visible_only``: stop at the visible position (the durable one with
-        ``sync="always"``), as the changefeed and replay do — the streams view's rule."""
-        log = self._log
-        log.check_open()
-        validate_key(key)
-        since = _check_position("since_seq", since_seq)
-        until = None if until_seq is None else _check_position("until_seq", until_seq)
-        wanted = _check_limit(limit)
-        keydir = log.keydir
-        seqs, base = keydir.seq, keydir.base
-        positions = keydir.positions(store, key)
-
-        # A key's seqs grow with its positions: find the first one wanted by bisection.
-        def seq_of(position: int) -> int:
-            return seqs[position - base] & ~TOMBSTONE
-
-        stop = bisect.bisect_right(positions, log.visible) if visible_only else len(positions)
-        start = bisect.bisect_left(positions, since, key=seq_of, hi=stop)
-        end = stop if wanted is None else min(stop, start + wanted)
-        if until is not None:  # and the last one, by bisection too
-            end = min(end, bisect.bisect_right(positions, until, key=seq_of, lo=start, hi=stop))
-        chosen = positions[start:end]
-        return [fact_from_dict(_loads(body)) for body in log.read_bodies(chosen)]
-
-    def _keys(self, store: str, prefix: object, limit: object) -> list[str]:
-        if not isinstance(prefix, str):
-            raise InvalidArgumentError("prefix must be a string")
-        wanted = _check_limit(limit)
-        log = self._log
-        keydir = log.keydir
-        seq, base = keydir.seq, keydir.base
-        with log.lock:
-            log.check_open()
-            found = [
-                key
-                for key, position in keydir.iter_keys(store)
-                if key.startswith(prefix) and not seq[position - base] & TOMBSTONE
-            ]
-        found.sort()
-        return found if wanted is None else found[:wanted]
 
     def replay(
         self, after: int = 0, stores: Iterable[str] | None = None, limit: int | None = None
     ) -> Iterator[Fact]:
         """Retained facts with position > ``after``, in position (commit) order."""
-        start = _check_position("after", after)
-        wanted = _check_limit(limit)
+        start = check_position("after", after)
+        wanted = check_limit(limit)
         chosen = _check_stores(stores)
         log = self._log
         log.check_open()
@@ -773,8 +492,8 @@ class Database:
     ) -> Iterator[tuple[int, bytes]]:
         """:meth:`replay` for transports: ``(position, json)`` of each fact, the JSON
         being exactly what ``orjson.dumps(fact.to_dict())`` would produce."""
-        start = _check_position("after", after)
-        wanted = _check_limit(limit)
+        start = check_position("after", after)
+        wanted = check_limit(limit)
         chosen = _check_stores(stores)
         log = self._log
         log.check_open()
@@ -787,7 +506,7 @@ class Database:
         Raises CursorTooOldError if facts after ``after`` were compacted away (``after=0``
         always means "from the oldest retained fact").
         """
-        start = _check_position("after", after)
+        start = check_position("after", after)
         chosen = _check_stores(stores)
         log = self._log
         log.check_open()
@@ -828,32 +547,13 @@ class Database:
 
     def stats(self) -> dict[str, Any]:
         """Counters and sizes of the database."""
-        log = self._log
-        with log.lock:
-            log.check_open()
-            keydir = log.keydir
-            files = list(log.files.values())
-            stats: dict[str, Any] = {
-                "database": self.name,
-                "database_id": log.database_id,
-                "path": str(self.path),
-                "sync": self.config.sync,
-                "last_position": log.next_position - 1,
-                "durable_position": log.commit.durable,
-                "facts": keydir.facts,
-                "keys": sum(len(keys) for keys in keydir.stores.values()),
-                "stores": len(keydir.stores),
-                "files": len(files),
-                "active_file": log.active.file_id,
-                "data_bytes": sum(f.size for f in files),
-                "dead_bytes": sum(f.dead_bytes for f in files),
-                "fsyncs": log.commit.fsyncs,
-                "subscribers": log.subscribers,
-                "compacted_through": log.meta.get("compacted_through", 0),
-                "torn_tails_cut": len(log.torn_tails),
-                **log.stats_counters,
-            }
-        return stats
+        stats = self._log.stats()
+        return {
+            "database": self.name,
+            "database_id": stats.pop("database_id"),
+            "path": str(self.path),
+            **stats,
+        }
 
     def close(self) -> None:
         """Flush, write hint files and release the database. Idempotent."""

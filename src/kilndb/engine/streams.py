@@ -114,7 +114,7 @@ class Segment:
         """:meth:`consume` as the facts the entries are (for transports)."""
         low, high = check_time("min_ts", min_ts), check_time("max_ts", max_ts)
         wanted = clamp_limit(limit)
-        history = self._db._history
+        history = self._db._log.history
         # Like the changefeed, the streams view shows durable entries only: a consumer's
         # cursor never moves past an entry a crash could still take back.
         if low is None and high is None:
@@ -124,13 +124,13 @@ class Segment:
 
     def peek(self) -> Entry | None:
         """The last entry, or None for an empty segment."""
-        _, last = self._db._segment_bounds(self.space, self.name)
+        _, last = self._db._log.segment_bounds(self.space, self.name)
         return None if last is None else entry_from_fact(last)
 
     def status(self) -> dict[str, Any]:
         """``space, segment, first_sequence, first_timestamp, last_sequence,
         last_timestamp`` (None for an empty segment)."""
-        first, last = self._db._segment_bounds(self.space, self.name)
+        first, last = self._db._log.segment_bounds(self.space, self.name)
         return status_of(self.space, self.name, first, last)
 
 
@@ -199,7 +199,7 @@ class StatusSubscription:
         # Follow first, then take the snapshot: no change can fall between the two. The
         # snapshot (a read per segment) is taken by the first get(), on the caller's
         # thread, so opening a subscription is cheap whatever the size of the space.
-        self._changes: Subscription = db.subscribe([space], after=db._visible_position())
+        self._changes: Subscription = db.subscribe([space], after=db._log.visible)
         self._pending: deque[dict[str, Any]] | None = None
         self._quiet_since = time.monotonic()
 
@@ -235,7 +235,7 @@ class StatusSubscription:
         return None
 
     def _status(self, fact: Fact) -> dict[str, Any]:
-        first, _ = self._db._segment_bounds(self.space, fact.key)
+        first, _ = self._db._log.segment_bounds(self.space, fact.key)
         return status_of(self.space, fact.key, first, fact)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:

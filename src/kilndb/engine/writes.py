@@ -8,10 +8,7 @@ expensive parts (serialising and hashing the value) happen outside the lock.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any
-
-import orjson
 
 from kilndb.errors import InvalidArgumentError
 from kilndb.model import (
@@ -22,62 +19,11 @@ from kilndb.model import (
     validate_store_name,
     value_hash,
 )
+from kilndb.storage.records import PreparedWrite
 
 __all__ = ["PreparedWrite", "prepare_write"]
 
 _NULL_HASH = value_hash(b"null")
-
-
-@dataclass(slots=True)
-class PreparedWrite:
-    """A write whose arguments are valid and whose value is serialised and hashed."""
-
-    store: str
-    key: str
-    value: Any
-    value_json: bytes
-    value_hash: str
-    expected_seq: int | None
-    id: str | None
-    causation: str | None
-    valid_time: float | None
-    schema_version: int
-    producer: Any
-    derivation: Any
-    metadata: dict[str, str]
-    deleted: bool
-
-    def record(
-        self, fact_id: str, seq: int, position: int, transaction_time: float
-    ) -> dict[str, Any]:
-        """The fact record, in :data:`FACT_FIELDS` order, with the value pre-serialised."""
-        return {
-            "id": fact_id,
-            "store": self.store,
-            "key": self.key,
-            "seq": seq,
-            "position": position,
-            "value": orjson.Fragment(self.value_json),
-            "value_hash": self.value_hash,
-            "transaction_time": transaction_time,
-            "valid_time": self.valid_time,
-            "causation": self.causation,
-            "schema_version": self.schema_version,
-            "producer": self.producer,
-            "derivation": self.derivation,
-            "metadata": self.metadata,
-            "deleted": self.deleted,
-        }
-
-    def stored_value(self) -> Any:
-        """The value as a reader will see it: a private copy, never the caller's object."""
-        value = self.value
-        if value is None or type(value) in _IMMUTABLE:
-            return value
-        return orjson.loads(self.value_json)
-
-
-_IMMUTABLE = frozenset({str, int, float, bool})
 
 
 def _optional_str(name: str, value: object) -> str | None:

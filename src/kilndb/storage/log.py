@@ -113,7 +113,7 @@ class Log:
         self.next_position = self.keydir.last_position + 1
         #: Highest position written to the active file (visible to readers).
         self.written = self.next_position - 1
-        self.commit = GroupCommit(self._sync_snapshot, self.written)
+        self.group_commit = GroupCommit(self._sync_snapshot, self.written)
         #: Notified whenever new facts become visible to changefeed subscribers.
         self.visible_cond = threading.Condition(threading.Lock())
         self.visible = self.written
@@ -147,7 +147,7 @@ class Log:
         """Raise ClosedError, or the fsync failure that poisoned the log."""
         if self.closed:
             raise ClosedError(f"database {self.directory} is closed")
-        failure = self.commit.failure
+        failure = self.group_commit.failure
         if failure is not None:
             # A fresh error each time: re-raising the stored one would grow its traceback
             # with every call, from every thread, for as long as the log stays poisoned.
@@ -285,7 +285,7 @@ class Log:
             if deferred is not None:
                 deferred.append(position)
                 return
-            self.commit.wait_durable(position)
+            self.group_commit.wait_durable(position)
             self.publish(position)
 
     @contextmanager
@@ -329,9 +329,9 @@ class Log:
         except StorageError as exc:
             # Writers waiting on this file must not be acknowledged by a later fsync
             # that may succeed after the kernel dropped the pages.
-            self.commit.poison(exc)
+            self.group_commit.poison(exc)
             raise
-        self.commit.mark_durable(self.written)
+        self.group_commit.mark_durable(self.written)
         if self.config.sync == "always":
             self.publish(self.written)
         file_id = sealed.file_id + 1
@@ -550,9 +550,9 @@ class Log:
     def _run_interval_sync(self) -> None:
         interval = self.config.sync_interval_ms / 1000
         while not self._stop_interval.wait(interval):
-            if self.written > self.commit.durable:
+            if self.written > self.group_commit.durable:
                 try:
-                    self.commit.sync_now()
+                    self.group_commit.sync_now()
                 except ClosedError:
                     return
                 except StorageError:
@@ -633,9 +633,9 @@ class Log:
 
     def sync(self) -> None:
         self.check_open()
-        self.commit.sync_now()
+        self.group_commit.sync_now()
         if self.config.sync == "always":
-            self.publish(self.commit.durable)
+            self.publish(self.group_commit.durable)
 
     def close(self) -> None:
         """Make everything durable, write the active file's hint, release the database.
@@ -649,9 +649,9 @@ class Log:
                 return
             self.closed = True
             # Writers still waiting for their fsync are served by this one.
-            if self.commit.failure is None:
+            if self.group_commit.failure is None:
                 self.active.seal()
-                self.commit.mark_durable(self.written)
+                self.group_commit.mark_durable(self.written)
         self._stop_interval.set()
         if self._interval_thread is not None:
             self._interval_thread.join()
@@ -662,7 +662,7 @@ class Log:
         try:
             with self._maintenance, self.lock:
                 active = self.active
-                if self.commit.failure is None and self._has_facts(active):
+                if self.group_commit.failure is None and self._has_facts(active):
                     write_hint(hint_path(self.directory, active.file_id), self.build_hint(active))
                 self.files = {active.file_id: active}
         finally:

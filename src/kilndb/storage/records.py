@@ -20,12 +20,14 @@ its first key:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 __all__ = [
     "BATCH_PREFIX",
+    "PreparedWrite",
     "FACT_PREFIX",
     "FILE_PREFIX",
     "batch_header",
@@ -54,3 +56,55 @@ def parse_body(body: bytes) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError("record body is not a JSON object")
     return data
+
+
+@dataclass(slots=True)
+class PreparedWrite:
+    """A write whose arguments are valid and whose value is serialised and hashed."""
+
+    store: str
+    key: str
+    value: Any
+    value_json: bytes
+    value_hash: str
+    expected_seq: int | None
+    id: str | None
+    causation: str | None
+    valid_time: float | None
+    schema_version: int
+    producer: Any
+    derivation: Any
+    metadata: dict[str, str]
+    deleted: bool
+
+    def record(
+        self, fact_id: str, seq: int, position: int, transaction_time: float
+    ) -> dict[str, Any]:
+        """The fact record, in :data:`FACT_FIELDS` order, with the value pre-serialised."""
+        return {
+            "id": fact_id,
+            "store": self.store,
+            "key": self.key,
+            "seq": seq,
+            "position": position,
+            "value": orjson.Fragment(self.value_json),
+            "value_hash": self.value_hash,
+            "transaction_time": transaction_time,
+            "valid_time": self.valid_time,
+            "causation": self.causation,
+            "schema_version": self.schema_version,
+            "producer": self.producer,
+            "derivation": self.derivation,
+            "metadata": self.metadata,
+            "deleted": self.deleted,
+        }
+
+    def stored_value(self) -> Any:
+        """The value as a reader will see it: a private copy, never the caller's object."""
+        value = self.value
+        if value is None or type(value) in _IMMUTABLE:
+            return value
+        return orjson.loads(self.value_json)
+
+
+_IMMUTABLE = frozenset({str, int, float, bool})

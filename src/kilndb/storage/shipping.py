@@ -84,7 +84,7 @@ class LogReader:
     def next(self, max_records: int = 256, max_bytes: int = 64 * 1024) -> Shipment | None:
         """The next shipment of durable records, or None if there is nothing new."""
         log = self.log
-        durable = log.commit.durable
+        durable = log.group_commit.durable
         if durable <= self.after:
             return None
         if self._file_id is not None and log.files.get(self._file_id) is not self._datafile:
