@@ -9,7 +9,11 @@ use pyo3::prelude::*;
 
 pub mod errors;
 pub mod frame;
+pub mod jsonw;
 mod py_frame;
+mod pyfact;
+pub mod record;
+mod stage;
 
 /// Panics on purpose: lets the tests prove that a bug in the core reaches Python as
 /// `KilnError` instead of aborting the process.
@@ -26,6 +30,8 @@ fn _core(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(py_frame::encode_frames, module)?)?;
     module.add_class::<py_frame::FrameDecoder>()?;
     module.add_class::<py_frame::FrameReader>()?;
+    module.add_class::<stage::Stager>()?;
+    module.add_class::<stage::Staged>()?;
     module.add_function(wrap_pyfunction!(_panic_for_tests, module)?)?;
     Ok(())
 }

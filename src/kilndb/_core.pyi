@@ -4,7 +4,8 @@ Every function raises the ``kilndb.errors`` classes; a bug inside the core (a Ru
 is raised as ``kilndb.KilnError``, never aborting the process.
 """
 
-from typing import final
+from collections.abc import Callable, Iterable
+from typing import Any, final
 
 __version__: str
 
@@ -56,3 +57,62 @@ class FrameReader:
 
 def _panic_for_tests(message: str) -> None:
     """Panics inside the core: raises KilnError (tests prove panics never abort)."""
+
+@final
+class Staged:
+    """A staged batch of writes: its frames, ready to append, and what to index."""
+
+    @property
+    def data(self) -> bytes:
+        """The frames to append to the active file (a batch header first, if any)."""
+    @property
+    def header_len(self) -> int: ...
+    @property
+    def last(self) -> int:
+        """The last position the batch writes (0 if it writes nothing)."""
+    @property
+    def must_be_durable(self) -> int:
+        """The highest position that must be durable before any outcome is acknowledged."""
+    @property
+    def results(self) -> list[Any]:
+        """One outcome per write: its Fact (or wire JSON), the fact already stored under
+        its id, or the KilnError that refused it."""
+    @property
+    def count(self) -> int:
+        """Facts the batch writes."""
+    def apply(
+        self,
+        keydir: Any,
+        ids: dict[str, int],
+        file_id: int,
+        offset: int,
+        ttime: float,
+        latest_only: set[str],
+    ) -> list[tuple[int, int]]:
+        """Index the batch, appended at ``offset`` of ``file_id``; returns the
+        ``(file_id, size)`` of frames that retention ``keep="latest"`` made dead."""
+
+@final
+class Stager:
+    """Prepares, checks and encodes batches of writes for one database."""
+
+    def __init__(
+        self,
+        write_type: type[Any],
+        fact_type: type[Any],
+        prepare: Callable[[Any, bool], Any],
+        id_prefix: str,
+    ) -> None: ...
+    def stage(
+        self,
+        writes: Iterable[Any],
+        log: Any,
+        next_position: int,
+        ttime: float,
+        atomic: bool,
+        trusted: bool,
+        max_record_bytes: int,
+        wire: bool = False,
+    ) -> Staged:
+        """Prepare and stage ``writes`` at positions from ``next_position`` (hold the
+        log lock); raises the first refusal of an atomic batch."""

@@ -68,7 +68,8 @@ def test_write_each_wire_results_encode_like_facts(tmp_path: Path) -> None:
     written, retried = db.write_each_wire(
         [Write("s", "k", {"v": 2}), Write("s", "k", 0, id="known")]
     )
-    assert isinstance(written, dict) and isinstance(retried, dict)
+    # A written fact comes as its stored JSON, ready to embed; a retried one as a dict.
+    assert isinstance(written, orjson.Fragment) and isinstance(retried, dict)
     latest = db.store("s").read("k")
     assert latest is not None and orjson.dumps(written) == orjson.dumps(latest.to_dict())
     assert retried == stored.to_dict()

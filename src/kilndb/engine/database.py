@@ -50,11 +50,11 @@ _dumps = orjson.dumps
 _PLAIN_WRITE = Write("", "")[3:]
 
 
-def _prepare(write: Write) -> PreparedWrite:
+def _prepare(write: Write, trusted: bool = False) -> PreparedWrite:
+    """Check and serialise one write in Python: what the native core leaves to it
+    (exotic values, and every write it would refuse, for the precise error)."""
     if type(write) is not Write:
         raise InvalidArgumentError(f"expected a kilndb.Write, not {type(write).__name__}")
-    if write[3:] == _PLAIN_WRITE:  # only store, key and value: the common case
-        return prepare_write(write[0], write[1], write[2])
     return prepare_write(
         write.store,
         write.key,
@@ -68,6 +68,7 @@ def _prepare(write: Write) -> PreparedWrite:
         derivation=write.derivation,
         metadata=write.metadata,
         deleted=write.deleted,
+        store_checked=trusted,
     )
 
 
@@ -119,21 +120,21 @@ class Store:
         ``id`` the database already holds returns the stored fact. With ``fence=lease``
         the write is refused (LeaseLostError) once a newer lease exists for its key.
         """
-        prepared = prepare_write(
+        write = Write(
             self.name,
             key,
             value,
-            expected_seq=expected_seq,
-            id=id,
-            causation=causation,
-            valid_time=valid_time,
-            schema_version=schema_version,
-            producer=producer,
-            derivation=derivation,
-            metadata=metadata,
-            store_checked=True,
+            expected_seq,
+            id,
+            causation,
+            valid_time,
+            schema_version,
+            producer,
+            derivation,
+            metadata,
         )
-        return self._db._log.commit_one(prepared, check_fence(fence))
+        fenced = check_fence(fence)
+        return self._db._log.commit([write], atomic=True, trusted=True, fence=fenced)[0]  # type: ignore[no-any-return]
 
     def delete(
         self,
@@ -146,18 +147,18 @@ class Store:
         fence: Any = None,
     ) -> Fact:
         """Write a tombstone for ``key``; raises NotFoundError if it has no live value."""
-        prepared = prepare_write(
+        write = Write(
             self.name,
             key,
             None,
-            expected_seq=expected_seq,
-            id=id,
-            causation=causation,
+            expected_seq,
+            id,
+            causation,
             metadata=metadata,
             deleted=True,
-            store_checked=True,
         )
-        return self._db._log.commit_one(prepared, check_fence(fence))
+        fenced = check_fence(fence)
+        return self._db._log.commit([write], atomic=True, trusted=True, fence=fenced)[0]  # type: ignore[no-any-return]
 
     def read(self, key: str, *, as_of: float | None = None) -> Fact | None:
         """The latest fact of ``key`` (as of a transaction time), or None if absent/deleted."""
@@ -196,7 +197,7 @@ class Database:
         self.data_dir = Path(path)
         self.path = self.data_dir / self.name
         self.config = config or DatabaseConfig()
-        self._log = FactLog(self.path, self.config, database_id)
+        self._log = FactLog(self.path, self.config, database_id, prepare=_prepare)
         self._stores: dict[str, Store] = {}
 
     def __repr__(self) -> str:
@@ -316,11 +317,9 @@ class Database:
             "expires_at": lease.expires_at,
             "released": released,
         }
-        prepared = prepare_write(
-            LEASE_STORE, lease.key, value, expected_seq=seq, store_checked=True
-        )
+        write = Write(LEASE_STORE, lease.key, value, expected_seq=seq)
         try:
-            self._log.commit_one(prepared)
+            self._log.commit([write], atomic=True, trusted=True)
         except ConflictError:
             return False
         return True
@@ -439,10 +438,10 @@ class Database:
         of a batch share one transaction time: they commit together.
         """
         fenced = check_fence(fence)
-        prepared = [_prepare(write) for write in writes]
-        if not prepared:
+        batch = writes if type(writes) is list else list(writes)
+        if not batch:
             return []
-        return self._log.commit(prepared, atomic=True, fence=fenced)  # type: ignore[return-value]
+        return self._log.commit(batch, atomic=True, fence=fenced)
 
     def write_each(self, writes: Iterable[Write]) -> list[Fact | KilnError]:
         """Commit independent writes together; each succeeds or fails on its own.
@@ -455,23 +454,18 @@ class Database:
         """
         return self._write_each(writes, wire=False)  # type: ignore[return-value]
 
-    def write_each_wire(self, writes: Iterable[Write]) -> list[dict[str, Any] | KilnError]:
-        """:meth:`write_each` for transports: each fact as its wire dict (``to_dict()``
-        form, the value already serialised as an ``orjson.Fragment``), ready to encode."""
+    def write_each_wire(
+        self, writes: Iterable[Write]
+    ) -> list[dict[str, Any] | orjson.Fragment | KilnError]:
+        """:meth:`write_each` for transports: each written fact as its stored JSON (an
+        ``orjson.Fragment``, embedded as it is), a retried one as its ``to_dict()``."""
         return self._write_each(writes, wire=True)  # type: ignore[return-value]
 
     def _write_each(
         self, writes: Iterable[Write], wire: bool
     ) -> list[Fact | dict[str, Any] | KilnError]:
-        outcomes: list[PreparedWrite | KilnError] = []
-        for write in writes:
-            try:
-                outcomes.append(_prepare(write))
-            except KilnError as exc:
-                outcomes.append(exc)
-        prepared = [item for item in outcomes if type(item) is PreparedWrite]
-        committed = iter(self._log.commit(prepared, atomic=False, wire=wire) if prepared else ())
-        return [next(committed) if type(item) is PreparedWrite else item for item in outcomes]  # type: ignore[misc]
+        batch = writes if type(writes) is list else list(writes)
+        return self._log.commit(batch, atomic=False, wire=wire) if batch else []
 
     # -- reading ---------------------------------------------------------------------
 

@@ -19,22 +19,24 @@ cross into the native core once per batch.
 from __future__ import annotations
 
 import bisect
+from collections.abc import Callable
 from math import isfinite
+from pathlib import Path
 from typing import Any
 
 import orjson
 
+from kilndb import _core
+from kilndb.config import DatabaseConfig
 from kilndb.errors import (
-    ConflictError,
     InvalidArgumentError,
-    KilnError,
     LeaseLostError,
     NotFoundError,
 )
 from kilndb.leases import LEASE_STORE
-from kilndb.model import RESERVED_STORE_PREFIX, Fact, fact_from_dict, validate_key
+from kilndb.model import RESERVED_STORE_PREFIX, Fact, Write, fact_from_dict, validate_key
 from kilndb.storage.keydir import TOMBSTONE
-from kilndb.storage.log import Log, PendingFact
+from kilndb.storage.log import Log
 from kilndb.storage.records import PreparedWrite
 
 __all__ = ["FactLog", "check_limit", "check_position"]
@@ -58,132 +60,64 @@ def check_position(name: str, value: object) -> int:
 class FactLog(Log):
     """A database's log with the fact-level operations the engine uses."""
 
-    def commit_one(self, w: PreparedWrite, fence: tuple[str, int] | None = None) -> Fact:
-        log = self
-        keydir = log.keydir
-        stored: Fact | None = None
-        with log.lock:
-            log.check_open()
-            if fence is not None:
-                self._check_fence_locked(*fence)
-            existing = None if w.id is None else self._stored_position(w.id)
-            if existing is not None:
-                stored = self._stored_fact(existing)
-            else:
-                latest = keydir.latest(w.store, w.key)
-                current, is_deleted = (0, False) if latest is None else keydir.seq_of(latest)
-                record, pending = self._stage(
-                    w, log.next_position, current, is_deleted, log.next_ttime()
-                )
-                last = log.append_locked([pending], batch=False)
-        if stored is not None:
-            # A retry may arrive while the original is still waiting for its fsync: it
-            # is acknowledged no sooner than the original.
-            log.wait_durable(stored.position)
-            return stored
-        log.wait_durable(last)
-        record["value"] = w.stored_value()
-        return fact_from_dict(record)
+    def __init__(
+        self,
+        directory: Path,
+        config: DatabaseConfig,
+        database_id: str | None = None,
+        *,
+        prepare: Callable[[Write, bool], PreparedWrite],
+    ) -> None:
+        """``prepare(write, trusted)``: checks and serialises a write the native core
+        leaves to Python (exotic values, and every write it would refuse, so that the
+        error is Python's precise one); ``trusted`` skips the reserved-store check."""
+        super().__init__(directory, config, database_id)
+        self._stager = _core.Stager(Write, Fact, prepare, self.ids_codec.prefix)
 
     def commit(
         self,
-        writes: list[PreparedWrite],
+        writes: list[Write],
+        *,
         atomic: bool,
+        trusted: bool = False,
         wire: bool = False,
         fence: tuple[str, int] | None = None,
-    ) -> list[Fact | dict[str, Any] | KilnError]:
+    ) -> list[Any]:
         """Stage and append ``writes`` under one lock; one fsync wait for all of them.
 
-        ``atomic``: the first refused write raises and nothing is written, and the facts
-        are framed as one batch. Otherwise a refused write's result is its error.
-        ``wire``: facts are returned as wire dicts (see :meth:`write_each_wire`).
+        Each result is the write's Fact, the fact already stored under its id (an
+        idempotent retry, acknowledged no sooner than the original) or, unless
+        ``atomic``, the KilnError that refused it. ``atomic``: the first refused write
+        raises, nothing is written, and the facts are framed as one batch. ``trusted``:
+        the writes come from KilnDB itself and may use reserved stores. ``wire``:
+        written facts are returned as their JSON (``orjson.Fragment``), stored ones as
+        ``to_dict()``, ready for a transport to encode.
         """
-        log = self
-        keydir = log.keydir
-        stage = self._stage
-        # Each result is a fact already stored (an idempotent retry), the error that
-        # refused the write, or the index of a record this call writes.
-        results: list[Fact | KilnError | int] = []
-        records: list[tuple[dict[str, Any], PreparedWrite]] = []
-        pending: list[PendingFact] = []
-        must_be_durable = 0
-        with log.lock:
-            log.check_open()
+        with self.lock:
+            self.check_open()
             if fence is not None:
                 self._check_fence_locked(*fence)
-            ttime = log.next_ttime()
-            # (seq, deleted) of keys written so far by this call.
-            written_state: dict[tuple[str, str], tuple[int, bool]] = {}
-            # id -> index in ``records`` of the ids this call writes.
-            written_ids: dict[str, int] = {}
-            position = log.next_position
-            for w in writes:
-                if w.id is not None:
-                    index = written_ids.get(w.id)
-                    if index is not None:
-                        results.append(index)
-                        continue
-                    existing = self._stored_position(w.id)
-                    if existing is not None:
-                        results.append(self._stored_fact(existing))
-                        must_be_durable = max(must_be_durable, existing)
-                        continue
-                slot = (w.store, w.key)
-                state = written_state.get(slot)
-                if state is None:
-                    latest = keydir.latest(w.store, w.key)
-                    state = (0, False) if latest is None else keydir.seq_of(latest)
-                try:
-                    record, staged = stage(w, position, state[0], state[1], ttime)
-                    if not atomic and len(staged[6]) + 8 > log.config.max_record_bytes:
-                        raise InvalidArgumentError(
-                            f"record of {len(staged[6]) + 8} bytes exceeds max_record_bytes"
-                            f" ({log.config.max_record_bytes})"
-                        )
-                except KilnError as exc:
-                    if atomic:
-                        raise
-                    results.append(exc)
-                    continue
-                if w.id is not None:
-                    written_ids[w.id] = len(records)
-                written_state[slot] = (staged[2], w.deleted)
-                pending.append(staged)
-                results.append(len(records))
-                records.append((record, w))
-                position += 1
-            if pending:
-                must_be_durable = log.append_locked(pending, batch=atomic and len(pending) > 1)
-        if must_be_durable:
-            log.wait_durable(must_be_durable)
-        written: list[Fact | dict[str, Any]]
-        if wire:
-            written = [record for record, _ in records]
-            return [
-                written[item]  # type: ignore[misc]
-                if type(item) is int
-                else item.to_dict()
-                if type(item) is Fact
-                else item
-                for item in results
-            ]
-        written = []
-        for record, prepared in records:
-            record["value"] = prepared.stored_value()
-            written.append(fact_from_dict(record))
-        return [written[item] if type(item) is int else item for item in results]  # type: ignore[misc]
+            ttime = self.next_ttime()
+            staged = self._stager.stage(
+                writes,
+                self,
+                self.next_position,
+                ttime,
+                atomic,
+                trusted,
+                self.config.max_record_bytes,
+                wire,
+            )
+            if staged.count:
+                self.append_staged(staged, ttime)
+        if staged.must_be_durable:
+            self.wait_durable(staged.must_be_durable)
+        return staged.results
 
-    def _stage(
-        self, w: PreparedWrite, position: int, current: int, is_deleted: bool, ttime: float
-    ) -> tuple[dict[str, Any], PendingFact]:
-        """Check a write against its key's state and build its record (hold the lock)."""
-        if w.expected_seq is not None and w.expected_seq != current:
-            raise ConflictError(w.store, w.key, w.expected_seq, current)
-        if w.deleted and (current == 0 or is_deleted):
-            raise NotFoundError(f"{w.store}/{w.key} has no value to delete")
-        seq = current + 1
-        record = w.record(w.id or self.ids_codec.generate(position), seq, position, ttime)
-        return record, (w.store, w.key, seq, w.deleted, ttime, w.id, _dumps(record))
+    def _key_state(self, store: str, key: str) -> tuple[int, bool]:
+        """``(seq, deleted)`` of the key's latest fact; ``(0, False)`` if it has none."""
+        latest = self.keydir.latest(store, key)
+        return (0, False) if latest is None else self.keydir.seq_of(latest)
 
     def _stored_position(self, fact_id: str) -> int | None:
         """Position of the fact already stored under ``fact_id`` (hold the log lock)."""

@@ -33,12 +33,11 @@ from typing import Any
 
 import orjson
 
-from kilndb.codec import encode_frame
+from kilndb import _core
 from kilndb.config import DatabaseConfig
 from kilndb.errors import (
     ClosedError,
     CorruptRecordError,
-    InvalidArgumentError,
     ProtocolError,
     StorageError,
 )
@@ -51,18 +50,14 @@ from kilndb.storage.ids import IdCodec
 from kilndb.storage.keydir import OFFSET_BITS, TOMBSTONE, KeyDir
 from kilndb.storage.lockfile import DatabaseLock
 from kilndb.storage.meta import load_or_create_meta, write_meta
-from kilndb.storage.records import FACT_PREFIX, batch_header
+from kilndb.storage.records import FACT_PREFIX
 from kilndb.storage.recovery import recover, write_header
 from kilndb.storage.retention import Retention
 from kilndb.storage.shipping import parse_shipment
 
-__all__ = ["Log", "PendingFact"]
+__all__ = ["Log"]
 
 log = logging.getLogger("kilndb.storage")
-
-#: What an append needs to know of each fact besides its body:
-#: (store, key, seq, deleted, transaction_time, client-supplied id or None, body)
-PendingFact = tuple[str, str, int, bool, float, str | None, bytes]
 
 _crc32 = zlib.crc32
 #: Compactions :meth:`Log.set_retention` runs at most to clear what a stricter policy
@@ -160,54 +155,26 @@ class Log:
         self.last_ttime = now
         return now
 
-    def append_locked(self, facts: list[PendingFact], batch: bool) -> int:
-        """Append facts at positions ``next_position …``; return the last one (hold the lock).
+    def append_staged(self, staged: _core.Staged, ttime: float) -> int:
+        """Append a staged batch and index it; return its last position (hold the lock).
 
-        With ``batch`` the facts are preceded by a batch header, so that recovery applies
-        all of them or none. Nothing is indexed unless the whole write reached the file.
+        Nothing is indexed unless the whole batch reached the file.
         """
-        first = self.next_position
-        parts: list[bytes] = []
-        header = b""
-        if batch:
-            header = encode_frame(batch_header(len(facts), first))
-            parts.append(header)
-        for fact in facts:
-            body = fact[6]
-            parts += (_pack_u32(len(body)), body, _pack_u32(_crc32(body)))
-        data = b"".join(parts)
-        # A batch is one record for recovery; otherwise each fact is its own.
-        largest = len(data) if batch else max(len(fact[6]) for fact in facts) + 8
-        if largest > self.config.max_record_bytes:
-            raise InvalidArgumentError(
-                f"record of {largest} bytes exceeds max_record_bytes"
-                f" ({self.config.max_record_bytes})"
-            )
+        data = staged.data
         active = self.active
         if active.size + len(data) > self.config.max_file_size and self._has_facts(active):
             self._rotate_locked()
             active = self.active
-        offset = active.append(data) + len(header)
-        file_id = active.file_id
-        keydir = self.keydir
-        add = keydir.add
-        retention = self.retention
-        position = first
-        for store, key, seq, deleted, ttime, explicit_id, body in facts:
-            size = len(body) + 8
-            previous = keydir.latest(store, key) if store in retention else None
-            add(store, key, position, file_id, offset, size, seq, deleted, ttime)
-            if explicit_id is not None:
-                self.ids[explicit_id] = position
-            if previous is not None and retention[store].keep == "latest":
-                self._mark_dead(keydir.drop(store, key, (previous,)))
-            offset += size
-            position += 1
-        self.next_position = position
-        written = self.written = position - 1
+        offset = active.append(data)
+        latest_only = {store for store, p in self.retention.items() if p.keep == "latest"}
+        self._mark_dead(
+            staged.apply(self.keydir, self.ids, active.file_id, offset, ttime, latest_only)
+        )
+        self.next_position = staged.last + 1
+        written = self.written = staged.last
         counters = self.stats_counters
         counters["writes"] += 1
-        counters["facts_written"] += len(facts)
+        counters["facts_written"] += staged.count
         if self.config.sync != "always":
             # Appends are serialised by the log lock, so visibility can move without
             # the condition's lock; waiters re-check it under that lock.

@@ -1,0 +1,84 @@
+//! Building `kilndb.Fact` objects and private copies of values from the core.
+//!
+//! `Fact` is a frozen dataclass that is deliberately not slotted: a fact is materialised
+//! by allocating the instance and handing it its `__dict__` (the record's fields, in
+//! record order), which skips the dataclass `__init__` and its fifteen `setattr` calls.
+
+use pyo3::prelude::*;
+use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple, PyType};
+
+/// A new instance of `fact_type` whose `__dict__` is `fields`.
+pub fn new_fact<'py>(
+    py: Python<'py>,
+    fact_type: &Bound<'py, PyType>,
+    fields: Bound<'py, PyDict>,
+) -> PyResult<Bound<'py, PyAny>> {
+    // SAFETY: `fact_type` is a live type object (we hold a reference); PyType_GenericAlloc
+    // returns a new reference or NULL with an exception set, which `from_owned_ptr_or_err`
+    // turns into an error. The instance is fully initialised for an ordinary Python class
+    // without `__slots__` (what `object.__new__` would return), and
+    // PyObject_GenericSetDict only stores `fields` (a dict) in its `__dict__` slot,
+    // taking its own reference.
+    unsafe {
+        let raw = pyo3::ffi::PyType_GenericAlloc(fact_type.as_type_ptr(), 0);
+        let fact = Bound::from_owned_ptr_or_err(py, raw)?;
+        if pyo3::ffi::PyObject_GenericSetDict(fact.as_ptr(), fields.as_ptr(), std::ptr::null_mut())
+            != 0
+        {
+            return Err(PyErr::fetch(py));
+        }
+        Ok(fact)
+    }
+}
+
+/// The value a reader sees of `value` (which serialised natively): immutable scalars
+/// as they are, containers copied as decoding their canonical JSON would give them
+/// (tuples become lists, dict keys sorted). None if the value holds something only a
+/// decode can reproduce (an `orjson.Fragment`).
+pub fn private_copy<'py>(
+    py: Python<'py>,
+    value: &Bound<'py, PyAny>,
+) -> PyResult<Option<Bound<'py, PyAny>>> {
+    if value.is_none()
+        || value.is_exact_instance_of::<PyString>()
+        || value.is_exact_instance_of::<PyInt>()
+        || value.is_exact_instance_of::<PyFloat>()
+        || value.is_exact_instance_of::<PyBool>()
+    {
+        return Ok(Some(value.clone()));
+    }
+    if let Ok(dict) = value.cast_exact::<PyDict>() {
+        let mut items: Vec<(String, Bound<'py, PyAny>, Bound<'py, PyAny>)> =
+            Vec::with_capacity(dict.len());
+        for (k, v) in dict.iter() {
+            let Ok(key) = k.cast_exact::<PyString>() else {
+                return Ok(None);
+            };
+            items.push((key.to_str()?.to_owned(), k, v));
+        }
+        items.sort_by(|a, b| a.0.cmp(&b.0));
+        let copy = PyDict::new(py);
+        for (_, k, v) in items {
+            let Some(inner) = private_copy(py, &v)? else {
+                return Ok(None);
+            };
+            copy.set_item(k, inner)?;
+        }
+        return Ok(Some(copy.into_any()));
+    }
+    let items: Vec<Bound<'py, PyAny>> = if let Ok(list) = value.cast_exact::<PyList>() {
+        list.iter().collect()
+    } else if let Ok(tuple) = value.cast_exact::<PyTuple>() {
+        tuple.iter().collect()
+    } else {
+        return Ok(None);
+    };
+    let copy = PyList::empty(py);
+    for item in items {
+        let Some(inner) = private_copy(py, &item)? else {
+            return Ok(None);
+        };
+        copy.append(inner)?;
+    }
+    Ok(Some(copy.into_any()))
+}

@@ -1,0 +1,797 @@
+//! Staging a batch of writes: the write half of the log's one door, called once per batch
+//! with the log's lock held.
+//!
+//! Theory of operation
+//! -------------------
+//! [`Stager::stage`] takes a batch of `kilndb.Write` tuples and, in two passes:
+//!
+//! 1. *prepares* each write: checks its arguments, serialises its value as canonical JSON
+//!    and hashes it. The common write (valid plain arguments, a plain JSON value) is done
+//!    here; anything else is handed to the Python `prepare` function, which raises the
+//!    precise `InvalidArgumentError` or returns a `PreparedWrite` for the exotic value.
+//! 2. *stages* each prepared write against the state of its key (expected-seq check,
+//!    tombstones, idempotent ids), gives it its position and seq, encodes its record
+//!    (the frame body written to the data file, byte for byte what the pure-Python
+//!    engine wrote) and builds the `Fact` the caller gets back.
+//!
+//! Nothing is written or indexed here: the caller appends [`Staged::data`] to the active
+//! file and then calls [`Staged::apply`] with where it landed, so a failed append leaves
+//! the keydir untouched.
+
+use hashbrown::HashMap;
+
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple, PyType};
+
+use crate::errors::{guard, invalid_argument, kiln_error};
+use crate::frame;
+use crate::jsonw;
+
+const MAX_KEY_CHARS: usize = 1024;
+const MAX_ID_CHARS: usize = 256;
+const RESERVED_STORE_PREFIX: &str = "kiln.";
+
+/// The fields of a fact, in the order of its record (`kilndb.model.FACT_FIELDS`).
+const FACT_FIELDS: [&str; 15] = [
+    "id",
+    "store",
+    "key",
+    "seq",
+    "position",
+    "value",
+    "value_hash",
+    "transaction_time",
+    "valid_time",
+    "causation",
+    "schema_version",
+    "producer",
+    "derivation",
+    "metadata",
+    "deleted",
+];
+
+static FIELD_NAMES: PyOnceLock<Vec<Py<PyString>>> = PyOnceLock::new();
+
+fn field_names(py: Python<'_>) -> &[Py<PyString>] {
+    FIELD_NAMES.get_or_init(py, || {
+        FACT_FIELDS
+            .iter()
+            .map(|name| PyString::intern(py, name).unbind())
+            .collect()
+    })
+}
+
+/// Is `name` a store name a user may write to (`[A-Za-z0-9_][A-Za-z0-9_.:-]{0,127}`, not
+/// under the reserved prefix)? False sends the write to Python for the precise error.
+fn plain_store_name(name: &str, trusted: bool) -> bool {
+    let bytes = name.as_bytes();
+    if bytes.is_empty() || bytes.len() > 128 {
+        return false;
+    }
+    let first_ok = bytes[0].is_ascii_alphanumeric() || bytes[0] == b'_';
+    let rest_ok = bytes[1..]
+        .iter()
+        .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'));
+    first_ok && rest_ok && (trusted || !name.starts_with(RESERVED_STORE_PREFIX))
+}
+
+fn char_len_at_most(text: &str, limit: usize) -> bool {
+    text.len() <= limit || text.chars().count() <= limit
+}
+
+/// One write, checked and serialised.
+struct Prepared {
+    store: Py<PyString>,
+    store_text: String,
+    key: Py<PyString>,
+    key_text: String,
+    /// The value as readers see it (a private copy for mutable values); None if deleted.
+    value: Option<Py<PyAny>>,
+    value_json: Vec<u8>,
+    value_hash: String,
+    expected_seq: Option<u64>,
+    id: Option<Py<PyString>>,
+    id_text: Option<String>,
+    causation: Option<Py<PyString>>,
+    causation_json: Vec<u8>,
+    valid_time: Option<f64>,
+    schema_version: i64,
+    producer: Py<PyAny>,
+    producer_json: Vec<u8>,
+    derivation: Py<PyAny>,
+    derivation_json: Vec<u8>,
+    metadata: Py<PyDict>,
+    metadata_json: Vec<u8>,
+    deleted: bool,
+}
+
+/// What became of one write of the batch.
+enum Outcome {
+    /// Written by this batch: index into the staged facts.
+    Written(usize),
+    /// An idempotent retry: the fact already stored.
+    Stored(Py<PyAny>),
+    /// Refused (only when the batch is not atomic).
+    Refused(PyErr),
+}
+
+/// One fact this batch writes, as the keydir will index it.
+struct Entry {
+    store: Py<PyString>,
+    key: Py<PyString>,
+    position: u64,
+    size: u64,
+    seq: u64,
+    deleted: bool,
+    id: Option<Py<PyString>>,
+}
+
+/// Builds staged batches for one database.
+#[pyclass(module = "kilndb._core", frozen)]
+pub struct Stager {
+    write_type: Py<PyType>,
+    fact_type: Py<PyType>,
+    prepare: Py<PyAny>,
+    fragment: Py<PyAny>,
+    id_prefix: String,
+}
+
+impl Stager {
+    fn prepare_one(
+        &self,
+        py: Python<'_>,
+        write: &Bound<'_, PyAny>,
+        trusted: bool,
+    ) -> PyResult<Prepared> {
+        if let Some(prepared) = self.fast_prepare(py, write, trusted)? {
+            return Ok(prepared);
+        }
+        let prepared = self.prepare.bind(py).call1((write, trusted))?;
+        self.python_prepared(py, &prepared)
+    }
+
+    /// The common write, prepared without leaving Rust; None sends it to Python.
+    fn fast_prepare(
+        &self,
+        py: Python<'_>,
+        write: &Bound<'_, PyAny>,
+        trusted: bool,
+    ) -> PyResult<Option<Prepared>> {
+        if !write.get_type().is(self.write_type.bind(py)) {
+            return Ok(None);
+        }
+        let fields = write.cast::<PyTuple>()?;
+        if fields.len() != 12 {
+            return Ok(None);
+        }
+        let item = |i: usize| fields.get_item(i);
+        let (store, key, value) = (item(0)?, item(1)?, item(2)?);
+        let (expected_seq, id, causation, valid_time) = (item(3)?, item(4)?, item(5)?, item(6)?);
+        let (schema_version, producer, derivation) = (item(7)?, item(8)?, item(9)?);
+        let (metadata, deleted) = (item(10)?, item(11)?);
+
+        let Ok(store_str) = store.cast_exact::<PyString>() else {
+            return Ok(None);
+        };
+        let store_text = store_str.to_str()?.to_owned();
+        if !plain_store_name(&store_text, trusted) {
+            return Ok(None);
+        }
+        let Ok(key_str) = key.cast_exact::<PyString>() else {
+            return Ok(None);
+        };
+        let key_text = key_str.to_str()?.to_owned();
+        if key_text.is_empty() || !char_len_at_most(&key_text, MAX_KEY_CHARS) {
+            return Ok(None);
+        }
+        let Ok(deleted_bool) = deleted.cast_exact::<PyBool>() else {
+            return Ok(None);
+        };
+        let deleted = deleted_bool.is_true();
+        let (value_obj, value_json) = if deleted {
+            (None, b"null".to_vec())
+        } else {
+            match jsonw::dumps(py, &value, true)? {
+                Some(json) => {
+                    let copy = match crate::pyfact::private_copy(py, &value)? {
+                        Some(copy) => copy.unbind(),
+                        None => jsonw::decoded(py, &json)?,
+                    };
+                    (Some(copy), json)
+                }
+                None => return Ok(None),
+            }
+        };
+        let expected = if expected_seq.is_none() {
+            None
+        } else {
+            match expected_seq.cast_exact::<PyInt>() {
+                Ok(n) => match n.extract::<u64>() {
+                    Ok(n) => Some(n),
+                    Err(_) => return Ok(None),
+                },
+                Err(_) => return Ok(None),
+            }
+        };
+        let optional_text = |obj: &Bound<'_, PyAny>| -> PyResult<Option<Option<Py<PyString>>>> {
+            if obj.is_none() {
+                return Ok(Some(None));
+            }
+            match obj.cast_exact::<PyString>() {
+                Ok(s) => {
+                    let text = s.to_str()?;
+                    if text.is_empty() || !char_len_at_most(text, MAX_ID_CHARS) {
+                        Ok(None)
+                    } else {
+                        Ok(Some(Some(s.clone().unbind())))
+                    }
+                }
+                Err(_) => Ok(None),
+            }
+        };
+        let Some(id) = optional_text(&id)? else {
+            return Ok(None);
+        };
+        let Some(causation) = optional_text(&causation)? else {
+            return Ok(None);
+        };
+        let valid_time = if valid_time.is_none() {
+            None
+        } else if let Ok(f) = valid_time.cast_exact::<PyFloat>() {
+            let v = f.value();
+            if !v.is_finite() {
+                return Ok(None);
+            }
+            Some(v)
+        } else {
+            return Ok(None); // ints and the rest: Python converts or refuses them
+        };
+        let schema = match schema_version.cast_exact::<PyInt>() {
+            Ok(n) => match n.extract::<i64>() {
+                Ok(n) if n >= 1 => n,
+                _ => return Ok(None),
+            },
+            Err(_) => return Ok(None),
+        };
+        let json_field = |obj: &Bound<'_, PyAny>| -> PyResult<Option<Vec<u8>>> {
+            if obj.is_none() {
+                return Ok(Some(b"null".to_vec()));
+            }
+            jsonw::dumps(py, obj, false)
+        };
+        let Some(producer_json) = json_field(&producer)? else {
+            return Ok(None);
+        };
+        let Some(derivation_json) = json_field(&derivation)? else {
+            return Ok(None);
+        };
+        let metadata_copy = if metadata.is_none() {
+            PyDict::new(py)
+        } else {
+            let Ok(dict) = metadata.cast_exact::<PyDict>() else {
+                return Ok(None);
+            };
+            for (k, v) in dict.iter() {
+                if !k.is_exact_instance_of::<PyString>() || !v.is_exact_instance_of::<PyString>() {
+                    return Ok(None);
+                }
+            }
+            dict.copy()?
+        };
+        let Some(metadata_json) = jsonw::dumps(py, metadata_copy.as_any(), false)? else {
+            return Ok(None);
+        };
+        let value_hash = if deleted {
+            jsonw::sha256_hex(b"null")
+        } else {
+            jsonw::sha256_hex(&value_json)
+        };
+        let id_text = match &id {
+            Some(s) => Some(s.bind(py).to_str()?.to_owned()),
+            None => None,
+        };
+        let causation_json = match &causation {
+            Some(s) => jsonw::string_json(s.bind(py).to_str()?),
+            None => b"null".to_vec(),
+        };
+        Ok(Some(Prepared {
+            store: store_str.clone().unbind(),
+            store_text,
+            key: key_str.clone().unbind(),
+            key_text,
+            value: value_obj,
+            value_json,
+            value_hash,
+            expected_seq: expected,
+            id,
+            id_text,
+            causation,
+            causation_json,
+            valid_time,
+            schema_version: schema,
+            producer: producer.unbind(),
+            producer_json,
+            derivation: derivation.unbind(),
+            derivation_json,
+            metadata: metadata_copy.unbind(),
+            metadata_json,
+            deleted,
+        }))
+    }
+
+    /// A `kilndb.storage.records.PreparedWrite` that Python prepared.
+    fn python_prepared(&self, py: Python<'_>, w: &Bound<'_, PyAny>) -> PyResult<Prepared> {
+        let text = |name: &str| -> PyResult<(Py<PyString>, String)> {
+            let s = w.getattr(name)?.cast_into::<PyString>()?;
+            let owned = s.to_str()?.to_owned();
+            Ok((s.unbind(), owned))
+        };
+        let optional = |name: &str| -> PyResult<Option<Py<PyString>>> {
+            let obj = w.getattr(name)?;
+            if obj.is_none() {
+                Ok(None)
+            } else {
+                Ok(Some(obj.cast_into::<PyString>()?.unbind()))
+            }
+        };
+        let any_json = |obj: &Bound<'_, PyAny>| -> PyResult<Vec<u8>> {
+            match jsonw::dumps(py, obj, false)? {
+                Some(json) => Ok(json),
+                None => jsonw::orjson_dumps(py, obj),
+            }
+        };
+        let (store, store_text) = text("store")?;
+        let (key, key_text) = text("key")?;
+        let deleted: bool = w.getattr("deleted")?.extract()?;
+        let value_json: Vec<u8> = w.getattr("value_json")?.extract()?;
+        let value = if deleted {
+            None
+        } else {
+            Some(w.call_method0("stored_value")?.unbind())
+        };
+        let id = optional("id")?;
+        let causation = optional("causation")?;
+        let producer = w.getattr("producer")?;
+        let derivation = w.getattr("derivation")?;
+        let metadata = w.getattr("metadata")?.cast_into::<PyDict>()?;
+        Ok(Prepared {
+            store,
+            store_text,
+            key,
+            key_text,
+            value,
+            value_hash: w.getattr("value_hash")?.extract()?,
+            value_json,
+            expected_seq: w.getattr("expected_seq")?.extract()?,
+            id_text: match &id {
+                Some(s) => Some(s.bind(py).to_str()?.to_owned()),
+                None => None,
+            },
+            id,
+            causation_json: match &causation {
+                Some(s) => jsonw::string_json(s.bind(py).to_str()?),
+                None => b"null".to_vec(),
+            },
+            causation,
+            valid_time: w.getattr("valid_time")?.extract()?,
+            schema_version: w.getattr("schema_version")?.extract()?,
+            producer_json: any_json(&producer)?,
+            producer: producer.unbind(),
+            derivation_json: any_json(&derivation)?,
+            derivation: derivation.unbind(),
+            metadata_json: any_json(metadata.as_any())?,
+            metadata: metadata.unbind(),
+            deleted,
+        })
+    }
+
+    /// The id the database gives the fact at `position` (see `kilndb.storage.ids`):
+    /// the database's prefix, then `8000 | position >> 48` and the low 48 bits, in hex.
+    fn generated_id(&self, position: u64) -> String {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let low = (1u64 << 63) | position;
+        let mut id = String::with_capacity(self.id_prefix.len() + 17);
+        id.push_str(&self.id_prefix);
+        for shift in (48..64).step_by(4).rev() {
+            id.push(HEX[((low >> shift) & 15) as usize] as char);
+        }
+        id.push('-');
+        for shift in (0..48).step_by(4).rev() {
+            id.push(HEX[((low >> shift) & 15) as usize] as char);
+        }
+        id
+    }
+}
+
+/// Encode the record of one fact into `out` (the body only).
+#[allow(clippy::too_many_arguments)]
+fn encode_record(
+    out: &mut Vec<u8>,
+    w: &Prepared,
+    fact_id: &str,
+    seq: u64,
+    position: u64,
+    ttime: f64,
+) {
+    out.extend_from_slice(b"{\"id\":");
+    jsonw::write_str(out, fact_id);
+    out.extend_from_slice(b",\"store\":");
+    jsonw::write_str(out, &w.store_text);
+    out.extend_from_slice(b",\"key\":");
+    jsonw::write_str(out, &w.key_text);
+    out.extend_from_slice(b",\"seq\":");
+    out.extend_from_slice(itoa::Buffer::new().format(seq).as_bytes());
+    out.extend_from_slice(b",\"position\":");
+    out.extend_from_slice(itoa::Buffer::new().format(position).as_bytes());
+    out.extend_from_slice(b",\"value\":");
+    out.extend_from_slice(&w.value_json);
+    out.extend_from_slice(b",\"value_hash\":\"");
+    out.extend_from_slice(w.value_hash.as_bytes());
+    out.extend_from_slice(b"\",\"transaction_time\":");
+    jsonw::write_f64(out, ttime);
+    out.extend_from_slice(b",\"valid_time\":");
+    match w.valid_time {
+        Some(v) => jsonw::write_f64(out, v),
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(b",\"causation\":");
+    out.extend_from_slice(&w.causation_json);
+    out.extend_from_slice(b",\"schema_version\":");
+    out.extend_from_slice(itoa::Buffer::new().format(w.schema_version).as_bytes());
+    out.extend_from_slice(b",\"producer\":");
+    out.extend_from_slice(&w.producer_json);
+    out.extend_from_slice(b",\"derivation\":");
+    out.extend_from_slice(&w.derivation_json);
+    out.extend_from_slice(b",\"metadata\":");
+    out.extend_from_slice(&w.metadata_json);
+    out.extend_from_slice(if w.deleted {
+        b",\"deleted\":true}"
+    } else {
+        b",\"deleted\":false}"
+    });
+}
+
+#[pymethods]
+impl Stager {
+    /// `write_type`: `kilndb.Write`; `fact_type`: `kilndb.Fact`; `prepare(write,
+    /// trusted)`: the Python preparation for writes the core leaves to it; `id_prefix`:
+    /// the database's generated-id prefix (`IdCodec.prefix`).
+    #[new]
+    fn new(
+        py: Python<'_>,
+        write_type: Bound<'_, PyType>,
+        fact_type: Bound<'_, PyType>,
+        prepare: Bound<'_, PyAny>,
+        id_prefix: String,
+    ) -> PyResult<Self> {
+        guard(py, || {
+            let fragment = py.import("orjson")?.getattr("Fragment")?.unbind();
+            Ok(Stager {
+                write_type: write_type.unbind(),
+                fact_type: fact_type.unbind(),
+                prepare: prepare.unbind(),
+                fragment,
+                id_prefix,
+            })
+        })
+    }
+
+    /// Prepare and stage `writes` at positions from `next_position` (hold the log lock).
+    ///
+    /// `log` answers `_key_state(store, key) -> (seq, deleted)`, `_stored_position(id)`
+    /// and `_stored_fact(position)`. With `atomic`, the first refused write raises and
+    /// the facts are framed as one batch; otherwise each refused write's outcome is its
+    /// error. `wire` makes the outcomes of written facts `orjson.Fragment`s of their JSON.
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (writes, log, next_position, ttime, atomic, trusted, max_record_bytes, wire = false))]
+    fn stage(
+        &self,
+        py: Python<'_>,
+        writes: &Bound<'_, PyAny>,
+        log: &Bound<'_, PyAny>,
+        next_position: u64,
+        ttime: f64,
+        atomic: bool,
+        trusted: bool,
+        max_record_bytes: u64,
+        wire: bool,
+    ) -> PyResult<Staged> {
+        guard(py, || {
+            // Pass 1: prepare every write (an atomic batch refuses the first bad one).
+            let mut prepared: Vec<Result<Prepared, PyErr>> = Vec::new();
+            for write in writes.try_iter()? {
+                let write = write?;
+                match self.prepare_one(py, &write, trusted) {
+                    Ok(p) => prepared.push(Ok(p)),
+                    Err(err) if atomic => return Err(err),
+                    Err(err) => {
+                        if !is_kiln_error(py, &err)? {
+                            return Err(err);
+                        }
+                        prepared.push(Err(err));
+                    }
+                }
+            }
+            // Pass 2: stage them against the state of their keys.
+            let mut outcomes: Vec<Outcome> = Vec::with_capacity(prepared.len());
+            let mut entries: Vec<Entry> = Vec::new();
+            let mut bodies: Vec<(usize, usize)> = Vec::new();
+            let mut records: Vec<u8> = Vec::new();
+            let mut facts: Vec<Py<PyAny>> = Vec::new();
+            let mut key_state: HashMap<(String, String), (u64, bool)> = HashMap::new();
+            let mut written_ids: HashMap<String, usize> = HashMap::new();
+            let mut must_be_durable: u64 = 0;
+            let mut position = next_position;
+            let names = field_names(py);
+            let ttime_obj = PyFloat::new(py, ttime);
+            for item in prepared {
+                let w = match item {
+                    Ok(w) => w,
+                    Err(err) => {
+                        outcomes.push(Outcome::Refused(err));
+                        continue;
+                    }
+                };
+                if let Some(id_text) = &w.id_text {
+                    if let Some(&index) = written_ids.get(id_text) {
+                        outcomes.push(Outcome::Written(index));
+                        continue;
+                    }
+                    let existing = log.call_method1("_stored_position", (id_text.as_str(),))?;
+                    if !existing.is_none() {
+                        let at: u64 = existing.extract()?;
+                        let fact = log.call_method1("_stored_fact", (at,))?;
+                        let fact = if wire {
+                            fact.call_method0("to_dict")?
+                        } else {
+                            fact
+                        };
+                        outcomes.push(Outcome::Stored(fact.unbind()));
+                        must_be_durable = must_be_durable.max(at);
+                        continue;
+                    }
+                }
+                let slot = (w.store_text.clone(), w.key_text.clone());
+                let (current, is_deleted) = match key_state.get(&slot) {
+                    Some(state) => *state,
+                    None => {
+                        let state = log.call_method1("_key_state", (&w.store, &w.key))?;
+                        state.extract::<(u64, bool)>()?
+                    }
+                };
+                let refusal = if let Some(expected) = w.expected_seq.filter(|e| *e != current) {
+                    Some(kiln_error(
+                        py,
+                        "ConflictError",
+                        (&w.store, &w.key, expected, current),
+                    ))
+                } else if w.deleted && (current == 0 || is_deleted) {
+                    Some(kiln_error(
+                        py,
+                        "NotFoundError",
+                        (format!(
+                            "{}/{} has no value to delete",
+                            w.store_text, w.key_text
+                        ),),
+                    ))
+                } else {
+                    None
+                };
+                if let Some(err) = refusal {
+                    if atomic {
+                        return Err(err);
+                    }
+                    outcomes.push(Outcome::Refused(err));
+                    continue;
+                }
+                let seq = current + 1;
+                let fact_id = match &w.id_text {
+                    Some(id) => id.clone(),
+                    None => self.generated_id(position),
+                };
+                let start = records.len();
+                encode_record(&mut records, &w, &fact_id, seq, position, ttime);
+                let size = (records.len() - start) as u64 + frame::OVERHEAD as u64;
+                if !atomic && size > max_record_bytes {
+                    records.truncate(start);
+                    outcomes.push(Outcome::Refused(invalid_argument(
+                        py,
+                        format!(
+                            "record of {size} bytes exceeds max_record_bytes ({max_record_bytes})"
+                        ),
+                    )));
+                    continue;
+                }
+                bodies.push((start, records.len()));
+                let fact = if wire {
+                    self.fragment
+                        .bind(py)
+                        .call1((PyBytes::new(py, &records[start..]),))?
+                        .unbind()
+                } else {
+                    let dict = PyDict::new(py);
+                    let id_obj: Bound<'_, PyAny> = match &w.id {
+                        Some(id) => id.bind(py).clone().into_any(),
+                        None => PyString::new(py, &fact_id).into_any(),
+                    };
+                    let values: [Bound<'_, PyAny>; 15] = [
+                        id_obj,
+                        w.store.bind(py).clone().into_any(),
+                        w.key.bind(py).clone().into_any(),
+                        seq.into_pyobject(py)?.into_any(),
+                        position.into_pyobject(py)?.into_any(),
+                        match &w.value {
+                            Some(v) => v.bind(py).clone(),
+                            None => py.None().into_bound(py),
+                        },
+                        PyString::new(py, &w.value_hash).into_any(),
+                        ttime_obj.clone().into_any(),
+                        match w.valid_time {
+                            Some(v) => PyFloat::new(py, v).into_any(),
+                            None => py.None().into_bound(py),
+                        },
+                        match &w.causation {
+                            Some(c) => c.bind(py).clone().into_any(),
+                            None => py.None().into_bound(py),
+                        },
+                        w.schema_version.into_pyobject(py)?.into_any(),
+                        w.producer.bind(py).clone(),
+                        w.derivation.bind(py).clone(),
+                        w.metadata.bind(py).clone().into_any(),
+                        PyBool::new(py, w.deleted).to_owned().into_any(),
+                    ];
+                    for (name, value) in names.iter().zip(values) {
+                        dict.set_item(name.bind(py), value)?;
+                    }
+                    crate::pyfact::new_fact(py, self.fact_type.bind(py), dict)?.unbind()
+                };
+                if let Some(id_text) = &w.id_text {
+                    written_ids.insert(id_text.clone(), facts.len());
+                }
+                key_state.insert(slot, (seq, w.deleted));
+                entries.push(Entry {
+                    store: w.store.clone_ref(py),
+                    key: w.key.clone_ref(py),
+                    position,
+                    size,
+                    seq,
+                    deleted: w.deleted,
+                    id: w.id.as_ref().map(|id| id.clone_ref(py)),
+                });
+                outcomes.push(Outcome::Written(facts.len()));
+                facts.push(fact);
+                position += 1;
+            }
+            // Frame the records: an atomic batch of several facts behind a batch header.
+            let mut data = Vec::with_capacity(records.len() + 8 * bodies.len() + 40);
+            let mut header_len = 0;
+            if atomic && entries.len() > 1 {
+                let header = format!(
+                    "{{\"batch\":{},\"first\":{}}}",
+                    entries.len(),
+                    next_position
+                );
+                frame::encode_into(header.as_bytes(), &mut data);
+                header_len = data.len();
+            }
+            for (start, end) in &bodies {
+                frame::encode_into(&records[*start..*end], &mut data);
+            }
+            let largest = if atomic {
+                data.len() as u64
+            } else {
+                entries.iter().map(|e| e.size).max().unwrap_or(0)
+            };
+            if !entries.is_empty() && largest > max_record_bytes {
+                return Err(invalid_argument(
+                    py,
+                    format!(
+                        "record of {largest} bytes exceeds max_record_bytes ({max_record_bytes})"
+                    ),
+                ));
+            }
+            let results = PyList::empty(py);
+            for outcome in outcomes {
+                match outcome {
+                    Outcome::Written(index) => results.append(facts[index].bind(py))?,
+                    Outcome::Stored(fact) => results.append(fact)?,
+                    Outcome::Refused(err) => results.append(err.into_value(py))?,
+                }
+            }
+            let last = if entries.is_empty() { 0 } else { position - 1 };
+            Ok(Staged {
+                data: PyBytes::new(py, &data).unbind(),
+                header_len: header_len as u64,
+                last,
+                must_be_durable: must_be_durable.max(last),
+                results: results.unbind(),
+                entries,
+            })
+        })
+    }
+}
+
+fn is_kiln_error(py: Python<'_>, err: &PyErr) -> PyResult<bool> {
+    let class = py.import("kilndb.errors")?.getattr("KilnError")?;
+    err.value(py).is_instance(&class)
+}
+
+/// A staged batch: its frames, ready to append, and what to index once they are written.
+#[pyclass(module = "kilndb._core")]
+pub struct Staged {
+    /// The frames to append to the active file (a batch header first, if any).
+    #[pyo3(get)]
+    data: Py<PyBytes>,
+    /// Bytes of the batch header at the start of `data` (0 if none).
+    #[pyo3(get)]
+    header_len: u64,
+    /// The last position this batch writes (0 if it writes nothing).
+    #[pyo3(get)]
+    last: u64,
+    /// The highest position that must be durable before any outcome is acknowledged.
+    #[pyo3(get)]
+    must_be_durable: u64,
+    /// One outcome per write: its Fact (or wire JSON), the fact already stored under
+    /// its id, or the KilnError that refused it.
+    #[pyo3(get)]
+    results: Py<PyList>,
+    entries: Vec<Entry>,
+}
+
+#[pymethods]
+impl Staged {
+    /// Facts this batch writes.
+    #[getter]
+    fn count(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Index the written facts: `data` was appended at `offset` of data file `file_id`.
+    /// `ids` is the client-id index; for stores in `latest_only` (retention
+    /// `keep="latest"`) the key's previous fact is dropped. Returns the
+    /// `(file_id, size)` of every frame that became dead.
+    #[allow(clippy::too_many_arguments)]
+    fn apply<'py>(
+        &self,
+        py: Python<'py>,
+        keydir: &Bound<'py, PyAny>,
+        ids: &Bound<'py, PyDict>,
+        file_id: u64,
+        offset: u64,
+        ttime: f64,
+        latest_only: &Bound<'py, PyAny>,
+    ) -> PyResult<Vec<(u64, u64)>> {
+        guard(py, || {
+            let mut at = offset + self.header_len;
+            let mut freed = Vec::new();
+            let add = keydir.getattr(pyo3::intern!(py, "add"))?;
+            let check_retention = latest_only.is_truthy()?;
+            for e in &self.entries {
+                let previous = if check_retention && latest_only.contains(e.store.bind(py))? {
+                    let found = keydir.call_method1("latest", (&e.store, &e.key))?;
+                    if found.is_none() {
+                        None
+                    } else {
+                        Some(found)
+                    }
+                } else {
+                    None
+                };
+                add.call1((
+                    &e.store, &e.key, e.position, file_id, at, e.size, e.seq, e.deleted, ttime,
+                ))?;
+                if let Some(id) = &e.id {
+                    ids.set_item(id, e.position)?;
+                }
+                if let Some(previous) = previous {
+                    let dropped = keydir
+                        .call_method1("drop", (&e.store, &e.key, PyTuple::new(py, [previous])?))?;
+                    freed.extend(dropped.extract::<Vec<(u64, u64)>>()?);
+                }
+                at += e.size;
+            }
+            Ok(freed)
+        })
+    }
+}
