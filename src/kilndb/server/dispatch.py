@@ -16,6 +16,7 @@ from collections.abc import Callable
 from operator import itemgetter
 from typing import Any
 
+import orjson
 from orjson import Fragment
 
 from kilndb.engine import Database
@@ -263,7 +264,7 @@ class Dispatcher:
 
     def apply_writes(
         self, requests: list[Request], database: str
-    ) -> tuple[list[dict[str, Any] | KilnError], Database, int]:
+    ) -> tuple[list[dict[str, Any] | orjson.Fragment | KilnError], Database, int]:
         """Commit a run of single-fact writes (``write``/``write_fact``) to ``database``
         together, each with its own outcome, without waiting for their fsync.
 
