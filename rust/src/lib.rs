@@ -13,6 +13,7 @@ pub mod jsonw;
 mod py_frame;
 mod pyfact;
 pub mod record;
+mod scan;
 mod stage;
 
 /// Panics on purpose: lets the tests prove that a bug in the core reaches Python as
@@ -30,6 +31,7 @@ fn _core(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(py_frame::encode_frames, module)?)?;
     module.add_class::<py_frame::FrameDecoder>()?;
     module.add_class::<py_frame::FrameReader>()?;
+    module.add_class::<scan::FactScanner>()?;
     module.add_class::<stage::Stager>()?;
     module.add_class::<stage::Staged>()?;
     module.add_function(wrap_pyfunction!(_panic_for_tests, module)?)?;

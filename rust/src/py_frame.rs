@@ -160,15 +160,15 @@ pub fn pread_exact(file: &File, offset: u64, want: usize) -> std::io::Result<Vec
 #[pyclass(module = "kilndb._core")]
 pub struct FrameReader {
     fd: i32,
-    path: String,
+    pub(crate) path: String,
     end: u64,
     base: u64,
-    buf: Vec<u8>,
+    pub(crate) buf: Vec<u8>,
     p: usize,
-    finished: bool,
+    pub(crate) finished: bool,
     #[pyo3(get)]
-    stop_offset: u64,
-    stop: Stop,
+    pub(crate) stop_offset: u64,
+    pub(crate) stop: Stop,
 }
 
 impl FrameReader {
@@ -205,7 +205,7 @@ impl FrameReader {
     }
 
     /// Frames of the next chunk as `(offset, start, end)` into `self.buf`.
-    fn next_ranges(&mut self, py: Python<'_>) -> PyResult<Vec<(u64, usize, usize)>> {
+    pub(crate) fn next_ranges(&mut self, py: Python<'_>) -> PyResult<Vec<(u64, usize, usize)>> {
         let mut out = Vec::new();
         if self.finished {
             return Ok(out);
@@ -253,7 +253,7 @@ impl FrameReader {
 impl FrameReader {
     #[new]
     #[pyo3(signature = (fd, start, end, path = String::new()))]
-    fn new(fd: i32, start: u64, end: u64, path: String) -> Self {
+    pub(crate) fn new(fd: i32, start: u64, end: u64, path: String) -> Self {
         FrameReader {
             fd,
             path,

@@ -116,3 +116,34 @@ class Stager:
     ) -> Staged:
         """Prepare and stage ``writes`` at positions from ``next_position`` (hold the
         log lock); raises the first refusal of an atomic batch."""
+
+@final
+class FactScanner:
+    """The facts of one data file after ``last`` up to ``until``, a read chunk per call."""
+
+    def __init__(
+        self,
+        fd: int,
+        path: str,
+        start: int,
+        end: int,
+        last: int,
+        until: int,
+        stores: list[str] | None,
+        raw: bool,
+        fact_type: type[Any],
+    ) -> None: ...
+    @property
+    def last(self) -> int:
+        """The highest position read so far (kept or not)."""
+    @property
+    def reached_until(self) -> bool:
+        """Whether a fact beyond ``until`` was reached: the scan is over."""
+    @property
+    def stop_offset(self) -> int: ...
+    @property
+    def stop_reason(self) -> str | None:
+        """None (clean end), "end-marker", "short", "length" or "crc"."""
+    def next_batch(self, keydir: Any) -> list[Any] | None:
+        """The kept facts (or ``(position, body)`` pairs) of the next chunk; None when
+        the file is done. ``keydir.is_retained(position)`` says what is retained."""

@@ -41,7 +41,6 @@ from kilndb.errors import (
     ProtocolError,
     StorageError,
 )
-from kilndb.model import RESERVED_STORE_PREFIX as RESERVED
 from kilndb.model import Fact
 from kilndb.storage.datafile import DataFile, fsync_directory, hint_path
 from kilndb.storage.group_commit import GroupCommit
@@ -394,11 +393,10 @@ class Log:
     def _scan(
         self, after: int, until: int, stores: frozenset[str] | None, raw: bool
     ) -> Iterator[Any]:
-        # Reads the data files sequentially. This is the replay and changefeed hot path,
-        # so facts are materialised here rather than in a further generator layer.
+        # Reads the data files sequentially, a read chunk of facts per call into the
+        # core: the replay and changefeed hot path.
         keydir = self.keydir
-        new, set_attribute = object.__new__, object.__setattr__
-        loc = keydir.loc
+        chosen = None if stores is None else list(stores)
         last = after
         while last < until:
             with self.lock:
@@ -407,35 +405,19 @@ class Log:
                 if start is None or start > until:
                     return
                 file_id, offset, _ = keydir.location(start)  # type: ignore[misc]
+                # Held for the whole scan: a file compaction replaces stays readable.
                 datafile = self.files[file_id]
                 end = datafile.size
-            base = keydir.base
-            reader = datafile.frames(offset, end)
-            loads = orjson.loads
-            for bodies in reader.body_batches():
-                for body in bodies:
-                    if not body.startswith(FACT_PREFIX):
-                        continue
-                    record = loads(body)
-                    position = record["position"]
-                    if position <= last:
-                        continue
-                    if position > until:
-                        return
-                    last = position
-                    if not loc[position - base]:
-                        continue
-                    store = record["store"]
-                    # Without a filter, KilnDB's own stores (leases) stay out of sight.
-                    if store in stores if stores is not None else not store.startswith(RESERVED):
-                        if raw:
-                            yield position, body
-                            continue
-                        fact: Fact = new(Fact)
-                        set_attribute(fact, "__dict__", record)
-                        yield fact
-            if reader.stop_reason not in (None, "end-marker"):
-                raise CorruptRecordError(str(datafile.path), reader.stop_offset)
+            scanner = _core.FactScanner(
+                datafile.fd, str(datafile.path), offset, end, last, until, chosen, raw, Fact
+            )
+            while (batch := scanner.next_batch(keydir)) is not None:
+                yield from batch
+            last = scanner.last
+            if scanner.reached_until:
+                return
+            if scanner.stop_reason not in (None, "end-marker"):
+                raise CorruptRecordError(str(datafile.path), scanner.stop_offset)
             with self.lock:
                 self.check_open()
                 later = [f for f in self.files if f > file_id]
