@@ -13,6 +13,7 @@ pub mod jsonw;
 mod py_frame;
 mod pyfact;
 pub mod record;
+mod read;
 mod scan;
 mod stage;
 
@@ -31,6 +32,7 @@ fn _core(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(py_frame::encode_frames, module)?)?;
     module.add_class::<py_frame::FrameDecoder>()?;
     module.add_class::<py_frame::FrameReader>()?;
+    module.add_function(wrap_pyfunction!(read::read_records, module)?)?;
     module.add_class::<scan::FactScanner>()?;
     module.add_class::<stage::Stager>()?;
     module.add_class::<stage::Staged>()?;

@@ -147,3 +147,13 @@ class FactScanner:
     def next_batch(self, keydir: Any) -> list[Any] | None:
         """The kept facts (or ``(position, body)`` pairs) of the next chunk; None when
         the file is done. ``keydir.is_retained(position)`` says what is retained."""
+
+def read_records(
+    files: list[tuple[int, str]],
+    reads: list[tuple[int, int, int]],
+    fact_type: type[Any] | None = None,
+) -> list[Any]:
+    """The records at ``reads`` (``(file index, offset, frame size)`` into ``files``, given
+    as ``(fd, path)``), in order: bodies, or ``fact_type`` instances when given. Frames
+    back to back are read with one ``pread`` per run, the GIL released; damage raises
+    CorruptRecordError(path, offset)."""

@@ -34,7 +34,7 @@ from kilndb.errors import (
     NotFoundError,
 )
 from kilndb.leases import LEASE_STORE
-from kilndb.model import RESERVED_STORE_PREFIX, Fact, Write, fact_from_dict, validate_key
+from kilndb.model import RESERVED_STORE_PREFIX, Fact, Write, validate_key
 from kilndb.storage.keydir import TOMBSTONE
 from kilndb.storage.log import Log
 from kilndb.storage.records import PreparedWrite
@@ -138,10 +138,10 @@ class FactLog(Log):
 
     def _stored_fact(self, position: int) -> Fact:
         """The retained fact at ``position`` (hold the log lock)."""
-        body = self.read_body_locked(position)
-        if body is None:
+        fact = self.read_fact_locked(position)
+        if fact is None:
             raise NotFoundError(f"no retained fact at position {position}")
-        return fact_from_dict(_loads(body))
+        return fact
 
     def read(self, store: str, key: str, as_of: float | None) -> Fact | None:
         log = self
@@ -163,13 +163,11 @@ class FactLog(Log):
                 position = positions[index - 1] if index else None
             if position is None:
                 return None
-            body = log.read_body(position)
-            if body is not None:  # else retention dropped it just now: look again
+            found = log.read_facts([position])
+            if found:  # else retention dropped it just now: look again
                 break
-        record = _loads(body)
-        if record["deleted"]:
-            return None
-        return fact_from_dict(record)
+        fact = found[0]
+        return None if fact.deleted else fact
 
     def history(
         self,
@@ -202,7 +200,7 @@ class FactLog(Log):
         if until is not None:  # and the last one, by bisection too
             end = min(end, bisect.bisect_right(positions, until, key=seq_of, lo=start, hi=stop))
         chosen = positions[start:end]
-        return [fact_from_dict(_loads(body)) for body in log.read_bodies(chosen)]
+        return log.read_facts(chosen)
 
     def keys(self, store: str, prefix: object, limit: object) -> list[str]:
         if not isinstance(prefix, str):
@@ -246,7 +244,7 @@ class FactLog(Log):
         if not stop:
             return None, None
         ends = [positions[0]] if stop == 1 else [positions[0], positions[stop - 1]]
-        facts = [fact_from_dict(_loads(body)) for body in log.read_bodies(ends)]
+        facts = log.read_facts(ends)
         return (facts[0], facts[-1]) if facts else (None, None)
 
     def stats(self) -> dict[str, Any]:

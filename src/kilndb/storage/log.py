@@ -62,11 +62,16 @@ _crc32 = zlib.crc32
 #: Compactions :meth:`Log.set_retention` runs at most to clear what a stricter policy
 #: dropped while writers keep dropping more under it.
 LOOSEN_ATTEMPTS = 5
-#: The most bytes :meth:`Log.read_bodies` reads with one ``pread``.
-READ_RUN = 1024 * 1024
 _U32 = struct.Struct(">I")
 _pack_u32 = _U32.pack
 _unpack_u32 = _U32.unpack_from
+
+
+def _read_located(
+    files: list[DataFile], reads: list[tuple[int, int, int]], fact_type: type[Fact] | None
+) -> list[Any]:
+    # ``files`` is held until the core has read: their descriptors stay open meanwhile.
+    return _core.read_records([(f.fd, str(f.path)) for f in files], reads, fact_type)
 
 
 class Log:
@@ -315,20 +320,13 @@ class Log:
 
     def read_body(self, position: int) -> bytes | None:
         """The body of a retained fact, or ``None``; raises CorruptRecordError on damage."""
-        with self.lock:
-            self.check_open()
-            location = self.keydir.location(position)
-            if location is None:
-                return None
-            datafile = self.files[location[0]]
-        return self._read_frame(datafile, location[1], location[2])
+        bodies = self.read_bodies([position])
+        return bodies[0] if bodies else None
 
     def read_body_locked(self, position: int) -> bytes | None:
         """:meth:`read_body` for a caller that holds the lock."""
-        location = self.keydir.location(position)
-        if location is None:
-            return None
-        return self._read_frame(self.files[location[0]], location[1], location[2])
+        bodies: list[bytes] = _read_located(*self._locate_locked([position]), None)
+        return bodies[0] if bodies else None
 
     def read_bodies(self, positions: list[int]) -> list[bytes]:
         """Bodies of the retained facts among ``positions`` (ascending), in that order.
@@ -339,43 +337,42 @@ class Log:
         """
         with self.lock:
             self.check_open()
-            found = []
-            for position in positions:
-                location = self.keydir.location(position)
-                if location is not None:
-                    found.append((self.files[location[0]], location[1], location[2]))
-        bodies: list[bytes] = []
-        i = 0
-        while i < len(found):
-            datafile, start, size = found[i]
-            end = start + size
-            j = i + 1
-            while j < len(found):
-                following, offset, length = found[j]
-                if following is not datafile or offset != end or end - start > READ_RUN:
-                    break
-                end += length
-                j += 1
-            run = datafile.pread(start, end - start)
-            for k in range(i, j):
-                _, offset, size = found[k]
-                bodies.append(self._check_frame(datafile, run, offset - start, offset, size))
-            i = j
-        return bodies
+            located = self._locate_locked(positions)
+        return _read_located(*located, None)
 
-    def _check_frame(
-        self, datafile: DataFile, run: bytes, at: int, offset: int, size: int
-    ) -> bytes:
-        frame = run[at : at + size]
-        if len(frame) == size and size > 8:
-            (length,) = _unpack_u32(frame, 0)
-            body = frame[4:-4]
-            if length == size - 8 and _crc32(body) == _unpack_u32(frame, size - 4)[0]:
-                return body
-        raise CorruptRecordError(str(datafile.path), offset)
+    def read_facts(self, positions: list[int]) -> list[Fact]:
+        """:meth:`read_bodies` decoded into facts, in the same call into the core."""
+        with self.lock:
+            self.check_open()
+            located = self._locate_locked(positions)
+        return _read_located(*located, Fact)
 
-    def _read_frame(self, datafile: DataFile, offset: int, size: int) -> bytes:
-        return self._check_frame(datafile, datafile.pread(offset, size), 0, offset, size)
+    def read_fact_locked(self, position: int) -> Fact | None:
+        """The retained fact at ``position`` or None, for a caller holding the lock."""
+        facts: list[Fact] = _read_located(*self._locate_locked([position]), Fact)
+        return facts[0] if facts else None
+
+    def _locate_locked(
+        self, positions: list[int]
+    ) -> tuple[list[DataFile], list[tuple[int, int, int]]]:
+        """Where the retained facts among ``positions`` are: their data files and
+        ``(file index, offset, size)`` of each (hold the lock). A file that compaction
+        replaces meanwhile stays readable while the caller holds its DataFile."""
+        files: list[DataFile] = []
+        index: dict[int, int] = {}
+        reads = []
+        location_of = self.keydir.location
+        for position in positions:
+            location = location_of(position)
+            if location is None:
+                continue
+            file_id, offset, size = location
+            slot = index.get(file_id)
+            if slot is None:
+                slot = index[file_id] = len(files)
+                files.append(self.files[file_id])
+            reads.append((slot, offset, size))
+        return files, reads
 
     def iter_facts(
         self, after: int, until: int, stores: frozenset[str] | None = None

@@ -1,0 +1,98 @@
+//! Reading facts by where the keydir says they are: one call for a whole history.
+//!
+//! Frames that sit back to back in a file are read with one `pread` per run (up to
+//! 1 MiB), all with the GIL released; each frame is checked (its length field and CRC)
+//! before it is decoded, and damage raises `CorruptRecordError(path, offset)`.
+
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList, PyType};
+
+use crate::errors::{corrupt_record, guard, storage_error};
+use crate::frame;
+use crate::py_frame::{borrowed_file, pread_exact};
+
+const READ_RUN: u64 = 1 << 20;
+
+struct Run {
+    file: usize,
+    start: u64,
+    len: u64,
+    /// Indexes into the reads this run covers.
+    first: usize,
+    count: usize,
+}
+
+/// The records at `reads` (`(file index, offset, frame size)`, files given as
+/// `(fd, path)`), in order: their bodies, or facts of `fact_type` when it is given.
+#[pyfunction]
+#[pyo3(signature = (files, reads, fact_type = None))]
+pub fn read_records<'py>(
+    py: Python<'py>,
+    files: Vec<(i32, String)>,
+    reads: Vec<(usize, u64, u64)>,
+    fact_type: Option<Bound<'py, PyType>>,
+) -> PyResult<Bound<'py, PyList>> {
+    guard(py, || {
+        let mut runs: Vec<Run> = Vec::new();
+        for (index, &(file, offset, size)) in reads.iter().enumerate() {
+            if file >= files.len() {
+                return Err(crate::errors::invalid_argument(py, "read names no file"));
+            }
+            if let Some(run) = runs.last_mut() {
+                if run.file == file && run.start + run.len == offset && run.len < READ_RUN {
+                    run.len += size;
+                    run.count += 1;
+                    continue;
+                }
+            }
+            runs.push(Run {
+                file,
+                start: offset,
+                len: size,
+                first: index,
+                count: 1,
+            });
+        }
+        let fds: Vec<i32> = files.iter().map(|(fd, _)| *fd).collect();
+        let spans: Vec<(usize, u64, u64)> = runs.iter().map(|r| (r.file, r.start, r.len)).collect();
+        let data = py.detach(|| {
+            spans
+                .iter()
+                .map(|&(file, start, len)| {
+                    pread_exact(&borrowed_file(fds[file]), start, len as usize)
+                        .map_err(|err| (file, err))
+                })
+                .collect::<Result<Vec<Vec<u8>>, _>>()
+        });
+        let data = data.map_err(|(file, err)| storage_error(py, "read", &files[file].1, &err))?;
+        let out = PyList::empty(py);
+        for (run, bytes) in runs.iter().zip(&data) {
+            let mut at = 0usize;
+            for &(_, offset, size) in &reads[run.first..run.first + run.count] {
+                let size = size as usize;
+                let frame_bytes = bytes.get(at..at + size);
+                at += size;
+                let body = match frame_bytes {
+                    Some(f)
+                        if size > frame::OVERHEAD
+                            && frame::read_u32(f, 0) as usize == size - frame::OVERHEAD
+                            && frame::crc32(&f[4..size - 4]) == frame::read_u32(f, size - 4) =>
+                    {
+                        &f[4..size - 4]
+                    }
+                    _ => return Err(corrupt_record(py, &files[run.file].1, offset)),
+                };
+                match &fact_type {
+                    Some(cls) => {
+                        let record = crate::jsonw::decoded(py, body)?
+                            .into_bound(py)
+                            .cast_into::<PyDict>()?;
+                        out.append(crate::pyfact::new_fact(py, cls, record)?)?;
+                    }
+                    None => out.append(PyBytes::new(py, body))?,
+                }
+            }
+        }
+        Ok(out)
+    })
+}
