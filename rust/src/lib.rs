@@ -12,8 +12,8 @@ pub mod frame;
 pub mod jsonw;
 mod py_frame;
 mod pyfact;
-pub mod record;
 mod read;
+pub mod record;
 mod scan;
 mod stage;
 

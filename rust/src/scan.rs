@@ -159,7 +159,11 @@ impl FactScanner {
                         .into_bound(py)
                         .cast_into::<PyDict>()?,
                 };
-                out.append(crate::pyfact::new_fact(py, self.fact_type.bind(py), record)?)?;
+                out.append(crate::pyfact::new_fact(
+                    py,
+                    self.fact_type.bind(py),
+                    record,
+                )?)?;
             }
             Ok(Some(out))
         })

@@ -310,9 +310,9 @@ impl Stager {
             causation_json,
             valid_time,
             schema_version: schema,
-            producer: producer.unbind(),
+            producer: as_read(py, &producer, &producer_json)?,
             producer_json,
-            derivation: derivation.unbind(),
+            derivation: as_read(py, &derivation, &derivation_json)?,
             derivation_json,
             metadata: metadata_copy.unbind(),
             metadata_json,
@@ -353,7 +353,9 @@ impl Stager {
         let id = optional("id")?;
         let causation = optional("causation")?;
         let producer = w.getattr("producer")?;
+        let producer_json = any_json(&producer)?;
         let derivation = w.getattr("derivation")?;
+        let derivation_json = any_json(&derivation)?;
         let metadata = w.getattr("metadata")?.cast_into::<PyDict>()?;
         Ok(Prepared {
             store,
@@ -376,10 +378,10 @@ impl Stager {
             causation,
             valid_time: w.getattr("valid_time")?.extract()?,
             schema_version: w.getattr("schema_version")?.extract()?,
-            producer_json: any_json(&producer)?,
-            producer: producer.unbind(),
-            derivation_json: any_json(&derivation)?,
-            derivation: derivation.unbind(),
+            producer: as_read(py, &producer, &producer_json)?,
+            producer_json,
+            derivation: as_read(py, &derivation, &derivation_json)?,
+            derivation_json,
             metadata_json: any_json(metadata.as_any())?,
             metadata: metadata.unbind(),
             deleted,
@@ -709,6 +711,21 @@ impl Stager {
                 entries,
             })
         })
+    }
+}
+
+/// A field as a reader of the record will see it: scalars as they are, containers
+/// decoded from the JSON written (so the fact returned equals the fact read back).
+fn as_read(py: Python<'_>, obj: &Bound<'_, PyAny>, json: &[u8]) -> PyResult<Py<PyAny>> {
+    if obj.is_none()
+        || obj.is_exact_instance_of::<PyString>()
+        || obj.is_exact_instance_of::<PyInt>()
+        || obj.is_exact_instance_of::<PyFloat>()
+        || obj.is_exact_instance_of::<PyBool>()
+    {
+        Ok(obj.clone().unbind())
+    } else {
+        jsonw::decoded(py, json)
     }
 }
 

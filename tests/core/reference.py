@@ -8,6 +8,9 @@ Frames (``rust/src/frame.rs``)::
     4       n     body
     4+n     4     crc        u32 big-endian, zlib CRC-32 of the body
 
+Records (``rust/src/record.rs``, ``rust/src/stage.rs``): a fact's body is the JSON
+object of its fields in ``FACT_FIELDS`` order, exactly as orjson writes the record dict.
+
 Deliberately written for clarity, not speed: one frame at a time, straight from the
 definition.
 """
@@ -16,6 +19,9 @@ from __future__ import annotations
 
 import struct
 import zlib
+from typing import Any
+
+import orjson
 
 U32 = struct.Struct(">I")
 
@@ -72,3 +78,18 @@ def decode_stream(data: bytes, max_frame_bytes: int) -> tuple[list[bytes], str |
         bodies.append(body)
         offset += 8 + length
     return bodies, None
+
+
+def fact_record(
+    write: Any, fact_id: str, seq: int, position: int, transaction_time: float
+) -> bytes:
+    """A fact's record body as the pure-Python engine encoded it: the fields of
+    ``kilndb.model.FACT_FIELDS`` in order, the value as canonical JSON, orjson."""
+    from kilndb.engine.database import _prepare
+
+    prepared = _prepare(write)
+    return orjson.dumps(prepared.record(fact_id, seq, position, transaction_time))
+
+
+def batch_header(count: int, first: int) -> bytes:
+    return orjson.dumps({"batch": count, "first": first})
