@@ -110,11 +110,12 @@ def test_an_atomic_batch_is_framed_behind_its_header(batch: list[Write]) -> None
 
 
 def test_values_are_private_copies_in_canonical_order() -> None:
-    value = {"b": [1, (2, 3)], "a": {"y": 1, "x": 2.5}}
+    inner: list[Any] = [1, (2, 3)]
+    value = {"b": inner, "a": {"y": 1, "x": 2.5}}
     (fact,) = stage([Write("s", "k", value)], atomic=True).results
     assert fact.value == {"a": {"x": 2.5, "y": 1}, "b": [1, [2, 3]]}
     assert list(fact.value) == ["a", "b"] and list(fact.value["a"]) == ["x", "y"]
-    value["b"].append(4)
+    inner.append(4)
     assert fact.value["b"] == [1, [2, 3]]
 
 
