@@ -19,8 +19,10 @@ and a workload into a rate.
 
 from __future__ import annotations
 
+import errno
 import gc
 import importlib
+import os
 import sqlite3
 import threading
 import time
@@ -34,6 +36,8 @@ import kilndb
 
 __all__ = [
     "BATCH",
+    "PREALLOCATE_STEP",
+    "RAW_RECORD",
     "STORE",
     "Engine",
     "Item",
@@ -48,6 +52,7 @@ __all__ = [
     "rocksdict",
     "time_batches",
     "time_call",
+    "time_raw_appends",
     "time_reads",
     "time_reopen",
     "time_writes",
@@ -67,6 +72,10 @@ rocksdict: Any = _optional("rocksdict")
 
 STORE = "bench"
 BATCH = 1000
+#: Bytes per write of the raw fdatasync row: about one KilnDB record of a bench value.
+RAW_RECORD = 200
+#: How far ahead KilnDB preallocates its active data file (``posix_fallocate``).
+PREALLOCATE_STEP = 4 * 1024 * 1024
 _dumps = orjson.dumps
 _loads = orjson.loads
 
@@ -503,3 +512,46 @@ def time_reopen(engine: Engine, key: str) -> float:
     if found is None:
         raise RuntimeError(f"{type(engine).__name__}: {key} missing after reopen")
     return elapsed
+
+
+def time_raw_appends(path: Path, count: int, *, preallocate: bool) -> float | None:
+    """Ops/s of ``count`` writes of :data:`RAW_RECORD` bytes, each followed by fdatasync.
+
+    The physical limit of a durable single write on this disk, without any engine:
+    ``preallocate=False`` appends to a new file opened ``O_WRONLY|O_CREAT|O_APPEND``;
+    ``preallocate=True`` does what KilnDB does with its active data file, growing it
+    with ``posix_fallocate`` in steps of :data:`PREALLOCATE_STEP` and overwriting the
+    allocated blocks with ``pwrite`` at increasing offsets. ``None`` when the filesystem
+    cannot preallocate.
+    """
+    record = bytes(i % 251 for i in range(RAW_RECORD))
+    flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC
+    fd = os.open(path, flags if preallocate else flags | os.O_APPEND, 0o644)
+    try:
+        _collect()
+        start = time.perf_counter()
+        if preallocate:
+            allocated = offset = 0
+            for _ in range(count):
+                end = offset + RAW_RECORD
+                if end > allocated:
+                    target = end + PREALLOCATE_STEP - end % PREALLOCATE_STEP
+                    try:
+                        os.posix_fallocate(fd, allocated, target - allocated)
+                    except OSError as exc:
+                        if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                            return None
+                        raise
+                    allocated = target
+                if os.pwrite(fd, record, offset) != RAW_RECORD:
+                    raise RuntimeError(f"short write to {path}")
+                os.fdatasync(fd)
+                offset = end
+        else:
+            for _ in range(count):
+                if os.write(fd, record) != RAW_RECORD:
+                    raise RuntimeError(f"short write to {path}")
+                os.fdatasync(fd)
+        return rate(count, time.perf_counter() - start)
+    finally:
+        os.close(fd)

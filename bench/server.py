@@ -14,10 +14,14 @@ Redis with redis-py. Values are ~100-byte JSON documents. Rows:
    redis-py ``SET``);
 4. replay of ``--facts`` facts over the network (KilnDB ``replay`` vs ``XRANGE`` pages);
 5. changefeed fan-out: 50 subscribers (in 2 child processes) while one writer produces a
-   steady 10,000 facts/s; delivery lag (receive time - send time in the value), p50/p99.
+   steady 10,000 facts/s; delivery lag (receive time - send time in the value), p50/p99;
+6. memory: the RSS of a fresh server holding ``--keys`` keys (1,000,000; ``--smoke``: a
+   few thousand) written by ``write_many``, beside a fresh redis-server holding the same
+   keys and values (``SET``), and the bytes per key that loading them added.
 
-NATS JetStream (nats-py) joins row 1 when ``nats-server`` is installable with apt.
-The targets of issue 3 are printed below the table as PASS/MISS.
+NATS JetStream (nats-py) joins rows 1 and 2 when ``nats-server`` is installable with
+apt. The targets of issue 13 are printed below the table as PASS/MISS (row 6 is
+informational: "info", never PASS/MISS).
 
     python bench/server.py              # full run (``make bench``), a few minutes
     python bench/server.py --smoke      # tiny sizes, a few seconds, never runs apt
@@ -82,10 +86,14 @@ class Sizes:
     subscribers: int
     rate: int  # facts/s produced during fan-out
     seconds: float  # fan-out duration
+    keys: int  # distinct keys held for the memory row
 
 
-FULL = Sizes(100_000, 10_000, 3_000, 500_000, 50, 10_000, 4.0)
-SMOKE = Sizes(2_000, 200, 100, 2_000, 4, 1_000, 1.0)
+FULL = Sizes(100_000, 10_000, 3_000, 500_000, 50, 10_000, 4.0, 1_000_000)
+SMOKE = Sizes(2_000, 200, 100, 2_000, 4, 1_000, 1.0, 2_000)
+
+#: The issue whose targets this benchmark judges.
+ISSUE = "13"
 
 
 def payload(i: int) -> dict[str, Any]:
@@ -108,10 +116,14 @@ def value_bytes(i: int) -> bytes:
 # -- results and table ---------------------------------------------------------------
 
 
+#: Units where a smaller number is better; for them the ratio is peer / KilnDB.
+LOWER_IS_BETTER = frozenset({"ms", "MiB", "B/key"})
+
+
 @dataclass
 class Cell:
     value: float
-    unit: str  # "writes/s", "facts/s" (higher is better) or "ms" (lower is better)
+    unit: str  # "writes/s", "facts/s" (higher is better) or "ms", "MiB", "B/key" (lower)
 
     def text(self) -> str:
         if self.unit == "ms":
@@ -133,7 +145,7 @@ class Line:
         k, p = self.kiln, self.result
         if not isinstance(k, Cell) or not isinstance(p, Cell) or not k.value or not p.value:
             return None
-        return p.value / k.value if k.unit == "ms" else k.value / p.value
+        return p.value / k.value if k.unit in LOWER_IS_BETTER else k.value / p.value
 
 
 @dataclass
@@ -141,6 +153,7 @@ class Target:
     ok: bool | None  # None: could not be judged
     text: str
     measured: str
+    info: bool = False  # informational: printed as "info", never PASS/MISS
 
 
 @dataclass
@@ -204,6 +217,8 @@ def render(report: Report, issue: str = "3") -> str:
     width = max((len(t.text) for t in report.targets), default=0)
     for t in report.targets:
         verdict = "PASS" if t.ok else ("MISS" if t.ok is not None else "n/a ")
+        if t.info:
+            verdict = "info"
         out.append(f"  {verdict}  {t.text.ljust(width)}  measured {t.measured}")
     return "\n".join(out)
 
@@ -285,15 +300,33 @@ class Output:
         raise RuntimeError(f"{self.args!r} did not print {needle!r} within {timeout:.0f}s")
 
 
-def start_kiln(procs: Processes, root: Path) -> tuple[str, int]:
+def start_kiln(procs: Processes, root: Path, name: str = "kiln") -> tuple[str, int]:
+    url, port, _ = start_kiln_process(procs, root / name)
+    return url, port
+
+
+def start_kiln_process(procs: Processes, data: Path) -> tuple[str, int, subprocess.Popen[Any]]:
+    """``kiln serve`` on ``data``: its URL, port and process."""
     kiln = Path(sys.executable).with_name("kiln")
     args = [str(kiln)] if kiln.exists() else [sys.executable, "-m", "kilndb.cli"]
-    args += ["--data", str(root / "kiln"), "serve", "--port", "0", "--http-port", "-1"]
+    args += ["--data", str(data), "serve", "--port", "0", "--http-port", "-1"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = procs.start(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
     line = Output(proc).wait_for("tcp://127.0.0.1:", 30)
     port = int(line.split("tcp://127.0.0.1:")[1].split()[0].strip(" ,.)'\""))
-    return f"tcp://{HOST}:{port}", port
+    return f"tcp://{HOST}:{port}", port, proc
+
+
+def rss_bytes(pid: int) -> int:
+    """The resident set size of process ``pid`` (``VmRSS``), 0 if unknown."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return 0
 
 
 def ensure_installed(binary: str, package: str, smoke: bool) -> str:
@@ -318,10 +351,17 @@ def ensure_installed(binary: str, package: str, smoke: bool) -> str:
 
 
 def start_redis(procs: Processes, root: Path, fsync: str) -> int:
+    port, _ = start_redis_process(procs, root / f"redis-{fsync}", fsync)
+    return port
+
+
+def start_redis_process(
+    procs: Processes, directory: Path, fsync: str
+) -> tuple[int, subprocess.Popen[Any]]:
+    """redis-server with an append-only file in ``directory``: its port and process."""
     port = free_port()
-    directory = root / f"redis-{fsync}"
     directory.mkdir()
-    procs.start(
+    proc = procs.start(
         [
             "redis-server",
             "--port", str(port), "--bind", HOST, "--dir", str(directory),
@@ -336,7 +376,7 @@ def start_redis(procs: Processes, root: Path, fsync: str) -> int:
     while True:
         try:
             if redis.Redis(host=HOST, port=port).ping():
-                return port
+                return port, proc
         except redis.exceptions.ConnectionError:
             if time.monotonic() > deadline:
                 raise
@@ -618,19 +658,20 @@ def fan_out(procs: Processes, kind: str, port: int, sizes: Sizes) -> tuple[float
 # -- NATS ----------------------------------------------------------------------------
 
 
-def nats_pipelined(port: int, root: Path, n: int) -> float:
+def nats_pipelined(port: int, n: int, stream: str = "bench") -> float:
+    """Writes/s of ``n`` JetStream publishes to ``stream``, WINDOW in flight."""
     import nats
 
     async def run() -> float:
         nc = await nats.connect(f"nats://{HOST}:{port}")
         try:
             js = nc.jetstream()
-            await js.add_stream(name="bench", subjects=["bench.>"])
+            await js.add_stream(name=stream, subjects=[f"{stream}.>"])
             window = asyncio.Semaphore(WINDOW)
 
             async def publish(i: int) -> None:
                 try:
-                    await js.publish("bench.w", value_bytes(i))
+                    await js.publish(f"{stream}.w", value_bytes(i))
                 finally:
                     window.release()
 
@@ -668,6 +709,61 @@ def start_nats(procs: Processes, root: Path) -> int:
             time.sleep(0.05)
 
 
+# -- memory --------------------------------------------------------------------------
+
+
+def server_memory(
+    procs: Processes, root: Path, keys: int, redis_reason: str
+) -> dict[str, tuple[Cell, Cell]]:
+    """(RSS MiB, bytes per key) of a fresh KilnDB and redis-server loaded with ``keys`` keys.
+
+    Each server starts on an empty directory; its RSS is read once it is running (KilnDB:
+    and has served a first write, of key 0) and again once every key is written
+    (``write_many`` / pipelined ``SET`` of 1,000); the growth divided by ``keys`` is the
+    bytes per key. Both are stopped afterwards.
+    """
+    found: dict[str, tuple[Cell, Cell]] = {}
+
+    def summary(empty: int, loaded: int) -> tuple[Cell, Cell]:
+        return Cell(loaded / 2**20, "MiB"), Cell(max(0, loaded - empty) / keys, "B/key")
+
+    url, _, proc = start_kiln_process(procs, root / "kiln-memory")
+    with kilndb.connect(url) as db:
+        # Open the database and warm the write path first: "empty" is a running server.
+        db.store("memory").write(f"key:{0:08d}", payload(0))
+        empty = rss_bytes(proc.pid)
+        for first in range(0, keys, WINDOW):
+            db.write_many(
+                kilndb.Write("memory", f"key:{i:08d}", payload(i))
+                for i in range(first, min(first + WINDOW, keys))
+            )
+        time.sleep(0.5)  # let the server settle (background hint and index work)
+        if (held := db.stats()["keys"]) != keys:
+            raise RuntimeError(f"the server holds {held} keys, expected {keys}")
+        found["kiln"] = summary(empty, rss_bytes(proc.pid))
+    stop_process(proc)
+
+    if not redis_reason:
+        assert redis is not None
+        port, proc = start_redis_process(procs, root / "redis-memory", "always")
+        empty = rss_bytes(proc.pid)
+        client = redis.Redis(host=HOST, port=port)
+        try:
+            for first in range(0, keys, WINDOW):
+                pipe = client.pipeline(transaction=False)
+                for i in range(first, min(first + WINDOW, keys)):
+                    pipe.set(f"key:{i:08d}", value_bytes(i))
+                pipe.execute()
+            time.sleep(0.5)
+            if (held := client.dbsize()) != keys:
+                raise RuntimeError(f"redis-server holds {held} keys, expected {keys}")
+            found["redis"] = summary(empty, rss_bytes(proc.pid))
+        finally:
+            client.close()
+        stop_process(proc)
+    return found
+
+
 # -- the run -------------------------------------------------------------------------
 
 ROW1 = "pipelined durable writes, 1 conn, 1,000 in flight"
@@ -677,9 +773,13 @@ ROW3B = "one-at-a-time write latency p99"
 ROW4 = "replay over the network"
 ROW5A = "fan-out lag p50"
 ROW5B = "fan-out lag p99"
+ROW6A = "server RSS holding"
+ROW6B = "server memory per key"
 
 REDIS_ALWAYS = "redis-py XADD, appendfsync always"
 REDIS_EVERYSEC = "redis-py XADD, appendfsync everysec"
+NATS = "nats-py JetStream publish, 1,000 in flight"
+REPLAY_PEER = "redis-py XRANGE, 1,000 per page"
 
 
 def log(message: str) -> None:
@@ -715,20 +815,25 @@ def run(sizes: Sizes, smoke: bool, root: Path, procs: Processes) -> Report:
         lambda port: Cell(n / timed(lambda: redis_pipelined(port, "p1", n)), "writes/s"), redis_both
     )
     nats_reason = ensure_installed("nats-server", "nats-server", smoke)
+    nport = 0
     if nats_reason:
         why = "not on PATH (--smoke)" if smoke else "not installable here"
-        row1.append(("NATS JetStream", f"skipped (nats-server {why})"))
+        nats_reason = f"skipped (nats-server {why})"
     else:
         try:
             nport = start_nats(procs, root)
-            row1.append(
-                (
-                    "nats-py JetStream publish, 1,000 in flight",
-                    Cell(nats_pipelined(nport, root, n), "writes/s"),
-                )
-            )
         except Exception as exc:
-            row1.append(("NATS JetStream", f"skipped: {type(exc).__name__}: {exc}"[:80]))
+            nats_reason = f"skipped: {type(exc).__name__}: {exc}"[:80]
+
+    def nats_peer(measure: Callable[[], Cell], label: str) -> tuple[str, Cell | str]:
+        if nats_reason:
+            return ("NATS JetStream", nats_reason)
+        try:
+            return (label, measure())
+        except Exception as exc:
+            return ("NATS JetStream", f"skipped: {type(exc).__name__}: {exc}"[:80])
+
+    row1.append(nats_peer(lambda: Cell(nats_pipelined(nport, n), "writes/s"), NATS))
     report.add(ROW1, Cell(kiln_rate, "writes/s"), row1)
 
     # 2. pipelined, 16 connections
@@ -743,7 +848,17 @@ def run(sizes: Sizes, smoke: bool, root: Path, procs: Processes) -> Report:
         fns = [functools.partial(redis_pipelined, port, f"p2_{c}", m) for c in range(CONNECTIONS)]
         return Cell(total / parallel(fns), "writes/s")
 
-    report.add(ROW2, Cell(total / seconds, "writes/s"), peers(redis_many, redis_both))
+    def nats_many() -> Cell:
+        # One connection, event loop and stream per thread, as Redis gets one stream each.
+        def publisher(c: int) -> None:
+            nats_pipelined(nport, m, f"bench16_{c}")
+
+        fns = [functools.partial(publisher, c) for c in range(CONNECTIONS)]
+        return Cell(total / parallel(fns), "writes/s")
+
+    row2 = peers(redis_many, redis_both)
+    row2.append(nats_peer(nats_many, f"{NATS} per conn"))
+    report.add(ROW2, Cell(total / seconds, "writes/s"), row2)
 
     # 3. one-at-a-time latency
     log("row 3: one-at-a-time latency")
@@ -814,7 +929,7 @@ def run(sizes: Sizes, smoke: bool, root: Path, procs: Processes) -> Report:
     report.add(
         f"replay of {sizes.facts:,} facts",
         Cell(kiln_replay, "facts/s"),
-        peers(redis_replay, [("redis-py XRANGE, 1,000 per page", everysec)]),
+        peers(redis_replay, [(REPLAY_PEER, everysec)]),
     )
 
     # 5. fan-out
@@ -835,32 +950,66 @@ def run(sizes: Sizes, smoke: bool, root: Path, procs: Processes) -> Report:
     report.values["lag_p99"] = k99
     report.values["delivered"] = float(kgot == kwant)
 
+    # 6. memory
+    log(f"row 6: memory of a server holding {sizes.keys:,} keys")
+    memory = server_memory(procs, root, sizes.keys, redis_reason)
+    held = f"{ROW6A} {sizes.keys:,} keys"
+    per_key = f"{ROW6B}, {sizes.keys:,} keys (RSS growth / keys)"
+    redis_peer = "redis-server (appendfsync always), SET of the same data"
+    kiln_rss, kiln_per_key = memory["kiln"]
+    redis_rss: Cell | str = redis_reason
+    redis_per_key: Cell | str = redis_reason
+    if "redis" in memory:
+        redis_rss, redis_per_key = memory["redis"]
+    report.add(held, kiln_rss, [(redis_peer, redis_rss)])
+    report.add(per_key, kiln_per_key, [(redis_peer, redis_per_key)])
+
     # targets
     def judge(ratio: float | None, goal: float, text: str) -> None:
         if ratio is None:
             report.targets.append(Target(None, text, "not measured (peer skipped)"))
         else:
-            report.targets.append(Target(ratio >= goal, text, f"{ratio:.2f}x"))
+            report.targets.append(Target(ratio >= goal, text, f"{ratio:.2f}x (target {goal:g}x)"))
 
-    judge(
-        report.ratio(ROW1, REDIS_ALWAYS),
-        1.5,
-        "pipelined durable writes >= 1.5x redis XADD (always)",
-    )
-    nats_line = next((ln for ln in report.lines if ln.label == ROW1 and "nats-py" in ln.peer), None)
-    judge(
-        nats_line.ratio if nats_line else None, 4.0, "pipelined durable writes >= 4x NATS JetStream"
-    )
+    def nats_ratio(row: str) -> float | None:
+        line = next((ln for ln in report.lines if ln.label == row and "nats-py" in ln.peer), None)
+        return None if line is None else line.ratio
+
+    for row, conns in ((ROW1, "1 conn"), (ROW2, f"{CONNECTIONS} conns")):
+        judge(
+            report.ratio(row, REDIS_ALWAYS),
+            2.0,
+            f"pipelined durable writes, {conns} >= 2x redis XADD (always)",
+        )
+        judge(nats_ratio(row), 6.0, f"pipelined durable writes, {conns} >= 6x NATS JetStream")
     judge(
         report.ratio(ROW3A, REDIS_ALWAYS.replace("XADD", "SET")),
-        1 / 1.5,
-        "one-at-a-time p50 <= 1.5x redis SET (always)",
+        1.0,
+        "one-at-a-time write p50 <= redis SET (always) p50",
+    )
+    judge(
+        report.ratio(f"replay of {sizes.facts:,} facts", REPLAY_PEER),
+        2.0,
+        "replay over the network >= 2x redis XRANGE pages",
     )
     report.targets.append(
         Target(
             k99 < 50 and kgot == kwant,
             "fan-out lag p99 < 50 ms (all facts delivered)",
             f"{k99:,.2f} ms{kiln_note}",
+        )
+    )
+    redis_text = (
+        f"redis-server {redis_rss.text()}, {redis_per_key.text()}"
+        if isinstance(redis_rss, Cell) and isinstance(redis_per_key, Cell)
+        else "redis-server not measured"
+    )
+    report.targets.append(
+        Target(
+            None,
+            f"server RSS with {sizes.keys:,} keys beside redis-server (informational)",
+            f"KilnDB {kiln_rss.text()}, {kiln_per_key.text()}; {redis_text}",
+            info=True,
         )
     )
     return report
@@ -879,10 +1028,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, a few seconds, no apt")
     parser.add_argument("--facts", type=int, help="facts replayed (row 4)")
+    parser.add_argument(
+        "--keys", type=int, help="keys held for the memory row (row 6; default 1,000,000)"
+    )
     options = parser.parse_args(args)
     sizes = SMOKE if options.smoke else FULL
     if options.facts is not None:
         sizes = Sizes(**{**sizes.__dict__, "facts": options.facts})
+    if options.keys is not None:
+        if options.keys < 1:
+            parser.error("--keys must be at least 1")
+        sizes = Sizes(**{**sizes.__dict__, "keys": options.keys})
     procs = Processes()
     root = Path(tempfile.mkdtemp(prefix="kiln-server-bench-"))
     # Our own handlers for both, so that asyncio.run (NATS) does not swallow Ctrl-C.
@@ -897,7 +1053,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         shutil.rmtree(root, ignore_errors=True)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    print(render(report))
+    print(render(report, issue=ISSUE))
     return 0
 
 

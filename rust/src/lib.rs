@@ -9,6 +9,7 @@ use pyo3::prelude::*;
 
 pub mod errors;
 pub mod frame;
+pub mod index;
 pub mod jsonw;
 mod py_frame;
 mod pyfact;
@@ -32,6 +33,8 @@ fn _core(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(py_frame::encode_frames, module)?)?;
     module.add_class::<py_frame::FrameDecoder>()?;
     module.add_class::<py_frame::FrameReader>()?;
+    module.add_function(wrap_pyfunction!(index::index_file, module)?)?;
+    module.add_class::<index::IndexedFile>()?;
     module.add_function(wrap_pyfunction!(read::read_records, module)?)?;
     module.add_class::<scan::FactScanner>()?;
     module.add_class::<stage::Stager>()?;

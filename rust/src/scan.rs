@@ -24,10 +24,7 @@ type Located<'py> = (u64, Vec<u8>, Option<Bound<'py, PyDict>>);
 
 /// Where a fact's record says it belongs, from its leading fields or, for a record not
 /// laid out the usual way, from its parsed JSON.
-fn position_and_store<'py>(
-    py: Python<'py>,
-    body: &[u8],
-) -> PyResult<Option<Located<'py>>> {
+fn position_and_store<'py>(py: Python<'py>, body: &[u8]) -> PyResult<Option<Located<'py>>> {
     if let Some(head) = fact_head(body) {
         if !head.escaped || !head.store.contains(&b'\\') {
             return Ok(Some((head.position, head.store.to_vec(), None)));

@@ -157,3 +157,28 @@ def read_records(
     as ``(fd, path)``), in order: bodies, or ``fact_type`` instances when given. Frames
     back to back are read with one ``pread`` per run, the GIL released; damage raises
     CorruptRecordError(path, offset)."""
+
+@final
+class IndexedFile:
+    """The facts of one data file, as recovery and hint files index them."""
+
+    @property
+    def good_end(self) -> int:
+        """Where the intact prefix of indexed records ends."""
+    @property
+    def bad_offset(self) -> int | None:
+        """Where to cut a torn tail (a torn batch at its header); None if clean."""
+    @property
+    def damage(self) -> int:
+        """Where the unreadable bytes begin."""
+    @property
+    def stop_reason(self) -> str | None:
+        """How the frames ended: None, "end-marker", "short", "length" or "crc"."""
+    def __len__(self) -> int: ...
+    def facts(self) -> list[tuple[int, int, int, str, str, int, bool, float, str]]:
+        """``(offset, size, position, store, key, seq, deleted, transaction_time, id)``
+        of each indexed fact, in file order."""
+
+def index_file(fd: int, path: str, start: int, end: int, after: int) -> IndexedFile:
+    """Index the facts of ``[start, end)`` of a data file; positions must be above
+    ``after``. Batches are indexed whole or not at all."""

@@ -25,6 +25,7 @@ BENCH = ROOT / "bench" / "embedded.py"
 ROWS = (
     ("write_none", "write, sync=none, 1 thread"),
     ("write_always_1", "write, sync=always, 1 thread"),
+    ("raw_fsync", "raw append 200 B + fdatasync, 1 thread"),
     ("write_always_8", "write, sync=always, 8 threads"),
     ("write_many", "write_many(1,000), sync=always"),
     ("load", "bulk load"),
@@ -35,7 +36,7 @@ ROWS = (
     ("reopen_cold", "reopen without hint files"),
     ("keydir", "keydir memory per key"),
 )
-TARGETS = 8
+TARGETS = 11
 
 #: The peers each row must show: SQLite always, LMDB and rocksdict when installed.
 PEERS = {
@@ -136,3 +137,19 @@ def test_runs_without_the_bench_extra(tmp_path: Path) -> None:
     assert skipped
     assert all(row["peer_id"].startswith(("lmdb", "rocks")) for row in skipped)
     assert len(results["targets"]) == TARGETS
+
+
+def test_raw_fsync_row_measures_both_variants(smoke: Results) -> None:
+    stdout, results = smoke
+    raw = results["meta"]["raw_fsync"]
+    assert raw["record_bytes"] == 200
+    assert raw["ops_per_s"]["plain append"] > 0
+    assert raw["limit"] in raw["ops_per_s"]
+    assert "Targets (issue 13)" in stdout
+    assert "90% of raw 200 B append + fdatasync" in stdout
+
+
+def test_keydir_reports_rss_and_tracemalloc(smoke: Results) -> None:
+    _, results = smoke
+    note = next(line["kiln"]["note"] for line in results["rows"] if line["row"] == "keydir")
+    assert "RSS" in note and "tracemalloc" in note

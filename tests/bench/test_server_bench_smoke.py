@@ -30,6 +30,8 @@ ROWS = (
     "replay of 2,000 facts",
     "fan-out lag p50",
     "fan-out lag p99",
+    "server RSS holding 2,000 keys",
+    "server memory per key, 2,000 keys",
 )
 
 
@@ -72,8 +74,12 @@ def check_kiln_rows(stdout: str) -> None:
         number = re.search(r"[\d,.]+", kiln)
         assert number is not None and float(number.group().replace(",", "")) > 0, line
     assert "KilnDB/peer" in stdout
-    assert "Targets (issue 3)" in stdout
+    assert "Targets (issue 13)" in stdout
     assert "NATS" in stdout
+    targets = stdout.split("Targets (issue 13)")[1]
+    assert "16 conns >= 6x NATS JetStream" in targets
+    info = [ln for ln in targets.splitlines() if "server RSS with 2,000 keys" in ln]
+    assert len(info) == 1 and info[0].strip().startswith("info"), info
 
 
 def test_smoke_without_redis(tmp_path: Path) -> None:

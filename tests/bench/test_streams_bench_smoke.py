@@ -22,4 +22,4 @@ ROWS = (
 
 
 def test_streams_bench_smoke_prints_every_row() -> None:
-    assert "Targets (issue 4)" in run_bench("streams.py", ROWS)
+    assert "Targets (issue 13)" in run_bench("streams.py", ROWS)

@@ -31,8 +31,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from kilndb import _core
 from kilndb.config import DatabaseConfig
 from kilndb.errors import (
@@ -46,10 +44,9 @@ from kilndb.storage.datafile import DataFile, fsync_directory, hint_path
 from kilndb.storage.group_commit import GroupCommit
 from kilndb.storage.hint import Hint, write_hint
 from kilndb.storage.ids import IdCodec
-from kilndb.storage.keydir import OFFSET_BITS, TOMBSTONE, KeyDir
+from kilndb.storage.keydir import TOMBSTONE, KeyDir
 from kilndb.storage.lockfile import DatabaseLock
 from kilndb.storage.meta import load_or_create_meta, write_meta
-from kilndb.storage.records import FACT_PREFIX
 from kilndb.storage.recovery import recover, write_header
 from kilndb.storage.retention import Retention
 from kilndb.storage.shipping import parse_shipment
@@ -506,32 +503,42 @@ class Log:
                     return
 
     def build_hint(self, datafile: DataFile) -> Hint:
-        """A hint for the retained facts of ``datafile`` (scans the file)."""
+        """A hint for the retained facts of ``datafile`` (scans the file in the core).
+
+        Raises CorruptRecordError rather than describe part of a damaged file: a hint
+        is trusted for the whole file it names.
+        """
         hint = Hint(datafile.file_id, datafile.size)
         keydir, codec = self.keydir, self.ids_codec
-        expected_prefix = datafile.file_id << OFFSET_BITS
-        for offset, body in datafile.frames():
-            if not body.startswith(FACT_PREFIX):
+        start = self.header_end(datafile)
+        indexed = _core.index_file(datafile.fd, str(datafile.path), start, datafile.size, 0)
+        if indexed.bad_offset is not None or indexed.stop_reason not in (None, "end-marker"):
+            raise CorruptRecordError(str(datafile.path), indexed.damage)
+        file_id = datafile.file_id
+        for offset, size, position, store, key, seq, deleted, ttime, fact_id in indexed.facts():
+            if keydir.location(position) != (file_id, offset, size):
+                hint.dead_bytes += size
                 continue
-            record = orjson.loads(body)
-            position = record["position"]
-            index = position - keydir.base
-            if keydir.loc[index] != expected_prefix | offset:
-                hint.dead_bytes += len(body) + 8
-                continue
-            fact_id = record["id"]
-            raw_seq = record["seq"] | (TOMBSTONE if record["deleted"] else 0)
             hint.add(
                 position,
                 offset,
-                len(body) + 8,
-                raw_seq,
-                record["transaction_time"],
-                record["store"],
-                record["key"],
+                size,
+                seq | TOMBSTONE if deleted else seq,
+                ttime,
+                store,
+                key,
                 None if codec.position_of(fact_id) == position else fact_id,
             )
         return hint
+
+    def header_end(self, datafile: DataFile) -> int:
+        """Where the records of ``datafile`` begin: right after its header frame (whose
+        integrity recovery checked when it opened the file)."""
+        head = datafile.pread(0, 4)
+        length = int.from_bytes(head, "big") if len(head) == 4 else 0
+        if not 0 < length < datafile.size:
+            raise CorruptRecordError(str(datafile.path), 0, f"{datafile.path}: bad file header")
+        return length + 8
 
     def _write_hint_for(self, file_id: int) -> None:
         with self._maintenance:

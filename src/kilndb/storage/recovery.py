@@ -24,10 +24,10 @@ import mmap
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import orjson
 
+from kilndb import _core
 from kilndb.codec import encode_frame
 from kilndb.errors import CorruptRecordError
 from kilndb.storage.datafile import (
@@ -43,7 +43,7 @@ from kilndb.storage.datafile import (
 from kilndb.storage.hint import read_hint
 from kilndb.storage.ids import IdCodec
 from kilndb.storage.keydir import KeyDir
-from kilndb.storage.records import BATCH_PREFIX, FACT_PREFIX, FILE_PREFIX, file_header
+from kilndb.storage.records import FILE_PREFIX, file_header
 from kilndb.storage.resync import resync
 
 __all__ = ["Recovered", "recover", "write_header"]
@@ -96,61 +96,23 @@ class _Scan:
             self.codec,
         )
         file_id = datafile.file_id
-        reader = datafile.frames(start, end)
-        pending: list[tuple[int, int, dict[str, Any]]] = []
-        expected = 0
-        batch_offset = start
-        self.good_end = start
-        for offset, body in reader:
-            try:
-                record = orjson.loads(body)
-                if body.startswith(FACT_PREFIX):
-                    position = record["position"]
-                    if pending or expected:
-                        pending.append((offset, len(body) + 8, record))
-                        if len(pending) < expected:
-                            continue
-                        batch = pending
-                        pending, expected = [], 0
-                    else:
-                        batch = [(offset, len(body) + 8, record)]
-                    for frame_offset, frame_size, fact in batch:
-                        position = fact["position"]
-                        if position <= keydir.last_position:
-                            raise ValueError("position out of order")
-                        keydir.add(
-                            fact["store"],
-                            fact["key"],
-                            position,
-                            file_id,
-                            frame_offset,
-                            frame_size,
-                            fact["seq"],
-                            bool(fact["deleted"]),
-                            fact["transaction_time"],
-                        )
-                        fact_id = fact["id"]
-                        if codec.position_of(fact_id) != position:
-                            ids[fact_id] = position
-                        self.result.last_ttime = fact["transaction_time"]
-                    self.good_end = offset + len(body) + 8
-                elif body.startswith(BATCH_PREFIX):
-                    if pending or expected:
-                        raise ValueError("batch header inside a batch")
-                    expected = int(record["batch"])
-                    batch_offset = offset
-                else:
-                    raise ValueError("unknown record kind")
-            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-                self.bad_offset = offset if not expected else batch_offset
-                self.damage = offset
-                return
-        self.damage = reader.stop_offset
-        if expected:
-            self.bad_offset = batch_offset
-        elif reader.stop_reason not in (None, "end-marker"):
-            self.bad_offset = reader.stop_offset
-        elif reader.stop_reason == "end-marker" and _has_data_after(datafile, self.good_end, end):
+        indexed = _core.index_file(
+            datafile.fd, str(datafile.path), start, end, keydir.last_position
+        )
+        add = keydir.add
+        for offset, size, position, store, key, seq, deleted, ttime, fact_id in indexed.facts():
+            add(store, key, position, file_id, offset, size, seq, deleted, ttime)
+            if codec.position_of(fact_id) != position:
+                ids[fact_id] = position
+            self.result.last_ttime = ttime
+        self.good_end = indexed.good_end
+        self.damage = indexed.damage
+        self.bad_offset = indexed.bad_offset
+        if (
+            self.bad_offset is None
+            and indexed.stop_reason == "end-marker"
+            and _has_data_after(datafile, self.good_end, end)
+        ):
             self.bad_offset = self.damage = self.good_end
 
 

@@ -1,0 +1,522 @@
+//! Indexing a data file: what recovery and hint files need of every fact, in one pass.
+//!
+//! Theory of operation
+//! -------------------
+//! [`index_file`] reads the frames of a data file from just after its header and
+//! applies the record rules of recovery (see `kilndb.storage.recovery`):
+//!
+//! * a fact record is indexed by its position, store, key, seq, tombstone flag,
+//!   transaction time and id, read by walking the record's fields in their fixed order
+//!   ([`fact_fields`]) — every byte of the record is checked to be valid JSON, and a
+//!   record not laid out the usual way is parsed as JSON instead;
+//! * a batch header `{"batch": n, ...}` makes the next `n` facts one unit: they are
+//!   indexed together when the `n`-th arrives, or not at all;
+//! * positions must grow; anything else (an unknown record, a header inside a batch,
+//!   invalid JSON) stops the scan there.
+//!
+//! The result says where the intact prefix ends (`good_end`), where a torn tail would be
+//! cut (`bad_offset`: a torn batch is cut at its header) and where the damage begins.
+
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList};
+
+use crate::errors::guard;
+use crate::frame::Stop;
+use crate::py_frame::FrameReader;
+use crate::record::{BATCH_PREFIX, FACT_PREFIX};
+
+/// The fields of a fact record that the keydir and hint files hold.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FactFields {
+    pub id: String,
+    pub store: String,
+    pub key: String,
+    pub seq: u64,
+    pub position: u64,
+    pub ttime: f64,
+    pub deleted: bool,
+}
+
+const MAX_DEPTH: usize = 1024;
+
+struct Walk<'a> {
+    buf: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Walk<'a> {
+    fn literal(&mut self, text: &[u8]) -> Option<()> {
+        if self.buf.get(self.at..self.at + text.len())? == text {
+            self.at += text.len();
+            Some(())
+        } else {
+            None
+        }
+    }
+
+    fn peek(&self) -> Option<u8> {
+        self.buf.get(self.at).copied()
+    }
+
+    /// A JSON string, decoded.
+    fn string(&mut self) -> Option<String> {
+        self.literal(b"\"")?;
+        let mut out: Vec<u8> = Vec::new();
+        loop {
+            let rest = self.buf.get(self.at..)?;
+            let found = memchr::memchr2(b'"', b'\\', rest)?;
+            let chunk = &rest[..found];
+            if chunk.iter().any(|&b| b < 0x20) {
+                return None;
+            }
+            out.extend_from_slice(chunk);
+            self.at += found;
+            if self.buf[self.at] == b'"' {
+                self.at += 1;
+                return String::from_utf8(out).ok();
+            }
+            self.at += 1;
+            let escape = self.peek()?;
+            self.at += 1;
+            match escape {
+                b'"' => out.push(b'"'),
+                b'\\' => out.push(b'\\'),
+                b'/' => out.push(b'/'),
+                b'b' => out.push(8),
+                b'f' => out.push(12),
+                b'n' => out.push(b'\n'),
+                b'r' => out.push(b'\r'),
+                b't' => out.push(b'\t'),
+                b'u' => {
+                    let mut code = self.hex4()?;
+                    if (0xD800..0xDC00).contains(&code) {
+                        self.literal(b"\\u")?;
+                        let low = self.hex4()?;
+                        if !(0xDC00..0xE000).contains(&low) {
+                            return None;
+                        }
+                        code = 0x10000 + ((code - 0xD800) << 10) + (low - 0xDC00);
+                    } else if (0xDC00..0xE000).contains(&code) {
+                        return None;
+                    }
+                    let ch = char::from_u32(code)?;
+                    let mut utf8 = [0u8; 4];
+                    out.extend_from_slice(ch.encode_utf8(&mut utf8).as_bytes());
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    fn hex4(&mut self) -> Option<u32> {
+        let digits = self.buf.get(self.at..self.at + 4)?;
+        let text = std::str::from_utf8(digits).ok()?;
+        let code = u32::from_str_radix(text, 16).ok()?;
+        if !digits.iter().all(u8::is_ascii_hexdigit) {
+            return None;
+        }
+        self.at += 4;
+        Some(code)
+    }
+
+    /// A JSON number's text.
+    fn number(&mut self) -> Option<&'a str> {
+        let start = self.at;
+        if self.peek() == Some(b'-') {
+            self.at += 1;
+        }
+        match self.peek()? {
+            b'0' => self.at += 1,
+            b'1'..=b'9' => self.digits(),
+            _ => return None,
+        }
+        if self.peek() == Some(b'.') {
+            self.at += 1;
+            let before = self.at;
+            self.digits();
+            if self.at == before {
+                return None;
+            }
+        }
+        if matches!(self.peek(), Some(b'e') | Some(b'E')) {
+            self.at += 1;
+            if matches!(self.peek(), Some(b'+') | Some(b'-')) {
+                self.at += 1;
+            }
+            let before = self.at;
+            self.digits();
+            if self.at == before {
+                return None;
+            }
+        }
+        std::str::from_utf8(&self.buf[start..self.at]).ok()
+    }
+
+    fn digits(&mut self) {
+        while matches!(self.peek(), Some(b'0'..=b'9')) {
+            self.at += 1;
+        }
+    }
+
+    fn whitespace(&mut self) {
+        while matches!(self.peek(), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+            self.at += 1;
+        }
+    }
+
+    /// Skip one JSON value, checking it.
+    fn value(&mut self, depth: usize) -> Option<()> {
+        if depth > MAX_DEPTH {
+            return None;
+        }
+        self.whitespace();
+        match self.peek()? {
+            b'"' => {
+                self.string()?;
+            }
+            b'{' => {
+                self.at += 1;
+                self.whitespace();
+                if self.peek()? == b'}' {
+                    self.at += 1;
+                    return Some(());
+                }
+                loop {
+                    self.whitespace();
+                    self.string()?;
+                    self.whitespace();
+                    self.literal(b":")?;
+                    self.value(depth + 1)?;
+                    self.whitespace();
+                    match self.peek()? {
+                        b',' => self.at += 1,
+                        b'}' => {
+                            self.at += 1;
+                            return Some(());
+                        }
+                        _ => return None,
+                    }
+                }
+            }
+            b'[' => {
+                self.at += 1;
+                self.whitespace();
+                if self.peek()? == b']' {
+                    self.at += 1;
+                    return Some(());
+                }
+                loop {
+                    self.value(depth + 1)?;
+                    self.whitespace();
+                    match self.peek()? {
+                        b',' => self.at += 1,
+                        b']' => {
+                            self.at += 1;
+                            return Some(());
+                        }
+                        _ => return None,
+                    }
+                }
+            }
+            b't' => self.literal(b"true")?,
+            b'f' => self.literal(b"false")?,
+            b'n' => self.literal(b"null")?,
+            _ => {
+                self.number()?;
+            }
+        }
+        Some(())
+    }
+
+    fn unsigned(&mut self) -> Option<u64> {
+        let text = self.number()?;
+        text.parse::<u64>().ok()
+    }
+}
+
+/// The indexed fields of a fact record laid out as KilnDB writes it (fields in
+/// `FACT_FIELDS` order, no spaces), every byte checked; None for anything else.
+pub fn fact_fields(body: &[u8]) -> Option<FactFields> {
+    let mut w = Walk { buf: body, at: 0 };
+    w.literal(FACT_PREFIX)?;
+    let id = w.string()?;
+    w.literal(b",\"store\":")?;
+    let store = w.string()?;
+    w.literal(b",\"key\":")?;
+    let key = w.string()?;
+    w.literal(b",\"seq\":")?;
+    let seq = w.unsigned()?;
+    w.literal(b",\"position\":")?;
+    let position = w.unsigned()?;
+    w.literal(b",\"value\":")?;
+    w.value(0)?;
+    w.literal(b",\"value_hash\":")?;
+    w.value(0)?;
+    w.literal(b",\"transaction_time\":")?;
+    let ttime: f64 = w.number()?.parse().ok()?;
+    for field in [
+        &b",\"valid_time\":"[..],
+        b",\"causation\":",
+        b",\"schema_version\":",
+        b",\"producer\":",
+        b",\"derivation\":",
+        b",\"metadata\":",
+    ] {
+        w.literal(field)?;
+        w.value(0)?;
+    }
+    w.literal(b",\"deleted\":")?;
+    let deleted = match w.peek()? {
+        b't' => {
+            w.literal(b"true")?;
+            true
+        }
+        _ => {
+            w.literal(b"false")?;
+            false
+        }
+    };
+    w.literal(b"}")?;
+    (w.at == body.len()).then_some(FactFields {
+        id,
+        store,
+        key,
+        seq,
+        position,
+        ttime,
+        deleted,
+    })
+}
+
+/// The fields of a fact record in any JSON layout (parsed by Python's decoder).
+fn parsed_fields(py: Python<'_>, body: &[u8]) -> PyResult<Option<FactFields>> {
+    let Ok(parsed) = crate::jsonw::decoded(py, body) else {
+        return Ok(None);
+    };
+    let Ok(record) = parsed.bind(py).clone().cast_into::<PyDict>() else {
+        return Ok(None);
+    };
+    let text = |name: &str| -> Option<String> { record.get_item(name).ok()??.extract().ok() };
+    let number = |name: &str| -> Option<u64> {
+        let item = record.get_item(name).ok()??;
+        if item.is_instance_of::<pyo3::types::PyBool>() {
+            return None;
+        }
+        item.extract().ok()
+    };
+    let fields = (|| {
+        let ttime_obj = record.get_item("transaction_time").ok()??;
+        Some(FactFields {
+            id: text("id")?,
+            store: text("store")?,
+            key: text("key")?,
+            seq: number("seq")?,
+            position: number("position")?,
+            ttime: ttime_obj.extract().ok()?,
+            deleted: record.get_item("deleted").ok()??.is_truthy().ok()?,
+        })
+    })();
+    Ok(fields)
+}
+
+/// The count of a batch header `{"batch": n, "first": p}`, or None if the body is not one.
+fn batch_count(py: Python<'_>, body: &[u8]) -> PyResult<Option<u64>> {
+    let Ok(parsed) = crate::jsonw::decoded(py, body) else {
+        return Ok(None);
+    };
+    let Ok(record) = parsed.bind(py).clone().cast_into::<PyDict>() else {
+        return Ok(None);
+    };
+    Ok(match record.get_item("batch")? {
+        Some(count) => count.extract::<u64>().ok(),
+        None => None,
+    })
+}
+
+/// One indexed fact and where its frame is.
+struct Indexed {
+    offset: u64,
+    size: u64,
+    fields: FactFields,
+}
+
+/// The facts of one data file and how its frames ended.
+#[pyclass(module = "kilndb._core")]
+pub struct IndexedFile {
+    facts: Vec<Indexed>,
+    /// Where the intact prefix of indexed records ends.
+    #[pyo3(get)]
+    good_end: u64,
+    /// Where to cut a torn tail (None if the file ended cleanly).
+    #[pyo3(get)]
+    bad_offset: Option<u64>,
+    /// Where the unreadable bytes begin.
+    #[pyo3(get)]
+    damage: u64,
+    /// How the frames ended: None, "end-marker", "short", "length" or "crc".
+    #[pyo3(get)]
+    stop_reason: Option<&'static str>,
+}
+
+#[pymethods]
+impl IndexedFile {
+    fn __len__(&self) -> usize {
+        self.facts.len()
+    }
+
+    /// `(offset, size, position, store, key, seq, deleted, transaction_time, id)` of each
+    /// indexed fact, in file order.
+    fn facts<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        guard(py, || {
+            let out = PyList::empty(py);
+            for f in &self.facts {
+                let fields = &f.fields;
+                out.append((
+                    f.offset,
+                    f.size,
+                    fields.position,
+                    fields.store.as_str(),
+                    fields.key.as_str(),
+                    fields.seq,
+                    fields.deleted,
+                    fields.ttime,
+                    fields.id.as_str(),
+                ))?;
+            }
+            Ok(out)
+        })
+    }
+}
+
+/// Index the facts in `[start, end)` of the data file open as `fd`, whose positions
+/// must all be above `after` (see the module docs).
+#[pyfunction]
+pub fn index_file(
+    py: Python<'_>,
+    fd: i32,
+    path: String,
+    start: u64,
+    end: u64,
+    after: u64,
+) -> PyResult<IndexedFile> {
+    guard(py, || {
+        let mut reader = FrameReader::new(fd, start, end, path);
+        let mut facts: Vec<Indexed> = Vec::new();
+        let mut pending: Vec<Indexed> = Vec::new();
+        let mut expected: u64 = 0;
+        let mut batch_offset = start;
+        let mut good_end = start;
+        let mut last = after;
+        let mut failed_at: Option<u64> = None;
+        'read: while !reader.finished {
+            for (offset, body_start, body_end) in reader.next_ranges(py)? {
+                let body = &reader.buf[body_start..body_end];
+                let size = (body_end - body_start + crate::frame::OVERHEAD) as u64;
+                if body.starts_with(FACT_PREFIX) {
+                    let fields = match fact_fields(body) {
+                        Some(fields) => Some(fields),
+                        None => parsed_fields(py, body)?,
+                    };
+                    let Some(fields) = fields else {
+                        failed_at = Some(offset);
+                        break 'read;
+                    };
+                    pending.push(Indexed {
+                        offset,
+                        size,
+                        fields,
+                    });
+                    if (pending.len() as u64) < expected {
+                        continue;
+                    }
+                    // As recovery always has: the batch is complete, so it is taken
+                    // fact by fact, and a position out of order stops the scan at the
+                    // frame that completed it.
+                    expected = 0;
+                    for fact in pending.drain(..) {
+                        if fact.fields.position <= last {
+                            failed_at = Some(offset);
+                            break 'read;
+                        }
+                        last = fact.fields.position;
+                        facts.push(fact);
+                    }
+                    good_end = offset + size;
+                } else if body.starts_with(BATCH_PREFIX) && pending.is_empty() && expected == 0 {
+                    match batch_count(py, body)? {
+                        Some(count) if count > 0 => {
+                            expected = count;
+                            batch_offset = offset;
+                        }
+                        _ => {
+                            failed_at = Some(offset);
+                            break 'read;
+                        }
+                    }
+                } else {
+                    failed_at = Some(offset);
+                    break 'read;
+                }
+            }
+        }
+        let (bad_offset, damage) = if let Some(offset) = failed_at {
+            (
+                Some(if expected > 0 { batch_offset } else { offset }),
+                offset,
+            )
+        } else {
+            let damage = reader.stop_offset;
+            if expected > 0 {
+                (Some(batch_offset), damage)
+            } else if !matches!(reader.stop, Stop::Clean | Stop::EndMarker) {
+                (Some(reader.stop_offset), damage)
+            } else {
+                (None, damage)
+            }
+        };
+        Ok(IndexedFile {
+            facts,
+            good_end,
+            bad_offset,
+            damage,
+            stop_reason: if failed_at.is_some() {
+                None
+            } else {
+                reader.stop.reason()
+            },
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RECORD: &[u8] = br#"{"id":"i\u00e9","store":"s","key":"k\"1","seq":2,"position":9,"value":{"a":[1,2.5e3,"x\\y",null,true]},"value_hash":"ab","transaction_time":1733300000.25,"valid_time":null,"causation":null,"schema_version":1,"producer":null,"derivation":{"n":[]},"metadata":{"by":"ann"},"deleted":true}"#;
+
+    #[test]
+    fn walks_a_fact_record() {
+        let fields = fact_fields(RECORD).expect("a fact");
+        assert_eq!(fields.id, "ié");
+        assert_eq!(fields.key, "k\"1");
+        assert_eq!((fields.seq, fields.position), (2, 9));
+        assert_eq!(fields.ttime, 1733300000.25);
+        assert!(fields.deleted);
+    }
+
+    #[test]
+    fn refuses_damaged_or_unusual_records() {
+        for cut in [10, 60, RECORD.len() - 1] {
+            assert!(fact_fields(&RECORD[..cut]).is_none());
+        }
+        let mut bad = RECORD.to_vec();
+        let at = bad.iter().position(|&b| b == b'[').unwrap();
+        bad[at] = b'(';
+        assert!(fact_fields(&bad).is_none());
+        let spaced = String::from_utf8(RECORD.to_vec())
+            .unwrap()
+            .replace(",\"seq\"", ", \"seq\"");
+        assert!(fact_fields(spaced.as_bytes()).is_none());
+        assert!(fact_fields(br#"{"id":"\ud800","store":"s"}"#).is_none());
+    }
+}
