@@ -28,6 +28,7 @@ import platform
 import random
 import shutil
 import sqlite3
+import subprocess
 import sys
 import tempfile
 import time
@@ -478,22 +479,13 @@ class Bench:
         """Bytes per key that an open database holds (opened untimed, twice).
 
         The keydir lives in the Rust core's memory, which tracemalloc cannot see, so the
-        open is measured both ways: the growth of this process's resident set across an
-        open (``/proc/self/statm``, with freed heap memory handed back to the OS before
-        each reading so that neither memory the previous open freed nor the open's own
-        transient buffers are counted), and tracemalloc's Python allocations. The larger
-        of the two is the figure.
+        open is measured both ways: the growth of the resident set across an open
+        (``/proc/self/statm`` of a fresh child process, see :func:`rss_of_open`), and
+        tracemalloc's Python allocations in this process. The larger is the figure.
         """
         self.progress("  keydir memory (resident set growth, tracemalloc)")
-        trim_heap()
-        rss_before = resident_bytes()
-        engine.reopen()
-        trim_heap()
-        rss_after = resident_bytes()
-        engine.close()
-        trim_heap()
-        rss = None if rss_before is None or rss_after is None else rss_after - rss_before
-
+        rss = rss_growth_of_open(engine.path, keys)
+        gc.collect()
         tracemalloc.start()
         try:
             before = tracemalloc.get_traced_memory()[0]
@@ -507,7 +499,7 @@ class Bench:
             raise RuntimeError(f"KilnDB holds {stats['keys']} keys, not {keys}")
         engine.close()
         mib = 2**20
-        rss_text = "RSS growth not measurable here" if rss is None else f"RSS {rss / mib:+,.1f} MiB"
+        rss_text = "RSS growth not measurable here" if rss is None else f"RSS +{rss / mib:,.1f} MiB"
         note = (
             f"open of {keys:,} keys: {rss_text} (/proc/self/statm),"
             f" tracemalloc {held / mib:,.1f} MiB; per key: the larger"
@@ -553,6 +545,11 @@ class Bench:
         report.add("history", label, kiln, peers)
 
 
+# -- resident memory of an open ------------------------------------------------------
+
+RSS_OF_OPEN = "--rss-of-open"
+
+
 def resident_bytes() -> int | None:
     """This process's resident set size (``/proc/self/statm``), or None off Linux."""
     try:
@@ -568,6 +565,47 @@ def trim_heap() -> None:
     gc.collect()
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def rss_of_open(path: Path) -> dict[str, int] | None:
+    """In this (fresh) process: resident bytes before and after ``kilndb.open(path)``.
+
+    A fresh process, so that the open cannot reuse heap memory an earlier open freed.
+    One tiny database is opened and closed first, so that lazy imports and one-time
+    allocations are not counted, and freed heap memory is handed back to the OS before
+    each reading, so that the open's transient buffers are not counted either.
+    """
+    with tempfile.TemporaryDirectory(dir=path.parent) as warm:
+        kilndb.open(Path(warm) / "warm", sync="none").close()
+    trim_heap()
+    before = resident_bytes()
+    db = kilndb.open(path, sync="none")
+    trim_heap()
+    after = resident_bytes()
+    keys = int(db.stats()["keys"])
+    db.close()
+    if before is None or after is None:
+        return None
+    return {"before": before, "after": after, "keys": keys}
+
+
+def rss_growth_of_open(path: Path, keys: int) -> int | None:
+    """Bytes the resident set grows by when a fresh process opens ``path`` (closed)."""
+    done = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), RSS_OF_OPEN, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"measuring the RSS of an open failed:\n{done.stderr}")
+    found = orjson.loads(done.stdout.strip().splitlines()[-1])
+    if found is None:
+        return None
+    if found["keys"] != keys:
+        raise RuntimeError(f"KilnDB holds {found['keys']} keys, not {keys}")
+    return max(0, int(found["after"]) - int(found["before"]))
 
 
 # -- targets -------------------------------------------------------------------------
@@ -730,7 +768,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
+    raw = list(sys.argv[1:] if argv is None else argv)
+    if raw[:1] == [RSS_OF_OPEN]:  # the child process of rss_growth_of_open
+        print(orjson.dumps(rss_of_open(Path(raw[1]))).decode())
+        return 0
+    args = parse_args(raw)
     facts = args.facts or (3_000 if args.smoke else 1_000_000)
     sizes = Sizes.smoke(facts) if args.smoke else Sizes.full(facts)
     rounds = args.rounds or (1 if args.smoke else 3)

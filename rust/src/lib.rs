@@ -10,8 +10,10 @@ use pyo3::prelude::*;
 pub mod errors;
 pub mod frame;
 pub mod index;
+pub mod keydir;
 pub mod jsonw;
 mod py_frame;
+mod py_keydir;
 mod pyfact;
 mod read;
 pub mod record;
@@ -33,6 +35,7 @@ fn _core(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(py_frame::encode_frames, module)?)?;
     module.add_class::<py_frame::FrameDecoder>()?;
     module.add_class::<py_frame::FrameReader>()?;
+    module.add_class::<py_keydir::KeyDir>()?;
     module.add_function(wrap_pyfunction!(index::index_file, module)?)?;
     module.add_class::<index::IndexedFile>()?;
     module.add_function(wrap_pyfunction!(read::read_records, module)?)?;

@@ -182,3 +182,141 @@ class IndexedFile:
 def index_file(fd: int, path: str, start: int, end: int, after: int) -> IndexedFile:
     """Index the facts of ``[start, end)`` of a data file; positions must be above
     ``after``. Batches are indexed whole or not at all."""
+
+@final
+class KeyDir:
+    """The in-memory index of every retained fact of a database (``rust/src/keydir.rs``).
+
+    The model of ``kilndb.storage.keydir``: per position (the gap-free commit order from
+    ``base``) a location ``file_id << 40 | offset`` (0 = not retained), a frame size, a
+    seq (bit 31 = tombstone) and a non-decreasing transaction time (padding copies the
+    previous one); per (store, key) the ascending positions of its retained facts, the
+    newest being the key's latest. About 70 bytes per key with one fact each.
+
+    Thread-safe (a read-write lock inside; ``load_columns``, ``drop_superseded`` and
+    ``drop_older_than`` release the GIL). Positions are ints; a position in a query
+    that is outside the indexed range simply matches nothing. Invalid arguments raise
+    ``InvalidArgumentError`` (a ``ValueError``); running out of memory ``MemoryError``.
+    """
+
+    def __init__(self, base: int = 1) -> None:
+        """An empty keydir whose first position is ``base`` (``0 <= base <= 2**62``)."""
+    @property
+    def base(self) -> int: ...
+    @property
+    def last_position(self) -> int:
+        """``base + positions indexed - 1``."""
+    @property
+    def facts(self) -> int:
+        """Retained facts."""
+    @property
+    def key_count(self) -> int:
+        """(store, key) pairs with a retained fact."""
+    @property
+    def store_count(self) -> int:
+        """Stores with a retained fact."""
+    def memory_bytes(self) -> int:
+        """Bytes allocated by the keydir, from the real capacities of its buffers."""
+
+    # -- positions -------------------------------------------------------------------
+    def add(
+        self,
+        store: str,
+        key: str,
+        position: int,
+        file_id: int,
+        offset: int,
+        size: int,
+        seq: int,
+        deleted: bool,
+        ttime: float,
+    ) -> None:
+        """Index one fact; ``position`` must be above ``last_position`` (the gap before
+        it is padded unretained). ValueError if it is not, or if ``file_id``
+        (0..2**24), ``offset`` (0..2**40, not 0 in file 0), ``size`` (u32) or ``seq``
+        (0..2**31) is out of range."""
+    def add_many(
+        self, file_id: int, facts: list[tuple[str, str, int, int, int, int, bool, float]]
+    ) -> None:
+        """Index a batch of facts of file ``file_id``, each ``(store, key, position,
+        offset, size, seq, deleted, ttime)``, positions ascending and above
+        ``last_position``; validated whole before anything changes."""
+    def load_columns(
+        self,
+        file_id: int,
+        positions: bytes,
+        offsets: bytes,
+        sizes: bytes,
+        seqs: bytes,
+        ttimes: bytes,
+        store_index: bytes,
+        store_names: list[str],
+        keys: list[str],
+    ) -> None:
+        """Index a hint file's columns, little-endian raw bytes: positions u64 (ascending,
+        above ``last_position``), offsets u64, sizes u32, seqs u32 (tombstone bit
+        included), ttimes f64 and store_index u32 (into ``store_names``), one of each
+        per key. ValueError on a length mismatch or an out-of-range store index or
+        position; validated whole before anything changes."""
+    def pad_to(self, position: int) -> None:
+        """Make ``position`` the last indexed position (unretained) if it is beyond it."""
+    def location(self, position: int) -> tuple[int, int, int] | None:
+        """``(file_id, offset, size)`` of a retained fact, else None."""
+    def locations(self, positions: Iterable[int]) -> list[tuple[int, int, int] | None]:
+        """``location`` of each position, in order."""
+    def relocate(self, position: int, file_id: int, offset: int) -> None:
+        """Point a retained fact at its new place; ValueError if it is not retained."""
+    def is_retained(self, position: int) -> bool: ...
+    def seq_of(self, position: int) -> tuple[int, bool]:
+        """``(seq, deleted)`` of an indexed position (still there once it is dropped; 0
+        for padding); ValueError outside ``base..=last_position``."""
+    def ttime_of(self, position: int) -> float:
+        """Transaction time of an indexed position; ValueError outside the range."""
+    def position_at_time(self, as_of: float) -> int:
+        """The last position whose transaction time is ``<= as_of`` (``base - 1`` if
+        none), by bisection."""
+    def first_retained_at_or_after(self, position: int) -> int | None: ...
+
+    # -- keys ------------------------------------------------------------------------
+    def latest(self, store: str, key: str) -> int | None:
+        """Position of the key's latest retained fact."""
+    def latest_state(self, store: str, key: str) -> tuple[int, int, bool] | None:
+        """``(position, seq, deleted)`` of the key's latest retained fact."""
+    def positions(self, store: str, key: str) -> list[int]:
+        """Positions of the key's retained facts, ascending."""
+    def position_as_of(self, store: str, key: str, as_of: float) -> int | None:
+        """The key's last retained position whose transaction time is ``<= as_of``."""
+    def history(
+        self,
+        store: str,
+        key: str,
+        since_seq: int = 0,
+        until_seq: int | None = None,
+        limit: int | None = None,
+        visible: int | None = None,
+    ) -> list[int]:
+        """Positions of the key's retained facts with ``since_seq <= seq <= until_seq``,
+        oldest first, at most ``limit`` (ValueError if negative), only those ``<=
+        visible`` if given; by bisection (a key's seqs grow with its positions)."""
+    def keys(
+        self, store: str, prefix: str, limit: int | None = None, live_only: bool = True
+    ) -> list[str]:
+        """The store's keys starting with ``prefix``, sorted, the first ``limit``; with
+        ``live_only`` only those whose latest fact is not a tombstone."""
+    def iter_keys(self, store: str) -> list[tuple[str, int]]:
+        """``(key, latest position)`` of every key of ``store``, in no particular order."""
+    def stores(self) -> list[str]:
+        """Names of the stores holding retained facts, sorted."""
+    def store_facts(self, store: str) -> int:
+        """Retained facts of ``store``."""
+    def drop(self, store: str, key: str, positions: Iterable[int]) -> list[tuple[int, int]]:
+        """Stop retaining those of ``positions`` that are the key's retained facts (others
+        are ignored); ``(file_id, size)`` of each, in position order. The key goes when
+        none is left, the store when it has no key."""
+    def drop_superseded(self, store: str) -> list[tuple[int, int]]:
+        """Stop retaining all but each key's latest fact; ``(file_id, size)`` of each."""
+    def drop_older_than(self, store: str, horizon: float) -> list[tuple[int, int]]:
+        """Stop retaining every fact but each key's latest whose transaction time is
+        ``< horizon``; ``(file_id, size)`` of each."""
+    def _check_invariants(self) -> None:
+        """Check every internal invariant (tests); KilnError names the first broken."""
