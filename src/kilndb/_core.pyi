@@ -187,11 +187,12 @@ def index_file(fd: int, path: str, start: int, end: int, after: int) -> IndexedF
 class KeyDir:
     """The in-memory index of every retained fact of a database (``rust/src/keydir.rs``).
 
-    The model of ``kilndb.storage.keydir``: per position (the gap-free commit order from
-    ``base``) a location ``file_id << 40 | offset`` (0 = not retained), a frame size, a
-    seq (bit 31 = tombstone) and a non-decreasing transaction time (padding copies the
-    previous one); per (store, key) the ascending positions of its retained facts, the
-    newest being the key's latest. About 70 bytes per key with one fact each.
+    The model of the pure-Python reference ``tests/core/reference_keydir.py``: per
+    position (the gap-free commit order from ``base``) a location ``file_id << 40 |
+    offset`` (0 = not retained), a frame size, a seq (bit 31 = tombstone) and a
+    non-decreasing transaction time (padding copies the previous one); per (store, key)
+    the ascending positions of its retained facts, the newest being the key's latest.
+    About 70 bytes per key with one fact each.
 
     Thread-safe (a read-write lock inside; ``load_columns``, ``drop_superseded`` and
     ``drop_older_than`` release the GIL). Positions are ints; a position in a query

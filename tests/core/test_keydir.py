@@ -1,6 +1,7 @@
 """``kilndb._core.KeyDir``, the native keydir, against the pure-Python reference
-``kilndb.storage.keydir.KeyDir``: a state machine of random additions, padding, drops,
-retention and relocations asserting that every query agrees; hint columns from bytes;
+``tests.core.reference_keydir.KeyDir`` (the keydir KilnDB had before its core): a state
+machine of random additions, padding, drops, retention and relocations asserting that
+every query agrees; hint columns from bytes;
 the errors; threads; and the memory target (<= 100 bytes per key at 1,000,000 keys)."""
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from kilndb import InvalidArgumentError, KilnError
 from kilndb._core import KeyDir
-from kilndb.storage.keydir import TOMBSTONE
-from kilndb.storage.keydir import KeyDir as RefKeyDir
+from tests.core.reference_keydir import TOMBSTONE
+from tests.core.reference_keydir import KeyDir as RefKeyDir
 
 Fact = tuple[str, str, int, int, int, int, bool, float]
 Freed = list[tuple[int, int]]

@@ -88,9 +88,8 @@ from kilndb.storage.datafile import (
     list_data_files,
     write_durably,
 )
-from kilndb.storage.hint import Hint, read_hint
+from kilndb.storage.hint import TOMBSTONE, Hint, read_hint
 from kilndb.storage.ids import IdCodec
-from kilndb.storage.keydir import TOMBSTONE
 from kilndb.storage.lockfile import DatabaseLock
 from kilndb.storage.meta import FORMAT_VERSION, write_meta
 from kilndb.storage.records import file_header

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from kilndb.codec import FRAME_HEADER_SIZE, FRAME_OVERHEAD
-from kilndb.storage.keydir import TOMBSTONE
+from kilndb.storage.hint import TOMBSTONE
 from kilndb.storage.records import BATCH_PREFIX, FACT_PREFIX, FILE_PREFIX
 from kilndb.storage.resync import Buffer, frame_at, nonzero_end, parse_record, resync
 

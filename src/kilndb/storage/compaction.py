@@ -26,8 +26,7 @@ import orjson
 from kilndb.codec import encode_frame
 from kilndb.errors import CorruptRecordError
 from kilndb.storage.datafile import DataFile, data_path, hint_path
-from kilndb.storage.hint import Hint, write_hint
-from kilndb.storage.keydir import OFFSET_BITS, OFFSET_MASK, TOMBSTONE
+from kilndb.storage.hint import TOMBSTONE, Hint, write_hint
 from kilndb.storage.records import file_header
 
 if TYPE_CHECKING:
@@ -61,12 +60,11 @@ def _compact_file(log: Log, file_id: int) -> tuple[int, int]:
         end = log.first_positions[min(later)] if later else log.next_position
         live = []
         dropped_max = 0
-        for position in range(first, end):
-            packed = keydir.loc[position - keydir.base]
-            if packed >> OFFSET_BITS == file_id:
-                live.append((position, packed & OFFSET_MASK, keydir.size[position - keydir.base]))
-            elif not packed:
+        for position, location in enumerate(keydir.locations(range(first, end)), first):
+            if location is None:
                 dropped_max = position
+            elif location[0] == file_id:
+                live.append((position, location[1], location[2]))
     directory = log.directory
     before = old.size
     if not live:
@@ -83,7 +81,7 @@ def _compact_file(log: Log, file_id: int) -> tuple[int, int]:
     fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
     new = DataFile(temporary, file_id, fd, 0, 0)
     # (position, new offset, hint columns) of every fact copied.
-    moved: list[tuple[int, int, tuple[int, float, str, str, str | None]]] = []
+    moved: list[tuple[int, int, int, tuple[int, float, str, str, str | None]]] = []
     try:
         new.append(encode_frame(file_header(file_id, first, log.database_id)))
         for position, offset, size in live:
@@ -101,7 +99,7 @@ def _compact_file(log: Log, file_id: int) -> tuple[int, int]:
                 record["key"],
                 None if log.ids_codec.position_of(fact_id) == position else fact_id,
             )
-            moved.append((position, new_offset, columns))
+            moved.append((position, new_offset, size, columns))
         new.seal()
     except BaseException:
         new.close()
@@ -110,10 +108,9 @@ def _compact_file(log: Log, file_id: int) -> tuple[int, int]:
     final = data_path(directory, file_id)
     hint = Hint(file_id, new.size)
     with log.lock:
-        for position, new_offset, (seq, ttime, store, key, fact_id) in moved:
-            index = position - keydir.base
-            size = keydir.size[index]
-            if keydir.loc[index] >> OFFSET_BITS == file_id:
+        for position, new_offset, size, (seq, ttime, store, key, fact_id) in moved:
+            location = keydir.location(position)
+            if location is not None and location[0] == file_id:
                 keydir.relocate(position, file_id, new_offset)
                 hint.add(position, new_offset, size, seq, ttime, store, key, fact_id)
             else:  # dropped while we copied: dead in the new file too, and not in its hint

@@ -35,7 +35,6 @@ from kilndb.errors import (
 )
 from kilndb.leases import LEASE_STORE
 from kilndb.model import RESERVED_STORE_PREFIX, Fact, Write, validate_key
-from kilndb.storage.keydir import TOMBSTONE
 from kilndb.storage.log import Log
 from kilndb.storage.records import PreparedWrite
 
@@ -116,8 +115,8 @@ class FactLog(Log):
 
     def _key_state(self, store: str, key: str) -> tuple[int, bool]:
         """``(seq, deleted)`` of the key's latest fact; ``(0, False)`` if it has none."""
-        latest = self.keydir.latest(store, key)
-        return (0, False) if latest is None else self.keydir.seq_of(latest)
+        state = self.keydir.latest_state(store, key)
+        return (0, False) if state is None else (state[1], state[2])
 
     def _stored_position(self, fact_id: str) -> int | None:
         """Position of the fact already stored under ``fact_id`` (hold the log lock)."""
@@ -157,10 +156,7 @@ class FactLog(Log):
             if as_of is None:
                 position = keydir.latest(store, key)
             else:
-                positions = keydir.positions(store, key)
-                limit = keydir.position_at_time(as_of)
-                index = bisect.bisect_right(positions, limit)
-                position = positions[index - 1] if index else None
+                position = keydir.position_as_of(store, key, as_of)
             if position is None:
                 return None
             found = log.read_facts([position])
@@ -186,38 +182,16 @@ class FactLog(Log):
         since = check_position("since_seq", since_seq)
         until = None if until_seq is None else check_position("until_seq", until_seq)
         wanted = check_limit(limit)
-        keydir = log.keydir
-        seqs, base = keydir.seq, keydir.base
-        positions = keydir.positions(store, key)
-
-        # A key's seqs grow with its positions: find the first one wanted by bisection.
-        def seq_of(position: int) -> int:
-            return seqs[position - base] & ~TOMBSTONE
-
-        stop = bisect.bisect_right(positions, log.visible) if visible_only else len(positions)
-        start = bisect.bisect_left(positions, since, key=seq_of, hi=stop)
-        end = stop if wanted is None else min(stop, start + wanted)
-        if until is not None:  # and the last one, by bisection too
-            end = min(end, bisect.bisect_right(positions, until, key=seq_of, lo=start, hi=stop))
-        chosen = positions[start:end]
+        visible = log.visible if visible_only else None
+        chosen = log.keydir.history(store, key, since, until, wanted, visible)
         return log.read_facts(chosen)
 
     def keys(self, store: str, prefix: object, limit: object) -> list[str]:
         if not isinstance(prefix, str):
             raise InvalidArgumentError("prefix must be a string")
         wanted = check_limit(limit)
-        log = self
-        keydir = log.keydir
-        seq, base = keydir.seq, keydir.base
-        with log.lock:
-            log.check_open()
-            found = [
-                key
-                for key, position in keydir.iter_keys(store)
-                if key.startswith(prefix) and not seq[position - base] & TOMBSTONE
-            ]
-        found.sort()
-        return found if wanted is None else found[:wanted]
+        self.check_open()
+        return self.keydir.keys(store, prefix, wanted)
 
     def _check_fence_locked(self, key: str, token: int) -> None:
         """Refuse a fenced write unless ``token`` is the lease's newest (hold the lock)."""
@@ -232,8 +206,8 @@ class FactLog(Log):
             raise LeaseLostError(key, token, current, reason)
 
     def latest_seq(self, store: str, key: str) -> int:
-        latest = self.keydir.latest(store, key)
-        return 0 if latest is None else self.keydir.seq_of(latest)[0]
+        state = self.keydir.latest_state(store, key)
+        return 0 if state is None else state[1]
 
     def segment_bounds(self, store: str, key: str) -> tuple[Fact | None, Fact | None]:
         """The first and the last visible retained fact of a key (None, None if none)."""
@@ -260,8 +234,8 @@ class FactLog(Log):
                 "last_position": log.next_position - 1,
                 "durable_position": log.group_commit.durable,
                 "facts": keydir.facts,
-                "keys": sum(len(keys) for keys in keydir.stores.values()),
-                "stores": len(keydir.stores),
+                "keys": keydir.key_count,
+                "stores": keydir.store_count,
                 "files": len(files),
                 "active_file": log.active.file_id,
                 "data_bytes": sum(f.size for f in files),
@@ -279,4 +253,4 @@ class FactLog(Log):
         log = self
         with log.lock:
             log.check_open()
-            return sorted(s for s in log.keydir.stores if not s.startswith(RESERVED_STORE_PREFIX))
+            return [s for s in log.keydir.stores() if not s.startswith(RESERVED_STORE_PREFIX)]

@@ -39,10 +39,12 @@ import orjson
 from kilndb.codec import encode_frame
 from kilndb.storage.datafile import FrameReader, fsync_directory, write_durably
 
-__all__ = ["Hint", "read_hint", "write_hint"]
+__all__ = ["TOMBSTONE", "Hint", "column_bytes", "read_hint", "write_hint"]
 
 MAGIC = b"KILNHNT1"
 VERSION = 1
+#: Bit 31 of a seq column entry: the fact is a tombstone.
+TOMBSTONE = 1 << 31
 _LITTLE = sys.byteorder == "little"
 
 
@@ -92,6 +94,19 @@ class Hint:
         self.keys.append(key)
         if explicit_id is not None:
             self.ids[position] = explicit_id
+
+
+def column_bytes(hint: Hint) -> tuple[bytes, bytes, bytes, bytes, bytes, bytes]:
+    """The hint's numeric columns as little-endian bytes, as the keydir loads them:
+    position, offset, size, seq, ttime, store."""
+    return (
+        _column_bytes(hint.position),
+        _column_bytes(hint.offset),
+        _column_bytes(hint.size),
+        _column_bytes(hint.seq),
+        _column_bytes(hint.ttime),
+        _column_bytes(hint.store),
+    )
 
 
 def _column_bytes(column: array[int] | array[float]) -> bytes:

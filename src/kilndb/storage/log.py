@@ -42,9 +42,8 @@ from kilndb.errors import (
 from kilndb.model import Fact
 from kilndb.storage.datafile import DataFile, fsync_directory, hint_path
 from kilndb.storage.group_commit import GroupCommit
-from kilndb.storage.hint import Hint, write_hint
+from kilndb.storage.hint import TOMBSTONE, Hint, write_hint
 from kilndb.storage.ids import IdCodec
-from kilndb.storage.keydir import TOMBSTONE, KeyDir
 from kilndb.storage.lockfile import DatabaseLock
 from kilndb.storage.meta import load_or_create_meta, write_meta
 from kilndb.storage.recovery import recover, write_header
@@ -89,7 +88,7 @@ class Log:
         except BaseException:
             self._dir_lock.release()
             raise
-        self.keydir: KeyDir = recovered.keydir
+        self.keydir: _core.KeyDir = recovered.keydir
         # A repair may have dropped acknowledged facts at the end of the log; their
         # positions are never reused.
         self.keydir.pad_to(int(self.meta.get("position_floor", 0)))
@@ -457,21 +456,10 @@ class Log:
                 return
 
     def _drop_superseded(self, store: str) -> None:
-        keydir = self.keydir
-        for key, entry in list(keydir.stores.get(store, {}).items()):
-            if not isinstance(entry, int):
-                self._mark_dead(keydir.drop(store, key, entry[:-1]))
+        self._mark_dead(self.keydir.drop_superseded(store))
 
     def _drop_aged(self, store: str, max_age: float) -> None:
-        keydir = self.keydir
-        horizon = time.time() - max_age
-        ttime, base = keydir.ttime, keydir.base
-        for key, entry in list(keydir.stores.get(store, {}).items()):
-            if isinstance(entry, int):
-                continue
-            old = [p for p in entry[:-1] if ttime[p - base] < horizon]
-            if old:
-                self._mark_dead(keydir.drop(store, key, old))
+        self._mark_dead(self.keydir.drop_older_than(store, time.time() - max_age))
 
     def _mark_dead(self, freed: list[tuple[int, int]]) -> None:
         for file_id, size in freed:

@@ -40,9 +40,8 @@ from kilndb.storage.datafile import (
     list_data_files,
     write_durably,
 )
-from kilndb.storage.hint import read_hint
+from kilndb.storage.hint import column_bytes, read_hint
 from kilndb.storage.ids import IdCodec
-from kilndb.storage.keydir import KeyDir
 from kilndb.storage.records import FILE_PREFIX, file_header
 from kilndb.storage.resync import resync
 
@@ -53,7 +52,7 @@ log = logging.getLogger("kilndb.storage")
 
 @dataclass
 class Recovered:
-    keydir: KeyDir
+    keydir: _core.KeyDir
     ids: dict[str, int]
     files: dict[int, DataFile]
     first_positions: dict[int, int]
@@ -179,7 +178,7 @@ def recover(directory: Path, database_id: str, codec: IdCodec) -> Recovered:
     if not file_ids:
         datafile = DataFile.create(directory, 1)
         write_header(datafile, 1, database_id)
-        return Recovered(KeyDir(1), {}, {1: datafile}, {1: 1})
+        return Recovered(_core.KeyDir(1), {}, {1: datafile}, {1: 1})
     result: Recovered | None = None
     for index, file_id in enumerate(file_ids):
         is_last = index == len(file_ids) - 1
@@ -194,28 +193,18 @@ def recover(directory: Path, database_id: str, codec: IdCodec) -> Recovered:
             _check_torn(datafile, 0)
             first = 1 if result is None else result.keydir.last_position + 1
             if result is None:
-                result = Recovered(KeyDir(first), {}, {}, {})
+                result = Recovered(_core.KeyDir(first), {}, {}, {})
             _cut_torn_tail(datafile, 0, result)
             header = (first, write_header(datafile, first, database_id))
         first_position, start = header
         if result is None:
-            result = Recovered(KeyDir(first_position), {}, {}, {})
+            result = Recovered(_core.KeyDir(first_position), {}, {}, {})
         result.keydir.pad_to(first_position - 1)
         result.files[file_id] = datafile
         result.first_positions[file_id] = first_position
         hint = read_hint(hint_path(directory, file_id), file_id, datafile.size)
         if hint is not None:
-            result.keydir.load_columns(
-                file_id,
-                hint.position,
-                hint.offset,
-                hint.size,
-                hint.seq,
-                hint.ttime,
-                hint.store,
-                hint.stores,
-                hint.keys,
-            )
+            result.keydir.load_columns(file_id, *column_bytes(hint), hint.stores, hint.keys)
             datafile.dead_bytes = hint.dead_bytes
             if len(hint):
                 result.last_ttime = max(result.last_ttime, hint.ttime[-1])

@@ -1,4 +1,5 @@
-"""The keydir: the in-memory index of every retained fact.
+"""The pure-Python keydir KilnDB had before its native core: the reference the native
+``kilndb._core.KeyDir`` is checked against (tests/core/test_keydir.py).
 
 Theory of operation
 -------------------
