@@ -15,7 +15,7 @@ use pyo3::types::PyString;
 use crate::errors::{guard, invalid_argument};
 use crate::keydir::{self, Freed, HintColumns, NewFact};
 
-fn keydir_error(py: Python<'_>, err: keydir::Error) -> PyErr {
+pub(crate) fn keydir_error(py: Python<'_>, err: keydir::Error) -> PyErr {
     match err {
         keydir::Error::NoMemory => PyMemoryError::new_err(err.to_string()),
         other => invalid_argument(py, other.to_string()),
@@ -49,7 +49,7 @@ pub struct KeyDir {
 }
 
 impl KeyDir {
-    fn read(&self, py: Python<'_>) -> RwLockReadGuard<'_, keydir::KeyDir> {
+    pub(crate) fn read(&self, py: Python<'_>) -> RwLockReadGuard<'_, keydir::KeyDir> {
         loop {
             if let Some(guard) = self.inner.try_read() {
                 return guard;
@@ -58,7 +58,7 @@ impl KeyDir {
         }
     }
 
-    fn write(&self, py: Python<'_>) -> RwLockWriteGuard<'_, keydir::KeyDir> {
+    pub(crate) fn write(&self, py: Python<'_>) -> RwLockWriteGuard<'_, keydir::KeyDir> {
         loop {
             if let Some(guard) = self.inner.try_write() {
                 return guard;

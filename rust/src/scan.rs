@@ -11,10 +11,11 @@
 
 use hashbrown::HashSet;
 use pyo3::prelude::*;
-use pyo3::types::{PyAny, PyBytes, PyDict, PyList, PyTuple, PyType};
+use pyo3::types::{PyBytes, PyDict, PyList, PyTuple, PyType};
 
 use crate::errors::guard;
 use crate::py_frame::FrameReader;
+use crate::py_keydir::KeyDir;
 use crate::record::{fact_head, FACT_PREFIX};
 
 const RESERVED_STORE_PREFIX: &[u8] = b"kiln.";
@@ -107,7 +108,7 @@ impl FactScanner {
     fn next_batch<'py>(
         &mut self,
         py: Python<'py>,
-        keydir: &Bound<'py, PyAny>,
+        keydir: &Bound<'py, KeyDir>,
     ) -> PyResult<Option<Bound<'py, PyList>>> {
         guard(py, || {
             if self.reached_until || self.reader.finished {
@@ -115,7 +116,7 @@ impl FactScanner {
             }
             let ranges = self.reader.next_ranges(py)?;
             let out = PyList::empty(py);
-            let is_retained = keydir.getattr(pyo3::intern!(py, "is_retained"))?;
+            let index = keydir.get();
             for (_, start, end) in ranges {
                 let body = &self.reader.buf[start..end];
                 if !body.starts_with(FACT_PREFIX) {
@@ -132,7 +133,7 @@ impl FactScanner {
                     break;
                 }
                 self.last = position;
-                if !is_retained.call1((position,))?.is_truthy()? {
+                if !index.read(py).is_retained(position as i64) {
                     continue;
                 }
                 let followed = match &self.stores {

@@ -27,6 +27,8 @@ use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString, PyT
 use crate::errors::{guard, invalid_argument, kiln_error};
 use crate::frame;
 use crate::jsonw;
+use crate::keydir::NewFact;
+use crate::py_keydir::{keydir_error, KeyDir};
 
 const MAX_KEY_CHARS: usize = 1024;
 const MAX_ID_CHARS: usize = 256;
@@ -481,17 +483,18 @@ impl Stager {
 
     /// Prepare and stage `writes` at positions from `next_position` (hold the log lock).
     ///
-    /// `log` answers `_key_state(store, key) -> (seq, deleted)`, `_stored_position(id)`
-    /// and `_stored_fact(position)`. With `atomic`, the first refused write raises and
+    /// `keydir` gives the state of the keys; `log` answers `_stored_position(id)` and
+    /// `_stored_fact(position)` for writes with an id. With `atomic`, the first refused write raises and
     /// the facts are framed as one batch; otherwise each refused write's outcome is its
     /// error. `wire` makes the outcomes of written facts `orjson.Fragment`s of their JSON.
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (writes, log, next_position, ttime, atomic, trusted, max_record_bytes, wire = false))]
+    #[pyo3(signature = (writes, log, keydir, next_position, ttime, atomic, trusted, max_record_bytes, wire = false))]
     fn stage(
         &self,
         py: Python<'_>,
         writes: &Bound<'_, PyAny>,
         log: &Bound<'_, PyAny>,
+        keydir: &Bound<'_, KeyDir>,
         next_position: u64,
         ttime: f64,
         atomic: bool,
@@ -557,10 +560,14 @@ impl Stager {
                 let slot = (w.store_text.clone(), w.key_text.clone());
                 let (current, is_deleted) = match key_state.get(&slot) {
                     Some(state) => *state,
-                    None => {
-                        let state = log.call_method1("_key_state", (&w.store, &w.key))?;
-                        state.extract::<(u64, bool)>()?
-                    }
+                    None => match keydir
+                        .get()
+                        .read(py)
+                        .latest_state(&w.store_text, &w.key_text)
+                    {
+                        Some((_, seq, deleted)) => (u64::from(seq), deleted),
+                        None => (0, false),
+                    },
                 };
                 let refusal = if let Some(expected) = w.expected_seq.filter(|e| *e != current) {
                     Some(kiln_error(
@@ -772,41 +779,49 @@ impl Staged {
     fn apply<'py>(
         &self,
         py: Python<'py>,
-        keydir: &Bound<'py, PyAny>,
+        keydir: &Bound<'py, KeyDir>,
         ids: &Bound<'py, PyDict>,
-        file_id: u64,
-        offset: u64,
+        file_id: i64,
+        offset: i64,
         ttime: f64,
-        latest_only: &Bound<'py, PyAny>,
-    ) -> PyResult<Vec<(u64, u64)>> {
+        latest_only: std::collections::HashSet<String>,
+    ) -> PyResult<Vec<(u64, u32)>> {
         guard(py, || {
-            let mut at = offset + self.header_len;
+            let mut at = offset + self.header_len as i64;
             let mut freed = Vec::new();
-            let add = keydir.getattr(pyo3::intern!(py, "add"))?;
-            let check_retention = latest_only.is_truthy()?;
-            for e in &self.entries {
-                let previous = if check_retention && latest_only.contains(e.store.bind(py))? {
-                    let found = keydir.call_method1("latest", (&e.store, &e.key))?;
-                    if found.is_none() {
-                        None
+            {
+                let mut index = keydir.get().write(py);
+                for e in &self.entries {
+                    let store = e.store.bind(py).to_str()?;
+                    let key = e.key.bind(py).to_str()?;
+                    let previous = if latest_only.contains(store) {
+                        index.latest(store, key)
                     } else {
-                        Some(found)
+                        None
+                    };
+                    let fact = NewFact {
+                        store,
+                        key,
+                        position: e.position as i64,
+                        offset: at,
+                        size: e.size as i64,
+                        seq: e.seq as i64,
+                        deleted: e.deleted,
+                        ttime,
+                    };
+                    index
+                        .add(file_id, &fact)
+                        .map_err(|err| keydir_error(py, err))?;
+                    if let Some(previous) = previous {
+                        freed.extend(index.drop_positions(store, key, &[previous]));
                     }
-                } else {
-                    None
-                };
-                add.call1((
-                    &e.store, &e.key, e.position, file_id, at, e.size, e.seq, e.deleted, ttime,
-                ))?;
+                    at += e.size as i64;
+                }
+            }
+            for e in &self.entries {
                 if let Some(id) = &e.id {
                     ids.set_item(id, e.position)?;
                 }
-                if let Some(previous) = previous {
-                    let dropped = keydir
-                        .call_method1("drop", (&e.store, &e.key, PyTuple::new(py, [previous])?))?;
-                    freed.extend(dropped.extract::<Vec<(u64, u64)>>()?);
-                }
-                at += e.size;
             }
             Ok(freed)
         })

@@ -82,7 +82,7 @@ class Staged:
         """Facts the batch writes."""
     def apply(
         self,
-        keydir: Any,
+        keydir: KeyDir,
         ids: dict[str, int],
         file_id: int,
         offset: int,
@@ -107,6 +107,7 @@ class Stager:
         self,
         writes: Iterable[Any],
         log: Any,
+        keydir: KeyDir,
         next_position: int,
         ttime: float,
         atomic: bool,
@@ -115,7 +116,9 @@ class Stager:
         wire: bool = False,
     ) -> Staged:
         """Prepare and stage ``writes`` at positions from ``next_position`` (hold the
-        log lock); raises the first refusal of an atomic batch."""
+        log lock) against the keys' state in ``keydir``; ``log`` answers
+        ``_stored_position(id)`` and ``_stored_fact(position)``. Raises the first refusal
+        of an atomic batch."""
 
 @final
 class FactScanner:
@@ -144,9 +147,9 @@ class FactScanner:
     @property
     def stop_reason(self) -> str | None:
         """None (clean end), "end-marker", "short", "length" or "crc"."""
-    def next_batch(self, keydir: Any) -> list[Any] | None:
-        """The kept facts (or ``(position, body)`` pairs) of the next chunk; None when
-        the file is done. ``keydir.is_retained(position)`` says what is retained."""
+    def next_batch(self, keydir: KeyDir) -> list[Any] | None:
+        """The kept facts (or ``(position, body)`` pairs) of the next chunk, those
+        ``keydir`` retains; None when the file is done."""
 
 def read_records(
     files: list[tuple[int, str]],

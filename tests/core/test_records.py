@@ -56,19 +56,30 @@ writes = st.builds(
 )
 
 
-class FreshKeys:
-    """A log where every key is new and no id is stored."""
-
-    def _key_state(self, store: str, key: str) -> tuple[int, bool]:
-        return (0, False)
+class NoIds:
+    """A log that holds no fact under a client-supplied id."""
 
     def _stored_position(self, fact_id: str) -> int | None:
         return None
 
 
-def stage(batch: list[Write], atomic: bool, log: Any = None, position: int = 7) -> Any:
+def keydir_with(states: dict[str, tuple[int, bool]]) -> _core.KeyDir:
+    """A keydir holding key ``k`` of store ``s`` at seq ``seq`` (a tombstone if deleted)."""
+    keydir = _core.KeyDir(1)
+    for position, (key, (seq, deleted)) in enumerate(states.items(), 1):
+        keydir.add("s", key, position, 1, 100 * position, 50, seq, deleted, 1.0)
+    return keydir
+
+
+def stage(
+    batch: list[Write],
+    atomic: bool,
+    keydir: _core.KeyDir | None = None,
+    position: int = 7,
+) -> Any:
     stager = _core.Stager(Write, Fact, _prepare, CODEC.prefix)
-    return stager.stage(batch, log or FreshKeys(), position, 1733300000.25, atomic, False, 1 << 30)
+    index = keydir if keydir is not None else _core.KeyDir(position)
+    return stager.stage(batch, NoIds(), index, position, 1733300000.25, atomic, False, 1 << 30)
 
 
 def frames(data: bytes) -> list[bytes]:
@@ -119,19 +130,8 @@ def test_values_are_private_copies_in_canonical_order() -> None:
     assert fact.value["b"] == [1, [2, 3]]
 
 
-class Keys:
-    def __init__(self, states: dict[str, tuple[int, bool]]) -> None:
-        self.states = states
-
-    def _key_state(self, store: str, key: str) -> tuple[int, bool]:
-        return self.states.get(key, (0, False))
-
-    def _stored_position(self, fact_id: str) -> int | None:
-        return None
-
-
 def test_refusals_raise_in_an_atomic_batch_and_are_outcomes_otherwise() -> None:
-    log = Keys({"live": (3, False), "gone": (4, True)})
+    log = keydir_with({"live": (3, False), "gone": (4, True)})
     batch = [
         Write("s", "live", 1, expected_seq=2),  # conflict: the key is at 3
         Write("s", "gone", None, deleted=True),  # nothing to delete
@@ -140,11 +140,11 @@ def test_refusals_raise_in_an_atomic_batch_and_are_outcomes_otherwise() -> None:
         Write("s", "live", 2, expected_seq=3),  # fine
     ]
     with pytest.raises(InvalidArgumentError):  # every write is checked before staging
-        stage(batch, atomic=True, log=log)
+        stage(batch, atomic=True, keydir=log)
     with pytest.raises(ConflictError) as conflict:
-        stage([batch[0], batch[4]], atomic=True, log=log)
+        stage([batch[0], batch[4]], atomic=True, keydir=log)
     assert (conflict.value.expected, conflict.value.actual) == (2, 3)
-    outcomes = stage(batch, atomic=False, log=log).results
+    outcomes = stage(batch, atomic=False, keydir=log).results
     assert isinstance(outcomes[0], ConflictError)
     assert isinstance(outcomes[1], NotFoundError)
     assert isinstance(outcomes[2], InvalidArgumentError) and "key" in str(outcomes[2])

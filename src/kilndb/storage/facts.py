@@ -100,6 +100,7 @@ class FactLog(Log):
             staged = self._stager.stage(
                 writes,
                 self,
+                self.keydir,
                 self.next_position,
                 ttime,
                 atomic,
@@ -112,11 +113,6 @@ class FactLog(Log):
         if staged.must_be_durable:
             self.wait_durable(staged.must_be_durable)
         return staged.results
-
-    def _key_state(self, store: str, key: str) -> tuple[int, bool]:
-        """``(seq, deleted)`` of the key's latest fact; ``(0, False)`` if it has none."""
-        state = self.keydir.latest_state(store, key)
-        return (0, False) if state is None else (state[1], state[2])
 
     def _stored_position(self, fact_id: str) -> int | None:
         """Position of the fact already stored under ``fact_id`` (hold the log lock)."""
