@@ -18,12 +18,14 @@
 //! cut (`bad_offset`: a torn batch is cut at its header) and where the damage begins.
 
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList};
+use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 
 use crate::errors::guard;
 use crate::frame::Stop;
+use crate::keydir::NewFact;
 use crate::py_frame::FrameReader;
-use crate::record::{BATCH_PREFIX, FACT_PREFIX};
+use crate::py_keydir::{keydir_error, KeyDir};
+use crate::record::{is_generated, BATCH_PREFIX, FACT_PREFIX};
 
 /// The fields of a fact record that the keydir and hint files hold.
 #[derive(Debug, Clone, PartialEq)]
@@ -360,6 +362,109 @@ pub struct IndexedFile {
 
 #[pymethods]
 impl IndexedFile {
+    /// Index the facts into `keydir` (file `file_id`), their client-supplied ids (those
+    /// that are not what `id_prefix` generates) into `ids`; returns the last
+    /// transaction time, or None if no fact was indexed.
+    fn load_into(
+        &self,
+        py: Python<'_>,
+        keydir: &Bound<'_, KeyDir>,
+        file_id: i64,
+        id_prefix: &str,
+        ids: &Bound<'_, PyDict>,
+    ) -> PyResult<Option<f64>> {
+        guard(py, || {
+            let batch: Vec<NewFact<'_>> = self
+                .facts
+                .iter()
+                .map(|f| NewFact {
+                    store: &f.fields.store,
+                    key: &f.fields.key,
+                    position: f.fields.position as i64,
+                    offset: f.offset as i64,
+                    size: f.size as i64,
+                    seq: f.fields.seq as i64,
+                    deleted: f.fields.deleted,
+                    ttime: f.fields.ttime,
+                })
+                .collect();
+            keydir
+                .get()
+                .write(py)
+                .add_many(file_id, &batch)
+                .map_err(|err| keydir_error(py, err))?;
+            for f in &self.facts {
+                if !is_generated(id_prefix, &f.fields.id, f.fields.position) {
+                    ids.set_item(&f.fields.id, f.fields.position)?;
+                }
+            }
+            Ok(self.facts.last().map(|f| f.fields.ttime))
+        })
+    }
+
+    /// The hint of this file (file `file_id`): the columns of the facts `keydir` still
+    /// retains at their place here, as little-endian bytes (position u64, offset u64,
+    /// size u32, seq u32 with the tombstone bit, ttime f64, store index u32), then the
+    /// store names, the keys, `{position: id}` of client-supplied ids and the bytes of
+    /// the facts no longer retained.
+    #[allow(clippy::type_complexity)]
+    fn hint_columns<'py>(
+        &self,
+        py: Python<'py>,
+        keydir: &Bound<'py, KeyDir>,
+        file_id: u64,
+        id_prefix: &str,
+    ) -> PyResult<(
+        Bound<'py, PyTuple>,
+        Vec<String>,
+        Vec<String>,
+        Bound<'py, PyDict>,
+        u64,
+    )> {
+        guard(py, || {
+            let (mut positions, mut offsets, mut sizes) = (Vec::new(), Vec::new(), Vec::new());
+            let (mut seqs, mut ttimes, mut store_index) = (Vec::new(), Vec::new(), Vec::new());
+            let mut stores: Vec<String> = Vec::new();
+            let mut store_of: hashbrown::HashMap<&str, u32> = hashbrown::HashMap::new();
+            let mut keys: Vec<String> = Vec::new();
+            let ids = PyDict::new(py);
+            let mut dead = 0u64;
+            {
+                let index = keydir.get().read(py);
+                for f in &self.facts {
+                    let position = f.fields.position;
+                    let here = index.location(position as i64);
+                    if here != Some((file_id, f.offset, f.size as u32)) {
+                        dead += f.size;
+                        continue;
+                    }
+                    let store = *store_of.entry(f.fields.store.as_str()).or_insert_with(|| {
+                        stores.push(f.fields.store.clone());
+                        (stores.len() - 1) as u32
+                    });
+                    let seq = f.fields.seq as u32 | if f.fields.deleted { 1 << 31 } else { 0 };
+                    positions.extend_from_slice(&position.to_le_bytes());
+                    offsets.extend_from_slice(&f.offset.to_le_bytes());
+                    sizes.extend_from_slice(&(f.size as u32).to_le_bytes());
+                    seqs.extend_from_slice(&seq.to_le_bytes());
+                    ttimes.extend_from_slice(&f.fields.ttime.to_le_bytes());
+                    store_index.extend_from_slice(&store.to_le_bytes());
+                    keys.push(f.fields.key.clone());
+                    if !is_generated(id_prefix, &f.fields.id, position) {
+                        ids.set_item(position, &f.fields.id)?;
+                    }
+                }
+            }
+            let columns = PyTuple::new(
+                py,
+                [positions, offsets, sizes, seqs, ttimes, store_index]
+                    .iter()
+                    .map(|column| PyBytes::new(py, column)),
+            )?;
+            Ok((columns, stores, keys, ids, dead))
+        })
+    }
+
     fn __len__(&self) -> usize {
         self.facts.len()
     }

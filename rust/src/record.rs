@@ -109,6 +109,29 @@ pub fn fact_head(body: &[u8]) -> Option<FactHead<'_>> {
     })
 }
 
+/// The id a database gives the fact at `position` when the writer gave none (see
+/// `kilndb.storage.ids`): the database's `prefix`, then `8000 | position >> 48` and the
+/// low 48 bits of the position, in hex.
+pub fn generated_id(prefix: &str, position: u64) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let low = (1u64 << 63) | position;
+    let mut id = String::with_capacity(prefix.len() + 17);
+    id.push_str(prefix);
+    for shift in (48..64).step_by(4).rev() {
+        id.push(HEX[((low >> shift) & 15) as usize] as char);
+    }
+    id.push('-');
+    for shift in (0..48).step_by(4).rev() {
+        id.push(HEX[((low >> shift) & 15) as usize] as char);
+    }
+    id
+}
+
+/// Whether `id` is the one the database generated for the fact at `position`.
+pub fn is_generated(prefix: &str, id: &str, position: u64) -> bool {
+    id.len() == prefix.len() + 17 && id == generated_id(prefix, position)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,6 +144,26 @@ mod tests {
         assert_eq!(head.store, b"tasks");
         assert_eq!(head.key, br#"t\"1"#);
         assert_eq!((head.seq, head.position, head.escaped), (3, 12, true));
+    }
+
+    #[test]
+    fn generated_ids_match_the_python_codec() {
+        // kilndb.storage.ids.IdCodec("0f1e2d3c-4b5a-4978-8877-665544332211").generate(5)
+        let prefix = "0f1e2d3c-4b5a-8000-";
+        assert_eq!(
+            generated_id(prefix, 5),
+            "0f1e2d3c-4b5a-8000-8000-000000000005"
+        );
+        assert!(is_generated(
+            prefix,
+            "0f1e2d3c-4b5a-8000-8000-000000000005",
+            5
+        ));
+        assert!(!is_generated(
+            prefix,
+            "0f1e2d3c-4b5a-8000-8000-000000000005",
+            6
+        ));
     }
 
     #[test]

@@ -390,21 +390,8 @@ impl Stager {
         })
     }
 
-    /// The id the database gives the fact at `position` (see `kilndb.storage.ids`):
-    /// the database's prefix, then `8000 | position >> 48` and the low 48 bits, in hex.
     fn generated_id(&self, position: u64) -> String {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let low = (1u64 << 63) | position;
-        let mut id = String::with_capacity(self.id_prefix.len() + 17);
-        id.push_str(&self.id_prefix);
-        for shift in (48..64).step_by(4).rev() {
-            id.push(HEX[((low >> shift) & 15) as usize] as char);
-        }
-        id.push('-');
-        for shift in (0..48).step_by(4).rev() {
-            id.push(HEX[((low >> shift) & 15) as usize] as char);
-        }
-        id
+        crate::record::generated_id(&self.id_prefix, position)
     }
 }
 

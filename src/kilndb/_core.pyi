@@ -178,6 +178,17 @@ class IndexedFile:
     def stop_reason(self) -> str | None:
         """How the frames ended: None, "end-marker", "short", "length" or "crc"."""
     def __len__(self) -> int: ...
+    def load_into(
+        self, keydir: KeyDir, file_id: int, id_prefix: str, ids: dict[str, int]
+    ) -> float | None:
+        """Index the facts into ``keydir`` (file ``file_id``) and their client-supplied
+        ids into ``ids``; the last transaction time, or None if there was no fact."""
+    def hint_columns(
+        self, keydir: KeyDir, file_id: int, id_prefix: str
+    ) -> tuple[tuple[bytes, ...], list[str], list[str], dict[int, str], int]:
+        """The file's hint: the columns (little-endian position, offset, size, seq,
+        ttime, store index) of the facts ``keydir`` retains here, the store names, the
+        keys, ``{position: id}`` of client-supplied ids, and the dead bytes."""
     def facts(self) -> list[tuple[int, int, int, str, str, int, bool, float, str]]:
         """``(offset, size, position, store, key, seq, deleted, transaction_time, id)``
         of each indexed fact, in file order."""

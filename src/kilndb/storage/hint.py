@@ -70,6 +70,31 @@ class Hint:
     def __len__(self) -> int:
         return len(self.position)
 
+    @classmethod
+    def from_columns(
+        cls,
+        file_id: int,
+        data_size: int,
+        columns: tuple[bytes, ...],
+        stores: list[str],
+        keys: list[str],
+        ids: dict[int, str],
+    ) -> Hint:
+        """A hint from its numeric columns as little-endian bytes (position, offset,
+        size, seq, ttime, store), as the core builds them."""
+        position, offset, size, seq, ttime, store = columns
+        hint = cls(file_id, data_size)
+        hint.position = _column("Q", position)
+        hint.offset = _column("Q", offset)
+        hint.size = _column("I", size)
+        hint.seq = _column("I", seq)
+        hint.ttime = _column("d", ttime)
+        hint.store = _column("I", store)
+        hint.stores = stores
+        hint.keys = keys
+        hint.ids = ids
+        return hint
+
     def add(
         self,
         position: int,

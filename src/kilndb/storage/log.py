@@ -42,7 +42,7 @@ from kilndb.errors import (
 from kilndb.model import Fact
 from kilndb.storage.datafile import DataFile, fsync_directory, hint_path
 from kilndb.storage.group_commit import GroupCommit
-from kilndb.storage.hint import TOMBSTONE, Hint, write_hint
+from kilndb.storage.hint import Hint, write_hint
 from kilndb.storage.ids import IdCodec
 from kilndb.storage.lockfile import DatabaseLock
 from kilndb.storage.meta import load_or_create_meta, write_meta
@@ -496,27 +496,15 @@ class Log:
         Raises CorruptRecordError rather than describe part of a damaged file: a hint
         is trusted for the whole file it names.
         """
-        hint = Hint(datafile.file_id, datafile.size)
-        keydir, codec = self.keydir, self.ids_codec
         start = self.header_end(datafile)
         indexed = _core.index_file(datafile.fd, str(datafile.path), start, datafile.size, 0)
         if indexed.bad_offset is not None or indexed.stop_reason not in (None, "end-marker"):
             raise CorruptRecordError(str(datafile.path), indexed.damage)
-        file_id = datafile.file_id
-        for offset, size, position, store, key, seq, deleted, ttime, fact_id in indexed.facts():
-            if keydir.location(position) != (file_id, offset, size):
-                hint.dead_bytes += size
-                continue
-            hint.add(
-                position,
-                offset,
-                size,
-                seq | TOMBSTONE if deleted else seq,
-                ttime,
-                store,
-                key,
-                None if codec.position_of(fact_id) == position else fact_id,
-            )
+        columns, stores, keys, ids, dead_bytes = indexed.hint_columns(
+            self.keydir, datafile.file_id, self.ids_codec.prefix
+        )
+        hint = Hint.from_columns(datafile.file_id, datafile.size, columns, stores, keys, ids)
+        hint.dead_bytes = dead_bytes
         return hint
 
     def header_end(self, datafile: DataFile) -> int:

@@ -98,12 +98,9 @@ class _Scan:
         indexed = _core.index_file(
             datafile.fd, str(datafile.path), start, end, keydir.last_position
         )
-        add = keydir.add
-        for offset, size, position, store, key, seq, deleted, ttime, fact_id in indexed.facts():
-            add(store, key, position, file_id, offset, size, seq, deleted, ttime)
-            if codec.position_of(fact_id) != position:
-                ids[fact_id] = position
-            self.result.last_ttime = ttime
+        last_ttime = indexed.load_into(keydir, file_id, codec.prefix, ids)
+        if last_ttime is not None:
+            self.result.last_ttime = last_ttime
         self.good_end = indexed.good_end
         self.damage = indexed.damage
         self.bad_offset = indexed.bad_offset
