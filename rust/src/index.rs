@@ -21,9 +21,11 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 
 use crate::errors::guard;
+use crate::errors::storage_error;
+use crate::frame::Step;
 use crate::frame::Stop;
 use crate::keydir::NewFact;
-use crate::py_frame::FrameReader;
+use crate::py_frame::{borrowed_file, pread_exact};
 use crate::py_keydir::{keydir_error, KeyDir};
 use crate::record::{is_generated, BATCH_PREFIX, FACT_PREFIX};
 
@@ -493,8 +495,151 @@ impl IndexedFile {
     }
 }
 
+/// What a record needs that only Python can give: parsing a record not laid out the
+/// usual way.
+enum Needs {
+    Fact {
+        offset: u64,
+        size: u64,
+        body: (usize, usize),
+    },
+    Batch {
+        offset: u64,
+        body: (usize, usize),
+    },
+}
+
+/// The recovery rules, applied frame by frame (see the module docs).
+struct IndexState {
+    facts: Vec<Indexed>,
+    pending: Vec<Indexed>,
+    expected: u64,
+    batch_offset: u64,
+    good_end: u64,
+    last: u64,
+    failed_at: Option<u64>,
+    stop: Stop,
+    stop_offset: u64,
+}
+
+impl IndexState {
+    /// Take a fact record (None: not a valid one); false stops the scan.
+    fn fact(&mut self, offset: u64, size: u64, fields: Option<FactFields>) -> bool {
+        let Some(fields) = fields else {
+            self.failed_at = Some(offset);
+            return false;
+        };
+        self.pending.push(Indexed {
+            offset,
+            size,
+            fields,
+        });
+        if (self.pending.len() as u64) < self.expected {
+            return true;
+        }
+        // As recovery always has: a complete batch is taken fact by fact, and a
+        // position out of order stops the scan at the frame that completed it.
+        self.expected = 0;
+        for fact in std::mem::take(&mut self.pending) {
+            if fact.fields.position <= self.last {
+                self.failed_at = Some(offset);
+                return false;
+            }
+            self.last = fact.fields.position;
+            self.facts.push(fact);
+        }
+        self.good_end = offset + size;
+        true
+    }
+
+    /// Take a batch header with its count (None: not a valid one).
+    fn batch(&mut self, offset: u64, count: Option<u64>) -> bool {
+        match count {
+            Some(count) if count > 0 && self.pending.is_empty() && self.expected == 0 => {
+                self.expected = count;
+                self.batch_offset = offset;
+                true
+            }
+            _ => {
+                self.failed_at = Some(offset);
+                false
+            }
+        }
+    }
+
+    /// Walk the frames of `data` (the bytes of `[base, end)`) from `*p`, natively;
+    /// stops when done or at a record only Python can parse.
+    fn run(&mut self, data: &[u8], p: &mut usize, base: u64, end: u64) -> Option<Needs> {
+        while self.failed_at.is_none() {
+            match crate::frame::step(data, *p, base, end, true) {
+                Step::Frame {
+                    body_start,
+                    body_end,
+                } => {
+                    let offset = base + *p as u64;
+                    let size = (body_end - body_start + crate::frame::OVERHEAD) as u64;
+                    *p = body_end + crate::frame::CRC_SIZE;
+                    let body = &data[body_start..body_end];
+                    if body.starts_with(FACT_PREFIX) {
+                        match fact_fields(body) {
+                            Some(fields) => {
+                                self.fact(offset, size, Some(fields));
+                            }
+                            None => {
+                                return Some(Needs::Fact {
+                                    offset,
+                                    size,
+                                    body: (body_start, body_end),
+                                })
+                            }
+                        }
+                    } else if body.starts_with(BATCH_PREFIX) {
+                        match batch_header(body) {
+                            Some(count) => {
+                                self.batch(offset, Some(count));
+                            }
+                            None => {
+                                return Some(Needs::Batch {
+                                    offset,
+                                    body: (body_start, body_end),
+                                })
+                            }
+                        }
+                    } else {
+                        self.failed_at = Some(offset);
+                    }
+                }
+                Step::Stop(stop) => {
+                    self.stop = stop;
+                    self.stop_offset = if stop == Stop::Clean {
+                        end
+                    } else {
+                        base + *p as u64
+                    };
+                    return None;
+                }
+                Step::More { .. } => unreachable!("a complete buffer never asks for more"),
+            }
+        }
+        None
+    }
+}
+
+/// The count of a batch header laid out as KilnDB writes it: `{"batch":N,"first":P}`.
+fn batch_header(body: &[u8]) -> Option<u64> {
+    let mut w = Walk { buf: body, at: 0 };
+    w.literal(BATCH_PREFIX)?;
+    let count = w.unsigned()?;
+    w.literal(b",\"first\":")?;
+    w.unsigned()?;
+    w.literal(b"}")?;
+    (w.at == body.len()).then_some(count)
+}
+
 /// Index the facts in `[start, end)` of the data file open as `fd`, whose positions
-/// must all be above `after` (see the module docs).
+/// must all be above `after` (see the module docs). The file is read and walked with
+/// the GIL released, so that a hint built in the background does not stall the
+/// threads serving requests.
 #[pyfunction]
 pub fn index_file(
     py: Python<'_>,
@@ -505,89 +650,61 @@ pub fn index_file(
     after: u64,
 ) -> PyResult<IndexedFile> {
     guard(py, || {
-        let mut reader = FrameReader::new(fd, start, end, path);
-        let mut facts: Vec<Indexed> = Vec::new();
-        let mut pending: Vec<Indexed> = Vec::new();
-        let mut expected: u64 = 0;
-        let mut batch_offset = start;
-        let mut good_end = start;
-        let mut last = after;
-        let mut failed_at: Option<u64> = None;
-        'read: while !reader.finished {
-            for (offset, body_start, body_end) in reader.next_ranges(py)? {
-                let body = &reader.buf[body_start..body_end];
-                let size = (body_end - body_start + crate::frame::OVERHEAD) as u64;
-                if body.starts_with(FACT_PREFIX) {
-                    let fields = match fact_fields(body) {
-                        Some(fields) => Some(fields),
-                        None => parsed_fields(py, body)?,
-                    };
-                    let Some(fields) = fields else {
-                        failed_at = Some(offset);
-                        break 'read;
-                    };
-                    pending.push(Indexed {
-                        offset,
-                        size,
-                        fields,
-                    });
-                    if (pending.len() as u64) < expected {
-                        continue;
-                    }
-                    // As recovery always has: the batch is complete, so it is taken
-                    // fact by fact, and a position out of order stops the scan at the
-                    // frame that completed it.
-                    expected = 0;
-                    for fact in pending.drain(..) {
-                        if fact.fields.position <= last {
-                            failed_at = Some(offset);
-                            break 'read;
-                        }
-                        last = fact.fields.position;
-                        facts.push(fact);
-                    }
-                    good_end = offset + size;
-                } else if body.starts_with(BATCH_PREFIX) && pending.is_empty() && expected == 0 {
-                    match batch_count(py, body)? {
-                        Some(count) if count > 0 => {
-                            expected = count;
-                            batch_offset = offset;
-                        }
-                        _ => {
-                            failed_at = Some(offset);
-                            break 'read;
-                        }
-                    }
-                } else {
-                    failed_at = Some(offset);
-                    break 'read;
+        let want = end.saturating_sub(start) as usize;
+        let data = py
+            .detach(|| pread_exact(&borrowed_file(fd), start, want))
+            .map_err(|err| storage_error(py, "read", &path, &err))?;
+        // Bytes the file no longer has are a short read: the walk sees them as torn.
+        let end = start + data.len() as u64;
+        let mut state = IndexState {
+            facts: Vec::new(),
+            pending: Vec::new(),
+            expected: 0,
+            batch_offset: start,
+            good_end: start,
+            last: after,
+            failed_at: None,
+            stop: Stop::Clean,
+            stop_offset: start,
+        };
+        let mut p = 0usize;
+        loop {
+            let needs = py.detach(|| state.run(&data, &mut p, start, end));
+            match needs {
+                None => break,
+                Some(Needs::Fact { offset, size, body }) => {
+                    let fields = parsed_fields(py, &data[body.0..body.1])?;
+                    state.fact(offset, size, fields);
+                }
+                Some(Needs::Batch { offset, body }) => {
+                    let count = batch_count(py, &data[body.0..body.1])?;
+                    state.batch(offset, count);
                 }
             }
         }
-        let (bad_offset, damage) = if let Some(offset) = failed_at {
-            (
-                Some(if expected > 0 { batch_offset } else { offset }),
-                offset,
-            )
-        } else {
-            let damage = reader.stop_offset;
-            if expected > 0 {
-                (Some(batch_offset), damage)
-            } else if !matches!(reader.stop, Stop::Clean | Stop::EndMarker) {
-                (Some(reader.stop_offset), damage)
+        let (bad_offset, damage) = if let Some(offset) = state.failed_at {
+            let cut = if state.expected > 0 {
+                state.batch_offset
             } else {
-                (None, damage)
-            }
+                offset
+            };
+            (Some(cut), offset)
+        } else if state.expected > 0 {
+            (Some(state.batch_offset), state.stop_offset)
+        } else if !matches!(state.stop, Stop::Clean | Stop::EndMarker) {
+            (Some(state.stop_offset), state.stop_offset)
+        } else {
+            (None, state.stop_offset)
         };
         Ok(IndexedFile {
-            facts,
-            good_end,
+            facts: state.facts,
+            good_end: state.good_end,
             bad_offset,
             damage,
-            stop_reason: if failed_at.is_some() {
+            stop_reason: if state.failed_at.is_some() {
                 None
             } else {
-                reader.stop.reason()
+                state.stop.reason()
             },
         })
     })
