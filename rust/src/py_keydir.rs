@@ -321,6 +321,33 @@ impl KeyDir {
         })
     }
 
+    /// Where the key's latest retained fact (as of a transaction time, if given) is:
+    /// `(position, file_id, offset, size)`, or None.
+    #[pyo3(signature = (store, key, as_of = None))]
+    fn locate(
+        &self,
+        py: Python<'_>,
+        store: &Bound<'_, PyString>,
+        key: &Bound<'_, PyString>,
+        as_of: Option<f64>,
+    ) -> PyResult<Option<(i64, u64, u64, u32)>> {
+        guard(py, || {
+            let (Some(store), Some(key)) = (lookup(store), lookup(key)) else {
+                return Ok(None);
+            };
+            let index = self.read(py);
+            let position = match as_of {
+                None => index.latest(store, key),
+                Some(as_of) => index.position_as_of(store, key, as_of),
+            };
+            Ok(position.and_then(|p| {
+                index
+                    .location(p)
+                    .map(|(file_id, offset, size)| (p, file_id, offset, size))
+            }))
+        })
+    }
+
     fn position_as_of(
         &self,
         py: Python<'_>,

@@ -299,6 +299,11 @@ class KeyDir:
         """``(position, seq, deleted)`` of the key's latest retained fact."""
     def positions(self, store: str, key: str) -> list[int]:
         """Positions of the key's retained facts, ascending."""
+    def locate(
+        self, store: str, key: str, as_of: float | None = None
+    ) -> tuple[int, int, int, int] | None:
+        """Where the key's latest retained fact (as of a transaction time, if given) is:
+        ``(position, file_id, offset, size)``."""
     def position_as_of(self, store: str, key: str, as_of: float) -> int | None:
         """The key's last retained position whose transaction time is ``<= as_of``."""
     def history(

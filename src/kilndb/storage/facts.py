@@ -139,26 +139,23 @@ class FactLog(Log):
         return fact
 
     def read(self, store: str, key: str, as_of: float | None) -> Fact | None:
+        """The latest fact of a key (as of a transaction time), None if absent/deleted."""
         log = self
-        log.check_open()
         if type(key) is not str:
             validate_key(key)
         if as_of is not None and (
             isinstance(as_of, bool) or not isinstance(as_of, int | float) or not isfinite(as_of)
         ):
             raise InvalidArgumentError("as_of must be a finite transaction time (epoch seconds)")
-        keydir = log.keydir
-        while True:
-            if as_of is None:
-                position = keydir.latest(store, key)
-            else:
-                position = keydir.position_as_of(store, key, as_of)
-            if position is None:
+        with log.lock:
+            log.check_open()
+            found = log.keydir.locate(store, key, as_of)
+            if found is None:
                 return None
-            found = log.read_facts([position])
-            if found:  # else retention dropped it just now: look again
-                break
-        fact = found[0]
+            _, file_id, offset, size = found
+            datafile = log.files[file_id]
+        # ``datafile`` is held until the core has read: its descriptor stays open.
+        (fact,) = _core.read_records([(datafile.fd, str(datafile.path))], [(0, offset, size)], Fact)
         return None if fact.deleted else fact
 
     def history(
