@@ -1,0 +1,76 @@
+"""A data directory written by the pure-Python engine that predates the native core
+opens and reads the same with the current code (the on-disk format did not change).
+
+The fixture was made by tests/fixtures/make_v1_datadir.py with KilnDB 0.1.0: several
+sealed files with hints, batches, tombstones, client ids, a keep-latest store, a lease
+and a fenced write, unicode, big integers and floats.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+import kilndb
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+EXPECTED: dict[str, Any] = orjson.loads((FIXTURES / "v1-expected.json").read_bytes())
+
+
+@pytest.fixture
+def v1_data(tmp_path: Path) -> Path:
+    with tarfile.open(FIXTURES / "v1-datadir.tar.gz") as archive:
+        archive.extractall(tmp_path, filter="data")
+    return tmp_path / "data"
+
+
+def snapshot(db: kilndb.Database) -> dict[str, Any]:
+    return {
+        "replay": [orjson.loads(orjson.dumps(f.to_dict())) for f in db.replay()],
+        "stores": db.stores(),
+        "keys": {s: db.store(s).keys() for s in db.stores()},
+        "history_t1": [f.seq for f in db.store("tasks").history("t1")],
+        "last_position": db.stats()["last_position"],
+    }
+
+
+def test_a_v1_data_directory_reads_the_same(v1_data: Path) -> None:
+    with kilndb.open(v1_data) as db:
+        assert snapshot(db) == EXPECTED
+        # The stored JSON of each fact is what the v1 engine wrote, byte for byte.
+        assert [body for _, body in db.replay_wire()] == [
+            orjson.dumps(fact) for fact in EXPECTED["replay"]
+        ]
+        for fact in EXPECTED["replay"]:
+            read = db.store(fact["store"]).read(fact["key"])
+            if (fact["store"], fact["key"]) == ("tasks", "t3"):
+                assert read is None  # deleted in v1
+            else:
+                assert read is not None and read.position >= fact["position"]
+        assert db.store("tasks").write("idempotent", 2, id="cmd-1").value == 1
+        assert [lease.key for lease in db.leases()] == ["job"]
+
+
+def test_a_v1_data_directory_reads_the_same_without_its_hints(v1_data: Path) -> None:
+    for hint in (v1_data / "default").glob("*.hint"):
+        hint.unlink()
+    with kilndb.open(v1_data) as db:
+        assert snapshot(db) == EXPECTED
+
+
+def test_a_v1_data_directory_takes_new_writes_and_compacts(v1_data: Path, tmp_path: Path) -> None:
+    with kilndb.open(v1_data) as db:
+        fact = db.store("tasks").write("t1", {"after": "upgrade"})
+        assert fact.position == EXPECTED["last_position"] + 1
+        db.compact()
+        expected_after = [*EXPECTED["replay"], fact.to_dict()]
+    with kilndb.open(v1_data) as db:
+        replayed = [f.to_dict() for f in db.replay()]
+    # Compaction keeps every fact of keep="all" stores; keep="latest" had dropped the rest.
+    assert replayed == [orjson.loads(orjson.dumps(f)) for f in expected_after]
+    shutil.rmtree(v1_data)
