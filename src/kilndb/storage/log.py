@@ -517,8 +517,11 @@ class Log:
         return length + 8
 
     def _write_hint_for(self, file_id: int) -> None:
+        # Also while closing (close() runs the queued tasks before it lets the files go):
+        # a sealed file's hint is what lets the next open skip reading it.
         with self._maintenance:
-            self.check_open()
+            if self.group_commit.failure is not None:
+                return
             datafile = self.files.get(file_id)
             if datafile is None or datafile is self.active:
                 return
