@@ -33,6 +33,8 @@ use crate::py_keydir::{keydir_error, KeyDir};
 const MAX_KEY_CHARS: usize = 1024;
 const MAX_ID_CHARS: usize = 256;
 const RESERVED_STORE_PREFIX: &str = "kiln.";
+/// The largest frame buffer kept between batches.
+const SCRATCH_LIMIT: usize = 16 << 20;
 
 /// The fields of a fact, in the order of its record (`kilndb.model.FACT_FIELDS`).
 const FACT_FIELDS: [&str; 15] = [
@@ -132,6 +134,7 @@ struct Entry {
 /// Builds staged batches for one database.
 #[pyclass(module = "kilndb._core", frozen)]
 pub struct Stager {
+    scratch: parking_lot::Mutex<Vec<u8>>,
     write_type: Py<PyType>,
     fact_type: Py<PyType>,
     prepare: Py<PyAny>,
@@ -459,6 +462,7 @@ impl Stager {
         guard(py, || {
             let fragment = py.import("orjson")?.getattr("Fragment")?.unbind();
             Ok(Stager {
+                scratch: parking_lot::Mutex::new(Vec::new()),
                 write_type: write_type.unbind(),
                 fact_type: fact_type.unbind(),
                 prepare: prepare.unbind(),
@@ -508,8 +512,10 @@ impl Stager {
             // Pass 2: stage them against the state of their keys.
             let mut outcomes: Vec<Outcome> = Vec::with_capacity(prepared.len());
             let mut entries: Vec<Entry> = Vec::new();
-            let mut bodies: Vec<(usize, usize)> = Vec::new();
-            let mut records: Vec<u8> = Vec::new();
+            // The frames, back to back, in a buffer kept between batches (no fresh pages
+            // to fault in for every batch).
+            let mut frames = std::mem::take(&mut *self.scratch.lock());
+            frames.clear();
             let mut facts: Vec<Py<PyAny>> = Vec::new();
             let mut key_state: HashMap<(String, String), (u64, bool)> = HashMap::new();
             let mut written_ids: HashMap<String, usize> = HashMap::new();
@@ -586,11 +592,13 @@ impl Stager {
                     Some(id) => id.clone(),
                     None => self.generated_id(position),
                 };
-                let start = records.len();
-                encode_record(&mut records, &w, &fact_id, seq, position, ttime);
-                let size = (records.len() - start) as u64 + frame::OVERHEAD as u64;
+                let start = frames.len();
+                frames.extend_from_slice(&[0; frame::HEADER_SIZE]);
+                encode_record(&mut frames, &w, &fact_id, seq, position, ttime);
+                let body_len = frames.len() - start - frame::HEADER_SIZE;
+                let size = (body_len + frame::OVERHEAD) as u64;
                 if !atomic && size > max_record_bytes {
-                    records.truncate(start);
+                    frames.truncate(start);
                     outcomes.push(Outcome::Refused(invalid_argument(
                         py,
                         format!(
@@ -599,11 +607,14 @@ impl Stager {
                     )));
                     continue;
                 }
-                bodies.push((start, records.len()));
+                frames[start..start + frame::HEADER_SIZE]
+                    .copy_from_slice(&(body_len as u32).to_be_bytes());
+                let body = start + frame::HEADER_SIZE..frames.len();
+                let crc = frame::crc32(&frames[body.clone()]);
                 let fact = if wire {
                     self.fragment
                         .bind(py)
-                        .call1((PyBytes::new(py, &records[start..]),))?
+                        .call1((PyBytes::new(py, &frames[body]),))?
                         .unbind()
                 } else {
                     let dict = PyDict::new(py);
@@ -642,6 +653,7 @@ impl Stager {
                     }
                     crate::pyfact::new_fact(py, self.fact_type.bind(py), dict)?.unbind()
                 };
+                frames.extend_from_slice(&crc.to_be_bytes());
                 if let Some(id_text) = &w.id_text {
                     written_ids.insert(id_text.clone(), facts.len());
                 }
@@ -659,23 +671,20 @@ impl Stager {
                 facts.push(fact);
                 position += 1;
             }
-            // Frame the records: an atomic batch of several facts behind a batch header.
-            let mut data = Vec::with_capacity(records.len() + 8 * bodies.len() + 40);
-            let mut header_len = 0;
-            if atomic && entries.len() > 1 {
-                let header = format!(
+            // An atomic batch of several facts goes behind a batch header.
+            let header = if atomic && entries.len() > 1 {
+                let text = format!(
                     "{{\"batch\":{},\"first\":{}}}",
                     entries.len(),
                     next_position
                 );
-                frame::encode_into(header.as_bytes(), &mut data);
-                header_len = data.len();
-            }
-            for (start, end) in &bodies {
-                frame::encode_into(&records[*start..*end], &mut data);
-            }
+                frame::encode(text.as_bytes())
+            } else {
+                Vec::new()
+            };
+            let total = header.len() + frames.len();
             let largest = if atomic {
-                data.len() as u64
+                total as u64
             } else {
                 entries.iter().map(|e| e.size).max().unwrap_or(0)
             };
@@ -687,6 +696,14 @@ impl Stager {
                     ),
                 ));
             }
+            let data = PyBytes::new_with(py, total, |out| {
+                out[..header.len()].copy_from_slice(&header);
+                out[header.len()..].copy_from_slice(&frames);
+                Ok(())
+            })?;
+            if frames.capacity() <= SCRATCH_LIMIT {
+                *self.scratch.lock() = frames;
+            }
             let results = PyList::empty(py);
             for outcome in outcomes {
                 match outcome {
@@ -697,8 +714,8 @@ impl Stager {
             }
             let last = if entries.is_empty() { 0 } else { position - 1 };
             Ok(Staged {
-                data: PyBytes::new(py, &data).unbind(),
-                header_len: header_len as u64,
+                data: data.unbind(),
+                header_len: header.len() as u64,
                 last,
                 must_be_durable: must_be_durable.max(last),
                 results: results.unbind(),
