@@ -18,6 +18,37 @@ def encode_frame(body: bytes) -> bytes:
 def encode_frames(bodies: list[bytes]) -> bytes:
     """The frames of ``bodies``, back to back."""
 
+def dumps(value: object, sort_keys: bool = False) -> bytes | None:
+    """``orjson.dumps(value, option=OPT_PASSTHROUGH_DATETIME | OPT_PASSTHROUGH_DATACLASS
+    [| OPT_SORT_KEYS])``, byte for byte, for plain JSON values: None, bool, int, float,
+    str, list, tuple, dict with str keys (all of exact type) and orjson.Fragment.
+
+    Returns None when the value holds any other type (subclasses included): the caller
+    then hands it to orjson. Raises InvalidArgumentError ("value is not
+    JSON-serialisable: <reason>", orjson's reason) where orjson raises (integers beyond
+    64 bits, lone surrogates, non-str keys, nesting deeper than 254; the first error in
+    orjson's order), and for NaN and infinities, which orjson would write as null. A
+    NaN only counts once the walk is over: with another type as well, the result is
+    None, and the orjson path must check for non-finite floats (canonical_json does)."""
+
+def canonical_json(value: object) -> bytes:
+    """Canonical JSON (sorted keys, no spaces, UTF-8), as ``kilndb.model.canonical_json``:
+    ``dumps(value, sort_keys=True)``, or orjson for the values it returns None for.
+    Raises InvalidArgumentError for anything that is not plain JSON."""
+
+def value_hash(canonical: bytes) -> str:
+    """SHA-256 of a value's canonical JSON, in lowercase hex."""
+
+def hash_value(value: object) -> tuple[bytes, str]:
+    """``(canonical_json(value), value_hash(canonical_json(value)))`` in one call."""
+
+def loads(data: bytes | bytearray | memoryview | str) -> Any:
+    """``orjson.loads(data)``: the same values, and orjson.JSONDecodeError (a
+    ValueError) for every input orjson refuses."""
+
+def loads_many(bodies: list[bytes]) -> list[Any]:
+    """``[loads(body) for body in bodies]``; raises at the first bad body."""
+
 @final
 class FrameDecoder:
     """Incremental frame decoder of a byte stream (sans-I/O)."""

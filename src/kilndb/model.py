@@ -8,14 +8,11 @@ order below is part of the format.
 
 from __future__ import annotations
 
-import hashlib
-import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-import orjson
-
+from kilndb import _core
 from kilndb.errors import InvalidArgumentError
 
 __all__ = [
@@ -34,11 +31,6 @@ DATABASE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 STORE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]{0,127}")
 MAX_KEY_LENGTH = 1024
 MAX_ID_LENGTH = 256
-
-# orjson would otherwise turn datetimes, dataclasses and str/int subclasses into
-# something that does not read back as the same value; refuse them instead.
-_STRICT = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
-_CANONICAL = _STRICT | orjson.OPT_SORT_KEYS
 
 
 @dataclass(frozen=True)
@@ -155,35 +147,15 @@ def validate_key(key: object) -> str:
 
 
 def canonical_json(value: Any) -> bytes:
-    """Serialise ``value`` as canonical JSON: sorted keys, no spaces, UTF-8.
+    """Serialise ``value`` as canonical JSON: sorted keys, no spaces, UTF-8 (the core's
+    codec, byte for byte orjson's, which it falls back to for types it leaves alone).
 
     Raises InvalidArgumentError for anything that is not plain JSON: unsupported types,
     non-string object keys, integers beyond 64 bits, NaN and infinities.
     """
-    try:
-        data = orjson.dumps(value, option=_CANONICAL)
-    except (TypeError, orjson.JSONEncodeError) as exc:
-        raise InvalidArgumentError(f"value is not JSON-serialisable: {exc}") from exc
-    # orjson writes NaN and infinities as null; only then is the slow check worth it.
-    if b"null" in data and _has_non_finite(value):
-        raise InvalidArgumentError("value is not JSON-serialisable: NaN or infinity")
-    return data
-
-
-def _has_non_finite(value: Any) -> bool:
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, float):
-            if not math.isfinite(item):
-                return True
-        elif isinstance(item, dict):
-            stack.extend(item.values())
-        elif isinstance(item, list | tuple):
-            stack.extend(item)
-    return False
+    return _core.canonical_json(value)
 
 
 def value_hash(canonical: bytes) -> str:
     """SHA-256 hex digest of a value's canonical JSON."""
-    return hashlib.sha256(canonical).hexdigest()
+    return _core.value_hash(canonical)

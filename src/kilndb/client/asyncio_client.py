@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 
+from kilndb import _core
 from kilndb.client.endpoint import Endpoint, arrived, check_read_from, leader_to_read_from
 from kilndb.client.remote import (
     REPLAY_PAGE,
@@ -50,7 +51,7 @@ async def _next_message(reader: asyncio.StreamReader, decoder: FrameDecoder) -> 
         if not data:
             raise ConnectionLostError("the server closed the connection")
         decoder.feed(data)
-    message: dict[str, Any] = orjson.loads(body)
+    message: dict[str, Any] = _core.loads(body)
     return message
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from kilndb import _core
 from kilndb.client.endpoint import Endpoint
 from kilndb.codec import DEFAULT_MAX_FRAME_BYTES, FrameDecoder, encode_frame
 from kilndb.errors import (
@@ -69,7 +70,7 @@ class Connection:
                 self._drop()
                 raise
             if body is not None:
-                message = orjson.loads(body)
+                message = _core.loads(body)
                 if not isinstance(message, dict):
                     raise ProtocolError("server sent a frame that is not a JSON object")
                 return message

@@ -32,6 +32,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
+from kilndb import _core
 from kilndb.codec import DEFAULT_MAX_FRAME_BYTES, FrameDecoder, encode_frame
 from kilndb.errors import InvalidArgumentError, KilnError, ProtocolError, UnknownOpError
 from kilndb.model import validate_database_name
@@ -90,7 +91,7 @@ def _request_id(body: dict[str, Any]) -> Any:
 def parse_request(body: bytes) -> Request | BadRequest:
     """Check one request body (a JSON op envelope), from a frame, HTTP or WebSocket."""
     try:
-        message = orjson.loads(body)
+        message = _core.loads(body)
     except orjson.JSONDecodeError as exc:
         return BadRequest(ProtocolError(f"request is not valid JSON: {exc}"))
     if not isinstance(message, dict):
