@@ -25,6 +25,7 @@ header announces more than ``max_frame_bytes`` (before buffering the body) and
 
 from __future__ import annotations
 
+import mmap
 import struct
 import zlib
 
@@ -40,6 +41,7 @@ __all__ = [
     "decode_frame",
     "encode_frame",
     "encode_frames",
+    "read_u32",
 ]
 
 FRAME_HEADER_SIZE = 4
@@ -52,6 +54,11 @@ assert _U32.size == FRAME_HEADER_SIZE == FRAME_CRC_SIZE
 
 _unpack_u32 = _U32.unpack_from
 _crc32 = zlib.crc32
+
+
+def read_u32(buffer: bytes | bytearray | memoryview | mmap.mmap, offset: int) -> int:
+    """The big-endian u32 at ``offset``: a frame's length or CRC field."""
+    return int(_unpack_u32(buffer, offset)[0])
 
 
 encode_frame = _core.encode_frame

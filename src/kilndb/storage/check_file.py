@@ -9,12 +9,11 @@ of operation (resynchronisation, batches all or nothing, repair) is in
 from __future__ import annotations
 
 import re
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kilndb.codec import FRAME_HEADER_SIZE, FRAME_OVERHEAD
+from kilndb.codec import FRAME_HEADER_SIZE, FRAME_OVERHEAD, read_u32
 from kilndb.storage.hint import TOMBSTONE
 from kilndb.storage.records import BATCH_PREFIX, FACT_PREFIX, FILE_PREFIX
 from kilndb.storage.resync import Buffer, frame_at, nonzero_end, parse_record, resync
@@ -22,7 +21,6 @@ from kilndb.storage.resync import Buffer, frame_at, nonzero_end, parse_record, r
 __all__ = ["FileResult", "FileScan", "Problem"]
 
 _BATCH_TEXT = re.compile(rb'\{"batch":(\d+),"first":(\d+)\}')
-_unpack_u32 = struct.Struct(">I").unpack_from
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,7 +282,7 @@ class FileScan:
             self.drop_batch(f"its frame at offset {offset} is damaged")
         stop = result.length if resume is None else resume
         if stop - offset < FRAME_HEADER_SIZE or (
-            _unpack_u32(buf, offset)[0] + FRAME_OVERHEAD != stop - offset
+            read_u32(buf, offset) + FRAME_OVERHEAD != stop - offset
         ):
             self.skipped = offset  # not just one frame: a batch header may be among them
         for match in _BATCH_TEXT.finditer(buf[offset:stop]):
@@ -293,7 +291,7 @@ class FileScan:
             # still droppable as a whole. The length field rules out JSON inside a value.
             start = offset + match.start() - FRAME_HEADER_SIZE
             count, first = int(match[1]), int(match[2])
-            if start < offset or _unpack_u32(buf, start)[0] != len(match[0]):
+            if start < offset or read_u32(buf, start) != len(match[0]):
                 continue
             if count > 0 and first > self.last:
                 if self.batch is not None:

@@ -21,11 +21,9 @@ from __future__ import annotations
 import logging
 import os
 import queue
-import struct
 import threading
 import time
 import uuid
-import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -54,13 +52,9 @@ __all__ = ["Log"]
 
 log = logging.getLogger("kilndb.storage")
 
-_crc32 = zlib.crc32
 #: Compactions :meth:`Log.set_retention` runs at most to clear what a stricter policy
 #: dropped while writers keep dropping more under it.
 LOOSEN_ATTEMPTS = 5
-_U32 = struct.Struct(">I")
-_pack_u32 = _U32.pack
-_unpack_u32 = _U32.unpack_from
 
 
 def _read_located(

@@ -16,18 +16,16 @@ acknowledged is dropped without the operator running ``kiln check --fix``).
 from __future__ import annotations
 
 import mmap
-import struct
 import zlib
 from typing import Any
 
 import orjson
 
-from kilndb.codec import FRAME_HEADER_SIZE, FRAME_OVERHEAD
+from kilndb.codec import FRAME_HEADER_SIZE, FRAME_OVERHEAD, read_u32
 
 __all__ = ["Buffer", "frame_at", "nonzero_end", "parse_record", "resync"]
 
 Buffer = bytes | mmap.mmap
-_unpack_u32 = struct.Struct(">I").unpack_from
 _CHUNK = 1 << 20
 
 
@@ -35,14 +33,14 @@ def frame_at(buf: Buffer, offset: int, end: int) -> tuple[int, bytes] | str:
     """``(frame_end, body)`` of the intact frame at ``offset``, else why not."""
     if end - offset < FRAME_HEADER_SIZE:
         return "short"
-    (length,) = _unpack_u32(buf, offset)
+    length = read_u32(buf, offset)
     if length == 0:
         return "end-marker"
     frame_end = offset + FRAME_OVERHEAD + length
     if frame_end > end:
         return "length"
     body = buf[offset + FRAME_HEADER_SIZE : frame_end - 4]
-    if zlib.crc32(body) != _unpack_u32(buf, frame_end - 4)[0]:
+    if zlib.crc32(body) != read_u32(buf, frame_end - 4):
         return "crc"
     return frame_end, body
 

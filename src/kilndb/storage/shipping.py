@@ -22,15 +22,13 @@ leaves holes in a leader's log, and the follower keeps the same holes.
 
 from __future__ import annotations
 
-import struct
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from kilndb.codec import FrameDecoder
+from kilndb.codec import FrameDecoder, encode_frame
 from kilndb.errors import CursorTooOldError, ProtocolError
 from kilndb.storage.records import BATCH_PREFIX, FACT_PREFIX, FILE_PREFIX
 
@@ -39,8 +37,6 @@ if TYPE_CHECKING:
 
 __all__ = ["LogReader", "ParsedFact", "Shipment", "parse_shipment"]
 
-_U32 = struct.Struct(">I")
-_crc32 = zlib.crc32
 
 #: (position, store, key, seq, deleted, transaction_time, id, body)
 ParsedFact = tuple[int, str, str, int, bool, float, str, bytes]
@@ -54,10 +50,6 @@ class Shipment:
     first: int
     last: int
     count: int
-
-
-def _frame(body: bytes) -> bytes:
-    return _U32.pack(len(body)) + body + _U32.pack(_crc32(body))
 
 
 class LogReader:
@@ -176,14 +168,14 @@ class LogReader:
                 if header["first"] + header["batch"] - 1 > durable:
                     return
                 expected = header["batch"]
-                frames.append(_frame(body))
+                frames.append(encode_frame(body))
                 continue
             if not body.startswith(FACT_PREFIX):
                 raise ProtocolError(f"unknown record at offset {offset} of {datafile.path}")
             position = orjson.loads(body)["position"]
             if position > durable:
                 return
-            frames.append(_frame(body))
+            frames.append(encode_frame(body))
             positions.append(position)
             if len(positions) >= expected:
                 yield frames, positions, end
@@ -209,7 +201,7 @@ def parse_shipment(frames: bytes, after: int) -> list[tuple[bytes, ParsedFact | 
     last = after
     owed = 0
     while (body := decoder.next_frame()) is not None:
-        frame = _frame(body)
+        frame = encode_frame(body)
         if body.startswith(BATCH_PREFIX):
             if owed:
                 raise ProtocolError("a batch header inside a batch")
