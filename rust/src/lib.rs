@@ -47,6 +47,7 @@ fn _core(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(index::index_file, module)?)?;
     module.add_class::<index::IndexedFile>()?;
     module.add_function(wrap_pyfunction!(read::read_records, module)?)?;
+    module.add_function(wrap_pyfunction!(read::read_planned, module)?)?;
     module.add_class::<scan::FactScanner>()?;
     module.add_class::<stage::Stager>()?;
     module.add_class::<stage::Staged>()?;

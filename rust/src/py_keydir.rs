@@ -244,6 +244,39 @@ impl KeyDir {
         })
     }
 
+    /// Where the retained facts among `positions` are, as a read plan: the ids of the
+    /// files involved, and for each fact (in order) 16 bytes, little-endian: u32 index
+    /// into those ids, u64 offset, u32 frame size. Not-retained positions are skipped.
+    fn plan<'py>(
+        &self,
+        py: Python<'py>,
+        positions: Vec<i64>,
+    ) -> PyResult<(Vec<u64>, Bound<'py, pyo3::types::PyBytes>)> {
+        guard(py, || {
+            let mut files: Vec<u64> = Vec::new();
+            let mut packed: Vec<u8> = Vec::with_capacity(positions.len() * 16);
+            {
+                let keydir = self.read(py);
+                for position in positions {
+                    let Some((file_id, offset, size)) = keydir.location(position) else {
+                        continue;
+                    };
+                    let index = match files.iter().rposition(|&f| f == file_id) {
+                        Some(index) => index,
+                        None => {
+                            files.push(file_id);
+                            files.len() - 1
+                        }
+                    };
+                    packed.extend_from_slice(&(index as u32).to_le_bytes());
+                    packed.extend_from_slice(&offset.to_le_bytes());
+                    packed.extend_from_slice(&size.to_le_bytes());
+                }
+            }
+            Ok((files, pyo3::types::PyBytes::new(py, &packed)))
+        })
+    }
+
     fn relocate(&self, py: Python<'_>, position: i64, file_id: i64, offset: i64) -> PyResult<()> {
         guard(py, || {
             let result = self.write(py).relocate(position, file_id, offset);

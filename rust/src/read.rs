@@ -32,7 +32,50 @@ pub fn read_records<'py>(
     reads: Vec<(usize, u64, u64)>,
     fact_type: Option<Bound<'py, PyType>>,
 ) -> PyResult<Bound<'py, PyList>> {
+    guard(py, || read(py, &files, &reads, fact_type.as_ref()))
+}
+
+/// [`read_records`] for a plan made by `KeyDir.plan`: 16 bytes a fact, little-endian
+/// u32 file index, u64 offset, u32 frame size.
+#[pyfunction]
+#[pyo3(signature = (files, plan, fact_type = None))]
+pub fn read_planned<'py>(
+    py: Python<'py>,
+    files: Vec<(i32, String)>,
+    plan: &[u8],
+    fact_type: Option<Bound<'py, PyType>>,
+) -> PyResult<Bound<'py, PyList>> {
     guard(py, || {
+        if plan.len() % 16 != 0 {
+            return Err(crate::errors::invalid_argument(
+                py,
+                "a read plan is 16 bytes a fact",
+            ));
+        }
+        let reads: Vec<(usize, u64, u64)> = plan
+            .chunks_exact(16)
+            .map(|entry| {
+                let mut word4 = [0u8; 4];
+                let mut word8 = [0u8; 8];
+                word4.copy_from_slice(&entry[..4]);
+                let index = u32::from_le_bytes(word4) as usize;
+                word8.copy_from_slice(&entry[4..12]);
+                let offset = u64::from_le_bytes(word8);
+                word4.copy_from_slice(&entry[12..]);
+                (index, offset, u64::from(u32::from_le_bytes(word4)))
+            })
+            .collect();
+        read(py, &files, &reads, fact_type.as_ref())
+    })
+}
+
+fn read<'py>(
+    py: Python<'py>,
+    files: &[(i32, String)],
+    reads: &[(usize, u64, u64)],
+    fact_type: Option<&Bound<'py, PyType>>,
+) -> PyResult<Bound<'py, PyList>> {
+    {
         let mut runs: Vec<Run> = Vec::new();
         for (index, &(file, offset, size)) in reads.iter().enumerate() {
             if file >= files.len() {
@@ -82,7 +125,7 @@ pub fn read_records<'py>(
                     }
                     _ => return Err(corrupt_record(py, &files[run.file].1, offset)),
                 };
-                match &fact_type {
+                match fact_type {
                     Some(cls) => {
                         let record = crate::jsonw::decoded(py, body)?
                             .into_bound(py)
@@ -94,5 +137,5 @@ pub fn read_records<'py>(
             }
         }
         Ok(out)
-    })
+    }
 }

@@ -182,6 +182,11 @@ class FactScanner:
         """The kept facts (or ``(position, body)`` pairs) of the next chunk, those
         ``keydir`` retains; None when the file is done."""
 
+def read_planned(
+    files: list[tuple[int, str]], plan: bytes, fact_type: type[Any] | None = None
+) -> list[Any]:
+    """:func:`read_records` for a plan made by ``KeyDir.plan``."""
+
 def read_records(
     files: list[tuple[int, str]],
     reads: list[tuple[int, int, int]],
@@ -310,6 +315,10 @@ class KeyDir:
         """``(file_id, offset, size)`` of a retained fact, else None."""
     def locations(self, positions: Iterable[int]) -> list[tuple[int, int, int] | None]:
         """``location`` of each position, in order."""
+    def plan(self, positions: list[int]) -> tuple[list[int], bytes]:
+        """A read plan for the retained facts among ``positions``: the ids of the files
+        involved, and 16 bytes a fact (little-endian u32 index into those ids, u64
+        offset, u32 frame size); positions not retained are skipped."""
     def relocate(self, position: int, file_id: int, offset: int) -> None:
         """Point a retained fact at its new place; ValueError if it is not retained."""
     def is_retained(self, position: int) -> bool: ...

@@ -331,11 +331,14 @@ class Log:
         return _read_located(*located, None)
 
     def read_facts(self, positions: list[int]) -> list[Fact]:
-        """:meth:`read_bodies` decoded into facts, in the same call into the core."""
+        """:meth:`read_bodies` decoded into facts: the keydir plans the reads under the
+        lock, the core reads and decodes them after it, all in one call each."""
         with self.lock:
             self.check_open()
-            located = self._locate_locked(positions)
-        return _read_located(*located, Fact)
+            file_ids, plan = self.keydir.plan(positions)
+            files = [self.files[file_id] for file_id in file_ids]
+        # ``files`` is held until the core has read: their descriptors stay open.
+        return _core.read_planned([(f.fd, str(f.path)) for f in files], plan, Fact)
 
     def read_fact_locked(self, position: int) -> Fact | None:
         """The retained fact at ``position`` or None, for a caller holding the lock."""
