@@ -108,6 +108,7 @@ fn read<'py>(
                 .collect::<Result<Vec<Vec<u8>>, _>>()
         });
         let data = data.map_err(|(file, err)| storage_error(py, "read", &files[file].1, &err))?;
+        let _pause = crate::pyfact::GcPause::new(py);
         let out = PyList::empty(py);
         for (run, bytes) in runs.iter().zip(&data) {
             let mut at = 0usize;

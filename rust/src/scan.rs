@@ -115,6 +115,7 @@ impl FactScanner {
                 return Ok(None);
             }
             let ranges = self.reader.next_ranges(py)?;
+            let _pause = crate::pyfact::GcPause::new(py);
             let out = PyList::empty(py);
             let index = keydir.get();
             for (_, start, end) in ranges {

@@ -494,6 +494,7 @@ impl Stager {
         wire: bool,
     ) -> PyResult<Staged> {
         guard(py, || {
+            let _pause = crate::pyfact::GcPause::new(py);
             // Pass 1: prepare every write (an atomic batch refuses the first bad one).
             let mut prepared: Vec<Result<Prepared, PyErr>> = Vec::new();
             for write in writes.try_iter()? {
