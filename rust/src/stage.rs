@@ -56,6 +56,32 @@ const FACT_FIELDS: [&str; 15] = [
 ];
 
 static FIELD_NAMES: PyOnceLock<Vec<Py<PyString>>> = PyOnceLock::new();
+static WRITE_FIELD_NAMES: PyOnceLock<Vec<Py<PyString>>> = PyOnceLock::new();
+
+/// The fields of a `kilndb.Write`, in order.
+const WRITE_FIELDS: [&str; 12] = [
+    "store",
+    "key",
+    "value",
+    "expected_seq",
+    "id",
+    "causation",
+    "valid_time",
+    "schema_version",
+    "producer",
+    "derivation",
+    "metadata",
+    "deleted",
+];
+
+fn write_field_names(py: Python<'_>) -> &[Py<PyString>] {
+    WRITE_FIELD_NAMES.get_or_init(py, || {
+        WRITE_FIELDS
+            .iter()
+            .map(|name| PyString::intern(py, name).unbind())
+            .collect()
+    })
+}
 
 fn field_names(py: Python<'_>) -> &[Py<PyString>] {
     FIELD_NAMES.get_or_init(py, || {
@@ -163,18 +189,36 @@ impl Stager {
         write: &Bound<'_, PyAny>,
         trusted: bool,
     ) -> PyResult<Option<Prepared>> {
-        if !write.get_type().is(self.write_type.bind(py)) {
+        // A `kilndb.Write`, or a write request's checked params (a dict of the same
+        // fields by name, as the wire protocol carries them).
+        let fields: [Bound<'_, PyAny>; 12] = if write.get_type().is(self.write_type.bind(py)) {
+            let tuple = write.cast::<PyTuple>()?;
+            if tuple.len() != 12 {
+                return Ok(None);
+            }
+            let mut items = tuple.iter();
+            std::array::from_fn(|_| items.next().unwrap_or_else(|| py.None().into_bound(py)))
+        } else if let Ok(params) = write.cast_exact::<PyDict>() {
+            let mut fields = Vec::with_capacity(WRITE_FIELDS.len());
+            for (i, name) in write_field_names(py).iter().enumerate() {
+                let field = match (params.get_item(name.bind(py))?, i) {
+                    (Some(found), _) => found,
+                    (None, 0..=2) => return Ok(None), // store, key and value are required
+                    (None, 7) => 1i64.into_pyobject(py)?.into_any(), // schema_version
+                    (None, 11) => PyBool::new(py, false).to_owned().into_any(), // deleted
+                    (None, _) => py.None().into_bound(py),
+                };
+                fields.push(field);
+            }
+            match fields.try_into() {
+                Ok(fields) => fields,
+                Err(_) => return Ok(None),
+            }
+        } else {
             return Ok(None);
-        }
-        let fields = write.cast::<PyTuple>()?;
-        if fields.len() != 12 {
-            return Ok(None);
-        }
-        let item = |i: usize| fields.get_item(i);
-        let (store, key, value) = (item(0)?, item(1)?, item(2)?);
-        let (expected_seq, id, causation, valid_time) = (item(3)?, item(4)?, item(5)?, item(6)?);
-        let (schema_version, producer, derivation) = (item(7)?, item(8)?, item(9)?);
-        let (metadata, deleted) = (item(10)?, item(11)?);
+        };
+        let [store, key, value, expected_seq, id, causation, valid_time, schema_version, producer, derivation, metadata, deleted] =
+            fields;
 
         let Ok(store_str) = store.cast_exact::<PyString>() else {
             return Ok(None);

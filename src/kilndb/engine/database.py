@@ -50,9 +50,11 @@ _dumps = orjson.dumps
 _PLAIN_WRITE = Write("", "")[3:]
 
 
-def _prepare(write: Write, trusted: bool = False) -> PreparedWrite:
+def _prepare(write: Write | dict[str, Any], trusted: bool = False) -> PreparedWrite:
     """Check and serialise one write in Python: what the native core leaves to it
     (exotic values, and every write it would refuse, for the precise error)."""
+    if type(write) is dict:  # a write request's params, as write_each_wire takes them
+        write = Write(**{name: write[name] for name in Write._fields if name in write})
     if type(write) is not Write:
         raise InvalidArgumentError(f"expected a kilndb.Write, not {type(write).__name__}")
     return prepare_write(
@@ -455,14 +457,18 @@ class Database:
         return self._write_each(writes, wire=False)  # type: ignore[return-value]
 
     def write_each_wire(
-        self, writes: Iterable[Write]
+        self, writes: Iterable[Write | dict[str, Any]]
     ) -> list[dict[str, Any] | orjson.Fragment | KilnError]:
         """:meth:`write_each` for transports: each written fact as its stored JSON (an
-        ``orjson.Fragment``, embedded as it is), a retried one as its ``to_dict()``."""
+        ``orjson.Fragment``, embedded as it is), a retried one as its ``to_dict()``.
+
+        A write may also be given as a write request's checked params (a dict with the
+        fields of :class:`Write` by name; absent options take their defaults), which
+        saves building a Write per request."""
         return self._write_each(writes, wire=True)  # type: ignore[return-value]
 
     def _write_each(
-        self, writes: Iterable[Write], wire: bool
+        self, writes: Iterable[Write | dict[str, Any]], wire: bool
     ) -> list[Fact | dict[str, Any] | KilnError]:
         batch = writes if type(writes) is list else list(writes)
         return self._log.commit(batch, atomic=False, wire=wire) if batch else []

@@ -13,7 +13,6 @@ or report the connection or the server, not a database; the transport handles th
 from __future__ import annotations
 
 from collections.abc import Callable
-from operator import itemgetter
 from typing import Any
 
 import orjson
@@ -47,7 +46,6 @@ def _facts(facts: list[Fact]) -> list[dict[str, Any]]:
 
 
 #: A write's options in the order of Write's fields after ``value``.
-_positional_options = itemgetter(*WRITE_OPTIONS)
 assert Write._fields[3 : 3 + len(WRITE_OPTIONS)] == WRITE_OPTIONS
 
 
@@ -272,10 +270,9 @@ class Dispatcher:
         position that must be durable before any of the facts is acknowledged.
         """
         self._check_writable("write", database)
-        writes = [
-            Write(p["store"], p["key"], p["value"], *_positional_options(p))
-            for p in (request.params for request in requests)
-        ]
+        # The checked params carry every field of a Write by name: the core takes them
+        # as they are.
+        writes = [request.params for request in requests]
         with self.databases.use(database) as db, db.defer_durability() as positions:
             outcomes = db.write_each_wire(writes)
         return outcomes, db, max(positions, default=0)

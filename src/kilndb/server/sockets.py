@@ -372,7 +372,7 @@ class _Connection(asyncio.Protocol):
             return _Slot(ServerConnection.reply(request_id))
         if request.database is None and op != "remove_database":
             # Resolved now: a later hello {database} must not redirect a queued request.
-            request = request._replace(database=self.database)
+            request = Request(op, request.params, request_id, self.database)
         try:
             if self.principal is None:
                 raise AuthenticationError("authenticate first: hello {token}")

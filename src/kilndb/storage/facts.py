@@ -75,7 +75,7 @@ class FactLog(Log):
 
     def commit(
         self,
-        writes: list[Write],
+        writes: list[Write] | list[Write | dict[str, Any]],
         *,
         atomic: bool,
         trusted: bool = False,
