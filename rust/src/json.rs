@@ -96,15 +96,17 @@ fn escape_mask(word: u64) -> u64 {
     has_zero(quote) | has_zero(backslash) | has_zero(control)
 }
 
+/// The little-endian u64 at `s[at..at + 8]`.
 #[inline(always)]
-fn load8(s: &[u8], at: usize) -> u64 {
+pub(crate) fn load8(s: &[u8], at: usize) -> u64 {
     let mut word = [0u8; 8];
     word.copy_from_slice(&s[at..at + 8]);
     u64::from_le_bytes(word)
 }
 
+/// The little-endian u32 at `s[at..at + 4]`, widened.
 #[inline(always)]
-fn load4(s: &[u8], at: usize) -> u64 {
+pub(crate) fn load4(s: &[u8], at: usize) -> u64 {
     let mut word = [0u8; 4];
     word.copy_from_slice(&s[at..at + 4]);
     u64::from(u32::from_le_bytes(word))

@@ -856,19 +856,7 @@ impl ParseState {
 /// thread) simply goes without it.
 static PARSE_STATE: parking_lot::Mutex<Option<ParseState>> = parking_lot::Mutex::new(None);
 
-#[inline(always)]
-fn load8(s: &[u8], at: usize) -> u64 {
-    let mut word = [0u8; 8];
-    word.copy_from_slice(&s[at..at + 8]);
-    u64::from_le_bytes(word)
-}
-
-#[inline(always)]
-fn load4(s: &[u8], at: usize) -> u64 {
-    let mut word = [0u8; 4];
-    word.copy_from_slice(&s[at..at + 4]);
-    u64::from(u32::from_le_bytes(word))
-}
+use crate::json::{load4, load8};
 
 /// Two words that, with the length, tell short byte strings apart (overlapping loads,
 /// no calls): exact for up to 16 bytes, the ends of longer ones.

@@ -30,14 +30,16 @@ pub struct FactHead<'a> {
     pub escaped: bool,
 }
 
-struct Cursor<'a> {
-    buf: &'a [u8],
-    at: usize,
-    escaped: bool,
+const MAX_DEPTH: usize = 1024;
+
+/// A walk over a record's JSON, checking every byte it passes.
+pub(crate) struct Walk<'a> {
+    pub(crate) buf: &'a [u8],
+    pub(crate) at: usize,
 }
 
-impl<'a> Cursor<'a> {
-    fn literal(&mut self, text: &[u8]) -> Option<()> {
+impl<'a> Walk<'a> {
+    pub(crate) fn literal(&mut self, text: &[u8]) -> Option<()> {
         if self.buf.get(self.at..self.at + text.len())? == text {
             self.at += text.len();
             Some(())
@@ -46,10 +48,17 @@ impl<'a> Cursor<'a> {
         }
     }
 
-    /// A JSON string's contents (between the quotes, escapes left as they are).
-    fn string(&mut self) -> Option<&'a [u8]> {
+    pub(crate) fn peek(&self) -> Option<u8> {
+        self.buf.get(self.at).copied()
+    }
+
+    /// A JSON string, decoded.
+    /// A JSON string's contents as they are (between the quotes, escapes not decoded),
+    /// and whether it holds an escape.
+    pub(crate) fn raw_string(&mut self) -> Option<(&'a [u8], bool)> {
         self.literal(b"\"")?;
         let start = self.at;
+        let mut escaped = false;
         loop {
             let rest = self.buf.get(self.at..)?;
             let found = memchr::memchr2(b'"', b'\\', rest)?;
@@ -57,55 +66,210 @@ impl<'a> Cursor<'a> {
             if self.buf[self.at] == b'"' {
                 let text = &self.buf[start..self.at];
                 self.at += 1;
-                return Some(text);
+                return Some((text, escaped));
             }
-            self.escaped = true;
+            escaped = true;
             self.at += 2; // the backslash and the character it escapes
         }
     }
 
-    fn unsigned(&mut self) -> Option<u64> {
-        let start = self.at;
-        let mut value: u64 = 0;
-        while let Some(&digit) = self.buf.get(self.at) {
-            if !digit.is_ascii_digit() {
-                break;
+    pub(crate) fn string(&mut self) -> Option<String> {
+        self.literal(b"\"")?;
+        let mut out: Vec<u8> = Vec::new();
+        loop {
+            let rest = self.buf.get(self.at..)?;
+            let found = memchr::memchr2(b'"', b'\\', rest)?;
+            let chunk = &rest[..found];
+            if chunk.iter().any(|&b| b < 0x20) {
+                return None;
             }
-            value = value
-                .checked_mul(10)?
-                .checked_add(u64::from(digit - b'0'))?;
+            out.extend_from_slice(chunk);
+            self.at += found;
+            if self.buf[self.at] == b'"' {
+                self.at += 1;
+                return String::from_utf8(out).ok();
+            }
+            self.at += 1;
+            let escape = self.peek()?;
+            self.at += 1;
+            match escape {
+                b'"' => out.push(b'"'),
+                b'\\' => out.push(b'\\'),
+                b'/' => out.push(b'/'),
+                b'b' => out.push(8),
+                b'f' => out.push(12),
+                b'n' => out.push(b'\n'),
+                b'r' => out.push(b'\r'),
+                b't' => out.push(b'\t'),
+                b'u' => {
+                    let mut code = self.hex4()?;
+                    if (0xD800..0xDC00).contains(&code) {
+                        self.literal(b"\\u")?;
+                        let low = self.hex4()?;
+                        if !(0xDC00..0xE000).contains(&low) {
+                            return None;
+                        }
+                        code = 0x10000 + ((code - 0xD800) << 10) + (low - 0xDC00);
+                    } else if (0xDC00..0xE000).contains(&code) {
+                        return None;
+                    }
+                    let ch = char::from_u32(code)?;
+                    let mut utf8 = [0u8; 4];
+                    out.extend_from_slice(ch.encode_utf8(&mut utf8).as_bytes());
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    fn hex4(&mut self) -> Option<u32> {
+        let digits = self.buf.get(self.at..self.at + 4)?;
+        let text = std::str::from_utf8(digits).ok()?;
+        let code = u32::from_str_radix(text, 16).ok()?;
+        if !digits.iter().all(u8::is_ascii_hexdigit) {
+            return None;
+        }
+        self.at += 4;
+        Some(code)
+    }
+
+    /// A JSON number's text.
+    pub(crate) fn number(&mut self) -> Option<&'a str> {
+        let start = self.at;
+        if self.peek() == Some(b'-') {
             self.at += 1;
         }
-        (self.at > start).then_some(value)
+        match self.peek()? {
+            b'0' => self.at += 1,
+            b'1'..=b'9' => self.digits(),
+            _ => return None,
+        }
+        if self.peek() == Some(b'.') {
+            self.at += 1;
+            let before = self.at;
+            self.digits();
+            if self.at == before {
+                return None;
+            }
+        }
+        if matches!(self.peek(), Some(b'e') | Some(b'E')) {
+            self.at += 1;
+            if matches!(self.peek(), Some(b'+') | Some(b'-')) {
+                self.at += 1;
+            }
+            let before = self.at;
+            self.digits();
+            if self.at == before {
+                return None;
+            }
+        }
+        std::str::from_utf8(&self.buf[start..self.at]).ok()
+    }
+
+    fn digits(&mut self) {
+        while matches!(self.peek(), Some(b'0'..=b'9')) {
+            self.at += 1;
+        }
+    }
+
+    fn whitespace(&mut self) {
+        while matches!(self.peek(), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+            self.at += 1;
+        }
+    }
+
+    /// Skip one JSON value, checking it.
+    pub(crate) fn value(&mut self, depth: usize) -> Option<()> {
+        if depth > MAX_DEPTH {
+            return None;
+        }
+        self.whitespace();
+        match self.peek()? {
+            b'"' => {
+                self.string()?;
+            }
+            b'{' => {
+                self.at += 1;
+                self.whitespace();
+                if self.peek()? == b'}' {
+                    self.at += 1;
+                    return Some(());
+                }
+                loop {
+                    self.whitespace();
+                    self.string()?;
+                    self.whitespace();
+                    self.literal(b":")?;
+                    self.value(depth + 1)?;
+                    self.whitespace();
+                    match self.peek()? {
+                        b',' => self.at += 1,
+                        b'}' => {
+                            self.at += 1;
+                            return Some(());
+                        }
+                        _ => return None,
+                    }
+                }
+            }
+            b'[' => {
+                self.at += 1;
+                self.whitespace();
+                if self.peek()? == b']' {
+                    self.at += 1;
+                    return Some(());
+                }
+                loop {
+                    self.value(depth + 1)?;
+                    self.whitespace();
+                    match self.peek()? {
+                        b',' => self.at += 1,
+                        b']' => {
+                            self.at += 1;
+                            return Some(());
+                        }
+                        _ => return None,
+                    }
+                }
+            }
+            b't' => self.literal(b"true")?,
+            b'f' => self.literal(b"false")?,
+            b'n' => self.literal(b"null")?,
+            _ => {
+                self.number()?;
+            }
+        }
+        Some(())
+    }
+
+    pub(crate) fn unsigned(&mut self) -> Option<u64> {
+        let text = self.number()?;
+        text.parse::<u64>().ok()
     }
 }
 
 /// The leading fields of a fact record, or None if `body` is not one laid out as
 /// KilnDB writes them (the caller then parses it as JSON).
 pub fn fact_head(body: &[u8]) -> Option<FactHead<'_>> {
-    let mut cursor = Cursor {
-        buf: body,
-        at: 0,
-        escaped: false,
-    };
-    cursor.literal(FACT_PREFIX)?;
-    let id = cursor.string()?;
-    cursor.literal(b",\"store\":")?;
-    let store = cursor.string()?;
-    cursor.literal(b",\"key\":")?;
-    let key = cursor.string()?;
-    cursor.literal(b",\"seq\":")?;
-    let seq = cursor.unsigned()?;
-    cursor.literal(b",\"position\":")?;
-    let position = cursor.unsigned()?;
-    cursor.literal(b",")?;
+    let mut w = Walk { buf: body, at: 0 };
+    w.literal(FACT_PREFIX)?;
+    let (id, id_escaped) = w.raw_string()?;
+    w.literal(b",\"store\":")?;
+    let (store, store_escaped) = w.raw_string()?;
+    w.literal(b",\"key\":")?;
+    let (key, key_escaped) = w.raw_string()?;
+    w.literal(b",\"seq\":")?;
+    let seq = w.unsigned()?;
+    w.literal(b",\"position\":")?;
+    let position = w.unsigned()?;
+    w.literal(b",")?;
     Some(FactHead {
         id,
         store,
         key,
         seq,
         position,
-        escaped: cursor.escaped,
+        escaped: id_escaped || store_escaped || key_escaped,
     })
 }
 
