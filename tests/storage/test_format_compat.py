@@ -11,12 +11,14 @@ from __future__ import annotations
 import shutil
 import tarfile
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import orjson
 import pytest
 
 import kilndb
+from kilndb.engine import database as database_module
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 EXPECTED: dict[str, Any] = orjson.loads((FIXTURES / "v1-expected.json").read_bytes())
@@ -39,7 +41,7 @@ def snapshot(db: kilndb.Database) -> dict[str, Any]:
     }
 
 
-def test_a_v1_data_directory_reads_the_same(v1_data: Path) -> None:
+def test_a_v1_data_directory_reads_the_same(v1_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with kilndb.open(v1_data) as db:
         assert snapshot(db) == EXPECTED
         # The stored JSON of each fact is what the v1 engine wrote, byte for byte.
@@ -53,7 +55,12 @@ def test_a_v1_data_directory_reads_the_same(v1_data: Path) -> None:
             else:
                 assert read is not None and read.position >= fact["position"]
         assert db.store("tasks").write("idempotent", 2, id="cmd-1").value == 1
-        assert [lease.key for lease in db.leases()] == ["job"]
+
+    # The lease taken in v1 for an hour is held, read at the time it was taken.
+    taken_at = next(f for f in EXPECTED["replay"] if f["key"] == "fenced")["transaction_time"]
+    monkeypatch.setattr(database_module, "time", SimpleNamespace(time=lambda: taken_at))
+    with kilndb.open(v1_data) as db:
+        assert [(lease.key, lease.holder) for lease in db.leases()] == [("job", "w1")]
 
 
 def test_a_v1_data_directory_reads_the_same_without_its_hints(v1_data: Path) -> None:
