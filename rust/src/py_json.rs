@@ -911,6 +911,10 @@ struct PyBuilder<'py, 'c> {
     ordinal: usize,
     /// Keys the cache let go of during the parse (see [`Obj`]).
     graveyard: Vec<NonNull<ffi::PyObject>>,
+    root_ptr: *mut ffi::PyObject,
+    /// An instance the document's top-level object fills as attributes (taken by the
+    /// first `object()`), instead of a new dict.
+    root: Option<Obj>,
 }
 
 impl PyBuilder<'_, '_> {
@@ -1070,11 +1074,26 @@ impl Builder for PyBuilder<'_, '_> {
 
     #[inline(always)]
     fn object(&mut self) -> Result<Obj, Failed> {
+        if let Some(root) = self.root.take() {
+            self.root_ptr = root.as_ptr();
+            return Ok(root);
+        }
         self.made(unsafe { ffi::PyDict_New() })
     }
 
     #[inline(always)]
     fn set(&mut self, object: &Obj, key: Obj, value: Obj) -> Result<(), Failed> {
+        if object.as_ptr() == self.root_ptr {
+            // SAFETY: the root is a live instance of an ordinary class and `key` a str;
+            // the generic setter stores into its managed dict as `object.__setattr__`.
+            if unsafe {
+                ffi::PyObject_GenericSetAttr(object.as_ptr(), key.as_ptr(), value.as_ptr())
+            } != 0
+            {
+                return Err(self.failed());
+            }
+            return Ok(());
+        }
         // SAFETY: `object` is a dict made by `object()`, `key` a str.
         if unsafe { ffi::PyDict_SetItem(object.as_ptr(), key.as_ptr(), value.as_ptr()) } != 0 {
             return Err(self.failed());
@@ -1177,6 +1196,8 @@ fn with_parse_state<'py, T>(
                 error: None,
                 ordinal: 0,
                 graveyard: Vec::new(),
+                root_ptr: std::ptr::null_mut(),
+                root: None,
             };
             let result = body(&mut builder, &mut state.scratch);
             builder.bury();
@@ -1189,10 +1210,37 @@ fn with_parse_state<'py, T>(
                 error: None,
                 ordinal: 0,
                 graveyard: Vec::new(),
+                root_ptr: std::ptr::null_mut(),
+                root: None,
             };
             body(&mut builder, &mut Scratch::default())
         }
     }
+}
+
+/// A new instance of `cls` whose attributes are the members of the JSON object `data`
+/// (set as `object.__setattr__` would, so a class keeps its attributes compact).
+pub(crate) fn loads_instance<'py>(
+    py: Python<'py>,
+    data: &[u8],
+    cls: &Bound<'py, pyo3::types::PyType>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let instance = crate::pyfact::bare_instance(py, cls)?;
+    with_parse_state(py, |builder, scratch| {
+        builder.root = Some(Obj(NonNull::new(instance.clone().into_ptr()).expect("live")));
+        let parsed = parse_bytes(py, data, builder, scratch);
+        builder.root = None;
+        builder.root_ptr = std::ptr::null_mut();
+        let parsed = parsed?;
+        if parsed.as_ptr() != instance.as_ptr() {
+            return Err(crate::errors::kiln_error(
+                py,
+                "KilnError",
+                ("a fact record is not a JSON object",),
+            ));
+        }
+        Ok(parsed)
+    })
 }
 
 /// The Python value of the JSON document `data`, for the core's own callers.

@@ -1,8 +1,10 @@
 //! Building `kilndb.Fact` objects and private copies of values from the core.
 //!
-//! `Fact` is a frozen dataclass that is deliberately not slotted: a fact is materialised
-//! by allocating the instance and handing it its `__dict__` (the record's fields, in
-//! record order), which skips the dataclass `__init__` and its fifteen `setattr` calls.
+//! `Fact` is a frozen dataclass that is deliberately not slotted. A fact is materialised
+//! as `object.__new__(Fact)` followed by the generic attribute setter for each field (in
+//! record order), straight from the parsed record or the staged write: it skips the
+//! dataclass `__init__` and keeps the fields in CPython's compact per-class attribute
+//! storage rather than in a dict of their own.
 
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple, PyType};
@@ -29,6 +31,49 @@ pub fn new_fact<'py>(
         }
         Ok(fact)
     }
+}
+
+/// A new instance of the ordinary class `cls`, as `object.__new__(cls)` makes it
+/// (its attribute storage ready for `object.__setattr__`), without calling `__init__`.
+pub fn bare_instance<'py>(
+    py: Python<'py>,
+    cls: &Bound<'py, PyType>,
+) -> PyResult<Bound<'py, PyAny>> {
+    // SAFETY: PyBaseObject_Type is `object`; its tp_new slot is object_new, called with
+    // a live type and an empty argument tuple as `object.__new__(cls)` would be. It
+    // returns a new reference or NULL with an exception set.
+    unsafe {
+        let new = pyo3::ffi::PyType_GetSlot(
+            std::ptr::addr_of_mut!(pyo3::ffi::PyBaseObject_Type),
+            pyo3::ffi::Py_tp_new,
+        );
+        let new: pyo3::ffi::newfunc = std::mem::transmute(new);
+        let args = PyTuple::empty(py);
+        let raw = new(cls.as_type_ptr(), args.as_ptr(), std::ptr::null_mut());
+        Bound::from_owned_ptr_or_err(py, raw)
+    }
+}
+
+/// A new instance of `cls` with each of `names` set to its value, as the dataclass's
+/// own `__init__` would store them (without running it).
+pub fn fact_with<'py, const N: usize>(
+    py: Python<'py>,
+    cls: &Bound<'py, PyType>,
+    names: &[Py<PyString>],
+    values: [Bound<'py, PyAny>; N],
+) -> PyResult<Bound<'py, PyAny>> {
+    let fact = bare_instance(py, cls)?;
+    for (name, value) in names.iter().zip(values) {
+        // SAFETY: `fact` is a live instance of an ordinary class, `name` a str; the
+        // generic setter is `object.__setattr__` (it bypasses the frozen `__setattr__`).
+        if unsafe {
+            pyo3::ffi::PyObject_GenericSetAttr(fact.as_ptr(), name.as_ptr(), value.as_ptr())
+        } != 0
+        {
+            return Err(PyErr::fetch(py));
+        }
+    }
+    Ok(fact)
 }
 
 /// The value a reader sees of `value` (which serialised natively): immutable scalars

@@ -5,7 +5,7 @@
 //! before it is decoded, and damage raises `CorruptRecordError(path, offset)`.
 
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList, PyType};
+use pyo3::types::{PyBytes, PyList, PyType};
 
 use crate::errors::{corrupt_record, guard, storage_error};
 use crate::frame;
@@ -127,12 +127,7 @@ fn read<'py>(
                     _ => return Err(corrupt_record(py, &files[run.file].1, offset)),
                 };
                 match fact_type {
-                    Some(cls) => {
-                        let record = crate::jsonw::decoded(py, body)?
-                            .into_bound(py)
-                            .cast_into::<PyDict>()?;
-                        out.append(crate::pyfact::new_fact(py, cls, record)?)?;
-                    }
+                    Some(cls) => out.append(crate::py_json::loads_instance(py, body, cls)?)?,
                     None => out.append(PyBytes::new(py, body))?,
                 }
             }

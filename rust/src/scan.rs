@@ -155,17 +155,18 @@ impl FactScanner {
                     out.append(pair)?;
                     continue;
                 }
-                let record = match parsed {
-                    Some(record) => record,
-                    None => crate::jsonw::decoded(py, body)?
-                        .into_bound(py)
-                        .cast_into::<PyDict>()?,
-                };
-                out.append(crate::pyfact::new_fact(
-                    py,
-                    self.fact_type.bind(py),
-                    record,
-                )?)?;
+                match parsed {
+                    Some(record) => out.append(crate::pyfact::new_fact(
+                        py,
+                        self.fact_type.bind(py),
+                        record,
+                    )?)?,
+                    None => out.append(crate::py_json::loads_instance(
+                        py,
+                        body,
+                        self.fact_type.bind(py),
+                    )?)?,
+                }
             }
             Ok(Some(out))
         })

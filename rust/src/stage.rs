@@ -662,7 +662,6 @@ impl Stager {
                         .call1((PyBytes::new(py, &frames[body]),))?
                         .unbind()
                 } else {
-                    let dict = PyDict::new(py);
                     let id_obj: Bound<'_, PyAny> = match &w.id {
                         Some(id) => id.bind(py).clone().into_any(),
                         None => PyString::new(py, &fact_id).into_any(),
@@ -693,10 +692,7 @@ impl Stager {
                         w.metadata.bind(py).clone().into_any(),
                         PyBool::new(py, w.deleted).to_owned().into_any(),
                     ];
-                    for (name, value) in names.iter().zip(values) {
-                        dict.set_item(name.bind(py), value)?;
-                    }
-                    crate::pyfact::new_fact(py, self.fact_type.bind(py), dict)?.unbind()
+                    crate::pyfact::fact_with(py, self.fact_type.bind(py), names, values)?.unbind()
                 };
                 frames.extend_from_slice(&crc.to_be_bytes());
                 if let Some(id_text) = &w.id_text {
