@@ -417,14 +417,19 @@ class _Connection(asyncio.Protocol):
     def _quick(self, batch: list[tuple[Request, _Slot]]) -> bool:
         """Whether a batch is cheap enough to apply on the event loop: only bounded
         ops (see QUICK_OPS), on databases that are open already."""
-        databases = self.server.databases
+        server = self.server
+        databases = server.databases
+        checked: set[str] = set()
         for request, _ in batch:
-            if request.op not in QUICK_OPS or self.server.replicas_for(request):
+            if request.op not in QUICK_OPS or server.replicas_for(request):
                 return False  # waiting for followers' acks must not hold the loop
             if request.op == "write_many" and len(request.params["writes"]) > QUICK_BATCH:
                 return False
-            if not databases.is_open(request.database or self.database):
-                return False
+            name = request.database or self.database
+            if name not in checked:
+                if not databases.is_open(name):
+                    return False
+                checked.add(name)
         return True
 
     def _apply_job(self, batch: list[tuple[Request, _Slot]]) -> None:
@@ -464,25 +469,31 @@ class _Connection(asyncio.Protocol):
                 db.wait_durable(position)
             except KilnError as exc:
                 failures[key] = exc
+        server = self.server
+        reply = ServerConnection.reply
+        single_facts = 0  # single-fact writes answered, counted once for the batch
         for slot, request, error_frame, db, position, result in applied:
             if error_frame is not None:
                 slot.frame = error_frame
                 continue
             failure = failures.get(id(db))
-            replicas = self.server.replicas_for(request)
-            if failure is None and replicas and position:
+            if failure is None and position and (replicas := server.replicas_for(request)):
                 try:
-                    self.server.wait_replicas(db.name, position, replicas)
+                    server.wait_replicas(db.name, position, replicas)
                 except KilnError as exc:
                     failure = exc
             try:
-                slot.frame = (
-                    self._reply(request, result)
-                    if failure is None
-                    else self._failed(request, failure)
-                )
+                if failure is not None:
+                    slot.frame = self._failed(request, failure)
+                elif request.op in _SINGLE_WRITES:
+                    slot.frame = reply(request.request_id, **result)
+                    single_facts += 1
+                else:
+                    slot.frame = self._reply(request, result)
             except Exception as exc:  # never leave a reply slot empty: it would stall
                 slot.frame = self._refused(request, exc)[0]
+        if single_facts:
+            server.count("facts_written", single_facts)
 
     def _to_loop(self, callback: Any, *args: Any) -> None:
         with contextlib.suppress(RuntimeError):  # a stopped loop: the server is gone
