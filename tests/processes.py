@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -11,13 +12,26 @@ from pathlib import Path
 KILN = Path(sys.executable).with_name("kiln")
 
 
-def start_server(data: Path, *options: str) -> tuple[subprocess.Popen[str], str]:
-    """``kiln --data DATA serve --port 0 OPTIONS…``; the process and its tcp:// address."""
+def start_server(
+    data: Path, *options: str, source: Path | None = None
+) -> tuple[subprocess.Popen[str], str]:
+    """``kiln --data DATA serve --port 0 OPTIONS…``; the process and its tcp:// address.
+
+    ``source``: a directory holding another version's ``kilndb`` package, run instead of
+    the installed one (``python -m kilndb.cli`` with it first on the path).
+    """
+    command = [str(KILN)]
+    env = None
+    if source is not None:
+        command = [sys.executable, "-m", "kilndb.cli"]
+        env = {**os.environ, "PYTHONPATH": str(source)}
     process = subprocess.Popen(
-        [str(KILN), "--data", str(data), "serve", "--port", "0", *options],
+        [*command, "--data", str(data), "serve", "--port", "0", *options],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,  # never read: a full pipe would block the server
         text=True,
+        env=env,
+        cwd=None if source is None else source,
     )
     assert process.stdout is not None
     deadline = time.monotonic() + 30
