@@ -19,6 +19,7 @@ mod py_keydir;
 mod pyfact;
 mod read;
 pub mod record;
+mod requests;
 mod scan;
 mod stage;
 
@@ -49,6 +50,8 @@ fn _core(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(read::read_records, module)?)?;
     module.add_function(wrap_pyfunction!(read::read_planned, module)?)?;
     module.add_class::<scan::FactScanner>()?;
+    module.add_function(wrap_pyfunction!(requests::plain_write_run, module)?)?;
+    module.add_function(wrap_pyfunction!(requests::write_replies, module)?)?;
     module.add_class::<stage::Stager>()?;
     module.add_class::<stage::Staged>()?;
     module.add_function(wrap_pyfunction!(_panic_for_tests, module)?)?;

@@ -521,9 +521,10 @@ impl Stager {
     /// `keydir` gives the state of the keys; `log` answers `_stored_position(id)` and
     /// `_stored_fact(position)` for writes with an id. With `atomic`, the first refused write raises and
     /// the facts are framed as one batch; otherwise each refused write's outcome is its
-    /// error. `wire` makes the outcomes of written facts `orjson.Fragment`s of their JSON.
+    /// error. `wire` makes the outcomes of written facts `orjson.Fragment`s of their JSON
+    /// (with `raw`, that JSON as bytes).
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (writes, log, keydir, next_position, ttime, atomic, trusted, max_record_bytes, wire = false))]
+    #[pyo3(signature = (writes, log, keydir, next_position, ttime, atomic, trusted, max_record_bytes, wire = false, raw = false))]
     fn stage(
         &self,
         py: Python<'_>,
@@ -536,6 +537,7 @@ impl Stager {
         trusted: bool,
         max_record_bytes: u64,
         wire: bool,
+        raw: bool,
     ) -> PyResult<Staged> {
         guard(py, || {
             let _pause = crate::pyfact::GcPause::new(py);
@@ -656,7 +658,9 @@ impl Stager {
                     .copy_from_slice(&(body_len as u32).to_be_bytes());
                 let body = start + frame::HEADER_SIZE..frames.len();
                 let crc = frame::crc32(&frames[body.clone()]);
-                let fact = if wire {
+                let fact = if wire && raw {
+                    PyBytes::new(py, &frames[body]).into_any().unbind()
+                } else if wire {
                     self.fragment
                         .bind(py)
                         .call1((PyBytes::new(py, &frames[body]),))?

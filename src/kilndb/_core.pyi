@@ -18,6 +18,16 @@ def encode_frame(body: bytes) -> bytes:
 def encode_frames(bodies: list[bytes]) -> bytes:
     """The frames of ``bodies``, back to back."""
 
+def plain_write_run(bodies: list[bytes], start: int) -> tuple[list[dict[str, Any]], int]:
+    """The run of plain write requests in ``bodies`` from ``start`` (``{"op": "write",
+    "store": str, "key": str, "value": …}`` with at most a ``request_id`` besides): their
+    parsed envelopes, each its own checked params, and the index just after the run."""
+
+def write_replies(envelopes: list[dict[str, Any]], outcomes: list[Any]) -> bytes | None:
+    """The reply frames of a run of plain writes whose outcomes are their facts' stored
+    JSON (bytes), back to back, each echoing its request id; None if an outcome is
+    anything else (its replies are built one by one)."""
+
 def dumps(value: object, sort_keys: bool = False) -> bytes | None:
     """``orjson.dumps(value, option=OPT_PASSTHROUGH_DATETIME | OPT_PASSTHROUGH_DATACLASS
     [| OPT_SORT_KEYS])``, byte for byte, for plain JSON values: None, bool, int, float,
@@ -145,11 +155,13 @@ class Stager:
         trusted: bool,
         max_record_bytes: int,
         wire: bool = False,
+        raw: bool = False,
     ) -> Staged:
         """Prepare and stage ``writes`` at positions from ``next_position`` (hold the
         log lock) against the keys' state in ``keydir``; ``log`` answers
         ``_stored_position(id)`` and ``_stored_fact(position)``. Raises the first refusal
-        of an atomic batch."""
+        of an atomic batch. ``wire``: a written fact's outcome is its stored JSON, as an
+        ``orjson.Fragment`` (with ``raw``, as bytes)."""
 
 @final
 class FactScanner:

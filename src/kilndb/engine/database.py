@@ -457,21 +457,22 @@ class Database:
         return self._write_each(writes, wire=False)  # type: ignore[return-value]
 
     def write_each_wire(
-        self, writes: Iterable[Write | dict[str, Any]]
-    ) -> list[dict[str, Any] | orjson.Fragment | KilnError]:
+        self, writes: Iterable[Write | dict[str, Any]], *, as_bytes: bool = False
+    ) -> list[dict[str, Any] | orjson.Fragment | bytes | KilnError]:
         """:meth:`write_each` for transports: each written fact as its stored JSON (an
-        ``orjson.Fragment``, embedded as it is), a retried one as its ``to_dict()``.
+        ``orjson.Fragment``, embedded as it is; with ``as_bytes``, the bytes), a retried
+        one as its ``to_dict()``.
 
         A write may also be given as a write request's checked params (a dict with the
-        fields of :class:`Write` by name; absent options take their defaults), which
-        saves building a Write per request."""
-        return self._write_each(writes, wire=True)  # type: ignore[return-value]
+        fields of :class:`Write` by name; absent options take their defaults, other keys
+        are ignored), which saves building a Write per request."""
+        return self._write_each(writes, wire=True, raw=as_bytes)  # type: ignore[return-value]
 
     def _write_each(
-        self, writes: Iterable[Write | dict[str, Any]], wire: bool
+        self, writes: Iterable[Write | dict[str, Any]], wire: bool, raw: bool = False
     ) -> list[Fact | dict[str, Any] | KilnError]:
         batch = writes if type(writes) is list else list(writes)
-        return self._log.commit(batch, atomic=False, wire=wire) if batch else []
+        return self._log.commit(batch, atomic=False, wire=wire, raw=raw) if batch else []
 
     # -- reading ---------------------------------------------------------------------
 

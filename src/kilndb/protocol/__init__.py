@@ -13,6 +13,7 @@ from kilndb.protocol.connection import (
     Event,
     Request,
     ServerConnection,
+    WriteRun,
     parse_request,
 )
 from kilndb.protocol.ops import OPS, check_params
@@ -25,6 +26,7 @@ __all__ = [
     "Event",
     "Request",
     "ServerConnection",
+    "WriteRun",
     "check_params",
     "parse_request",
 ]

@@ -13,6 +13,13 @@ A transport (an asyncio Protocol, a test) feeds received bytes to
     no ``op``, an unknown op, a wrong-typed field. The stream is still in step: the
     transport answers it with :meth:`ServerConnection.error` (in request order, like any
     reply) and goes on.
+:class:`WriteRun`
+    two or more consecutive *plain writes* (``{"op": "write", "store", "key", "value"}``
+    and at most a ``request_id``: nothing to check field by field, no option, no
+    database of their own), recognised in one call into the core. Each envelope is its
+    own checked params; a transport may commit the run as one group and frame its
+    replies with :meth:`ServerConnection.write_replies`, or take it apart with
+    :meth:`WriteRun.requests` and answer each like any request.
 :class:`ConnectionBroken`
     the byte stream lost its framing — an oversize frame or a CRC mismatch. Nothing
     after it can be trusted: the transport sends :meth:`ServerConnection.error` as a
@@ -46,6 +53,7 @@ __all__ = [
     "Event",
     "Request",
     "ServerConnection",
+    "WriteRun",
 ]
 
 #: Version of the native protocol, announced and checked by ``hello``.
@@ -79,7 +87,25 @@ class ConnectionBroken:
     error: ProtocolError
 
 
-Event = Request | BadRequest | ConnectionBroken
+@dataclass(frozen=True, slots=True)
+class WriteRun:
+    """Consecutive plain write requests (see the module docs), in arrival order."""
+
+    envelopes: list[dict[str, Any]]
+
+    def requests(self) -> list[Request]:
+        """The run as the requests :func:`parse_request` makes of its frames."""
+        return [
+            Request("write", _plain_write_params(envelope), _request_id(envelope), None)
+            for envelope in self.envelopes
+        ]
+
+
+Event = Request | BadRequest | WriteRun | ConnectionBroken
+
+
+def _plain_write_params(envelope: dict[str, Any]) -> dict[str, Any]:
+    return OPS["write"](envelope)
 
 
 def _request_id(body: dict[str, Any]) -> Any:
@@ -134,13 +160,24 @@ class ServerConnection:
         if self.broken is not None:
             return []
         events: list[Event] = []
+        bodies: list[bytes] = []
         try:
             self._decoder.feed(data)
             while (body := self._decoder.next_frame()) is not None:
-                self.requests += 1
-                events.append(parse_request(body))
+                bodies.append(body)
         except ProtocolError as exc:
             self.broken = ConnectionBroken(exc)
+        self.requests += len(bodies)
+        i, count = 0, len(bodies)
+        while i < count:
+            envelopes, end = _core.plain_write_run(bodies, i)
+            if end - i > 1:
+                events.append(WriteRun(envelopes))
+                i = end
+            else:
+                events.append(parse_request(bodies[i]))
+                i += 1
+        if self.broken is not None:
             events.append(self.broken)
         return events
 
@@ -151,6 +188,13 @@ class ServerConnection:
         if request_id is not None:
             body["request_id"] = request_id
         return encode_frame(orjson.dumps(body))
+
+    @staticmethod
+    def write_replies(run: WriteRun, outcomes: list[Any]) -> bytes | None:
+        """The replies of a run whose every write was committed, back to back (what
+        :meth:`reply` makes of each ``fact=`` its stored JSON, given as bytes); None if
+        an outcome is anything else."""
+        return _core.write_replies(run.envelopes, outcomes)
 
     @staticmethod
     def error(error: KilnError, request_id: Any = None) -> bytes:

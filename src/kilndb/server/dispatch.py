@@ -269,10 +269,21 @@ class Dispatcher:
         Returns each write's fact (as a wire dict) or error, the database and the
         position that must be durable before any of the facts is acknowledged.
         """
-        self._check_writable("write", database)
         # The checked params carry every field of a Write by name: the core takes them
         # as they are.
-        writes = [request.params for request in requests]
+        return self._write_each([request.params for request in requests], database, False)
+
+    def apply_write_run(
+        self, envelopes: list[dict[str, Any]], database: str
+    ) -> tuple[list[bytes | KilnError], Database, int]:
+        """:meth:`apply_writes` for a :class:`~kilndb.protocol.WriteRun`: each envelope
+        is its own params, and each written fact comes back as its stored JSON (bytes)."""
+        return self._write_each(envelopes, database, True)
+
+    def _write_each(
+        self, writes: list[dict[str, Any]], database: str, as_bytes: bool
+    ) -> tuple[list[Any], Database, int]:
+        self._check_writable("write", database)
         with self.databases.use(database) as db, db.defer_durability() as positions:
-            outcomes = db.write_each_wire(writes)
+            outcomes = db.write_each_wire(writes, as_bytes=as_bytes)
         return outcomes, db, max(positions, default=0)

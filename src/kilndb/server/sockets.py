@@ -77,6 +77,7 @@ from kilndb.protocol import (
     ConnectionBroken,
     Request,
     ServerConnection,
+    WriteRun,
 )
 from kilndb.replication.follower import Follower
 from kilndb.replication.protocol import PROTOCOL_VERSION as REPLICATION_PROTOCOL
@@ -214,6 +215,10 @@ class _Slot:
 #: database, the position to make durable and the reply fields.
 _Applied = tuple[_Slot, Request, bytes | None, Any, int, dict[str, Any]]
 
+#: The op of the internal request that carries a committed :class:`WriteRun` from its
+#: application to its acknowledgement (never a wire op).
+_RUN = "kiln.write_run"
+
 #: Ops that write one fact: consecutive ones in a pipeline are committed together.
 _SINGLE_WRITES = frozenset({"write", "write_fact"})
 
@@ -298,6 +303,9 @@ class _Connection(asyncio.Protocol):
             if isinstance(event, Request):
                 counters["requests_total"] += 1
                 pending.append(self._handle(event))
+            elif isinstance(event, WriteRun):
+                counters["requests_total"] += len(event.envelopes)
+                self._write_run(event)
             elif isinstance(event, BadRequest):
                 counters["errors_total"] += 1
                 pending.append(_Slot(ServerConnection.error(event.error, event.request_id)))
@@ -400,6 +408,75 @@ class _Connection(asyncio.Protocol):
         self._queued.append((request, slot))
         return slot
 
+    def _write_run(self, run: WriteRun) -> None:
+        """A run of plain writes to this connection's database: committed on the loop as
+        one group, its replies framed in one call, when nothing is queued before it and
+        the run may be applied right here (see :meth:`_quick`); otherwise taken apart
+        and handled request by request."""
+        server = self.server
+        database = self.database
+        principal = self.principal
+        fast = not (
+            self._queued
+            or self._applying
+            or self.closing
+            or principal is None
+            or server.config.min_insync_replicas
+            or database in server.dispatcher.read_only
+            or not server.databases.is_open(database)
+        )
+        if fast:
+            assert principal is not None
+            try:
+                principal.check("write", database)
+            except KilnError:
+                fast = False  # each write gets its own refusal
+        if not fast:
+            for request in run.requests():
+                self.pending.append(self._handle(request))
+            return
+        slot = _Slot()
+        self.pending.append(slot)
+        started = time.monotonic()
+        try:
+            outcomes, db, position = server.dispatcher.apply_write_run(run.envelopes, database)
+        except Exception as exc:
+            slot.frame = b"".join(self._refusal(request, exc) for request in run.requests())
+            return
+        finally:
+            self._timed("write", started)
+        applied: list[_Applied] = [
+            (
+                slot,
+                Request(_RUN, {"run": run, "outcomes": outcomes}, None, database),
+                None,
+                db,
+                position,
+                {},
+            )
+        ]
+        if position and position > self._written.get(db.name, 0):
+            self._written[db.name] = position
+        server.acknowledge_soon(self, applied)
+
+    def _run_replies(self, run: WriteRun, outcomes: list[Any], failure: KilnError | None) -> bytes:
+        """The replies of a committed run, in order; ``failure``: its fsync failed."""
+        if failure is None:
+            frames = ServerConnection.write_replies(run, outcomes)
+            if frames is not None:
+                self.server.count("facts_written", len(outcomes))
+                return frames
+        parts = []
+        for request, outcome in zip(run.requests(), outcomes, strict=True):
+            if isinstance(outcome, KilnError):
+                parts.append(self._failed(request, outcome))
+            elif failure is not None:
+                parts.append(self._failed(request, failure))
+            else:
+                fact = orjson.Fragment(outcome) if isinstance(outcome, bytes) else outcome
+                parts.append(self._reply(request, {"fact": fact}))
+        return b"".join(parts)
+
     def _apply_next(self) -> None:
         if not self._queued:
             self._applying = False
@@ -477,6 +554,13 @@ class _Connection(asyncio.Protocol):
                 slot.frame = error_frame
                 continue
             failure = failures.get(id(db))
+            if request.op == _RUN:
+                run, outcomes = request.params["run"], request.params["outcomes"]
+                try:
+                    slot.frame = self._run_replies(run, outcomes, failure)
+                except Exception as exc:  # never leave a reply slot empty: it would stall
+                    slot.frame = b"".join(self._refusal(r, exc) for r in run.requests())
+                continue
             if failure is None and position and (replicas := server.replicas_for(request)):
                 try:
                     server.wait_replicas(db.name, position, replicas)
@@ -491,7 +575,7 @@ class _Connection(asyncio.Protocol):
                 else:
                     slot.frame = self._reply(request, result)
             except Exception as exc:  # never leave a reply slot empty: it would stall
-                slot.frame = self._refused(request, exc)[0]
+                slot.frame = self._refusal(request, exc)
         if single_facts:
             server.count("facts_written", single_facts)
 
@@ -616,13 +700,17 @@ class _Connection(asyncio.Protocol):
     def _refused(
         self, request: Request, exc: Exception
     ) -> tuple[bytes | None, Any, int, dict[str, Any]]:
+        return self._refusal(request, exc), None, 0, {}
+
+    def _refusal(self, request: Request, exc: Exception) -> bytes:
+        """The error reply of a request that raised ``exc``."""
         if isinstance(exc, KilnError):
-            return self._failed(request, exc), None, 0, {}
+            return self._failed(request, exc)
         # A bug must not take the connection down silently.
         log.exception("request %s failed", request.op, exc_info=exc)
         self.server.count("errors_total")
         error = KilnError(f"internal error: {exc}")
-        return ServerConnection.error(error, request.request_id), None, 0, {}
+        return ServerConnection.error(error, request.request_id)
 
     def _timed(self, op: str, started: float) -> None:
         elapsed_ms = (time.monotonic() - started) * 1000
@@ -775,7 +863,7 @@ class _Connection(asyncio.Protocol):
                     result = self.server.follow(params["leader"], params["databases"])
                 slot.frame = ServerConnection.reply(request.request_id, **result)
             except Exception as exc:
-                slot.frame = self._refused(request, exc)[0]
+                slot.frame = self._refusal(request, exc)
             self._to_loop(self._flush)
 
         self.server.executor.submit(job)

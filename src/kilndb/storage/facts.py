@@ -80,6 +80,7 @@ class FactLog(Log):
         atomic: bool,
         trusted: bool = False,
         wire: bool = False,
+        raw: bool = False,
         fence: tuple[str, int] | None = None,
     ) -> list[Any]:
         """Stage and append ``writes`` under one lock; one fsync wait for all of them.
@@ -89,8 +90,8 @@ class FactLog(Log):
         ``atomic``, the KilnError that refused it. ``atomic``: the first refused write
         raises, nothing is written, and the facts are framed as one batch. ``trusted``:
         the writes come from KilnDB itself and may use reserved stores. ``wire``:
-        written facts are returned as their JSON (``orjson.Fragment``), stored ones as
-        ``to_dict()``, ready for a transport to encode.
+        written facts are returned as their JSON (``orjson.Fragment``; with ``raw``, bytes),
+        stored ones as ``to_dict()``, ready for a transport to encode.
         """
         with self.lock:
             self.check_open()
@@ -107,6 +108,7 @@ class FactLog(Log):
                 trusted,
                 self.config.max_record_bytes,
                 wire,
+                raw,
             )
             if staged.count:
                 self.append_staged(staged, ttime)
