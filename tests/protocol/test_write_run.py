@@ -33,7 +33,7 @@ def test_runs_of_plain_writes_become_one_event_each() -> None:
         [
             *(frame(write(i)) for i in range(3)),
             frame({"op": "read", "request_id": 3, "store": "s", "key": "k0"}),
-            frame(write(4)),  # a run of one is an ordinary request
+            frame(write(4)),  # a run of one
             encode_frame(b"{not json"),
             *(frame(write(i)) for i in (6, 7)),
             frame(write(8, expected_seq=0)),  # an option: checked field by field
@@ -46,7 +46,7 @@ def test_runs_of_plain_writes_become_one_event_each() -> None:
     assert kinds == [
         "WriteRun",
         "Request",
-        "Request",
+        "WriteRun",
         "BadRequest",
         "WriteRun",
         "Request",

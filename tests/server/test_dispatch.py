@@ -11,7 +11,7 @@ import pytest
 
 import kilndb
 from kilndb.codec import FrameDecoder, encode_frame
-from kilndb.protocol import BadRequest, Request, ServerConnection
+from kilndb.protocol import BadRequest, Request, ServerConnection, WriteRun
 from kilndb.server import CONNECTION_OPS, Dispatcher, NodeManager
 
 
@@ -25,6 +25,8 @@ class Harness:
 
     def call(self, message: dict[str, Any]) -> dict[str, Any]:
         (event,) = self.connection.receive_data(encode_frame(orjson.dumps(message)))
+        if isinstance(event, WriteRun):  # a plain write: a run of one
+            (event,) = event.requests()
         if isinstance(event, BadRequest):
             frame = ServerConnection.error(event.error, event.request_id)
         else:

@@ -14,7 +14,7 @@ A transport (an asyncio Protocol, a test) feeds received bytes to
     transport answers it with :meth:`ServerConnection.error` (in request order, like any
     reply) and goes on.
 :class:`WriteRun`
-    two or more consecutive *plain writes* (``{"op": "write", "store", "key", "value"}``
+    one or more consecutive *plain writes* (``{"op": "write", "store", "key", "value"}``
     and at most a ``request_id``: nothing to check field by field, no option, no
     database of their own), recognised in one call into the core. Each envelope is its
     own checked params; a transport may commit the run as one group and frame its
@@ -171,7 +171,7 @@ class ServerConnection:
         i, count = 0, len(bodies)
         while i < count:
             envelopes, end = _core.plain_write_run(bodies, i)
-            if end - i > 1:
+            if end > i:
                 events.append(WriteRun(envelopes))
                 i = end
             else:
