@@ -231,8 +231,8 @@ def _groupable(request: Request) -> bool:
 #: Ops whose work is small and bounded, applied on the event loop itself (saving two
 #: thread hand-offs, which cost more than the op). Everything else — replay, history,
 #: keys, compaction, opening a database — runs on the worker threads.
-QUICK_OPS = frozenset({"write", "write_fact", "delete", "read", "write_many"})
-#: The largest ``write_many`` applied on the loop.
+QUICK_OPS = frozenset({"write", "write_fact", "delete", "read", "write_many", "produce"})
+#: The largest ``write_many`` (or ``produce``) applied on the loop.
 QUICK_BATCH = 100
 
 
@@ -501,6 +501,8 @@ class _Connection(asyncio.Protocol):
             if request.op not in QUICK_OPS or server.replicas_for(request):
                 return False  # waiting for followers' acks must not hold the loop
             if request.op == "write_many" and len(request.params["writes"]) > QUICK_BATCH:
+                return False
+            if request.op == "produce" and len(request.params["records"]) > QUICK_BATCH:
                 return False
             name = request.database or self.database
             if name not in checked:
