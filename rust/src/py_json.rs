@@ -1270,6 +1270,9 @@ pub(crate) fn dumps_plain(
 #[pyfunction]
 pub fn loads<'py>(py: Python<'py>, data: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
     guard(py, || {
+        // A fresh tree of containers cannot hold a cycle: the collector waits for the end
+        // of the document rather than walking it again and again as it grows.
+        let _pause = crate::pyfact::GcPause::new(py);
         with_parse_state(py, |builder, scratch| parse_one(py, data, builder, scratch))
     })
 }
@@ -1284,6 +1287,7 @@ pub fn loads_many<'py>(
         let out = PyList::empty(py);
         // The bodies are taken first: iterating could run Python code.
         let bodies: Vec<Bound<'py, PyAny>> = bodies.iter().collect();
+        let _pause = crate::pyfact::GcPause::new(py);
         with_parse_state(py, |builder, scratch| {
             for body in &bodies {
                 out.append(parse_one(py, body, builder, scratch)?)?;

@@ -1,15 +1,16 @@
-"""The core holds the garbage collector off only while it builds a batch of facts, and
-always leaves it as it found it."""
+"""The core holds the garbage collector off only while it builds a batch of facts or a
+decoded document, and always leaves it as it found it."""
 
 from __future__ import annotations
 
 import gc
 from pathlib import Path
 
+import orjson
 import pytest
 
 import kilndb
-from kilndb import Write
+from kilndb import Write, _core
 
 
 @pytest.mark.parametrize("enabled", [True, False])
@@ -25,6 +26,11 @@ def test_the_collector_is_left_as_it_was(tmp_path: Path, enabled: bool) -> None:
             assert gc.isenabled() is enabled
             with pytest.raises(kilndb.InvalidArgumentError):
                 db.write_many([Write("s", "", 1)])
+            assert gc.isenabled() is enabled
+            assert _core.loads(b'{"a": [1, {"b": 2}]}') == {"a": [1, {"b": 2}]}
+            assert gc.isenabled() is enabled
+            with pytest.raises(orjson.JSONDecodeError):
+                _core.loads_many([b"[1]", b"{bad"])
             assert gc.isenabled() is enabled
         finally:
             gc.enable()
