@@ -2,12 +2,13 @@
 //! their replies framed, in one call each.
 //!
 //! A *plain write* is the request envelope `{"op": "write", "store": str, "key": str,
-//! "value": any}` with at most a `request_id` besides: exactly what the protocol's
-//! checker accepts without a field-by-field check, and needing nothing it would add (no
-//! option, no fence, no database of its own). Its checked params are the envelope
-//! itself: the stager reads the fields of a write by name and gives absent options their
-//! defaults. Anything else — another op, another field, a body that is not a JSON
-//! object — ends the run, and the connection's general path takes it from there.
+//! "value": any}` with at most a `request_id` and options set to `null` besides (as
+//! KilnDB's own clients send them): what the protocol's checker turns into a write
+//! with every option at its default (no fence, no replicas, no database of its own).
+//! Its checked params are the envelope itself: the stager reads the fields of a write by
+//! name and gives absent (or null) options their defaults. Anything else — another op,
+//! another field, an option with a value, a body that is not a JSON object — ends the
+//! run, and the connection's general path takes it from there.
 
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyInt, PyList, PyString};
@@ -41,6 +42,10 @@ fn plain_write<'py>(py: Python<'py>, body: &[u8]) -> PyResult<Option<Bound<'py, 
                 }
             }
             "value" | "request_id" => {}
+            // Options whose null is their default, for the checker and the stager alike.
+            "expected_seq" | "id" | "causation" | "valid_time" | "producer" | "derivation"
+            | "metadata" | "fence" | "replicas"
+                if field.is_none() => {}
             _ => return Ok(None),
         }
     }

@@ -82,13 +82,35 @@ json_values = st.recursive(
     ),
     max_leaves=6,
 )
+#: Write options whose null the checker reads as their default.
+NULL_OPTIONS = {
+    "expected_seq",
+    "id",
+    "causation",
+    "valid_time",
+    "producer",
+    "derivation",
+    "metadata",
+    "fence",
+    "replicas",
+}
 fields = st.sampled_from(
-    ["op", "request_id", "store", "key", "value", "database", "id", "expected_seq", "fence", "x"]
+    [
+        "op",
+        "request_id",
+        "store",
+        "key",
+        "value",
+        "database",
+        "schema_version",
+        "x",
+        *sorted(NULL_OPTIONS),
+    ]
 )
 
 
 @settings(max_examples=400)
-@given(st.dictionaries(fields, json_values, max_size=7), st.booleans())
+@given(st.dictionaries(fields, json_values | st.none(), max_size=7), st.booleans())
 def test_the_core_takes_a_write_as_plain_only_when_the_checker_would(
     envelope: dict[str, Any], make_write: bool
 ) -> None:
@@ -102,7 +124,11 @@ def test_the_core_takes_a_write_as_plain_only_when_the_checker_would(
         and type(envelope.get("store")) is str
         and type(envelope.get("key")) is str
         and "value" in envelope
-        and envelope.keys() <= {"op", "request_id", "store", "key", "value"}
+        and all(
+            name in {"op", "request_id", "store", "key", "value"}
+            or (name in NULL_OPTIONS and field is None)
+            for name, field in envelope.items()
+        )
     )
     assert (end == 2) == plain
     if plain:

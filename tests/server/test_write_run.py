@@ -155,3 +155,23 @@ def test_a_run_to_a_database_not_open_yet_is_applied_all_the_same(server: Server
     answers = replies(client, 5)
     assert [a["fact"]["position"] for a in answers] == [1, 2, 3, 4, 5]
     client.close()
+
+
+def test_the_python_clients_writes_take_the_lane(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runs: list[int] = []
+    apply_write_run = server.dispatcher.apply_write_run
+
+    def counted(envelopes: list[dict[str, Any]], database: str) -> Any:
+        runs.append(len(envelopes))
+        return apply_write_run(envelopes, database)
+
+    with kilndb.connect(server.url) as db:
+        db.store("s").write("warm", 0)  # opens the database
+        monkeypatch.setattr(server.dispatcher, "apply_write_run", counted)
+        fact = db.store("s").write("k", {"v": 1})
+        assert runs == [1]  # the client's null options keep a write plain
+        assert db.store("s").read("k") == fact
+        second = db.store("s").write("k", {"v": 2}, expected_seq=1)  # an option: checked
+        assert runs == [1] and second.seq == 2

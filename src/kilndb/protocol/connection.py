@@ -15,8 +15,9 @@ A transport (an asyncio Protocol, a test) feeds received bytes to
     reply) and goes on.
 :class:`WriteRun`
     one or more consecutive *plain writes* (``{"op": "write", "store", "key", "value"}``
-    and at most a ``request_id``: nothing to check field by field, no option, no
-    database of their own), recognised in one call into the core. Each envelope is its
+    with at most a ``request_id`` and options set to ``null``: nothing to check field by
+    field, every option at its default, no database of their own), recognised in one
+    call into the core. Each envelope is its
     own checked params; a transport may commit the run as one group and frame its
     replies with :meth:`ServerConnection.write_replies`, or take it apart with
     :meth:`WriteRun.requests` and answer each like any request.
