@@ -52,6 +52,7 @@ fn _core(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<scan::FactScanner>()?;
     module.add_function(wrap_pyfunction!(requests::plain_write_run, module)?)?;
     module.add_function(wrap_pyfunction!(requests::write_replies, module)?)?;
+    module.add_function(wrap_pyfunction!(pyfact::facts_from_dicts, module)?)?;
     module.add_class::<stage::Stager>()?;
     module.add_class::<stage::Staged>()?;
     module.add_function(wrap_pyfunction!(_panic_for_tests, module)?)?;

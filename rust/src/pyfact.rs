@@ -76,6 +76,27 @@ pub fn fact_with<'py, const N: usize>(
     Ok(fact)
 }
 
+/// `[fact_from_dict(d) for d in dicts]`: each dict (a fact's every field, as a server
+/// sends it) becomes the `__dict__` of a new `fact_type` instance, handed over uncopied.
+#[pyfunction]
+pub fn facts_from_dicts<'py>(
+    py: Python<'py>,
+    dicts: &Bound<'py, PyList>,
+    fact_type: &Bound<'py, PyType>,
+) -> PyResult<Bound<'py, PyList>> {
+    crate::errors::guard(py, || {
+        let _pause = GcPause::new(py);
+        let out = PyList::empty(py);
+        for item in dicts.iter() {
+            let fields = item.cast_into_exact::<PyDict>().map_err(|_| {
+                pyo3::exceptions::PyTypeError::new_err("a fact must be given as a dict")
+            })?;
+            out.append(new_fact(py, fact_type, fields)?)?;
+        }
+        Ok(out)
+    })
+}
+
 /// The value a reader sees of `value` (which serialised natively): immutable scalars
 /// as they are, containers copied as decoding their canonical JSON would give them
 /// (tuples become lists, dict keys sorted). None if the value holds something only a

@@ -18,6 +18,10 @@ def encode_frame(body: bytes) -> bytes:
 def encode_frames(bodies: list[bytes]) -> bytes:
     """The frames of ``bodies``, back to back."""
 
+def facts_from_dicts(dicts: list[dict[str, Any]], fact_type: type[Any]) -> list[Any]:
+    """``[fact_from_dict(d) for d in dicts]`` in one call: each dict (every field of a
+    fact) becomes the ``__dict__`` of a new ``fact_type`` instance, uncopied."""
+
 def plain_write_run(bodies: list[bytes], start: int) -> tuple[list[dict[str, Any]], int]:
     """The run of plain write requests in ``bodies`` from ``start`` (``{"op": "write",
     "store": str, "key": str, "value": …}`` with at most a ``request_id`` besides): their

@@ -21,6 +21,7 @@ __all__ = [
     "Write",
     "canonical_json",
     "fact_from_dict",
+    "facts_from_dicts",
     "validate_database_name",
     "validate_key",
     "validate_store_name",
@@ -69,6 +70,12 @@ FACT_FIELDS: tuple[str, ...] = tuple(Fact.__dataclass_fields__)
 
 _new_fact = object.__new__
 _set_attribute = object.__setattr__
+
+
+def facts_from_dicts(data: list[dict[str, Any]]) -> list[Fact]:
+    """:func:`fact_from_dict` of each trusted record dict, in one call into the core."""
+    facts: list[Fact] = _core.facts_from_dicts(data, Fact)
+    return facts
 
 
 def fact_from_dict(data: dict[str, Any]) -> Fact:

@@ -14,7 +14,7 @@ import pytest
 
 import kilndb
 from kilndb import Fact, Write
-from kilndb.model import FACT_FIELDS
+from kilndb.model import FACT_FIELDS, facts_from_dicts
 
 
 def _facts(tmp_path: Path) -> list[Fact]:
@@ -59,3 +59,12 @@ def test_the_same_fact_read_twice_is_two_private_copies(tmp_path: Path) -> None:
         assert second.value == {"tags": ["a"]}
         again = tasks.read("t1")
         assert again is not None and again.value == {"tags": ["a"]}
+
+
+def test_facts_from_dicts_makes_the_facts_a_server_sent(tmp_path: Path) -> None:
+    facts = _facts(tmp_path)
+    rebuilt = facts_from_dicts([orjson.loads(orjson.dumps(f)) for f in facts])
+    assert rebuilt == facts and all(type(f) is Fact for f in rebuilt)
+    assert facts_from_dicts([]) == []
+    with pytest.raises(TypeError, match="a fact must be given as a dict"):
+        facts_from_dicts([facts[0].to_dict(), ["not", "a", "dict"]])  # type: ignore[list-item]

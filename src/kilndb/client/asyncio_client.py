@@ -39,7 +39,7 @@ from kilndb.errors import (
     ReadOnlyReplicaError,
     error_from_wire,
 )
-from kilndb.model import Fact, Write, fact_from_dict, validate_store_name
+from kilndb.model import Fact, Write, fact_from_dict, facts_from_dicts, validate_store_name
 
 __all__ = ["AsyncRemoteDatabase", "AsyncRemoteStore", "AsyncRemoteSubscription", "connect_async"]
 
@@ -152,7 +152,7 @@ class AsyncRemoteStore:
             until_seq=until_seq,
             limit=limit,
         )
-        return [fact_from_dict(f) for f in reply["facts"]]
+        return facts_from_dicts(reply["facts"])
 
     async def keys(self, prefix: str = "", limit: int | None = None) -> list[str]:
         reply = await self._db._call("keys", store=self.name, prefix=prefix, limit=limit)
@@ -226,7 +226,7 @@ class AsyncRemoteDatabase:
         if not batch:
             return []
         reply = await self._call("write_many", writes=batch, fence=fenced, replicas=count)
-        return [fact_from_dict(f) for f in reply["facts"]]
+        return facts_from_dicts(reply["facts"])
 
     async def write_each(self, writes: Iterable[Write]) -> list[Fact | KilnError]:
         """Independent writes, pipelined; as :meth:`Database.write_each`."""
@@ -250,8 +250,8 @@ class AsyncRemoteDatabase:
         sent = 0
         reply = await self._call("replay", after=after, stores=chosen, limit=_page(limit))
         while True:
-            for data in reply["facts"]:
-                yield fact_from_dict(data)
+            for fact in facts_from_dicts(reply["facts"]):
+                yield fact
                 sent += 1
                 if sent == limit:
                     return

@@ -27,7 +27,7 @@ from kilndb.errors import (
     error_from_wire,
 )
 from kilndb.leases import Lease, LeaseKeeper, check_fence, check_ttl, lease_from_wire
-from kilndb.model import Fact, Write, fact_from_dict, validate_store_name
+from kilndb.model import Fact, Write, fact_from_dict, facts_from_dicts, validate_store_name
 
 __all__ = ["RemoteDatabase", "RemoteStore", "RemoteSubscription", "connect"]
 
@@ -164,7 +164,7 @@ class RemoteStore:
             until_seq=until_seq,
             limit=limit,
         )
-        return [fact_from_dict(f) for f in reply["facts"]]
+        return facts_from_dicts(reply["facts"])
 
     def keys(self, prefix: str = "", limit: int | None = None) -> list[str]:
         keys: list[str] = self._db._call("keys", store=self.name, prefix=prefix, limit=limit)[
@@ -287,7 +287,7 @@ class RemoteDatabase:
         if not batch:
             return []
         reply = self._call("write_many", writes=batch, fence=fenced, replicas=count)
-        return [fact_from_dict(f) for f in reply["facts"]]
+        return facts_from_dicts(reply["facts"])
 
     # -- leases ----------------------------------------------------------------------
 
@@ -335,8 +335,8 @@ class RemoteDatabase:
         sent = 0
         while True:
             facts = reply["facts"]
-            for data in facts:
-                yield fact_from_dict(data)
+            for fact in facts_from_dicts(facts):
+                yield fact
                 sent += 1
                 if sent == limit:
                     return
