@@ -162,10 +162,12 @@ class ServerConnection:
             return []
         events: list[Event] = []
         bodies: list[bytes] = []
+        decoder = self._decoder
         try:
-            self._decoder.feed(data)
-            while (body := self._decoder.next_frame()) is not None:
-                bodies.append(body)
+            decoder.feed(data)
+            bodies = decoder.frames()
+            if bodies:
+                decoder.frames()  # raises what the stream broke on after them, if it did
         except ProtocolError as exc:
             self.broken = ConnectionBroken(exc)
         self.requests += len(bodies)
