@@ -49,6 +49,7 @@ fn _core(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<index::IndexedFile>()?;
     module.add_function(wrap_pyfunction!(read::read_records, module)?)?;
     module.add_function(wrap_pyfunction!(read::read_planned, module)?)?;
+    module.add_function(wrap_pyfunction!(read::read_fact, module)?)?;
     module.add_class::<scan::FactScanner>()?;
     module.add_function(wrap_pyfunction!(requests::plain_write_run, module)?)?;
     module.add_function(wrap_pyfunction!(requests::write_replies, module)?)?;

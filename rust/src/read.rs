@@ -35,6 +35,37 @@ pub fn read_records<'py>(
     guard(py, || read(py, &files, &reads, fact_type.as_ref()))
 }
 
+/// The fact whose frame of `size` bytes is at `offset` of the data file open as `fd`
+/// (`path` names it in errors): [`read_records`] of one record, without the lists.
+#[pyfunction]
+pub fn read_fact<'py>(
+    py: Python<'py>,
+    fd: i32,
+    path: &str,
+    offset: u64,
+    size: u64,
+    fact_type: &Bound<'py, PyType>,
+) -> PyResult<Bound<'py, PyAny>> {
+    guard(py, || {
+        let size = size as usize;
+        let bytes = py
+            .detach(|| pread_exact(&borrowed_file(fd), offset, size))
+            .map_err(|err| storage_error(py, "read", path, &err))?;
+        let body = checked_body(&bytes, size).ok_or_else(|| corrupt_record(py, path, offset))?;
+        crate::py_json::loads_instance(py, body, fact_type)
+    })
+}
+
+/// The body of the frame `bytes` if it is whole: `size` bytes, its length field and CRC
+/// agreeing.
+fn checked_body(bytes: &[u8], size: usize) -> Option<&[u8]> {
+    let frame = bytes.get(..size)?;
+    (size > frame::OVERHEAD
+        && frame::read_u32(frame, 0) as usize == size - frame::OVERHEAD
+        && frame::crc32(&frame[4..size - 4]) == frame::read_u32(frame, size - 4))
+    .then(|| &frame[4..size - 4])
+}
+
 /// [`read_records`] for a plan made by `KeyDir.plan`: 16 bytes a fact, little-endian
 /// u32 file index, u64 offset, u32 frame size.
 #[pyfunction]
@@ -114,18 +145,11 @@ fn read<'py>(
             let mut at = 0usize;
             for &(_, offset, size) in &reads[run.first..run.first + run.count] {
                 let size = size as usize;
-                let frame_bytes = bytes.get(at..at + size);
+                let body = bytes
+                    .get(at..)
+                    .and_then(|rest| checked_body(rest, size))
+                    .ok_or_else(|| corrupt_record(py, &files[run.file].1, offset))?;
                 at += size;
-                let body = match frame_bytes {
-                    Some(f)
-                        if size > frame::OVERHEAD
-                            && frame::read_u32(f, 0) as usize == size - frame::OVERHEAD
-                            && frame::crc32(&f[4..size - 4]) == frame::read_u32(f, size - 4) =>
-                    {
-                        &f[4..size - 4]
-                    }
-                    _ => return Err(corrupt_record(py, &files[run.file].1, offset)),
-                };
                 match fact_type {
                     Some(cls) => out.append(crate::py_json::loads_instance(py, body, cls)?)?,
                     None => out.append(PyBytes::new(py, body))?,

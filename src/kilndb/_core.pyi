@@ -198,6 +198,10 @@ class FactScanner:
         """The kept facts (or ``(position, body)`` pairs) of the next chunk, those
         ``keydir`` retains; None when the file is done."""
 
+def read_fact(fd: int, path: str, offset: int, size: int, fact_type: type[Any]) -> Any:
+    """The fact whose frame of ``size`` bytes is at ``offset`` of the data file open as
+    ``fd`` (read with the GIL released, CRC checked: CorruptRecordError(path, offset))."""
+
 def read_planned(
     files: list[tuple[int, str]], plan: bytes, fact_type: type[Any] | None = None
 ) -> list[Any]:

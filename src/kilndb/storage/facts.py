@@ -157,7 +157,7 @@ class FactLog(Log):
             _, file_id, offset, size = found
             datafile = log.files[file_id]
         # ``datafile`` is held until the core has read: its descriptor stays open.
-        (fact,) = _core.read_records([(datafile.fd, str(datafile.path))], [(0, offset, size)], Fact)
+        fact: Fact = _core.read_fact(datafile.fd, str(datafile.path), offset, size, Fact)
         return None if fact.deleted else fact
 
     def history(
