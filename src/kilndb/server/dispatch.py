@@ -139,10 +139,10 @@ def _produce(db: Database, params: dict[str, Any]) -> dict[str, Any]:
 
 
 def _consume(db: Database, params: dict[str, Any]) -> dict[str, Any]:
-    entries = (
+    facts = (
         db.space(params["space"])
         .segment(params["segment"])
-        .consume(
+        .consume_facts(
             params["min_seq"],
             params["max_seq"],
             params["min_ts"],
@@ -150,7 +150,8 @@ def _consume(db: Database, params: dict[str, Any]) -> dict[str, Any]:
             params["limit"],
         )
     )
-    return {"entries": [entry_to_wire(entry) for entry in entries]}
+    # Straight from the facts: no Entry, and a bytes payload stays in its stored base64.
+    return {"entries": [fact_to_entry_wire(fact) for fact in facts]}
 
 
 def _peek(db: Database, params: dict[str, Any]) -> dict[str, Any]:
