@@ -9,45 +9,51 @@
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple, PyType};
 
-/// A new instance of `fact_type` whose `__dict__` is `fields`.
+/// A new instance of `fact_type` whose `__dict__` is `fields` (handed over, uncopied).
 pub fn new_fact<'py>(
     py: Python<'py>,
     fact_type: &Bound<'py, PyType>,
     fields: Bound<'py, PyDict>,
 ) -> PyResult<Bound<'py, PyAny>> {
-    // SAFETY: `fact_type` is a live type object (we hold a reference); PyType_GenericAlloc
-    // returns a new reference or NULL with an exception set, which `from_owned_ptr_or_err`
-    // turns into an error. The instance is fully initialised for an ordinary Python class
-    // without `__slots__` (what `object.__new__` would return), and
-    // PyObject_GenericSetDict only stores `fields` (a dict) in its `__dict__` slot,
-    // taking its own reference.
-    unsafe {
-        let raw = pyo3::ffi::PyType_GenericAlloc(fact_type.as_type_ptr(), 0);
-        let fact = Bound::from_owned_ptr_or_err(py, raw)?;
-        if pyo3::ffi::PyObject_GenericSetDict(fact.as_ptr(), fields.as_ptr(), std::ptr::null_mut())
-            != 0
-        {
-            return Err(PyErr::fetch(py));
-        }
-        Ok(fact)
+    let fact = bare_instance(py, fact_type)?;
+    // SAFETY: `fact` is a live instance of a plain Python class (bare_instance checked
+    // it); PyObject_GenericSetDict stores `fields`, a dict, as its `__dict__`, taking its
+    // own reference, or fails with an exception set.
+    if unsafe {
+        pyo3::ffi::PyObject_GenericSetDict(fact.as_ptr(), fields.as_ptr(), std::ptr::null_mut())
+    } != 0
+    {
+        return Err(PyErr::fetch(py));
     }
+    Ok(fact)
 }
 
 /// A new instance of the ordinary class `cls`, as `object.__new__(cls)` makes it
 /// (its attribute storage ready for `object.__setattr__`), without calling `__init__`.
+/// TypeError unless `cls` is a Python class that `object.__new__` makes.
 pub fn bare_instance<'py>(
     py: Python<'py>,
     cls: &Bound<'py, PyType>,
 ) -> PyResult<Bound<'py, PyAny>> {
-    // SAFETY: PyBaseObject_Type is `object`; its tp_new slot is object_new, called with
-    // a live type and an empty argument tuple as `object.__new__(cls)` would be. It
-    // returns a new reference or NULL with an exception set.
+    // SAFETY: PyType_GetSlot reads the tp_new slot of `object` and of `cls` (both live
+    // types; static types are readable from Python 3.10 on). object_new is then called
+    // only for a heap type that inherits it — the classes `object.__new__(cls)` accepts
+    // — with an empty argument tuple. It returns a new reference or NULL with an
+    // exception set.
     unsafe {
-        let new = pyo3::ffi::PyType_GetSlot(
+        let object_new = pyo3::ffi::PyType_GetSlot(
             std::ptr::addr_of_mut!(pyo3::ffi::PyBaseObject_Type),
             pyo3::ffi::Py_tp_new,
         );
-        let new: pyo3::ffi::newfunc = std::mem::transmute(new);
+        let cls_new = pyo3::ffi::PyType_GetSlot(cls.as_type_ptr(), pyo3::ffi::Py_tp_new);
+        let heap =
+            pyo3::ffi::PyType_GetFlags(cls.as_type_ptr()) & pyo3::ffi::Py_TPFLAGS_HEAPTYPE != 0;
+        if object_new.is_null() || cls_new != object_new || !heap {
+            return Err(pyo3::exceptions::PyTypeError::new_err(
+                "facts are built only for a plain Python class",
+            ));
+        }
+        let new: pyo3::ffi::newfunc = std::mem::transmute(object_new);
         let args = PyTuple::empty(py);
         let raw = new(cls.as_type_ptr(), args.as_ptr(), std::ptr::null_mut());
         Bound::from_owned_ptr_or_err(py, raw)

@@ -21,6 +21,11 @@ const REQUIRED_FIELDS: [&str; 4] = ["op", "store", "key", "value"];
 
 /// `body` parsed, if it is a plain write.
 fn plain_write<'py>(py: Python<'py>, body: &[u8]) -> PyResult<Option<Bound<'py, PyDict>>> {
+    // A body without the string "write" cannot be one: it is not parsed here at all
+    // (the general path parses it once), whatever its size.
+    if memchr::memmem::find(body, b"\"write\"").is_none() {
+        return Ok(None);
+    }
     let Ok(parsed) = crate::py_json::loads_bytes(py, body) else {
         return Ok(None); // the general path reports the JSON error
     };
@@ -67,6 +72,7 @@ pub fn plain_write_run<'py>(
     start: usize,
 ) -> PyResult<(Bound<'py, PyList>, usize)> {
     guard(py, || {
+        let _pause = crate::pyfact::GcPause::new(py);
         let run = PyList::empty(py);
         let mut end = start;
         while end < bodies.len() {

@@ -40,7 +40,7 @@ def test_runs_of_plain_writes_become_one_event_each() -> None:
             frame(write(9, database="other")),  # a database of its own
         ]
     )
-    connection = ServerConnection()
+    connection = ServerConnection(write_runs=True)
     events = connection.receive_data(stream)
     kinds = [type(event).__name__ for event in events]
     assert kinds == [
@@ -62,7 +62,9 @@ def test_runs_of_plain_writes_become_one_event_each() -> None:
 def test_a_run_is_cut_by_a_broken_stream_after_its_good_frames() -> None:
     damaged = bytearray(frame(write(2)))
     damaged[-1] ^= 0xFF
-    events = ServerConnection().receive_data(frame(write(0)) + frame(write(1)) + bytes(damaged))
+    events = ServerConnection(write_runs=True).receive_data(
+        frame(write(0)) + frame(write(1)) + bytes(damaged)
+    )
     assert isinstance(events[0], WriteRun) and len(events[0].envelopes) == 2
     assert isinstance(events[1], ConnectionBroken) and len(events) == 2
 
@@ -160,3 +162,16 @@ def test_a_run_with_an_outcome_that_is_not_a_fact_is_left_to_the_caller() -> Non
     assert ServerConnection.write_replies(huge, [b"{}", b"{}"]) is None
     with pytest.raises(ValueError, match="one outcome per envelope"):
         _core.write_replies(run.envelopes, [b"{}"])
+
+
+def test_without_write_runs_every_plain_write_is_a_request() -> None:
+    events = ServerConnection().receive_data(frame(write(0)) + frame(write(1)))
+    assert [type(e) for e in events] == [Request, Request]
+    assert [e.request_id for e in events if isinstance(e, Request)] == [0, 1]
+
+
+def test_facts_are_built_only_for_a_plain_class() -> None:
+    with pytest.raises(TypeError, match="plain Python class"):
+        _core.facts_from_dicts([{}], int)
+    with pytest.raises(TypeError, match="plain Python class"):
+        _core.facts_from_dicts([{}], dict)

@@ -14,12 +14,12 @@ A transport (an asyncio Protocol, a test) feeds received bytes to
     transport answers it with :meth:`ServerConnection.error` (in request order, like any
     reply) and goes on.
 :class:`WriteRun`
-    one or more consecutive *plain writes* (``{"op": "write", "store", "key", "value"}``
-    with at most a ``request_id`` and options set to ``null``: nothing to check field by
-    field, every option at its default, no database of their own), recognised in one
-    call into the core. Each envelope is its
-    own checked params; a transport may commit the run as one group and frame its
-    replies with :meth:`ServerConnection.write_replies`, or take it apart with
+    with ``ServerConnection(write_runs=True)`` only: one or more consecutive *plain
+    writes* (``{"op": "write", "store", "key", "value"}`` with at most a ``request_id``
+    and options set to ``null``: nothing to check field by field, every option at its
+    default, no database of their own), recognised in one call into the core. Each
+    envelope is its own checked params; a transport may commit the run as one group and
+    frame its replies with :meth:`ServerConnection.write_replies`, or take it apart with
     :meth:`WriteRun.requests` and answer each like any request.
 :class:`ConnectionBroken`
     the byte stream lost its framing — an oversize frame or a CRC mismatch. Nothing
@@ -145,8 +145,13 @@ def parse_request(body: bytes) -> Request | BadRequest:
 class ServerConnection:
     """Sans-I/O server side of one connection: bytes in, events out; replies to bytes."""
 
-    def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
+    def __init__(
+        self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES, *, write_runs: bool = False
+    ) -> None:
+        """``write_runs``: gather consecutive plain writes into :class:`WriteRun` events
+        (a transport that commits them as a group); otherwise each is a Request."""
         self._decoder = FrameDecoder(max_frame_bytes)
+        self._write_runs = write_runs
         self.broken: ConnectionBroken | None = None
         #: Requests decoded so far (valid or not), for metrics.
         self.requests = 0
@@ -173,7 +178,7 @@ class ServerConnection:
         self.requests += len(bodies)
         i, count = 0, len(bodies)
         while i < count:
-            envelopes, end = _core.plain_write_run(bodies, i)
+            envelopes, end = _core.plain_write_run(bodies, i) if self._write_runs else ([], i)
             if end > i:
                 events.append(WriteRun(envelopes))
                 i = end

@@ -239,7 +239,7 @@ QUICK_BATCH = 100
 class _Connection(asyncio.Protocol):
     def __init__(self, server: Server) -> None:
         self.server = server
-        self.wire = ServerConnection(server.config.max_frame_bytes)
+        self.wire = ServerConnection(server.config.max_frame_bytes, write_runs=True)
         #: Reply slots in request order; written out from the head as they fill.
         self.pending: deque[_Slot] = deque()
         self.database = "default"
@@ -1240,7 +1240,14 @@ class Server:
         it, as Redis does before it sleeps — and send the replies."""
         awaiting, self._awaiting = self._awaiting, []
         for connection, applied in awaiting:
-            connection._acknowledge(applied)  # the first wait syncs; the rest find it done
+            try:
+                connection._acknowledge(applied)  # the first wait syncs; the rest find it done
+            except Exception as exc:  # a bug: fail this connection's replies, not the round
+                log.exception("acknowledging a batch failed", exc_info=exc)
+                error = ServerConnection.error(KilnError(f"internal error: {exc}"))
+                for slot, *_ in applied:
+                    if slot.frame is None:
+                        slot.frame = error
         for connection, _ in awaiting:
             connection._flush()
 
