@@ -175,3 +175,34 @@ def test_the_python_clients_writes_take_the_lane(
         assert db.store("s").read("k") == fact
         second = db.store("s").write("k", {"v": 2}, expected_seq=1)  # an option: checked
         assert runs == [1] and second.seq == 2
+
+
+def test_a_failing_acknowledgement_fails_only_its_own_replies(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kilndb.server.sockets import _Connection
+
+    acknowledge = _Connection._acknowledge
+
+    def failing(self: _Connection, applied: list[Any]) -> None:
+        for _, request, *_ in applied:
+            run = request.params.get("run")
+            ids = [e.get("request_id") for e in run.envelopes] if run else [request.request_id]
+            if "boom" in ids:
+                raise RuntimeError("injected")
+        acknowledge(self, applied)
+
+    warm = RawClient(tcp_address(server))
+    warm.send(write(-1, store="warm"))  # opens the database: both writes apply inline
+    assert (warm.receive() or {})["ok"]
+    monkeypatch.setattr(_Connection, "_acknowledge", failing)
+    doomed, fine = RawClient(tcp_address(server)), RawClient(tcp_address(server))
+    doomed.send({"op": "write", "request_id": "boom", "store": "s", "key": "a", "value": 1})
+    fine.send({"op": "write", "request_id": "ok", "store": "s", "key": "b", "value": 2})
+    failed, answered = doomed.receive(), fine.receive()
+    assert failed is not None and failed["ok"] is False and "internal error" in failed["error"]
+    assert answered is not None and answered["ok"] and answered["request_id"] == "ok"
+    doomed.send({"op": "ping", "request_id": 1})  # the failed connection still works
+    assert doomed.receive() == {"ok": True, "pong": True, "request_id": 1}
+    for client in (warm, doomed, fine):
+        client.close()
