@@ -11,7 +11,7 @@
 //! run, and the connection's general path takes it from there.
 
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyBytes, PyDict, PyInt, PyList, PyString};
+use pyo3::types::{PyBytes, PyDict, PyInt, PyList, PyString};
 
 use crate::errors::guard;
 use crate::frame;
@@ -91,13 +91,11 @@ pub fn plain_write_run<'py>(
 }
 
 /// What a reply echoes of a request's `request_id`: a string or an integer (booleans
-/// included, as Python counts them), anything else is dropped.
+/// included: `PyInt` covers them, as Python counts them), anything else is dropped.
 fn echoed_id<'py>(envelope: &Bound<'py, PyDict>) -> PyResult<Option<Bound<'py, PyAny>>> {
-    Ok(envelope.get_item("request_id")?.filter(|id| {
-        id.is_instance_of::<PyString>()
-            || id.is_instance_of::<PyInt>()
-            || id.is_instance_of::<PyBool>()
-    }))
+    Ok(envelope
+        .get_item("request_id")?
+        .filter(|id| id.is_instance_of::<PyString>() || id.is_instance_of::<PyInt>()))
 }
 
 /// The reply frames of a run of written facts, back to back: for each envelope and the

@@ -24,8 +24,9 @@ def facts_from_dicts(dicts: list[dict[str, Any]], fact_type: type[Any]) -> list[
 
 def plain_write_run(bodies: list[bytes], start: int) -> tuple[list[dict[str, Any]], int]:
     """The run of plain write requests in ``bodies`` from ``start`` (``{"op": "write",
-    "store": str, "key": str, "value": …}`` with at most a ``request_id`` besides): their
-    parsed envelopes, each its own checked params, and the index just after the run."""
+    "store": str, "key": str, "value": …}`` with at most a ``request_id`` and options
+    set to ``null`` besides): their parsed envelopes, each its own checked params, and
+    the index just after the run."""
 
 def write_replies(envelopes: list[dict[str, Any]], outcomes: list[Any]) -> bytes | None:
     """The reply frames of a run of plain writes whose outcomes are their facts' stored

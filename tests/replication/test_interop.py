@@ -109,18 +109,23 @@ def test_old_and_new_replicas_interoperate(
         tmp_path / "leader", "--http-port", "-1", source=old_source if old_leads else None
     )
     processes.append(leader)
+
+    def start_follower() -> tuple[subprocess.Popen[str], str]:
+        follower, url = start_server(
+            tmp_path / "follower",
+            "--http-port",
+            "-1",
+            "--replica-of",
+            leader_url.removeprefix("tcp://"),
+            source=None if old_leads else old_source,
+        )
+        processes.append(follower)
+        return follower, url
+
     # History that exists before the follower first connects (its catch-up)…
     _write_history(leader_url, 0)
     before = len(_log(leader_url))
-    follower, follower_url = start_server(
-        tmp_path / "follower",
-        "--http-port",
-        "-1",
-        "--replica-of",
-        leader_url.removeprefix("tcp://"),
-        source=None if old_leads else old_source,
-    )
-    processes.append(follower)
+    follower, follower_url = start_follower()
     _follow(leader_url, follower_url, before)
     # …then live writes streamed while it follows, and a follower restart that resumes
     # from its own log.
@@ -130,15 +135,7 @@ def test_old_and_new_replicas_interoperate(
     follower.wait(30)
     reap(follower)
     _write_history(leader_url, 200)
-    follower, follower_url = start_server(
-        tmp_path / "follower",
-        "--http-port",
-        "-1",
-        "--replica-of",
-        leader_url.removeprefix("tcp://"),
-        source=None if old_leads else old_source,
-    )
-    processes.append(follower)
+    follower, follower_url = start_follower()
     _follow(leader_url, follower_url, before + 2)
     with kilndb.connect(follower_url) as db:
         assert db.store("tasks").read("t1") is not None

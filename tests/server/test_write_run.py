@@ -33,6 +33,19 @@ def replies(client: RawClient, count: int) -> list[dict[str, Any]]:
     return out
 
 
+def count_runs(server: Server, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """From now on, the size of each run the server applies through the lane."""
+    runs: list[int] = []
+    apply_write_run = server.dispatcher.apply_write_run
+
+    def counted(envelopes: list[dict[str, Any]], database: str) -> Any:
+        runs.append(len(envelopes))
+        return apply_write_run(envelopes, database)
+
+    monkeypatch.setattr(server.dispatcher, "apply_write_run", counted)
+    return runs
+
+
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[Server]:
     with Server(data=tmp_path / "data", port=0) as running:
@@ -42,14 +55,7 @@ def server(tmp_path: Path) -> Iterator[Server]:
 def test_a_mixed_pipeline_is_answered_in_order_with_each_outcome(
     server: Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    runs: list[int] = []
-    apply_write_run = server.dispatcher.apply_write_run
-
-    def counted(envelopes: list[dict[str, Any]], database: str) -> Any:
-        runs.append(len(envelopes))
-        return apply_write_run(envelopes, database)
-
-    monkeypatch.setattr(server.dispatcher, "apply_write_run", counted)
+    runs = count_runs(server, monkeypatch)
     client = RawClient(tcp_address(server))
     client.send(write(-1, store="warm"))  # opens the database: runs are then applied inline
     assert (client.receive() or {})["ok"]
@@ -160,16 +166,9 @@ def test_a_run_to_a_database_not_open_yet_is_applied_all_the_same(server: Server
 def test_the_python_clients_writes_take_the_lane(
     server: Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    runs: list[int] = []
-    apply_write_run = server.dispatcher.apply_write_run
-
-    def counted(envelopes: list[dict[str, Any]], database: str) -> Any:
-        runs.append(len(envelopes))
-        return apply_write_run(envelopes, database)
-
     with kilndb.connect(server.url) as db:
         db.store("s").write("warm", 0)  # opens the database
-        monkeypatch.setattr(server.dispatcher, "apply_write_run", counted)
+        runs = count_runs(server, monkeypatch)
         fact = db.store("s").write("k", {"v": 1})
         assert runs == [1]  # the client's null options keep a write plain
         assert db.store("s").read("k") == fact

@@ -97,16 +97,12 @@ class WriteRun:
     def requests(self) -> list[Request]:
         """The run as the requests :func:`parse_request` makes of its frames."""
         return [
-            Request("write", _plain_write_params(envelope), _request_id(envelope), None)
+            Request("write", OPS["write"](envelope), _request_id(envelope), None)
             for envelope in self.envelopes
         ]
 
 
 Event = Request | BadRequest | WriteRun | ConnectionBroken
-
-
-def _plain_write_params(envelope: dict[str, Any]) -> dict[str, Any]:
-    return OPS["write"](envelope)
 
 
 def _request_id(body: dict[str, Any]) -> Any:

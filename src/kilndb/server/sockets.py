@@ -445,18 +445,9 @@ class _Connection(asyncio.Protocol):
             return
         finally:
             self._timed("write", started)
-        applied: list[_Applied] = [
-            (
-                slot,
-                Request(_RUN, {"run": run, "outcomes": outcomes}, None, database),
-                None,
-                db,
-                position,
-                {},
-            )
-        ]
-        if position and position > self._written.get(db.name, 0):
-            self._written[db.name] = position
+        carrier = Request(_RUN, {"run": run, "outcomes": outcomes}, None, database)
+        applied: list[_Applied] = []
+        self._note(applied, [(slot, carrier, None, db, position, {})])
         server.acknowledge_soon(self, applied)
 
     def _run_replies(self, run: WriteRun, outcomes: list[Any], failure: KilnError | None) -> bytes:
