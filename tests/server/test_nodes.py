@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 import kilndb
+from kilndb.engine.database import Database
 from kilndb.errors import DatabaseLockedError, NotFoundError, UnavailableError
 from kilndb.server.nodes import NodeConfig, NodeManager
 from kilndb.server.sockets import Server
@@ -60,6 +61,44 @@ def test_a_subscribed_database_is_never_idle(tmp_path: Path) -> None:
             fact = sub.get(timeout=5)
             assert fact is not None and fact.value == 2
         db.close()
+
+
+def test_reopening_waits_for_an_eviction_still_closing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An idle database is closed outside the manager's lock; a request arriving while
+    that close is still flushing waits for it instead of finding the files in use."""
+    manager = NodeManager(tmp_path, nodes=NodeConfig(idle_evict_after=0.01))
+    try:
+        with manager.use("t") as db:
+            db.store("s").write("k", 1)
+        closing = threading.Event()
+        release = threading.Event()
+        real_close = Database.close
+
+        def slow_close(self: Database) -> None:
+            closing.set()
+            release.wait(5)
+            real_close(self)
+
+        monkeypatch.setattr(Database, "close", slow_close)
+        evictor = threading.Thread(target=manager.evict_idle, args=(time.monotonic() + 1,))
+        evictor.start()
+        assert closing.wait(5)
+        monkeypatch.setattr(Database, "close", real_close)
+        opened: list[Database] = []
+        opener = threading.Thread(target=lambda: opened.append(manager.get_or_create("t")))
+        opener.start()
+        opener.join(0.2)
+        assert opener.is_alive()  # waiting for the close, not failing with "already open"
+        release.set()
+        evictor.join(5)
+        opener.join(5)
+        fact = opened[0].store("s").read("k")
+        assert fact is not None and fact.value == 1
+    finally:
+        release.set()
+        manager.close()
 
 
 def test_the_cap_evicts_the_least_recently_used_idle_database(tmp_path: Path) -> None:

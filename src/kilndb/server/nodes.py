@@ -115,6 +115,9 @@ class NodeManager:
         #: Leader epochs of databases seen, for status and gossip without opening them.
         self._epochs: dict[str, int] = {}
         self._removing: set[str] = set()
+        #: Databases taken out and still being flushed and closed (outside the lock):
+        #: opening one again waits for its close, or it would find its files in use.
+        self._closing: dict[str, threading.Event] = {}
         #: Databases a follower streams into: never evicted, and created only by
         #: replication (with the leader's database id), never by a client's request.
         self.pinned: set[str] = set()
@@ -243,8 +246,11 @@ class NodeManager:
                         f" {breaker.failures} failures to open it: {breaker.cause}"
                     )
                 victim = self._make_room(name)
+                closing = self._closing.get(name)
             if victim is not None:
-                _close(victim)  # outside the lock: requests for other databases go on
+                self._close_evicted(victim)  # outside the lock: other requests go on
+            if closing is not None:
+                closing.wait()  # evicted a moment ago: its handle is still closing
             try:
                 db = Database(self.data_dir, name, self.config, database_id=database_id)
             except Exception as exc:
@@ -312,15 +318,26 @@ class NodeManager:
             ]
             closing = [self._evict_locked(name) for name in victims]
         for db in closing:  # flushing outside the lock: other requests go on meanwhile
-            _close(db)
+            self._close_evicted(db)
         return victims
 
     def _evict_locked(self, name: str) -> Database:
         """Forget an open database (hold the lock); the caller closes it."""
         node = self._nodes.pop(name)
+        self._closing[name] = threading.Event()
         self.evicted_total += 1
         log.info("database %s closed after being idle", name, extra={"database": name})
         return node.db
+
+    def _close_evicted(self, db: Database) -> None:
+        """Close a database ``_evict_locked`` took out and wake whoever waits to reopen it."""
+        try:
+            _close(db)
+        finally:
+            with self._lock:
+                done = self._closing.pop(db.name, None)
+            if done is not None:
+                done.set()
 
     def _check_idle(self) -> None:
         interval = self.node_config.idle_check_interval
@@ -376,8 +393,11 @@ class NodeManager:
             with self._opening:
                 with self._lock:
                     node = self._nodes.pop(name, None)
+                    closing = self._closing.get(name)
                 if node is not None:
                     _close(node.db)
+                if closing is not None:
+                    closing.wait()  # an eviction is still closing it
             yield self.data_dir / name  # other databases open meanwhile
         finally:
             with self._lock:
