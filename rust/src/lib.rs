@@ -1,12 +1,13 @@
 //! `kilndb._core`: the native core of KilnDB.
 //!
 //! The Python package is the public face; this module implements the formats it
-//! declares (frames, records, the keydir and scans) and is called once per batch or
+//! declares (frames, records, the log's appends and group commit, the keydir and scans) and is called once per batch or
 //! buffer, never once per item inside a lock. Every function turns a panic into
 //! `kilndb.KilnError` ([`errors::guard`]) and raises the `kilndb.errors` classes.
 
 use pyo3::prelude::*;
 
+mod disk;
 pub mod errors;
 pub mod frame;
 pub mod index;
@@ -33,6 +34,7 @@ fn _panic_for_tests(py: Python<'_>, message: &str) -> PyResult<()> {
 #[pymodule]
 fn _core(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    module.add("PREALLOCATE_STEP", disk::PREALLOCATE_STEP)?;
     module.add_function(wrap_pyfunction!(py_frame::crc32, module)?)?;
     module.add_function(wrap_pyfunction!(py_frame::encode_frame, module)?)?;
     module.add_function(wrap_pyfunction!(py_frame::encode_frames, module)?)?;
@@ -56,6 +58,11 @@ fn _core(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(pyfact::facts_from_dicts, module)?)?;
     module.add_class::<stage::Stager>()?;
     module.add_class::<stage::Staged>()?;
+    module.add_function(wrap_pyfunction!(disk::append, module)?)?;
+    module.add_function(wrap_pyfunction!(disk::sync_file, module)?)?;
+    module.add_function(wrap_pyfunction!(disk::truncate_file, module)?)?;
+    module.add_function(wrap_pyfunction!(disk::set_io_hook, module)?)?;
+    module.add_class::<disk::GroupCommit>()?;
     module.add_function(wrap_pyfunction!(_panic_for_tests, module)?)?;
     Ok(())
 }

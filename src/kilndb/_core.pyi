@@ -101,6 +101,52 @@ class FrameReader:
     ) -> list[bytes] | list[tuple[int, bytes]] | None:
         """The next read chunk's frames (bodies, or ``(offset, body)``); None when done."""
 
+#: The active data file grows in steps of this many bytes.
+PREALLOCATE_STEP: int
+
+def append(fd: int, path: str, data: bytes, offset: int, allocated: int) -> int:
+    """Append ``data`` at ``offset`` of the active data file ``fd``, preallocating past
+    ``allocated`` when needed; the new physical length. A write that fails half way is
+    cut off again; raises DiskFullError or StorageError naming ``path``."""
+
+def sync_file(fd: int, path: str, metadata: bool = False) -> None:
+    """``fdatasync`` (``fsync`` with ``metadata``) ``fd``; StorageError naming ``path``."""
+
+def truncate_file(fd: int, path: str, length: int) -> None:
+    """Cut ``fd`` to ``length`` bytes; StorageError naming ``path``."""
+
+def set_io_hook(hook: object | None) -> None:
+    """Route the core's file-changing system calls to ``hook``'s methods ``pwrite``,
+    ``fdatasync``, ``fsync``, ``posix_fallocate``, ``ftruncate`` (the signatures of the
+    ``os`` functions); None restores the kernel. For fault injection in tests."""
+
+@final
+class GroupCommit:
+    """Group commit over the active data file: concurrent writers share one fdatasync."""
+
+    def __init__(self, durable: int) -> None: ...
+    def set_file(self, fd: int, path: str) -> None:
+        """Sync the file open as ``fd`` from now on (a duplicate descriptor is kept)."""
+    def note_written(self, position: int) -> None:
+        """The active file holds everything up to ``position`` (hold the log lock)."""
+    def wait_durable(self, position: int) -> None:
+        """Return once ``position`` is durable, syncing as the group's leader if needed."""
+    def sync_now(self) -> None:
+        """Sync whatever has been written."""
+    def mark_durable(self, position: int) -> None:
+        """Record durability achieved by other means (a file seal)."""
+    def poison(self, message: str) -> None:
+        """Fail every waiter and every later write with StorageError(``message``)."""
+    def close(self, message: str) -> None:
+        """Start no more syncs: later leaders raise ClosedError(``message``)."""
+    @property
+    def failure(self) -> BaseException | None:
+        """The StorageError that poisoned the log, or None."""
+    @property
+    def durable(self) -> int: ...
+    @property
+    def fsyncs(self) -> int: ...
+
 def _panic_for_tests(message: str) -> None:
     """Panics inside the core: raises KilnError (tests prove panics never abort)."""
 

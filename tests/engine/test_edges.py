@@ -14,6 +14,7 @@ import pytest
 import kilndb
 
 
+@pytest.mark.usefixtures("os_io")
 def test_an_idempotent_retry_is_acknowledged_no_sooner_than_the_original(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -77,6 +78,7 @@ def test_max_age_drops_stay_dropped_after_a_restart(tmp_path: Path) -> None:
         assert len(ids) == len(set(ids))
 
 
+@pytest.mark.usefixtures("os_io")
 def test_an_fsync_failure_while_sealing_a_file_poisons_the_database(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -100,6 +102,7 @@ def test_an_fsync_failure_while_sealing_a_file_poisons_the_database(
         assert again.stats()["last_position"] >= before
 
 
+@pytest.mark.usefixtures("os_io")
 def test_an_exception_in_the_fsync_leader_does_not_block_other_writers(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -190,6 +193,7 @@ def test_a_write_in_flight_when_the_database_closes_is_acknowledged(
         assert latest is not None and latest.value == 1
 
 
+@pytest.mark.usefixtures("os_io")
 def test_segments_show_durable_entries_only(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -147,6 +147,7 @@ def test_quick_and_worker_ops_interleaved_in_one_pipeline_stay_in_order(server: 
     client.close()
 
 
+@pytest.mark.usefixtures("os_io")
 def test_an_fsync_failure_fails_the_writes_waiting_for_it(
     server: Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:

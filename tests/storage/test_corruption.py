@@ -260,6 +260,7 @@ class ShortThenFull:
         return self.real(fd, data, offset)
 
 
+@pytest.mark.usefixtures("os_io")
 def test_disk_full_during_a_write_writes_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -287,6 +288,7 @@ def test_disk_full_during_a_write_writes_nothing(
     assert [f["value"] for f in everything(data_dir).values()] == [{"i": i} for i in range(21)]
 
 
+@pytest.mark.usefixtures("os_io")
 def test_disk_full_while_preallocating_writes_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -313,6 +315,7 @@ def test_disk_full_while_preallocating_writes_nothing(
     ]
 
 
+@pytest.mark.usefixtures("os_io")
 def test_a_batch_that_failed_on_a_full_disk_never_resurfaces_after_a_crash(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

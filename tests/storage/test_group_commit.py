@@ -81,6 +81,7 @@ def _thread_name() -> str:
     return threading.current_thread().name
 
 
+@pytest.mark.usefixtures("os_io")
 def test_concurrent_writers_share_fsyncs_and_each_returns_only_once_durable(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -126,6 +127,7 @@ def test_concurrent_writers_share_fsyncs_and_each_returns_only_once_durable(
         )
 
 
+@pytest.mark.usefixtures("os_io")
 def test_interval_mode_acknowledges_without_waiting_and_catches_up(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -155,6 +157,7 @@ def test_interval_mode_acknowledges_without_waiting_and_catches_up(
         assert callers and all(name.startswith("kilndb-sync-") for name in callers)
 
 
+@pytest.mark.usefixtures("os_io")
 def test_none_mode_never_syncs_on_the_write_path_and_close_syncs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -175,6 +178,7 @@ def test_none_mode_never_syncs_on_the_write_path_and_close_syncs(
         assert [f.value for f in reopened.replay()] == list(range(200))
 
 
+@pytest.mark.usefixtures("os_io")
 def test_a_failed_fsync_fails_the_waiting_writers_and_poisons_until_reopen(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

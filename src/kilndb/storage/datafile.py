@@ -15,8 +15,10 @@ third. The price is a zero-filled tail, so a header whose ``body_len`` is 0 mark
 end of the data: no record body is ever empty, so a zero length is never a real frame.
 On a clean close the active file is truncated back to its data.
 
-Writes use ``pwrite`` at a tracked offset. A write that fails half way (disk full, I/O
-error) is cut off again by truncating the file at the tracked end, so nothing
+The core makes every system call that changes a data file (``pwrite``,
+``posix_fallocate``, ``fdatasync``, ``ftruncate``) with the GIL released; see
+``rust/src/disk.rs``. Writes use ``pwrite`` at a tracked offset. A write that fails half
+way (disk full, I/O error) is cut off again by truncating the file at the tracked end, so nothing
 acknowledged is disturbed and no whole frame of the failed record is left where recovery
 could find it after a crash (behind a later, shorter record).
 """
@@ -30,7 +32,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from kilndb import _core
-from kilndb.errors import DiskFullError, StorageError
+from kilndb.errors import DiskFullError, KilnError, StorageError
 
 __all__ = [
     "DATA_SUFFIX",
@@ -50,7 +52,8 @@ DATA_SUFFIX = ".log"
 HINT_SUFFIX = ".hint"
 #: Temporary files of interrupted writes (hints, META, compaction): safe to delete.
 LEFTOVER_SUFFIXES = (".tmp", ".compact")
-PREALLOCATE_STEP = 4 * 1024 * 1024
+#: The active file grows in steps of this many bytes.
+PREALLOCATE_STEP: int = _core.PREALLOCATE_STEP
 
 
 def data_path(directory: Path, file_id: int) -> Path:
@@ -75,7 +78,7 @@ def fsync_directory(directory: Path) -> None:
     """Make a create, rename or unlink inside ``directory`` durable."""
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        os.fsync(fd)
+        _core.sync_file(fd, str(directory), metadata=True)
     finally:
         os.close(fd)
 
@@ -88,7 +91,7 @@ def write_durably(path: Path, chunks: list[bytes]) -> None:
             view = memoryview(chunk)
             while view:
                 view = view[os.write(fd, view) :]
-        os.fsync(fd)
+        _core.sync_file(fd, str(path), metadata=True)
     finally:
         os.close(fd)
 
@@ -123,12 +126,15 @@ class DataFile:
         "dead_bytes",
         "fd",
         "file_id",
+        "name",
         "path",
         "size",
     )
 
     def __init__(self, path: Path, file_id: int, fd: int, size: int, allocated: int) -> None:
         self.path = path
+        #: ``path`` as text, for the core's error messages.
+        self.name = str(path)
         self.file_id = file_id
         self.fd = fd
         #: End of the data: the offset the next record is written at.
@@ -173,61 +179,34 @@ class DataFile:
         return os.pread(self.fd, size, offset)
 
     def append(self, data: bytes) -> int:
-        """Write ``data`` at the end of the data; return the offset it starts at."""
+        """Write ``data`` at the end of the data; return the offset it starts at.
+
+        The core preallocates the file ahead and writes with the GIL released; a write
+        that fails half way is cut off again (DiskFullError or StorageError).
+        """
         offset = self.size
-        end = offset + len(data)
-        if end > self.allocated:
-            self._preallocate(end)
         try:
-            written = os.pwrite(self.fd, data, offset)
-            while written < len(data):
-                written += os.pwrite(self.fd, data[written:], offset + written)
-        except OSError as exc:
-            self._discard_from(offset)
-            raise _storage_error("write to", self.path, exc) from exc
-        self.size = end
+            self.allocated = _core.append(self.fd, self.name, data, offset, self.allocated)
+        except KilnError:
+            # The failed bytes were cut off, or the file was never grown.
+            self.allocated = min(self.allocated, offset)
+            raise
+        self.size = offset + len(data)
         return offset
 
-    def _discard_from(self, offset: int) -> None:
-        """Drop a failed write's bytes; truncating is the one write that needs no space."""
-        try:
-            os.ftruncate(self.fd, offset)
-        except OSError:
-            return  # best effort: the write has failed anyway
-        self.allocated = offset
-
-    def _preallocate(self, needed: int) -> None:
-        target = needed + PREALLOCATE_STEP - needed % PREALLOCATE_STEP
-        try:
-            os.posix_fallocate(self.fd, self.allocated, target - self.allocated)
-        except OSError as exc:
-            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
-                raise _storage_error("allocate space in", self.path, exc) from exc
-            target = needed  # no fallocate here: plain appends grow the file
-        self.allocated = max(target, needed)
-
     def sync(self) -> None:
-        try:
-            os.fdatasync(self.fd)
-        except OSError as exc:
-            raise _storage_error("fsync", self.path, exc) from exc
+        _core.sync_file(self.fd, self.name)
 
     def truncate_to_data(self) -> None:
         """Drop the preallocated tail so the file's length is exactly its data."""
         if self.allocated != self.size:
-            try:
-                os.ftruncate(self.fd, self.size)
-            except OSError as exc:
-                raise _storage_error("truncate", self.path, exc) from exc
+            _core.truncate_file(self.fd, self.name, self.size)
             self.allocated = self.size
 
     def seal(self) -> None:
         """Make the file exactly its data and durable; it is never appended to again."""
         self.truncate_to_data()
-        try:
-            os.fsync(self.fd)
-        except OSError as exc:
-            raise _storage_error("fsync", self.path, exc) from exc
+        _core.sync_file(self.fd, self.name, metadata=True)
 
     def frames(self, start: int = 0, end: int | None = None) -> FrameReader:
         return FrameReader(self.fd, start, self.size if end is None else end, str(self.path))

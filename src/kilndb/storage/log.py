@@ -10,7 +10,9 @@ happens outside it, on a :class:`DataFile` reference that stays valid even if co
 swaps the file meanwhile.
 
 Durability is applied after the lock is released (:meth:`Log.wait_durable`), so that
-concurrent writers can share an fsync (:mod:`kilndb.storage.group_commit`).
+concurrent writers can share an fsync: the core's ``GroupCommit`` elects one of them to
+sync for all (see ``rust/src/disk.rs``), and the core makes every system call that
+changes a data file, with the GIL released.
 
 Background work — hint files for sealed data files and automatic compaction — runs on
 one maintenance thread, serialised with on-demand compaction by ``_maintenance``.
@@ -19,7 +21,6 @@ one maintenance thread, serialised with on-demand compaction by ``_maintenance``
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import threading
 import time
@@ -39,7 +40,6 @@ from kilndb.errors import (
 )
 from kilndb.model import Fact
 from kilndb.storage.datafile import DataFile, fsync_directory, hint_path
-from kilndb.storage.group_commit import GroupCommit
 from kilndb.storage.hint import Hint, write_hint
 from kilndb.storage.ids import IdCodec
 from kilndb.storage.lockfile import DatabaseLock
@@ -102,7 +102,8 @@ class Log:
         self.next_position = self.keydir.last_position + 1
         #: Highest position written to the active file (visible to readers).
         self.written = self.next_position - 1
-        self.group_commit = GroupCommit(self._sync_snapshot, self.written)
+        self.group_commit = _core.GroupCommit(self.written)
+        self.group_commit.set_file(self.active.fd, self.active.name)
         #: Notified whenever new facts become visible to changefeed subscribers.
         self.visible_cond = threading.Condition(threading.Lock())
         self.visible = self.written
@@ -166,6 +167,7 @@ class Log:
         )
         self.next_position = staged.last + 1
         written = self.written = staged.last
+        self.group_commit.note_written(written)
         counters = self.stats_counters
         counters["writes"] += 1
         counters["facts_written"] += staged.count
@@ -226,6 +228,7 @@ class Log:
                 facts += 1
             self.next_position = position + 1
             self.written = position
+            self.group_commit.note_written(position)
             counters = self.stats_counters
             counters["writes"] += 1
             counters["facts_written"] += facts
@@ -273,12 +276,6 @@ class Log:
                     if self.subscribers:
                         self.visible_cond.notify_all()
 
-    def _sync_snapshot(self) -> tuple[int, int]:
-        with self.lock:
-            if self.closed:
-                raise ClosedError(f"database {self.directory} is closed")
-            return os.dup(self.active.fd), self.written
-
     def _has_facts(self, datafile: DataFile) -> bool:
         first = self.first_positions[datafile.file_id]
         return self.next_position > first
@@ -290,7 +287,7 @@ class Log:
         except StorageError as exc:
             # Writers waiting on this file must not be acknowledged by a later fsync
             # that may succeed after the kernel dropped the pages.
-            self.group_commit.poison(exc)
+            self.group_commit.poison(str(exc))
             raise
         self.group_commit.mark_durable(self.written)
         if self.config.sync == "always":
@@ -301,6 +298,7 @@ class Log:
         self.files[file_id] = datafile
         self.first_positions[file_id] = self.next_position
         self.active = datafile
+        self.group_commit.set_file(datafile.fd, datafile.name)
         self.stats_counters["rotations"] += 1
         self._tasks.put(lambda: self._write_hint_for(sealed.file_id))
         if self.config.auto_compact:
@@ -578,9 +576,12 @@ class Log:
                 return
             self.closed = True
             # Writers still waiting for their fsync are served by this one.
-            if self.group_commit.failure is None:
-                self.active.seal()
-                self.group_commit.mark_durable(self.written)
+            try:
+                if self.group_commit.failure is None:
+                    self.active.seal()
+                    self.group_commit.mark_durable(self.written)
+            finally:
+                self.group_commit.close(f"database {self.directory} is closed")
         self._stop_interval.set()
         if self._interval_thread is not None:
             self._interval_thread.join()

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import mmap
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -143,8 +142,8 @@ def _cut_torn_tail(datafile: DataFile, offset: int, result: Recovered) -> None:
     keep = free_name(datafile.path.with_name(f"{datafile.path.name}.torn-{offset}"))
     if tail:
         write_durably(keep, [tail])
-    os.ftruncate(datafile.fd, offset)
-    os.fsync(datafile.fd)
+    _core.truncate_file(datafile.fd, datafile.name, offset)
+    _core.sync_file(datafile.fd, datafile.name, metadata=True)
     fsync_directory(datafile.path.parent)
     datafile.size = datafile.allocated = offset
     result.torn.append((str(datafile.path), offset, len(tail)))
