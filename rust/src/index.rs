@@ -18,6 +18,8 @@
 //! cut (`bad_offset`: a torn batch is cut at its header) and where the damage begins.
 
 use pyo3::prelude::*;
+
+use crate::ids::IdIndex;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 
 use crate::errors::guard;
@@ -176,7 +178,7 @@ impl IndexedFile {
         keydir: &Bound<'_, KeyDir>,
         file_id: i64,
         id_prefix: &str,
-        ids: &Bound<'_, PyDict>,
+        ids: &Bound<'_, IdIndex>,
     ) -> PyResult<Option<f64>> {
         guard(py, || {
             let batch: Vec<NewFact<'_>> = self
@@ -198,9 +200,10 @@ impl IndexedFile {
                 .write(py)
                 .add_many(file_id, &batch)
                 .map_err(|err| keydir_error(py, err))?;
+            let mut ids = ids.borrow_mut();
             for f in &self.facts {
                 if !is_generated(id_prefix, &f.fields.id, f.fields.position) {
-                    ids.set_item(&f.fields.id, f.fields.position)?;
+                    ids.ids.insert(&f.fields.id, f.fields.position);
                 }
             }
             Ok(self.facts.last().map(|f| f.fields.ttime))

@@ -10,6 +10,7 @@ use pyo3::prelude::*;
 mod disk;
 pub mod errors;
 pub mod frame;
+pub mod ids;
 pub mod index;
 pub mod json;
 pub mod jsonw;
@@ -41,6 +42,7 @@ fn _core(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<py_frame::FrameDecoder>()?;
     module.add_class::<py_frame::FrameReader>()?;
     module.add_class::<py_keydir::KeyDir>()?;
+    module.add_class::<ids::IdIndex>()?;
     module.add_function(wrap_pyfunction!(py_json::dumps, module)?)?;
     module.add_function(wrap_pyfunction!(py_json::canonical_json, module)?)?;
     module.add_function(wrap_pyfunction!(py_json::value_hash, module)?)?;

@@ -21,6 +21,8 @@
 use hashbrown::HashMap;
 
 use pyo3::prelude::*;
+
+use crate::ids::IdIndex;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple, PyType};
 
@@ -829,7 +831,7 @@ impl Staged {
         &self,
         py: Python<'py>,
         keydir: &Bound<'py, KeyDir>,
-        ids: &Bound<'py, PyDict>,
+        ids: &Bound<'py, IdIndex>,
         file_id: i64,
         offset: i64,
         ttime: f64,
@@ -867,9 +869,10 @@ impl Staged {
                     at += e.size as i64;
                 }
             }
+            let mut ids = ids.borrow_mut();
             for e in &self.entries {
                 if let Some(id) = &e.id {
-                    ids.set_item(id, e.position)?;
+                    ids.ids.insert(id.bind(py).to_str()?, e.position);
                 }
             }
             Ok(freed)

@@ -121,6 +121,22 @@ def set_io_hook(hook: object | None) -> None:
     ``os`` functions); None restores the kernel. For fault injection in tests."""
 
 @final
+class IdIndex:
+    """Client-supplied fact id -> position, compact (an arena and a hash table)."""
+
+    def __init__(self) -> None: ...
+    def get(self, id: str, default: int | None = None) -> int | None: ...
+    def __getitem__(self, id: str) -> int: ...
+    def __setitem__(self, id: str, position: int) -> None: ...
+    def __contains__(self, id: str) -> bool: ...
+    def __len__(self) -> int: ...
+    def load_hint(self, ids: dict[int, str]) -> None:
+        """Index the ``{position: id}`` of a hint file."""
+    @property
+    def memory(self) -> int:
+        """Bytes held by the index."""
+
+@final
 class GroupCommit:
     """Group commit over the active data file: concurrent writers share one fdatasync."""
 
@@ -175,7 +191,7 @@ class Staged:
     def apply(
         self,
         keydir: KeyDir,
-        ids: dict[str, int],
+        ids: IdIndex,
         file_id: int,
         offset: int,
         ttime: float,
@@ -281,9 +297,7 @@ class IndexedFile:
     def stop_reason(self) -> str | None:
         """How the frames ended: None, "end-marker", "short", "length" or "crc"."""
     def __len__(self) -> int: ...
-    def load_into(
-        self, keydir: KeyDir, file_id: int, id_prefix: str, ids: dict[str, int]
-    ) -> float | None:
+    def load_into(self, keydir: KeyDir, file_id: int, id_prefix: str, ids: IdIndex) -> float | None:
         """Index the facts into ``keydir`` (file ``file_id``) and their client-supplied
         ids into ``ids``; the last transaction time, or None if there was no fact."""
     def hint_columns(

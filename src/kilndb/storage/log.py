@@ -86,8 +86,8 @@ class Log:
         # A repair may have dropped acknowledged facts at the end of the log; their
         # positions are never reused.
         self.keydir.pad_to(int(self.meta.get("position_floor", 0)))
-        #: Client-supplied fact id -> position.
-        self.ids: dict[str, int] = recovered.ids
+        #: Client-supplied fact id -> position (generated ids encode their position).
+        self.ids: _core.IdIndex = recovered.ids
         self.files: dict[int, DataFile] = recovered.files
         self.first_positions: dict[int, int] = recovered.first_positions
         self.torn_tails = recovered.torn

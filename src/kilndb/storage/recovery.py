@@ -52,7 +52,7 @@ log = logging.getLogger("kilndb.storage")
 @dataclass
 class Recovered:
     keydir: _core.KeyDir
-    ids: dict[str, int]
+    ids: _core.IdIndex
     files: dict[int, DataFile]
     first_positions: dict[int, int]
     last_ttime: float = 0.0
@@ -174,7 +174,7 @@ def recover(directory: Path, database_id: str, codec: IdCodec) -> Recovered:
     if not file_ids:
         datafile = DataFile.create(directory, 1)
         write_header(datafile, 1, database_id)
-        return Recovered(_core.KeyDir(1), {}, {1: datafile}, {1: 1})
+        return Recovered(_core.KeyDir(1), _core.IdIndex(), {1: datafile}, {1: 1})
     result: Recovered | None = None
     for index, file_id in enumerate(file_ids):
         is_last = index == len(file_ids) - 1
@@ -189,12 +189,12 @@ def recover(directory: Path, database_id: str, codec: IdCodec) -> Recovered:
             _check_torn(datafile, 0)
             first = 1 if result is None else result.keydir.last_position + 1
             if result is None:
-                result = Recovered(_core.KeyDir(first), {}, {}, {})
+                result = Recovered(_core.KeyDir(first), _core.IdIndex(), {}, {})
             _cut_torn_tail(datafile, 0, result)
             header = (first, write_header(datafile, first, database_id))
         first_position, start = header
         if result is None:
-            result = Recovered(_core.KeyDir(first_position), {}, {}, {})
+            result = Recovered(_core.KeyDir(first_position), _core.IdIndex(), {}, {})
         result.keydir.pad_to(first_position - 1)
         result.files[file_id] = datafile
         result.first_positions[file_id] = first_position
@@ -204,7 +204,7 @@ def recover(directory: Path, database_id: str, codec: IdCodec) -> Recovered:
             datafile.dead_bytes = hint.dead_bytes
             if len(hint):
                 result.last_ttime = max(result.last_ttime, hint.ttime[-1])
-            result.ids.update({fact_id: position for position, fact_id in hint.ids.items()})
+            result.ids.load_hint(hint.ids)
             if is_last:
                 hint_path(directory, file_id).unlink()
             continue
