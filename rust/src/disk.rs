@@ -36,8 +36,8 @@ use pyo3::exceptions::PyOSError;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
-use crate::errors::{guard, kiln_error, storage_error};
-use crate::py_frame::borrowed_file;
+use crate::errors::{corrupt_record, guard, invalid_argument, kiln_error, storage_error};
+use crate::py_frame::{borrowed_file, pread_exact};
 
 /// The active data file grows in steps of this many bytes: overwriting allocated blocks
 /// lets `fdatasync` skip the file-size update.
@@ -181,32 +181,107 @@ pub fn append(
     offset: u64,
     allocated: u64,
 ) -> PyResult<u64> {
+    guard(py, || append_bytes(py, fd, path, data, offset, allocated))
+}
+
+fn append_bytes(
+    py: Python<'_>,
+    fd: i32,
+    path: &str,
+    data: &[u8],
+    offset: u64,
+    allocated: u64,
+) -> PyResult<u64> {
+    let needed = offset + data.len() as u64;
+    let mut allocated = allocated;
+    if needed > allocated {
+        let target = needed + PREALLOCATE_STEP - needed % PREALLOCATE_STEP;
+        allocated = match call(py, fd, Call::Fallocate(allocated, target - allocated)) {
+            Ok(_) => target,
+            // This filesystem cannot preallocate: plain appends grow the file.
+            Err(Failure::Os(err))
+                if matches!(
+                    err.raw_os_error(),
+                    Some(libc::EOPNOTSUPP | libc::EINVAL | libc::ENOSYS)
+                ) =>
+            {
+                needed
+            }
+            Err(failure) => return Err(failure.into_pyerr(py, "allocate space in", path)),
+        };
+    }
+    if let Err(failure) = pwrite_all(py, fd, data, offset) {
+        // Truncating is the one write that needs no space; best effort, the write has
+        // failed anyway.
+        let _ = call(py, fd, Call::Ftruncate(offset));
+        return Err(failure.into_pyerr(py, "write to", path));
+    }
+    Ok(allocated.max(needed))
+}
+
+/// Bytes read, and written, at a time by [`copy_frames`].
+const COPY_CHUNK: u64 = 1 << 20;
+
+/// Copy the frames at `offsets` (of `sizes` bytes) of the file open as `source_fd` to
+/// the end (`end`, physical length `allocated`) of the file open as `target_fd`, in file
+/// order, checking each frame's length field and CRC on the way (compaction). Returns
+/// each frame's new offset, the target's new end and its physical length. Raises
+/// `CorruptRecordError(source_path, offset)` for a damaged frame, `DiskFullError` or
+/// `StorageError` for a failed write (whose bytes are cut off again).
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+pub fn copy_frames(
+    py: Python<'_>,
+    source_fd: i32,
+    source_path: &str,
+    offsets: Vec<u64>,
+    sizes: Vec<u64>,
+    target_fd: i32,
+    target_path: &str,
+    end: u64,
+    allocated: u64,
+) -> PyResult<(Vec<u64>, u64, u64)> {
     guard(py, || {
-        let needed = offset + data.len() as u64;
-        let mut allocated = allocated;
-        if needed > allocated {
-            let target = needed + PREALLOCATE_STEP - needed % PREALLOCATE_STEP;
-            allocated = match call(py, fd, Call::Fallocate(allocated, target - allocated)) {
-                Ok(_) => target,
-                // This filesystem cannot preallocate: plain appends grow the file.
-                Err(Failure::Os(err))
-                    if matches!(
-                        err.raw_os_error(),
-                        Some(libc::EOPNOTSUPP | libc::EINVAL | libc::ENOSYS)
-                    ) =>
-                {
-                    needed
-                }
-                Err(failure) => return Err(failure.into_pyerr(py, "allocate space in", path)),
-            };
+        if offsets.len() != sizes.len() {
+            return Err(invalid_argument(py, "offsets and sizes differ in length"));
         }
-        if let Err(failure) = pwrite_all(py, fd, data, offset) {
-            // Truncating is the one write that needs no space; best effort, the write
-            // has failed anyway.
-            let _ = call(py, fd, Call::Ftruncate(offset));
-            return Err(failure.into_pyerr(py, "write to", path));
+        let (mut end, mut allocated) = (end, allocated);
+        let mut moved = Vec::with_capacity(offsets.len());
+        let mut out: Vec<u8> = Vec::with_capacity(COPY_CHUNK as usize * 2);
+        let mut i = 0;
+        while i < offsets.len() {
+            // A run of frames back to back in the source, up to a chunk.
+            let (start, mut len, mut j) = (offsets[i], sizes[i], i + 1);
+            while j < offsets.len() && offsets[j] == start + len && len < COPY_CHUNK {
+                len += sizes[j];
+                j += 1;
+            }
+            let bytes = py
+                .detach(|| pread_exact(&borrowed_file(source_fd), start, len as usize))
+                .map_err(|err| storage_error(py, "read", source_path, &err))?;
+            let mut at = 0usize;
+            for k in i..j {
+                let size = sizes[k] as usize;
+                bytes
+                    .get(at..)
+                    .and_then(|rest| crate::read::checked_body(rest, size))
+                    .ok_or_else(|| corrupt_record(py, source_path, offsets[k]))?;
+                moved.push(end + out.len() as u64);
+                out.extend_from_slice(&bytes[at..at + size]);
+                at += size;
+            }
+            if out.len() as u64 >= COPY_CHUNK {
+                allocated = append_bytes(py, target_fd, target_path, &out, end, allocated)?;
+                end += out.len() as u64;
+                out.clear();
+            }
+            i = j;
         }
-        Ok(allocated.max(needed))
+        if !out.is_empty() {
+            allocated = append_bytes(py, target_fd, target_path, &out, end, allocated)?;
+            end += out.len() as u64;
+        }
+        Ok((moved, end, allocated))
     })
 }
 

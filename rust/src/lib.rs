@@ -61,6 +61,7 @@ fn _core(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<stage::Stager>()?;
     module.add_class::<stage::Staged>()?;
     module.add_function(wrap_pyfunction!(disk::append, module)?)?;
+    module.add_function(wrap_pyfunction!(disk::copy_frames, module)?)?;
     module.add_function(wrap_pyfunction!(disk::sync_file, module)?)?;
     module.add_function(wrap_pyfunction!(disk::truncate_file, module)?)?;
     module.add_function(wrap_pyfunction!(disk::set_io_hook, module)?)?;

@@ -284,6 +284,67 @@ impl KeyDir {
         })
     }
 
+    /// The retained facts of data file `file_id`, whose positions are in
+    /// `first..end`: their positions, offsets and frame sizes in position order, and
+    /// the highest position in the range that is no longer retained (0 if none).
+    #[allow(clippy::type_complexity)]
+    fn live_in_file(
+        &self,
+        py: Python<'_>,
+        file_id: u64,
+        first: i64,
+        end: i64,
+    ) -> PyResult<(Vec<i64>, Vec<u64>, Vec<u64>, i64)> {
+        guard(py, || {
+            let keydir = self.read(py);
+            let (mut positions, mut offsets, mut sizes) = (Vec::new(), Vec::new(), Vec::new());
+            let mut dropped = 0;
+            for position in first..end {
+                match keydir.location(position) {
+                    None => dropped = position,
+                    Some((file, offset, size)) if file == file_id => {
+                        positions.push(position);
+                        offsets.push(offset);
+                        sizes.push(u64::from(size));
+                    }
+                    Some(_) => {}
+                }
+            }
+            Ok((positions, offsets, sizes, dropped))
+        })
+    }
+
+    /// Point the facts at `positions` still in data file `file_id` to their `offsets`
+    /// in its rewritten copy; the frame bytes (of `sizes`) of those dropped meanwhile.
+    fn relocate_many(
+        &self,
+        py: Python<'_>,
+        file_id: i64,
+        positions: Vec<i64>,
+        offsets: Vec<i64>,
+        sizes: Vec<u64>,
+    ) -> PyResult<u64> {
+        guard(py, || {
+            if positions.len() != offsets.len() || positions.len() != sizes.len() {
+                return Err(crate::errors::invalid_argument(
+                    py,
+                    "positions, offsets and sizes differ in length",
+                ));
+            }
+            let mut keydir = self.write(py);
+            let mut dead = 0;
+            for ((&position, &offset), &size) in positions.iter().zip(&offsets).zip(&sizes) {
+                match keydir.location(position) {
+                    Some((file, _, _)) if file as i64 == file_id => keydir
+                        .relocate(position, file_id, offset)
+                        .map_err(|err| keydir_error(py, err))?,
+                    _ => dead += size,
+                }
+            }
+            Ok(dead)
+        })
+    }
+
     fn is_retained(&self, py: Python<'_>, position: i64) -> PyResult<bool> {
         guard(py, || Ok(self.read(py).is_retained(position)))
     }

@@ -58,7 +58,7 @@ pub fn read_fact<'py>(
 
 /// The body of the frame `bytes` if it is whole: `size` bytes, its length field and CRC
 /// agreeing.
-fn checked_body(bytes: &[u8], size: usize) -> Option<&[u8]> {
+pub(crate) fn checked_body(bytes: &[u8], size: usize) -> Option<&[u8]> {
     let frame = bytes.get(..size)?;
     (size > frame::OVERHEAD
         && frame::read_u32(frame, 0) as usize == size - frame::OVERHEAD

@@ -109,6 +109,21 @@ def append(fd: int, path: str, data: bytes, offset: int, allocated: int) -> int:
     ``allocated`` when needed; the new physical length. A write that fails half way is
     cut off again; raises DiskFullError or StorageError naming ``path``."""
 
+def copy_frames(
+    source_fd: int,
+    source_path: str,
+    offsets: list[int],
+    sizes: list[int],
+    target_fd: int,
+    target_path: str,
+    end: int,
+    allocated: int,
+) -> tuple[list[int], int, int]:
+    """Copy the frames at ``offsets`` (of ``sizes`` bytes) of ``source_fd`` to the end
+    ``end`` of ``target_fd`` (physical length ``allocated``), checking each frame's CRC:
+    their new offsets, the target's new end and physical length. Raises
+    CorruptRecordError(source_path, offset), DiskFullError or StorageError."""
+
 def sync_file(fd: int, path: str, metadata: bool = False) -> None:
     """``fdatasync`` (``fsync`` with ``metadata``) ``fd``; StorageError naming ``path``."""
 
@@ -400,6 +415,16 @@ class KeyDir:
         """A read plan for the retained facts among ``positions``: the ids of the files
         involved, and 16 bytes a fact (little-endian u32 index into those ids, u64
         offset, u32 frame size); positions not retained are skipped."""
+    def live_in_file(
+        self, file_id: int, first: int, end: int
+    ) -> tuple[list[int], list[int], list[int], int]:
+        """Positions, offsets and frame sizes of the retained facts of file ``file_id``
+        among positions ``first..end``, and the highest dropped position there (or 0)."""
+    def relocate_many(
+        self, file_id: int, positions: list[int], offsets: list[int], sizes: list[int]
+    ) -> int:
+        """Point the facts still in file ``file_id`` to ``offsets`` in its rewritten copy;
+        the bytes (``sizes``) of those dropped meanwhile."""
     def relocate(self, position: int, file_id: int, offset: int) -> None:
         """Point a retained fact at its new place; ValueError if it is not retained."""
     def is_retained(self, position: int) -> bool: ...

@@ -2,9 +2,9 @@
 
 Theory of operation
 -------------------
-For each sealed file holding dead bytes, the retained frames are copied verbatim (each
-CRC checked on the way) behind a fresh copy of the file header into
-``NNNNNNNN.log.compact``, which is fsynced. Then, holding the log lock only for the
+For each sealed file holding dead bytes, the retained frames are copied verbatim by the
+core, a chunk at a time and each CRC checked on the way, behind a fresh copy of the file
+header into ``NNNNNNNN.log.compact``, which is fsynced. Then, holding the log lock only for the
 swap, the keydir entries are pointed at their new offsets, the old hint is removed, the
 new file is renamed over the old one (atomic) and the directory fsynced. A new hint is
 written afterwards; a crash before it exists only costs a scan at the next open. A file
@@ -21,12 +21,10 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-import orjson
-
+from kilndb import _core
 from kilndb.codec import encode_frame
-from kilndb.errors import CorruptRecordError
 from kilndb.storage.datafile import DataFile, data_path, hint_path
-from kilndb.storage.hint import TOMBSTONE, Hint, write_hint
+from kilndb.storage.hint import write_hint
 from kilndb.storage.records import file_header
 
 if TYPE_CHECKING:
@@ -58,16 +56,10 @@ def _compact_file(log: Log, file_id: int) -> tuple[int, int]:
         first = log.first_positions[file_id]
         later = [f for f in log.files if f > file_id]
         end = log.first_positions[min(later)] if later else log.next_position
-        live = []
-        dropped_max = 0
-        for position, location in enumerate(keydir.locations(range(first, end)), first):
-            if location is None:
-                dropped_max = position
-            elif location[0] == file_id:
-                live.append((position, location[1], location[2]))
+        positions, offsets, sizes, dropped_max = keydir.live_in_file(file_id, first, end)
     directory = log.directory
     before = old.size
-    if not live:
+    if not positions:
         with log.lock:
             del log.files[file_id]
             del log.first_positions[file_id]
@@ -80,47 +72,27 @@ def _compact_file(log: Log, file_id: int) -> tuple[int, int]:
     temporary = data_path(directory, file_id).with_name(f"{file_id:08d}.log.compact")
     fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
     new = DataFile(temporary, file_id, fd, 0, 0)
-    # (position, new offset, hint columns) of every fact copied.
-    moved: list[tuple[int, int, int, tuple[int, float, str, str, str | None]]] = []
     try:
         new.append(encode_frame(file_header(file_id, first, log.database_id)))
-        for position, offset, size in live:
-            frame = old.pread(offset, size)
-            body = frame[4:-4]
-            if len(frame) != size or encode_frame(body) != frame:
-                raise CorruptRecordError(str(old.path), offset)
-            new_offset = new.append(frame)
-            record = orjson.loads(body)
-            fact_id = record["id"]
-            columns = (
-                record["seq"] | (TOMBSTONE if record["deleted"] else 0),
-                record["transaction_time"],
-                record["store"],
-                record["key"],
-                None if log.ids_codec.position_of(fact_id) == position else fact_id,
-            )
-            moved.append((position, new_offset, size, columns))
+        # The core copies the frames a chunk at a time, checking each one's CRC.
+        moved, new.size, new.allocated = _core.copy_frames(
+            old.fd, old.name, offsets, sizes, new.fd, new.name, new.size, new.allocated
+        )
         new.seal()
     except BaseException:
         new.close()
         temporary.unlink(missing_ok=True)
         raise
     final = data_path(directory, file_id)
-    hint = Hint(file_id, new.size)
     with log.lock:
-        for position, new_offset, size, (seq, ttime, store, key, fact_id) in moved:
-            location = keydir.location(position)
-            if location is not None and location[0] == file_id:
-                keydir.relocate(position, file_id, new_offset)
-                hint.add(position, new_offset, size, seq, ttime, store, key, fact_id)
-            else:  # dropped while we copied: dead in the new file too, and not in its hint
-                new.dead_bytes += size
+        # Facts dropped while the copy ran are dead in the new file too.
+        new.dead_bytes = keydir.relocate_many(file_id, positions, moved, sizes)
         hint_path(directory, file_id).unlink(missing_ok=True)
         os.replace(temporary, final)
-        new.path = final
+        new.path, new.name = final, str(final)
         log.fsync_directory()
         log.files[file_id] = new
-    hint.dead_bytes = new.dead_bytes
-    write_hint(hint_path(directory, file_id), hint)
+    # The hint describes what the keydir retains of the new file when it is written.
+    write_hint(hint_path(directory, file_id), log.build_hint(new))
     log.record_compacted(dropped_max)
     return before, new.size
