@@ -22,6 +22,7 @@ pub mod record;
 mod requests;
 mod scan;
 mod stage;
+mod streams;
 
 /// Panics on purpose: lets the tests prove that a bug in the core reaches Python as
 /// `KilnError` instead of aborting the process.
@@ -56,6 +57,12 @@ fn _core(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(pyfact::facts_from_dicts, module)?)?;
     module.add_class::<stage::Stager>()?;
     module.add_class::<stage::Staged>()?;
+    module.add_function(wrap_pyfunction!(streams::produce_records, module)?)?;
+    module.add_function(wrap_pyfunction!(streams::produced_entries, module)?)?;
+    module.add_function(wrap_pyfunction!(streams::produce_writes, module)?)?;
+    module.add_function(wrap_pyfunction!(streams::produced_wire, module)?)?;
+    module.add_function(wrap_pyfunction!(streams::entries_wire, module)?)?;
+    module.add_function(wrap_pyfunction!(streams::entries_from_wire, module)?)?;
     module.add_function(wrap_pyfunction!(_panic_for_tests, module)?)?;
     Ok(())
 }

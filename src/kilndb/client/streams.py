@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from orjson import Fragment
+
+from kilndb import _core
 from kilndb.client.endpoint import Endpoint
 from kilndb.client.pushed import PushedStream
 from kilndb.client.transport import Connection
@@ -13,10 +17,10 @@ from kilndb.leases import check_fence
 from kilndb.model import validate_key, validate_store_name
 from kilndb.streams import (
     Entry,
+    Record,
     check_time,
     clamp_heartbeat,
     clamp_limit,
-    entry_from_produced,
     entry_from_wire,
     record_to_wire,
     record_write,
@@ -28,7 +32,9 @@ Call = Callable[..., dict[str, Any]]
 
 
 def _entries(reply: dict[str, Any]) -> list[Entry]:
-    return [entry_from_wire(wire) for wire in reply["entries"]]
+    # In one call into the core: it builds each Entry as entry_from_wire would.
+    entries: list[Entry] = _core.entries_from_wire(reply["entries"], Entry, base64.b64decode)
+    return entries
 
 
 class RemoteSegment:
@@ -46,23 +52,31 @@ class RemoteSegment:
     ) -> list[Entry]:
         fenced = check_fence(fence)
         checked = list(records)
-        for record in checked:  # the embedded rules, before anything is sent
-            write = record_write(self.space, self.name, record)
-            prepare_write(write.store, write.key, write.value, metadata=write.metadata)
+        # The embedded rules, before anything is sent: the core checks the common
+        # records and writes their wire form in one call; the rest are checked here.
+        wire: Fragment | list[dict[str, Any]] | None = None
+        encoded = _core.produce_records(checked, Record)
+        if encoded is not None:
+            wire = Fragment(encoded)
+        else:
+            for record in checked:
+                write = record_write(self.space, self.name, record)
+                prepare_write(write.store, write.key, write.value, metadata=write.metadata)
+            wire = [record_to_wire(record) for record in checked]
         if not checked:
             return []
         reply = self._call(
             "produce",
             space=self.space,
             segment=self.name,
-            records=[record_to_wire(record) for record in checked],
+            records=wire,
             expected_seq=expected_seq,
             fence=None if fenced is None else {"key": fenced[0], "token": fenced[1]},
         )
-        return [
-            entry_from_produced(self.space, self.name, record, wire)
-            for record, wire in zip(checked, reply["produced"], strict=True)
-        ]
+        entries: list[Entry] = _core.produced_entries(
+            self.space, self.name, checked, reply["produced"], Entry
+        )
+        return entries
 
     def consume(
         self,
