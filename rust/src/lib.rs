@@ -63,6 +63,7 @@ fn _core(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(streams::produced_wire, module)?)?;
     module.add_function(wrap_pyfunction!(streams::entries_wire, module)?)?;
     module.add_function(wrap_pyfunction!(streams::entries_from_wire, module)?)?;
+    module.add_function(wrap_pyfunction!(streams::consume_entries, module)?)?;
     module.add_function(wrap_pyfunction!(_panic_for_tests, module)?)?;
     Ok(())
 }

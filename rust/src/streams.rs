@@ -22,7 +22,8 @@
 //!   from the stored records of the batch.
 //! * Server, consume: [`entries_wire`] writes the reply's `entries` array from the
 //!   stored records of the segment, never building a fact.
-//! * Client, consume: [`entries_from_wire`] builds the `Entry` objects of a reply.
+//! * Client, consume: [`consume_entries`] parses a reply's entries straight into
+//!   `Entry` objects; [`entries_from_wire`] builds them from decoded entries.
 //!
 //! Entries are built as the core builds facts ([`crate::pyfact::fact_with`]): an instance
 //! of the plain `Entry` class made without running its `__init__`, each field set with
@@ -52,6 +53,28 @@ const ENTRY_FIELDS: [&str; 8] = [
     "id",
 ];
 static ENTRY_NAMES: PyOnceLock<Vec<Py<PyString>>> = PyOnceLock::new();
+/// The wire names read from reply objects (interned: looked up once per entry each).
+const WIRE_FIELDS: [&str; 9] = [
+    "space",
+    "segment",
+    "sequence",
+    "timestamp",
+    "payload",
+    "metadata",
+    "position",
+    "id",
+    "payload_base64",
+];
+static WIRE_NAMES: PyOnceLock<Vec<Py<PyString>>> = PyOnceLock::new();
+
+fn wire_names(py: Python<'_>) -> &[Py<PyString>] {
+    WIRE_NAMES.get_or_init(py, || {
+        WIRE_FIELDS
+            .iter()
+            .map(|name| PyString::intern(py, name).unbind())
+            .collect()
+    })
+}
 
 fn entry_names(py: Python<'_>) -> &[Py<PyString>] {
     ENTRY_NAMES.get_or_init(py, || {
@@ -222,9 +245,11 @@ pub fn produce_records<'py>(
     })
 }
 
-fn field<'py>(wire: &Bound<'py, PyDict>, name: &str) -> PyResult<Bound<'py, PyAny>> {
+/// `wire[name]` (KeyError if absent), `name` an interned wire name.
+fn field<'py>(wire: &Bound<'py, PyDict>, name: &Py<PyString>) -> PyResult<Bound<'py, PyAny>> {
+    let name = name.bind(wire.py());
     wire.get_item(name)?
-        .ok_or_else(|| pyo3::exceptions::PyKeyError::new_err(name.to_owned()))
+        .ok_or_else(|| pyo3::exceptions::PyKeyError::new_err(name.clone().unbind()))
 }
 
 /// `[entry_from_produced(space, segment, record, wire) for record, wire in
@@ -246,6 +271,7 @@ pub fn produced_entries<'py>(
         }
         let _pause = crate::pyfact::GcPause::new(py);
         let names = entry_names(py);
+        let wire_names = wire_names(py);
         let bytes_type = py.get_type::<PyBytes>();
         let out = PyList::empty(py);
         for (record, wire) in records.iter().zip(produced.iter()) {
@@ -268,12 +294,12 @@ pub fn produced_entries<'py>(
             let values = [
                 space.clone().into_any(),
                 segment.clone().into_any(),
-                field(&wire, "sequence")?,
-                field(&wire, "timestamp")?,
+                field(&wire, &wire_names[2])?,
+                field(&wire, &wire_names[3])?,
                 payload,
                 metadata.into_any(),
-                field(&wire, "position")?,
-                field(&wire, "id")?,
+                field(&wire, &wire_names[6])?,
+                field(&wire, &wire_names[7])?,
             ];
             out.append(crate::pyfact::fact_with(py, entry_type, names, values)?)?;
         }
@@ -585,26 +611,111 @@ pub fn entries_from_wire<'py>(
     guard(py, || {
         let _pause = crate::pyfact::GcPause::new(py);
         let names = entry_names(py);
+        let n = wire_names(py);
         let out = PyList::empty(py);
         for wire in entries.iter() {
             let wire = wire.cast_into::<PyDict>()?;
-            let payload = match wire.get_item("payload_base64")? {
+            let payload = match wire.get_item(n[8].bind(py))? {
                 Some(encoded) => b64decode.call1((encoded,))?,
-                None => field(&wire, "payload")?,
+                None => field(&wire, &n[4])?,
             };
             let values = [
-                field(&wire, "space")?,
-                field(&wire, "segment")?,
-                field(&wire, "sequence")?,
-                field(&wire, "timestamp")?,
+                field(&wire, &n[0])?,
+                field(&wire, &n[1])?,
+                field(&wire, &n[2])?,
+                field(&wire, &n[3])?,
                 payload,
-                field(&wire, "metadata")?,
-                field(&wire, "position")?,
-                field(&wire, "id")?,
+                field(&wire, &n[5])?,
+                field(&wire, &n[6])?,
+                field(&wire, &n[7])?,
             ];
             out.append(crate::pyfact::fact_with(py, entry_type, names, values)?)?;
         }
         Ok(out)
+    })
+}
+
+/// The members of an entry as the server writes them, in order (a JSON payload).
+const ENTRY_WIRE: [&[u8]; 8] = [
+    b"space",
+    b"segment",
+    b"sequence",
+    b"timestamp",
+    b"position",
+    b"id",
+    b"metadata",
+    b"payload",
+];
+
+/// Is `span` an entry object with exactly the members of [`ENTRY_WIRE`], in order?
+fn plain_entry(span: &[u8]) -> Option<()> {
+    let mut w = Walk { buf: span, at: 0 };
+    w.literal(b"{")?;
+    for (i, name) in ENTRY_WIRE.iter().enumerate() {
+        if i > 0 {
+            w.literal(b",")?;
+        }
+        let (key, escaped) = w.raw_string()?;
+        if escaped || key != *name {
+            return None;
+        }
+        w.literal(b":")?;
+        skip_value(&mut w)?;
+    }
+    w.literal(b"}")?;
+    (w.at == span.len()).then_some(())
+}
+
+/// The entries of a successful `consume` reply's body, `{"ok":true,"entries":[…]…}`,
+/// each parsed straight into an `entry_type` instance (no dict per entry): what
+/// `[entry_from_wire(w) for w in orjson.loads(body)["entries"]]` gives. None for any
+/// other reply — an error, an entry with a bytes payload, an entry laid out otherwise —
+/// which the caller then decodes the general way.
+#[pyfunction]
+pub fn consume_entries<'py>(
+    py: Python<'py>,
+    body: &[u8],
+    entry_type: &Bound<'py, PyType>,
+) -> PyResult<Option<Bound<'py, PyList>>> {
+    guard(py, || {
+        let mut w = Walk { buf: body, at: 0 };
+        if w.literal(b"{\"ok\":true,\"entries\":[").is_none() {
+            return Ok(None);
+        }
+        let mut spans = Vec::new();
+        if w.peek() == Some(b']') {
+            w.at += 1;
+        } else {
+            loop {
+                let start = w.at;
+                if skip_value(&mut w).is_none() {
+                    return Ok(None);
+                }
+                let span = &body[start..w.at];
+                if plain_entry(span).is_none() {
+                    return Ok(None);
+                }
+                spans.push(span);
+                match w.peek() {
+                    Some(b',') => w.at += 1,
+                    Some(b']') => {
+                        w.at += 1;
+                        break;
+                    }
+                    _ => return Ok(None),
+                }
+            }
+        }
+        // The rest of the reply (a request id) must be well-formed too.
+        if !matches!(w.peek(), Some(b'}' | b',')) {
+            return Ok(None);
+        }
+        let _pause = crate::pyfact::GcPause::new(py);
+        let out = PyList::empty(py);
+        for span in spans {
+            out.append(crate::py_json::loads_instance(py, span, entry_type)?)?;
+        }
+        Ok(Some(out))
     })
 }
 

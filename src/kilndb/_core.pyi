@@ -67,6 +67,11 @@ def entries_from_wire(
 ) -> list[Any]:
     """``[entry_from_wire(wire) for wire in entries]`` in one call."""
 
+def consume_entries(body: bytes, entry_type: type[Any]) -> list[Any] | None:
+    """The entries of a successful ``consume`` reply's body, each parsed straight into an
+    ``entry_type`` instance: ``[entry_from_wire(w) for w in loads(body)["entries"]]``.
+    None for any other reply (an error, a bytes payload, another layout)."""
+
 def dumps(value: object, sort_keys: bool = False) -> bytes | None:
     """``orjson.dumps(value, option=OPT_PASSTHROUGH_DATETIME | OPT_PASSTHROUGH_DATACLASS
     [| OPT_SORT_KEYS])``, byte for byte, for plain JSON values: None, bool, int, float,

@@ -11,7 +11,7 @@ from orjson import Fragment
 from kilndb import _core
 from kilndb.client.endpoint import Endpoint
 from kilndb.client.pushed import PushedStream
-from kilndb.client.transport import Connection
+from kilndb.client.transport import Connection, reply_of
 from kilndb.engine.writes import prepare_write
 from kilndb.leases import check_fence
 from kilndb.model import validate_key, validate_store_name
@@ -29,6 +29,8 @@ from kilndb.streams import (
 __all__ = ["RemoteSegment", "RemoteSpace", "RemoteStatusSubscription"]
 
 Call = Callable[..., dict[str, Any]]
+#: Sends a read and returns its reply's body undecoded.
+CallBody = Callable[..., bytes]
 
 
 def _entries(reply: dict[str, Any]) -> list[Entry]:
@@ -40,10 +42,11 @@ def _entries(reply: dict[str, Any]) -> list[Entry]:
 class RemoteSegment:
     """A segment of a remote space; the same methods as :class:`kilndb.engine.Segment`."""
 
-    __slots__ = ("_call", "name", "space")
+    __slots__ = ("_call", "_call_body", "name", "space")
 
-    def __init__(self, call: Call, space: str, name: str) -> None:
+    def __init__(self, call: Call, space: str, name: str, call_body: CallBody) -> None:
         self._call = call
+        self._call_body = call_body
         self.space = space
         self.name = validate_key(name)
 
@@ -86,7 +89,7 @@ class RemoteSegment:
         max_ts: float | None = None,
         limit: int | None = None,
     ) -> list[Entry]:
-        reply = self._call(
+        body = self._call_body(
             "consume",
             space=self.space,
             segment=self.name,
@@ -96,7 +99,10 @@ class RemoteSegment:
             max_ts=check_time("max_ts", max_ts),
             limit=clamp_limit(limit),
         )
-        return _entries(reply)
+        # A page of JSON payloads is parsed straight into entries; anything else (an
+        # error, a bytes payload) is decoded the general way.
+        entries: list[Entry] | None = _core.consume_entries(body, Entry)
+        return _entries(reply_of(body)) if entries is None else entries
 
     def peek(self) -> Entry | None:
         wire = self._call("peek", space=self.space, segment=self.name)["entry"]
@@ -112,17 +118,22 @@ class RemoteSegment:
 class RemoteSpace:
     """A space of a remote database; the same methods as :class:`kilndb.engine.Space`."""
 
-    __slots__ = ("_call", "_open_status", "name")
+    __slots__ = ("_call", "_call_body", "_open_status", "name")
 
     def __init__(
-        self, call: Call, name: str, open_status: Callable[..., RemoteStatusSubscription]
+        self,
+        call: Call,
+        name: str,
+        open_status: Callable[..., RemoteStatusSubscription],
+        call_body: CallBody,
     ) -> None:
         self._call = call
+        self._call_body = call_body
         self._open_status = open_status
         self.name = validate_store_name(name)
 
     def segment(self, name: str) -> RemoteSegment:
-        return RemoteSegment(self._call, self.name, name)
+        return RemoteSegment(self._call, self.name, name, self._call_body)
 
     def segments(self) -> list[str]:
         segments: list[str] = self._call("segments", space=self.name)["segments"]
