@@ -229,10 +229,8 @@ pub fn produce_records<'py>(
             {
                 return Ok(None);
             }
-            // `prepare_write` serialises the value canonically: it must be able to.
-            if dumps_plain(py, &payload, true)?.is_none() {
-                return Ok(None);
-            }
+            // `prepare_write` serialises the value canonically: the native writer takes
+            // and refuses the same values with sorted keys or without.
             let Some(json) = dumps_plain(py, &payload, false)? else {
                 return Ok(None);
             };
@@ -309,6 +307,10 @@ pub fn produced_entries<'py>(
 
 // -- the server's produce ------------------------------------------------------------
 
+/// The names of the write params [`produce_writes`] makes, interned.
+const WRITE_PARAMS: [&str; 5] = ["store", "key", "value", "metadata", "expected_seq"];
+static WRITE_PARAM_NAMES: PyOnceLock<Vec<Py<PyString>>> = PyOnceLock::new();
+
 /// The write params of a `produce` request's records (checked objects), as
 /// `record_write(space, segment, record_from_wire(wire))` makes them, with
 /// `expected_seq` on the first: `{"store", "key", "value", "metadata"[, "expected_seq"]}`
@@ -323,18 +325,30 @@ pub fn produce_writes<'py>(
     expected_seq: Option<Bound<'py, PyAny>>,
 ) -> PyResult<Option<Bound<'py, PyList>>> {
     guard(py, || {
+        let names = WRITE_PARAM_NAMES.get_or_init(py, || {
+            WRITE_PARAMS
+                .iter()
+                .map(|name| PyString::intern(py, name).unbind())
+                .collect()
+        });
+        let [store, key, value, metadata_name, expected_name] =
+            [0, 1, 2, 3, 4].map(|i| names[i].bind(py));
+        let wire_names = wire_names(py);
         let out = PyList::empty(py);
         for (i, wire) in records.iter().enumerate() {
             let Ok(wire) = wire.cast_exact::<PyDict>() else {
                 return Ok(None);
             };
-            let Some(metadata) = plain_metadata(&field_or_none(wire, "metadata")?)? else {
+            let given = wire.get_item(metadata_name)?;
+            let Some(metadata) =
+                plain_metadata(&given.unwrap_or_else(|| py.None().into_bound(py)))?
+            else {
                 return Ok(None);
             };
             let write = PyDict::new(py);
-            write.set_item("store", space)?;
-            write.set_item("key", segment)?;
-            if let Some(encoded) = wire.get_item("payload_base64")? {
+            write.set_item(store, space)?;
+            write.set_item(key, segment)?;
+            if let Some(encoded) = wire.get_item(wire_names[8].bind(py))? {
                 let Ok(text) = encoded.cast_exact::<PyString>() else {
                     return Ok(None);
                 };
@@ -346,30 +360,24 @@ pub fn produce_writes<'py>(
                     None => PyDict::new(py),
                 };
                 marked.set_item("kiln.payload", "base64")?;
-                write.set_item("value", text)?;
-                write.set_item("metadata", marked)?;
+                write.set_item(value, text)?;
+                write.set_item(metadata_name, marked)?;
             } else {
-                let Some(payload) = wire.get_item("payload")? else {
+                let Some(payload) = wire.get_item(wire_names[4].bind(py))? else {
                     return Ok(None);
                 };
-                write.set_item("value", payload)?;
-                write.set_item("metadata", metadata)?;
+                write.set_item(value, payload)?;
+                write.set_item(metadata_name, metadata)?;
             }
             if i == 0 {
                 if let Some(expected) = &expected_seq {
-                    write.set_item("expected_seq", expected)?;
+                    write.set_item(expected_name, expected)?;
                 }
             }
             out.append(write)?;
         }
         Ok(Some(out))
     })
-}
-
-fn field_or_none<'py>(wire: &Bound<'py, PyDict>, name: &str) -> PyResult<Bound<'py, PyAny>> {
-    Ok(wire
-        .get_item(name)?
-        .unwrap_or_else(|| wire.py().None().into_bound(wire.py())))
 }
 
 /// The fields of a stored fact record that the streams view shows, as their JSON text.

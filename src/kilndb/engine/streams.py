@@ -187,15 +187,7 @@ class Segment:
         chosen = log.keydir.history(
             self.space, self.name, since, until, check_limit(wanted), log.visible
         )
-        # The records as FactLog.read_facts reads them (the reads planned by the keydir
-        # under the lock, then read in one call), as their bodies.
-        with log.lock:
-            log.check_open()
-            file_ids, plan = log.keydir.plan(chosen)
-            files = [log.files[file_id] for file_id in file_ids]
-        # ``files`` is held until the core has read: their descriptors stay open.
-        bodies = _core.read_planned([(f.fd, str(f.path)) for f in files], plan)
-        return _core.entries_wire(bodies, _entry_wire_of)
+        return _core.entries_wire(log.read_bodies(chosen), _entry_wire_of)
 
     def peek(self) -> Entry | None:
         """The last entry, or None for an empty segment."""
