@@ -333,3 +333,14 @@ def test_entries_wire_hands_what_it_cannot_read_to_the_fallback() -> None:
 
     assert _core.entries_wire([b"{}", b'{"id":1'], fallback) == b'["fallback","fallback"]'
     assert seen == [b"{}", b'{"id":1']
+
+
+def test_stored_records_the_core_does_not_read_are_answered_from_python(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = kilndb.open(tmp_path)
+    segment = db.space("sp").segment("seg")
+    monkeypatch.setattr(_core, "produced_wire", lambda bodies: None)
+    produced = segment.produce_wire([GOOD, {"metadata": None, "payload_base64": "AAE="}])
+    assert produced == general_produced(db, "sp", "seg", 2)
+    db.close()
