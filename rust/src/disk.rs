@@ -181,42 +181,33 @@ pub fn append(
     offset: u64,
     allocated: u64,
 ) -> PyResult<u64> {
-    guard(py, || append_bytes(py, fd, path, data, offset, allocated))
-}
-
-fn append_bytes(
-    py: Python<'_>,
-    fd: i32,
-    path: &str,
-    data: &[u8],
-    offset: u64,
-    allocated: u64,
-) -> PyResult<u64> {
-    let needed = offset + data.len() as u64;
-    let mut allocated = allocated;
-    if needed > allocated {
-        let target = needed + PREALLOCATE_STEP - needed % PREALLOCATE_STEP;
-        allocated = match call(py, fd, Call::Fallocate(allocated, target - allocated)) {
-            Ok(_) => target,
-            // This filesystem cannot preallocate: plain appends grow the file.
-            Err(Failure::Os(err))
-                if matches!(
-                    err.raw_os_error(),
-                    Some(libc::EOPNOTSUPP | libc::EINVAL | libc::ENOSYS)
-                ) =>
-            {
-                needed
-            }
-            Err(failure) => return Err(failure.into_pyerr(py, "allocate space in", path)),
-        };
-    }
-    if let Err(failure) = pwrite_all(py, fd, data, offset) {
-        // Truncating is the one write that needs no space; best effort, the write has
-        // failed anyway.
-        let _ = call(py, fd, Call::Ftruncate(offset));
-        return Err(failure.into_pyerr(py, "write to", path));
-    }
-    Ok(allocated.max(needed))
+    guard(py, || {
+        let needed = offset + data.len() as u64;
+        let mut allocated = allocated;
+        if needed > allocated {
+            let target = needed + PREALLOCATE_STEP - needed % PREALLOCATE_STEP;
+            allocated = match call(py, fd, Call::Fallocate(allocated, target - allocated)) {
+                Ok(_) => target,
+                // This filesystem cannot preallocate: plain appends grow the file.
+                Err(Failure::Os(err))
+                    if matches!(
+                        err.raw_os_error(),
+                        Some(libc::EOPNOTSUPP | libc::EINVAL | libc::ENOSYS)
+                    ) =>
+                {
+                    needed
+                }
+                Err(failure) => return Err(failure.into_pyerr(py, "allocate space in", path)),
+            };
+        }
+        if let Err(failure) = pwrite_all(py, fd, data, offset) {
+            // Truncating is the one write that needs no space; best effort, the write has
+            // failed anyway.
+            let _ = call(py, fd, Call::Ftruncate(offset));
+            return Err(failure.into_pyerr(py, "write to", path));
+        }
+        Ok(allocated.max(needed))
+    })
 }
 
 /// Bytes read, and written, at a time by [`copy_frames`].
@@ -271,14 +262,14 @@ pub fn copy_frames(
                 at += size;
             }
             if out.len() as u64 >= COPY_CHUNK {
-                allocated = append_bytes(py, target_fd, target_path, &out, end, allocated)?;
+                allocated = append(py, target_fd, target_path, &out, end, allocated)?;
                 end += out.len() as u64;
                 out.clear();
             }
             i = j;
         }
         if !out.is_empty() {
-            allocated = append_bytes(py, target_fd, target_path, &out, end, allocated)?;
+            allocated = append(py, target_fd, target_path, &out, end, allocated)?;
             end += out.len() as u64;
         }
         Ok((moved, end, allocated))

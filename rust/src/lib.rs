@@ -24,6 +24,7 @@ pub mod record;
 mod requests;
 mod scan;
 mod stage;
+mod streams;
 
 /// Panics on purpose: lets the tests prove that a bug in the core reaches Python as
 /// `KilnError` instead of aborting the process.
@@ -66,6 +67,13 @@ fn _core(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(disk::truncate_file, module)?)?;
     module.add_function(wrap_pyfunction!(disk::set_io_hook, module)?)?;
     module.add_class::<disk::GroupCommit>()?;
+    module.add_function(wrap_pyfunction!(streams::produce_records, module)?)?;
+    module.add_function(wrap_pyfunction!(streams::produced_entries, module)?)?;
+    module.add_function(wrap_pyfunction!(streams::produce_writes, module)?)?;
+    module.add_function(wrap_pyfunction!(streams::produced_wire, module)?)?;
+    module.add_function(wrap_pyfunction!(streams::entries_wire, module)?)?;
+    module.add_function(wrap_pyfunction!(streams::entries_from_wire, module)?)?;
+    module.add_function(wrap_pyfunction!(streams::consume_entries, module)?)?;
     module.add_function(wrap_pyfunction!(_panic_for_tests, module)?)?;
     Ok(())
 }

@@ -118,7 +118,8 @@ struct Prepared {
     store_text: String,
     key: Py<PyString>,
     key_text: String,
-    /// The value as readers see it (a private copy for mutable values); None if deleted.
+    /// The value as readers see it (a private copy for mutable values; the value itself
+    /// when staged for the wire, where no Fact is built); None if deleted.
     value: Option<Py<PyAny>>,
     value_json: Vec<u8>,
     value_hash: String,
@@ -176,8 +177,9 @@ impl Stager {
         py: Python<'_>,
         write: &Bound<'_, PyAny>,
         trusted: bool,
+        wire: bool,
     ) -> PyResult<Prepared> {
-        if let Some(prepared) = self.fast_prepare(py, write, trusted)? {
+        if let Some(prepared) = self.fast_prepare(py, write, trusted, wire)? {
             return Ok(prepared);
         }
         let prepared = self.prepare.bind(py).call1((write, trusted))?;
@@ -185,11 +187,13 @@ impl Stager {
     }
 
     /// The common write, prepared without leaving Rust; None sends it to Python.
+    /// `wire`: no Fact will be built, so the value needs no private copy.
     fn fast_prepare(
         &self,
         py: Python<'_>,
         write: &Bound<'_, PyAny>,
         trusted: bool,
+        wire: bool,
     ) -> PyResult<Option<Prepared>> {
         // A `kilndb.Write`, or a write request's checked params (a dict of the same
         // fields by name, as the wire protocol carries them).
@@ -245,9 +249,13 @@ impl Stager {
         } else {
             match jsonw::dumps(py, &value, true)? {
                 Some(json) => {
-                    let copy = match crate::pyfact::private_copy(py, &value)? {
-                        Some(copy) => copy.unbind(),
-                        None => jsonw::decoded(py, &json)?,
+                    let copy = if wire {
+                        value.clone().unbind()
+                    } else {
+                        match crate::pyfact::private_copy(py, &value)? {
+                            Some(copy) => copy.unbind(),
+                            None => jsonw::decoded(py, &json)?,
+                        }
                     };
                     (Some(copy), json)
                 }
@@ -547,7 +555,7 @@ impl Stager {
             let mut prepared: Vec<Result<Prepared, PyErr>> = Vec::new();
             for write in writes.try_iter()? {
                 let write = write?;
-                match self.prepare_one(py, &write, trusted) {
+                match self.prepare_one(py, &write, trusted, wire) {
                     Ok(p) => prepared.push(Ok(p)),
                     Err(err) if atomic => return Err(err),
                     Err(err) => {

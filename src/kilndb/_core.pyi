@@ -33,6 +33,45 @@ def write_replies(envelopes: list[dict[str, Any]], outcomes: list[Any]) -> bytes
     JSON (bytes), back to back, each echoing its request id; None if an outcome is
     anything else (its replies are built one by one)."""
 
+def produce_records(records: list[Any], record_type: type[Any]) -> bytes | None:
+    """The ``records`` array of a ``produce`` request, as ``orjson.dumps([record_to_wire(r)
+    for r in records])`` writes it, for records that ``record_write`` and
+    ``prepare_write`` accept; None if any record needs the Python path."""
+
+def produced_entries(
+    space: str, segment: str, records: list[Any], produced: list[Any], entry_type: type[Any]
+) -> list[Any]:
+    """``[entry_from_produced(space, segment, r, w) for r, w in zip(records, produced,
+    strict=True)]`` in one call (ValueError if the lengths differ)."""
+
+def produce_writes(
+    space: str, segment: str, records: list[Any], expected_seq: int | None
+) -> list[Any] | None:
+    """The write params (``store``, ``key``, ``value``, ``metadata`` and, on the first,
+    ``expected_seq``) of a ``produce`` request's records, as ``record_write(space,
+    segment, record_from_wire(wire))`` makes them; None if any record needs the Python
+    path."""
+
+def produced_wire(bodies: list[bytes]) -> bytes | None:
+    """The ``produced`` array of a ``produce`` reply (``produced_to_wire`` of each entry,
+    as orjson writes it) from the stored records of the batch; None if a record is not
+    laid out as KilnDB writes them."""
+
+def entries_wire(bodies: list[bytes], fallback: Callable[[bytes], bytes]) -> bytes:
+    """The ``entries`` array of a ``consume`` reply (``fact_to_entry_wire`` of each fact,
+    as orjson writes it) from the stored records; ``fallback(body)`` gives the entry
+    JSON of a record holding a bytes payload or not laid out as KilnDB writes them."""
+
+def entries_from_wire(
+    entries: list[Any], entry_type: type[Any], b64decode: Callable[[Any], bytes]
+) -> list[Any]:
+    """``[entry_from_wire(wire) for wire in entries]`` in one call."""
+
+def consume_entries(body: bytes, entry_type: type[Any]) -> list[Any] | None:
+    """The entries of a successful ``consume`` reply's body, each parsed straight into an
+    ``entry_type`` instance: ``[entry_from_wire(w) for w in loads(body)["entries"]]``.
+    None for any other reply (an error, a bytes payload, another layout)."""
+
 def dumps(value: object, sort_keys: bool = False) -> bytes | None:
     """``orjson.dumps(value, option=OPT_PASSTHROUGH_DATETIME | OPT_PASSTHROUGH_DATACLASS
     [| OPT_SORT_KEYS])``, byte for byte, for plain JSON values: None, bool, int, float,

@@ -227,6 +227,12 @@ class RemoteDatabase:
                 raise
             return self._leader_call(refused.leader, op, params)
 
+    def _call_body(self, op: str, **params: Any) -> bytes:
+        """A read's reply body, undecoded (see :meth:`Connection.call_body`)."""
+        if self._closed:
+            raise ClosedError(f"connection to {self.url} is closed")
+        return self._conn.call_body(op, **params)
+
     def _leader_call(self, leader: str, op: str, params: dict[str, Any]) -> dict[str, Any]:
         """A write a follower refused, sent to its leader (same token and TLS)."""
         with self._leader_lock:
@@ -257,7 +263,7 @@ class RemoteDatabase:
 
     def space(self, name: str) -> RemoteSpace:
         """The streams view of store ``name``; as :meth:`Database.space`."""
-        return RemoteSpace(self._call, name, self._status_subscription)
+        return RemoteSpace(self._call, name, self._status_subscription, self._call_body)
 
     def spaces(self) -> list[str]:
         spaces: list[str] = self._call("spaces")["spaces"]

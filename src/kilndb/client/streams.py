@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from orjson import Fragment
+
+from kilndb import _core
 from kilndb.client.endpoint import Endpoint
 from kilndb.client.pushed import PushedStream
-from kilndb.client.transport import Connection
+from kilndb.client.transport import Connection, reply_of
 from kilndb.engine.writes import prepare_write
 from kilndb.leases import check_fence
 from kilndb.model import validate_key, validate_store_name
 from kilndb.streams import (
     Entry,
+    Record,
     check_time,
     clamp_heartbeat,
     clamp_limit,
-    entry_from_produced,
     entry_from_wire,
     record_to_wire,
     record_write,
@@ -25,19 +29,24 @@ from kilndb.streams import (
 __all__ = ["RemoteSegment", "RemoteSpace", "RemoteStatusSubscription"]
 
 Call = Callable[..., dict[str, Any]]
+#: Sends a read and returns its reply's body undecoded.
+CallBody = Callable[..., bytes]
 
 
 def _entries(reply: dict[str, Any]) -> list[Entry]:
-    return [entry_from_wire(wire) for wire in reply["entries"]]
+    # In one call into the core: it builds each Entry as entry_from_wire would.
+    entries: list[Entry] = _core.entries_from_wire(reply["entries"], Entry, base64.b64decode)
+    return entries
 
 
 class RemoteSegment:
     """A segment of a remote space; the same methods as :class:`kilndb.engine.Segment`."""
 
-    __slots__ = ("_call", "name", "space")
+    __slots__ = ("_call", "_call_body", "name", "space")
 
-    def __init__(self, call: Call, space: str, name: str) -> None:
+    def __init__(self, call: Call, space: str, name: str, call_body: CallBody) -> None:
         self._call = call
+        self._call_body = call_body
         self.space = space
         self.name = validate_key(name)
 
@@ -46,23 +55,31 @@ class RemoteSegment:
     ) -> list[Entry]:
         fenced = check_fence(fence)
         checked = list(records)
-        for record in checked:  # the embedded rules, before anything is sent
-            write = record_write(self.space, self.name, record)
-            prepare_write(write.store, write.key, write.value, metadata=write.metadata)
+        # The embedded rules, before anything is sent: the core checks the common
+        # records and writes their wire form in one call; the rest are checked here.
+        wire: Fragment | list[dict[str, Any]] | None = None
+        encoded = _core.produce_records(checked, Record)
+        if encoded is not None:
+            wire = Fragment(encoded)
+        else:
+            for record in checked:
+                write = record_write(self.space, self.name, record)
+                prepare_write(write.store, write.key, write.value, metadata=write.metadata)
+            wire = [record_to_wire(record) for record in checked]
         if not checked:
             return []
         reply = self._call(
             "produce",
             space=self.space,
             segment=self.name,
-            records=[record_to_wire(record) for record in checked],
+            records=wire,
             expected_seq=expected_seq,
             fence=None if fenced is None else {"key": fenced[0], "token": fenced[1]},
         )
-        return [
-            entry_from_produced(self.space, self.name, record, wire)
-            for record, wire in zip(checked, reply["produced"], strict=True)
-        ]
+        entries: list[Entry] = _core.produced_entries(
+            self.space, self.name, checked, reply["produced"], Entry
+        )
+        return entries
 
     def consume(
         self,
@@ -72,7 +89,7 @@ class RemoteSegment:
         max_ts: float | None = None,
         limit: int | None = None,
     ) -> list[Entry]:
-        reply = self._call(
+        body = self._call_body(
             "consume",
             space=self.space,
             segment=self.name,
@@ -82,7 +99,10 @@ class RemoteSegment:
             max_ts=check_time("max_ts", max_ts),
             limit=clamp_limit(limit),
         )
-        return _entries(reply)
+        # A page of JSON payloads is parsed straight into entries; anything else (an
+        # error, a bytes payload) is decoded the general way.
+        entries: list[Entry] | None = _core.consume_entries(body, Entry)
+        return _entries(reply_of(body)) if entries is None else entries
 
     def peek(self) -> Entry | None:
         wire = self._call("peek", space=self.space, segment=self.name)["entry"]
@@ -98,17 +118,22 @@ class RemoteSegment:
 class RemoteSpace:
     """A space of a remote database; the same methods as :class:`kilndb.engine.Space`."""
 
-    __slots__ = ("_call", "_open_status", "name")
+    __slots__ = ("_call", "_call_body", "_open_status", "name")
 
     def __init__(
-        self, call: Call, name: str, open_status: Callable[..., RemoteStatusSubscription]
+        self,
+        call: Call,
+        name: str,
+        open_status: Callable[..., RemoteStatusSubscription],
+        call_body: CallBody,
     ) -> None:
         self._call = call
+        self._call_body = call_body
         self._open_status = open_status
         self.name = validate_store_name(name)
 
     def segment(self, name: str) -> RemoteSegment:
-        return RemoteSegment(self._call, self.name, name)
+        return RemoteSegment(self._call, self.name, name, self._call_body)
 
     def segments(self) -> list[str]:
         segments: list[str] = self._call("segments", space=self.name)["segments"]

@@ -26,11 +26,26 @@ from kilndb.errors import (
     error_from_wire,
 )
 
-__all__ = ["Connection"]
+__all__ = ["Connection", "reply_of"]
 
 
 #: Requests a pipeline keeps in flight (below the server's ``max_pipeline``).
 PIPELINE_WINDOW = 512
+
+
+def _message(body: bytes) -> dict[str, Any]:
+    message = _core.loads(body)
+    if not isinstance(message, dict):
+        raise ProtocolError("server sent a frame that is not a JSON object")
+    return message
+
+
+def reply_of(body: bytes) -> dict[str, Any]:
+    """The successful reply whose body is ``body``; raise the server's error."""
+    reply = _message(body)
+    if not reply.get("ok"):
+        raise error_from_wire(reply)
+    return reply
 
 
 class Connection:
@@ -63,6 +78,10 @@ class Connection:
 
     def receive(self) -> dict[str, Any]:
         """The next frame from the server, decoded (blocking)."""
+        return _message(self.receive_body())
+
+    def receive_body(self) -> bytes:
+        """The body of the next frame from the server, as it came (blocking)."""
         while True:
             try:
                 body = self._decoder.next_frame()
@@ -70,10 +89,7 @@ class Connection:
                 self._drop()
                 raise
             if body is not None:
-                message = _core.loads(body)
-                if not isinstance(message, dict):
-                    raise ProtocolError("server sent a frame that is not a JSON object")
-                return message
+                return body
             sock = self._sock
             if sock is None:
                 raise ConnectionLostError(f"connection to {self.url} is closed")
@@ -100,6 +116,13 @@ class Connection:
         if not reply.get("ok"):
             raise error_from_wire(reply)
         return reply
+
+    def call_body(self, op: str, **params: Any) -> bytes:
+        """Send one request and return its reply's body undecoded, for a caller that
+        decodes it its own way; :func:`reply_of` decodes it as :meth:`call` would."""
+        with self._lock:
+            self.send({"op": op, **params})
+            return self.receive_body()
 
     def pipeline(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Send requests back to back, ``PIPELINE_WINDOW`` at a time, and return their

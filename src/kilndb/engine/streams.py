@@ -16,14 +16,22 @@ from collections.abc import Iterable, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
+from kilndb import _core
 from kilndb.errors import ConflictError, InvalidArgumentError
+from kilndb.leases import check_fence
 from kilndb.model import Fact, validate_key, validate_store_name
+from kilndb.storage.facts import check_limit, check_position
 from kilndb.streams import (
     Entry,
     check_time,
     clamp_heartbeat,
     clamp_limit,
     entry_from_fact,
+    fact_to_entry_wire,
+    produced_to_wire,
+    record_from_wire,
     record_write,
     status_of,
 )
@@ -80,15 +88,47 @@ class Segment:
         try:
             facts = self._db.write_many(writes, fence=fence)
         except ConflictError as exc:
-            raise ConflictError(
-                self.space,
-                self.name,
-                exc.expected,
-                exc.actual,
-                f"segment {self.space}/{self.name}: expected sequence {exc.expected},"
-                f" actual sequence {exc.actual}",
-            ) from None
+            raise self._conflict(exc) from None
         return [entry_from_fact(fact) for fact in facts]
+
+    def produce_wire(
+        self, records: list[Any], expected_seq: int | None = None, *, fence: Any = None
+    ) -> bytes:
+        """:meth:`produce` for transports: the records in their wire form (a ``produce``
+        request's checked ``records``), the result the JSON of the reply's ``produced``
+        array (``produced_to_wire`` of each entry). The same checks, errors and
+        atomicity as :meth:`produce`; the common batch goes through the core in one call
+        each way, without building a Record, a Fact or an Entry."""
+        writes = _core.produce_writes(self.space, self.name, records, expected_seq)
+        if writes is None or (
+            expected_seq is not None and (type(expected_seq) is not int or expected_seq < 0)
+        ):
+            # Anything unusual: the general path decides, and raises its precise errors.
+            entries = self.produce(
+                [record_from_wire(record) for record in records], expected_seq, fence=fence
+            )
+            return orjson.dumps([produced_to_wire(entry) for entry in entries])
+        if not writes:
+            return b"[]"
+        fenced = check_fence(fence)
+        try:
+            bodies = self._db._log.commit(writes, atomic=True, wire=True, raw=True, fence=fenced)
+        except ConflictError as exc:
+            raise self._conflict(exc) from None
+        produced = _core.produced_wire(bodies)
+        if produced is None:  # a record the core does not read: read it in Python
+            produced = orjson.dumps([_produced_of(_core.loads(body)) for body in bodies])
+        return produced
+
+    def _conflict(self, exc: ConflictError) -> ConflictError:
+        return ConflictError(
+            self.space,
+            self.name,
+            exc.expected,
+            exc.actual,
+            f"segment {self.space}/{self.name}: expected sequence {exc.expected},"
+            f" actual sequence {exc.actual}",
+        )
 
     def consume(
         self,
@@ -122,6 +162,33 @@ class Segment:
         facts = history(self.space, self.name, min_seq, max_seq, None, visible_only=True)
         return _in_window(facts, low, high, wanted)
 
+    def consume_wire(
+        self,
+        min_seq: int = 1,
+        max_seq: int | None = None,
+        min_ts: float | None = None,
+        max_ts: float | None = None,
+        limit: int | None = None,
+    ) -> bytes:
+        """:meth:`consume` for transports: the JSON of the reply's ``entries`` array
+        (``fact_to_entry_wire`` of each fact), written by the core from the stored
+        records without building a fact; the same checks and errors."""
+        low, high = check_time("min_ts", min_ts), check_time("max_ts", max_ts)
+        if low is not None or high is not None:
+            facts = self.consume_facts(min_seq, max_seq, low, high, limit)
+            return orjson.dumps([fact_to_entry_wire(fact) for fact in facts])
+        wanted = clamp_limit(limit)
+        log = self._db._log
+        # FactLog.history's checks, in its order, then the records rather than facts.
+        log.check_open()
+        validate_key(self.name)
+        since = check_position("since_seq", min_seq)
+        until = None if max_seq is None else check_position("until_seq", max_seq)
+        chosen = log.keydir.history(
+            self.space, self.name, since, until, check_limit(wanted), log.visible
+        )
+        return _core.entries_wire(log.read_bodies(chosen), _entry_wire_of)
+
     def peek(self) -> Entry | None:
         """The last entry, or None for an empty segment."""
         _, last = self._db._log.segment_bounds(self.space, self.name)
@@ -132,6 +199,22 @@ class Segment:
         last_timestamp`` (None for an empty segment)."""
         first, last = self._db._log.segment_bounds(self.space, self.name)
         return status_of(self.space, self.name, first, last)
+
+
+def _produced_of(record: dict[str, Any]) -> dict[str, Any]:
+    """What a ``produce`` reply says of the fact stored as ``record`` (its JSON object)."""
+    return {
+        "sequence": record["seq"],
+        "timestamp": record["transaction_time"],
+        "position": record["position"],
+        "id": record["id"],
+    }
+
+
+def _entry_wire_of(body: bytes) -> bytes:
+    """The entry JSON of the fact stored as ``body`` (a bytes payload shown as such)."""
+    fact: Fact = _core.facts_from_dicts([_core.loads(body)], Fact)[0]
+    return orjson.dumps(fact_to_entry_wire(fact))
 
 
 class Space:

@@ -26,12 +26,7 @@ from kilndb.protocol import Request
 from kilndb.protocol.ops import WRITE_OPTIONS
 from kilndb.server.auth import action_of
 from kilndb.server.nodes import NodeManager
-from kilndb.streams import (
-    entry_to_wire,
-    fact_to_entry_wire,
-    produced_to_wire,
-    record_from_wire,
-)
+from kilndb.streams import entry_to_wire, fact_to_entry_wire
 
 __all__ = ["CONNECTION_OPS", "Dispatcher"]
 
@@ -131,18 +126,20 @@ def _sync(db: Database, params: dict[str, Any]) -> dict[str, Any]:
 
 
 def _produce(db: Database, params: dict[str, Any]) -> dict[str, Any]:
-    records = [record_from_wire(record) for record in params["records"]]
     segment = db.space(params["space"]).segment(params["segment"])
-    entries = segment.produce(records, expected_seq=params["expected_seq"], fence=params["fence"])
-    # The producer has the payloads: only what the log gave them goes back.
-    return {"produced": [produced_to_wire(entry) for entry in entries]}
+    # The producer has the payloads: only what the log gave them goes back, written by
+    # the core from the stored records.
+    produced = segment.produce_wire(
+        params["records"], expected_seq=params["expected_seq"], fence=params["fence"]
+    )
+    return {"produced": Fragment(produced)}
 
 
 def _consume(db: Database, params: dict[str, Any]) -> dict[str, Any]:
-    facts = (
+    entries = (
         db.space(params["space"])
         .segment(params["segment"])
-        .consume_facts(
+        .consume_wire(
             params["min_seq"],
             params["max_seq"],
             params["min_ts"],
@@ -150,8 +147,9 @@ def _consume(db: Database, params: dict[str, Any]) -> dict[str, Any]:
             params["limit"],
         )
     )
-    # Straight from the facts: no Entry, and a bytes payload stays in its stored base64.
-    return {"entries": [fact_to_entry_wire(fact) for fact in facts]}
+    # Straight from the stored records: no Fact, no Entry, and a bytes payload stays in
+    # its stored base64.
+    return {"entries": Fragment(entries)}
 
 
 def _peek(db: Database, params: dict[str, Any]) -> dict[str, Any]:

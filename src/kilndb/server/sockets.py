@@ -1435,8 +1435,8 @@ class Server:
         """Count the facts a successful request wrote or replayed (any transport)."""
         if request.op in ("write", "write_fact"):
             self.count("facts_written")
-        elif request.op == "produce":
-            self.count("facts_written", len(result["produced"]))
+        elif request.op == "produce":  # atomic: every record was written
+            self.count("facts_written", len(request.params["records"]))
         elif request.op == "write_many":
             self.count("facts_written", len(request.params["writes"]))
         elif request.op == "replay":
