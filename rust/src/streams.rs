@@ -538,15 +538,15 @@ pub fn produced_wire<'py>(
             if i > 0 {
                 out.push(b',');
             }
-            out.extend_from_slice(b"{\"sequence\":");
-            out.extend_from_slice(f.seq);
-            out.extend_from_slice(b",\"timestamp\":");
-            out.extend_from_slice(f.timestamp);
-            out.extend_from_slice(b",\"position\":");
-            out.extend_from_slice(f.position);
-            out.extend_from_slice(b",\"id\":");
-            out.extend_from_slice(f.id);
-            out.push(b'}');
+            write_members(
+                &mut out,
+                &[
+                    (b"{\"sequence\":", f.seq),
+                    (b",\"timestamp\":", f.timestamp),
+                    (b",\"position\":", f.position),
+                    (b",\"id\":", f.id),
+                ],
+            );
         }
         out.push(b']');
         Ok(Some(PyBytes::new(py, &out)))
@@ -582,23 +582,19 @@ pub fn entries_wire<'py>(
                 out.extend_from_slice(entry.cast::<PyBytes>()?.as_bytes());
                 continue;
             };
-            out.extend_from_slice(b"{\"space\":");
-            out.extend_from_slice(f.store);
-            out.extend_from_slice(b",\"segment\":");
-            out.extend_from_slice(f.key);
-            out.extend_from_slice(b",\"sequence\":");
-            out.extend_from_slice(f.seq);
-            out.extend_from_slice(b",\"timestamp\":");
-            out.extend_from_slice(f.timestamp);
-            out.extend_from_slice(b",\"position\":");
-            out.extend_from_slice(f.position);
-            out.extend_from_slice(b",\"id\":");
-            out.extend_from_slice(f.id);
-            out.extend_from_slice(b",\"metadata\":");
-            out.extend_from_slice(f.metadata);
-            out.extend_from_slice(b",\"payload\":");
-            out.extend_from_slice(f.value);
-            out.push(b'}');
+            write_members(
+                &mut out,
+                &[
+                    (b"{\"space\":", f.store),
+                    (b",\"segment\":", f.key),
+                    (b",\"sequence\":", f.seq),
+                    (b",\"timestamp\":", f.timestamp),
+                    (b",\"position\":", f.position),
+                    (b",\"id\":", f.id),
+                    (b",\"metadata\":", f.metadata),
+                    (b",\"payload\":", f.value),
+                ],
+            );
         }
         out.push(b']');
         Ok(PyBytes::new(py, &out))
@@ -725,6 +721,15 @@ pub fn consume_entries<'py>(
         }
         Ok(Some(out))
     })
+}
+
+/// The members of a JSON object, each `(opening text, value JSON)`, and its closing brace.
+fn write_members(out: &mut Vec<u8>, members: &[(&[u8], &[u8])]) {
+    for (name, value) in members {
+        out.extend_from_slice(name);
+        out.extend_from_slice(value);
+    }
+    out.push(b'}');
 }
 
 #[cfg(test)]

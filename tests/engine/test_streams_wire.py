@@ -28,21 +28,12 @@ from kilndb.streams import (
     record_from_wire,
     record_to_wire,
 )
+from tests.strategies import json_values
 
-json_values = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(-(2**63), 2**63 - 1)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(),
-    lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
-    ),
-    max_leaves=10,
-)
 metadata = st.none() | st.dictionaries(
     st.text(max_size=6).filter(lambda k: not k.startswith("kiln.")), st.text(max_size=6)
 )
+
 records = st.builds(Record, json_values | st.binary(max_size=24), metadata)
 
 

@@ -11,18 +11,7 @@ from hypothesis import strategies as st
 
 import kilndb
 from kilndb import Write
-
-json_values = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(-(2**63), 2**63 - 1)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(),
-    lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
-    ),
-    max_leaves=12,
-)
+from tests.strategies import json_values
 
 
 @settings(max_examples=30, deadline=None)
