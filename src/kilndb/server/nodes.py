@@ -35,6 +35,7 @@ from kilndb.config import DatabaseConfig
 from kilndb.engine import Database
 from kilndb.errors import InvalidArgumentError, KilnError, NotFoundError, UnavailableError
 from kilndb.model import validate_database_name
+from kilndb.storage.lockfile import SERVER_LOCK
 
 __all__ = ["NodeConfig", "NodeManager"]
 
@@ -222,6 +223,8 @@ class NodeManager:
 
     def _open(self, name: str, database_id: str | None = None) -> _Node:
         validate_database_name(name)
+        if name == SERVER_LOCK:
+            raise InvalidArgumentError(f"{name!r} is the server's lock file, not a database")
         with self._opening:
             with self._lock:
                 if self._closed:

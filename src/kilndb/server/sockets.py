@@ -87,6 +87,7 @@ from kilndb.server.dispatch import Dispatcher
 from kilndb.server.fanout import Fanout, Feed
 from kilndb.server.nodes import NodeConfig, NodeManager
 from kilndb.server.replication import FollowerLink
+from kilndb.storage.lockfile import ServerLock
 from kilndb.storage.truncate import discard_copy, truncate_after
 
 if TYPE_CHECKING:
@@ -1108,8 +1109,14 @@ class Server:
         self.event("server_started", addresses=list(self.addresses))
 
     def start(self) -> Server:
-        """Listen in a background thread; return once the sockets accept connections."""
+        """Listen in a background thread; return once the sockets accept connections.
 
+        Raises DatabaseLockedError, naming the holder's pid, if another server already
+        serves the data directory.
+        """
+        data_dir = Path(self.config.data)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self._server_lock = ServerLock(data_dir)
         self.loop = asyncio.new_event_loop()
 
         def run() -> None:
@@ -1141,6 +1148,7 @@ class Server:
                     follower.stop()
                 self.executor.shutdown(wait=False)
                 self.databases.close_all()
+                self._server_lock.release()
             raise
         return self
 
@@ -1206,6 +1214,7 @@ class Server:
             follower.stop()
         self.executor.shutdown(wait=True)  # requests already running complete
         self.databases.close_all()
+        self._server_lock.release()
         self.loop.close()
         if self.config.unix is not None:
             Path(self.config.unix).unlink(missing_ok=True)
