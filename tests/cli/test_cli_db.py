@@ -45,8 +45,9 @@ def test_list_and_remove_through_a_server(tmp_path: Path) -> None:
             db.store("s").write("k", 1)
         url = ("--url", server.url)
         listed = json_lines(kiln(tmp_path, *url, "db", "list").stdout)[0]
-        assert [row["database"] for row in listed] == ["t1"]
+        assert [row["database"] for row in listed] == ["default", "t1"]
         removed = kiln(tmp_path, *url, "db", "remove", "t1", "--delete", "--yes")
         assert removed.exit_code == 0, removed.stderr
         assert not (data / "t1").exists()
-        assert json_lines(kiln(tmp_path, *url, "db", "list").stdout)[0] == []
+        left = json_lines(kiln(tmp_path, *url, "db", "list").stdout)[0]
+        assert [row["database"] for row in left] == ["default"]

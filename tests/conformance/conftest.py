@@ -69,6 +69,8 @@ class _ServerHarness:
             self.options = options
             config = DatabaseConfig(**options)
             self.server = Server(data=self.data_dir, port=0, database=config).start()
+            # As kilndb.open creates the database it opens (reads never create one).
+            self.server.databases.get("default")
         return kilndb.connect(self.server.url)  # type: ignore[return-value]
 
     def restart(self) -> None:

@@ -3,6 +3,7 @@ under writes converges to exactly the leader's log."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -92,6 +93,8 @@ def test_writes_acknowledged_with_a_replica_survive_the_leader(tmp_path: Path) -
     try:
         with kilndb.connect(leader_url) as db:
             db.store("s").write("first", 0)  # the database exists before followers sync
+        for _, url in followers:  # and every follower holds a copy before the writes
+            _eventually(functools.partial(_holds_a_copy, url))
         writers = [threading.Thread(target=write, args=(n,)) for n in range(4)]
         for writer in writers:
             writer.start()
@@ -172,6 +175,10 @@ def test_a_killed_leader_with_an_unreplicated_tail_rejoins_and_converges(
                 process.send_signal(signal.SIGTERM)
                 process.wait(30)
             reap(process)
+
+
+def _holds_a_copy(url: str) -> bool:
+    return _last(url) >= 1
 
 
 def _last(url: str) -> int:

@@ -272,8 +272,11 @@ def test_hello_cannot_redirect_requests_queued_before_it(server: Server) -> None
     assert replies[2] is not None and replies[2]["error_code"] == "permission_denied"
     client.close()
     admin = create_token(SECRET, ["kiln::*"])
-    with kilndb.connect(server.url, "tenant-b", token=admin) as b:
-        assert b.store("s").read("k") is None  # nothing landed in the other tenant
+    with (
+        kilndb.connect(server.url, "tenant-b", token=admin) as b,
+        pytest.raises(kilndb.NotFoundError),  # nothing landed in the other tenant,
+    ):
+        b.store("s").read("k")  # which no write ever created
     with kilndb.connect(server.url, "tenant-a", token=admin) as a:
         fact = a.store("s").read("k")
         assert fact is not None and fact.value == "mine"

@@ -132,9 +132,48 @@ def test_native_ops_mirror_the_python_api(harness: Harness) -> None:
 
 def test_databases_are_selected_per_request(harness: Harness) -> None:
     harness.call({"op": "write", "database": "billing", "store": "s", "key": "k", "value": 1})
-    assert harness.call({"op": "stores"})["stores"] == []
+    harness.call({"op": "write", "store": "t", "key": "k", "value": 1})
+    assert harness.call({"op": "stores"})["stores"] == ["t"]
     assert harness.call({"op": "stores", "database": "billing"})["stores"] == ["s"]
     assert harness.databases.names() == ["billing", "default"]
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        {"op": "stats"},
+        {"op": "stores"},
+        {"op": "read", "store": "s", "key": "k"},
+        {"op": "history", "store": "s", "key": "k"},
+        {"op": "replay"},
+        {"op": "keys", "store": "s"},
+        {"op": "consume", "space": "s", "segment": "g"},
+        {"op": "compact"},
+        {"op": "renew_lease", "key": "l", "token": 1, "holder": "h", "ttl": 5},
+    ],
+)
+def test_reads_of_a_database_that_does_not_exist_never_create_it(
+    harness: Harness, message: dict[str, Any]
+) -> None:
+    reply = harness.call({**message, "database": "typo"})
+    assert (reply["ok"], reply["error_code"]) == (False, "not_found")
+    assert "database 'typo' does not exist" in reply["error"]
+    assert harness.databases.on_disk() == [] and harness.databases.names() == []
+
+
+def test_writes_and_create_database_create_it(harness: Harness) -> None:
+    assert harness.call({"op": "create_database", "name": "empty"}) == {
+        "ok": True,
+        "database": "empty",
+        "created": True,
+    }
+    assert harness.call({"op": "create_database", "name": "empty"})["created"] is False
+    assert harness.call({"op": "stats", "database": "empty"})["stats"]["last_position"] == 0
+    produced = harness.call(
+        {"op": "produce", "database": "streams", "space": "s", "segment": "g", "records": []}
+    )
+    assert produced["ok"] is True
+    assert harness.databases.on_disk() == ["empty", "streams"]
 
 
 @pytest.mark.parametrize(
@@ -153,7 +192,8 @@ def test_errors_become_error_replies(harness: Harness, message: dict[str, Any], 
     assert reply["ok"] is False
     assert reply["error_code"] == code
     assert reply["request_id"] == "r"
-    assert harness.call({"op": "stats"})["stats"]["last_position"] == 0
+    db = harness.databases.peek("default")  # a refused write may have created it, empty
+    assert db is None or db.stats()["last_position"] == 0
 
 
 def test_connection_ops_are_not_dispatched(harness: Harness) -> None:

@@ -179,8 +179,10 @@ def test_remove_closes_and_delete_removes_files(tmp_path: Path) -> None:
                 admin._call("remove_database", name="gone")
             with pytest.raises(kilndb.InvalidArgumentError):
                 admin._call("remove_database", name="../etc")
-        with kilndb.connect(server.url, "gone") as db:  # created anew, empty
-            assert db.store("s").read("k") is None
+        with kilndb.connect(server.url, "gone") as db:
+            with pytest.raises(NotFoundError):  # gone: reads do not bring it back
+                db.store("s").read("k")
+            assert db.store("s").write("k", 2).position == 1  # a write creates it anew
 
 
 def test_the_breaker_cause_does_not_show_server_paths(tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""``kiln db``: the databases of a data directory or of a server — list and remove."""
+"""``kiln db``: the databases of a data directory or of a server — list, create and
+remove."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ __all__ = ["db"]
 
 @click.group()
 def db() -> None:
-    """List and remove databases (tenants)."""
+    """List, create and remove databases (tenants)."""
 
 
 @db.command("list")
@@ -54,6 +55,31 @@ def list_databases(settings: CliSettings) -> None:
         ("database", "state"),
         ((row["database"], row["state"]) for row in rows),
     )
+
+
+@db.command()
+@click.argument("name")
+@pass_settings
+def create(settings: CliSettings, name: str) -> None:
+    """Create database NAME (empty) in --data, or on the server at --url.
+
+    Writes create a database by themselves; reads of one that does not exist fail with
+    not_found, so a reader that starts first can create it explicitly. Prints whether it
+    was created or already existed.
+    """
+    validate_database_name(name)
+    if settings.url is not None:
+        connection = server_connection(settings)
+        try:
+            reply = connection.call("create_database", name=name)
+        finally:
+            connection.close()
+        reply.pop("ok", None)
+        print_json(reply)
+        return
+    existed = (settings.data / name / "META").is_file()
+    Database(settings.data, name).close()
+    print_json({"database": name, "created": not existed})
 
 
 @db.command()

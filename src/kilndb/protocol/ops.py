@@ -19,7 +19,7 @@ from typing import Any
 
 from kilndb.errors import InvalidArgumentError
 
-__all__ = ["OPS", "check_params"]
+__all__ = ["CREATES_DATABASE", "OPS", "check_params"]
 
 Params = dict[str, Any]
 _MISSING = object()
@@ -376,6 +376,23 @@ def _remove_database(body: dict[str, Any]) -> Params:
     return {"name": _field(body, "name", "str", required=True), "delete": delete}
 
 
+#: The ops that create the database they name when it does not exist: those that write
+#: facts or its retention, and the explicit ``create_database``. Every other op on a
+#: database that does not exist fails with ``not_found``: reads never create.
+CREATES_DATABASE = frozenset(
+    {
+        "write_fact",
+        "write_snapshot",
+        "write",
+        "write_many",
+        "delete",
+        "set_retention",
+        "produce",
+        "acquire_lease",
+        "create_database",
+    }
+)
+
 #: op name -> parameter checker. Igniter's ops first, then the native ones.
 OPS: dict[str, Callable[[dict[str, Any]], Params]] = {
     "write_fact": _write_fact,
@@ -400,6 +417,7 @@ OPS: dict[str, Callable[[dict[str, Any]], Params]] = {
     "retention": lambda body: {"store": _field(body, "store", "str", required=True)},
     "sync": _none,
     "remove_database": _remove_database,
+    "create_database": lambda body: {"name": _field(body, "name", "str", required=True)},
     "databases": _none,  # admin: every database of the server
     # Streams: spaces (stores) of ordered segments (keys).
     "produce": _produce,

@@ -75,7 +75,9 @@ READ_OPS = frozenset(
     }
 )
 #: Ops of the server rather than of one database.
-ADMIN_OPS = frozenset({"server_status", "remove_database", "databases", "promote", "replicate"})
+ADMIN_OPS = frozenset(
+    {"server_status", "remove_database", "create_database", "databases", "promote", "replicate"}
+)
 #: Ops anyone may send, authenticated or not.
 OPEN_OPS = frozenset({"hello", "ping", "close", "unsubscribe"})
 

@@ -23,7 +23,7 @@ from kilndb.errors import KilnError, ProtocolError, ReadOnlyReplicaError
 from kilndb.leases import Lease
 from kilndb.model import Fact, Write
 from kilndb.protocol import Request
-from kilndb.protocol.ops import WRITE_OPTIONS
+from kilndb.protocol.ops import CREATES_DATABASE, WRITE_OPTIONS
 from kilndb.server.auth import action_of
 from kilndb.server.nodes import NodeManager
 from kilndb.streams import entry_to_wire, fact_to_entry_wire
@@ -223,7 +223,7 @@ class Dispatcher:
 
     @staticmethod
     def handles(op: str) -> bool:
-        return op in _HANDLERS or op in ("remove_database", "databases")
+        return op in _HANDLERS or op in ("remove_database", "create_database", "databases")
 
     def execute(self, request: Request, database: str) -> dict[str, Any]:
         """The reply fields of ``request`` run against ``request.database or database``.
@@ -246,14 +246,20 @@ class Dispatcher:
         if request.op == "remove_database":
             params = request.params
             return self.databases.remove(params["name"], delete=params["delete"]), None, 0
+        if request.op == "create_database":
+            name = request.params["name"]
+            existed = self.databases.exists(name)
+            self.databases.get(name)
+            return {"database": name, "created": not existed}, None, 0
         handler = _HANDLERS.get(request.op)
         if handler is None:
             raise ProtocolError(f"op {request.op!r} is handled by the connection, not dispatched")
         if request.op == "ping":
             return {"pong": True}, None, 0
         self._check_writable(request.op, request.database or database)
+        create = request.op in CREATES_DATABASE
         with (
-            self.databases.use(request.database or database) as db,
+            self.databases.use(request.database or database, create=create) as db,
             db.defer_durability() as positions,
         ):
             result = handler(db, request.params)

@@ -242,7 +242,7 @@ def build_app(server: Server) -> web.Application:
             database = http.query.get("database", "default")
             if denied := _denied(http, "subscribe", database):
                 return denied
-            db = server.databases.get(database)
+            db = server.databases.get(database, create=False)
             subscription = db.subscribe(stores, cursor)
         except ValueError:
             return _error(InvalidArgumentError(f"bad cursor {cursor_text!r}"))

@@ -141,8 +141,11 @@ class NodeManager:
 
     # -- getting databases -----------------------------------------------------------
 
-    def get_or_create(self, name: str, database_id: str | None = None) -> Database:
-        """The open database ``name``, opening (and creating) it if needed.
+    def get_or_create(
+        self, name: str, database_id: str | None = None, *, create: bool = True
+    ) -> Database:
+        """The open database ``name``, opening it if needed and, with ``create``,
+        creating it if it does not exist (else NotFoundError: reads never create).
 
         Raises UnavailableError while its circuit breaker is open, when every open
         database is busy at the ``max_open_databases`` cap, or while it is being removed.
@@ -151,18 +154,19 @@ class NodeManager:
         if node is not None and not node.db.closed:
             node.last_used = time.monotonic()
             return node.db
-        return self._open(name, database_id).db
+        return self._open(name, database_id, create).db
 
     #: The name the rest of the server uses.
     get = get_or_create
 
     @contextmanager
-    def use(self, name: str) -> Iterator[Database]:
-        """The database ``name``, counted as in use (never evicted) inside the block."""
+    def use(self, name: str, *, create: bool = True) -> Iterator[Database]:
+        """The database ``name``, counted as in use (never evicted) inside the block;
+        ``create`` as for :meth:`get_or_create`."""
         while True:
             node = self._nodes.get(name)
             if node is None or node.db.closed:
-                node = self._open(name)
+                node = self._open(name, create=create)
             with self._lock:
                 if name in self._removing:
                     raise UnavailableError(f"database {name!r} is being worked on")
@@ -221,7 +225,7 @@ class NodeManager:
         with self._lock:
             return sorted(n for n, node in self._nodes.items() if not node.db.closed)
 
-    def _open(self, name: str, database_id: str | None = None) -> _Node:
+    def _open(self, name: str, database_id: str | None = None, create: bool = True) -> _Node:
         validate_database_name(name)
         if name == SERVER_LOCK:
             raise InvalidArgumentError(f"{name!r} is the server's lock file, not a database")
@@ -240,6 +244,8 @@ class NodeManager:
                     and not (self.data_dir / name / "META").is_file()
                 ):
                     raise UnavailableError(f"database {name!r} is not replicated here yet")
+                if not create and not (self.data_dir / name / "META").is_file():
+                    raise NotFoundError(f"database {name!r} does not exist")
                 breaker = self._breakers.get(name)
                 now = time.monotonic()
                 if breaker is not None and breaker.open_until > now:

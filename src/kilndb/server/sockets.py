@@ -738,7 +738,7 @@ class _Connection(asyncio.Protocol):
             return ServerConnection.error(error, request.request_id)
         stores = request.params["stores"]
         try:
-            db = self.server.databases.get(request.database or self.database)
+            db = self.server.databases.get(request.database or self.database, create=False)
             after = request.params["after"]
             if after is None:  # Igniter's form: live only
                 after = db.stats()["durable_position"]
@@ -883,7 +883,7 @@ class _Connection(asyncio.Protocol):
             return ServerConnection.error(error, request.request_id)
         params = request.params
         try:
-            db = self.server.databases.get(request.database or self.database)
+            db = self.server.databases.get(request.database or self.database, create=False)
             status = db.space(params["space"]).subscribe_status(
                 params["segment"], params["heartbeat"]
             )
@@ -1117,6 +1117,15 @@ class Server:
         data_dir = Path(self.config.data)
         data_dir.mkdir(parents=True, exist_ok=True)
         self._server_lock = ServerLock(data_dir)
+        if self.config.replica_of is None and not self.config.follow:
+            # The database connections start in exists from the start, as the store of
+            # Igniter's StoreServer does; others are created by their first write (reads
+            # never create). A replica's databases come from its leader only.
+            try:
+                self.databases.get("default")
+            except BaseException:
+                self._server_lock.release()
+                raise
         self.loop = asyncio.new_event_loop()
 
         def run() -> None:

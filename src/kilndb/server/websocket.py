@@ -198,7 +198,7 @@ class _Session:
         params = request.params
         fields: dict[str, Any]
         try:
-            db = self.server.databases.get(database)
+            db = self.server.databases.get(database, create=False)
             if request.op == "subscribe":
                 after = params["after"]
                 if after is None:
