@@ -45,6 +45,7 @@ def test_every_error_is_a_kiln_error_with_a_unique_code() -> None:
         kilndb.ConflictError("tasks", "t1", 1, 3),
         kilndb.CorruptRecordError("/data/default/00000001.log", 4096),
         kilndb.CursorTooOldError(5, 90),
+        kilndb.CursorTooOldError(12, 40, store="tasks"),
         kilndb.FrameTooLargeError(20, 10),
         kilndb.ReadOnlyReplicaError("10.0.0.1:7400"),
         kilndb.SubscriberOverflowError(77),
@@ -63,6 +64,13 @@ def test_errors_survive_the_wire(error: kilndb.KilnError) -> None:
     assert str(back) == str(error)
     for name in error.fields:
         assert getattr(back, name) == getattr(error, name)
+
+
+def test_a_cursor_too_old_reply_from_an_older_server_still_rebuilds() -> None:
+    wire = {"ok": False, "error": "too old", "error_code": "cursor_too_old"}
+    back = errors.error_from_wire({**wire, "cursor": 5, "oldest": 90})
+    assert isinstance(back, kilndb.CursorTooOldError)
+    assert (back.cursor, back.oldest, back.store, back.oldest_available) == (5, 90, None, None)
 
 
 def test_unknown_code_becomes_a_plain_kiln_error() -> None:

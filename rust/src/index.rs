@@ -273,6 +273,35 @@ impl IndexedFile {
         })
     }
 
+    /// `{store: highest position}` of the facts of this file (file `file_id`) that
+    /// `keydir` no longer retains at their place here: what compacting the file removes
+    /// from each store.
+    fn dropped_by_store<'py>(
+        &self,
+        py: Python<'py>,
+        keydir: &Bound<'py, KeyDir>,
+        file_id: u64,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        guard(py, || {
+            let mut highest: hashbrown::HashMap<&str, u64> = hashbrown::HashMap::new();
+            {
+                let index = keydir.get().read(py);
+                for f in &self.facts {
+                    let position = f.fields.position;
+                    if index.location(position as i64) != Some((file_id, f.offset, f.size as u32)) {
+                        let entry = highest.entry(f.fields.store.as_str()).or_insert(position);
+                        *entry = (*entry).max(position);
+                    }
+                }
+            }
+            let result = PyDict::new(py);
+            for (store, position) in highest {
+                result.set_item(store, position)?;
+            }
+            Ok(result)
+        })
+    }
+
     fn __len__(&self) -> usize {
         self.facts.len()
     }

@@ -20,6 +20,10 @@
 //! by (store id, key bytes), finds an entry. Positions are kept as `u32` indexes
 //! relative to `base`, so one keydir holds at most `u32::MAX` positions.
 //!
+//! *Per data file and store*: the highest position freed there since the file was last
+//! compacted (`take_dropped`), so that compaction can tell each store how far the facts
+//! it removes reach; a freed position's column entries do not keep its store.
+//!
 //! Removing a key swaps the last entry into its place (the table and the store list are
 //! repointed), so entries stay dense; the arena is compacted once half of it is garbage.
 //!
@@ -260,6 +264,10 @@ pub struct KeyDir {
     stores: Vec<Store>,
     store_ids: HashMap<Box<str>, u32>,
     store_free: Vec<u32>,
+    /// file id -> store name -> the highest position of the store freed in that file
+    /// and not yet taken by `take_dropped`. Keyed by name: an emptied store's id is
+    /// reused by the next new store.
+    dropped: HashMap<u64, HashMap<Box<str>, i64>>,
 }
 
 impl KeyDir {
@@ -285,6 +293,7 @@ impl KeyDir {
             stores: Vec::new(),
             store_ids: HashMap::new(),
             store_free: Vec::new(),
+            dropped: HashMap::new(),
         })
     }
 
@@ -346,7 +355,15 @@ impl KeyDir {
             + self.store_ids.allocation_size()
             + self.store_ids.keys().map(|name| name.len()).sum::<usize>()
             + self.store_free.capacity() * size_of::<u32>();
-        size_of::<Self>() + columns + keys + overflow + stores
+        let dropped = self.dropped.allocation_size()
+            + self
+                .dropped
+                .values()
+                .map(|in_file| {
+                    in_file.allocation_size() + in_file.keys().map(|s| s.len()).sum::<usize>()
+                })
+                .sum::<usize>();
+        size_of::<Self>() + columns + keys + overflow + stores + dropped
     }
 
     // -- positions ---------------------------------------------------------------------
@@ -775,10 +792,20 @@ impl KeyDir {
 
     /// Stop retaining position `index` of `store`.
     fn free_position(&mut self, store: u32, index: u32, freed: &mut Vec<Freed>) {
+        let position = self.position_of(index);
         let index = index as usize;
         let loc = self.loc[index];
         if loc != 0 {
-            freed.push((loc >> OFFSET_BITS, self.size[index]));
+            let file_id = loc >> OFFSET_BITS;
+            freed.push((file_id, self.size[index]));
+            let name = &self.stores[store as usize].name;
+            let in_file = self.dropped.entry(file_id).or_default();
+            match in_file.get_mut(&**name) {
+                Some(highest) => *highest = (*highest).max(position),
+                None => {
+                    in_file.insert(name.clone(), position);
+                }
+            }
             self.loc[index] = 0;
             self.facts -= 1;
             self.stores[store as usize].facts -= 1;
@@ -1075,6 +1102,20 @@ impl KeyDir {
         }
         self.tidy();
         freed
+    }
+
+    /// `(store, highest position)` of each store whose facts in data file `file_id`
+    /// were freed since the last call for that file, sorted by store; forgets them.
+    pub fn take_dropped(&mut self, file_id: u64) -> Vec<(String, i64)> {
+        let mut dropped: Vec<(String, i64)> = self
+            .dropped
+            .remove(&file_id)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(store, position)| (store.into_string(), position))
+            .collect();
+        dropped.sort_unstable();
+        dropped
     }
 
     /// Free all but each key's latest fact.
@@ -1435,6 +1476,12 @@ mod tests {
         assert_eq!(kd.positions("t", "a"), vec![10, 11]);
         assert_eq!(kd.store_facts("s"), 3);
         assert_eq!(kd.drop_superseded("nope"), vec![]);
+        // s lost 1..=6 (all in file 1); t lost nothing yet.
+        assert_eq!(kd.take_dropped(1), vec![("s".to_string(), 6)]);
+        assert_eq!(kd.take_dropped(1), vec![]);
+        kd.drop_superseded("t");
+        assert_eq!(kd.take_dropped(2), vec![]);
+        assert_eq!(kd.take_dropped(1), vec![("t".to_string(), 10)]);
     }
 
     #[test]

@@ -314,6 +314,23 @@ impl KeyDir {
         })
     }
 
+    /// `{store: highest position}` of the facts freed in data file `file_id` since the
+    /// last call for that file (what compacting it removes from each store).
+    fn take_dropped<'py>(
+        &self,
+        py: Python<'py>,
+        file_id: u64,
+    ) -> PyResult<Bound<'py, pyo3::types::PyDict>> {
+        guard(py, || {
+            let dropped = self.write(py).take_dropped(file_id);
+            let result = pyo3::types::PyDict::new(py);
+            for (store, position) in dropped {
+                result.set_item(store, position)?;
+            }
+            Ok(result)
+        })
+    }
+
     /// Point the facts at `positions` still in data file `file_id` to their `offsets`
     /// in its rewritten copy; the frame bytes (of `sizes`) of those dropped meanwhile.
     fn relocate_many(

@@ -360,6 +360,9 @@ class IndexedFile:
         """The file's hint: the columns (little-endian position, offset, size, seq,
         ttime, store index) of the facts ``keydir`` retains here, the store names, the
         keys, ``{position: id}`` of client-supplied ids, and the dead bytes."""
+    def dropped_by_store(self, keydir: KeyDir, file_id: int) -> dict[str, int]:
+        """``{store: highest position}`` of the facts here that ``keydir`` no longer
+        retains at their place in file ``file_id``."""
     def facts(self) -> list[tuple[int, int, int, str, str, int, bool, float, str]]:
         """``(offset, size, position, store, key, seq, deleted, transaction_time, id)``
         of each indexed fact, in file order."""
@@ -459,6 +462,10 @@ class KeyDir:
     ) -> tuple[list[int], list[int], list[int], int]:
         """Positions, offsets and frame sizes of the retained facts of file ``file_id``
         among positions ``first..end``, and the highest dropped position there (or 0)."""
+    def take_dropped(self, file_id: int) -> dict[str, int]:
+        """``{store: highest position}`` of the facts retention freed in file ``file_id``
+        since the last call for that file (what compacting it removes from each store);
+        forgets them."""
     def relocate_many(
         self, file_id: int, positions: list[int], offsets: list[int], sizes: list[int]
     ) -> int:

@@ -111,18 +111,36 @@ class NotFoundError(KilnError):
 
 
 class CursorTooOldError(KilnError):
-    """The requested cursor points before facts that compaction has removed."""
+    """The requested cursor points before facts that compaction has removed.
+
+    ``cursor``: the position asked for. ``oldest``: the compaction watermark that refused
+    it, the highest position removed (of ``store``, or of the whole log when ``store``
+    is None, as for a replication position). ``store``: the store whose facts were
+    removed after the cursor. ``oldest_available``: the oldest position a reader can
+    still resume from without missing anything, ``oldest + 1`` (not necessarily a
+    position of that store: the first position after the watermark, whatever its
+    store).
+    """
 
     error_code = "cursor_too_old"
-    fields = ("cursor", "oldest")
+    fields = ("cursor", "oldest", "store", "oldest_available")
 
-    def __init__(self, cursor: int, oldest: int, message: str = "") -> None:
-        super().__init__(
-            message
-            or f"cursor {cursor} is too old: facts up to position {oldest} were compacted away"
-        )
+    def __init__(
+        self, cursor: int, oldest: int, message: str = "", store: str | None = None
+    ) -> None:
         self.cursor = cursor
         self.oldest = oldest
+        self.store = store
+        #: None only on an error rebuilt from an older server's reply.
+        self.oldest_available: int | None = oldest + 1
+        super().__init__(message or self._describe())
+
+    def _describe(self) -> str:
+        scope = "" if self.store is None else f" for store {self.store!r}"
+        return (
+            f"cursor {self.cursor} is too old{scope}: facts up to position {self.oldest} were"
+            f" compacted away; the oldest still available is {self.oldest_available}"
+        )
 
 
 class ClosedError(KilnError):

@@ -72,9 +72,57 @@ def test_subscribe_from_a_compacted_cursor_is_refused(db: kilndb.Database) -> No
     try:
         db.subscribe(after=1)
     except kilndb.CursorTooOldError as exc:
-        assert exc.cursor == 1 and exc.oldest == 4
+        assert (exc.cursor, exc.oldest, exc.store, exc.oldest_available) == (1, 4, "s", 5)
+        assert str(exc) == (
+            "cursor 1 is too old for store 's': facts up to position 4 were compacted away;"
+            " the oldest still available is 5"
+        )
     else:
         raise AssertionError("expected CursorTooOldError")
     with db.subscribe(after=0) as sub:
         fact = sub.get(timeout=5)
         assert fact is not None and fact.position == 5
+
+
+def _refusal(
+    db: kilndb.Database, after: int, stores: list[str] | None
+) -> tuple[str, int, int | None]:
+    try:
+        db.subscribe(stores=stores, after=after).close()
+    except kilndb.CursorTooOldError as exc:
+        assert exc.cursor == after
+        assert exc.store is not None
+        return exc.store, exc.oldest, exc.oldest_available
+    raise AssertionError(f"expected CursorTooOldError for after={after} stores={stores}")
+
+
+def test_compacting_one_store_leaves_cursors_on_others_valid(
+    backend: Backend, db: kilndb.Database
+) -> None:
+    db.set_retention("a", keep="latest")
+    for i in range(4):  # a: 1 3 5 7, b: 2 4 6 8
+        db.store("a").write("k", i)
+        db.store("b").write("k", i)
+    db.compact()
+    assert db.stats()["compacted_through_by_store"] == {"a": 5}
+    with db.subscribe(stores=["b"], after=1) as sub:
+        got = [sub.get(timeout=5) for _ in range(4)]
+        assert [(f.store, f.value) for f in got if f is not None] == [("b", i) for i in range(4)]
+    assert _refusal(db, 1, ["a"]) == ("a", 5, 6)
+    assert _refusal(db, 4, ["a", "b"]) == ("a", 5, 6)
+    assert _refusal(db, 4, None) == ("a", 5, 6)  # no filter: every store counts
+    with db.subscribe(stores=["a"], after=5) as sub:
+        fact = sub.get(timeout=5)
+        assert fact is not None and (fact.store, fact.position) == ("a", 7)
+    db.subscribe(after=5).close()
+    db.subscribe(stores=["a"], after=0).close()  # 0: from the oldest retained fact
+    # The watermarks survive a restart, and compacting again only raises them.
+    db = backend.reopen(db)
+    assert _refusal(db, 1, ["a"]) == ("a", 5, 6)
+    db.subscribe(stores=["b"], after=1).close()
+    db.set_retention("b", keep="latest")
+    db.compact()
+    assert db.stats()["compacted_through_by_store"] == {"a": 5, "b": 6}
+    assert _refusal(db, 1, None) == ("b", 6, 7)
+    assert _refusal(db, 5, ["b"]) == ("b", 6, 7)
+    db.subscribe(stores=["c"], after=1).close()  # a store compaction never touched

@@ -220,3 +220,18 @@ def test_segments_show_durable_entries_only(
     producer.join(10)
     assert [e.payload for e in segment.consume()] == [1, 2]
     db.close()
+
+
+def test_a_leaders_watermarks_are_adopted_per_store_or_for_every_store(tmp_path: Path) -> None:
+    with kilndb.open(tmp_path) as db:
+        db.store("a").write("k", 1)
+        db.store("b").write("k", 1)
+        db.adopt_compacted(7, {"a": 5})  # a leader that sends its map
+        assert (db.compacted_through, db.compacted_through_by_store) == (7, {"a": 5})
+        db.subscribe(stores=["b"], after=1).close()
+        db.adopt_compacted(9)  # an older leader: nothing tells which stores lost facts
+        assert db.compacted_through_by_store == {"a": 9, "b": 9}
+        db.adopt_compacted(3, {"a": 4})  # watermarks never go down
+        assert (db.compacted_through, db.compacted_through_by_store) == (9, {"a": 9, "b": 9})
+        db.store("c").write("k", 1)
+        db.subscribe(stores=["c"], after=1).close()

@@ -99,7 +99,8 @@ def test_a_follower_behind_the_leaders_compaction_makes_a_full_copy_once(
         with kilndb.connect(leader.url) as db:
             db.compact()
             compacted = db.stats()["compacted_through"]
-        assert compacted > copied
+            by_store = db.stats()["compacted_through_by_store"]
+        assert compacted > copied and by_store["s"] > copied
         with caplog.at_level(logging.WARNING):
             follower = _follower(tmp_path, leader)
             try:
@@ -107,6 +108,11 @@ def test_a_follower_behind_the_leaders_compaction_makes_a_full_copy_once(
                 (state,) = follower.status()["replication"]["following"]
                 assert state["full_resyncs"] == 1 and state["truncations"] == 0
                 assert any("full copy" in r.getMessage() for r in caplog.records)
+                with kilndb.connect(follower.url) as db:  # cursors too old there as well
+                    assert db.stats()["compacted_through_by_store"] == by_store
+                    with pytest.raises(kilndb.CursorTooOldError) as refused:
+                        db.subscribe(stores=["s"], after=copied)
+                    assert refused.value.store == "s"
                 _write(leader.url, 460, 20)  # and it streams on from the copy
                 _eventually(lambda: _digest(follower.url) == _digest(leader.url))
                 (state,) = follower.status()["replication"]["following"]

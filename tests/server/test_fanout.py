@@ -109,9 +109,16 @@ def test_a_compacted_cursor_is_refused_before_anything_is_sent(tmp_path: Path) -
             db.set_retention("s", keep="latest")
             for i in range(5):
                 db.store("s").write("k", i)
+            db.store("t").write("k", "kept")
             db.compact()
         client = RawClient(tcp_address(server))
         client.send({"op": "subscribe", "after": 1})
+        reply = client.receive()
+        assert reply is not None and reply["error_code"] == "cursor_too_old"
+        assert (reply["cursor"], reply["store"], reply["oldest"]) == (1, "s", 4)
+        assert reply["oldest_available"] == 5
+        assert "for store 's'" in reply["error"]
+        client.send({"op": "subscribe", "stores": ["s", "t"], "after": 3})
         reply = client.receive()
         assert reply is not None and reply["error_code"] == "cursor_too_old"
         client.send({"op": "subscribe", "stores": ["bad name!"]})
@@ -120,5 +127,11 @@ def test_a_compacted_cursor_is_refused_before_anything_is_sent(tmp_path: Path) -
         client.send({"op": "subscribe", "after": 0})  # the connection can still subscribe
         reply = client.receive()
         assert reply is not None and reply["ok"]
-        assert [f["value"] for f in _events(client, 1)] == [4]
+        assert [f["value"] for f in _events(client, 2)] == [4, "kept"]
         client.close()
+        # Compacting "s" leaves a cursor on "t" alone.
+        other = RawClient(tcp_address(server))
+        other.send({"op": "subscribe", "stores": ["t"], "after": 1})
+        assert other.receive() == {"ok": True, "position": 1}
+        assert [f["value"] for f in _events(other, 1)] == ["kept"]
+        other.close()

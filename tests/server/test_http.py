@@ -149,12 +149,29 @@ def test_sse_refuses_a_compacted_cursor(server: Server) -> None:
     with kilndb.connect(server.url) as db:
         for i in range(4):
             db.store("s").write("k", i)
+        db.store("t").write("k", "kept")
         db.set_retention("s", keep="latest")
         db.compact()
     response = _sse(server, {"Last-Event-ID": "1"})
     assert response.response.status == 409
-    assert json.loads(response.response.read())["error_code"] == "cursor_too_old"
+    body = json.loads(response.response.read())
+    assert body["error_code"] == "cursor_too_old"
+    assert (body["cursor"], body["store"], body["oldest"], body["oldest_available"]) == (
+        1,
+        "s",
+        3,
+        4,
+    )
     response.close()
+    refused = _sse(server, {}, "?stores=t,s&cursor=2")
+    assert refused.response.status == 409
+    assert json.loads(refused.response.read())["store"] == "s"
+    refused.close()
+    # Compacting "s" leaves a cursor on "t" alone.
+    other = _sse(server, {}, "?stores=t&cursor=1")
+    assert other.response.status == 200
+    assert [(i, f["value"]) for i, f in _read_events(other, 1)] == [(5, "kept")]
+    other.close()
 
 
 def test_websocket_ops_and_subscription(server: Server) -> None:

@@ -94,9 +94,33 @@ def test_facts_dropped_while_the_copy_runs_are_dead_in_the_new_file(
         assert copying.is_set()
         assert db.store("s").read("k0").value == {"r": 99}  # type: ignore[union-attr]
         assert db._log.files[sealed].dead_bytes == location[2]  # the copied, dropped k0
-    with kilndb.open(tmp_path, max_file_size=64 * 1024) as db:
+        assert db.compacted_through_by_store["s"] < k0.position  # k0 is still on disk
+    with kilndb.open(tmp_path, max_file_size=64 * 1024, auto_compact=False) as db:
         assert db.store("s").read("k0").value == {"r": 99}  # type: ignore[union-attr]
         assert len(db.store("s").history("k0")) == 1
+        # Dropped before this open: its store is read from the file when it goes.
+        db.compact()
+        assert db.compacted_through_by_store["s"] >= k0.position
+
+
+def test_store_watermarks_cover_facts_dropped_before_a_restart(tmp_path: Path) -> None:
+    with kilndb.open(tmp_path, max_file_size=16 * 1024, auto_compact=False) as db:
+        db.set_retention("s", keep="latest")
+        _fill(db, 10, 6)  # s: 60 facts, 50 of them dropped; all: 6 kept
+        last_dropped = max(
+            p for p in range(1, db.last_position + 1) if not db._log.keydir.is_retained(p)
+        )
+    with kilndb.open(tmp_path, max_file_size=16 * 1024, auto_compact=False) as db:
+        assert db.compacted_through_by_store == {}
+        db.compact()
+        assert db.compacted_through_by_store == {"s": last_dropped}
+        db.subscribe(stores=["all"], after=1).close()
+        with pytest.raises(kilndb.CursorTooOldError) as refused:
+            db.subscribe(stores=["s", "all"], after=1)
+        assert (refused.value.store, refused.value.oldest) == ("s", last_dropped)
+    with kilndb.open(tmp_path) as db:
+        assert db.compacted_through_by_store == {"s": last_dropped}
+        assert db.compacted_through >= last_dropped
 
 
 def test_copy_frames_checks_its_arguments_and_every_frame(tmp_path: Path) -> None:

@@ -81,3 +81,47 @@ def test_a_v1_data_directory_takes_new_writes_and_compacts(v1_data: Path, tmp_pa
     # Compaction keeps every fact of keep="all" stores; keep="latest" had dropped the rest.
     assert replayed == [orjson.loads(orjson.dumps(f)) for f in expected_after]
     shutil.rmtree(v1_data)
+
+
+def _meta(v1_data: Path) -> dict[str, Any]:
+    meta: dict[str, Any] = orjson.loads((v1_data / "default" / "META").read_bytes())
+    return meta
+
+
+def test_a_v1_data_directory_gets_per_store_watermarks(v1_data: Path) -> None:
+    assert "compacted_through_by_store" not in _meta(v1_data)
+    last = EXPECTED["last_position"]
+    with kilndb.open(v1_data) as db:
+        assert _meta(v1_data)["compacted_through_by_store"] == {}  # v1 never compacted
+        db.subscribe(after=1).close()
+        db.compact()
+        # Only the keep="latest" stores lost facts (retention dropped them in v1 already).
+        watermarks = db.stats()["compacted_through_by_store"]
+        assert sorted(watermarks) == ["latest"]
+        db.subscribe(stores=["tasks", "batch", "other"], after=1).close()
+        with pytest.raises(kilndb.CursorTooOldError) as refused:
+            db.subscribe(after=1)
+        assert refused.value.store == "latest"
+        assert refused.value.oldest == watermarks["latest"] < last
+    with kilndb.open(v1_data) as db:
+        assert db.stats()["compacted_through_by_store"] == watermarks
+
+
+def test_a_compacted_v1_watermark_applies_to_every_store_it_held(v1_data: Path) -> None:
+    """A database compacted before watermarks were kept per store: nothing tells which
+    stores lost facts, so the database-wide watermark holds for all that existed."""
+    meta = _meta(v1_data)
+    meta["compacted_through"] = 20
+    (v1_data / "default" / "META").write_bytes(orjson.dumps(meta))
+    with kilndb.open(v1_data) as db:
+        held = [*EXPECTED["stores"], "kiln.leases"]
+        assert db.stats()["compacted_through_by_store"] == dict.fromkeys(held, 20)
+        for store in EXPECTED["stores"]:
+            with pytest.raises(kilndb.CursorTooOldError) as refused:
+                db.subscribe(stores=[store], after=19)
+            assert (refused.value.store, refused.value.oldest_available) == (store, 21)
+            db.subscribe(stores=[store], after=20).close()
+        db.store("fresh").write("k", 1)
+        db.subscribe(stores=["fresh"], after=1).close()  # created after: nothing lost
+    with kilndb.open(v1_data) as db:
+        assert db.stats()["compacted_through_by_store"] == dict.fromkeys(held, 20)

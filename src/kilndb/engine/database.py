@@ -39,6 +39,7 @@ from kilndb.model import (
     validate_store_name,
 )
 from kilndb.storage.facts import FactLog, check_limit, check_position
+from kilndb.storage.meta import BY_STORE, watermark_covering
 from kilndb.storage.retention import Retention
 from kilndb.storage.shipping import LogReader
 
@@ -398,16 +399,25 @@ class Database:
             if current.get(store, Retention()) != policy:
                 self._log.set_retention(store, policy)
 
-    def adopt_compacted(self, position: int) -> None:
-        """For a follower: its leader's compaction removed records up to ``position``, so
-        changefeed cursors below it are too old here as well."""
-        self._log.record_compacted(position)
+    def adopt_compacted(self, position: int, by_store: dict[str, int] | None = None) -> None:
+        """For a follower: its leader's compaction removed records up to ``position``,
+        and from each store up to its value in ``by_store``, so changefeed cursors below
+        them are too old here as well. Without ``by_store`` (a leader that does not send
+        it) ``position`` applies to every store this copy holds."""
+        self._log.record_compacted(position, by_store)
 
     @property
     def compacted_through(self) -> int:
-        """The highest position compaction has removed (0 if none): changefeed cursors
-        and replication positions below it cannot be served from this log."""
+        """The highest position compaction has removed (0 if none), whatever its store:
+        replication positions below it cannot be served from this log."""
         return int(self._log.meta.get("compacted_through", 0))
+
+    @property
+    def compacted_through_by_store(self) -> dict[str, int]:
+        """``{store: the highest position compaction has removed from it}``, for the
+        stores that lost facts: a changefeed cursor on a store below its watermark is
+        too old."""
+        return dict(self._log.meta.get(BY_STORE, {}))
 
     @property
     def durable_position(self) -> int:
@@ -504,16 +514,18 @@ class Database:
     def subscribe(self, stores: Iterable[str] | None = None, after: int = 0) -> Subscription:
         """Facts after ``after`` (catch-up), then live ones as they commit.
 
-        Raises CursorTooOldError if facts after ``after`` were compacted away (``after=0``
-        always means "from the oldest retained fact").
+        Raises CursorTooOldError if facts after ``after`` of a store it follows (any
+        store without ``stores``) were compacted away, naming the store with the highest
+        watermark (``after=0`` always means "from the oldest retained fact"); compaction
+        of other stores does not matter.
         """
         start = check_position("after", after)
         chosen = _check_stores(stores)
         log = self._log
         log.check_open()
-        compacted = int(log.meta.get("compacted_through", 0))
-        if 0 < start < compacted:
-            raise CursorTooOldError(start, compacted)
+        if (covering := watermark_covering(log.meta, start, chosen)) is not None:
+            store, compacted = covering
+            raise CursorTooOldError(start, compacted, store=store)
         return Subscription(log, chosen, start)
 
     # -- maintenance -----------------------------------------------------------------

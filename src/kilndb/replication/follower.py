@@ -203,7 +203,11 @@ class Follower:
             )
             raise _Resync
         local.adopt_epochs(info["epochs"])
-        local.adopt_compacted(int(info.get("compacted_through", 0)))
+        by_store = info.get("compacted_through_by_store")  # absent from older leaders
+        local.adopt_compacted(
+            int(info.get("compacted_through", 0)),
+            None if by_store is None else {str(s): int(p) for s, p in by_store.items()},
+        )
         self.position = position
         self.leader_position = info["last_position"]
         self.state = "catching_up"

@@ -5,8 +5,11 @@ A follower opens a connection to the leader's socket port and sends ``sync_reque
 (``position``: its last durable position; ``epochs``: its leader epoch history;
 ``compacted_through``: how far its leader had compacted the log it copied). The leader
 answers ``{"ok": true, "type": "shard_info", database, database_id, protocol_version,
-leader_epoch, epochs, last_position, durable_position, compacted_through}`` —
-or an error frame saying what differs (protocol version, epoch, database) — and then pushes
+leader_epoch, epochs, last_position, durable_position, compacted_through,
+compacted_through_by_store}`` (the follower adopts both watermarks, so that changefeed
+cursors too old on the leader are too old on it; without the per-store map, from an
+older leader, the database-wide watermark applies to every store it holds) — or an
+error frame saying what differs (protocol version, epoch, database) — and then pushes
 ``{"event": "replication", "type": …}`` frames on the connection:
 
 ``batch {first, last, count, frames}``

@@ -793,6 +793,7 @@ class _Connection(asyncio.Protocol):
                 "last_position": stats["last_position"],
                 "durable_position": stats["durable_position"],
                 "compacted_through": compacted,
+                "compacted_through_by_store": db.compacted_through_by_store,
             }
             if diverged_after is None and params["position"] > stats["last_position"]:
                 # The follower holds records this leader lost (a crash before they were

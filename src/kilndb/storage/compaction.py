@@ -11,6 +11,15 @@ written afterwards; a crash before it exists only costs a scan at the next open.
 left with no retained fact is deleted outright (its header's only job, keeping positions
 from being reused, is done by the next file's header).
 
+Each compaction raises the watermarks in ``META``: ``compacted_through`` to the highest
+position of the compacted files that is no longer retained, and, for each store that
+retention dropped facts of in those files, its ``compacted_through_by_store`` entry to the
+highest such position. The keydir keeps, per file and store, the highest position freed
+since the file's last compaction (:meth:`KeyDir.take_dropped`), since a freed position no
+longer records its store. That record lives in memory: for a file whose hint counted dead
+bytes when the log was opened (facts dropped by an earlier process), compaction also
+reads the file once to learn the stores of the facts the keydir no longer retains.
+
 Readers that looked a fact up before the swap keep reading the old file through their
 open descriptor. Facts that retention drops while the copy runs are carried over as dead
 bytes and reclaimed by the next compaction.
@@ -49,6 +58,15 @@ def compact_sealed(log: Log) -> dict[str, int]:
     return done
 
 
+def _add_dropped_on_disk(log: Log, datafile: DataFile, dropped: dict[str, int]) -> None:
+    """Add to ``dropped`` the stores of the facts of ``datafile`` that the keydir no
+    longer retains, read from the file (for facts dropped before the log was opened)."""
+    start = log.header_end(datafile)
+    indexed = _core.index_file(datafile.fd, datafile.name, start, datafile.size, 0)
+    for store, position in indexed.dropped_by_store(log.keydir, datafile.file_id).items():
+        dropped[store] = max(position, dropped.get(store, 0))
+
+
 def _compact_file(log: Log, file_id: int) -> tuple[int, int]:
     keydir = log.keydir
     with log.lock:
@@ -57,6 +75,14 @@ def _compact_file(log: Log, file_id: int) -> tuple[int, int]:
         later = [f for f in log.files if f > file_id]
         end = log.first_positions[min(later)] if later else log.next_position
         positions, offsets, sizes, dropped_max = keydir.live_in_file(file_id, first, end)
+        # What retention freed in this file, store by store: the keydir no longer knows
+        # the store of a freed position. Drops made while the copy runs stay dead bytes
+        # of the new file and are counted by its next compaction.
+        dropped = keydir.take_dropped(file_id)
+        dropped_earlier = file_id in log.dead_before_open
+        log.dead_before_open.discard(file_id)
+    if dropped_earlier:
+        _add_dropped_on_disk(log, old, dropped)
     directory = log.directory
     before = old.size
     if not positions:
@@ -66,7 +92,7 @@ def _compact_file(log: Log, file_id: int) -> tuple[int, int]:
             hint_path(directory, file_id).unlink(missing_ok=True)
             old.path.unlink()
             log.fsync_directory()
-        log.record_compacted(dropped_max)
+        log.record_compacted(dropped_max, dropped)
         return before, 0
 
     temporary = data_path(directory, file_id).with_name(f"{file_id:08d}.log.compact")
@@ -94,5 +120,5 @@ def _compact_file(log: Log, file_id: int) -> tuple[int, int]:
         log.files[file_id] = new
     # The hint describes what the keydir retains of the new file when it is written.
     write_hint(hint_path(directory, file_id), log.build_hint(new))
-    log.record_compacted(dropped_max)
+    log.record_compacted(dropped_max, dropped)
     return before, new.size

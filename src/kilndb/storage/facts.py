@@ -36,6 +36,7 @@ from kilndb.errors import (
 from kilndb.leases import LEASE_STORE
 from kilndb.model import RESERVED_STORE_PREFIX, Fact, Write, validate_key
 from kilndb.storage.log import Log
+from kilndb.storage.meta import BY_STORE
 from kilndb.storage.records import PreparedWrite
 
 __all__ = ["FactLog", "check_limit", "check_position"]
@@ -238,6 +239,7 @@ class FactLog(Log):
                 "fsyncs": log.group_commit.fsyncs,
                 "subscribers": log.subscribers,
                 "compacted_through": log.meta.get("compacted_through", 0),
+                "compacted_through_by_store": dict(log.meta.get(BY_STORE, {})),
                 "torn_tails_cut": len(log.torn_tails),
                 **log.stats_counters,
             }

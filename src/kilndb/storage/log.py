@@ -43,7 +43,12 @@ from kilndb.storage.datafile import DataFile, fsync_directory, hint_path
 from kilndb.storage.hint import Hint, write_hint
 from kilndb.storage.ids import IdCodec
 from kilndb.storage.lockfile import DatabaseLock
-from kilndb.storage.meta import load_or_create_meta, write_meta
+from kilndb.storage.meta import (
+    attribute_compacted,
+    load_or_create_meta,
+    raise_watermarks,
+    write_meta,
+)
 from kilndb.storage.recovery import recover, write_header
 from kilndb.storage.retention import Retention
 from kilndb.storage.shipping import parse_shipment
@@ -79,6 +84,8 @@ class Log:
             self.database_id: str = self.meta["database_id"]
             self.ids_codec = IdCodec(self.database_id)
             recovered = recover(directory, self.database_id, self.ids_codec)
+            if attribute_compacted(self.meta, recovered.keydir.stores()):
+                write_meta(directory, self.meta)
         except BaseException:
             self._dir_lock.release()
             raise
@@ -92,6 +99,9 @@ class Log:
         self.first_positions: dict[int, int] = recovered.first_positions
         self.torn_tails = recovered.torn
         self.active: DataFile = self.files[max(self.files)]
+        #: Files whose hint counted dead bytes: facts dropped before this open, whose
+        #: stores the keydir does not know (compaction reads them from the file).
+        self.dead_before_open = {i for i, f in self.files.items() if f.dead_bytes}
         self.retention: dict[str, Retention] = {
             store: Retention.from_dict(policy) for store, policy in self.meta["retention"].items()
         }
@@ -598,10 +608,15 @@ class Log:
         finally:
             self._dir_lock.release()
 
-    def record_compacted(self, position: int) -> None:
+    def record_compacted(self, position: int, by_store: dict[str, int] | None = None) -> None:
+        """Raise the compaction watermarks: the log's to ``position``, each store's to its
+        value in ``by_store``; ``None`` (nothing tells which stores lost facts) raises
+        every store this log holds to ``position``."""
+        if by_store is None:
+            with self.lock:
+                by_store = dict.fromkeys(self.keydir.stores(), position) if position else {}
         with self._meta_lock:
-            if position > self.meta.get("compacted_through", 0):
-                self.meta["compacted_through"] = position
+            if raise_watermarks(self.meta, position, by_store):
                 write_meta(self.directory, self.meta)
 
     def start_epoch(self) -> int:

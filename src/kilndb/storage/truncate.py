@@ -29,7 +29,7 @@ from kilndb.storage.datafile import (
     write_durably,
 )
 from kilndb.storage.lockfile import DatabaseLock
-from kilndb.storage.meta import finish_discard, write_meta
+from kilndb.storage.meta import BY_STORE, finish_discard, write_meta
 from kilndb.storage.records import BATCH_PREFIX, FACT_PREFIX, FILE_PREFIX
 
 __all__ = ["discard_copy", "truncate_after"]
@@ -75,8 +75,8 @@ def discard_copy(directory: Path) -> int:
 
     Used only when its leader can no longer ship what the copy lacks (compaction
     removed those records): every data and hint file goes, ``META`` keeps the database
-    id and loses what described the old files (``compacted_through``,
-    ``position_floor``), and the copy is refilled from position 0.
+    id and loses what described the old files (``compacted_through`` and
+    ``compacted_through_by_store``, ``position_floor``), and the copy is refilled from position 0.
     """
     lock = DatabaseLock(directory)  # DatabaseLockedError while the database is open
     try:
@@ -87,6 +87,7 @@ def discard_copy(directory: Path) -> int:
         meta = orjson.loads((directory / "META").read_bytes())
         meta.pop("position_floor", None)
         meta["compacted_through"] = 0
+        meta[BY_STORE] = {}
         # First the intent, durably: a crash from here on leaves a copy that the next
         # open finishes emptying (never a copy with files missing in the middle).
         meta["discarding"] = True
