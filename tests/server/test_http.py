@@ -242,6 +242,8 @@ def test_websocket_caps_message_size(tmp_path: Path) -> None:
             ):
                 big = {"op": "write", "store": "s", "key": "k", "value": "x" * 10_000}
                 await socket.send_str(json.dumps(big))
+                error = await socket.receive_json(timeout=10)
+                assert error["error_code"] == "frame_too_large" and error["limit"] == 4096
                 message = await socket.receive(timeout=10)
                 assert message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
                 assert socket.close_code == 1009
