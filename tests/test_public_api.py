@@ -1,6 +1,8 @@
-"""The public surface: names exported, unknown error codes (the tree: test_errors.py)."""
+"""The public surface: names exported, the error tree and its wire form."""
 
 from __future__ import annotations
+
+import pytest
 
 import kilndb
 from kilndb import errors
@@ -27,6 +29,40 @@ def test_all_lists_exactly_the_public_names() -> None:
     assert set(kilndb.__all__) - {"__version__"} == public - modules
     for name in kilndb.__all__:
         assert hasattr(kilndb, name)
+
+
+def test_every_error_is_a_kiln_error_with_a_unique_code() -> None:
+    classes = [getattr(errors, name) for name in errors.__all__ if name.endswith("Error")]
+    codes = [cls.error_code for cls in classes]
+    assert len(codes) == len(set(codes))
+    for cls in classes:
+        assert issubclass(cls, kilndb.KilnError)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        kilndb.ConflictError("tasks", "t1", 1, 3),
+        kilndb.CorruptRecordError("/data/default/00000001.log", 4096),
+        kilndb.CursorTooOldError(5, 90),
+        kilndb.FrameTooLargeError(20, 10),
+        kilndb.ReadOnlyReplicaError("10.0.0.1:7400"),
+        kilndb.SubscriberOverflowError(77),
+        kilndb.NotFoundError("no such key"),
+        kilndb.InvalidArgumentError("bad"),
+        kilndb.LeaseHeldError("job", "worker-1", 1.7e9),
+        kilndb.LeaseLostError("job", 3, 4, "a newer lease exists"),
+    ],
+)
+def test_errors_survive_the_wire(error: kilndb.KilnError) -> None:
+    wire = error.to_wire()
+    assert wire["ok"] is False
+    assert wire["error_code"] == error.error_code
+    back = errors.error_from_wire(wire)
+    assert type(back) is type(error)
+    assert str(back) == str(error)
+    for name in error.fields:
+        assert getattr(back, name) == getattr(error, name)
 
 
 def test_unknown_code_becomes_a_plain_kiln_error() -> None:
