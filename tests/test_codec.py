@@ -88,6 +88,22 @@ def test_oversize_frame_is_refused_before_its_body_arrives() -> None:
         decoder.feed(PING_FRAME)
 
 
+def test_a_skipping_decoder_refuses_an_oversize_frame_once_and_goes_on() -> None:
+    decoder = FrameDecoder(max_frame_bytes=100, skip_oversize=True)
+    assert decoder.skip_oversize
+    big = encode_frame(b"x" * 500)
+    decoder.feed(PING_FRAME + big[:50])
+    assert decoder.frames() == [PING]  # the refusal after a good frame comes next
+    with pytest.raises(FrameTooLargeError) as info:
+        decoder.frames()
+    assert (info.value.size, info.value.limit) == (500, 100)
+    assert decoder.buffered == 0 and decoder.skipping == 500 + 4 - 46
+    decoder.feed(big[50:] + PING_FRAME)  # the rest is dropped as it arrives
+    assert decoder.skipping == 0
+    assert decoder.frames() == [PING]
+    assert decoder.next_frame() is None
+
+
 def test_frame_at_the_limit_is_accepted() -> None:
     decoder = FrameDecoder(max_frame_bytes=13)
     decoder.feed(PING_FRAME)

@@ -136,13 +136,21 @@ pub enum StreamError {
 }
 
 /// Incremental decoder of a byte stream of frames (sans-I/O): bytes are fed in, whole
-/// bodies come out. After an error the stream has lost its framing and stays failed.
+/// bodies come out. After a CRC mismatch the stream has lost its framing and stays
+/// failed. An oversize frame fails it too, unless the decoder skips oversize frames:
+/// then the frame is refused once (`TooLarge`) and its body and CRC — exactly the
+/// announced length plus four bytes — are discarded as they arrive, never buffered, so
+/// the frames after it decode as usual.
 #[derive(Debug)]
 pub struct StreamDecoder {
     buffer: Vec<u8>,
     start: usize,
     pub max_frame_bytes: u64,
     pub failed: Option<StreamError>,
+    /// Refuse an oversize frame and skip it, rather than failing the stream.
+    pub skip_oversize: bool,
+    /// Bytes of a refused frame still to be discarded.
+    skipping: u64,
 }
 
 impl StreamDecoder {
@@ -152,13 +160,29 @@ impl StreamDecoder {
             start: 0,
             max_frame_bytes,
             failed: None,
+            skip_oversize: false,
+            skipping: 0,
         }
     }
 
-    pub fn feed(&mut self, data: &[u8]) {
+    /// A decoder that skips oversize frames (see the type's docs).
+    pub fn skipping_oversize(max_frame_bytes: u64) -> Self {
+        StreamDecoder {
+            skip_oversize: true,
+            ..StreamDecoder::new(max_frame_bytes)
+        }
+    }
+
+    pub fn feed(&mut self, mut data: &[u8]) {
         if self.start > 0 && self.start == self.buffer.len() {
             self.buffer.clear();
             self.start = 0;
+        }
+        if self.skipping > 0 && self.buffer.is_empty() {
+            // The body of a refused frame: dropped here, never copied.
+            let n = self.skipping.min(data.len() as u64);
+            self.skipping -= n;
+            data = &data[n as usize..];
         }
         self.buffer.extend_from_slice(data);
     }
@@ -167,11 +191,28 @@ impl StreamDecoder {
         self.buffer.len() - self.start
     }
 
+    /// Bytes of a refused frame still to be discarded (0 unless one is being skipped).
+    pub fn skipping(&self) -> u64 {
+        self.skipping
+    }
+
+    /// Discard what is buffered of a refused frame; false while more of it is to come.
+    fn discard(&mut self) -> bool {
+        let n = self.skipping.min(self.buffered() as u64);
+        self.start += n as usize;
+        self.skipping -= n;
+        self.skipping == 0
+    }
+
     /// The next complete body as a range of the internal buffer, `Ok(None)` when more
     /// bytes are needed. The range is valid until the next call.
     pub fn next_range(&mut self) -> Result<Option<(usize, usize)>, StreamError> {
         if let Some(failed) = self.failed {
             return Err(failed);
+        }
+        if self.skipping > 0 && !self.discard() {
+            self.compact();
+            return Ok(None);
         }
         let available = self.buffer.len() - self.start;
         if available < HEADER_SIZE {
@@ -180,12 +221,19 @@ impl StreamDecoder {
         }
         let length = read_u32(&self.buffer, self.start) as u64;
         if length > self.max_frame_bytes {
-            let failed = StreamError::TooLarge {
+            let refused = StreamError::TooLarge {
                 size: length,
                 limit: self.max_frame_bytes,
             };
-            self.failed = Some(failed);
-            return Err(failed);
+            if self.skip_oversize {
+                self.start += HEADER_SIZE;
+                self.skipping = length + CRC_SIZE as u64;
+                self.discard();
+                self.compact();
+            } else {
+                self.failed = Some(refused);
+            }
+            return Err(refused);
         }
         let total = OVERHEAD + length as usize;
         if available < total {
@@ -301,6 +349,83 @@ mod tests {
         frame[5] ^= 0xFF;
         let mut decoder = StreamDecoder::new(1024);
         decoder.feed(&frame);
+        assert_eq!(decoder.next_range(), Err(StreamError::Crc));
+    }
+
+    /// Decode `stream` fed `chunk` bytes at a time with a skipping decoder: each body,
+    /// or None for a refused frame.
+    fn decode_skipping(stream: &[u8], limit: u64, chunk: usize) -> Vec<Option<Vec<u8>>> {
+        let mut decoder = StreamDecoder::skipping_oversize(limit);
+        let mut out = Vec::new();
+        for piece in stream.chunks(chunk) {
+            decoder.feed(piece);
+            loop {
+                match decoder.next_range() {
+                    Ok(Some(range)) => out.push(Some(decoder.bytes(range).to_vec())),
+                    Ok(None) => break,
+                    Err(StreamError::TooLarge { size, limit: l }) => {
+                        assert_eq!(l, limit);
+                        assert!(size > limit);
+                        out.push(None);
+                    }
+                    Err(err) => panic!("unexpected {err:?}"),
+                }
+            }
+        }
+        assert_eq!(decoder.buffered(), 0);
+        assert_eq!(decoder.skipping(), 0);
+        out
+    }
+
+    #[test]
+    fn skipping_decoder_refuses_oversize_frames_and_stays_in_step() {
+        let big = vec![b'x'; 100];
+        let mut stream = Vec::new();
+        for body in [&b"one"[..], &big, b"two", &big, &big, b"three"] {
+            encode_into(body, &mut stream);
+        }
+        let expected = vec![
+            Some(b"one".to_vec()),
+            None,
+            Some(b"two".to_vec()),
+            None,
+            None,
+            Some(b"three".to_vec()),
+        ];
+        for chunk in [1usize, 3, 4, 7, 8, 50, 104, 108, stream.len()] {
+            assert_eq!(
+                decode_skipping(&stream, 16, chunk),
+                expected,
+                "chunk {chunk}"
+            );
+        }
+    }
+
+    #[test]
+    fn skipped_bytes_are_never_buffered() {
+        let mut decoder = StreamDecoder::skipping_oversize(16);
+        decoder.feed(&(1000u32).to_be_bytes());
+        assert!(matches!(
+            decoder.next_range(),
+            Err(StreamError::TooLarge {
+                size: 1000,
+                limit: 16
+            })
+        ));
+        assert_eq!(decoder.skipping(), 1004);
+        decoder.feed(&[0u8; 600]);
+        assert_eq!(decoder.buffered(), 0);
+        assert_eq!(decoder.skipping(), 404);
+        let mut rest = vec![0u8; 404];
+        rest.extend_from_slice(&encode(b"after"));
+        decoder.feed(&rest);
+        let range = decoder.next_range().expect("in step").expect("a frame");
+        assert_eq!(decoder.bytes(range), b"after");
+        // The refusal is not sticky, and a CRC mismatch still fails the stream.
+        let mut frame = encode(b"hello");
+        frame[5] ^= 0xFF;
+        decoder.feed(&frame);
+        assert_eq!(decoder.next_range(), Err(StreamError::Crc));
         assert_eq!(decoder.next_range(), Err(StreamError::Crc));
     }
 }

@@ -56,24 +56,44 @@ fn stream_error(py: Python<'_>, err: StreamError) -> PyErr {
 /// Incremental frame decoder: `feed(data)` appends bytes, `next_frame()` returns the next
 /// complete body or None. Raises FrameTooLargeError as soon as a header announces more
 /// than `max_frame_bytes`, ProtocolError on a CRC mismatch; it then stays failed.
+///
+/// With `skip_oversize`, an oversize frame is raised once and then skipped — its body
+/// and CRC discarded as they arrive, never buffered — and decoding goes on after it.
 #[pyclass(module = "kilndb._core")]
 pub struct FrameDecoder {
     inner: StreamDecoder,
+    /// A refusal met after good frames in `frames()`: raised by the next call.
+    deferred: Option<StreamError>,
+}
+
+impl FrameDecoder {
+    fn take_deferred(&mut self, py: Python<'_>) -> PyResult<()> {
+        match self.deferred.take() {
+            Some(err) => Err(stream_error(py, err)),
+            None => Ok(()),
+        }
+    }
 }
 
 #[pymethods]
 impl FrameDecoder {
     #[new]
-    #[pyo3(signature = (max_frame_bytes = 16 * 1024 * 1024))]
-    fn new(py: Python<'_>, max_frame_bytes: i64) -> PyResult<Self> {
+    #[pyo3(signature = (max_frame_bytes = 16 * 1024 * 1024, *, skip_oversize = false))]
+    fn new(py: Python<'_>, max_frame_bytes: i64, skip_oversize: bool) -> PyResult<Self> {
         if max_frame_bytes <= 0 {
             return Err(pyo3::exceptions::PyValueError::new_err(
                 "max_frame_bytes must be positive",
             ));
         }
         guard(py, || {
+            let limit = max_frame_bytes as u64;
             Ok(FrameDecoder {
-                inner: StreamDecoder::new(max_frame_bytes as u64),
+                inner: if skip_oversize {
+                    StreamDecoder::skipping_oversize(limit)
+                } else {
+                    StreamDecoder::new(limit)
+                },
+                deferred: None,
             })
         })
     }
@@ -84,8 +104,18 @@ impl FrameDecoder {
     }
 
     #[getter]
+    fn skip_oversize(&self) -> bool {
+        self.inner.skip_oversize
+    }
+
+    #[getter]
     fn buffered(&self) -> usize {
         self.inner.buffered()
+    }
+
+    #[getter]
+    fn skipping(&self) -> u64 {
+        self.inner.skipping()
     }
 
     /// Append received bytes. Never blocks and never parses.
@@ -101,10 +131,13 @@ impl FrameDecoder {
 
     /// The next complete body, or None if more bytes are needed.
     fn next_frame<'py>(&mut self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyBytes>>> {
-        guard(py, || match self.inner.next_range() {
-            Ok(Some(range)) => Ok(Some(PyBytes::new(py, self.inner.bytes(range)))),
-            Ok(None) => Ok(None),
-            Err(err) => Err(stream_error(py, err)),
+        guard(py, || {
+            self.take_deferred(py)?;
+            match self.inner.next_range() {
+                Ok(Some(range)) => Ok(Some(PyBytes::new(py, self.inner.bytes(range)))),
+                Ok(None) => Ok(None),
+                Err(err) => Err(stream_error(py, err)),
+            }
         })
     }
 
@@ -112,13 +145,17 @@ impl FrameDecoder {
     /// the good ones are returned and the error is raised by the next call.
     fn frames<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         guard(py, || {
+            self.take_deferred(py)?;
             let out = PyList::empty(py);
             loop {
                 match self.inner.next_range() {
                     Ok(Some(range)) => out.append(PyBytes::new(py, self.inner.bytes(range)))?,
                     Ok(None) => return Ok(out),
                     Err(err) if out.is_empty() => return Err(stream_error(py, err)),
-                    Err(_) => return Ok(out),
+                    Err(err) => {
+                        self.deferred = Some(err);
+                        return Ok(out);
+                    }
                 }
             }
         })

@@ -107,19 +107,28 @@ def loads_many(bodies: list[bytes]) -> list[Any]:
 class FrameDecoder:
     """Incremental frame decoder of a byte stream (sans-I/O)."""
 
-    def __init__(self, max_frame_bytes: int = 16777216) -> None: ...
+    def __init__(self, max_frame_bytes: int = 16777216, *, skip_oversize: bool = False) -> None:
+        """``skip_oversize``: raise FrameTooLargeError once for an oversize frame, then
+        discard its body and CRC as they arrive and go on with the frames after it
+        (otherwise the decoder stays failed)."""
     @property
     def max_frame_bytes(self) -> int: ...
     @property
+    def skip_oversize(self) -> bool: ...
+    @property
     def buffered(self) -> int:
         """Bytes received but not yet returned as frames."""
+    @property
+    def skipping(self) -> int:
+        """Bytes of a refused oversize frame still to be discarded."""
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Append received bytes; raises the decoder's failure if it has failed."""
     def next_frame(self) -> bytes | None:
         """The next complete body, or None if more bytes are needed.
 
         Raises FrameTooLargeError or ProtocolError (CRC mismatch); the decoder then
-        stays failed because the stream has lost its framing."""
+        stays failed because the stream has lost its framing (except after an oversize
+        frame it skips)."""
     def frames(self) -> list[bytes]:
         """Every complete body buffered now (an error after good frames is raised by
         the next call)."""

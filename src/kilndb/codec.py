@@ -21,6 +21,8 @@ view. :class:`FrameDecoder` is sans-I/O in the h11 style: ``feed(data)`` appends
 It never blocks, never reads a socket and raises :class:`FrameTooLargeError` as soon as a
 header announces more than ``max_frame_bytes`` (before buffering the body) and
 :class:`ProtocolError` on a CRC mismatch, after which the stream cannot be trusted.
+With ``skip_oversize=True`` (a server's side) an oversize frame is raised once and
+skipped: its body and CRC are discarded as they arrive, and the frames after it decode.
 """
 
 from __future__ import annotations
@@ -66,7 +68,8 @@ encode_frames = _core.encode_frames
 #: Incremental decoder (native): ``feed(data)``, ``next_frame()`` (a body or None),
 #: ``frames()`` (every complete body buffered now), ``buffered``. Raises
 #: FrameTooLargeError as soon as a header announces more than ``max_frame_bytes``
-#: (before buffering the body) and ProtocolError on a CRC mismatch; it then stays failed.
+#: (before buffering the body) and ProtocolError on a CRC mismatch; it then stays failed,
+#: except after an oversize frame with ``skip_oversize=True``, which it skips.
 FrameDecoder = _core.FrameDecoder
 
 

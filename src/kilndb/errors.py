@@ -1,31 +1,39 @@
 """The KilnDB error tree.
 
-Every error KilnDB raises is a :class:`KilnError`. Each class has a stable wire
-``error_code`` so that a server can name the error in a reply and the client can
-raise the very same class on its side::
+Every error KilnDB raises is a :class:`KilnError`. Each class declares its stable wire
+``error_code``, so that a server can name the error in a reply and the client can raise
+the very same class on its side, and the ``http_status`` an HTTP reply carrying it has
+(derived from the class, never from a separate table)::
 
-    KilnError                          internal
-    ├── InvalidArgumentError           bad_request      (also a ValueError)
-    ├── ConflictError                  conflict         expected_seq mismatch
-    ├── NotFoundError                  not_found
-    ├── CursorTooOldError              cursor_too_old   cursor compacted away
-    ├── ClosedError                    closed           database or subscription closed
-    ├── ProtocolError                  protocol_error   malformed frame or message
-    │   ├── FrameTooLargeError         frame_too_large
-    │   └── UnknownOpError             unknown_op
-    ├── StorageError                   storage_error    I/O failure, fsync failure
-    │   ├── CorruptRecordError         corrupt_record   damage in the middle of a log
-    │   ├── DatabaseLockedError        database_locked  opened by another process
-    │   └── DiskFullError              disk_full
-    ├── AuthenticationError            unauthenticated
-    ├── PermissionDeniedError          permission_denied
-    ├── LeaseHeldError                 lease_held
-    ├── LeaseLostError                 lease_lost
-    ├── ConnectionLostError            connection_lost
-    ├── ReadOnlyReplicaError           read_only_replica
-    ├── UnavailableError               unavailable
-    ├── SubscriberOverflowError        subscriber_overflow
-    └── ReplicationTimeoutError        replication_timeout
+    class                              error_code           HTTP
+    KilnError                          internal             500
+    ├── InvalidArgumentError           bad_request          400  (also a ValueError)
+    ├── ConflictError                  conflict             409  expected_seq mismatch
+    ├── NotFoundError                  not_found            404
+    ├── CursorTooOldError              cursor_too_old       409  cursor compacted away
+    ├── ClosedError                    closed               503  database or subscription closed
+    ├── ProtocolError                  protocol_error       400  malformed frame or message
+    │   ├── FrameTooLargeError         frame_too_large      413
+    │   └── UnknownOpError             unknown_op           400
+    ├── StorageError                   storage_error        500  I/O failure, fsync failure
+    │   ├── CorruptRecordError         corrupt_record       500  damage in the middle of a log
+    │   ├── DatabaseLockedError        database_locked      503  opened by another process
+    │   └── DiskFullError              disk_full            507
+    ├── AuthenticationError            unauthenticated      401
+    ├── PermissionDeniedError          permission_denied    403
+    ├── LeaseHeldError                 lease_held           409
+    ├── LeaseLostError                 lease_lost           409
+    ├── ConnectionLostError            connection_lost      503  (raised by clients)
+    ├── ReadOnlyReplicaError           read_only_replica    421  write to a follower
+    ├── UnavailableError               unavailable          503
+    ├── SubscriberOverflowError        subscriber_overflow  503
+    └── ReplicationTimeoutError        replication_timeout  504
+
+4xx statuses are the client's to fix; 5xx are the server's state, and a retry may
+succeed. ``read_only_replica`` is 421 (Misdirected Request): the same request succeeds
+on the leader the error names, not on this node later. ``database_locked`` is 503: another
+process holds the database and it is free again once that process lets go.
+``cursor_too_old`` is 409, as the SSE endpoint has always answered it.
 
 Errors carry structured fields (``ConflictError.actual``, ``CorruptRecordError.path``
 and ``.offset`` …); :meth:`KilnError.to_wire` and :func:`error_from_wire` turn them into
@@ -59,6 +67,7 @@ __all__ = [
     "SubscriberOverflowError",
     "UnavailableError",
     "UnknownOpError",
+    "error_classes",
     "error_from_wire",
 ]
 
@@ -66,7 +75,10 @@ __all__ = [
 class KilnError(Exception):
     """Root of every error KilnDB raises."""
 
+    #: The error's stable name on every transport.
     error_code: ClassVar[str] = "internal"
+    #: The status of an HTTP reply carrying this error.
+    http_status: ClassVar[int] = 500
     #: Names of the structured fields carried on the wire besides the message.
     fields: ClassVar[tuple[str, ...]] = ()
 
@@ -86,12 +98,14 @@ class InvalidArgumentError(KilnError, ValueError):
     """An argument has the wrong type or value; nothing was written."""
 
     error_code = "bad_request"
+    http_status = 400
 
 
 class ConflictError(KilnError):
     """``expected_seq`` did not match the key's latest sequence number."""
 
     error_code = "conflict"
+    http_status = 409
     fields = ("store", "key", "expected", "actual")
 
     def __init__(self, store: str, key: str, expected: int, actual: int, message: str = "") -> None:
@@ -108,6 +122,7 @@ class NotFoundError(KilnError):
     """The key, store or database does not exist."""
 
     error_code = "not_found"
+    http_status = 404
 
 
 class CursorTooOldError(KilnError):
@@ -123,6 +138,7 @@ class CursorTooOldError(KilnError):
     """
 
     error_code = "cursor_too_old"
+    http_status = 409
     fields = ("cursor", "oldest", "store", "oldest_available")
 
     def __init__(
@@ -147,18 +163,23 @@ class ClosedError(KilnError):
     """The database or subscription has been closed."""
 
     error_code = "closed"
+    http_status = 503
 
 
 class ProtocolError(KilnError):
     """A frame or message broke the protocol."""
 
     error_code = "protocol_error"
+    http_status = 400
 
 
 class FrameTooLargeError(ProtocolError):
-    """A frame announced a body larger than the configured maximum."""
+    """A frame, HTTP body or WebSocket message larger than the server's
+    ``max_frame_bytes``: ``size`` is the size announced (where the transport does not
+    announce it, the least it can be) and ``limit`` the maximum."""
 
     error_code = "frame_too_large"
+    http_status = 413
     fields = ("size", "limit")
 
     def __init__(self, size: int, limit: int, message: str = "") -> None:
@@ -171,18 +192,21 @@ class UnknownOpError(ProtocolError):
     """The request named an operation the server does not know."""
 
     error_code = "unknown_op"
+    http_status = 400
 
 
 class StorageError(KilnError):
     """The storage engine could not complete an I/O operation."""
 
     error_code = "storage_error"
+    http_status = 500
 
 
 class CorruptRecordError(StorageError):
     """A record in the middle of a data file failed its CRC or framing check."""
 
     error_code = "corrupt_record"
+    http_status = 500
     fields = ("path", "offset")
 
     def __init__(self, path: str, offset: int, message: str = "") -> None:
@@ -195,30 +219,35 @@ class DatabaseLockedError(StorageError):
     """Another process holds the database's ``LOCK``."""
 
     error_code = "database_locked"
+    http_status = 503
 
 
 class DiskFullError(StorageError):
     """The disk is full; the write was not applied."""
 
     error_code = "disk_full"
+    http_status = 507
 
 
 class AuthenticationError(KilnError):
     """Missing, expired or invalid credentials."""
 
     error_code = "unauthenticated"
+    http_status = 401
 
 
 class PermissionDeniedError(KilnError):
     """The credentials do not grant this operation."""
 
     error_code = "permission_denied"
+    http_status = 403
 
 
 class LeaseHeldError(KilnError):
     """The lease is held by someone else: ``holder`` until ``expires_at``."""
 
     error_code = "lease_held"
+    http_status = 409
     fields = ("key", "holder", "expires_at")
 
     def __init__(self, key: str, holder: str, expires_at: float) -> None:
@@ -232,6 +261,7 @@ class LeaseLostError(KilnError):
     """The lease expired or a newer fencing token exists for its key."""
 
     error_code = "lease_lost"
+    http_status = 409
     fields = ("key", "token", "current_token")
 
     def __init__(self, key: str, token: int, current_token: int | None, reason: str) -> None:
@@ -245,12 +275,14 @@ class ConnectionLostError(KilnError):
     """The connection to the server is gone."""
 
     error_code = "connection_lost"
+    http_status = 503
 
 
 class ReadOnlyReplicaError(KilnError):
     """Writes go to the leader; this node is a read-only replica."""
 
     error_code = "read_only_replica"
+    http_status = 421
     fields = ("leader",)
 
     def __init__(self, leader: str | None, message: str = "") -> None:
@@ -262,12 +294,14 @@ class UnavailableError(KilnError):
     """The resource is temporarily unavailable; retry later."""
 
     error_code = "unavailable"
+    http_status = 503
 
 
 class SubscriberOverflowError(KilnError):
     """A subscriber fell too far behind and was disconnected."""
 
     error_code = "subscriber_overflow"
+    http_status = 503
     fields = ("position",)
 
     def __init__(self, position: int, message: str = "") -> None:
@@ -279,19 +313,22 @@ class ReplicationTimeoutError(KilnError):
     """Not enough replicas acknowledged the write in time (it stays committed)."""
 
     error_code = "replication_timeout"
+    http_status = 504
 
 
-def _all_error_classes() -> dict[str, type[KilnError]]:
-    classes: dict[str, type[KilnError]] = {}
+def error_classes() -> list[type[KilnError]]:
+    """Every class of the tree that names its own ``error_code``, root first."""
+    classes: list[type[KilnError]] = []
     pending: list[type[KilnError]] = [KilnError]
     while pending:
-        cls = pending.pop()
-        classes.setdefault(cls.error_code, cls)
+        cls = pending.pop(0)
+        if "error_code" in vars(cls):
+            classes.append(cls)
         pending.extend(cls.__subclasses__())
     return classes
 
 
-_BY_CODE = _all_error_classes()
+_BY_CODE = {cls.error_code: cls for cls in error_classes()}
 
 
 def error_from_wire(reply: dict[str, Any]) -> KilnError:

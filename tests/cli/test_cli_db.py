@@ -1,8 +1,10 @@
-"""``kiln db list`` and ``kiln db remove``, on a data directory and through a server."""
+"""``kiln db list``, ``create`` and ``remove``, on a data directory and through a server."""
 
 from __future__ import annotations
 
 from pathlib import Path
+
+import pytest
 
 import kilndb
 from kilndb.server.sockets import Server
@@ -51,3 +53,21 @@ def test_list_and_remove_through_a_server(tmp_path: Path) -> None:
         assert not (data / "t1").exists()
         left = json_lines(kiln(tmp_path, *url, "db", "list").stdout)[0]
         assert [row["database"] for row in left] == ["default"]
+
+
+def test_create_on_a_data_directory_and_through_a_server(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    created = kiln(data, "db", "create", "billing")
+    assert created.exit_code == 0, created.stderr
+    assert json_lines(created.stdout) == [{"database": "billing", "created": True}]
+    again = kiln(data, "db", "create", "billing")
+    assert json_lines(again.stdout) == [{"database": "billing", "created": False}]
+    assert_one_error_line(kiln(data, "db", "create", "bad/name"), 1, "invalid database name")
+    with Server(data=tmp_path / "served", port=0) as server:
+        url = ("--url", server.url)
+        with kilndb.connect(server.url, "reports") as db:
+            with pytest.raises(kilndb.NotFoundError):
+                db.stats()  # reads never create it...
+            made = kiln(tmp_path, *url, "db", "create", "reports")
+            assert json_lines(made.stdout) == [{"database": "reports", "created": True}]
+            assert db.stats()["last_position"] == 0  # ...an explicit create does

@@ -227,12 +227,41 @@ def test_request_id_is_echoed_even_for_a_bad_request() -> None:
     assert isinstance(bad, BadRequest) and bad.request_id == "x-1"
 
 
-def test_an_oversize_frame_breaks_the_connection() -> None:
+def test_an_oversize_frame_is_refused_and_skipped() -> None:
     connection = ServerConnection(max_frame_bytes=64)
     events = connection.receive_data(struct.pack(">I", 65) + b"x" * 10)
-    assert len(events) == 1 and isinstance(events[0], ConnectionBroken)
-    assert events[0].error.error_code == "frame_too_large"
-    assert connection.receive_data(frame({"op": "ping"})) == []
+    assert len(events) == 1 and isinstance(events[0], BadRequest)
+    error = events[0].error
+    assert isinstance(error, kilndb.FrameTooLargeError)
+    assert (error.size, error.limit) == (65, 64)
+    # The rest of its body and its CRC are dropped as they arrive, never buffered.
+    assert connection.receive_data(b"y" * 59) == []
+    assert connection.buffered == 0
+    request = one(connection, frame({"op": "ping", "request_id": 7}))
+    assert isinstance(request, Request) and request.request_id == 7
+
+
+@settings(max_examples=100)
+@given(st.integers(1, 200), st.integers(65, 400))
+def test_oversize_frames_keep_the_stream_in_step_however_it_is_split(chunk: int, size: int) -> None:
+    ping = frame({"op": "ping"})
+    big = encode_frame(b"x" * size)
+    stream = ping + big + ping + big + big + ping
+    connection = ServerConnection(max_frame_bytes=64)
+    kinds = []
+    for start in range(0, len(stream), chunk):
+        for event in connection.receive_data(stream[start : start + chunk]):
+            assert isinstance(event, Request | BadRequest)
+            kinds.append("ping" if isinstance(event, Request) else event.error.error_code)
+    assert kinds == [
+        "ping",
+        "frame_too_large",
+        "ping",
+        "frame_too_large",
+        "frame_too_large",
+        "ping",
+    ]
+    assert connection.requests == 6
 
 
 def test_a_crc_mismatch_breaks_the_connection_after_the_good_frames() -> None:

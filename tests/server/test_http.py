@@ -127,6 +127,21 @@ def _read_events(stream: _Sse, count: int) -> list[tuple[int, dict[str, Any]]]:
     return events
 
 
+def test_reads_of_an_unknown_database_are_404_and_create_nothing(server: Server) -> None:
+    status, error = call(server, "GET", "/v1/db/typo/stores/tasks/keys/t1")
+    assert status == 404 and error["error_code"] == "not_found"
+    assert "database 'typo' does not exist" in error["error"]
+    stream = _sse(server, {}, "?database=typo")
+    try:
+        assert stream.response.status == 404
+        assert json.loads(stream.response.read())["error_code"] == "not_found"
+    finally:
+        stream.close()
+    assert "typo" not in server.databases.on_disk()
+    assert call(server, "PUT", "/v1/db/typo/stores/tasks/keys/t1", 1)[0] == 200  # a write does
+    assert "typo" in server.databases.on_disk()
+
+
 def test_sse_streams_and_resumes_with_last_event_id(server: Server) -> None:
     with kilndb.connect(server.url) as db:
         for i in range(5):
@@ -259,6 +274,8 @@ def test_websocket_caps_message_size(tmp_path: Path) -> None:
             ):
                 big = {"op": "write", "store": "s", "key": "k", "value": "x" * 10_000}
                 await socket.send_str(json.dumps(big))
+                error = await socket.receive_json(timeout=10)
+                assert error["error_code"] == "frame_too_large" and error["limit"] == 4096
                 message = await socket.receive(timeout=10)
                 assert message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
                 assert socket.close_code == 1009

@@ -10,7 +10,9 @@ A transport (an asyncio Protocol, a test) feeds received bytes to
     and the ``database`` it names (or None for the connection's database).
 :class:`BadRequest`
     a frame that arrived intact but is not a valid request — bad JSON, not an object,
-    no ``op``, an unknown op, a wrong-typed field. The stream is still in step: the
+    no ``op``, an unknown op, a wrong-typed field — or a frame over ``max_frame_bytes``
+    (``FrameTooLargeError``), refused as soon as its header is read: its body and CRC are
+    discarded as they arrive, never buffered. The stream is still in step: the
     transport answers it with :meth:`ServerConnection.error` (in request order, like any
     reply) and goes on.
 :class:`WriteRun`
@@ -22,9 +24,9 @@ A transport (an asyncio Protocol, a test) feeds received bytes to
     frame its replies with :meth:`ServerConnection.write_replies`, or take it apart with
     :meth:`WriteRun.requests` and answer each like any request.
 :class:`ConnectionBroken`
-    the byte stream lost its framing — an oversize frame or a CRC mismatch. Nothing
-    after it can be trusted: the transport sends :meth:`ServerConnection.error` as a
-    last frame and closes. Later data is ignored.
+    the byte stream lost its framing — a CRC mismatch. Nothing after it can be trusted:
+    the transport sends :meth:`ServerConnection.error` as a last frame and closes. Later
+    data is ignored.
 
 Replies are built by :meth:`ServerConnection.reply` (``{"ok": true, ...}``) and
 :meth:`ServerConnection.error` (``{"ok": false, "error", "error_code", ...}``), both echoing
@@ -42,7 +44,13 @@ import orjson
 
 from kilndb import _core
 from kilndb.codec import DEFAULT_MAX_FRAME_BYTES, FrameDecoder, encode_frame
-from kilndb.errors import InvalidArgumentError, KilnError, ProtocolError, UnknownOpError
+from kilndb.errors import (
+    FrameTooLargeError,
+    InvalidArgumentError,
+    KilnError,
+    ProtocolError,
+    UnknownOpError,
+)
 from kilndb.model import validate_database_name
 from kilndb.protocol.ops import OPS
 
@@ -146,7 +154,7 @@ class ServerConnection:
     ) -> None:
         """``write_runs``: gather consecutive plain writes into :class:`WriteRun` events
         (a transport that commits them as a group); otherwise each is a Request."""
-        self._decoder = FrameDecoder(max_frame_bytes)
+        self._decoder = FrameDecoder(max_frame_bytes, skip_oversize=True)
         self._write_runs = write_runs
         self.broken: ConnectionBroken | None = None
         #: Requests decoded so far (valid or not), for metrics.
@@ -162,15 +170,27 @@ class ServerConnection:
         if self.broken is not None:
             return []
         events: list[Event] = []
-        bodies: list[bytes] = []
         decoder = self._decoder
-        try:
-            decoder.feed(data)
-            bodies = decoder.frames()
-            if bodies:
-                decoder.frames()  # raises what the stream broke on after them, if it did
-        except ProtocolError as exc:
-            self.broken = ConnectionBroken(exc)
+        decoder.feed(data)
+        while True:
+            try:
+                bodies = decoder.frames()
+            except FrameTooLargeError as exc:  # skipped: the stream is still in step
+                self.requests += 1
+                events.append(BadRequest(exc))
+                continue
+            except ProtocolError as exc:
+                self.broken = ConnectionBroken(exc)
+                break
+            if not bodies:
+                break
+            self._parse(bodies, events)
+        if self.broken is not None:
+            events.append(self.broken)
+        return events
+
+    def _parse(self, bodies: list[bytes], events: list[Event]) -> None:
+        """Append the events of intact frames' ``bodies`` to ``events``."""
         self.requests += len(bodies)
         i, count = 0, len(bodies)
         while i < count:
@@ -181,9 +201,6 @@ class ServerConnection:
             else:
                 events.append(parse_request(bodies[i]))
                 i += 1
-        if self.broken is not None:
-            events.append(self.broken)
-        return events
 
     @staticmethod
     def reply(request_id: Any = None, **result: Any) -> bytes:

@@ -23,7 +23,8 @@ Every database call runs on the server's thread pool, as for the socket protocol
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import logging
+from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -34,6 +35,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from kilndb.errors import (
     AuthenticationError,
     CursorTooOldError,
+    FrameTooLargeError,
     InvalidArgumentError,
     KilnError,
     NotFoundError,
@@ -47,17 +49,10 @@ if TYPE_CHECKING:
 
 __all__ = ["build_app"]
 
-_STATUS_OF = {
-    "bad_request": 400,
-    "protocol_error": 400,
-    "unknown_op": 400,
-    "not_found": 404,
-    "conflict": 409,
-    "cursor_too_old": 409,
-    "unauthenticated": 401,
-    "permission_denied": 403,
-    "unavailable": 503,
-}
+log = logging.getLogger("kilndb.server")
+
+_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
 _GAUGES = (
     "active_connections",
     "subscription_count",
@@ -78,7 +73,25 @@ def _json(body: Any, status: int = 200) -> web.Response:
 
 
 def _error(error: KilnError) -> web.Response:
-    return _json(error.to_wire(), _STATUS_OF.get(error.error_code, 500))
+    """The reply carrying ``error``, with the HTTP status its class declares."""
+    return _json(error.to_wire(), error.http_status)
+
+
+@web.middleware
+async def _body_limit(request: web.Request, handler: _Handler) -> web.StreamResponse:
+    """Refuse a body over ``client_max_size`` (the server's ``max_frame_bytes``) with
+    413 and ``frame_too_large``: at once when its ``Content-Length`` says so, else once
+    reading it passes the limit."""
+    limit = request.client_max_size
+    size = request.content_length
+    if size is not None and size > limit:
+        return _error(FrameTooLargeError(size, limit))
+    try:
+        return await handler(request)
+    except web.HTTPRequestEntityTooLarge:
+        return _error(
+            FrameTooLargeError(limit + 1, limit, f"request body over the limit of {limit} bytes")
+        )
 
 
 class _Collector:
@@ -120,6 +133,11 @@ def build_app(server: Server) -> web.Application:
                 server.count("errors_total")
                 server.event("request_error", op=request.op, error_code=exc.error_code)
                 raise
+            except Exception as exc:  # a bug: answered as ``internal``, never a bare 500
+                log.exception("request %s failed", request.op, exc_info=exc)
+                server.count("errors_total")
+                server.event("request_error", op=request.op, error_code=KilnError.error_code)
+                raise KilnError(f"internal error: {exc}") from exc
             server.count_result(request, result)
             return result
 
@@ -276,7 +294,8 @@ def build_app(server: Server) -> web.Application:
             server.event("subscription_closed", transport="sse")
         return response
 
-    app = web.Application()
+    # One body limit on every transport: an HTTP body may be as large as a frame.
+    app = web.Application(client_max_size=server.config.max_frame_bytes, middlewares=[_body_limit])
     app.router.add_get("/v1/health", health)
     app.router.add_get("/v1/ready", ready)
     app.router.add_get("/v1/status", status)

@@ -644,7 +644,7 @@ class _Connection(asyncio.Protocol):
         params = request.params
         version = params["protocol_version"]
         if version is not None and version != PROTOCOL_VERSION:
-            error = KilnError(
+            error = ProtocolError(
                 f"protocol version {version} is not supported; this server speaks"
                 f" {PROTOCOL_VERSION}"
             )
@@ -734,7 +734,7 @@ class _Connection(asyncio.Protocol):
 
     def _subscribe(self, request: Request) -> bytes:
         if self.feed is not None or self.status_feed is not None:
-            error = KilnError("this connection is already subscribed")
+            error = ProtocolError("this connection is already subscribed")
             return ServerConnection.error(error, request.request_id)
         stores = request.params["stores"]
         try:
@@ -758,7 +758,7 @@ class _Connection(asyncio.Protocol):
     def _sync_request(self, request: Request) -> bytes:
         """A follower asks for a database's log: answer shard_info, then ship it."""
         if self.feed is not None or self.status_feed is not None or self.link is not None:
-            error = KilnError("this connection is already streaming")
+            error = ProtocolError("this connection is already streaming")
             return ServerConnection.error(error, request.request_id)
         params = request.params
         name = request.database or self.database
@@ -880,7 +880,7 @@ class _Connection(asyncio.Protocol):
 
     def _subscribe_status(self, request: Request) -> bytes:
         if self.feed is not None or self.status_feed is not None:
-            error = KilnError("this connection is already subscribed")
+            error = ProtocolError("this connection is already subscribed")
             return ServerConnection.error(error, request.request_id)
         params = request.params
         try:

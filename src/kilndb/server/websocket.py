@@ -7,8 +7,9 @@ order. ``subscribe`` and ``subscribe_status`` open a subscription named by their
 ``request_id`` (required): after its ``ok`` reply, its pushed messages carry
 ``"subscription": <request_id>``; ``unsubscribe {subscription}`` ends one, ``close`` ends
 the connection. The server pings every 30 s and drops a client it has not heard from
-(pongs included) for 90 s; a message over the server's ``max_frame_bytes`` closes the
-connection with code 1009.
+(pongs included) for 90 s. A message over the server's ``max_frame_bytes`` gets a
+``frame_too_large`` error message, then the connection is closed with code 1009 (Message
+Too Big): WebSocket has no way to skip the rest of a message and go on.
 
 With authentication on, the token comes in the ``Authorization: Bearer`` header of the
 upgrade request or in a first ``hello {token}`` message; until then only ``hello``,
@@ -22,15 +23,17 @@ import contextlib
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
 from kilndb.errors import (
     AuthenticationError,
+    FrameTooLargeError,
     InvalidArgumentError,
     KilnError,
+    ProtocolError,
     UnavailableError,
 )
-from kilndb.protocol import BadRequest, Request, parse_request
+from kilndb.protocol import PROTOCOL_VERSION, BadRequest, Request, parse_request
 from kilndb.server.auth import Principal
 
 if TYPE_CHECKING:
@@ -65,6 +68,29 @@ def _error(error: KilnError, request_id: Any) -> str:
     if request_id is not None:
         body["request_id"] = request_id
     return _dumps(body)
+
+
+class _Socket(web.WebSocketResponse):
+    """A server WebSocket that says why it closes on a message over ``limit`` bytes."""
+
+    def __init__(self, limit: int) -> None:
+        # aiohttp refuses a message of exactly max_msg_size bytes: a frame may have
+        # ``limit`` bytes, so a message may too.
+        super().__init__(autoping=True, max_msg_size=limit + 1)
+        self.limit = limit
+
+    async def close(
+        self, *, code: int = WSCloseCode.OK, message: bytes = b"", drain: bool = True
+    ) -> bool:
+        # aiohttp closes with 1009 itself when a message is over the limit; the client
+        # gets the error first, as it would on any other transport.
+        if code == WSCloseCode.MESSAGE_TOO_BIG and not self.closed:
+            limit = self.limit
+            error = FrameTooLargeError(limit + 1, limit, f"message over the limit of {limit} bytes")
+            with contextlib.suppress(ConnectionResetError, RuntimeError):
+                await self.send_str(_error(error, None))
+            message = message or error.error_code.encode()
+        return await super().close(code=code, message=message, drain=drain)
 
 
 class _Session:
@@ -169,6 +195,12 @@ class _Session:
     async def _hello(self, request: Request) -> None:
         params = request.params
         try:
+            version = params["protocol_version"]
+            if version is not None and version != PROTOCOL_VERSION:
+                raise ProtocolError(
+                    f"protocol version {version} is not supported; this server speaks"
+                    f" {PROTOCOL_VERSION}"
+                )
             if params["token"] is not None:
                 self.principal = self.server.auth.verify(params["token"])
             elif self.principal is None:
@@ -288,9 +320,11 @@ def websocket_handler(
         except KilnError as exc:  # a bad token in the header: refused before upgrading
             server.count("errors_total")
             return web.Response(
-                body=orjson.dumps(exc.to_wire()), status=401, content_type="application/json"
+                body=orjson.dumps(exc.to_wire()),
+                status=exc.http_status,
+                content_type="application/json",
             )
-        socket = web.WebSocketResponse(autoping=True, max_msg_size=server.config.max_frame_bytes)
+        socket = _Socket(server.config.max_frame_bytes)
         await socket.prepare(http)
         await _Session(server, socket, run, principal).serve()
         return socket
