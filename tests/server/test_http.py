@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import kilndb
+from kilndb.engine import Subscription
 from kilndb.server.sockets import Server
 
 
@@ -142,6 +144,25 @@ def test_reads_of_an_unknown_database_are_404_and_create_nothing(server: Server)
     assert "typo" in server.databases.on_disk()
 
 
+def test_idle_sse_streams_hold_no_worker_and_all_get_the_next_fact(tmp_path: Path) -> None:
+    """Twice as many idle SSE streams as worker threads: a REST read is still served at
+    once (a stream waiting for facts holds no thread), and a write reaches them all."""
+    with Server(data=tmp_path / "data", port=0, http_port=0, workers=4) as server:
+        streams = [_sse(server, {}, "?cursor=0") for _ in range(8)]
+        try:
+            assert all(stream.response.status == 200 for stream in streams)
+            time.sleep(0.2)  # every stream is waiting
+            status, error = call(server, "GET", "/v1/db/default/stores/s/keys/k")
+            assert status == 404 and error["error_code"] == "not_found"
+            assert call(server, "PUT", "/v1/db/default/stores/s/keys/k", 1)[0] == 200
+            for stream in streams:
+                ((position, fact),) = _read_events(stream, 1)
+                assert (position, fact["value"]) == (1, 1)
+        finally:
+            for stream in streams:
+                stream.close()
+
+
 def test_sse_streams_and_resumes_with_last_event_id(server: Server) -> None:
     with kilndb.connect(server.url) as db:
         for i in range(5):
@@ -187,6 +208,43 @@ def test_sse_refuses_a_compacted_cursor(server: Server) -> None:
     assert other.response.status == 200
     assert [(i, f["value"]) for i, f in _read_events(other, 1)] == [(5, "kept")]
     other.close()
+
+
+def test_idle_websocket_changefeeds_hold_no_worker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Twice as many idle WebSocket changefeeds as worker threads, each on its own
+    connection: no worker ever waits for facts (the loop waits), a write over another
+    WebSocket is answered and reaches them all."""
+    waits: list[float | None] = []
+    real_get_batch = Subscription.get_batch
+
+    def recorded(self: Subscription, limit: int = 256, timeout: float | None = None) -> Any:
+        waits.append(timeout)
+        return real_get_batch(self, limit, timeout)
+
+    monkeypatch.setattr(Subscription, "get_batch", recorded)
+
+    async def scenario(server: Server) -> None:
+        async with aiohttp.ClientSession() as session:
+            feeds = [await session.ws_connect(server.http_url + "/v1/ws") for _ in range(8)]
+            for n, feed in enumerate(feeds):
+                await feed.send_str(json.dumps({"op": "subscribe", "after": 0, "request_id": n}))
+                assert json.loads(await feed.receive_str())["ok"] is True
+            await asyncio.sleep(0.2)  # every changefeed is waiting
+            async with session.ws_connect(server.http_url + "/v1/ws") as writer:
+                write = {"op": "write", "store": "s", "key": "k", "value": 7, "request_id": 1}
+                await writer.send_str(json.dumps(write))
+                reply = json.loads(await asyncio.wait_for(writer.receive_str(), 5))
+                assert reply["ok"] is True
+            for feed in feeds:
+                event = json.loads(await asyncio.wait_for(feed.receive_str(), 5))
+                assert event["event"] == "fact_written" and event["fact"]["value"] == 7
+                await feed.close()
+
+    with Server(data=tmp_path / "data", port=0, http_port=0, workers=4) as server:
+        asyncio.run(scenario(server))
+    assert waits and set(waits) == {0}
 
 
 def test_websocket_ops_and_subscription(server: Server) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from itertools import islice
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -48,6 +48,7 @@ class Subscription:
         self._buffer: deque[Fact] = deque()
         self._lock = threading.Lock()
         self._closed = False
+        self._watchers: list[Callable[[], object]] = []
         #: Position of the last fact handed out; resume from here with ``after=``.
         self.position = after
         with log.visible_cond:
@@ -123,6 +124,14 @@ class Subscription:
             raise StopIteration
         return fact
 
+    def watch(self, wake: Callable[[], object]) -> None:
+        """Call ``wake`` (from a writing thread) whenever new facts may be ready or the
+        subscription or its database closes: for a caller that waits on something else
+        than a thread (an event loop) and then takes them with ``get_batch(timeout=0)``.
+        ``wake`` must be quick and must not block."""
+        self._log.watchers.add(wake)
+        self._watchers.append(wake)
+
     def close(self) -> None:
         """Stop the subscription; a blocked iteration ends."""
         log = self._log
@@ -131,6 +140,9 @@ class Subscription:
                 self._closed = True
                 log.subscribers -= 1
             log.visible_cond.notify_all()
+        for wake in self._watchers:
+            log.watchers.discard(wake)
+            wake()
 
     def __enter__(self) -> Subscription:
         return self

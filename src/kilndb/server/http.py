@@ -23,6 +23,7 @@ Every database call runs on the server's thread pool, as for the socket protocol
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -52,6 +53,11 @@ __all__ = ["build_app"]
 log = logging.getLogger("kilndb.server")
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+#: Facts an SSE stream takes from its subscription per read.
+SSE_BATCH = 256
+#: Seconds of silence after which an SSE stream sends a keep-alive comment.
+SSE_KEEPALIVE_SECONDS = 15.0
 
 _GAUGES = (
     "active_connections",
@@ -274,18 +280,31 @@ def build_app(server: Server) -> web.Application:
         await response.prepare(http)
         server.streams.add(subscription)
         server.event("subscription_opened", transport="sse", after=cursor)
+        # An idle stream holds no thread: the changefeed wakes it through the loop, and
+        # only reading facts that are ready borrows a worker for a moment.
+        ready = asyncio.Event()
+        subscription.watch(functools.partial(loop.call_soon_threadsafe, ready.set))
         try:
             while True:
-                fact = await loop.run_in_executor(server.executor, subscription.get, 15.0)
-                if fact is None:
-                    if subscription.closed:
-                        break
-                    await response.write(b": keep-alive\n\n")
-                    continue
-                data = orjson.dumps(fact.to_dict())
-                await response.write(
-                    b"id: %d\nevent: fact_committed\ndata: %s\n\n" % (fact.position, data)
+                ready.clear()
+                facts = await loop.run_in_executor(
+                    server.executor, subscription.get_batch, SSE_BATCH, 0
                 )
+                if facts:
+                    await response.write(
+                        b"".join(
+                            b"id: %d\nevent: fact_committed\ndata: %s\n\n"
+                            % (fact.position, orjson.dumps(fact.to_dict()))
+                            for fact in facts
+                        )
+                    )
+                    continue
+                if subscription.closed:
+                    break
+                try:
+                    await asyncio.wait_for(ready.wait(), SSE_KEEPALIVE_SECONDS)
+                except TimeoutError:
+                    await response.write(b": keep-alive\n\n")
         except (ConnectionResetError, asyncio.CancelledError):
             pass
         finally:

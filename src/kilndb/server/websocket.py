@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -254,13 +255,22 @@ class _Session:
     async def _pump(self, name: Any, source: Any, op: str) -> None:
         loop = asyncio.get_running_loop()
         executor = self.server.executor
+        ready = asyncio.Event()
+        if op == "subscribe":
+            # An idle changefeed holds no thread: the log wakes it through the loop.
+            source.watch(functools.partial(loop.call_soon_threadsafe, ready.set))
         try:
             while not self.socket.closed and not source.closed:
                 if op == "subscribe":
-                    facts = await loop.run_in_executor(executor, source.get_batch, 256, 1.0)
+                    ready.clear()
+                    facts = await loop.run_in_executor(executor, source.get_batch, 256, 0)
                     for fact in facts:
                         event = {"event": "fact_written", "subscription": name}
                         await self.send(_dumps({**event, "fact": fact.to_dict()}))
+                    if not facts:
+                        # The timeout re-checks the socket now and then.
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(ready.wait(), 1.0)
                 else:
                     message = await loop.run_in_executor(executor, source.get, 1.0)
                     if message is not None:

@@ -118,6 +118,9 @@ class Log:
         self.visible_cond = threading.Condition(threading.Lock())
         self.visible = self.written
         self.subscribers = 0
+        #: Called (from the writing thread) whenever facts become visible or the log
+        #: closes: see :meth:`wake_subscribers`.
+        self.watchers: set[Callable[[], object]] = set()
         self.stats_counters = {"writes": 0, "facts_written": 0, "compactions": 0, "rotations": 0}
         self._maintenance = threading.Lock()
         self._meta_lock = threading.Lock()
@@ -186,8 +189,7 @@ class Log:
             # the condition's lock; waiters re-check it under that lock.
             self.visible = written
             if self.subscribers:
-                with self.visible_cond:
-                    self.visible_cond.notify_all()
+                self.wake_subscribers()
         return written
 
     def append_shipment(self, frames: bytes, after: int | None = None) -> int:
@@ -245,8 +247,7 @@ class Log:
             if self.config.sync != "always":
                 self.visible = position
                 if self.subscribers:
-                    with self.visible_cond:
-                        self.visible_cond.notify_all()
+                    self.wake_subscribers()
             return position
 
     def wait_durable(self, position: int) -> None:
@@ -281,10 +282,19 @@ class Log:
         """Make durable facts up to ``position`` visible to subscribers (``sync="always"``)."""
         if position > self.visible:
             with self.visible_cond:
-                if position > self.visible:
-                    self.visible = position
-                    if self.subscribers:
-                        self.visible_cond.notify_all()
+                if position <= self.visible:
+                    return
+                self.visible = position
+            if self.subscribers:
+                self.wake_subscribers()
+
+    def wake_subscribers(self) -> None:
+        """Wake the changefeed: threads blocked in a subscription, and the ``watchers``
+        (callbacks of subscribers that wait without a thread, such as an event loop's)."""
+        with self.visible_cond:
+            self.visible_cond.notify_all()
+        for watcher in list(self.watchers):
+            watcher()
 
     def _has_facts(self, datafile: DataFile) -> bool:
         first = self.first_positions[datafile.file_id]
@@ -495,6 +505,13 @@ class Log:
                     log.exception("interval fsync of %s failed", self.directory)
                     return
 
+    def wait_for_maintenance(self, timeout: float | None = None) -> bool:
+        """Wait until the background work queued so far (hints of sealed files, automatic
+        compaction) is done; False if ``timeout`` seconds passed first."""
+        done = threading.Event()
+        self._tasks.put(done.set)
+        return done.wait(timeout)
+
     def build_hint(self, datafile: DataFile) -> Hint:
         """A hint for the retained facts of ``datafile`` (scans the file in the core).
 
@@ -597,8 +614,7 @@ class Log:
             self._interval_thread.join()
         self._tasks.put(None)
         self._worker.join()
-        with self.visible_cond:
-            self.visible_cond.notify_all()
+        self.wake_subscribers()
         try:
             with self._maintenance, self.lock:
                 active = self.active
