@@ -997,13 +997,15 @@ impl KeyDir {
     }
 
     /// The store's keys starting with `prefix`, sorted, at most `limit`; with
-    /// `live_only`, only those whose latest fact is not a tombstone.
+    /// `live_only`, only those whose latest fact is not a tombstone; with `after`, only
+    /// those sorting after it (the last key of the previous page).
     pub fn keys(
         &self,
         store: &str,
         prefix: &str,
         limit: Option<usize>,
         live_only: bool,
+        after: Option<&str>,
     ) -> Vec<String> {
         let mut found: Vec<&str> = self
             .store_entries(store)
@@ -1013,7 +1015,7 @@ impl KeyDir {
                 !live_only || self.seq[self.latest_index(entry) as usize] & TOMBSTONE == 0
             })
             .map(|entry| self.key_str(entry))
-            .filter(|key| key.starts_with(prefix))
+            .filter(|key| key.starts_with(prefix) && after.is_none_or(|after| *key > after))
             .collect();
         match limit {
             Some(limit) if limit < found.len() => {
@@ -1296,7 +1298,7 @@ mod tests {
         assert_eq!(kd.first_retained_at_or_after(6), Some(7));
         assert_eq!(kd.stores(), vec!["s", "t"]);
         assert_eq!(kd.store_facts("s"), 3);
-        assert_eq!(kd.keys("s", "", None, true), vec!["a", "b"]);
+        assert_eq!(kd.keys("s", "", None, true, None), vec!["a", "b"]);
         let mut keys = kd.iter_keys("s");
         keys.sort();
         assert_eq!(keys, vec![("a".to_owned(), 8), ("b".to_owned(), 7)]);
@@ -1382,12 +1384,21 @@ mod tests {
         .unwrap();
         assert_eq!(kd.latest_state("s", "c"), Some((5, 2, true)));
         assert_eq!(kd.seq_of(5), Ok((2, true)));
-        assert_eq!(kd.keys("s", "", None, true), vec!["a", "ab", "b"]);
-        assert_eq!(kd.keys("s", "", None, false), vec!["a", "ab", "b", "c"]);
-        assert_eq!(kd.keys("s", "a", None, true), vec!["a", "ab"]);
-        assert_eq!(kd.keys("s", "", Some(2), true), vec!["a", "ab"]);
-        assert_eq!(kd.keys("s", "", Some(0), true), Vec::<String>::new());
-        assert_eq!(kd.keys("x", "", None, true), Vec::<String>::new());
+        assert_eq!(kd.keys("s", "", None, true, None), vec!["a", "ab", "b"]);
+        assert_eq!(
+            kd.keys("s", "", None, false, None),
+            vec!["a", "ab", "b", "c"]
+        );
+        assert_eq!(kd.keys("s", "a", None, true, None), vec!["a", "ab"]);
+        assert_eq!(kd.keys("s", "", Some(2), true, None), vec!["a", "ab"]);
+        assert_eq!(kd.keys("s", "", Some(0), true, None), Vec::<String>::new());
+        assert_eq!(kd.keys("x", "", None, true, None), Vec::<String>::new());
+        assert_eq!(kd.keys("s", "", None, true, Some("a")), vec!["ab", "b"]);
+        assert_eq!(kd.keys("s", "a", Some(1), true, Some("a")), vec!["ab"]);
+        assert_eq!(
+            kd.keys("s", "", None, true, Some("b")),
+            Vec::<String>::new()
+        );
     }
 
     #[test]

@@ -496,7 +496,7 @@ impl KeyDir {
         })
     }
 
-    #[pyo3(signature = (store, prefix, limit = None, live_only = true))]
+    #[pyo3(signature = (store, prefix, limit = None, live_only = true, after = None))]
     fn keys(
         &self,
         py: Python<'_>,
@@ -504,13 +504,21 @@ impl KeyDir {
         prefix: &Bound<'_, PyString>,
         limit: Option<i64>,
         live_only: bool,
+        after: Option<&Bound<'_, PyString>>,
     ) -> PyResult<Vec<String>> {
         guard(py, || {
             let limit = check_limit(py, limit)?;
             let (Some(store), Some(prefix)) = (lookup(store), lookup(prefix)) else {
                 return Ok(Vec::new());
             };
-            Ok(self.read(py).keys(store, prefix, limit, live_only))
+            let after = match after {
+                None => None,
+                Some(after) => match lookup(after) {
+                    Some(after) => Some(after),
+                    None => return Ok(Vec::new()),
+                },
+            };
+            Ok(self.read(py).keys(store, prefix, limit, live_only, after))
         })
     }
 

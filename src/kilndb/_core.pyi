@@ -520,10 +520,16 @@ class KeyDir:
         oldest first, at most ``limit`` (ValueError if negative), only those ``<=
         visible`` if given; by bisection (a key's seqs grow with its positions)."""
     def keys(
-        self, store: str, prefix: str, limit: int | None = None, live_only: bool = True
+        self,
+        store: str,
+        prefix: str,
+        limit: int | None = None,
+        live_only: bool = True,
+        after: str | None = None,
     ) -> list[str]:
         """The store's keys starting with ``prefix``, sorted, the first ``limit``; with
-        ``live_only`` only those whose latest fact is not a tombstone."""
+        ``live_only`` only those whose latest fact is not a tombstone; with ``after`` only
+        those sorting after it."""
     def iter_keys(self, store: str) -> list[tuple[str, int]]:
         """``(key, latest position)`` of every key of ``store``, in no particular order."""
     def stores(self) -> list[str]:

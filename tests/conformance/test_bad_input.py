@@ -84,6 +84,8 @@ def test_bad_read_arguments(db: kilndb.Database) -> None:
         tasks.history("k", since_seq="1")  # type: ignore[arg-type]
     with pytest.raises(kilndb.InvalidArgumentError):
         tasks.keys(prefix=3)  # type: ignore[arg-type]
+    with pytest.raises(kilndb.InvalidArgumentError):
+        tasks.keys(after=3)  # type: ignore[arg-type]
 
 
 def test_bad_retention(db: kilndb.Database) -> None:

@@ -162,6 +162,22 @@ def test_keys_sorted_prefix_limit_without_deleted(db: kilndb.Database) -> None:
     assert db.store("empty").keys() == []
 
 
+def test_keys_page_after_a_key(db: kilndb.Database) -> None:
+    tasks = db.store("tasks")
+    for key in ["b2", "a1", "b1", "c1", "b3"]:
+        tasks.write(key, key)
+    tasks.delete("b3")
+    assert tasks.keys(after="a1") == ["b1", "b2", "c1"]
+    assert tasks.keys(after="b", limit=1) == ["b1"]
+    assert tasks.keys(prefix="b", after="b1") == ["b2"]
+    assert tasks.keys(after="c1") == []
+    pages, after = [], None
+    while page := tasks.keys(limit=2, after=after):
+        pages.append(page)
+        after = page[-1]
+    assert pages == [["a1", "b1"], ["b2", "c1"]]
+
+
 def test_stores_and_stats(db: kilndb.Database) -> None:
     db.store("b").write("k", 1)
     db.store("a").write("k", 1)

@@ -30,6 +30,7 @@ def test_concurrent_callers_share_one_pipelined_connection(tmp_path: Path) -> No
                 await tasks.write("", 1)
             assert (await tasks.delete("t7")).deleted
             assert await tasks.keys(prefix="t1", limit=2) == ["t1", "t10"]
+            assert await tasks.keys(prefix="t1", limit=2, after="t10") == ["t100", "t101"]
 
     with Server(data=tmp_path / "data", port=0) as server:
         asyncio.run(scenario(server.url))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import re
 import time
 import urllib.error
 import urllib.request
@@ -375,3 +376,219 @@ def test_websocket_answers_ping_with_pong(server: Server) -> None:
             assert message.data == b"are you there"
 
     asyncio.run(scenario())
+
+
+KEY = "/v1/db/default/stores/tasks/keys/t1"
+
+
+def test_rest_write_options_as_query_parameters(server: Server) -> None:
+    query = (
+        "?expected_seq=0&id=cmd-1&causation=cmd-0&valid_time=1700000000.5&schema_version=2"
+        "&producer=curl&metadata.by=ann&metadata.team=ops"
+    )
+    status, fact = call(server, "PUT", KEY + query, {"title": "Hello"})
+    assert status == 200
+    assert (fact["seq"], fact["id"], fact["causation"], fact["valid_time"]) == (
+        1,
+        "cmd-1",
+        "cmd-0",
+        1700000000.5,
+    )
+    assert (fact["schema_version"], fact["producer"]) == (2, "curl")
+    assert fact["metadata"] == {"by": "ann", "team": "ops"}
+    # The same id again is an idempotent retry: the stored fact comes back.
+    assert call(server, "PUT", KEY + "?id=cmd-1", {"title": "Hello"}) == (200, fact)
+    status, error = call(server, "PUT", KEY + "?expected_seq=0", {"title": "Again"})
+    assert status == 409 and error["error_code"] == "conflict"
+    assert (error["store"], error["key"], error["expected"], error["actual"]) == (
+        "tasks",
+        "t1",
+        0,
+        1,
+    )
+    assert call(server, "PUT", KEY + "?expected_seq=1", {"title": "Hi"})[1]["seq"] == 2
+
+
+def test_rest_delete_options(server: Server) -> None:
+    call(server, "PUT", KEY, 1)
+    status, error = call(server, "DELETE", KEY + "?expected_seq=7")
+    assert status == 409 and (error["expected"], error["actual"]) == (7, 1)
+    status, tombstone = call(
+        server, "DELETE", KEY + "?expected_seq=1&id=del-1&causation=cmd-9&metadata.why=done"
+    )
+    assert status == 200 and tombstone["deleted"] is True
+    assert (tombstone["seq"], tombstone["id"], tombstone["causation"]) == (2, "del-1", "cmd-9")
+    assert tombstone["metadata"] == {"why": "done"}
+    assert call(server, "GET", KEY)[0] == 404
+
+
+def test_rest_read_as_of_and_history_ranges(server: Server) -> None:
+    facts = [call(server, "PUT", KEY, i)[1] for i in range(1, 5)]
+    first = facts[0]["transaction_time"]
+    assert call(server, "GET", KEY + f"?as_of={first!r}")[1]["value"] == 1
+    assert call(server, "GET", KEY + f"?as_of={facts[2]['transaction_time']!r}")[1]["value"] == 3
+    assert call(server, "GET", KEY + "?as_of=0")[0] == 404  # before the first write
+
+    def seqs(query: str) -> list[int]:
+        status, history = call(server, "GET", KEY + "/history" + query)
+        assert status == 200, history
+        return [f["seq"] for f in history]
+
+    assert seqs("") == [1, 2, 3, 4]
+    assert seqs("?since_seq=2") == [2, 3, 4]
+    assert seqs("?until_seq=2") == [1, 2]
+    assert seqs("?since_seq=2&until_seq=3") == [2, 3]
+    assert seqs("?limit=1") == [1]
+    assert seqs("?since_seq=3&limit=5") == [3, 4]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "parameter"),
+    [
+        ("PUT", KEY + "?expected_seq=abc", "expected_seq"),
+        ("PUT", KEY + "?expected_seq=-1", "expected_seq"),
+        ("PUT", KEY + "?expected_seq=1.5", "expected_seq"),
+        ("PUT", KEY + "?valid_time=tomorrow", "valid_time"),
+        ("PUT", KEY + "?valid_time=nan", "valid_time"),
+        ("PUT", KEY + "?schema_version=" + "9" * 5000, "schema_version"),
+        ("DELETE", KEY + "?expected_seq=x", "expected_seq"),
+        ("GET", KEY + "?as_of=soon", "as_of"),
+        ("GET", KEY + "/history?since_seq=first", "since_seq"),
+        ("GET", KEY + "/history?until_seq=-2", "until_seq"),
+        ("GET", KEY + "/history?limit=-1", "limit"),
+        ("GET", "/v1/db/default/stores/tasks/keys?limit=many", "limit"),
+        ("GET", "/v1/db/default/stores/tasks/keys?limit=0", "limit"),
+    ],
+)
+def test_rest_refuses_a_bad_value_naming_the_parameter(
+    server: Server, method: str, path: str, parameter: str
+) -> None:
+    call(server, "PUT", "/v1/db/default/stores/tasks/keys/other", 0)  # the database exists
+    status, error = call(server, method, path, 1 if method == "PUT" else None)
+    assert status == 400 and error["error_code"] == "bad_request"
+    assert f"'{parameter}'" in error["error"]
+    assert call(server, "GET", KEY)[0] == 404  # nothing was written
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/v1/db/default/stores"),
+        ("GET", "/v1/db/default/stores/tasks/keys"),
+        ("GET", KEY),
+        ("PUT", KEY),
+        ("DELETE", KEY),
+        ("GET", KEY + "/history"),
+        ("GET", "/v1/events"),
+    ],
+)
+def test_rest_refuses_unknown_query_parameters(server: Server, method: str, path: str) -> None:
+    call(server, "PUT", KEY, 0)
+    status, error = call(
+        server, method, path + "?foo=1&bar=2&foo=3", 1 if method == "PUT" else None
+    )
+    assert (status, error["error_code"]) == (400, "bad_request")
+    assert error["error"] == "unknown query parameter(s): foo, bar"
+    assert call(server, "GET", KEY + "/history")[1][-1]["seq"] == 1  # nothing written
+
+
+def test_rest_refuses_metadata_where_it_means_nothing_and_repeats(server: Server) -> None:
+    call(server, "PUT", KEY, 0)
+    status, error = call(server, "GET", KEY + "?metadata.by=ann")
+    assert status == 400 and error["error"] == "unknown query parameter(s): metadata.by"
+    status, error = call(server, "PUT", KEY + "?metadata.=x", 1)
+    assert status == 400 and error["error"] == "unknown query parameter(s): metadata."
+    status, error = call(server, "PUT", KEY + "?expected_seq=1&expected_seq=2", 1)
+    assert status == 400 and "'expected_seq' given more than once" in error["error"]
+
+
+def test_rest_lists_stores_and_pages_through_keys(server: Server) -> None:
+    names = [f"k{i:02}" for i in range(23)]
+    for name in reversed(names):
+        call(server, "PUT", f"/v1/db/default/stores/tasks/keys/{name}", name)
+    call(server, "DELETE", "/v1/db/default/stores/tasks/keys/k05")
+    call(server, "PUT", "/v1/db/default/stores/notes/keys/n", 0)
+    assert call(server, "GET", "/v1/db/default/stores") == (200, {"stores": ["notes", "tasks"]})
+    live = [name for name in names if name != "k05"]
+
+    def pages(query: str) -> list[list[str]]:
+        found, after = [], None
+        while True:
+            cursor = "" if after is None else f"&after={after}"
+            status, page = call(server, "GET", f"/v1/db/default/stores/tasks/keys?{query}{cursor}")
+            assert status == 200, page
+            found.append(page["keys"])
+            after = page["next"]
+            if after is None:
+                return found
+            assert after == page["keys"][-1]
+
+    assert pages("limit=5") == [live[i : i + 5] for i in range(0, 22, 5)]
+    assert pages("limit=11") == [live[:11], live[11:]]  # no empty page after a full one
+    assert pages("limit=5&prefix=k1") == [live[9:14], live[14:19]]
+    assert pages("") == [live]  # one page of up to 1000
+    assert call(server, "GET", "/v1/db/default/stores/empty/keys") == (
+        200,
+        {"keys": [], "next": None},
+    )
+
+
+def test_rest_keys_default_page(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kilndb.server import http
+
+    monkeypatch.setattr(http, "KEYS_PAGE", 2)
+    for name in ("a", "b", "c"):
+        call(server, "PUT", f"/v1/db/default/stores/s/keys/{name}", 0)
+    assert call(server, "GET", "/v1/db/default/stores/s/keys")[1] == {
+        "keys": ["a", "b"],
+        "next": "b",
+    }
+    assert call(server, "GET", "/v1/db/default/stores/s/keys?after=b")[1] == {
+        "keys": ["c"],
+        "next": None,
+    }
+
+
+def test_rest_listing_an_unknown_database_is_404_and_creates_nothing(server: Server) -> None:
+    for path in (
+        "/v1/db/typo/stores",
+        "/v1/db/typo/stores/s/keys",
+        "/v1/db/typo/stores/s/keys/k/history",
+    ):
+        status, error = call(server, "GET", path)
+        assert status == 404 and error["error_code"] == "not_found"
+    assert "typo" not in server.databases.on_disk()
+
+
+_CURL = re.compile(
+    r"^curl -s (?:-X (?P<method>[A-Z]+) )?'http://127\.0\.0\.1:7300(?P<path>/v1/db/[^']*)'"
+    r"(?: -d '(?P<body>[^']*)')?\s+# (?P<status>\d{3})$"
+)
+_DOCS = Path(__file__).parents[2]
+
+
+@pytest.mark.parametrize("document", ["README.md", "docs/api.md"])
+def test_every_rest_curl_example_in_the_docs_runs(tmp_path: Path, document: str) -> None:
+    lines = (_DOCS / document).read_text().splitlines()
+    examples = [line for line in lines if line.startswith("curl ") and "/v1/db/" in line]
+    assert examples
+    with Server(data=tmp_path / "data", port=0, http_port=0) as running:
+        for line in examples:
+            match = _CURL.match(line)
+            assert match, f"not in the tested form: {line}"
+            body = match["body"]
+            got = call(running, match["method"] or "GET", match["path"], body and json.loads(body))
+            assert got[0] == int(match["status"]), (line, got)
+
+
+def test_the_rest_docs_name_every_query_parameter() -> None:
+    from kilndb.server.http import QUERY_PARAMETERS
+
+    text = (_DOCS / "docs/api.md").read_text()
+    section = text[text.index("## HTTP REST") :]
+    for op, parameters in QUERY_PARAMETERS.items():
+        row = next(line for line in section.splitlines() if f"| `{op}` |" in line)
+        for name in parameters:
+            assert f"`{name}`" in row, (op, name)
+    for name in ("cursor", "stores", "database"):
+        assert f"`{name}`" in section

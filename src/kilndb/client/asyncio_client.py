@@ -154,8 +154,12 @@ class AsyncRemoteStore:
         )
         return facts_from_dicts(reply["facts"])
 
-    async def keys(self, prefix: str = "", limit: int | None = None) -> list[str]:
-        reply = await self._db._call("keys", store=self.name, prefix=prefix, limit=limit)
+    async def keys(
+        self, prefix: str = "", limit: int | None = None, after: str | None = None
+    ) -> list[str]:
+        reply = await self._db._call(
+            "keys", store=self.name, prefix=prefix, limit=limit, after=after
+        )
         keys: list[str] = reply["keys"]
         return keys
 

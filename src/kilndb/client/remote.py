@@ -166,10 +166,11 @@ class RemoteStore:
         )
         return facts_from_dicts(reply["facts"])
 
-    def keys(self, prefix: str = "", limit: int | None = None) -> list[str]:
-        keys: list[str] = self._db._call("keys", store=self.name, prefix=prefix, limit=limit)[
-            "keys"
-        ]
+    def keys(
+        self, prefix: str = "", limit: int | None = None, after: str | None = None
+    ) -> list[str]:
+        reply = self._db._call("keys", store=self.name, prefix=prefix, limit=limit, after=after)
+        keys: list[str] = reply["keys"]
         return keys
 
 

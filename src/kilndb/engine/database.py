@@ -178,9 +178,13 @@ class Store:
         """Retained facts of ``key`` with ``since_seq <= seq <= until_seq``, by seq."""
         return self._db._log.history(self.name, key, since_seq, until_seq, limit)
 
-    def keys(self, prefix: str = "", limit: int | None = None) -> list[str]:
-        """Keys with a live (not deleted) value, sorted, optionally by prefix."""
-        return self._db._log.keys(self.name, prefix, limit)
+    def keys(
+        self, prefix: str = "", limit: int | None = None, after: str | None = None
+    ) -> list[str]:
+        """Keys with a live (not deleted) value, sorted, optionally by prefix; with
+        ``after``, only those sorting after it (pass the last key of a page to get the
+        next page)."""
+        return self._db._log.keys(self.name, prefix, limit, after)
 
 
 class Database:

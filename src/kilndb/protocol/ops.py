@@ -215,6 +215,7 @@ def _keys(body: dict[str, Any]) -> Params:
         "store": _field(body, "store", "str", required=True),
         "prefix": "" if prefix is None else prefix,
         "limit": _field(body, "limit", "count"),
+        "after": _field(body, "after", "str"),
     }
 
 

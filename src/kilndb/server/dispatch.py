@@ -103,7 +103,8 @@ def _delete(db: Database, params: dict[str, Any]) -> dict[str, Any]:
 
 
 def _keys(db: Database, params: dict[str, Any]) -> dict[str, Any]:
-    keys = db.store(params["store"]).keys(prefix=params["prefix"], limit=params["limit"])
+    store = db.store(params["store"])
+    keys = store.keys(prefix=params["prefix"], limit=params["limit"], after=params["after"])
     return {"keys": keys}
 
 

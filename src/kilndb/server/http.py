@@ -12,10 +12,17 @@ Endpoints (DESIGN.md "HTTP, SSE and WebSocket"):
                             was compacted away
 ``GET /v1/events/recent``   the recent-events ring
 ``POST /v1/dispatch``       one op envelope (the wire protocol's JSON) → its reply
+``GET /v1/db/{database}/stores``  the database's stores
+``GET /v1/db/{database}/stores/{store}/keys``  a page of keys and the ``next`` cursor
 ``/v1/db/{database}/stores/{store}/keys/{key}``  GET latest, PUT (body: JSON value),
                             DELETE; ``.../history`` GET
 ``GET /v1/ws``              WebSocket carrying op envelopes; ``subscribe`` pushes
                             ``{"event": "fact_written", "fact": …}`` messages
+
+The REST routes under ``/v1/db/`` take their op's options as query parameters
+(:data:`QUERY_PARAMETERS`), read from text and then checked by the op table's checkers,
+so that a bad value gets the same ``bad_request`` on every transport. A query parameter
+a route does not take is refused with 400 naming it, on ``/v1/events`` too.
 
 Every database call runs on the server's thread pool, as for the socket protocol.
 """
@@ -25,7 +32,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Awaitable, Callable, Iterator
+import math
+import re
+from collections.abc import Awaitable, Callable, Container, Iterator
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -48,7 +57,7 @@ from kilndb.server.websocket import websocket_handler
 if TYPE_CHECKING:
     from kilndb.server.sockets import Server
 
-__all__ = ["build_app"]
+__all__ = ["KEYS_PAGE", "QUERY_PARAMETERS", "build_app"]
 
 log = logging.getLogger("kilndb.server")
 
@@ -72,6 +81,86 @@ _GAUGES = (
     "cluster_members_dead",
     "cluster_members_left",
 )
+
+
+#: The query parameters of each REST op and how their text reads: ``count`` as an
+#: integer, ``number`` as an integer or a float, ``str`` as it is. The op's checker then
+#: checks the values (a negative ``expected_seq`` is refused there, as on the wire).
+QUERY_PARAMETERS: dict[str, dict[str, str]] = {
+    "read": {"as_of": "number"},
+    "history": {"since_seq": "count", "until_seq": "count", "limit": "count"},
+    "write": {
+        "expected_seq": "count",
+        "id": "str",
+        "causation": "str",
+        "valid_time": "number",
+        "schema_version": "count",
+        "producer": "str",
+    },
+    "delete": {"expected_seq": "count", "id": "str", "causation": "str"},
+    "keys": {"prefix": "str", "limit": "count", "after": "str"},
+    "stores": {},
+}
+
+#: Ops whose ``metadata`` is given as ``metadata.K=V`` query parameters.
+_WITH_METADATA = frozenset({"write", "delete"})
+_METADATA = "metadata."
+
+#: Keys in a page of ``GET .../keys`` without ``limit``.
+KEYS_PAGE = 1000
+
+#: The parameters of ``GET /v1/events``.
+_EVENTS_PARAMETERS = frozenset({"cursor", "stores", "database"})
+
+_INTEGER = re.compile(r"-?[0-9]+")
+
+
+def _from_text(kind: str, text: str) -> Any:
+    """``text`` as ``kind`` reads it; text that does not read as one is passed on as is,
+    for the op's checker to refuse by the parameter's name."""
+    try:
+        if kind != "str" and _INTEGER.fullmatch(text):
+            return int(text)
+        if kind == "number" and math.isfinite(number := float(text)):
+            return number
+    except ValueError:  # not a number, or an integer of thousands of digits
+        pass
+    return text
+
+
+def _check_names(http: web.Request, allowed: Container[str]) -> None:
+    """Refuse a query parameter outside ``allowed``, or one given twice."""
+    unknown = dict.fromkeys(name for name in http.query if name not in allowed)
+    if unknown:
+        raise InvalidArgumentError(f"unknown query parameter(s): {', '.join(unknown)}")
+    for name in http.query:
+        if len(http.query.getall(name)) > 1:
+            raise InvalidArgumentError(f"query parameter {name!r} given more than once")
+
+
+def _params(http: web.Request, op: str, fields: dict[str, Any]) -> dict[str, Any]:
+    """The checked parameters of ``op``: ``fields`` (from the path and body) and those
+    its query parameters give. Raises InvalidArgumentError naming a bad one."""
+    kinds = QUERY_PARAMETERS[op]
+    with_metadata = op in _WITH_METADATA
+    _check_names(
+        http,
+        {
+            name
+            for name in http.query
+            if name in kinds or (with_metadata and name.startswith(_METADATA) and name != _METADATA)
+        },
+    )
+    metadata: dict[str, str] = {}
+    query: dict[str, Any] = {}
+    for name, text in http.query.items():
+        if name in kinds:
+            query[name] = _from_text(kinds[name], text)
+        else:
+            metadata[name.removeprefix(_METADATA)] = text
+    if metadata:
+        query["metadata"] = metadata
+    return check_params(op, {**query, **fields})
 
 
 def _json(body: Any, status: int = 200) -> web.Response:
@@ -149,17 +238,30 @@ def build_app(server: Server) -> web.Application:
 
         return await loop.run_in_executor(server.executor, work)
 
-    def _denied(http: web.Request, op: str, database: str | None) -> web.Response | None:
-        """The 401/403 reply unless the request's bearer token grants ``op``."""
+    def _authorize(http: web.Request, op: str, database: str | None) -> None:
+        """Raise the 401/403 error unless the request's bearer token grants ``op``."""
         try:
             principal = _principal(http)
             if principal is None:
                 raise AuthenticationError("send Authorization: Bearer <token>")
             principal.check(op, database)
-        except KilnError as exc:
+        except KilnError:
             server.count("errors_total")
+            raise
+
+    def _denied(http: web.Request, op: str, database: str | None) -> web.Response | None:
+        """The 401/403 reply unless the request's bearer token grants ``op``."""
+        try:
+            _authorize(http, op, database)
+        except KilnError as exc:
             return _error(exc)
         return None
+
+    async def rest(http: web.Request, op: str, params: dict[str, Any]) -> dict[str, Any]:
+        """Run ``op`` with its checked ``params`` on the path's database."""
+        database = http.match_info["database"]
+        _authorize(http, op, database)
+        return await run(Request(op, params), database)
 
     def _principal(http: web.Request) -> Principal | None:
         """Who the bearer token speaks for (None: no token sent)."""
@@ -226,18 +328,16 @@ def build_app(server: Server) -> web.Application:
 
     async def fact(http: web.Request) -> web.Response:
         info = http.match_info
-        database, store, key = info["database"], info["store"], info["key"]
-        body: dict[str, Any] = {"store": store, "key": key}
+        store, key = info["store"], info["key"]
+        fields: dict[str, Any] = {"store": store, "key": key}
         try:
             if http.method == "PUT":
                 try:
-                    body["value"] = orjson.loads(await http.read())
+                    fields["value"] = orjson.loads(await http.read())
                 except orjson.JSONDecodeError as exc:
                     raise InvalidArgumentError(f"body is not JSON: {exc}") from exc
             op = {"GET": "read", "PUT": "write", "DELETE": "delete"}[http.method]
-            if denied := _denied(http, op, database):
-                return denied
-            result = await run(Request(op, check_params(op, body)), database)
+            result = await rest(http, op, _params(http, op, fields))
         except KilnError as exc:
             return _error(exc)
         if result["fact"] is None:
@@ -246,16 +346,40 @@ def build_app(server: Server) -> web.Application:
 
     async def history(http: web.Request) -> web.Response:
         info = http.match_info
-        params = check_params("history", {"store": info["store"], "key": info["key"]})
-        if denied := _denied(http, "history", info["database"]):
-            return denied
         try:
-            result = await run(Request("history", params), info["database"])
+            fields = {"store": info["store"], "key": info["key"]}
+            result = await rest(http, "history", _params(http, "history", fields))
         except KilnError as exc:
             return _error(exc)
         return _json(result["facts"])
 
+    async def stores(http: web.Request) -> web.Response:
+        try:
+            result = await rest(http, "stores", _params(http, "stores", {}))
+        except KilnError as exc:
+            return _error(exc)
+        return _json({"stores": result["stores"]})
+
+    async def keys(http: web.Request) -> web.Response:
+        """A page of keys and ``next``: the ``after`` of the next page, or null at the end."""
+        try:
+            params = _params(http, "keys", {"store": http.match_info["store"]})
+            page = KEYS_PAGE if params["limit"] is None else params["limit"]
+            if page == 0:
+                raise InvalidArgumentError("query parameter 'limit' must be at least 1")
+            params["limit"] = page + 1  # one more tells whether another page follows
+            result = await rest(http, "keys", params)
+        except KilnError as exc:
+            return _error(exc)
+        found: list[str] = result["keys"]
+        more = len(found) > page
+        return _json({"keys": found[:page], "next": found[page - 1] if more else None})
+
     async def events(http: web.Request) -> web.StreamResponse:
+        try:
+            _check_names(http, _EVENTS_PARAMETERS)
+        except KilnError as exc:
+            return _error(exc)
         cursor_text = http.headers.get("Last-Event-ID") or http.query.get("cursor") or "0"
         stores_text = http.query.get("stores")
         try:
@@ -325,11 +449,13 @@ def build_app(server: Server) -> web.Application:
     app.router.add_get("/v1/cluster", cluster)
     app.router.add_get("/v1/events", events)
     app.router.add_post("/v1/dispatch", dispatch)
-    keys = "/v1/db/{database}/stores/{store}/keys/{key}"
-    app.router.add_route("GET", keys, fact)
-    app.router.add_route("PUT", keys, fact)
-    app.router.add_route("DELETE", keys, fact)
-    app.router.add_get(keys + "/history", history)
+    app.router.add_get("/v1/db/{database}/stores", stores)
+    app.router.add_get("/v1/db/{database}/stores/{store}/keys", keys)
+    key = "/v1/db/{database}/stores/{store}/keys/{key}"
+    app.router.add_route("GET", key, fact)
+    app.router.add_route("PUT", key, fact)
+    app.router.add_route("DELETE", key, fact)
+    app.router.add_get(key + "/history", history)
     app.router.add_get("/v1/ws", websocket_handler(server, run, _principal))
     return app
 

@@ -182,12 +182,14 @@ class FactLog(Log):
         chosen = log.keydir.history(store, key, since, until, wanted, visible)
         return log.read_facts(chosen)
 
-    def keys(self, store: str, prefix: object, limit: object) -> list[str]:
+    def keys(self, store: str, prefix: object, limit: object, after: object = None) -> list[str]:
         if not isinstance(prefix, str):
             raise InvalidArgumentError("prefix must be a string")
+        if after is not None and not isinstance(after, str):
+            raise InvalidArgumentError("after must be a string or None")
         wanted = check_limit(limit)
         self.check_open()
-        return self.keydir.keys(store, prefix, wanted)
+        return self.keydir.keys(store, prefix, wanted, after=after)
 
     def _check_fence_locked(self, key: str, token: int) -> None:
         """Refuse a fenced write unless ``token`` is the lease's newest (hold the lock)."""
