@@ -70,4 +70,6 @@ class ServerLock(DirectoryLock):
     __slots__ = ()
 
     def __init__(self, data_dir: Path) -> None:
-        super().__init__(data_dir / SERVER_LOCK, f"data directory {data_dir} is already served by")
+        super().__init__(
+            data_dir / SERVER_LOCK, f"data directory {data_dir.resolve()} is already served by"
+        )
