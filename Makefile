@@ -70,6 +70,7 @@ bench: $(BENCHSTAMP)
 	$(PY) bench/streams.py
 	$(PY) bench/replication.py
 	$(PY) bench/cluster.py
+	$(PY) bench/idle.py
 
 bench-smoke: $(BENCHSTAMP)
 	$(PY) bench/embedded.py --smoke
@@ -77,6 +78,7 @@ bench-smoke: $(BENCHSTAMP)
 	$(PY) bench/streams.py --smoke
 	$(PY) bench/replication.py --smoke
 	$(PY) bench/cluster.py --smoke
+	$(PY) bench/idle.py --smoke
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache dist rust/target src/kilndb/_core*.so
