@@ -30,10 +30,11 @@ Every database call runs on the server's thread pool, as for the socket protocol
 from __future__ import annotations
 
 import asyncio
-import functools
+import contextlib
 import logging
 import math
 import re
+import threading
 from collections.abc import Awaitable, Callable, Container, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -42,9 +43,9 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from kilndb.codec import FrameDecoder
 from kilndb.errors import (
     AuthenticationError,
-    CursorTooOldError,
     FrameTooLargeError,
     InvalidArgumentError,
     KilnError,
@@ -52,6 +53,7 @@ from kilndb.errors import (
 )
 from kilndb.protocol import BadRequest, Request, check_params, parse_request
 from kilndb.server.auth import ANONYMOUS, Principal
+from kilndb.server.fanout import Feed
 from kilndb.server.websocket import websocket_handler
 
 if TYPE_CHECKING:
@@ -63,10 +65,74 @@ log = logging.getLogger("kilndb.server")
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-#: Facts an SSE stream takes from its subscription per read.
-SSE_BATCH = 256
 #: Seconds of silence after which an SSE stream sends a keep-alive comment.
 SSE_KEEPALIVE_SECONDS = 15.0
+
+
+class _SseFeed:
+    """An SSE stream's side of the changefeed fan-out: the hub's frames of the facts it
+    follows, queued for the event loop (never blocking the hub) and turned into SSE
+    events there. More than ``limit`` bytes not yet written ends the stream: the client
+    resumes with ``Last-Event-ID``."""
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, after: int, stores: list[str] | None, limit: int
+    ) -> None:
+        self._loop = loop
+        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._lock = threading.Lock()
+        self._pending = 0
+        self._limit = limit
+        self._decoder = FrameDecoder()
+        chosen = None if stores is None else frozenset(stores)
+        self.feed = Feed(chosen, after, self._send, self._gone)
+
+    def _send(self, data: bytes, position: int) -> bool:
+        """The hub's thread: queue ``data``; False (the hub drops the feed) on overflow."""
+        with self._lock:
+            if self._pending + len(data) > self._limit:
+                self._end()
+                return False
+            self._pending += len(data)
+        try:
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, data)
+        except RuntimeError:  # the loop is gone: so is the stream
+            return False
+        return True
+
+    def _gone(self, feed: Feed) -> None:
+        self._end()
+
+    def _end(self) -> None:
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, None)
+
+    def close(self) -> None:
+        """End the stream (the server is stopping)."""
+        self.feed.close()
+        self._end()
+
+    async def next(self, keepalive: float) -> bytes | None:
+        """The SSE events of the next facts; ``b""`` after ``keepalive`` seconds of
+        silence; None once the stream has ended."""
+        try:
+            data = await asyncio.wait_for(self._queue.get(), keepalive)
+        except TimeoutError:
+            return b""
+        if data is None:
+            return None
+        with self._lock:
+            self._pending -= len(data)
+        self._decoder.feed(data)
+        events = []
+        for body in self._decoder.frames():
+            fact = orjson.loads(body)["fact"]
+            events.append(
+                b"id: %d\nevent: fact_committed\ndata: %s\n\n"
+                % (fact["position"], orjson.dumps(fact))
+            )
+        return b"".join(events)
+
 
 _GAUGES = (
     "active_connections",
@@ -391,49 +457,30 @@ def build_app(server: Server) -> web.Application:
             if denied := _denied(http, "subscribe", database):
                 return denied
             db = server.databases.get(database, create=False)
-            subscription = db.subscribe(stores, cursor)
+            db.subscribe(stores, cursor).close()  # checks the cursor and the store names
         except ValueError:
             return _error(InvalidArgumentError(f"bad cursor {cursor_text!r}"))
-        except CursorTooOldError as exc:
-            return _error(exc)
         except KilnError as exc:
             return _error(exc)
         response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
         )
         await response.prepare(http)
-        server.streams.add(subscription)
+        # The stream is one more feed of the database's fan-out hub, which reads the log
+        # once for every subscriber and keeps only the facts of the stores each follows:
+        # an idle stream, or one whose stores nobody writes, costs a write nothing.
+        stream = _SseFeed(loop, cursor, stores, server.config.max_subscriber_buffer)
+        server.streams.add(stream)
+        server.fanout.attach(db, stream.feed)
         server.event("subscription_opened", transport="sse", after=cursor)
-        # An idle stream holds no thread: the changefeed wakes it through the loop, and
-        # only reading facts that are ready borrows a worker for a moment.
-        ready = asyncio.Event()
-        subscription.watch(functools.partial(loop.call_soon_threadsafe, ready.set))
         try:
-            while True:
-                ready.clear()
-                facts = await loop.run_in_executor(
-                    server.executor, subscription.get_batch, SSE_BATCH, 0
-                )
-                if facts:
-                    await response.write(
-                        b"".join(
-                            b"id: %d\nevent: fact_committed\ndata: %s\n\n"
-                            % (fact.position, orjson.dumps(fact.to_dict()))
-                            for fact in facts
-                        )
-                    )
-                    continue
-                if subscription.closed:
-                    break
-                try:
-                    await asyncio.wait_for(ready.wait(), SSE_KEEPALIVE_SECONDS)
-                except TimeoutError:
-                    await response.write(b": keep-alive\n\n")
+            while (chunk := await stream.next(SSE_KEEPALIVE_SECONDS)) is not None:
+                await response.write(chunk or b": keep-alive\n\n")
         except (ConnectionResetError, asyncio.CancelledError):
             pass
         finally:
-            server.streams.discard(subscription)
-            subscription.close()
+            server.streams.discard(stream)
+            server.fanout.detach(stream.feed)
             server.event("subscription_closed", transport="sse")
         return response
 

@@ -59,7 +59,7 @@ from kilndb.client.endpoint import Endpoint
 from kilndb.client.transport import Connection
 from kilndb.codec import DEFAULT_MAX_FRAME_BYTES, encode_frame
 from kilndb.config import DatabaseConfig
-from kilndb.engine import Database, StatusSubscription, Subscription
+from kilndb.engine import Database, StatusSubscription
 from kilndb.errors import (
     AuthenticationError,
     InvalidArgumentError,
@@ -1024,7 +1024,7 @@ class Server:
         self.executor = ThreadPoolExecutor(self.config.workers, thread_name_prefix="kilndb-op")
         self.connections: set[_Connection] = set()
         #: Changefeeds served over HTTP (SSE, WebSocket), closed when the server stops.
-        self.streams: set[Subscription] = set()
+        self.streams: set[Any] = set()
         self.counters = dict.fromkeys(
             (
                 "requests_total",
