@@ -164,6 +164,27 @@ def test_idle_sse_streams_hold_no_worker_and_all_get_the_next_fact(tmp_path: Pat
                 stream.close()
 
 
+def test_an_sse_stream_that_is_not_read_ends_instead_of_growing(tmp_path: Path) -> None:
+    """A reader that stops reading lets at most ``max_subscriber_buffer`` bytes pile up on
+    the server; then its stream ends (it resumes with Last-Event-ID), and the server and
+    other clients go on."""
+    with Server(data=tmp_path / "data", port=0, http_port=0, max_subscriber_buffer=65536) as server:
+        stalled = _sse(server, {}, "?cursor=0")
+        try:
+            assert stalled.response.status == 200
+            with kilndb.connect(server.url) as db:
+                for start in range(0, 20_000, 1000):  # about 10 MB of events
+                    db.write_many(
+                        [kilndb.Write("s", f"k{i}", "x" * 300) for i in range(start, start + 1000)]
+                    )
+                assert db.stats()["last_position"] == 20_000
+            received = stalled.response.read()  # ends: the server closed the stream
+            assert 0 < received.count(b"event: fact_committed") < 20_000
+        finally:
+            stalled.close()
+        assert call(server, "GET", "/v1/ready")[0] == 200
+
+
 def test_sse_streams_and_resumes_with_last_event_id(server: Server) -> None:
     with kilndb.connect(server.url) as db:
         for i in range(5):

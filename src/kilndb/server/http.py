@@ -72,8 +72,8 @@ SSE_KEEPALIVE_SECONDS = 15.0
 class _SseFeed:
     """An SSE stream's side of the changefeed fan-out: the hub's frames of the facts it
     follows, queued for the event loop (never blocking the hub) and turned into SSE
-    events there. More than ``limit`` bytes not yet written ends the stream: the client
-    resumes with ``Last-Event-ID``."""
+    events there. A batch that would take the bytes not yet written past ``limit`` ends
+    the stream (a first batch always goes): the client resumes with ``Last-Event-ID``."""
 
     def __init__(
         self, loop: asyncio.AbstractEventLoop, after: int, stores: list[str] | None, limit: int
@@ -90,7 +90,7 @@ class _SseFeed:
     def _send(self, data: bytes, position: int) -> bool:
         """The hub's thread: queue ``data``; False (the hub drops the feed) on overflow."""
         with self._lock:
-            if self._pending + len(data) > self._limit:
+            if self._pending and self._pending + len(data) > self._limit:
                 self._end()
                 return False
             self._pending += len(data)
