@@ -1,4 +1,5 @@
-"""Changefeed fan-out: one reader of a database's log for all of its socket subscribers.
+"""Changefeed fan-out: one reader of a database's log for all of its TCP, Unix-socket and
+SSE subscribers.
 
 Theory of operation
 -------------------
