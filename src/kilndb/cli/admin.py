@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from kilndb.cli.check import check
-from kilndb.cli.context import CliSettings, open_database, pass_settings, server_connection
+from kilndb.cli.context import CliSettings, open_database, pass_settings, server_call
 from kilndb.cli.errors import CliError
 from kilndb.cli.output import (
     format_option,
@@ -103,12 +103,7 @@ def status(settings: CliSettings, as_json: bool | None) -> None:
     """Show a server's status: addresses, open databases and counters (needs --url)."""
     if settings.url is None:
         raise CliError("kiln status asks a server: give --url (or set KILN_URL)")
-    connection = server_connection(settings)
-    try:
-        reply = connection.call("server_status")
-    finally:
-        connection.close()
-    reply.pop("ok", None)
+    reply = server_call(settings, "server_status")
     if wants_json(as_json):
         print_json(reply)
         return

@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from kilndb.cli.context import CliSettings, pass_settings, server_connection
+from kilndb.cli.context import CliSettings, pass_settings, server_call
 from kilndb.cli.errors import CliError
 from kilndb.cli.output import format_option, print_json, print_rows_table, wants_json
 
@@ -41,11 +41,7 @@ def status(settings: CliSettings, as_json: bool | None) -> None:
     """Members (state, incarnation, addresses, databases, lag) and each database's leader."""
     if settings.url is None:
         raise CliError("kiln cluster status needs --url (a member of the cluster)")
-    connection = server_connection(settings)
-    try:
-        found = connection.call("cluster")["cluster"]
-    finally:
-        connection.close()
+    found = server_call(settings, "cluster")["cluster"]
     if found is None:
         raise CliError(f"{settings.url} is not a cluster member (kiln serve --gossip-port)")
     if wants_json(as_json):

@@ -103,6 +103,18 @@ def server_connection(settings: CliSettings) -> Connection:
     return connection
 
 
+def server_call(settings: CliSettings, op: str, **params: Any) -> dict[str, Any]:
+    """Send one request to the ``--url`` server on a connection of its own; its reply
+    without the ``ok`` flag (the server's error is raised)."""
+    connection = server_connection(settings)
+    try:
+        reply = connection.call(op, **params)
+    finally:
+        connection.close()
+    reply.pop("ok", None)
+    return reply
+
+
 def pass_settings(f: Callable[Concatenate[CliSettings, P], R]) -> Callable[P, R]:
     """Decorate a command so that it receives the :class:`CliSettings` first."""
 

@@ -7,7 +7,7 @@ import shutil
 
 import click
 
-from kilndb.cli.context import CliSettings, pass_settings, server_connection
+from kilndb.cli.context import CliSettings, pass_settings, server_call
 from kilndb.cli.errors import CliError
 from kilndb.cli.output import print_json, print_rows_table, stdout_is_terminal
 from kilndb.engine import Database
@@ -26,11 +26,7 @@ def db() -> None:
 def list_databases(settings: CliSettings) -> None:
     """The databases on disk (or, with --url, the ones the server has open)."""
     if settings.url is not None:
-        connection = server_connection(settings)
-        try:
-            reply = connection.call("server_status")
-        finally:
-            connection.close()
+        reply = server_call(settings, "server_status")
         nodes = reply.get("nodes", {})
         rows = [
             {"database": name, "state": "open", **info}
@@ -69,12 +65,7 @@ def create(settings: CliSettings, name: str) -> None:
     """
     validate_database_name(name)
     if settings.url is not None:
-        connection = server_connection(settings)
-        try:
-            reply = connection.call("create_database", name=name)
-        finally:
-            connection.close()
-        reply.pop("ok", None)
+        reply = server_call(settings, "create_database", name=name)
         print_json(reply)
         return
     existed = (settings.data / name / "META").is_file()
@@ -100,12 +91,7 @@ def remove(settings: CliSettings, name: str, delete: bool, yes: bool) -> None:
             f"Delete database {name!r} and all its facts from {where}?", abort=True, err=True
         )
     if settings.url is not None:
-        connection = server_connection(settings)
-        try:
-            reply = connection.call("remove_database", name=name, delete=delete)
-        finally:
-            connection.close()
-        reply.pop("ok", None)
+        reply = server_call(settings, "remove_database", name=name, delete=delete)
         print_json(reply)
         return
     if not delete:

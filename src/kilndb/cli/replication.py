@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from kilndb.cli.context import CliSettings, pass_settings, server_connection
+from kilndb.cli.context import CliSettings, pass_settings, server_call
 from kilndb.cli.output import print_json
 
 __all__ = ["promote", "replicate"]
@@ -19,12 +19,7 @@ def promote(settings: CliSettings, only: str | None) -> None:
     Each gets a new leader epoch (in its META) and accepts writes from then on. Point
     the other followers at it with `kiln replicate`.
     """
-    connection = server_connection(settings)
-    try:
-        reply = connection.call("promote", database=only)
-    finally:
-        connection.close()
-    reply.pop("ok", None)
+    reply = server_call(settings, "promote", database=only)
     print_json(reply)
 
 
@@ -38,10 +33,5 @@ def replicate(settings: CliSettings, leader: str, databases: tuple[str, ...]) ->
     A former leader pointed at the new one drops the records it never shipped (they are
     kept beside its data files as *.divergent-*) and catches up.
     """
-    connection = server_connection(settings)
-    try:
-        reply = connection.call("replicate", leader=leader, databases=list(databases) or None)
-    finally:
-        connection.close()
-    reply.pop("ok", None)
+    reply = server_call(settings, "replicate", leader=leader, databases=list(databases) or None)
     print_json(reply)
