@@ -209,7 +209,7 @@ class DataFile:
         _core.sync_file(self.fd, self.name, metadata=True)
 
     def frames(self, start: int = 0, end: int | None = None) -> FrameReader:
-        return FrameReader(self.fd, start, self.size if end is None else end, str(self.path))
+        return FrameReader(self.fd, start, self.size if end is None else end, self.name)
 
 
 class FrameReader:

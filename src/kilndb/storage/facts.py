@@ -158,7 +158,7 @@ class FactLog(Log):
             _, file_id, offset, size = found
             datafile = log.files[file_id]
         # ``datafile`` is held until the core has read: its descriptor stays open.
-        fact: Fact = _core.read_fact(datafile.fd, str(datafile.path), offset, size, Fact)
+        fact: Fact = _core.read_fact(datafile.fd, datafile.name, offset, size, Fact)
         return None if fact.deleted else fact
 
     def history(

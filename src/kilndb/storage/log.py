@@ -66,7 +66,7 @@ def _read_located(
     files: list[DataFile], reads: list[tuple[int, int, int]], fact_type: type[Fact] | None
 ) -> list[Any]:
     # ``files`` is held until the core has read: their descriptors stay open meanwhile.
-    return _core.read_records([(f.fd, str(f.path)) for f in files], reads, fact_type)
+    return _core.read_records([(f.fd, f.name) for f in files], reads, fact_type)
 
 
 class Log:
@@ -356,7 +356,7 @@ class Log:
             file_ids, plan = self.keydir.plan(positions)
             files = [self.files[file_id] for file_id in file_ids]
         # ``files`` is held until the core has read: their descriptors stay open.
-        return _core.read_planned([(f.fd, str(f.path)) for f in files], plan, Fact)
+        return _core.read_planned([(f.fd, f.name) for f in files], plan, Fact)
 
     def read_fact_locked(self, position: int) -> Fact | None:
         """The retained fact at ``position`` or None, for a caller holding the lock."""
@@ -417,7 +417,7 @@ class Log:
                 datafile = self.files[file_id]
                 end = datafile.size
             scanner = _core.FactScanner(
-                datafile.fd, str(datafile.path), offset, end, last, until, chosen, raw, Fact
+                datafile.fd, datafile.name, offset, end, last, until, chosen, raw, Fact
             )
             while (batch := scanner.next_batch(keydir)) is not None:
                 yield from batch
@@ -425,7 +425,7 @@ class Log:
             if scanner.reached_until:
                 return
             if scanner.stop_reason not in (None, "end-marker"):
-                raise CorruptRecordError(str(datafile.path), scanner.stop_offset)
+                raise CorruptRecordError(datafile.name, scanner.stop_offset)
             with self.lock:
                 self.check_open()
                 later = [f for f in self.files if f > file_id]
@@ -519,9 +519,9 @@ class Log:
         is trusted for the whole file it names.
         """
         start = self.header_end(datafile)
-        indexed = _core.index_file(datafile.fd, str(datafile.path), start, datafile.size, 0)
+        indexed = _core.index_file(datafile.fd, datafile.name, start, datafile.size, 0)
         if indexed.bad_offset is not None or indexed.stop_reason not in (None, "end-marker"):
-            raise CorruptRecordError(str(datafile.path), indexed.damage)
+            raise CorruptRecordError(datafile.name, indexed.damage)
         columns, stores, keys, ids, dead_bytes = indexed.hint_columns(
             self.keydir, datafile.file_id, self.ids_codec.prefix
         )
@@ -535,7 +535,7 @@ class Log:
         head = datafile.pread(0, 4)
         length = int.from_bytes(head, "big") if len(head) == 4 else 0
         if not 0 < length < datafile.size:
-            raise CorruptRecordError(str(datafile.path), 0, f"{datafile.path}: bad file header")
+            raise CorruptRecordError(datafile.name, 0, f"{datafile.path}: bad file header")
         return length + 8
 
     def _write_hint_for(self, file_id: int) -> None:

@@ -94,9 +94,7 @@ class _Scan:
             self.codec,
         )
         file_id = datafile.file_id
-        indexed = _core.index_file(
-            datafile.fd, str(datafile.path), start, end, keydir.last_position
-        )
+        indexed = _core.index_file(datafile.fd, datafile.name, start, end, keydir.last_position)
         last_ttime = indexed.load_into(keydir, file_id, codec.prefix, ids)
         if last_ttime is not None:
             self.result.last_ttime = last_ttime
@@ -130,7 +128,7 @@ def _check_torn(datafile: DataFile, damage: int) -> None:
         follows = resync(buf, damage, datafile.allocated)
     if follows is not None:
         raise CorruptRecordError(
-            str(datafile.path),
+            datafile.name,
             damage,
             f"corrupt record in {datafile.path} at offset {damage}, with intact records"
             f" after it (from offset {follows}): run `kiln check --fix` to recover them",
@@ -146,14 +144,14 @@ def _cut_torn_tail(datafile: DataFile, offset: int, result: Recovered) -> None:
     _core.sync_file(datafile.fd, datafile.name, metadata=True)
     fsync_directory(datafile.path.parent)
     datafile.size = datafile.allocated = offset
-    result.torn.append((str(datafile.path), offset, len(tail)))
+    result.torn.append((datafile.name, offset, len(tail)))
     log.warning(
         "torn tail cut from %s at offset %d (%d bytes of unacknowledged data dropped%s)",
         datafile.path,
         offset,
         len(tail),
         f", kept in {keep.name}" if tail else "",
-        extra={"path": str(datafile.path), "offset": offset, "dropped_bytes": len(tail)},
+        extra={"path": datafile.name, "offset": offset, "dropped_bytes": len(tail)},
     )
 
 
@@ -182,7 +180,7 @@ def recover(directory: Path, database_id: str, codec: IdCodec) -> Recovered:
         header = _header_of(datafile)
         if header is None:
             if not is_last:
-                raise CorruptRecordError(str(datafile.path), 0, f"{datafile.path}: bad file header")
+                raise CorruptRecordError(datafile.name, 0, f"{datafile.path}: bad file header")
             # The header is made durable before anything is appended, so a newest file
             # with a torn header holds nothing acknowledged: keep its bytes aside and
             # start it anew. Intact records after a damaged header are corruption.
@@ -212,7 +210,7 @@ def recover(directory: Path, database_id: str, codec: IdCodec) -> Recovered:
         scan.run(start, datafile.size)
         if scan.bad_offset is not None:
             if not is_last:
-                raise CorruptRecordError(str(datafile.path), scan.damage)
+                raise CorruptRecordError(datafile.name, scan.damage)
             _check_torn(datafile, scan.damage)
             _cut_torn_tail(datafile, scan.bad_offset, result)
         elif is_last:
