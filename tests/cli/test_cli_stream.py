@@ -8,7 +8,7 @@ import signal
 import subprocess
 from pathlib import Path
 
-from kilndb.server.sockets import Server
+from kilndb.server import Server
 from tests.cli.runner import assert_one_error_line, json_lines, kiln
 from tests.processes import KILN, reap
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import kilndb
-from kilndb.server.sockets import Server
+from kilndb.server import Server
 from tests.cli.runner import assert_one_error_line, json_lines, kiln
 from tests.processes import KILN, reap
 

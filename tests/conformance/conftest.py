@@ -18,7 +18,7 @@ import pytest
 
 import kilndb
 from kilndb.config import DatabaseConfig
-from kilndb.server.sockets import Server
+from kilndb.server import Server
 
 
 @dataclass

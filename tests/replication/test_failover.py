@@ -10,7 +10,7 @@ import pytest
 
 import kilndb
 from kilndb.config import DatabaseConfig
-from kilndb.server.sockets import Server
+from kilndb.server import Server
 from tests.cli.runner import json_lines, kiln
 from tests.replication.test_follower import _digest, _eventually, _follower, _write
 from tests.server.test_sockets import tcp_address

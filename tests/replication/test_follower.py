@@ -12,7 +12,7 @@ import pytest
 
 import kilndb
 from kilndb import Write
-from kilndb.server.sockets import Server
+from kilndb.server import Server
 from tests.server.test_sockets import RawClient, tcp_address
 
 
@@ -244,9 +244,9 @@ def test_a_stalled_follower_is_dropped_and_garbage_is_refused(
 def test_following_every_database_of_the_leader_new_ones_included(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from kilndb.server import sockets
+    from kilndb.server import following
 
-    monkeypatch.setattr(sockets, "DISCOVER_SECONDS", 0.2)
+    monkeypatch.setattr(following, "DISCOVER_SECONDS", 0.2)
     with Server(data=tmp_path / "leader", port=0) as leader:
         for name in ("a", "b"):
             with kilndb.connect(leader.url, name) as db:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import kilndb
-from kilndb.server.sockets import Server
+from kilndb.server import Server
 
 
 def test_concurrent_callers_share_one_pipelined_connection(tmp_path: Path) -> None:

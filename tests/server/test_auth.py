@@ -18,8 +18,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 import kilndb
+from kilndb.server import Server
 from kilndb.server.auth import AuthConfig, create_token
-from kilndb.server.sockets import Server
 from tests.cli.runner import kiln
 
 SECRET = "a-test-secret-long-enough-for-every-hmac-algorithm-0123456789abcdef"

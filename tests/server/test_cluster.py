@@ -218,7 +218,7 @@ def test_a_follower_finds_its_leader_through_gossip_and_clients_write_through_it
 
 
 def test_cluster_status_of_a_server_outside_a_cluster(tmp_path: Path) -> None:
-    from kilndb.server.sockets import Server
+    from kilndb.server import Server
 
     with Server(data=tmp_path / "alone", port=0) as server:
         result = kiln(tmp_path, "--url", server.url, "cluster", "status")
@@ -310,7 +310,7 @@ def test_bad_gossip_packets_are_dropped_counted_and_harmless(members: Members) -
 
 
 def test_a_follow_member_never_announces_its_copies_as_led(tmp_path: Path) -> None:
-    from kilndb.server.sockets import Server
+    from kilndb.server import Server
 
     with kilndb.open(tmp_path / "data", "orders") as local:  # a copy left from before
         local.store("o").write("o1", 1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,16 +13,47 @@ import pytest
 import kilndb
 from kilndb.codec import FrameDecoder, encode_frame
 from kilndb.protocol import BadRequest, Request, ServerConnection, WriteRun
-from kilndb.server import CONNECTION_OPS, Dispatcher, NodeManager
+from kilndb.protocol.ops import OPS
+from kilndb.server import Dispatcher, NodeManager, ServerConfig
+from kilndb.server.admin import ServerOps
+from kilndb.server.auth import AuthConfig, Authenticator
+from kilndb.server.following import Following
+from kilndb.server.metrics import Metrics
+from kilndb.server.session import Answer, Execute, Refuse, Session, Step
+from kilndb.server.tasks import TaskOwner
 
 
 class Harness:
-    """A connection wired to a dispatcher the way a server wires them."""
+    """A connection wired to a dispatcher and the server ops the way a server wires
+    them: database ops to the one, server ops to the other."""
 
     def __init__(self, data_dir: Path) -> None:
         self.databases = NodeManager(data_dir)
         self.dispatcher = Dispatcher(self.databases)
         self.connection = ServerConnection()
+        self.session = Session("tcp", Authenticator(AuthConfig()))
+        self.loop = asyncio.new_event_loop()
+        following = Following(
+            ServerConfig(data=data_dir),
+            self.databases,
+            self.dispatcher,
+            Metrics(),
+            TaskOwner(self.loop),
+        )
+        self.server_ops = ServerOps(
+            self.databases, following, lambda: {"status": "ready"}, lambda: {"cluster": None}
+        )
+
+    def execute(self, step: Step) -> dict[str, Any]:
+        assert isinstance(step, Execute), step
+        request = step.request
+        if step.op.runs == "server":
+            return self.server_ops.run(request)
+        return self.dispatcher.execute(request, "default")
+
+    def close(self) -> None:
+        self.databases.close_all()
+        self.loop.close()
 
     def call(self, message: dict[str, Any]) -> dict[str, Any]:
         (event,) = self.connection.receive_data(encode_frame(orjson.dumps(message)))
@@ -31,8 +63,11 @@ class Harness:
             frame = ServerConnection.error(event.error, event.request_id)
         else:
             assert isinstance(event, Request)
+            step = self.session.receive(event)
             try:
-                result = self.dispatcher.execute(event, "default")
+                if isinstance(step, Refuse):
+                    raise step.error
+                result = step.fields if isinstance(step, Answer) else self.execute(step)
                 frame = ServerConnection.reply(event.request_id, **result)
             except kilndb.KilnError as exc:
                 frame = ServerConnection.error(exc, event.request_id)
@@ -48,7 +83,7 @@ class Harness:
 def harness(tmp_path: Path) -> Iterator[Harness]:
     made = Harness(tmp_path / "data")
     yield made
-    made.databases.close_all()
+    made.close()
 
 
 IGNITER_FACT = {
@@ -196,11 +231,13 @@ def test_errors_become_error_replies(harness: Harness, message: dict[str, Any], 
     assert db is None or db.stats()["last_position"] == 0
 
 
-def test_connection_ops_are_not_dispatched(harness: Harness) -> None:
-    for op in CONNECTION_OPS:
-        assert not Dispatcher.handles(op)
-    reply = harness.call({"op": "server_status"})
-    assert reply["ok"] is False and reply["error_code"] == "protocol_error"
+def test_the_dispatcher_handles_exactly_the_database_ops_of_the_table(harness: Harness) -> None:
+    for op in OPS.values():
+        assert Dispatcher.handles(op.name) == (op.runs == "database"), op.name
+    request = Request("server_status", {}, "r", "default")
+    with pytest.raises(kilndb.KilnError) as refused:
+        harness.dispatcher.execute(request, "default")
+    assert refused.value.error_code == "protocol_error"
 
 
 def test_a_removed_database_reopens_on_demand_and_close_refuses_more(harness: Harness) -> None:

@@ -27,9 +27,8 @@ import kilndb
 from kilndb import errors
 from kilndb.codec import FrameDecoder, encode_frame
 from kilndb.protocol import BadRequest, Request, ServerConnection, parse_request
-from kilndb.server import dispatch
+from kilndb.server import Server, dispatch
 from kilndb.server.auth import AuthConfig, create_token
-from kilndb.server.sockets import Server
 
 LIMIT = 4096
 SECRET = "a-test-secret-long-enough-for-every-hmac-algorithm-0123456789abcdef"
@@ -119,16 +118,12 @@ def in_process(server: Server, message: Message) -> dict[str, Any]:
     if isinstance(event, BadRequest):
         return event.error.to_wire()
     assert isinstance(event, Request)
+    request = event._replace(database=event.database or "default")
+    running = server.services.runner.run(request)
     try:
-        result, db, position = server.dispatcher.apply(event, "default")
-        if db is not None and position:
-            db.wait_durable(position)
-            if replicas := server.replicas_for(event):
-                server.wait_replicas(db.name, position, replicas)
+        result = asyncio.run_coroutine_threadsafe(running, server.loop).result(30)
     except kilndb.KilnError as exc:
         return exc.to_wire()
-    except Exception as exc:  # what every transport answers for a bug
-        return kilndb.KilnError(f"internal error: {exc}").to_wire()
     return {"ok": True, **result}
 
 

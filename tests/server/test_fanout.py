@@ -9,8 +9,7 @@ from typing import Any
 import pytest
 
 import kilndb
-from kilndb.server import fanout
-from kilndb.server.sockets import Server
+from kilndb.server import Server, fanout
 from tests.server.test_sockets import RawClient, tcp_address
 
 

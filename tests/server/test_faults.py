@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 import kilndb
 from kilndb.codec import encode_frame
-from kilndb.server.sockets import Server
+from kilndb.server import Server
 from tests.processes import reap, start_server
 
 

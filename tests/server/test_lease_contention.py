@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import kilndb
-from kilndb.server.sockets import Server
+from kilndb.server import Server
 
 SECONDS = float(os.environ.get("KILN_LEASE_CONTENTION_SECONDS", "20"))
 

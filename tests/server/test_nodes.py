@@ -11,8 +11,8 @@ import pytest
 import kilndb
 from kilndb.engine.database import Database
 from kilndb.errors import DatabaseLockedError, NotFoundError, UnavailableError
+from kilndb.server import Server
 from kilndb.server.nodes import NodeConfig, NodeManager
-from kilndb.server.sockets import Server
 
 
 def test_idle_databases_are_evicted_and_reopened_transparently_under_load(

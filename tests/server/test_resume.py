@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 import kilndb
-from kilndb.server.sockets import Server
+from kilndb.server import Server
 
 
 def test_a_subscription_reconnects_and_resumes_after_a_restart(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ import pytest
 
 import kilndb
 from kilndb.errors import DatabaseLockedError, InvalidArgumentError
-from kilndb.server.sockets import Server
+from kilndb.server import Server
 from kilndb.storage.lockfile import SERVER_LOCK
 from tests.processes import KILN, reap, start_server
 

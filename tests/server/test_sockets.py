@@ -14,7 +14,7 @@ import pytest
 
 import kilndb
 from kilndb.codec import FrameDecoder, encode_frame
-from kilndb.server.sockets import Server
+from kilndb.server import Server
 
 
 class RawClient:

@@ -14,8 +14,8 @@ import pytest
 import kilndb
 from kilndb import Record
 from kilndb.errors import ConflictError, InvalidArgumentError
+from kilndb.server import Server
 from kilndb.server.auth import AuthConfig, create_token
-from kilndb.server.sockets import Server
 from kilndb.streams import entry_from_fact, fact_to_entry_wire, produced_to_wire, record_to_wire
 from tests.server.test_sockets import RawClient, tcp_address
 

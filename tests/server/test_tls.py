@@ -10,7 +10,7 @@ import pytest
 import trustme
 
 import kilndb
-from kilndb.server.sockets import Server
+from kilndb.server import Server
 
 
 @pytest.fixture

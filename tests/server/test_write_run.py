@@ -13,8 +13,8 @@ import pytest
 
 import kilndb
 from kilndb.codec import encode_frame
+from kilndb.server import Server
 from kilndb.server.auth import AuthConfig, create_token
-from kilndb.server.sockets import Server
 from tests.server.test_sockets import RawClient, tcp_address
 
 SECRET = "a-test-secret-long-enough-for-every-hmac-algorithm-0123456789abcdef"
@@ -179,11 +179,11 @@ def test_the_python_clients_writes_take_the_lane(
 def test_a_failing_acknowledgement_fails_only_its_own_replies(
     server: Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from kilndb.server.sockets import _Connection
+    from kilndb.server.connections import SocketConnection
 
-    acknowledge = _Connection._acknowledge
+    acknowledge = SocketConnection.acknowledge
 
-    def failing(self: _Connection, applied: list[Any]) -> None:
+    def failing(self: SocketConnection, applied: list[Any]) -> None:
         for _, request, *_ in applied:
             run = request.params.get("run")
             ids = [e.get("request_id") for e in run.envelopes] if run else [request.request_id]
@@ -194,7 +194,7 @@ def test_a_failing_acknowledgement_fails_only_its_own_replies(
     warm = RawClient(tcp_address(server))
     warm.send(write(-1, store="warm"))  # opens the database: both writes apply inline
     assert (warm.receive() or {})["ok"]
-    monkeypatch.setattr(_Connection, "_acknowledge", failing)
+    monkeypatch.setattr(SocketConnection, "acknowledge", failing)
     doomed, fine = RawClient(tcp_address(server)), RawClient(tcp_address(server))
     doomed.send({"op": "write", "request_id": "boom", "store": "s", "key": "a", "value": 1})
     fine.send({"op": "write", "request_id": "ok", "store": "s", "key": "b", "value": 2})

@@ -21,9 +21,9 @@ import click
 from kilndb.cli.context import CliSettings, pass_settings
 from kilndb.cli.errors import CliError
 from kilndb.config import DatabaseConfig
+from kilndb.server import Server, ServerConfig
 from kilndb.server.auth import AuthConfig
 from kilndb.server.nodes import NodeConfig
-from kilndb.server.sockets import Server, ServerConfig
 
 __all__ = ["serve"]
 
@@ -100,6 +100,22 @@ def _names(text: str | None) -> tuple[str, ...]:
     show_default=True,
     envvar="KILN_MAX_FRAME_BYTES",
     help="Largest request accepted.",
+)
+@click.option(
+    "--max-subscriber-buffer",
+    type=click.IntRange(1024),
+    default=8 * 1024 * 1024,
+    show_default=True,
+    envvar="KILN_MAX_SUBSCRIBER_BUFFER",
+    help="Bytes a subscriber may leave unread before it is cut off (subscriber_overflow).",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(1),
+    default=32,
+    show_default=True,
+    envvar="KILN_WORKERS",
+    help="Threads of the pool for blocking work (replays, compaction, opening databases).",
 )
 @click.option(
     "--drain-timeout",
@@ -284,6 +300,8 @@ def serve(
     unix: Path | None,
     max_connections: int,
     max_frame_bytes: int,
+    max_subscriber_buffer: int,
+    workers: int,
     drain_timeout: float,
     slow_op_ms: float,
     idle_evict_after: float | None,
@@ -330,6 +348,8 @@ def serve(
         unix=unix,
         max_connections=max_connections,
         max_frame_bytes=max_frame_bytes,
+        max_subscriber_buffer=max_subscriber_buffer,
+        workers=workers,
         drain_timeout=drain_timeout,
         slow_op_ms=slow_op_ms,
         database=DatabaseConfig(sync=settings.sync),

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -316,6 +316,35 @@ class StatusSubscription:
                 self._quiet_since = time.monotonic()
                 return {"type": "change", **self._status(fact)}
         return None
+
+    def poll(self) -> dict[str, Any] | None:
+        """The next message if one is ready now, without waiting: the first call reads
+        the status of every segment; then changes, then a heartbeat once one is due."""
+        if self._pending is None:
+            self._pending = self._snapshot()
+        if self._pending:
+            return self._pending.popleft()
+        while not self.closed:
+            fact = self._changes.get(timeout=0)
+            if fact is None:
+                break
+            if self.segment in ("*", fact.key):
+                self._quiet_since = time.monotonic()
+                return {"type": "change", **self._status(fact)}
+        now = time.monotonic()
+        if not self.closed and now >= self._quiet_since + self.heartbeat:
+            self._quiet_since = now
+            return {"type": "heartbeat", "at": time.time()}
+        return None
+
+    def heartbeat_due(self) -> float:
+        """Seconds until the next heartbeat is due (if nothing happens meanwhile)."""
+        return max(0.0, self._quiet_since + self.heartbeat - time.monotonic())
+
+    def watch(self, wake: Callable[[], object]) -> None:
+        r"""Call ``wake`` (from a writing thread) when a change may be ready or the stream
+        closes, for a caller that waits on an event loop and then :meth:`poll`\ s."""
+        self._changes.watch(wake)
 
     def _status(self, fact: Fact) -> dict[str, Any]:
         first, _ = self._db._log.segment_bounds(self.space, fact.key)

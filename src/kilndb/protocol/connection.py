@@ -68,6 +68,8 @@ __all__ = [
 #: Version of the native protocol, announced and checked by ``hello``.
 PROTOCOL_VERSION = 1
 
+_CHECK_WRITE = OPS["write"].check
+
 
 class Request(NamedTuple):
     """A valid request: answer it, in order, with a reply or an error.
@@ -105,7 +107,7 @@ class WriteRun:
     def requests(self) -> list[Request]:
         """The run as the requests :func:`parse_request` makes of its frames."""
         return [
-            Request("write", OPS["write"](envelope), _request_id(envelope), None)
+            Request("write", _CHECK_WRITE(envelope), _request_id(envelope), None)
             for envelope in self.envelopes
         ]
 
@@ -131,11 +133,11 @@ def parse_request(body: bytes) -> Request | BadRequest:
     op = message.get("op")
     if not isinstance(op, str):
         return BadRequest(InvalidArgumentError("missing field 'op'"), request_id)
-    checker = OPS.get(op)
-    if checker is None:
+    declared = OPS.get(op)
+    if declared is None:
         return BadRequest(UnknownOpError(f"unknown op {op!r}"), request_id)
     try:
-        params = checker(message)
+        params = declared.check(message)
         database = message.get("database")
         if database is not None:
             database = validate_database_name(database)

@@ -1,11 +1,38 @@
-"""The op table: every request the wire protocol accepts, and how its fields are checked.
+"""The op table: every request the protocol accepts, declared once.
 
-Each op maps to a checker that takes the decoded request object and returns the op's
-parameters, normalised (defaults filled in, only known fields kept), or raises
-:class:`InvalidArgumentError` naming the field. The checks here are structural — is the
-field present, is it a string, a non-negative integer, a list of strings — so that a
-malformed request is refused before it reaches a database; the engine still checks
-meaning (store-name syntax, JSON-serialisable values, expected seqs).
+Each :class:`Op` says everything a transport, the authorizer and the dispatcher need to
+know about an op, so that none of them keeps a list of its own:
+
+``check``
+    the checker of its fields (:mod:`kilndb.protocol.params`), which returns the op's
+    parameters or raises ``bad_request`` naming the field;
+``action`` and ``scope``
+    what a token must grant: nothing (``none``), reading or writing the database the
+    request names (``read``/``write`` with scope ``database``), or administering the
+    server (``admin``, scope ``server``);
+``runs``
+    who answers it: the ``session`` (the connection's own state: hello, ping, close,
+    subscriptions, a replication stream), the ``server`` (its status, its databases,
+    what it follows) or a ``database`` (through the server's dispatcher, which binds
+    each database op to its handler);
+``creates``
+    a database op that creates the database it names when there is none (writes, and
+    ``create_database``); every other op on a database that does not exist gets
+    ``not_found``: reads never create;
+``quick`` and ``batch``
+    bounded work that may run on the event loop itself — a ``batch`` op (``batch`` names
+    its list parameter) only while that list has at most :data:`QUICK_BATCH` items;
+    anything else runs on the server's bounded worker pool;
+``transports``
+    which of ``tcp`` (TCP, TLS and Unix sockets), ``ws`` (WebSocket), ``http``
+    (``POST /v1/dispatch`` and the REST routes) and ``sse`` (``GET /v1/events``) carry
+    it. ``http`` has no connection, so none of the session ops but ``ping`` travel over
+    it; ``sse`` carries ``subscribe`` only;
+``query``
+    for an op with a REST route, the query parameters it takes there and how their text
+    reads: ``count`` as an integer, ``number`` as an integer or a float, ``str`` as it is
+    (``metadata.*``: any number of ``metadata.K=V``). The op's checker then checks the
+    values, so a bad one gets the same ``bad_request`` on every transport.
 
 Igniter's ops keep Igniter's shapes: ``write_fact {fact}``, ``replay {}``,
 ``write_snapshot {facts}``, ``subscribe {stores}``, ``ping``, ``stats``,
@@ -14,435 +41,201 @@ Igniter's ops keep Igniter's shapes: ``write_fact {fact}``, ``replay {}``,
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
-from kilndb.errors import InvalidArgumentError
-
-__all__ = ["CREATES_DATABASE", "OPS", "check_params"]
-
-Params = dict[str, Any]
-_MISSING = object()
-
-#: Fields a write carries besides store, key and value (the keyword arguments of write).
-WRITE_OPTIONS = (
-    "expected_seq",
-    "id",
-    "causation",
-    "valid_time",
-    "schema_version",
-    "producer",
-    "derivation",
-    "metadata",
-)
-
-
-_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "str": (lambda v: isinstance(v, str), "a string"),
-    "count": (lambda v: type(v) is int and v >= 0, "a non-negative integer"),
-    "number": (lambda v: type(v) in (int, float), "a number"),
-    "object": (lambda v: isinstance(v, dict), "an object"),
-    "list": (lambda v: isinstance(v, list), "a list"),
-    "strings": (
-        lambda v: isinstance(v, list) and all(isinstance(s, str) for s in v),
-        "a list of strings",
-    ),
-}
-
-
-def _field(body: dict[str, Any], name: str, kind: str, *, required: bool = False) -> Any:
-    """``body[name]`` if it is of ``kind``; None if absent or null (unless required)."""
-    value = body.get(name, _MISSING)
-    if value is _MISSING or value is None:
-        if required:
-            raise InvalidArgumentError(f"missing field {name!r}")
-        return None
-    check, expected = _CHECKS[kind]
-    if not check(value):
-        raise InvalidArgumentError(f"field {name!r} must be {expected}")
-    return value
-
-
-#: The fields of the most common write: store, key and value and nothing else.
-_PLAIN_WRITE = frozenset({"op", "request_id", "database", "store", "key", "value"})
-
-
-def _fence(body: dict[str, Any]) -> dict[str, Any] | None:
-    """A ``fence``: the ``{"key", "token"}`` of the lease the write is made under."""
-    fence: dict[str, Any] | None = _field(body, "fence", "object")
-    if fence is not None and not (
-        isinstance(fence.get("key"), str) and type(fence.get("token")) is int
-    ):
-        raise InvalidArgumentError('field \'fence\' must be {"key": string, "token": integer}')
-    return fence
-
-
-def _write_fields(body: dict[str, Any], *, value_required: bool = True) -> Params:
-    store, key = body.get("store"), body.get("key")
-    if type(store) is str and type(key) is str and "value" in body and body.keys() <= _PLAIN_WRITE:
-        # The common case in one check; anything else gets the field-by-field checks.
-        return {
-            "store": store,
-            "key": key,
-            "value": body["value"],
-            "expected_seq": None,
-            "id": None,
-            "causation": None,
-            "valid_time": None,
-            "schema_version": 1,
-            "producer": None,
-            "derivation": None,
-            "metadata": None,
-            "fence": None,
-            "replicas": None,
-        }
-    params: Params = {
-        "store": _field(body, "store", "str", required=True),
-        "key": _field(body, "key", "str", required=True),
-    }
-    if value_required and "value" not in body:
-        raise InvalidArgumentError("missing field 'value'")
-    params["value"] = body.get("value")
-    params["expected_seq"] = _field(body, "expected_seq", "count")
-    params["id"] = _field(body, "id", "str")
-    params["causation"] = _field(body, "causation", "str")
-    params["valid_time"] = _field(body, "valid_time", "number")
-    schema_version = _field(body, "schema_version", "count")
-    params["schema_version"] = 1 if schema_version is None else schema_version
-    params["producer"] = body.get("producer")
-    params["derivation"] = body.get("derivation")
-    params["metadata"] = _field(body, "metadata", "object")
-    params["fence"] = _fence(body)
-    params["replicas"] = _field(body, "replicas", "count")
-    return params
-
-
-def _none(body: dict[str, Any]) -> Params:
-    return {}
-
-
-def _hello(body: dict[str, Any]) -> Params:
-    return {
-        "protocol_version": _field(body, "protocol_version", "count"),
-        "database": _field(body, "database", "str"),
-        "token": _field(body, "token", "str"),
-    }
-
-
-def _write(body: dict[str, Any]) -> Params:
-    return _write_fields(body)
-
-
-def _write_fact(body: dict[str, Any]) -> Params:
-    fact = _field(body, "fact", "object", required=True)
-    try:
-        return _write_fields(fact)
-    except InvalidArgumentError as exc:
-        raise InvalidArgumentError(f"fact: {exc.message}") from exc
-
-
-def _write_many(body: dict[str, Any]) -> Params:
-    writes = _field(body, "writes", "list", required=True)
-    checked = []
-    for index, write in enumerate(writes):
-        if not isinstance(write, dict):
-            raise InvalidArgumentError(f"writes[{index}] must be an object")
-        try:
-            params = _write_fields(write, value_required=not write.get("deleted"))
-        except InvalidArgumentError as exc:
-            raise InvalidArgumentError(f"writes[{index}]: {exc.message}") from exc
-        deleted = write.get("deleted", False)
-        if type(deleted) is not bool:
-            raise InvalidArgumentError(f"writes[{index}]: field 'deleted' must be a boolean")
-        params["deleted"] = deleted
-        checked.append(params)
-    return {
-        "writes": checked,
-        "fence": _fence(body),
-        "replicas": _field(body, "replicas", "count"),
-    }
-
-
-def _write_snapshot(body: dict[str, Any]) -> Params:
-    facts = _field(body, "facts", "list", required=True)
-    checked = []
-    for index, fact in enumerate(facts):
-        if not isinstance(fact, dict):
-            raise InvalidArgumentError(f"facts[{index}] must be an object")
-        try:
-            checked.append(_write_fields(fact))
-        except InvalidArgumentError as exc:
-            raise InvalidArgumentError(f"facts[{index}]: {exc.message}") from exc
-    return {"facts": checked}
-
-
-def _key_of(body: dict[str, Any]) -> Params:
-    return {
-        "store": _field(body, "store", "str", required=True),
-        "key": _field(body, "key", "str", required=True),
-    }
-
-
-def _read(body: dict[str, Any]) -> Params:
-    return {**_key_of(body), "as_of": _field(body, "as_of", "number")}
-
-
-def _history(body: dict[str, Any]) -> Params:
-    since = _field(body, "since_seq", "count")
-    return {
-        **_key_of(body),
-        "since_seq": 1 if since is None else since,
-        "until_seq": _field(body, "until_seq", "count"),
-        "limit": _field(body, "limit", "count"),
-    }
-
-
-def _delete(body: dict[str, Any]) -> Params:
-    return {
-        **_key_of(body),
-        "expected_seq": _field(body, "expected_seq", "count"),
-        "id": _field(body, "id", "str"),
-        "causation": _field(body, "causation", "str"),
-        "metadata": _field(body, "metadata", "object"),
-        "fence": _fence(body),
-        "replicas": _field(body, "replicas", "count"),
-    }
-
-
-def _keys(body: dict[str, Any]) -> Params:
-    prefix = _field(body, "prefix", "str")
-    return {
-        "store": _field(body, "store", "str", required=True),
-        "prefix": "" if prefix is None else prefix,
-        "limit": _field(body, "limit", "count"),
-        "after": _field(body, "after", "str"),
-    }
-
-
-def _replay(body: dict[str, Any]) -> Params:
-    after = _field(body, "after", "count")
-    return {
-        "after": 0 if after is None else after,
-        "stores": _field(body, "stores", "strings"),
-        "limit": _field(body, "limit", "count"),
-    }
-
-
-def _subscribe(body: dict[str, Any]) -> Params:
-    # Without ``after`` (Igniter's form) a subscription is live only: it starts at the
-    # end of the log. With it, it catches up from that position first.
-    return {"stores": _field(body, "stores", "strings"), "after": _field(body, "after", "count")}
-
-
-def _set_retention(body: dict[str, Any]) -> Params:
-    keep = _field(body, "keep", "str")
-    return {
-        "store": _field(body, "store", "str", required=True),
-        "keep": "all" if keep is None else keep,
-        "max_age": _field(body, "max_age", "number"),
-    }
-
-
-def _segment_of(body: dict[str, Any]) -> Params:
-    return {
-        "space": _field(body, "space", "str", required=True),
-        "segment": _field(body, "segment", "str", required=True),
-    }
-
-
-def _produce(body: dict[str, Any]) -> Params:
-    records = _field(body, "records", "list", required=True)
-    for index, record in enumerate(records):
-        if not isinstance(record, dict):
-            raise InvalidArgumentError(f"records[{index}] must be an object")
-    return {
-        **_segment_of(body),
-        "records": records,
-        "expected_seq": _field(body, "expected_seq", "count"),
-        "fence": _fence(body),
-        "replicas": _field(body, "replicas", "count"),
-    }
-
-
-def _consume(body: dict[str, Any]) -> Params:
-    min_seq = _field(body, "min_seq", "count")
-    return {
-        **_segment_of(body),
-        "min_seq": 1 if min_seq is None else min_seq,
-        "max_seq": _field(body, "max_seq", "count"),
-        "min_ts": _field(body, "min_ts", "number"),
-        "max_ts": _field(body, "max_ts", "number"),
-        "limit": _field(body, "limit", "count"),
-    }
-
-
-def _space_consume(body: dict[str, Any]) -> Params:
-    after = _field(body, "after", "count")
-    return {
-        "space": _field(body, "space", "str", required=True),
-        "after": 0 if after is None else after,
-        "min_ts": _field(body, "min_ts", "number"),
-        "max_ts": _field(body, "max_ts", "number"),
-        "limit": _field(body, "limit", "count"),
-    }
-
-
-def _subscribe_status(body: dict[str, Any]) -> Params:
-    segment = _field(body, "segment", "str")
-    heartbeat = _field(body, "heartbeat", "number")
-    return {
-        "space": _field(body, "space", "str", required=True),
-        "segment": "*" if segment is None else segment,
-        "heartbeat": 30.0 if heartbeat is None else heartbeat,
-    }
-
-
-def _acquire_lease(body: dict[str, Any]) -> Params:
-    return {
-        "key": _field(body, "key", "str", required=True),
-        "holder": _field(body, "holder", "str", required=True),
-        "ttl": _field(body, "ttl", "number", required=True),
-    }
-
-
-def _held_lease(body: dict[str, Any]) -> Params:
-    return {
-        "key": _field(body, "key", "str", required=True),
-        "holder": _field(body, "holder", "str", required=True),
-        "token": _field(body, "token", "count", required=True),
-        "expires_at": _field(body, "expires_at", "number") or 0.0,
-        "ttl": _field(body, "ttl", "number"),
-    }
-
-
-def _unsubscribe(body: dict[str, Any]) -> Params:
-    name = body.get("subscription")
-    if not isinstance(name, str | int) or isinstance(name, bool):
-        raise InvalidArgumentError("field 'subscription' must be a subscription's request_id")
-    return {"subscription": name}
-
-
-def _sync_request(body: dict[str, Any]) -> Params:
-    flags = _field(body, "flags", "strings")
-    return {
-        "protocol_version": _field(body, "protocol_version", "count", required=True),
-        "leader_epoch": _field(body, "leader_epoch", "count", required=True),
-        "position": _field(body, "position", "count", required=True),
-        "epochs": _epochs(body),
-        "compacted_through": _field(body, "compacted_through", "count") or 0,
-        "flags": [] if flags is None else flags,
-    }
-
-
-def _epochs(body: dict[str, Any]) -> list[dict[str, Any]] | None:
-    """A follower's leader epoch history: ``[{"epoch", "start_position", "id"?}, …]``."""
-    epochs: list[Any] | None = _field(body, "epochs", "list")
-    if epochs is not None and not all(
-        isinstance(e, dict)
-        and type(e.get("epoch")) is int
-        and type(e.get("start_position")) is int
-        and isinstance(e.get("id", ""), str)
-        for e in epochs
-    ):
-        raise InvalidArgumentError(
-            'field \'epochs\' must be a list of {"epoch": integer, "start_position":'
-            ' integer, "id": string}'
-        )
-    return epochs
-
-
-def _replication_ack(body: dict[str, Any]) -> Params:
-    return {
-        "applied": _field(body, "applied", "count", required=True),
-        "durable": _field(body, "durable", "count", required=True),
-    }
-
-
-def _promote(body: dict[str, Any]) -> Params:
-    return {"database": _field(body, "database", "str")}
-
-
-def _replicate(body: dict[str, Any]) -> Params:
-    databases = _field(body, "databases", "strings")
-    return {
-        "leader": _field(body, "leader", "str", required=True),
-        "databases": databases if databases else ["default"],
-    }
-
-
-def _remove_database(body: dict[str, Any]) -> Params:
-    delete = body.get("delete", False)
-    if type(delete) is not bool:
-        raise InvalidArgumentError("field 'delete' must be a boolean")
-    return {"name": _field(body, "name", "str", required=True), "delete": delete}
-
-
-#: The ops that create the database they name when it does not exist: those that write
-#: facts or its retention, and the explicit ``create_database``. Every other op on a
-#: database that does not exist fails with ``not_found``: reads never create.
-CREATES_DATABASE = frozenset(
-    {
-        "write_fact",
-        "write_snapshot",
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from kilndb.errors import InvalidArgumentError, UnknownOpError
+from kilndb.protocol import params as p
+from kilndb.protocol.params import WRITE_OPTIONS, Checker, Params
+
+__all__ = [
+    "OPS",
+    "QUICK_BATCH",
+    "TRANSPORTS",
+    "WRITE_OPTIONS",
+    "Action",
+    "Op",
+    "carried_by",
+    "check_params",
+    "op_of",
+]
+
+Action = Literal["none", "read", "write", "admin"]
+Runs = Literal["session", "server", "database"]
+Transport = Literal["tcp", "ws", "http", "sse"]
+
+#: The transports that carry requests of every kind, by the name the table uses.
+TRANSPORTS: frozenset[Transport] = frozenset({"tcp", "ws", "http"})
+
+#: The largest batch (``write_many`` writes, ``produce`` records) applied on the loop.
+QUICK_BATCH = 100
+
+
+@dataclass(frozen=True, slots=True)
+class Op:
+    """One op: its fields, who may send it, who answers it and where it travels."""
+
+    name: str
+    check: Checker
+    action: Action
+    runs: Runs
+    creates: bool = False
+    quick: bool = False
+    batch: str | None = None
+    transports: frozenset[Transport] = TRANSPORTS
+    query: Mapping[str, str] | None = None
+
+    @property
+    def scope(self) -> Literal["database", "server", "none"]:
+        """What the authorizer checks the token against."""
+        if self.action == "none":
+            return "none"
+        return "server" if self.action == "admin" else "database"
+
+    @property
+    def writes(self) -> bool:
+        """Writes facts to a database (and so waits for replicas, if asked to)."""
+        return self.action == "write" and self.runs == "database"
+
+    def is_quick(self, params: Params) -> bool:
+        """Whether this request is bounded enough to apply on the event loop."""
+        if not self.quick:
+            return False
+        return self.batch is None or len(params[self.batch]) <= QUICK_BATCH
+
+    def written(self, params: Params) -> int:
+        """How many facts a successful request of this op wrote (for the counters)."""
+        if self.batch is not None:
+            return len(params[self.batch])
+        return 1 if self.name in ("write", "write_fact") else 0
+
+
+def _session(name: str, check: Checker, action: Action, *transports: Transport) -> Op:
+    return Op(name, check, action, "session", transports=frozenset(transports))
+
+
+def _server(name: str, check: Checker, creates: bool = False, quick: bool = False) -> Op:
+    return Op(name, check, "admin", "server", creates=creates, quick=quick)
+
+
+def _reads(
+    name: str, check: Checker, quick: bool = False, query: Mapping[str, str] | None = None
+) -> Op:
+    return Op(name, check, "read", "database", quick=quick, query=query)
+
+
+def _writes(
+    name: str,
+    check: Checker,
+    creates: bool = True,
+    quick: bool = False,
+    batch: str | None = None,
+    query: Mapping[str, str] | None = None,
+) -> Op:
+    return Op(
+        name, check, "write", "database", creates=creates, quick=quick, batch=batch, query=query
+    )
+
+
+_TABLE = (
+    # Igniter's ops first.
+    _writes("write_fact", p.write_fact, quick=True),
+    _reads("replay", p.replay),
+    _writes("write_snapshot", p.write_snapshot),
+    _session("subscribe", p.subscribe, "read", "tcp", "ws", "sse"),
+    _session("ping", p.none, "none", "tcp", "ws", "http"),
+    _reads("stats", p.none),
+    _server("server_status", p.none, quick=True),
+    _session("close", p.none, "none", "tcp", "ws"),
+    # The connection: which database, which token, which protocol version.
+    _session("hello", p.hello, "none", "tcp", "ws"),
+    # Facts.
+    _writes(
         "write",
-        "write_many",
+        p.write,
+        quick=True,
+        query={
+            "expected_seq": "count",
+            "id": "str",
+            "causation": "str",
+            "valid_time": "number",
+            "schema_version": "count",
+            "producer": "str",
+            "metadata.*": "str",
+        },
+    ),
+    _writes("write_many", p.write_many, quick=True, batch="writes"),
+    _reads("read", p.read, quick=True, query={"as_of": "number"}),
+    _reads(
+        "history", p.history, query={"since_seq": "count", "until_seq": "count", "limit": "count"}
+    ),
+    _writes(
         "delete",
-        "set_retention",
-        "produce",
-        "acquire_lease",
-        "create_database",
-    }
+        p.delete,
+        quick=True,
+        query={"expected_seq": "count", "id": "str", "causation": "str", "metadata.*": "str"},
+    ),
+    _reads("keys", p.keys, query={"prefix": "str", "limit": "count", "after": "str"}),
+    _reads("stores", p.none, query={}),
+    _writes("compact", p.none, creates=False),
+    _writes("set_retention", p.set_retention),
+    _reads("retention", p.store_of),
+    _writes("sync", p.none, creates=False),
+    # Streams: spaces (stores) of ordered segments (keys).
+    _writes("produce", p.produce, quick=True, batch="records"),
+    _reads("consume", p.consume),
+    _reads("peek", p.segment_of),
+    _reads("segment_status", p.segment_of),
+    _reads("space_consume", p.space_consume),
+    _reads("spaces", p.none),
+    _reads("segments", p.space_of),
+    _session("subscribe_status", p.subscribe_status, "read", "tcp", "ws"),
+    # Leases with fencing tokens.
+    _writes("acquire_lease", p.acquire_lease),
+    _writes("renew_lease", p.held_lease, creates=False),
+    _writes("release_lease", p.held_lease, creates=False),
+    _reads("leases", p.none),
+    # WebSocket: end one of the connection's subscriptions by its request_id.
+    _session("unsubscribe", p.unsubscribe, "none", "ws"),
+    # Replication: a follower's stream of one database (its database is "database").
+    _session("sync_request", p.sync_request, "read", "tcp"),
+    _session("replication_ack", p.replication_ack, "read", "tcp"),
+    # The server: its members, its databases, what it leads and follows.
+    Op("cluster", p.none, "read", "server", quick=True),  # any database's read scope will do
+    _server("databases", p.none, quick=True),
+    _server("create_database", p.name_of, creates=True),
+    _server("remove_database", p.remove_database),
+    _server("promote", p.promote),  # lead the databases this server follows
+    _server("replicate", p.replicate),  # follow them from another leader
 )
 
-#: op name -> parameter checker. Igniter's ops first, then the native ones.
-OPS: dict[str, Callable[[dict[str, Any]], Params]] = {
-    "write_fact": _write_fact,
-    "replay": _replay,
-    "write_snapshot": _write_snapshot,
-    "subscribe": _subscribe,
-    "ping": _none,
-    "stats": _none,
-    "server_status": _none,
-    "cluster": _none,  # the cluster this server is a member of: members, leaders
-    "close": _none,
-    "hello": _hello,
-    "write": _write,
-    "write_many": _write_many,
-    "read": _read,
-    "history": _history,
-    "delete": _delete,
-    "keys": _keys,
-    "stores": _none,
-    "compact": _none,
-    "set_retention": _set_retention,
-    "retention": lambda body: {"store": _field(body, "store", "str", required=True)},
-    "sync": _none,
-    "remove_database": _remove_database,
-    "create_database": lambda body: {"name": _field(body, "name", "str", required=True)},
-    "databases": _none,  # admin: every database of the server
-    # Streams: spaces (stores) of ordered segments (keys).
-    "produce": _produce,
-    "consume": _consume,
-    "peek": _segment_of,
-    "segment_status": _segment_of,
-    "space_consume": _space_consume,
-    "spaces": _none,
-    "segments": lambda body: {"space": _field(body, "space", "str", required=True)},
-    "subscribe_status": _subscribe_status,
-    # Leases with fencing tokens.
-    "acquire_lease": _acquire_lease,
-    "renew_lease": _held_lease,
-    "release_lease": _held_lease,
-    "leases": _none,
-    "unsubscribe": _unsubscribe,  # WebSocket: end one of the connection's subscriptions
-    # Replication: a follower's stream of one database (its database is "database").
-    "sync_request": _sync_request,
-    "replication_ack": _replication_ack,
-    "promote": _promote,  # admin: lead the databases this server follows
-    "replicate": _replicate,  # admin: follow them from another leader
-}
+#: op name -> its declaration, in the order above.
+OPS: dict[str, Op] = {op.name: op for op in _TABLE}
+assert len(OPS) == len(_TABLE), "an op is declared twice"
+
+
+def op_of(name: str) -> Op:
+    """The declaration of ``name``; UnknownOpError if there is none."""
+    op = OPS.get(name)
+    if op is None:
+        raise UnknownOpError(f"unknown op {name!r}")
+    return op
 
 
 def check_params(op: str, body: dict[str, Any]) -> Params:
     """The checked parameters of ``op``; raises InvalidArgumentError (``bad_request``)."""
-    return OPS[op](body)
+    return OPS[op].check(body)
+
+
+def carried_by(op: Op, transport: Transport) -> None:
+    """Raise InvalidArgumentError unless ``transport`` carries ``op``, saying which do."""
+    if transport not in op.transports:
+        where = {
+            "tcp": "a socket connection",
+            "ws": "/v1/ws",
+            "http": "POST /v1/dispatch",
+            "sse": "GET /v1/events",
+        }
+        options = " or ".join(where[t] for t in sorted(op.transports))
+        raise InvalidArgumentError(f"{op.name} needs {options}")

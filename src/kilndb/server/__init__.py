@@ -1,6 +1,8 @@
-"""The KilnDB server: node manager, request dispatch, sockets, HTTP."""
+"""The KilnDB server: sessions, transports, dispatch, replication, cluster membership."""
 
-from kilndb.server.dispatch import CONNECTION_OPS, Dispatcher
+from kilndb.server.config import ServerConfig
+from kilndb.server.dispatch import Dispatcher
+from kilndb.server.lifecycle import Server
 from kilndb.server.nodes import NodeConfig, NodeManager
 
-__all__ = ["CONNECTION_OPS", "Dispatcher", "NodeConfig", "NodeManager"]
+__all__ = ["Dispatcher", "NodeConfig", "NodeManager", "Server", "ServerConfig"]

@@ -26,13 +26,14 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from kilndb.errors import AuthenticationError, InvalidArgumentError, PermissionDeniedError
+from kilndb.protocol.ops import Action, op_of
 
 __all__ = [
     "ANONYMOUS",
@@ -45,52 +46,13 @@ __all__ = [
 
 log = logging.getLogger("kilndb.auth")
 
-Action = Literal["read", "write", "admin", "none"]
-
 #: Shortest HS256 secret accepted (RFC 7518: at least the hash size).
 MIN_SECRET_BYTES = 32
 
-#: Ops that only read a database.
-READ_OPS = frozenset(
-    {
-        "read",
-        "history",
-        "keys",
-        "replay",
-        "subscribe",
-        "stores",
-        "stats",
-        "retention",
-        "consume",
-        "peek",
-        "segment_status",
-        "space_consume",
-        "spaces",
-        "segments",
-        "subscribe_status",
-        "leases",
-        "sync_request",
-        "replication_ack",
-        "cluster",
-    }
-)
-#: Ops of the server rather than of one database.
-ADMIN_OPS = frozenset(
-    {"server_status", "remove_database", "create_database", "databases", "promote", "replicate"}
-)
-#: Ops anyone may send, authenticated or not.
-OPEN_OPS = frozenset({"hello", "ping", "close", "unsubscribe"})
-
 
 def action_of(op: str) -> Action:
-    """What an op needs: ``read``, ``write`` (the default) or ``admin`` (or nothing)."""
-    if op in OPEN_OPS:
-        return "none"
-    if op in READ_OPS:
-        return "read"
-    if op in ADMIN_OPS:
-        return "admin"
-    return "write"
+    """What an op needs (``read``, ``write``, ``admin`` or nothing), from the op table."""
+    return op_of(op).action
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,8 +77,12 @@ class Principal:
         return action == "read" and f"kiln::{database}:read" in scopes
 
     def check(self, op: str, database: str | None) -> None:
-        """Raise PermissionDeniedError unless the token grants ``op`` on ``database``."""
-        action = action_of(op)
+        """Raise PermissionDeniedError unless the token grants ``op``: on ``database``
+        for a database-scoped op, on the server for an admin one (the op table says)."""
+        declared = op_of(op)
+        action = declared.action
+        if declared.scope != "database":
+            database = None
         if not self.allows(action, database):
             needed = "kiln::admin" if action == "admin" else f"kiln::{database}"
             if action == "read":

@@ -25,13 +25,11 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from kilndb.cluster import AsyncGossip, ClusterConfig, KeyEvent, Member, MemberState
 from kilndb.errors import InvalidArgumentError, KilnError
-
-if TYPE_CHECKING:
-    from kilndb.server.sockets import Server
+from kilndb.server.services import Services
 
 __all__ = ["ClusterAgent", "Leader"]
 
@@ -55,12 +53,16 @@ class Leader:
 class ClusterAgent:
     """The gossip node of one server, and the follow-the-leader loop of ``--follow``."""
 
-    def __init__(self, server: Server) -> None:
-        config = server.config
+    def __init__(self, services: Services, addresses: list[str]) -> None:
+        """``addresses``: where the server listens (``tcp://…`` first, then the rest),
+        read each time they are published."""
+        config = services.config
         if config.gossip_port is None or not config.host:
             raise InvalidArgumentError("a cluster member needs a host and a gossip port")
-        self.server = server
-        self.name = config.node_name or f"{config.host}:{server.url.rsplit(':', 1)[1]}"
+        self.services = services
+        self.addresses = addresses
+        url = self._url()
+        self.name = config.node_name or f"{config.host}:{url.rsplit(':', 1)[1]}"
         self.gossip = AsyncGossip(
             name=self.name,
             bind=f"{config.host}:{config.gossip_port}",
@@ -78,7 +80,7 @@ class ClusterAgent:
         return self.gossip.address or ""
 
     async def start(self) -> None:
-        if self.server.config.follow:
+        if self.services.config.follow:
             # A leader's news (a new database, a promotion) is acted on when it
             # arrives, not at the next round.
             for event in ("new_key", "key_changed"):
@@ -96,7 +98,7 @@ class ClusterAgent:
         """What this server leads or follows changed (a promotion, a re-pointing):
         publish now rather than at the next round. Safe from any thread."""
         with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to tell
-            self.server.loop.call_soon_threadsafe(self._publish)
+            self.services.loop.call_soon_threadsafe(self._publish)
 
     async def stop(self) -> None:
         """Say goodbye (other members mark this one ``left`` at once) and stop."""
@@ -113,12 +115,12 @@ class ClusterAgent:
 
     async def _every_interval(self) -> None:
         # Publishing lists the data directory: at most once a second.
-        interval = max(PUBLISH_SECONDS, self.server.config.probe_interval)
+        interval = max(PUBLISH_SECONDS, self.services.config.probe_interval)
         while True:
             await asyncio.sleep(interval)
             try:
                 self._publish()
-                if self.server.config.follow:
+                if self.services.config.follow:
                     self._follow_leaders()
             except Exception:  # one bad round must not end publishing
                 log.exception("cluster metadata round failed")
@@ -130,25 +132,28 @@ class ClusterAgent:
         leaders = self.leaders()  # read on the loop, which owns the gossip state
         self._reconciling = True
         try:
-            self.server.loop.run_in_executor(self.server.executor, self._reconcile, leaders)
+            self.services.loop.run_in_executor(self.services.executor, self._reconcile, leaders)
         except RuntimeError:  # the executor is shutting down
             self._reconciling = False
 
     # -- what this node publishes ----------------------------------------------------
 
+    def _url(self) -> str:
+        return next(a for a in self.addresses if not a.startswith("http"))
+
     def _metadata(self) -> dict[str, Any]:
-        server = self.server
-        http = next((a for a in server.addresses if a.startswith("http")), None)
-        values: dict[str, Any] = {"kiln": {"tcp": server.url, "http": http}}
+        services = self.services
+        http = next((a for a in self.addresses if a.startswith("http")), None)
+        values: dict[str, Any] = {"kiln": {"tcp": self._url(), "http": http}}
         # The directory first: following a database marks it read-only before its copy
         # is created, so every copy listed here is in the snapshots taken after — never
         # published as led here for a moment.
-        held = server.databases.on_disk()
-        following = {f.name: f for f in list(server.followers)}
-        read_only = dict(server.dispatcher.read_only)
+        held = services.databases.on_disk()
+        following = {f.name: f for f in list(services.following.followers)}
+        read_only = dict(services.dispatcher.read_only)
         for name in held:
             # Read without opening or touching: gossip must not keep databases open.
-            epoch = server.databases.leader_epoch(name)
+            epoch = services.databases.leader_epoch(name)
             follower = following.get(name)
             if follower is not None:
                 values[DB_PREFIX + name] = {
@@ -203,7 +208,7 @@ class ClusterAgent:
     def elsewhere(self, name: str) -> Leader | None:
         """The member leading database ``name`` when this server does not hold it."""
         try:
-            if self.server.databases.exists(name):
+            if self.services.databases.exists(name):
                 return None
         except KilnError:
             return None  # not a valid name: the request itself will say so
@@ -213,25 +218,26 @@ class ClusterAgent:
     def _reconcile(self, leaders: dict[str, Leader]) -> None:
         """``--follow``: follow each database from its leader (a worker thread: starting
         and stopping followers waits for their threads)."""
-        server = self.server
+        services = self.services
+        following = services.following
         try:
             for name, leader in sorted(leaders.items()):
                 if leader.node == self.name:
                     continue
-                with server.following_lock:  # no promotion in between
-                    if server.state != "ready":
+                with following.lock:  # no promotion in between
+                    if services.state() != "ready":
                         return
-                    current = {f.name: f.leader.url for f in server.followers}.get(name)
+                    current = {f.name: f.leader.url for f in following.followers}.get(name)
                     if current == leader.url:
                         continue
-                    held = server.databases.exists(name)
-                    if held and name not in server.dispatcher.read_only:
+                    held = services.databases.exists(name)
+                    if held and name not in services.dispatcher.read_only:
                         continue  # a database this node leads: gossip never demotes
-                    if held and leader.epoch < server.databases.leader_epoch(name):
+                    if held and leader.epoch < services.databases.leader_epoch(name):
                         # Stale metadata of an older leader: never follow backwards.
                         continue
                     log.info("following %s from %s (%s)", name, leader.node, leader.url)
-                    server.follow(leader.url, [name], discovered=True)
+                    following.follow(leader.url, [name], discovered=True)
         except Exception:
             log.exception("following the cluster's leaders failed")
         finally:
@@ -279,7 +285,7 @@ class ClusterAgent:
                 for name, leader in sorted(self.leaders().items())
             },
             "incarnation": self.gossip.incarnation,
-            "authenticated": self.server.config.cluster_key is not None,
+            "authenticated": self.services.config.cluster_key is not None,
             "probe_interval": self.gossip.config.probe_interval,
             "counters": self.gossip.counters(),
         }

@@ -1,13 +1,17 @@
 """Executing requests against databases: the part of the server that is not about sockets.
 
-:class:`Dispatcher` runs one checked :class:`~kilndb.protocol.Request` against one of the
+:class:`Dispatcher` runs one checked :class:`~kilndb.protocol.Request` of a database op
+(``runs: database`` in the op table, :mod:`kilndb.protocol.ops`) against one of the
 databases the :class:`~kilndb.server.nodes.NodeManager` keeps open, and returns the
 reply's fields (``{"fact": …}``, ``{"facts": […]}`` …), or raises the
-:class:`~kilndb.KilnError` that becomes the error reply. ``remove_database`` goes
-to the node manager itself.
+:class:`~kilndb.KilnError` that becomes the error reply. Each database op of the table
+has its handler here, and only those: a test and a check at import hold the two to one
+another. Whether the op may create its database and whether a replica refuses it come
+from the table too.
 
-Connection-level ops — ``hello``, ``subscribe``, ``server_status``, ``close`` — change
-or report the connection or the server, not a database; the transport handles them.
+Session ops (``hello``, ``subscribe`` …) are the session's (:mod:`kilndb.server.session`)
+and server ops (``server_status``, ``promote`` …) the admin side's
+(:mod:`kilndb.server.admin`).
 """
 
 from __future__ import annotations
@@ -23,15 +27,11 @@ from kilndb.errors import KilnError, ProtocolError, ReadOnlyReplicaError
 from kilndb.leases import Lease
 from kilndb.model import Fact, Write
 from kilndb.protocol import Request
-from kilndb.protocol.ops import CREATES_DATABASE, WRITE_OPTIONS
-from kilndb.server.auth import action_of
+from kilndb.protocol.ops import OPS, WRITE_OPTIONS
 from kilndb.server.nodes import NodeManager
 from kilndb.streams import entry_to_wire, fact_to_entry_wire
 
-__all__ = ["CONNECTION_OPS", "Dispatcher"]
-
-#: Ops the transport answers itself.
-CONNECTION_OPS = frozenset({"hello", "subscribe", "subscribe_status", "server_status", "close"})
+__all__ = ["Dispatcher"]
 
 Handler = Callable[[Database, dict[str, Any]], dict[str, Any]]
 
@@ -174,7 +174,6 @@ def _renew_lease(db: Database, params: dict[str, Any]) -> dict[str, Any]:
 
 
 _HANDLERS: dict[str, Handler] = {
-    "ping": lambda db, params: {"pong": True},  # answered without opening a database
     "write_fact": _write,
     "write": _write,
     "write_many": _write_many,
@@ -207,6 +206,13 @@ _HANDLERS: dict[str, Handler] = {
     "leases": lambda db, params: {"leases": [lease.to_dict() for lease in db.leases()]},
 }
 
+_DATABASE_OPS = {name for name, op in OPS.items() if op.runs == "database"}
+if set(_HANDLERS) != _DATABASE_OPS:
+    raise ImportError(
+        f"database ops without a handler: {sorted(_DATABASE_OPS - set(_HANDLERS))}; handlers"
+        f" of no database op: {sorted(set(_HANDLERS) - _DATABASE_OPS)}"
+    )
+
 
 class Dispatcher:
     """Runs database requests; blocking, thread-safe."""
@@ -219,18 +225,17 @@ class Dispatcher:
 
     def _check_writable(self, op: str, database: str) -> None:
         leader = self.read_only.get(database)
-        if leader is not None and action_of(op) == "write":
+        if leader is not None and OPS[op].action == "write":
             raise ReadOnlyReplicaError(leader)
 
     @staticmethod
     def handles(op: str) -> bool:
-        return op in _HANDLERS or op in ("remove_database", "create_database", "databases")
+        """Whether ``op`` is a database op (the others are not dispatched)."""
+        return op in _HANDLERS
 
     def execute(self, request: Request, database: str) -> dict[str, Any]:
-        """The reply fields of ``request`` run against ``request.database or database``.
-
-        Raises the KilnError the operation raised, or ProtocolError for a connection op.
-        """
+        """The reply fields of ``request`` run against ``request.database or database``,
+        once durable. Raises the KilnError the operation raised."""
         result, db, position = self.apply(request, database)
         if db is not None and position:
             db.wait_durable(position)
@@ -242,25 +247,13 @@ class Dispatcher:
         Returns the reply fields, the database and the position that must be durable
         before the reply may be sent (0: nothing to wait for).
         """
-        if request.op == "databases":  # the node manager's, not a database's
-            return {"databases": self.databases.on_disk()}, None, 0
-        if request.op == "remove_database":
-            params = request.params
-            return self.databases.remove(params["name"], delete=params["delete"]), None, 0
-        if request.op == "create_database":
-            name = request.params["name"]
-            existed = self.databases.exists(name)
-            self.databases.get(name)
-            return {"database": name, "created": not existed}, None, 0
         handler = _HANDLERS.get(request.op)
         if handler is None:
-            raise ProtocolError(f"op {request.op!r} is handled by the connection, not dispatched")
-        if request.op == "ping":
-            return {"pong": True}, None, 0
-        self._check_writable(request.op, request.database or database)
-        create = request.op in CREATES_DATABASE
+            raise ProtocolError(f"op {request.op!r} is not a database op")
+        name = request.database or database
+        self._check_writable(request.op, name)
         with (
-            self.databases.use(request.database or database, create=create) as db,
+            self.databases.use(name, create=OPS[request.op].creates) as db,
             db.defer_durability() as positions,
         ):
             result = handler(db, request.params)

@@ -8,29 +8,36 @@ event frame on its own, so that 50 subscribers cost 50 times the work of one. In
 :class:`Hub` per database runs one :class:`~kilndb.engine.Subscription` from the live
 end of the log, encodes each fact's ``fact_written`` frame once and hands every batch to
 the :class:`Feed` of each subscriber, which keeps the frames of the stores it follows
-and queues them on its connection in one write.
+and queues them for its subscriber in one write.
 
 A subscriber whose cursor is behind the hub first *catches up* on a subscription of its
-own (its own thread), and joins the hub once it has reached the hub's position ``P``:
-the hub delivers nothing at or below ``P`` to a feed that joins at ``P``, and the feed
-skips what it already has, so the switch has no gap and no duplicate. A feed whose
-cursor is at or past the hub's position joins at once.
+own (a task that reads a batch at a time on the server's worker pool), and joins the hub
+once it has reached the hub's position ``P``: the hub delivers nothing at or below ``P``
+to a feed that joins at ``P``, and the feed skips what it already has, so the switch has
+no gap and no duplicate. A feed whose cursor is at or past the hub's position joins at
+once.
 
-Feeds never block the hub: a feed whose connection has ``max_subscriber_buffer`` bytes
-unsent is dropped from the hub and its connection told ``subscriber_overflow`` with the
-position it reached. A hub without feeds for :data:`IDLE_SECONDS` stops.
+Feeds never block the hub: a feed whose subscriber has ``max_subscriber_buffer`` bytes
+unsent is dropped from the hub and its subscriber told ``subscriber_overflow`` with the
+position it reached (:mod:`kilndb.server.push`). A hub without feeds for
+:data:`IDLE_SECONDS` stops; the hubs are threads of the server's :class:`TaskOwner`,
+one per database with subscribers, and end when the server stops.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Executor
 from typing import Any
 
 from kilndb.engine import Database, Subscription
 from kilndb.protocol import ServerConnection
+from kilndb.server.tasks import TaskOwner
 
 __all__ = ["Fanout", "Feed", "Hub"]
 
@@ -48,9 +55,9 @@ Frame = tuple[str, int, bytes]
 class Feed:
     """One subscriber's side of the fan-out: what it follows and where it is.
 
-    ``send(data, position)`` queues encoded frames on the subscriber's connection and
-    returns False when the subscriber must be dropped (overflow or gone); it is called
-    from one thread at a time (the catch-up thread, then the hub's).
+    ``send(data, position)`` queues encoded frames for the subscriber and returns False
+    when it must be dropped (overflow or gone); it is called by one side at a time (the
+    catch-up task, then the hub's thread).
     """
 
     def __init__(
@@ -121,13 +128,14 @@ class Hub:
         self.feeds: set[Feed] = set()
         self.stopped = False
         self.lock = threading.Lock()
-        self._thread = threading.Thread(
-            target=self._run, name=f"kilndb-fanout-{db.name}", daemon=True
-        )
 
     def start(self) -> Hub:
-        self._thread.start()
+        self.fanout.tasks.thread(self._run, f"kilndb-fanout-{self.db.name}")
         return self
+
+    def stop(self) -> None:
+        """End the hub's thread (the server is stopping)."""
+        self.subscription.close()
 
     def try_join(self, feed: Feed, covered: int) -> bool:
         """Join ``feed`` if it has seen the log up to the hub's position, ``covered``
@@ -178,7 +186,9 @@ class Hub:
 class Fanout:
     """The hubs of a server, one per database with subscribers."""
 
-    def __init__(self) -> None:
+    def __init__(self, tasks: TaskOwner, executor: Executor) -> None:
+        self.tasks = tasks
+        self._executor = executor
         self._hubs: dict[int, Hub] = {}
         self._lock = threading.Lock()
 
@@ -186,6 +196,7 @@ class Fanout:
         """Start delivering to ``feed`` from its position: join the hub, or catch up first.
 
         The caller has checked the cursor (``db.subscribe`` raises CursorTooOldError).
+        Any thread.
         """
         if feed.closed:
             return
@@ -195,9 +206,14 @@ class Fanout:
         if self._join(db, feed, feed.position):
             return
         feed.catch_up = db.subscribe(feed.stores, feed.position)
-        threading.Thread(
-            target=self._catch_up, args=(db, feed), name="kilndb-catch-up", daemon=True
-        ).start()
+        self.tasks.spawn_threadsafe(self._catch_up(db, feed), "kilndb-catch-up")
+
+    def close(self) -> None:
+        """Stop every hub (the server is stopping)."""
+        with self._lock:
+            hubs = list(self._hubs.values())
+        for hub in hubs:
+            hub.stop()
 
     def detach(self, feed: Feed) -> None:
         feed.close()
@@ -223,16 +239,25 @@ class Fanout:
                 hub = self._hubs[id(db)] = Hub(self, db).start()
             return hub.try_join(feed, covered)
 
-    def _catch_up(self, db: Database, feed: Feed) -> None:
+    async def _catch_up(self, db: Database, feed: Feed) -> None:
+        """Deliver from the feed's own subscription until it can join the hub: a batch
+        at a time on the worker pool, waiting for the log in between without a thread."""
         subscription = feed.catch_up
         assert subscription is not None
+        loop = asyncio.get_running_loop()
+        wake = asyncio.Event()
+        subscription.watch(lambda: loop.call_soon_threadsafe(wake.set))
         try:
             while not feed.closed and not subscription.closed:
-                facts = subscription.get_batch(BATCH, timeout=0.5)
+                wake.clear()
+                facts = await loop.run_in_executor(self._executor, subscription.get_batch, BATCH, 0)
                 if facts and not feed.deliver(encode(facts)):
                     return
                 if self._join(db, feed, subscription.covered):
                     return
+                if not facts:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(wake.wait(), 0.5)
         except Exception:
             log.exception("changefeed catch-up on %s failed", db.name)
         finally:

@@ -19,24 +19,28 @@ Endpoints (DESIGN.md "HTTP, SSE and WebSocket"):
 ``GET /v1/ws``              WebSocket carrying op envelopes; ``subscribe`` pushes
                             ``{"event": "fact_written", "fact": …}`` messages
 
-The REST routes under ``/v1/db/`` take their op's options as query parameters
-(:data:`QUERY_PARAMETERS`), read from text and then checked by the op table's checkers,
+The REST routes under ``/v1/db/`` take their op's options as query parameters (the op
+table's ``query``), read from text and then checked by the op table's checkers,
 so that a bad value gets the same ``bad_request`` on every transport. A query parameter
 a route does not take is refused with 400 naming it, on ``/v1/events`` too.
 
-Every database call runs on the server's thread pool, as for the socket protocol.
+Every request goes through a :class:`~kilndb.server.session.Session` (one per request:
+HTTP has no connection), so it is authorized and answered as on every other transport;
+blocking work runs on the server's bounded worker pool. An SSE stream is one more feed
+of the database's fan-out hub, pushed by a task of the server through an
+:class:`~kilndb.server.push.Outbox`: an idle stream holds no thread, and a stream whose
+reader lets ``max_subscriber_buffer`` bytes pile up ends (the client resumes with
+``Last-Event-ID``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import re
-import threading
 from collections.abc import Awaitable, Callable, Container, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 from aiohttp import web
@@ -52,14 +56,14 @@ from kilndb.errors import (
     NotFoundError,
 )
 from kilndb.protocol import BadRequest, Request, check_params, parse_request
+from kilndb.protocol.ops import OPS, Transport
 from kilndb.server.auth import ANONYMOUS, Principal
-from kilndb.server.fanout import Feed
+from kilndb.server.push import Outbox, changefeed, changefeed_start, event_bodies
+from kilndb.server.services import Services
+from kilndb.server.session import Answer, Execute, Open, Refuse, Session
 from kilndb.server.websocket import websocket_handler
 
-if TYPE_CHECKING:
-    from kilndb.server.sockets import Server
-
-__all__ = ["KEYS_PAGE", "QUERY_PARAMETERS", "build_app"]
+__all__ = ["KEYS_PAGE", "build_app"]
 
 log = logging.getLogger("kilndb.server")
 
@@ -67,71 +71,6 @@ _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 #: Seconds of silence after which an SSE stream sends a keep-alive comment.
 SSE_KEEPALIVE_SECONDS = 15.0
-
-
-class _SseFeed:
-    """An SSE stream's side of the changefeed fan-out: the hub's frames of the facts it
-    follows, queued for the event loop (never blocking the hub) and turned into SSE
-    events there. A batch that would take the bytes not yet written past ``limit`` ends
-    the stream (a first batch always goes): the client resumes with ``Last-Event-ID``."""
-
-    def __init__(
-        self, loop: asyncio.AbstractEventLoop, after: int, stores: list[str] | None, limit: int
-    ) -> None:
-        self._loop = loop
-        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()
-        self._lock = threading.Lock()
-        self._pending = 0
-        self._limit = limit
-        self._decoder = FrameDecoder()
-        chosen = None if stores is None else frozenset(stores)
-        self.feed = Feed(chosen, after, self._send, self._gone)
-
-    def _send(self, data: bytes, position: int) -> bool:
-        """The hub's thread: queue ``data``; False (the hub drops the feed) on overflow."""
-        with self._lock:
-            if self._pending and self._pending + len(data) > self._limit:
-                self._end()
-                return False
-            self._pending += len(data)
-        try:
-            self._loop.call_soon_threadsafe(self._queue.put_nowait, data)
-        except RuntimeError:  # the loop is gone: so is the stream
-            return False
-        return True
-
-    def _gone(self, feed: Feed) -> None:
-        self._end()
-
-    def _end(self) -> None:
-        with contextlib.suppress(RuntimeError):
-            self._loop.call_soon_threadsafe(self._queue.put_nowait, None)
-
-    def close(self) -> None:
-        """End the stream (the server is stopping)."""
-        self.feed.close()
-        self._end()
-
-    async def next(self, keepalive: float) -> bytes | None:
-        """The SSE events of the next facts; ``b""`` after ``keepalive`` seconds of
-        silence; None once the stream has ended."""
-        try:
-            data = await asyncio.wait_for(self._queue.get(), keepalive)
-        except TimeoutError:
-            return b""
-        if data is None:
-            return None
-        with self._lock:
-            self._pending -= len(data)
-        self._decoder.feed(data)
-        events = []
-        for body in self._decoder.frames():
-            fact = orjson.loads(body)["fact"]
-            events.append(
-                b"id: %d\nevent: fact_committed\ndata: %s\n\n"
-                % (fact["position"], orjson.dumps(fact))
-            )
-        return b"".join(events)
 
 
 _GAUGES = (
@@ -149,27 +88,8 @@ _GAUGES = (
 )
 
 
-#: The query parameters of each REST op and how their text reads: ``count`` as an
-#: integer, ``number`` as an integer or a float, ``str`` as it is. The op's checker then
-#: checks the values (a negative ``expected_seq`` is refused there, as on the wire).
-QUERY_PARAMETERS: dict[str, dict[str, str]] = {
-    "read": {"as_of": "number"},
-    "history": {"since_seq": "count", "until_seq": "count", "limit": "count"},
-    "write": {
-        "expected_seq": "count",
-        "id": "str",
-        "causation": "str",
-        "valid_time": "number",
-        "schema_version": "count",
-        "producer": "str",
-    },
-    "delete": {"expected_seq": "count", "id": "str", "causation": "str"},
-    "keys": {"prefix": "str", "limit": "count", "after": "str"},
-    "stores": {},
-}
-
-#: Ops whose ``metadata`` is given as ``metadata.K=V`` query parameters.
-_WITH_METADATA = frozenset({"write", "delete"})
+#: A REST route takes ``metadata.K=V`` query parameters when its op's ``query`` has this.
+_METADATA_PARAMETERS = "metadata.*"
 _METADATA = "metadata."
 
 #: Keys in a page of ``GET .../keys`` without ``limit``.
@@ -207,8 +127,9 @@ def _check_names(http: web.Request, allowed: Container[str]) -> None:
 def _params(http: web.Request, op: str, fields: dict[str, Any]) -> dict[str, Any]:
     """The checked parameters of ``op``: ``fields`` (from the path and body) and those
     its query parameters give. Raises InvalidArgumentError naming a bad one."""
-    kinds = QUERY_PARAMETERS[op]
-    with_metadata = op in _WITH_METADATA
+    kinds = OPS[op].query
+    assert kinds is not None, f"{op} has no REST route"
+    with_metadata = _METADATA_PARAMETERS in kinds
     _check_names(
         http,
         {
@@ -220,7 +141,7 @@ def _params(http: web.Request, op: str, fields: dict[str, Any]) -> dict[str, Any
     metadata: dict[str, str] = {}
     query: dict[str, Any] = {}
     for name, text in http.query.items():
-        if name in kinds:
+        if name in kinds and name != _METADATA_PARAMETERS:
             query[name] = _from_text(kinds[name], text)
         else:
             metadata[name.removeprefix(_METADATA)] = text
@@ -258,11 +179,11 @@ async def _body_limit(request: web.Request, handler: _Handler) -> web.StreamResp
 class _Collector:
     """Exposes the server's counters to prometheus_client."""
 
-    def __init__(self, server: Server) -> None:
-        self.server = server
+    def __init__(self, status: Callable[[], dict[str, Any]]) -> None:
+        self.status = status
 
     def collect(self) -> Iterator[Metric]:
-        metrics = self.server.status()["metrics"]
+        metrics = self.status()["metrics"]
         for name, value in sorted(metrics.items()):
             base = name.removesuffix("_total")
             family: Metric
@@ -274,35 +195,37 @@ class _Collector:
             yield family
 
 
-def build_app(server: Server) -> web.Application:
-    """The aiohttp application of ``server``."""
+def _sse_events(decoder: FrameDecoder, data: bytes) -> bytes:
+    """The SSE events of the fact frames in ``data``."""
+    events = []
+    for body in event_bodies(decoder, data):
+        fact = orjson.loads(body)["fact"]
+        events.append(
+            b"id: %d\nevent: fact_committed\ndata: %s\n\n" % (fact["position"], orjson.dumps(fact))
+        )
+    return b"".join(events)
+
+
+def build_app(services: Services) -> web.Application:
+    """The aiohttp application of a server."""
     registry = CollectorRegistry(auto_describe=True)
-    registry.register(_Collector(server))
-    loop = server.loop
+    registry.register(_Collector(services.status))
+    metrics = services.metrics
 
-    async def run(request: Request, database: str) -> dict[str, Any]:
-        def work() -> dict[str, Any]:
-            server.count("requests_total")
-            try:
-                result, db, position = server.dispatcher.apply(request, database)
-                if db is not None and position:
-                    db.wait_durable(position)
-                    replicas = server.replicas_for(request)
-                    if replicas:
-                        server.wait_replicas(db.name, position, replicas)
-            except KilnError as exc:
-                server.count("errors_total")
-                server.event("request_error", op=request.op, error_code=exc.error_code)
-                raise
-            except Exception as exc:  # a bug: answered as ``internal``, never a bare 500
-                log.exception("request %s failed", request.op, exc_info=exc)
-                server.count("errors_total")
-                server.event("request_error", op=request.op, error_code=KilnError.error_code)
-                raise KilnError(f"internal error: {exc}") from exc
-            server.count_result(request, result)
-            return result
+    def _principal(http: web.Request) -> Principal | None:
+        """Who the bearer token speaks for (None: no token sent)."""
+        if not services.auth.enabled:
+            return ANONYMOUS
+        header = http.headers.get("Authorization", "")
+        if not header.startswith("Bearer "):
+            return None
+        return services.auth.verify(header.removeprefix("Bearer "))
 
-        return await loop.run_in_executor(server.executor, work)
+    def _session(http: web.Request, database: str, transport: Transport) -> Session:
+        principal = _principal(http)
+        return Session(
+            transport, services.auth, services.routing, principal=principal, database=database
+        )
 
     def _authorize(http: web.Request, op: str, database: str | None) -> None:
         """Raise the 401/403 error unless the request's bearer token grants ``op``."""
@@ -312,7 +235,7 @@ def build_app(server: Server) -> web.Application:
                 raise AuthenticationError("send Authorization: Bearer <token>")
             principal.check(op, database)
         except KilnError:
-            server.count("errors_total")
+            metrics.count("errors_total")
             raise
 
     def _denied(http: web.Request, op: str, database: str | None) -> web.Response | None:
@@ -323,35 +246,47 @@ def build_app(server: Server) -> web.Application:
             return _error(exc)
         return None
 
+    async def answer(
+        http: web.Request, request: Request, database: str, transport: Transport = "http"
+    ) -> dict[str, Any]:
+        """The reply fields of ``request``, admitted by a session of its own (for ``sse``:
+        admitted, and an empty reply; the stream is the caller's)."""
+        metrics.count("requests_total")
+        try:
+            step = _session(http, database, transport).receive(request)  # reads the token
+            if isinstance(step, Refuse):
+                if step.error.error_code == "unauthenticated":
+                    raise AuthenticationError("send Authorization: Bearer <token>")
+                raise step.error
+        except KilnError:
+            metrics.count("errors_total")
+            raise
+        if isinstance(step, Answer):
+            return step.fields
+        if isinstance(step, Open):
+            return {}
+        assert isinstance(step, Execute)  # http carries no session op but ping
+        return await services.runner.run(step.request)
+
     async def rest(http: web.Request, op: str, params: dict[str, Any]) -> dict[str, Any]:
         """Run ``op`` with its checked ``params`` on the path's database."""
         database = http.match_info["database"]
-        _authorize(http, op, database)
-        return await run(Request(op, params), database)
-
-    def _principal(http: web.Request) -> Principal | None:
-        """Who the bearer token speaks for (None: no token sent)."""
-        if not server.auth.enabled:
-            return ANONYMOUS
-        header = http.headers.get("Authorization", "")
-        if not header.startswith("Bearer "):
-            return None
-        return server.auth.verify(header.removeprefix("Bearer "))
+        return await answer(http, Request(op, params, None, database), database)
 
     async def health(_: web.Request) -> web.Response:
-        status = server.status()
+        status = services.status()
         return _json({k: status[k] for k in ("schema_version", "status", "uptime_ms", "pid")})
 
     async def ready(_: web.Request) -> web.Response:
-        state = server.state
+        state = services.state()
         return _json({"status": state}, 200 if state == "ready" else 503)
 
     async def status(http: web.Request) -> web.Response:
         if denied := _denied(http, "server_status", None):
             return denied
-        return _json(server.status())
+        return _json(services.status())
 
-    async def metrics(http: web.Request) -> web.Response:
+    async def prometheus(http: web.Request) -> web.Response:
         if denied := _denied(http, "server_status", None):
             return denied
         return web.Response(body=generate_latest(registry), content_type="text/plain")
@@ -359,32 +294,28 @@ def build_app(server: Server) -> web.Application:
     async def replication(http: web.Request) -> web.Response:
         if denied := _denied(http, "server_status", None):
             return denied
-        return _json(server.replication_status())
+        return _json(services.replication_status())
 
     async def cluster(http: web.Request) -> web.Response:
         # Any database's read scope will do: clients learn where its leader is.
         if denied := _denied(http, "cluster", http.query.get("database", "default")):
             return denied
-        return _json(server.cluster_status())
+        return _json(services.cluster_status())
 
     async def recent(http: web.Request) -> web.Response:
         if denied := _denied(http, "server_status", None):
             return denied
-        return _json(list(server.recent_events))
+        return _json(metrics.recent_events())
 
     async def dispatch(http: web.Request) -> web.Response:
         parsed = parse_request(await http.read())
         if isinstance(parsed, BadRequest):
+            metrics.count("requests_total")
+            metrics.count("errors_total")
             return _error(parsed.error)
-        if parsed.op in ("subscribe", "subscribe_status", "unsubscribe", "close", "hello"):
-            return _error(InvalidArgumentError(f"{parsed.op} needs a connection: use /v1/ws"))
-        database = parsed.database or http.query.get("database", "default")
-        if denied := _denied(http, parsed.op, database):
-            return denied
-        if parsed.op == "server_status":
-            return _json({"ok": True, **server.status()})
+        database = http.query.get("database", "default")
         try:
-            result = await run(parsed, database)
+            result = await answer(http, parsed, database)
         except KilnError as exc:
             return _error(exc)
         reply = {"ok": True, **result}
@@ -448,49 +379,56 @@ def build_app(server: Server) -> web.Application:
             return _error(exc)
         cursor_text = http.headers.get("Last-Event-ID") or http.query.get("cursor") or "0"
         stores_text = http.query.get("stores")
+        database = http.query.get("database", "default")
         try:
-            cursor = int(cursor_text)
-            if cursor < 0:
-                raise ValueError(cursor_text)
+            if not _INTEGER.fullmatch(cursor_text) or int(cursor_text) < 0:
+                raise InvalidArgumentError(f"bad cursor {cursor_text!r}")
             stores = [s for s in stores_text.split(",") if s] if stores_text else None
-            database = http.query.get("database", "default")
-            if denied := _denied(http, "subscribe", database):
-                return denied
-            db = server.databases.get(database, create=False)
-            db.subscribe(stores, cursor).close()  # checks the cursor and the store names
-        except ValueError:
-            return _error(InvalidArgumentError(f"bad cursor {cursor_text!r}"))
+            params = check_params("subscribe", {"stores": stores, "after": int(cursor_text)})
+            await answer(http, Request("subscribe", params, None, database), database, "sse")
+            cursor = params["after"]
+            db = services.databases.get(database, create=False)
+            changefeed_start(db, stores, cursor)  # checks the cursor and the store names
         except KilnError as exc:
             return _error(exc)
         response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
         )
         await response.prepare(http)
+        transport = http.transport
+
+        def held() -> int:
+            return transport.get_write_buffer_size() if transport is not None else 0
+
+        outbox = Outbox(services.loop, services.config.max_subscriber_buffer, held)
         # The stream is one more feed of the database's fan-out hub, which reads the log
         # once for every subscriber and keeps only the facts of the stores each follows:
         # an idle stream, or one whose stores nobody writes, costs a write nothing.
-        stream = _SseFeed(loop, cursor, stores, server.config.max_subscriber_buffer)
-        server.streams.add(stream)
-        server.fanout.attach(db, stream.feed)
-        server.event("subscription_opened", transport="sse", after=cursor)
+        feed = changefeed(outbox, stores, cursor)
+        services.fanout.attach(db, feed)
+        metrics.http_stream(True)
+        metrics.event("subscription_opened", transport="sse", after=cursor)
+        pusher = services.tasks.spawn(_push_sse(response, outbox), "kilndb-sse")
         try:
-            while (chunk := await stream.next(SSE_KEEPALIVE_SECONDS)) is not None:
-                await response.write(chunk or b": keep-alive\n\n")
+            await pusher
         except (ConnectionResetError, asyncio.CancelledError):
             pass
         finally:
-            server.streams.discard(stream)
-            server.fanout.detach(stream.feed)
-            server.event("subscription_closed", transport="sse")
+            pusher.cancel()
+            services.fanout.detach(feed)
+            outbox.end()
+            metrics.http_stream(False)
+            metrics.event("subscription_closed", transport="sse")
         return response
 
     # One body limit on every transport: an HTTP body may be as large as a frame.
-    app = web.Application(client_max_size=server.config.max_frame_bytes, middlewares=[_body_limit])
+    limit = services.config.max_frame_bytes
+    app = web.Application(client_max_size=limit, middlewares=[_body_limit])
     app.router.add_get("/v1/health", health)
     app.router.add_get("/v1/ready", ready)
     app.router.add_get("/v1/status", status)
-    app.router.add_get("/v1/metrics", metrics)
-    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/v1/metrics", prometheus)
+    app.router.add_get("/metrics", prometheus)
     app.router.add_get("/v1/events/recent", recent)
     app.router.add_get("/v1/replication", replication)
     app.router.add_get("/v1/cluster", cluster)
@@ -503,12 +441,13 @@ def build_app(server: Server) -> web.Application:
     app.router.add_route("PUT", key, fact)
     app.router.add_route("DELETE", key, fact)
     app.router.add_get(key + "/history", history)
-    app.router.add_get("/v1/ws", websocket_handler(server, run, _principal))
+    app.router.add_get("/v1/ws", websocket_handler(services, _principal))
     return app
 
 
-def _wire_error(error: KilnError, request_id: Any) -> str:
-    body = error.to_wire()
-    if request_id is not None:
-        body["request_id"] = request_id
-    return orjson.dumps(body).decode()
+async def _push_sse(response: web.StreamResponse, outbox: Outbox) -> None:
+    """Write an SSE stream's events (and a keep-alive comment after a silence) until
+    its outbox ends."""
+    decoder = FrameDecoder()
+    while (data := await outbox.take(SSE_KEEPALIVE_SECONDS)) is not None:
+        await response.write(_sse_events(decoder, data) if data else b": keep-alive\n\n")

@@ -1,13 +1,17 @@
 """``GET /v1/ws``: the op JSON messages over WebSocket, many at once on one connection.
 
-Each text message is one op envelope (as on the socket protocol). Requests run
-concurrently — at most ``MAX_IN_FLIGHT`` per connection — and each reply carries the
-request's ``request_id``, so a client tags its requests and matches the replies in any
-order. ``subscribe`` and ``subscribe_status`` open a subscription named by their
-``request_id`` (required): after its ``ok`` reply, its pushed messages carry
-``"subscription": <request_id>``; ``unsubscribe {subscription}`` ends one, ``close`` ends
-the connection. The server pings every 30 s and drops a client it has not heard from
-(pongs included) for 90 s. A message over the server's ``max_frame_bytes`` gets a
+Each text message is one op envelope (as on the socket protocol), handed to the
+connection's :class:`~kilndb.server.session.Session` like a socket connection's
+requests. Requests run concurrently — at most ``MAX_IN_FLIGHT`` per connection — and
+each reply carries the request's ``request_id``, so a client tags its requests and
+matches the replies in any order. ``subscribe`` and ``subscribe_status`` open a
+subscription named by their ``request_id`` (required): after its ``ok`` reply, its pushed
+messages carry ``"subscription": <request_id>``; ``unsubscribe {subscription}`` ends one,
+``close`` ends the connection. Changefeeds are feeds of the database's fan-out hub and
+every subscription is pushed by a task of its own through an
+:class:`~kilndb.server.push.Outbox`: an idle one holds no thread, a slow reader ends with
+``subscriber_overflow``. The server pings every 30 s and drops a client it has not heard
+from (pongs included) for 90 s. A message over the server's ``max_frame_bytes`` gets a
 ``frame_too_large`` error message, then the connection is closed with code 1009 (Message
 Too Big): WebSocket has no way to skip the rest of a message and go on.
 
@@ -20,44 +24,41 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import orjson
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from kilndb.errors import (
-    AuthenticationError,
-    FrameTooLargeError,
-    InvalidArgumentError,
-    KilnError,
-    ProtocolError,
-    UnavailableError,
-)
-from kilndb.protocol import PROTOCOL_VERSION, BadRequest, Request, parse_request
+from kilndb.codec import FrameDecoder
+from kilndb.engine import StatusSubscription
+from kilndb.errors import FrameTooLargeError, InvalidArgumentError, KilnError
+from kilndb.protocol import BadRequest, Request, parse_request
 from kilndb.server.auth import Principal
+from kilndb.server.fanout import Feed
+from kilndb.server.push import (
+    Outbox,
+    changefeed,
+    changefeed_start,
+    event_bodies,
+    pump_status,
+)
+from kilndb.server.services import Services
+from kilndb.server.session import (
+    Answer,
+    Close,
+    Execute,
+    Open,
+    Refuse,
+    Session,
+    Unsubscribe,
+)
 
-if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
-
-    from kilndb.server.sockets import Server
-
-__all__ = [
-    "MAX_IN_FLIGHT",
-    "MAX_SUBSCRIPTIONS",
-    "PING_SECONDS",
-    "SILENCE_SECONDS",
-    "websocket_handler",
-]
+__all__ = ["MAX_IN_FLIGHT", "PING_SECONDS", "SILENCE_SECONDS", "websocket_handler"]
 
 PING_SECONDS = 30.0
 SILENCE_SECONDS = 90.0
 MAX_IN_FLIGHT = 256
-#: Subscriptions one WebSocket connection may hold at once.
-MAX_SUBSCRIPTIONS = 64
-
-
-_ENDS = frozenset({WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR})
 
 
 def _dumps(body: dict[str, Any]) -> str:
@@ -66,6 +67,13 @@ def _dumps(body: dict[str, Any]) -> str:
 
 def _error(error: KilnError, request_id: Any) -> str:
     body = error.to_wire()
+    if request_id is not None:
+        body["request_id"] = request_id
+    return _dumps(body)
+
+
+def _reply(request_id: Any, **fields: Any) -> str:
+    body = {"ok": True, **fields}
     if request_id is not None:
         body["request_id"] = request_id
     return _dumps(body)
@@ -94,21 +102,31 @@ class _Socket(web.WebSocketResponse):
         return await super().close(code=code, message=message, drain=drain)
 
 
-class _Session:
+class _Stream:
+    """One subscription of a WebSocket connection: its outbox, what feeds it, its pusher."""
+
+    def __init__(self, outbox: Outbox) -> None:
+        self.outbox = outbox
+        self.feed: Feed | None = None
+        self.status: StatusSubscription | None = None
+        self.tasks: list[asyncio.Task[Any]] = []
+
+
+class _Connection:
     def __init__(
         self,
-        server: Server,
-        socket: web.WebSocketResponse,
-        run: Callable[[Request, str], Awaitable[dict[str, Any]]],
+        services: Services,
+        socket: _Socket,
+        transport: asyncio.BaseTransport | None,
         principal: Principal | None,
     ) -> None:
-        self.server = server
+        self.services = services
+        self.transport = transport if isinstance(transport, asyncio.WriteTransport) else None
+        self.metrics = services.metrics
         self.socket = socket
-        self.run = run
-        self.principal = principal
-        self.database = "default"
-        self.subscriptions: dict[Any, tuple[Any, asyncio.Task[None]]] = {}
-        self.tasks: set[asyncio.Task[None]] = set()
+        self.session = Session("ws", services.auth, services.routing, principal=principal)
+        self.streams: dict[Any, _Stream] = {}
+        self.requests: set[asyncio.Task[None]] = set()
         self.slots = asyncio.Semaphore(MAX_IN_FLIGHT)
 
     async def send(self, text: str) -> None:
@@ -117,23 +135,21 @@ class _Session:
                 await self.socket.send_str(text)
 
     async def serve(self) -> None:
-        pinger = asyncio.get_running_loop().create_task(self._ping())
+        pinger = self.services.tasks.spawn(self._ping(), "kilndb-ws-ping")
         try:
             while True:
                 try:
                     message = await self.socket.receive(timeout=SILENCE_SECONDS)
                 except TimeoutError:
-                    self.server.event("websocket_silent", seconds=SILENCE_SECONDS)
+                    self.metrics.event("websocket_silent", seconds=SILENCE_SECONDS)
                     break
                 if message.type == WSMsgType.TEXT:
                     if not await self._on_text(message.data):
                         break
                 elif message.type == WSMsgType.BINARY:
+                    self.metrics.count("errors_total")
                     await self.send(_error(InvalidArgumentError("send text messages"), None))
-                elif (
-                    message.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED)
-                    or message.type == WSMsgType.ERROR
-                ):
+                else:  # CLOSE, CLOSING, CLOSED, ERROR
                     break
         finally:
             pinger.cancel()
@@ -147,196 +163,152 @@ class _Session:
 
     async def _on_text(self, text: str) -> bool:
         """Handle one message; False ends the connection."""
-        self.server.count("requests_total")
+        self.metrics.count("requests_total")
         parsed = parse_request(text.encode())
         if isinstance(parsed, BadRequest):
-            self.server.count("errors_total")
+            self.metrics.count("errors_total")
             await self.send(_error(parsed.error, parsed.request_id))
             return True
-        op, request_id = parsed.op, parsed.request_id
-        if op == "close":
-            return False
-        if op == "ping":
-            await self.send(_dumps(_reply(request_id, pong=True)))
-            return True
-        if op == "hello":
-            await self._hello(parsed)
-            return True
-        database = parsed.database or self.database
-        try:
-            if self.principal is None:
-                raise AuthenticationError("authenticate first: hello {token}")
-            self.principal.check(op, None if op == "remove_database" else database)
-        except KilnError as exc:
-            self.server.count("errors_total")
-            await self.send(_error(exc, request_id))
-            return True
-        if op == "unsubscribe":
-            await self._unsubscribe(parsed)
-        elif op in ("subscribe", "subscribe_status"):
-            await self._subscribe(parsed, database)
-        elif op == "server_status":
-            await self.send(_dumps(_reply(request_id, **self.server.status())))
-        else:
+        step = self.session.receive(parsed)
+        request_id = parsed.request_id
+        if isinstance(step, Execute):
             await self.slots.acquire()
-            task = asyncio.get_running_loop().create_task(self._request(parsed, database))
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
+            task = asyncio.get_running_loop().create_task(self._request(step.request))
+            self.requests.add(task)
+            task.add_done_callback(self.requests.discard)
+        elif isinstance(step, Answer):
+            await self.send(_reply(request_id, **step.fields))
+        elif isinstance(step, Refuse):
+            self.metrics.count("errors_total")
+            self.metrics.event("request_error", op=parsed.op, error_code=step.error.error_code)
+            await self.send(_error(step.error, request_id))
+        elif isinstance(step, Close):
+            await self.send(_reply(request_id))
+            return False
+        elif isinstance(step, Open):
+            await self._open(step.request, step.name)
+        elif isinstance(step, Unsubscribe):
+            await self._close_stream(step.name)
+            await self.send(_reply(request_id, subscription=step.name))
         return True
 
-    async def _request(self, request: Request, database: str) -> None:
+    async def _request(self, request: Request) -> None:
         try:
-            result = await self.run(request, database)
-            await self.send(_dumps(_reply(request.request_id, **result)))
+            result = await self.services.runner.run(request)
+            await self.send(_reply(request.request_id, **result))
         except KilnError as exc:
             await self.send(_error(exc, request.request_id))
         finally:
             self.slots.release()
 
-    async def _hello(self, request: Request) -> None:
+    async def _open(self, request: Request, name: Any) -> None:
+        services = self.services
         params = request.params
+        outbox = Outbox(services.loop, services.config.max_subscriber_buffer, self._held)
+        stream = _Stream(outbox)
         try:
-            version = params["protocol_version"]
-            if version is not None and version != PROTOCOL_VERSION:
-                raise ProtocolError(
-                    f"protocol version {version} is not supported; this server speaks"
-                    f" {PROTOCOL_VERSION}"
-                )
-            if params["token"] is not None:
-                self.principal = self.server.auth.verify(params["token"])
-            elif self.principal is None:
-                raise AuthenticationError("a token is required: hello {token}")
-        except KilnError as exc:
-            self.server.count("errors_total")
-            await self.send(_error(exc, request.request_id))
-            return
-        if params["database"] is not None:
-            self.database = params["database"]
-        await self.send(_dumps(_reply(request.request_id, database=self.database)))
-
-    async def _subscribe(self, request: Request, database: str) -> None:
-        name = request.request_id
-        if len(self.subscriptions) >= MAX_SUBSCRIPTIONS:
-            full = UnavailableError(f"at most {MAX_SUBSCRIPTIONS} subscriptions per connection")
-            await self.send(_error(full, name))
-            return
-        if name is None or name in self.subscriptions:
-            error = InvalidArgumentError(
-                "a subscription needs a request_id of its own to name it"
-                if name is None
-                else f"subscription {name!r} exists already"
-            )
-            await self.send(_error(error, name))
-            return
-        params = request.params
-        fields: dict[str, Any]
-        try:
-            db = self.server.databases.get(database, create=False)
+            db = services.databases.get(request.database or "default", create=False)
             if request.op == "subscribe":
-                after = params["after"]
-                if after is None:
-                    after = db.stats()["durable_position"]
-                source: Any = db.subscribe(params["stores"], after)
-                fields = {"position": after}
+                after = changefeed_start(db, params["stores"], params["after"])
+                fields: dict[str, Any] = {"position": after}
+                stream.feed = changefeed(outbox, params["stores"], after)
             else:
-                source = db.space(params["space"]).subscribe_status(
+                stream.status = db.space(params["space"]).subscribe_status(
                     params["segment"], params["heartbeat"]
                 )
-                fields = {"space": source.space, "segment": source.segment}
+                fields = {
+                    "space": stream.status.space,
+                    "segment": stream.status.segment,
+                    "heartbeat": stream.status.heartbeat,
+                }
         except KilnError as exc:
+            self.session.ended(name)
+            self.metrics.count("errors_total")
             await self.send(_error(exc, name))
             return
-        await self.send(_dumps(_reply(name, subscription=name, **fields)))
-        self.server.count("subscriptions_total")
-        self.server.event("subscription_opened", transport="websocket", op=request.op)
-        pump = asyncio.get_running_loop().create_task(self._pump(name, source, request.op))
-        self.subscriptions[name] = (source, pump)
+        await self.send(_reply(name, subscription=name, **fields))
+        self.streams[name] = stream
+        tasks = services.tasks
+        if stream.feed is not None:
+            services.fanout.attach(db, stream.feed)
+        else:
+            assert stream.status is not None
+            producer = pump_status(stream.status, outbox, services.executor)
+            stream.tasks.append(tasks.spawn(producer, "kilndb-ws-status"))
+        stream.tasks.append(tasks.spawn(self._push(name, outbox), "kilndb-ws-push"))
+        self.metrics.count("subscriptions_total")
+        self.metrics.http_stream(True)
+        self.metrics.event("subscription_opened", transport="websocket", op=request.op)
 
-    async def _pump(self, name: Any, source: Any, op: str) -> None:
-        loop = asyncio.get_running_loop()
-        executor = self.server.executor
-        ready = asyncio.Event()
-        if op == "subscribe":
-            # An idle changefeed holds no thread: the log wakes it through the loop.
-            source.watch(functools.partial(loop.call_soon_threadsafe, ready.set))
-        try:
-            while not self.socket.closed and not source.closed:
-                if op == "subscribe":
-                    ready.clear()
-                    facts = await loop.run_in_executor(executor, source.get_batch, 256, 0)
-                    for fact in facts:
-                        event = {"event": "fact_written", "subscription": name}
-                        await self.send(_dumps({**event, "fact": fact.to_dict()}))
-                    if not facts:
-                        # The timeout re-checks the socket now and then.
-                        with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(ready.wait(), 1.0)
-                else:
-                    message = await loop.run_in_executor(executor, source.get, 1.0)
-                    if message is not None:
-                        event = {"event": "segment_status", "subscription": name}
-                        await self.send(_dumps({**event, **message}))
-        finally:
-            source.close()
+    def _held(self) -> int:
+        transport = self.transport
+        return transport.get_write_buffer_size() if transport is not None else 0
 
-    async def _unsubscribe(self, request: Request) -> None:
-        name = request.params["subscription"]
-        found = self.subscriptions.pop(name, None)
-        if found is None:
-            error = InvalidArgumentError(f"no subscription {name!r}")
-            await self.send(_error(error, request.request_id))
+    async def _push(self, name: Any, outbox: Outbox) -> None:
+        """Each event frame of the stream as a message naming its subscription."""
+        decoder = FrameDecoder()
+        prefix = b'{"subscription":' + orjson.dumps(name) + b","
+        while (data := await outbox.take()) is not None:
+            for body in event_bodies(decoder, data):
+                # {"event": …, …} with the subscription's name added, without decoding.
+                await self.send((prefix + body[1:]).decode())
+        await self._ended(name, outbox)
+
+    async def _ended(self, name: Any, outbox: Outbox) -> None:
+        """A stream ended by itself (overflow, its database closed): say so."""
+        if outbox.error is not None and self.streams.pop(name, None) is not None:
+            self.session.ended(name)
+            self.metrics.http_stream(False)
+            await self.send(_error(outbox.error, name))
+
+    async def _close_stream(self, name: Any) -> None:
+        stream = self.streams.pop(name, None)
+        if stream is None:
             return
-        source, pump = found
-        source.close()
-        pump.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await pump
-        await self.send(_dumps(_reply(request.request_id, subscription=name)))
+        self.metrics.http_stream(False)
+        if stream.feed is not None:
+            self.services.fanout.detach(stream.feed)
+        if stream.status is not None:
+            stream.status.close()
+        stream.outbox.end()
+        current = asyncio.current_task()
+        for task in stream.tasks:
+            if task is not current:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     async def _end(self) -> None:
-        for source, pump in self.subscriptions.values():
-            source.close()
-            pump.cancel()
-        for _, pump in self.subscriptions.values():
-            with contextlib.suppress(asyncio.CancelledError):
-                await pump
-        if self.subscriptions:
-            self.server.event("subscription_closed", transport="websocket")
-        self.subscriptions.clear()
-        for task in list(self.tasks):
+        names = list(self.streams)
+        for name in names:
+            await self._close_stream(name)
+        if names:
+            self.metrics.event("subscription_closed", transport="websocket")
+        for task in list(self.requests):
             with contextlib.suppress(asyncio.CancelledError, KilnError):
                 await task
         await self.socket.close()
 
 
-def _reply(request_id: Any, **fields: Any) -> dict[str, Any]:
-    body = {"ok": True, **fields}
-    if request_id is not None:
-        body["request_id"] = request_id
-    return body
-
-
 def websocket_handler(
-    server: Server,
-    run: Callable[[Request, str], Awaitable[dict[str, Any]]],
-    principal_of: Callable[[web.Request], Principal | None],
+    services: Services, principal_of: Callable[[web.Request], Principal | None]
 ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
-    """The ``/v1/ws`` handler of ``server``; ``run`` executes one request and
-    ``principal_of`` reads the upgrade request's bearer token (None: none sent)."""
+    """The ``/v1/ws`` handler; ``principal_of`` reads the upgrade request's bearer token
+    (None: none sent)."""
 
     async def websocket(http: web.Request) -> web.StreamResponse:
         try:
             principal = principal_of(http)
         except KilnError as exc:  # a bad token in the header: refused before upgrading
-            server.count("errors_total")
+            services.metrics.count("errors_total")
             return web.Response(
                 body=orjson.dumps(exc.to_wire()),
                 status=exc.http_status,
                 content_type="application/json",
             )
-        socket = _Socket(server.config.max_frame_bytes)
+        socket = _Socket(services.config.max_frame_bytes)
         await socket.prepare(http)
-        await _Session(server, socket, run, principal).serve()
+        await _Connection(services, socket, http.transport, principal).serve()
         return socket
 
     return websocket

@@ -1,0 +1,119 @@
+"""Server ops (``runs: server`` in the op table) and running one request to its reply.
+
+:class:`ServerOps` answers the ops about the server rather than one database: its status
+and cluster, the databases it has, creating and removing one, and what it leads and
+follows. :class:`Runner` runs one admitted request — a database op through the
+dispatcher, a server op here — to its reply fields, for the transports that answer
+requests one at a time (WebSocket, HTTP): bounded work on the event loop, everything
+else on the server's bounded worker pool. The socket transport batches requests itself
+(:mod:`kilndb.server.connections`) but applies them with the same pieces.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from concurrent.futures import Executor
+from typing import Any
+
+from kilndb.errors import KilnError
+from kilndb.protocol import Request
+from kilndb.protocol.ops import OPS
+from kilndb.server.dispatch import Dispatcher
+from kilndb.server.following import Following
+from kilndb.server.leader import LeaderSide
+from kilndb.server.metrics import Metrics
+from kilndb.server.nodes import NodeManager
+
+__all__ = ["Runner", "ServerOps"]
+
+log = logging.getLogger("kilndb.server")
+
+
+class ServerOps:
+    """Answers the server ops (blocking: promoting or re-pointing stops threads)."""
+
+    def __init__(
+        self,
+        databases: NodeManager,
+        following: Following,
+        status: Callable[[], dict[str, Any]],
+        cluster_status: Callable[[], dict[str, Any]],
+    ) -> None:
+        self.databases = databases
+        self.following = following
+        self.status = status
+        self.cluster_status = cluster_status
+
+    def run(self, request: Request) -> dict[str, Any]:
+        op, params = request.op, request.params
+        if op == "server_status":
+            return self.status()
+        if op == "cluster":
+            return self.cluster_status()
+        if op == "databases":
+            return {"databases": self.databases.on_disk()}
+        if op == "create_database":
+            existed = self.databases.exists(params["name"])
+            self.databases.get(params["name"])
+            return {"database": params["name"], "created": not existed}
+        if op == "remove_database":
+            return self.databases.remove(params["name"], delete=params["delete"])
+        if op == "promote":
+            database = params["database"]
+            return self.following.promote(None if database is None else [database])
+        if op == "replicate":
+            return self.following.follow(params["leader"], params["databases"])
+        raise KilnError(f"internal error: {op!r} is not a server op")
+
+
+class Runner:
+    """Runs admitted requests to their reply fields (WebSocket and HTTP)."""
+
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        server_ops: ServerOps,
+        leader: LeaderSide,
+        metrics: Metrics,
+        executor: Executor,
+    ) -> None:
+        self.dispatcher = dispatcher
+        self.server_ops = server_ops
+        self.leader = leader
+        self.metrics = metrics
+        self.executor = executor
+
+    async def run(self, request: Request) -> dict[str, Any]:
+        """The reply fields of ``request`` (its database already bound); raises the
+        KilnError that becomes the error reply, ``internal`` for a bug."""
+        op = OPS[request.op]
+        if op.runs == "server" and op.quick:  # a snapshot of the server's state
+            return self._answer(request)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, self._answer, request)
+
+    def _answer(self, request: Request) -> dict[str, Any]:
+        metrics = self.metrics
+        try:
+            if OPS[request.op].runs == "server":
+                result = self.server_ops.run(request)
+            else:
+                result, db, position = self.dispatcher.apply(request, "default")
+                if db is not None and position:
+                    db.wait_durable(position)
+                    replicas = self.leader.replicas_for(request)
+                    if replicas:
+                        self.leader.wait_replicas(db.name, position, replicas)
+        except KilnError as exc:
+            metrics.count("errors_total")
+            metrics.event("request_error", op=request.op, error_code=exc.error_code)
+            raise
+        except Exception as exc:  # a bug: answered as ``internal``, never a bare 500
+            log.exception("request %s failed", request.op, exc_info=exc)
+            metrics.count("errors_total")
+            metrics.event("request_error", op=request.op, error_code=KilnError.error_code)
+            raise KilnError(f"internal error: {exc}") from exc
+        metrics.count_result(request, result)
+        return result

@@ -1,0 +1,100 @@
+"""How a server listens, whom it lets in, what it follows: :class:`ServerConfig`."""
+
+from __future__ import annotations
+
+import ipaddress
+import ssl
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kilndb.codec import DEFAULT_MAX_FRAME_BYTES
+from kilndb.config import DatabaseConfig
+from kilndb.errors import InvalidArgumentError
+from kilndb.server.auth import AuthConfig
+from kilndb.server.nodes import NodeConfig
+
+__all__ = ["ServerConfig", "is_loopback"]
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """Where and how a server listens. ``port=0`` picks a free port."""
+
+    data: Path = Path("./data")
+    host: str | None = "127.0.0.1"
+    port: int = 7400
+    unix: Path | None = None
+    #: HTTP/SSE/WebSocket port on ``host`` (None: no HTTP; 0 picks a free port).
+    http_port: int | None = None
+    max_connections: int = 1024
+    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
+    max_pipeline: int = 1024
+    max_subscriber_buffer: int = 8 * 1024 * 1024
+    #: How long ``stop()`` lets in-flight requests finish before closing connections.
+    drain_timeout: float = 5.0
+    #: Requests slower than this are counted and reported as ``slow_op`` events.
+    slow_op_ms: float = 500.0
+    #: Size of the recent-events ring.
+    max_recent_events: int = 100
+    workers: int = 32
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    #: Idle eviction, the open-database cap and the circuit breaker.
+    nodes: NodeConfig = field(default_factory=NodeConfig)
+    #: Tokens required on every transport when a secret or a public key is set.
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    #: Listen on a non-loopback address without authentication (refused otherwise).
+    insecure_bind: bool = False
+    #: TLS for TCP and HTTP: certificate chain and key (PEM files).
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    #: With it, clients must present a certificate signed by this CA (mutual TLS).
+    tls_client_ca: Path | None = None
+    #: Follow the leader at this address (``HOST:PORT`` or a URL): ``replicate``, or
+    #: every database it has (new ones as they appear) when ``replicate`` is None.
+    replica_of: str | None = None
+    #: The databases to follow (with ``replica_of``).
+    replicate: tuple[str, ...] | None = ("default",)
+    #: The token this server presents to its leader (when the leader requires one).
+    replication_token: str | None = None
+    #: First and longest wait before reconnecting to the leader.
+    replication_backoff: tuple[float, float] = (1.0, 30.0)
+    #: Followers that must have a write durably before it is acknowledged, unless the
+    #: request says otherwise (``replicas``).
+    min_insync_replicas: int = 0
+    #: How long a write waits for its replicas before ``replication_timeout``.
+    replica_timeout: float = 5.0
+    #: Cluster membership (gossip on ``host``:``gossip_port``, UDP and TCP; None: no
+    #: cluster). ``node_name`` defaults to the host name and TCP port.
+    gossip_port: int | None = None
+    node_name: str | None = None
+    #: Members to join through (``HOST:GOSSIP_PORT`` each).
+    join: tuple[str, ...] = ()
+    #: Shared secret that authenticates gossip packets (HMAC-SHA256).
+    cluster_key: str | None = None
+    #: Seconds between two failure-detection probes (every member should agree).
+    probe_interval: float = 1.0
+    #: Follow, from whichever member leads it, every database the cluster has.
+    follow: bool = False
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The server's TLS context, or None without a certificate."""
+        if self.tls_cert is None:
+            if self.tls_key is not None or self.tls_client_ca is not None:
+                raise InvalidArgumentError("TLS options need a certificate (tls_cert)")
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            context.load_cert_chain(self.tls_cert, self.tls_key)
+            if self.tls_client_ca is not None:
+                context.load_verify_locations(cafile=self.tls_client_ca)
+                context.verify_mode = ssl.CERT_REQUIRED
+        except (OSError, ssl.SSLError) as exc:
+            raise InvalidArgumentError(f"cannot set up TLS: {exc}") from exc
+        return context
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"

@@ -1,0 +1,170 @@
+"""The leader's side of replication for a whole server: handshakes, links and acks.
+
+A follower's ``sync_request`` is answered here (:meth:`LeaderSide.handshake`) with the
+database's ``shard_info`` — and, when the follower holds records this leader's history
+does not or lacks records compaction removed, with what it must cut or that it must
+start over. Otherwise its connection becomes a :class:`FollowerLink`, which ships the
+log; the links' acknowledgements wake the writes waiting for replicas
+(:meth:`LeaderSide.wait_replicas`).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from kilndb.engine import Database
+from kilndb.errors import NotFoundError, ProtocolError, ReplicationTimeoutError
+from kilndb.protocol import Request
+from kilndb.protocol.ops import OPS
+from kilndb.replication.protocol import PROTOCOL_VERSION as REPLICATION_PROTOCOL
+from kilndb.replication.protocol import divergence_point
+from kilndb.server.metrics import Metrics
+from kilndb.server.nodes import NodeManager
+from kilndb.server.replication import FollowerLink
+
+__all__ = ["Handshake", "LeaderSide"]
+
+
+@dataclass(frozen=True, slots=True)
+class Handshake:
+    """The reply to a ``sync_request``; ``db`` is set when shipping may start, from the
+    follower's ``position`` (``holds``: how far its copy of a compacted log reaches)."""
+
+    reply: dict[str, Any]
+    db: Database | None = None
+    position: int = 0
+    holds: int = 0
+
+
+class LeaderSide:
+    """The followers streaming this server's databases, and the writes waiting for them."""
+
+    def __init__(
+        self,
+        databases: NodeManager,
+        metrics: Metrics,
+        min_insync_replicas: int = 0,
+        replica_timeout: float = 5.0,
+    ) -> None:
+        self.databases = databases
+        self.metrics = metrics
+        self.min_insync_replicas = min_insync_replicas
+        self.replica_timeout = replica_timeout
+        self.links: set[FollowerLink] = set()
+        #: Notified when a follower acknowledges (writes waiting for replicas).
+        self._acks = threading.Condition()
+
+    def handshake(self, request: Request) -> Handshake:
+        """Answer a follower's ``sync_request`` for ``request.database``; raises the
+        KilnError that refuses it."""
+        params = request.params
+        name = request.database or "default"
+        if params["protocol_version"] != REPLICATION_PROTOCOL:
+            raise ProtocolError(
+                f"replication protocol version {params['protocol_version']} is not"
+                f" {REPLICATION_PROTOCOL}"
+            )
+        if not self.databases.exists(name):
+            raise NotFoundError(f"this server has no database {name!r} to replicate")
+        db = self.databases.get(name)
+        if params["leader_epoch"] > db.leader_epoch:
+            raise ProtocolError(
+                f"epoch mismatch: the follower is at leader epoch {params['leader_epoch']},"
+                f" this server at {db.leader_epoch}"
+            )
+        epochs = db.epochs
+        history = params["epochs"]
+        if history is None:  # a follower that sends only its epoch number
+            history = [e for e in epochs if e["epoch"] <= params["leader_epoch"]]
+        diverged_after = divergence_point(epochs, history, params["position"])
+        stats = db.stats()
+        compacted = db.compacted_through
+        shard_info = {
+            "type": "shard_info",
+            "database": name,
+            "database_id": db.database_id,
+            "protocol_version": REPLICATION_PROTOCOL,
+            "leader_epoch": db.leader_epoch,
+            "epochs": epochs,
+            "last_position": stats["last_position"],
+            "durable_position": stats["durable_position"],
+            "compacted_through": compacted,
+            "compacted_through_by_store": db.compacted_through_by_store,
+        }
+        if diverged_after is None and params["position"] > stats["last_position"]:
+            # The follower holds records this leader lost (a crash before they were
+            # durable here): they are not this leader's, whatever their positions.
+            diverged_after = stats["last_position"]
+        # A copy made from this log compacted as far as it is now lacks nothing (an
+        # interrupted full copy resumes); any other copy behind compaction may.
+        holds = params["compacted_through"]
+        full_resync = (
+            diverged_after is None and 0 < params["position"] < compacted and holds < compacted
+        )
+        if diverged_after is None and not full_resync:
+            return Handshake(shard_info, db, params["position"], holds)
+        # The follower holds records this leader's history does not (it must cut them),
+        # or compaction removed records it lacks (it must start over): either way it
+        # asks again before anything is shipped.
+        if full_resync:
+            self.metrics.event("follower_full_resync", database=name, compacted=compacted)
+        else:
+            self.metrics.event("follower_diverged", database=name, truncate_after=diverged_after)
+        return Handshake(
+            {**shard_info, "truncate_after": diverged_after, "full_resync": full_resync}
+        )
+
+    def add(self, link: FollowerLink) -> None:
+        self.links.add(link)
+        self.metrics.event("follower_connected", database=link.db.name, peer=link.peer)
+
+    def remove(self, link: FollowerLink) -> None:
+        link.close()
+        self.links.discard(link)
+
+    def replicas_for(self, request: Request) -> int:
+        """How many followers must have a write durably before it is answered."""
+        if not OPS[request.op].writes:
+            return 0
+        asked = request.params.get("replicas")
+        return self.min_insync_replicas if asked is None else int(asked)
+
+    def acked(self) -> None:
+        """A follower acknowledged something: wake the writes waiting for replicas."""
+        with self._acks:
+            self._acks.notify_all()
+
+    def wait_replicas(self, database: str, position: int, replicas: int) -> None:
+        """Block until ``replicas`` followers of ``database`` have ``position`` durably;
+        ReplicationTimeoutError after ``replica_timeout`` (the write stays committed)."""
+        timeout = self.replica_timeout
+        deadline = time.monotonic() + timeout
+        with self._acks:
+            while True:
+                have = sum(
+                    1
+                    for link in list(self.links)
+                    if not link.closed and link.db.name == database and link.durable >= position
+                )
+                if have >= replicas:
+                    return
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise ReplicationTimeoutError(
+                        f"{have} of {replicas} replicas acknowledged position {position} within"
+                        f" {timeout:g} s; the write is committed on the leader and will reach"
+                        " the followers when they catch up"
+                    )
+                self._acks.wait(remaining)
+
+    def status(self) -> list[dict[str, Any]]:
+        """The followers this server ships to."""
+        return [link.status() for link in list(self.links) if not link.closed]
+
+    def close(self) -> None:
+        """Stop shipping to every follower (the server is stopping)."""
+        for link in list(self.links):
+            self.remove(link)

@@ -1,0 +1,402 @@
+"""A KilnDB server: its parts put together, started and stopped.
+
+The parts, each in its own module, meet here and nowhere else:
+
+- listeners and connections: :mod:`kilndb.server.connections` (TCP, TLS, Unix) and
+  :mod:`kilndb.server.http` (HTTP, SSE, WebSocket), each client's protocol state a
+  :class:`~kilndb.server.session.Session`;
+- commit batching: :mod:`kilndb.server.commit`;
+- requests against databases: :mod:`kilndb.server.dispatch` and
+  :mod:`kilndb.server.admin`, over the :class:`~kilndb.server.nodes.NodeManager`;
+- the leader's side of replication: :mod:`kilndb.server.leader`; what this server
+  follows: :mod:`kilndb.server.following`; cluster membership:
+  :mod:`kilndb.server.cluster`;
+- counters and events: :mod:`kilndb.server.metrics`; background work:
+  :mod:`kilndb.server.tasks`.
+
+Transports receive :class:`~kilndb.server.services.Services`, never the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from kilndb.errors import InvalidArgumentError
+from kilndb.server.admin import Runner, ServerOps
+from kilndb.server.auth import Authenticator
+from kilndb.server.cluster import ClusterAgent
+from kilndb.server.commit import CommitRounds
+from kilndb.server.config import ServerConfig, is_loopback
+from kilndb.server.connections import SocketConnection
+from kilndb.server.dispatch import Dispatcher
+from kilndb.server.fanout import Fanout
+from kilndb.server.following import Following
+from kilndb.server.http import build_app
+from kilndb.server.leader import LeaderSide
+from kilndb.server.metrics import Metrics
+from kilndb.server.nodes import NodeManager
+from kilndb.server.services import Services
+from kilndb.server.tasks import TaskOwner
+from kilndb.storage.lockfile import ServerLock
+
+__all__ = ["Server", "ServerConfig"]
+
+log = logging.getLogger("kilndb.server")
+
+#: How long a stopping server waits for clients to close after their last reply.
+CLOSE_GRACE_SECONDS = 1.0
+
+
+class Server:
+    """A KilnDB server: ``start()`` runs it in a background thread."""
+
+    def __init__(self, config: ServerConfig | None = None, **options: Any) -> None:
+        self.config = config = config or ServerConfig(**options)
+        self.auth = Authenticator(config.auth)
+        self.ssl_context = config.ssl_context()
+        host = config.host
+        if host is not None and not is_loopback(host) and not self.auth.enabled:
+            if not config.insecure_bind:
+                raise InvalidArgumentError(
+                    f"refusing to listen on {host} without authentication: give an auth"
+                    " secret or public key, or insecure_bind (--insecure-bind)"
+                )
+            log.warning("listening on %s without authentication", host)
+        self.databases = NodeManager(config.data, config.database, config.nodes)
+        self.dispatcher = Dispatcher(self.databases)
+        self.metrics = Metrics(config.max_recent_events)
+        self.leader = LeaderSide(
+            self.databases, self.metrics, config.min_insync_replicas, config.replica_timeout
+        )
+        self.executor = ThreadPoolExecutor(config.workers, thread_name_prefix="kilndb-op")
+        #: Socket connections (TCP, TLS, Unix) open now.
+        self.connections: set[SocketConnection] = set()
+        self.state = "starting"
+        self._started_at = time.monotonic()
+        self._servers: list[asyncio.AbstractServer] = []
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._startup_error: BaseException | None = None
+        self.addresses: list[str] = []
+        self._http: web.AppRunner | None = None
+        #: This server as a cluster member (with ``gossip_port``).
+        self.cluster: ClusterAgent | None = None
+        # Made by start(), with the event loop they run on.
+        self.loop: asyncio.AbstractEventLoop
+        self.tasks: TaskOwner
+        self.fanout: Fanout
+        self.following: Following
+        self.services: Services
+
+    def _assemble(self) -> None:
+        """Make the parts that live on the server's event loop."""
+        self.loop = asyncio.new_event_loop()
+        self.tasks = TaskOwner(self.loop)
+        self.fanout = Fanout(self.tasks, self.executor)
+        self.following = Following(
+            self.config, self.databases, self.dispatcher, self.metrics, self.tasks
+        )
+        self.following.changed = self._membership_changed
+        server_ops = ServerOps(self.databases, self.following, self.status, self.cluster_status)
+        self.services = Services(
+            config=self.config,
+            loop=self.loop,
+            auth=self.auth,
+            databases=self.databases,
+            dispatcher=self.dispatcher,
+            fanout=self.fanout,
+            executor=self.executor,
+            metrics=self.metrics,
+            leader=self.leader,
+            following=self.following,
+            server_ops=server_ops,
+            runner=Runner(self.dispatcher, server_ops, self.leader, self.metrics, self.executor),
+            tasks=self.tasks,
+            routing=self._routing,
+            state=lambda: self.state,
+            status=self.status,
+            replication_status=self.replication_status,
+            cluster_status=self.cluster_status,
+        )
+        self._commits = CommitRounds(self.loop)
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def _listen(self) -> None:
+        config = self.config
+        services = self.services
+
+        def connection() -> SocketConnection:
+            return SocketConnection(services, self._commits, self.connections)
+
+        if config.host is not None:
+            server = await self.loop.create_server(
+                connection, config.host, config.port, reuse_address=True, ssl=self.ssl_context
+            )
+            self._servers.append(server)
+            host, port = server.sockets[0].getsockname()[:2]
+            scheme = "tcp" if self.ssl_context is None else "tls"
+            self.addresses.append(f"{scheme}://{host}:{port}")
+        if config.unix is not None:
+            path = Path(config.unix)
+            if path.exists():
+                path.unlink()
+            server = await self.loop.create_unix_server(connection, str(path))
+            self._servers.append(server)
+            self.addresses.append(f"unix://{path}")
+        if config.http_port is not None:
+            self._http = web.AppRunner(build_app(services), access_log=None)
+            await self._http.setup()
+            site = web.TCPSite(
+                self._http,
+                config.host or "127.0.0.1",
+                config.http_port,
+                ssl_context=self.ssl_context,
+            )
+            await site.start()
+            bound = site._server
+            assert isinstance(bound, asyncio.Server)
+            host, port = bound.sockets[0].getsockname()[:2]
+            scheme = "http" if self.ssl_context is None else "https"
+            self.addresses.append(f"{scheme}://{host}:{port}")
+        self.state = "ready"
+        self.following.start()  # first: what gossip publishes depends on it
+        if config.gossip_port is not None:
+            self.cluster = ClusterAgent(services, self.addresses)
+            await self.cluster.start()  # on failure start() unbinds everything
+            self.addresses.append(f"gossip://{self.cluster.address}")
+        self._started_at = time.monotonic()
+        self.metrics.event("server_started", addresses=list(self.addresses))
+
+    def start(self) -> Server:
+        """Listen in a background thread; return once the sockets accept connections.
+
+        Raises DatabaseLockedError, naming the holder's pid, if another server already
+        serves the data directory.
+        """
+        data_dir = Path(self.config.data)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self._server_lock = ServerLock(data_dir)
+        if self.config.replica_of is None and not self.config.follow:
+            # The database connections start in exists from the start, as the store of
+            # Igniter's StoreServer does; others are created by their first write (reads
+            # never create). A replica's databases come from its leader only.
+            try:
+                self.databases.get("default")
+            except BaseException:
+                self._server_lock.release()
+                raise
+        self._assemble()
+
+        def run() -> None:
+            asyncio.set_event_loop(self.loop)
+            try:
+                self.loop.run_until_complete(self._listen())
+            except BaseException as exc:
+                self._startup_error = exc
+                for server in self._servers:  # what was bound before the failure
+                    server.close()
+                if self._http is not None:
+                    self.loop.run_until_complete(self._http.cleanup())
+                self.loop.run_until_complete(self.tasks.cancel_tasks())
+                self.loop.close()
+                self._ready.set()
+                return
+            self._ready.set()
+            self.loop.run_forever()
+
+        self._thread = threading.Thread(target=run, name="kilndb-server", daemon=True)
+        self._thread.start()
+        try:
+            self.wait_until_ready()
+        except BaseException:
+            if self._startup_error is not None:  # nothing runs: stop() has nothing to do
+                self._thread.join(10)
+                self._thread = None
+                self.following.stop()
+                self.executor.shutdown(wait=False)
+                self.databases.close_all()
+                self._server_lock.release()
+            raise
+        return self
+
+    def wait_until_ready(self, timeout: float = 10.0) -> None:
+        if not self._ready.wait(timeout):
+            raise TimeoutError("server did not start in time")
+        if self._startup_error is not None:
+            raise self._startup_error
+
+    @property
+    def url(self) -> str:
+        """The first socket address clients can connect to."""
+        return next(a for a in self.addresses if not a.startswith("http"))
+
+    @property
+    def http_url(self) -> str:
+        """The HTTP address (with ``http_port``)."""
+        return next(a for a in self.addresses if a.startswith("http"))
+
+    def stop(self) -> None:
+        """Drain and stop: refuse new connections, let in-flight requests finish (up to
+        ``drain_timeout``), close connections, end every stream and background task,
+        flush and close every database."""
+        if self._thread is None:
+            return
+        asyncio.run_coroutine_threadsafe(self._shutdown(), self.loop).result(
+            self.config.drain_timeout + 30
+        )
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(30)
+        self._thread = None
+        self.following.stop()
+        self.leader.close()
+        self.fanout.close()
+        self.executor.shutdown(wait=True)  # requests already running complete
+        lingering = self.tasks.join_threads()
+        if lingering:
+            log.warning("threads still running after stop: %s", ", ".join(lingering))
+        self.databases.close_all()
+        self._server_lock.release()
+        self.loop.close()
+        if self.config.unix is not None:
+            Path(self.config.unix).unlink(missing_ok=True)
+        self.state = "stopped"
+        self.metrics.event("server_stopped")
+
+    async def _shutdown(self) -> None:
+        self.state = "draining"
+        self.metrics.event("server_draining", timeout=self.config.drain_timeout)
+        if self.cluster is not None:
+            await self.cluster.stop()  # goodbye: members see this one left at once
+        for server in self._servers:
+            server.close()
+        loop = self.loop
+        deadline = loop.time() + self.config.drain_timeout
+        for connection in list(self.connections):
+            connection.drain()
+        # In-flight requests are answered, each connection ending with end-of-file...
+        while loop.time() < deadline and not all(c.eof_sent for c in self.connections):
+            await asyncio.sleep(0.01)
+        # ... and its client gets a moment to read the replies and close its end.
+        grace = min(deadline, loop.time() + CLOSE_GRACE_SECONDS)
+        while loop.time() < grace and self.connections:
+            await asyncio.sleep(0.01)
+        for connection in list(self.connections):
+            if connection.transport is not None:
+                connection.transport.close()
+        # SSE and WebSocket streams, status streams, catch-ups: every task ends now.
+        await self.tasks.cancel_tasks()
+        for server in self._servers:
+            await server.wait_closed()
+        if self._http is not None:
+            await self._http.cleanup()
+
+    def __enter__(self) -> Server:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- what the parts ask of the whole ------------------------------------------------
+
+    def _routing(self, database: str) -> dict[str, Any]:
+        """Where writes to ``database`` go, and whether this server is in a cluster: a
+        client routes by it (``hello``) without another round trip."""
+        where: dict[str, Any]
+        leader = self.dispatcher.read_only.get(database)
+        cluster = self.cluster
+        if leader is not None:
+            where = {"role": "follower", "leader": leader or None}
+        elif cluster is not None and (elsewhere := cluster.elsewhere(database)):
+            # Not held here, led by another member: the client goes there.
+            where = {"role": "elsewhere", "leader": elsewhere.url}
+        else:
+            where = {"role": "leader"}
+        if cluster is not None:
+            where["cluster"] = cluster.name
+        return where
+
+    def _membership_changed(self) -> None:
+        if self.cluster is not None:
+            self.cluster.changed()
+
+    def follow(
+        self, leader_address: str, names: list[str], discovered: bool = False
+    ) -> dict[str, Any]:
+        """Follow ``names`` from the leader at ``leader_address`` (see
+        :meth:`Following.follow <kilndb.server.following.Following.follow>`)."""
+        return self.following.follow(leader_address, names, discovered)
+
+    def promote(self, names: list[str] | None = None) -> dict[str, Any]:
+        """Lead ``names`` (default: every database followed) from a new epoch."""
+        return self.following.promote(names)
+
+    # -- observability ---------------------------------------------------------------
+
+    @property
+    def counters(self) -> dict[str, int]:
+        """The counters now (a copy)."""
+        return self.metrics.counters()
+
+    @property
+    def recent_events(self) -> list[dict[str, Any]]:
+        """The recent-events ring, oldest first."""
+        return self.metrics.recent_events()
+
+    def cluster_status(self) -> dict[str, Any]:
+        """The cluster as this member sees it (``{"cluster": None}`` outside one)."""
+        if self.cluster is None:
+            return {"cluster": None}
+        return {"cluster": self.cluster.status()}
+
+    def replication_status(self) -> dict[str, Any]:
+        """The followers this server ships to, and the leaders it follows."""
+        following = self.following.status()
+        role = "follower" if following else "leader"
+        return {"role": role, "followers": self.leader.status(), "following": following}
+
+    def status(self) -> dict[str, Any]:
+        """The observability snapshot (Igniter's shape) that ``server_status`` answers."""
+        counters = self.metrics.counters()
+        nodes = self.databases.status()
+        replication = self.replication_status()
+        return {
+            "schema_version": 1,
+            "generated_at": time.time(),
+            "status": self.state,
+            "uptime_ms": round((time.monotonic() - self._started_at) * 1000),
+            "pid": os.getpid(),
+            "addresses": self.addresses,
+            "databases": self.databases.names(),
+            "nodes": nodes,
+            "replication": replication,
+            "metrics": {
+                **counters,
+                "open_databases": nodes["open_count"],
+                "opened_databases_total": nodes["opened_total"],
+                "evicted_databases_total": nodes["evicted_total"],
+                "failing_databases": len(nodes["failing"]),
+                "replication_followers": len(replication["followers"]),
+                "replication_follower_lag_records": max(
+                    (f["lag_records"] for f in replication["followers"]), default=0
+                ),
+                "replication_lag_records": max(
+                    (f["lag_records"] for f in replication["following"]), default=0
+                ),
+                **({} if self.cluster is None else self.cluster.metrics()),
+                "active_connections": len(self.connections),
+                "subscription_count": self.metrics.http_streams
+                + sum(1 for c in list(self.connections) if c.subscribed()),
+                "background_tasks": self.tasks.task_count,
+                "background_threads": self.tasks.thread_count,
+            },
+        }
