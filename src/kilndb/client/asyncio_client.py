@@ -192,6 +192,11 @@ class AsyncRemoteDatabase:
                 raise
             return await (await self._leader_link(leader)).call(request)
 
+    async def _call(self, op: str, **params: Any) -> dict[str, Any]:
+        """Any op's whole reply (admin and diagnostic ops without a method of their own),
+        routed and sent again like every call."""
+        return await self._send(calls.reply(op, **params))
+
     async def _leader_link(self, leader: str) -> AsyncLink:
         """The link to the leader a follower named (same token and TLS); it reconnects
         like any link, and a new leader replaces the old one's link."""

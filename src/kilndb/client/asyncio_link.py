@@ -19,6 +19,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
+from kilndb.client import calls
 from kilndb.client.core import Reconnect, Request, gave_up, lost_reply
 from kilndb.client.endpoint import Endpoint
 from kilndb.codec import DEFAULT_MAX_FRAME_BYTES, FrameDecoder
@@ -44,7 +45,7 @@ async def next_body(reader: asyncio.StreamReader, decoder: FrameDecoder) -> byte
 
 def _hello(endpoint: Endpoint, database: str) -> Request[dict[str, Any]]:
     message = endpoint.hello(database)
-    return Request.make(message.pop("op"), message, lambda reply: reply)
+    return calls.reply(message.pop("op"), **message)
 
 
 class _Channel:
@@ -114,7 +115,7 @@ class _Channel:
     async def close(self) -> None:
         if self._failure is None:
             with contextlib.suppress(KilnError):
-                await self.exchange(Request.make("close", {}, lambda r: r).frame, 5.0)
+                await self.exchange(calls.reply("close").frame, 5.0)
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task

@@ -218,6 +218,15 @@ def write_each(writes: Iterable[Write]) -> list[Request[Fact | KilnError] | Kiln
     return requests
 
 
+def reply(op: str, **params: Any) -> Request[dict[str, Any]]:
+    """Any op, its value the whole reply (for ops the API has no method for)."""
+    return Request.make(op, params, _whole)
+
+
+def _whole(reply: dict[str, Any]) -> dict[str, Any]:
+    return reply
+
+
 def simple(op: str, result: str | None = None, **params: Any) -> Request[Any]:
     """A request whose value is its reply's field ``result`` (None: nothing)."""
     return Request.make(op, params, _nothing if result is None else _field(result))
@@ -243,8 +252,7 @@ class Replay:
         if self._done:
             return None
         page = REPLAY_PAGE if self.left is None else min(self.left, REPLAY_PAGE)
-        params = {"after": self.after, "stores": self.stores, "limit": page}
-        return Request.make("replay", params, lambda reply: reply)
+        return reply("replay", after=self.after, stores=self.stores, limit=page)
 
     def take(self, reply: dict[str, Any]) -> list[Fact]:
         """The facts of a page's reply; the next request starts after them."""

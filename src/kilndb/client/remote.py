@@ -201,6 +201,11 @@ class RemoteDatabase:
                 raise
             return self._leader_link(leader).call(request)
 
+    def _call(self, op: str, **params: Any) -> dict[str, Any]:
+        """Any op's whole reply (admin and diagnostic ops without a method of their own),
+        routed and sent again like every call."""
+        return self._send(calls.reply(op, **params))
+
     def _leader_link(self, leader: str) -> Link:
         """The link to the leader a follower named, for the writes it refuses (same
         token and TLS); a new leader replaces the old one's link."""
