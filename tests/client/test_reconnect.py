@@ -198,3 +198,27 @@ def test_a_subscription_resumes_where_it_was_after_a_restart(
                 got += [f.value for f in sub.get_batch(10, timeout=1)]
             assert got == [3, 4]  # nothing missed, nothing twice
             assert sub.position == 4 and sub.reconnects >= 1
+
+
+def test_writes_sent_on_to_a_restarted_leader_reconnect_to_it(
+    tmp_path: Path, server: Restartable, connect: Any
+) -> None:
+    follower = Server(
+        data=tmp_path / "follower",
+        port=0,
+        replica_of=f"127.0.0.1:{server.port}",
+        replicate=("default",),
+        replication_backoff=(0.05, 0.3),
+    ).start()
+    try:
+        with connect(follower.url, follow_leader=True) as db:
+            first = db.store("s").write("k", 1)  # refused by the follower, sent to the leader
+            server.restart()
+            # The link to the leader broke with the restart: a new one is made, not the
+            # failed one used again.
+            second = db.store("s").write("k", 2)
+            assert (first.seq, second.seq) == (1, 2)
+        with kilndb.connect(server.url) as leader:
+            assert [f.value for f in leader.store("s").history("k")] == [1, 2]
+    finally:
+        follower.stop()
