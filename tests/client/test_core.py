@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 import pytest
 
@@ -20,7 +22,7 @@ from kilndb.client.core import (
 from kilndb.codec import decode_frame
 
 
-def _sent(request: Request[object]) -> dict[str, object]:
+def _sent(request: Request[Any]) -> dict[str, object]:
     message: dict[str, object] = orjson.loads(decode_frame(request.frame))
     return message
 
@@ -62,7 +64,7 @@ FACT = {
         (calls.release_lease(kilndb.Lease("job", "w1", 1, 0.0)), False),
     ],
 )
-def test_what_is_sent_again_after_a_lost_reply(request_: Request[object], again: bool) -> None:
+def test_what_is_sent_again_after_a_lost_reply(request_: Request[Any], again: bool) -> None:
     assert request_.repeatable is again
     lost = kilndb.ConnectionLostError("the server closed the connection")
     error = lost_reply(request_, "tcp://h:1", lost)
@@ -131,7 +133,7 @@ def test_requests_carry_the_call_and_decode_the_reply() -> None:
         lambda: calls.Replay(0, "tasks", None),
         lambda: calls.Replay(0, ["bad name!"], None),
         lambda: calls.acquire_lease("job", "w1", 0),
-        lambda: calls.consume("s", "g", 1, None, "yesterday", None, None),
+        lambda: calls.consume("s", "g", 1, None, "yesterday", None, None),  # type: ignore[arg-type]
     ],
 )
 def test_bad_arguments_are_refused_before_anything_is_sent(build: object) -> None:

@@ -151,12 +151,21 @@ def outcome(body: bytes) -> Fact | KilnError:
 # -- the database's calls ----------------------------------------------------------------
 
 
+#: A write option left at this value is not sent (the server's default is the same), so
+#: that a plain write stays plain on the wire.
+_DEFAULTS = {"schema_version": 1}
+
+
+def _given(options: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in options.items() if v is not None and v != _DEFAULTS.get(k)}
+
+
 def write(store: str, key: Any, value: Any, options: dict[str, Any]) -> Request[Fact]:
     """``store.write(key, value, **options)``; ``fence=`` and ``replicas=`` included."""
     fence, replicas = fence_of(options.pop("fence", None)), _replicas(options.pop("replicas", None))
     _check(store, key, value, options)
     params = {"store": store, "key": key, "value": value, "fence": fence, "replicas": replicas}
-    return Request.make("write", {**params, **options}, _fact)
+    return Request.make("write", {**params, **_given(options)}, _fact)
 
 
 def delete(store: str, key: Any, options: dict[str, Any]) -> Request[Fact]:
@@ -164,7 +173,7 @@ def delete(store: str, key: Any, options: dict[str, Any]) -> Request[Fact]:
     fence, replicas = fence_of(options.pop("fence", None)), _replicas(options.pop("replicas", None))
     _check(store, key, None, {**options, "deleted": True})
     params = {"store": store, "key": key, "fence": fence, "replicas": replicas}
-    return Request.make("delete", {**params, **options}, _fact)
+    return Request.make("delete", {**params, **_given(options)}, _fact)
 
 
 def read(store: str, key: str, as_of: float | None) -> Request[Fact | None]:
