@@ -18,6 +18,7 @@ import pytest
 
 import kilndb
 from kilndb import Write
+from kilndb.server.auth import AuthConfig, create_token
 from kilndb.server.sockets import Server
 from tests.client.proxy import Proxy
 from tests.conformance.synced import Loop, synced_connect
@@ -26,9 +27,10 @@ from tests.conformance.synced import Loop, synced_connect
 class Restartable:
     """A server on loopback that stops and starts again on the same port."""
 
-    def __init__(self, data: Path) -> None:
+    def __init__(self, data: Path, **options: Any) -> None:
         self.data = data
-        self.server: Server | None = Server(data=data, port=0).start()
+        self.options = options
+        self.server: Server | None = Server(data=data, port=0, **options).start()
         self.url = self.server.url
         self.port = urlsplit(self.url).port
         self.server.databases.get("default")
@@ -39,7 +41,7 @@ class Restartable:
             self.server = None
 
     def start(self) -> None:
-        self.server = Server(data=self.data, port=self.port).start()
+        self.server = Server(data=self.data, port=self.port, **self.options).start()
 
     def restart(self) -> None:
         self.stop()
@@ -222,3 +224,19 @@ def test_writes_sent_on_to_a_restarted_leader_reconnect_to_it(
             assert [f.value for f in leader.store("s").history("k")] == [1, 2]
     finally:
         follower.stop()
+
+
+def test_a_reconnection_says_hello_with_the_database_and_token_again(
+    tmp_path: Path, connect: Any
+) -> None:
+    secret = "a-test-secret-long-enough-for-every-hmac-algorithm-0123456789abcdef"
+    server = Restartable(tmp_path / "data", auth=AuthConfig(secret=secret))
+    try:
+        token = create_token(secret, ["kiln::billing"])
+        with connect(server.url, "billing", token=token) as db:
+            db.store("s").write("k", 1)
+            server.restart()
+            assert db.store("s").read("k").value == 1  # billing, with the token: allowed
+            assert db.stats()["database"] == "billing" and db.reconnects == 1
+    finally:
+        server.stop()

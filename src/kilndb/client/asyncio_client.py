@@ -40,7 +40,7 @@ from kilndb.client.core import (
     leader_to_read_from,
 )
 from kilndb.client.endpoint import Endpoint
-from kilndb.errors import ClosedError, KilnError, ReadOnlyReplicaError
+from kilndb.errors import ClosedError, KilnError, ReadOnlyReplicaError, WriteOutcomeUnknownError
 from kilndb.leases import Lease
 from kilndb.model import Fact, Write, validate_store_name
 
@@ -262,8 +262,8 @@ class AsyncRemoteDatabase:
 
         async def send(request: Request[Fact | KilnError]) -> Fact | KilnError:
             try:
-                return await self._send(request)
-            except KilnError as exc:  # a lost reply, say: this write's outcome
+                return await self._send(request)  # a refusal is its outcome, not raised
+            except WriteOutcomeUnknownError as exc:  # this write's outcome, as in a pipeline
                 return exc
 
         requests = calls.write_each(writes)

@@ -1,9 +1,13 @@
 """The network client: the embedded database's API, served by a KilnDB server.
 
 ``kilndb.connect(url)`` returns a :class:`RemoteDatabase` with the same methods as
-:class:`kilndb.Database` (``store``, ``write_many``, ``replay``, ``subscribe``,
-``stores``, ``stats``, ``compact``, ``set_retention``, ``sync``, ``close``) and the same
-errors, so code and tests written against one run against the other.
+:class:`kilndb.Database` (``store``, ``space``, ``write_many``, ``replay``,
+``subscribe``, leases, ``stats``, ``compact``, ``set_retention``, ``sync``, ``close`` …)
+and the same errors, so code and tests written against one run against the other.
+
+This is the blocking shell over the client core: each method builds its request with
+:mod:`kilndb.client.calls` and sends it on a :class:`~kilndb.client.link.Link`, which
+reconnects after the server restarts; :mod:`kilndb.client.asyncio_client` is its twin.
 """
 
 from __future__ import annotations
