@@ -58,10 +58,13 @@ from kilndb.errors import (
 __all__ = [
     "READ_FROM",
     "REPEATABLE_OPS",
+    "Ready",
     "Reconnect",
     "Request",
     "arrived",
     "check_read_from",
+    "follows_leader",
+    "gave_up",
     "leader_for",
     "leader_to_read_from",
     "lost_reply",
