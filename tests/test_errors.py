@@ -29,6 +29,7 @@ EXAMPLES: dict[type[kilndb.KilnError], kilndb.KilnError] = {
     kilndb.LeaseHeldError: kilndb.LeaseHeldError("job", "worker-1", 1.7e9),
     kilndb.LeaseLostError: kilndb.LeaseLostError("job", 3, 4, "a newer lease exists"),
     kilndb.ConnectionLostError: kilndb.ConnectionLostError("gone"),
+    kilndb.WriteOutcomeUnknownError: kilndb.WriteOutcomeUnknownError("write", "tcp://h:1"),
     kilndb.ReadOnlyReplicaError: kilndb.ReadOnlyReplicaError("10.0.0.1:7400"),
     kilndb.UnavailableError: kilndb.UnavailableError("busy"),
     kilndb.SubscriberOverflowError: kilndb.SubscriberOverflowError(77),

@@ -34,6 +34,7 @@ from kilndb.errors import (
     SubscriberOverflowError,
     UnavailableError,
     UnknownOpError,
+    WriteOutcomeUnknownError,
 )
 from kilndb.leases import Lease, LeaseKeeper
 from kilndb.model import Fact, Write
@@ -77,6 +78,7 @@ __all__ = [
     "UnavailableError",
     "UnknownOpError",
     "Write",
+    "WriteOutcomeUnknownError",
     "__version__",
     "connect",
     "connect_async",

@@ -24,6 +24,7 @@ the very same class on its side, and the ``http_status`` an HTTP reply carrying 
     ├── LeaseHeldError                 lease_held           409
     ├── LeaseLostError                 lease_lost           409
     ├── ConnectionLostError            connection_lost      503  (raised by clients)
+    │   └── WriteOutcomeUnknownError   outcome_unknown      503  a write sent, its reply lost
     ├── ReadOnlyReplicaError           read_only_replica    421  write to a follower
     ├── UnavailableError               unavailable          503
     ├── SubscriberOverflowError        subscriber_overflow  503
@@ -67,6 +68,7 @@ __all__ = [
     "SubscriberOverflowError",
     "UnavailableError",
     "UnknownOpError",
+    "WriteOutcomeUnknownError",
     "error_classes",
     "error_from_wire",
 ]
@@ -276,6 +278,30 @@ class ConnectionLostError(KilnError):
 
     error_code = "connection_lost"
     http_status = 503
+
+
+class WriteOutcomeUnknownError(ConnectionLostError):
+    """A write was sent but the connection broke before its reply came: the server may
+    or may not have applied it (raised by clients).
+
+    Clients send reads, and writes that carry an ``id``, again on a new connection by
+    themselves (the server applies an ``id`` once); a write without one cannot be
+    repeated safely, so this error hands the decision back. ``op`` names the request,
+    ``url`` the server it went to.
+    """
+
+    error_code = "outcome_unknown"
+    http_status = 503
+    fields = ("op", "url")
+
+    def __init__(self, op: str, url: str, message: str = "") -> None:
+        super().__init__(
+            message
+            or f"{op} was sent to {url} but no reply came: it may or may not have been"
+            " applied; retry it with an id= so that the server applies it once"
+        )
+        self.op = op
+        self.url = url
 
 
 class ReadOnlyReplicaError(KilnError):

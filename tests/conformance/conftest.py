@@ -2,7 +2,9 @@
 
 Every test in this package uses only the public Python API, through the ``db`` and
 ``backend`` fixtures, so that each implementation of that API (the embedded database
-today, the network client once a server runs) passes the very same tests. To add an
+, the blocking network client ``kilndb.connect`` and the asyncio one
+``kilndb.connect_async``, driven through :mod:`tests.conformance.synced`) passes the
+very same tests. To add an
 implementation, add an entry to ``BACKENDS``: a callable that takes the data directory
 and returns a ``Backend`` able to open (and reopen) one database.
 """
@@ -19,6 +21,7 @@ import pytest
 import kilndb
 from kilndb.config import DatabaseConfig
 from kilndb.server import Server
+from tests.conformance.synced import Loop, synced_connect
 
 
 @dataclass
@@ -58,7 +61,8 @@ def _embedded(data_dir: Path) -> Backend:
 class _ServerHarness:
     """A server on loopback, restarted whenever the tests ask for other options."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, connect: Callable[..., Any] = kilndb.connect) -> None:
+        self._connect = connect
         self.data_dir = data_dir
         self.server: Server | None = None
         self.options: dict[str, Any] = {}
@@ -71,7 +75,7 @@ class _ServerHarness:
             self.server = Server(data=self.data_dir, port=0, database=config).start()
             # As kilndb.open creates the database it opens (reads never create one).
             self.server.databases.get("default")
-        return kilndb.connect(self.server.url)  # type: ignore[return-value]
+        return self._connect(self.server.url)  # type: ignore[no-any-return]
 
     def restart(self) -> None:
         self.stop()
@@ -87,7 +91,22 @@ def _tcp(data_dir: Path) -> Backend:
     return Backend("tcp", harness.connect, harness.restart, harness.stop)
 
 
-BACKENDS: dict[str, Callable[[Path], Backend]] = {"embedded": _embedded, "tcp": _tcp}
+def _async(data_dir: Path) -> Backend:
+    loop = Loop()
+    harness = _ServerHarness(data_dir, synced_connect(loop))
+
+    def stop() -> None:
+        harness.stop()
+        loop.stop()
+
+    return Backend("async", harness.connect, harness.restart, stop)
+
+
+BACKENDS: dict[str, Callable[[Path], Backend]] = {
+    "embedded": _embedded,
+    "tcp": _tcp,
+    "async": _async,
+}
 
 
 @pytest.fixture(params=sorted(BACKENDS))

@@ -243,6 +243,11 @@ CASES = [
     Case("corrupt_record", _stats, setup=_injected(kilndb.CorruptRecordError("/x.log", 64))),
     Case("database_locked", _stats, setup=_injected(kilndb.DatabaseLockedError("held"))),
     Case("connection_lost", _stats, setup=_injected(kilndb.ConnectionLostError("gone"))),
+    Case(
+        "outcome_unknown",
+        _stats,
+        setup=_injected(kilndb.WriteOutcomeUnknownError("write", "tcp://127.0.0.1:1")),
+    ),
     Case("unavailable", _stats, setup=_injected(kilndb.UnavailableError("busy"))),
     Case("subscriber_overflow", _stats, setup=_injected(kilndb.SubscriberOverflowError(12))),
 ]

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from kilndb.errors import ConnectionLostError, InvalidArgumentError, UnavailableError
+from kilndb.errors import ConnectionLostError, InvalidArgumentError
 
-__all__ = ["READ_FROM", "Endpoint", "arrived", "check_read_from", "leader_to_read_from"]
+__all__ = ["Endpoint"]
 
 
 @dataclass(frozen=True)
@@ -113,47 +113,3 @@ class Endpoint:
             return await asyncio.open_connection(host, port, ssl=self.ssl_context)
         except OSError as exc:
             raise ConnectionLostError(f"cannot connect to {self.url}: {exc}") from exc
-
-
-#: Where a client sends reads: any node it reached, or the database's leader.
-READ_FROM = ("any", "leader")
-
-
-def check_read_from(read_from: str) -> None:
-    """Raises InvalidArgumentError unless ``read_from`` is ``"any"`` or ``"leader"``."""
-    if read_from not in READ_FROM:
-        raise InvalidArgumentError(f'read_from must be "any" or "leader", not {read_from!r}')
-
-
-def leader_to_read_from(
-    endpoint: Endpoint, hello: dict[str, Any], read_from: str, follow_leader: bool | None
-) -> str | None:
-    """The leader's URL when the client must talk to it instead (None: stay): the
-    server does not hold the database but knows the cluster member that leads it (unless
-    ``follow_leader`` is False: the client stays where it connected), or reads must go
-    to the leader and the server said hello as a follower. Raises UnavailableError when
-    that follower knows no leader for it yet."""
-    role = hello.get("role")
-    if role == "elsewhere" and hello.get("leader") and follow_leader is not False:
-        if endpoint.url == hello["leader"]:  # sent back to where it already is
-            raise UnavailableError(f"{endpoint.url} says another member leads its database")
-        return str(hello["leader"])
-    if read_from != "leader" or role != "follower":
-        return None
-    leader = hello.get("leader")
-    if not leader:
-        raise UnavailableError(
-            f"{endpoint.url} holds a copy of {hello.get('database')!r} but knows no leader"
-            " for it yet"
-        )
-    return str(leader)
-
-
-def arrived(endpoint: Endpoint, hello: dict[str, Any]) -> None:
-    """After one redirect to a leader: raises UnavailableError if that server sends the
-    client on again (members that disagree about the leader, while gossip converges)."""
-    if hello.get("role") == "elsewhere":
-        raise UnavailableError(
-            f"{endpoint.url} does not lead {hello.get('database')!r} either (the cluster"
-            " is changing its mind; try again)"
-        )

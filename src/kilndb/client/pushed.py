@@ -6,11 +6,12 @@ import contextlib
 import threading
 from collections import deque
 from collections.abc import Iterator
-from typing import Any, Generic, Self, TypeVar
+from typing import Generic, Self, TypeVar
 
 from kilndb.client.endpoint import Endpoint
+from kilndb.client.feeds import Feed
 from kilndb.client.transport import Connection
-from kilndb.errors import ConnectionLostError, KilnError, error_from_wire
+from kilndb.errors import ConnectionLostError, InvalidArgumentError, KilnError, error_from_wire
 
 __all__ = ["PushedStream"]
 
@@ -21,15 +22,18 @@ class PushedStream(Generic[T]):
     """Messages a server pushes on a connection of their own, read by a thread.
 
     If the connection breaks, the stream reconnects by itself (backoff from
-    ``RECONNECT_MIN`` to ``RECONNECT_MAX`` seconds) and subscribes again (see
-    :meth:`_subscribe`). A server error ends it; iteration then stops and :attr:`error`
-    says why. Subclasses say how to subscribe and what a pushed message yields.
+    ``RECONNECT_MIN`` to ``RECONNECT_MAX`` seconds) and subscribes again with what its
+    ``feed`` asks for then. A server error ends it; iteration then stops and
+    :attr:`error` says why. The feed says what a pushed message yields.
     """
 
     RECONNECT_MIN = 0.05
     RECONNECT_MAX = 5.0
 
-    def __init__(self, endpoint: Endpoint | str, database: str, timeout: float | None) -> None:
+    def __init__(
+        self, feed: Feed[T], endpoint: Endpoint | str, database: str, timeout: float | None
+    ) -> None:
+        self._feed = feed
         self.endpoint = Endpoint.make(endpoint)
         self.url = self.endpoint.url
         self._database = database
@@ -44,22 +48,12 @@ class PushedStream(Generic[T]):
         self._thread = threading.Thread(target=self._run, name="kilndb-pushed", daemon=True)
         self._thread.start()
 
-    def _subscribe(self, conn: Connection) -> None:
-        """Send the subscribing request on a fresh connection."""
-        raise NotImplementedError
-
-    def _accept(self, message: dict[str, Any]) -> T | None:
-        """The item a pushed message carries, or None to skip it (reader thread)."""
-        raise NotImplementedError
-
-    def _delivered(self, item: T) -> None:
-        """Called when ``get`` hands ``item`` out."""
-
     def _connect(self) -> Connection:
         conn = Connection(self.endpoint, timeout=self._timeout)
         try:
             conn.hello(self._database)
-            self._subscribe(conn)
+            request = self._feed.request()
+            conn.call(request.pop("op"), **request)
         except BaseException:
             conn.close()
             raise
@@ -97,9 +91,9 @@ class PushedStream(Generic[T]):
         while True:
             message = conn.receive()
             if "event" in message:
-                item = self._accept(message)
-                if item is not None:
-                    with self._cond:
+                with self._cond:  # what is received and what is buffered change together
+                    item = self._feed.accept(message)
+                    if item is not None:
                         self._buffer.append(item)
                         self._cond.notify_all()
             elif message.get("ok") is False:
@@ -113,14 +107,24 @@ class PushedStream(Generic[T]):
 
     def get(self, timeout: float | None = None) -> T | None:
         """The next item, or None if none arrived within ``timeout`` or it ended."""
+        batch = self.get_batch(1, timeout)
+        return batch[0] if batch else None
+
+    def get_batch(self, limit: int = 1024, timeout: float | None = None) -> list[T]:
+        """The next items, at most ``limit``: as many as are ready once one is; empty if
+        none arrived within ``timeout`` seconds or the stream ended."""
+        if type(limit) is not int or limit < 1:
+            raise InvalidArgumentError("limit must be a positive integer")
         with self._cond:
             if not self._buffer and not self._closed and self.error is None:
                 self._cond.wait(timeout)
-            if self._buffer and not self._closed:
-                item = self._buffer.popleft()
-                self._delivered(item)
-                return item
-            return None
+            if self._closed:
+                return []
+            buffer = self._buffer
+            batch = [buffer.popleft() for _ in range(min(limit, len(buffer)))]
+            for item in batch:
+                self._feed.delivered(item)
+            return batch
 
     def __iter__(self) -> Iterator[T]:
         return self

@@ -1,85 +1,46 @@
-"""The streams view over the network: the same Space and Segment API as embedded."""
+"""The streams view over the network: the same Space and Segment API as embedded.
+
+Each call is built and decoded by :mod:`kilndb.client.calls`; a space or segment only
+names where it is and sends through its database (and so reconnects as it does).
+"""
 
 from __future__ import annotations
 
-import base64
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
-from orjson import Fragment
-
-from kilndb import _core
+from kilndb.client import calls
 from kilndb.client.endpoint import Endpoint
+from kilndb.client.feeds import StatusFeed
 from kilndb.client.pushed import PushedStream
-from kilndb.client.transport import Connection, reply_of
-from kilndb.engine.writes import prepare_write
-from kilndb.leases import check_fence
 from kilndb.model import validate_key, validate_store_name
-from kilndb.streams import (
-    Entry,
-    Record,
-    check_time,
-    clamp_heartbeat,
-    clamp_limit,
-    entry_from_wire,
-    record_to_wire,
-    record_write,
-)
+from kilndb.streams import Entry, clamp_heartbeat
+
+if TYPE_CHECKING:
+    from kilndb.client.remote import RemoteDatabase
 
 __all__ = ["RemoteSegment", "RemoteSpace", "RemoteStatusSubscription"]
-
-Call = Callable[..., dict[str, Any]]
-#: Sends a read and returns its reply's body undecoded.
-CallBody = Callable[..., bytes]
-
-
-def _entries(reply: dict[str, Any]) -> list[Entry]:
-    # In one call into the core: it builds each Entry as entry_from_wire would.
-    entries: list[Entry] = _core.entries_from_wire(reply["entries"], Entry, base64.b64decode)
-    return entries
 
 
 class RemoteSegment:
     """A segment of a remote space; the same methods as :class:`kilndb.engine.Segment`."""
 
-    __slots__ = ("_call", "_call_body", "name", "space")
+    __slots__ = ("_db", "name", "space")
 
-    def __init__(self, call: Call, space: str, name: str, call_body: CallBody) -> None:
-        self._call = call
-        self._call_body = call_body
+    def __init__(self, db: RemoteDatabase, space: str, name: str) -> None:
+        self._db = db
         self.space = space
         self.name = validate_key(name)
+
+    def __repr__(self) -> str:
+        return f"<RemoteSegment {self.name!r} of space {self.space!r}>"
 
     def produce(
         self, records: Iterable[Any], expected_seq: int | None = None, *, fence: Any = None
     ) -> list[Entry]:
-        fenced = check_fence(fence)
-        checked = list(records)
-        # The embedded rules, before anything is sent: the core checks the common
-        # records and writes their wire form in one call; the rest are checked here.
-        wire: Fragment | list[dict[str, Any]] | None = None
-        encoded = _core.produce_records(checked, Record)
-        if encoded is not None:
-            wire = Fragment(encoded)
-        else:
-            for record in checked:
-                write = record_write(self.space, self.name, record)
-                prepare_write(write.store, write.key, write.value, metadata=write.metadata)
-            wire = [record_to_wire(record) for record in checked]
-        if not checked:
-            return []
-        reply = self._call(
-            "produce",
-            space=self.space,
-            segment=self.name,
-            records=wire,
-            expected_seq=expected_seq,
-            fence=None if fenced is None else {"key": fenced[0], "token": fenced[1]},
-        )
-        entries: list[Entry] = _core.produced_entries(
-            self.space, self.name, checked, reply["produced"], Entry
-        )
-        return entries
+        """As :meth:`Segment.produce`. A produce whose reply a broken connection lost
+        raises WriteOutcomeUnknownError (records carry no id to send them again by)."""
+        return self._db._send(calls.produce(self.space, self.name, records, expected_seq, fence))
 
     def consume(
         self,
@@ -89,54 +50,40 @@ class RemoteSegment:
         max_ts: float | None = None,
         limit: int | None = None,
     ) -> list[Entry]:
-        body = self._call_body(
-            "consume",
-            space=self.space,
-            segment=self.name,
-            min_seq=min_seq,
-            max_seq=max_seq,
-            min_ts=check_time("min_ts", min_ts),
-            max_ts=check_time("max_ts", max_ts),
-            limit=clamp_limit(limit),
-        )
-        # A page of JSON payloads is parsed straight into entries; anything else (an
-        # error, a bytes payload) is decoded the general way.
-        entries: list[Entry] | None = _core.consume_entries(body, Entry)
-        return _entries(reply_of(body)) if entries is None else entries
+        """As :meth:`Segment.consume`."""
+        request = calls.consume(self.space, self.name, min_seq, max_seq, min_ts, max_ts, limit)
+        return self._db._send(request)
 
     def peek(self) -> Entry | None:
-        wire = self._call("peek", space=self.space, segment=self.name)["entry"]
-        return None if wire is None else entry_from_wire(wire)
+        """As :meth:`Segment.peek`."""
+        return self._db._send(calls.peek(self.space, self.name))
 
     def status(self) -> dict[str, Any]:
-        status: dict[str, Any] = self._call("segment_status", space=self.space, segment=self.name)[
-            "status"
-        ]
+        """As :meth:`Segment.status`."""
+        request = calls.simple("segment_status", "status", space=self.space, segment=self.name)
+        status: dict[str, Any] = self._db._send(request)
         return status
 
 
 class RemoteSpace:
     """A space of a remote database; the same methods as :class:`kilndb.engine.Space`."""
 
-    __slots__ = ("_call", "_call_body", "_open_status", "name")
+    __slots__ = ("_db", "name")
 
-    def __init__(
-        self,
-        call: Call,
-        name: str,
-        open_status: Callable[..., RemoteStatusSubscription],
-        call_body: CallBody,
-    ) -> None:
-        self._call = call
-        self._call_body = call_body
-        self._open_status = open_status
+    def __init__(self, db: RemoteDatabase, name: str) -> None:
+        self._db = db
         self.name = validate_store_name(name)
 
+    def __repr__(self) -> str:
+        return f"<RemoteSpace {self.name!r} of {self._db!r}>"
+
     def segment(self, name: str) -> RemoteSegment:
-        return RemoteSegment(self._call, self.name, name, self._call_body)
+        """As :meth:`Space.segment`."""
+        return RemoteSegment(self._db, self.name, name)
 
     def segments(self) -> list[str]:
-        segments: list[str] = self._call("segments", space=self.name)["segments"]
+        """As :meth:`Space.segments`."""
+        segments: list[str] = self._db._send(calls.simple("segments", "segments", space=self.name))
         return segments
 
     def consume(
@@ -146,22 +93,16 @@ class RemoteSpace:
         max_ts: float | None = None,
         limit: int | None = None,
     ) -> list[Entry]:
-        reply = self._call(
-            "space_consume",
-            space=self.name,
-            after=after,
-            min_ts=check_time("min_ts", min_ts),
-            max_ts=check_time("max_ts", max_ts),
-            limit=clamp_limit(limit),
-        )
-        return _entries(reply)
+        """As :meth:`Space.consume`."""
+        return self._db._send(calls.space_consume(self.name, after, min_ts, max_ts, limit))
 
     def subscribe_status(
         self, segment: str = "*", heartbeat: float = 30
     ) -> RemoteStatusSubscription:
+        """As :meth:`Space.subscribe_status`, on a connection of its own."""
         if segment != "*":
             validate_key(segment)
-        return self._open_status(self.name, segment, clamp_heartbeat(heartbeat))
+        return self._db._status_subscription(self.name, segment, clamp_heartbeat(heartbeat))
 
 
 class RemoteStatusSubscription(PushedStream[dict[str, Any]]):
@@ -181,14 +122,4 @@ class RemoteStatusSubscription(PushedStream[dict[str, Any]]):
         self.space = space
         self.segment = segment
         self.heartbeat = heartbeat
-        super().__init__(endpoint, database, timeout)
-
-    def _subscribe(self, conn: Connection) -> None:
-        conn.call(
-            "subscribe_status", space=self.space, segment=self.segment, heartbeat=self.heartbeat
-        )
-
-    def _accept(self, message: dict[str, Any]) -> dict[str, Any] | None:
-        if message.pop("event") != "segment_status":
-            return None
-        return message
+        super().__init__(StatusFeed(space, segment, heartbeat), endpoint, database, timeout)

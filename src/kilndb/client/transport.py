@@ -9,13 +9,14 @@ raised; a broken or closed socket raises :class:`~kilndb.ConnectionLostError`.
 
 from __future__ import annotations
 
+import select
 import socket
 import threading
 from typing import Any
 
 import orjson
 
-from kilndb import _core
+from kilndb.client.core import message_of, reply_of
 from kilndb.client.endpoint import Endpoint
 from kilndb.codec import DEFAULT_MAX_FRAME_BYTES, FrameDecoder, encode_frame
 from kilndb.errors import (
@@ -33,21 +34,6 @@ __all__ = ["Connection", "reply_of"]
 PIPELINE_WINDOW = 512
 
 
-def _message(body: bytes) -> dict[str, Any]:
-    message = _core.loads(body)
-    if not isinstance(message, dict):
-        raise ProtocolError("server sent a frame that is not a JSON object")
-    return message
-
-
-def reply_of(body: bytes) -> dict[str, Any]:
-    """The successful reply whose body is ``body``; raise the server's error."""
-    reply = _message(body)
-    if not reply.get("ok"):
-        raise error_from_wire(reply)
-    return reply
-
-
 class Connection:
     """One socket to a server, used request by request."""
 
@@ -63,22 +49,42 @@ class Connection:
         return self._sock is None
 
     def send(self, message: dict[str, Any]) -> None:
-        sock = self._sock
-        if sock is None:
-            raise ConnectionLostError(f"connection to {self.url} is closed")
         try:
             body = orjson.dumps(message)
         except (TypeError, orjson.JSONEncodeError) as exc:
             raise InvalidArgumentError(f"request is not JSON-serialisable: {exc}") from exc
+        self.send_frames(encode_frame(body))
+
+    def send_frames(self, data: bytes) -> None:
+        """Send encoded frames; ConnectionLostError if they could not all be sent."""
+        sock = self._sock
+        if sock is None:
+            raise ConnectionLostError(f"connection to {self.url} is closed")
         try:
-            sock.sendall(encode_frame(body))
+            sock.sendall(data)
         except OSError as exc:
             self._drop()
             raise ConnectionLostError(f"lost connection to {self.url}: {exc}") from exc
 
+    def idle_and_broken(self) -> bool:
+        """Whether this connection, waiting for no reply, is known to be unusable: closed
+        here, or the server closed it (or sent something unasked, which it never does on
+        a healthy one) — a request sent now would never be answered."""
+        sock = self._sock
+        if sock is None:
+            return True
+        try:
+            readable, _, _ = select.select([sock], [], [], 0)
+        except (OSError, ValueError):
+            readable = [sock]
+        if readable or self._decoder.buffered:
+            self._drop()
+            return True
+        return False
+
     def receive(self) -> dict[str, Any]:
         """The next frame from the server, decoded (blocking)."""
-        return _message(self.receive_body())
+        return message_of(self.receive_body())
 
     def receive_body(self) -> bytes:
         """The body of the next frame from the server, as it came (blocking)."""

@@ -1,0 +1,223 @@
+"""A stream of messages a server pushes on a connection of its own, for asyncio code.
+
+The twin of :mod:`kilndb.client.pushed` (same feeds, same reconnect rules), read by one
+task that the stream owns and cancels on close. A stream is opened by awaiting it
+(``sub = await db.subscribe(...)``) or entering it (``async with db.subscribe(...) as
+sub``); a server error at that point (a cursor compacted away, say) is raised there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import AsyncIterator, Generator
+from typing import Any, Generic, Self, TypeVar
+
+from kilndb.client.asyncio_link import next_body
+from kilndb.client.core import Request, message_of, reply_of
+from kilndb.client.endpoint import Endpoint
+from kilndb.client.feeds import FactFeed, Feed, StatusFeed
+from kilndb.codec import DEFAULT_MAX_FRAME_BYTES, FrameDecoder
+from kilndb.errors import ConnectionLostError, InvalidArgumentError, KilnError, error_from_wire
+from kilndb.model import Fact
+
+__all__ = ["AsyncPushedStream", "AsyncRemoteSubscription", "AsyncStatusSubscription"]
+
+T = TypeVar("T")
+
+
+class AsyncPushedStream(Generic[T]):
+    """Messages a server pushes on a connection of their own, read by a task.
+
+    If the connection breaks, the stream reconnects by itself (backoff from
+    ``RECONNECT_MIN`` to ``RECONNECT_MAX`` seconds) and subscribes again with what its
+    feed asks for then. A server error ends it; iteration then stops and :attr:`error`
+    says why.
+    """
+
+    RECONNECT_MIN = 0.05
+    RECONNECT_MAX = 5.0
+
+    def __init__(
+        self, feed: Feed[T], endpoint: Endpoint, database: str, timeout: float | None
+    ) -> None:
+        self._feed = feed
+        self.endpoint = endpoint
+        self.url = endpoint.url
+        self._database = database
+        self._timeout = timeout
+        self._buffer: deque[T] = deque()
+        self._arrived = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._closed = False
+        self.error: KilnError | None = None
+        #: How many times the stream had to reconnect.
+        self.reconnects = 0
+
+    async def _connect(self) -> tuple[asyncio.StreamReader, FrameDecoder]:
+        reader, writer = await self.endpoint.open_stream()
+        decoder = FrameDecoder(DEFAULT_MAX_FRAME_BYTES)
+        try:
+            for message in (self.endpoint.hello(self._database), self._feed.request()):
+                writer.write(Request.make(message.pop("op"), message, dict).frame)
+                body = await asyncio.wait_for(next_body(reader, decoder), self._timeout)
+                reply_of(body)
+        except TimeoutError as exc:
+            writer.close()
+            raise ConnectionLostError(f"no reply from {self.url} within {self._timeout}") from exc
+        except BaseException:
+            writer.close()
+            raise
+        self._writer = writer
+        return reader, decoder
+
+    async def start(self) -> Self:
+        """Connect and subscribe, unless done already; raises what the server refuses."""
+        if self._task is None and not self._closed:
+            reader, decoder = await self._connect()
+            self._task = asyncio.get_running_loop().create_task(self._run(reader, decoder))
+        return self
+
+    def __await__(self) -> Generator[Any, None, Self]:
+        return self.start().__await__()
+
+    async def _run(self, reader: asyncio.StreamReader, decoder: FrameDecoder) -> None:
+        delay = self.RECONNECT_MIN
+        try:
+            while not self._closed:
+                try:
+                    await self._pump(reader, decoder)
+                except ConnectionLostError:
+                    if self._writer is not None:
+                        self._writer.close()
+                    while not self._closed:
+                        await asyncio.sleep(delay)
+                        delay = min(delay * 2, self.RECONNECT_MAX)
+                        try:
+                            reader, decoder = await self._connect()
+                        except ConnectionLostError:
+                            continue
+                        self.reconnects += 1
+                        delay = self.RECONNECT_MIN
+                        break
+        except KilnError as exc:
+            self.error = exc
+        finally:
+            self._arrived.set()
+
+    async def _pump(self, reader: asyncio.StreamReader, decoder: FrameDecoder) -> None:
+        while True:
+            message = message_of(await next_body(reader, decoder))
+            if "event" in message:
+                item = self._feed.accept(message)
+                if item is not None:
+                    self._buffer.append(item)
+                    self._arrived.set()
+            elif message.get("ok") is False:
+                raise error_from_wire(message)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def get(self, timeout: float | None = None) -> T | None:
+        """The next item, or None if none arrived within ``timeout`` or it ended."""
+        batch = await self.get_batch(1, timeout)
+        return batch[0] if batch else None
+
+    async def get_batch(self, limit: int = 1024, timeout: float | None = None) -> list[T]:
+        """The next items, at most ``limit``: as many as are ready once one is; empty if
+        none arrived within ``timeout`` seconds or the stream ended."""
+        if type(limit) is not int or limit < 1:
+            raise InvalidArgumentError("limit must be a positive integer")
+        await self.start()
+        if not self._buffer and not self._closed and self.error is None:
+            self._arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._arrived.wait(), timeout)
+        if self._closed:
+            return []
+        buffer = self._buffer
+        batch = [buffer.popleft() for _ in range(min(limit, len(buffer)))]
+        for item in batch:
+            self._feed.delivered(item)
+        return batch
+
+    def __aiter__(self) -> AsyncIterator[T]:
+        return self
+
+    async def __anext__(self) -> T:
+        while True:
+            item = await self.get(timeout=1.0)
+            if item is not None:
+                return item
+            if self._closed or self.error is not None:
+                raise StopAsyncIteration
+
+    async def close(self) -> None:
+        """End the stream and its connection. Idempotent."""
+        self._closed = True
+        self._arrived.set()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+    async def __aenter__(self) -> Self:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+class AsyncRemoteSubscription(AsyncPushedStream[Fact]):
+    """A changefeed on its own connection, for asyncio code: the methods of
+    :class:`kilndb.client.RemoteSubscription` as coroutines (``get``, ``get_batch``,
+    ``close``; ``async for``), resuming after the last fact received after a reconnect."""
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        database: str,
+        stores: list[str] | None,
+        after: int,
+        timeout: float | None,
+    ) -> None:
+        self._facts = FactFeed(stores, after)
+        super().__init__(self._facts, endpoint, database, timeout)
+
+    @property
+    def position(self) -> int:
+        """Position of the last fact handed out; resume from here with ``after=``."""
+        return self._facts.position
+
+    @property
+    def covered(self) -> int:
+        """See :meth:`kilndb.client.feeds.FactFeed.covered`."""
+        return self._facts.covered(bool(self._buffer))
+
+
+class AsyncStatusSubscription(AsyncPushedStream[dict[str, Any]]):
+    """Segment-status messages on a connection of their own, for asyncio code (see
+    :class:`kilndb.client.streams.RemoteStatusSubscription`)."""
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        database: str,
+        space: str,
+        segment: str,
+        heartbeat: float,
+        timeout: float | None,
+    ) -> None:
+        self.space = space
+        self.segment = segment
+        self.heartbeat = heartbeat
+        super().__init__(StatusFeed(space, segment, heartbeat), endpoint, database, timeout)
