@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
 import socket
 import struct
-from typing import Any
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 import aiohttp
 import orjson
@@ -25,6 +27,7 @@ from kilndb.codec import FrameDecoder, encode_frame
 from tests.abuse.live import DEADLINE_SECONDS
 
 Body = dict[str, Any]
+_T = TypeVar("_T")
 
 
 class FrameSocket:
@@ -89,8 +92,20 @@ class FrameSocket:
             pass
         return True
 
-    def close(self) -> None:
-        self.writer.close()
+    async def close(self) -> None:
+        await close_stream(self.writer)
+
+
+async def close_stream(writer: asyncio.StreamWriter) -> None:
+    """Close a stream and wait until its socket is closed (the peer may have reset it)."""
+    writer.close()
+    with contextlib.suppress(ConnectionError):
+        await writer.wait_closed()
+
+
+def run(coroutine: Coroutine[Any, Any, _T], timeout: float = 2 * DEADLINE_SECONDS) -> _T:
+    """``asyncio.run`` with an overall deadline, so that a test fails instead of hanging."""
+    return asyncio.run(asyncio.wait_for(coroutine, timeout))
 
 
 def reset(writer: asyncio.StreamWriter) -> None:

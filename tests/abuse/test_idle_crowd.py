@@ -105,7 +105,7 @@ class Crowd:
         async def tcp(conn: FrameSocket) -> None:
             while (event := await conn.receive()) is not None:
                 assert "fact" not in event, event  # nothing was written to the store
-            conn.close()
+            await conn.close()
 
         await asyncio.gather(
             *(sse(response) for response in self.sse),
@@ -146,7 +146,7 @@ async def traffic(server: LiveServer, session: aiohttp.ClientSession, ledger: Le
             reply = await conn.receive()
             assert reply is not None and reply["ok"] and reply["request_id"] == i, reply
             ledger.acknowledged("raw", f"p{i}", i)
-        conn.close()
+        await conn.close()
 
     async def websocket() -> None:
         async with session.ws_connect(f"{server.http_url}/v1/ws") as ws:
