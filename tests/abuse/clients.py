@@ -78,9 +78,13 @@ class FrameSocket:
 
     async def call(self, body: Body) -> Body:
         """Send a request and return the next frame, which must be there."""
-        await self.send_json(body)
+        return await self.call_raw(encode_frame(orjson.dumps(body)))
+
+    async def call_raw(self, data: bytes) -> Body:
+        """Send bytes and return the next frame, which must be there."""
+        await self.send(data)
         reply = await self.receive()
-        assert reply is not None, f"the server closed instead of answering {body}"
+        assert reply is not None, f"the server closed instead of answering {data[:80]!r}"
         return reply
 
     async def at_eof(self) -> bool:

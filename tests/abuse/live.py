@@ -43,16 +43,27 @@ def raise_fd_limit(wanted: int = 8192) -> None:
 class LiveServer:
     """``kiln --data DATA serve --port 0 --http-port 0 [--unix SOCK] OPTIONS…``."""
 
-    def __init__(self, data: Path, *options: str, unix: Path | None = None) -> None:
+    def __init__(
+        self,
+        data: Path,
+        *options: str,
+        unix: Path | None = None,
+        argv: list[str] | None = None,
+    ) -> None:
+        """``argv``: the whole command instead (its ``kiln`` the installed one), which
+        must use ``data`` and ``unix``."""
         self.data = data
         self.options = options
         self.unix = unix
+        self.argv = argv
         self.process: subprocess.Popen[bytes] | None = None
         self.tcp_url = ""
         self.http_url = ""
         self._log = data.parent / f"{data.name}.stdout"
 
     def command(self) -> list[str]:
+        if self.argv is not None:
+            return [str(KILN), *self.argv[1:]]
         unix = ["--unix", str(self.unix)] if self.unix is not None else []
         serve = ["serve", "--port", "0", "--http-port", "0", *unix, *self.options]
         return [str(KILN), "--data", str(self.data), *serve]

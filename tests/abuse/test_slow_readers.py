@@ -71,7 +71,7 @@ def consecutive(positions: list[int]) -> bool:
 
 async def follow_tcp(conn: FrameSocket) -> list[str]:
     """A healthy TCP subscriber's keys up to END."""
-    keys = []
+    keys: list[str] = []
     while True:
         event = await conn.receive()
         assert event is not None and event.get("event") == "fact_written", event
