@@ -6,6 +6,7 @@ TCP; docs/cli.md, "Misbehaving clients", says what each transport does.)"""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import aiohttp
 import orjson
@@ -22,7 +23,7 @@ from tests.abuse.clients import (
     ws_frame,
     ws_upgrade,
 )
-from tests.abuse.live import DEADLINE_SECONDS, Ledger, LiveServer
+from tests.abuse.live import DEADLINE_SECONDS, Ledger, LiveServer, cleanup
 
 pytestmark = pytest.mark.integration
 
@@ -115,3 +116,45 @@ def test_one_byte_a_second_on_tcp_http_and_websocket_holds_up_nobody(live: LiveS
     assert rounds >= 1
     assert len(ledger) == 3 + 3 * rounds
     assert ledger.missing(live.tcp_url) == []
+
+
+#: The connection cap of the server below.
+CAP = 3
+
+
+async def slots_held(server: LiveServer) -> None:
+    stalled = []
+    for _ in range(CAP):  # each sends half a frame header and stops
+        conn = await FrameSocket.tcp(server.tcp_address)
+        await conn.send(b"\x00\x00")
+        stalled.append(conn)
+    server.wait_for_metric("active_connections", CAP)
+    # One more TCP client is refused while the stalled ones hold every slot...
+    refused = await FrameSocket.tcp(server.tcp_address)
+    error = await refused.receive()
+    assert error is not None and error["error_code"] == "unavailable", error
+    assert await refused.receive() is None
+    await refused.close()
+    # ... HTTP is not capped by them ...
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{server.http_url}/v1/health") as response,
+    ):
+        assert response.status == 200
+    # ... and a slot is free again once a stalled client finishes its frame and leaves.
+    first = stalled.pop(0)
+    assert (await first.call_raw(encode_frame(b'{"op": "ping"}')[2:]))["pong"]
+    await first.close()
+    server.wait_for_metric("active_connections", CAP - 1)
+    served = await FrameSocket.tcp(server.tcp_address)
+    assert (await served.call({"op": "ping"}))["pong"]
+    for conn in [served, *stalled]:
+        await conn.close()
+
+
+def test_stalled_tcp_clients_hold_their_connection_slots(tmp_path: Path) -> None:
+    server = LiveServer(tmp_path / "data", "--max-connections", str(CAP)).start()
+    try:
+        run(slots_held(server))
+    finally:
+        cleanup(server)
