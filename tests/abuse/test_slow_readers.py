@@ -11,6 +11,7 @@ import asyncio
 import socket
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import aiohttp
 import orjson
@@ -37,10 +38,23 @@ pytestmark = pytest.mark.integration
 
 #: One write's value: 256 KiB of text.
 PAD = "x" * (256 * 1024)
-#: Writes a slow reader is sent at most: 40 MiB, far past 8 MiB plus socket buffers.
-MAX_WRITES = 160
-#: Writes that overflow an SSE stream for sure (20 MiB; it shows no sign when it is cut).
-SSE_WRITES = 80
+#: The server's max_subscriber_buffer (its default: kiln serve has no option for it).
+SUBSCRIBER_BUFFER = 8 * 1024 * 1024
+
+
+def kernel_send_buffer() -> int:
+    """The most a server's socket may hold unsent (Linux autotunes up to tcp_wmem's max)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/tcp_wmem").read_text().split()[2])
+    except (OSError, IndexError, ValueError):
+        return 4 * 1024 * 1024
+
+
+#: Writes that overflow a slow reader for sure: its buffer, the kernel's, then as much
+#: again (an SSE stream shows no sign when it is cut, so it is sent this many).
+OVERFLOWING_WRITES = 2 * (SUBSCRIBER_BUFFER + kernel_send_buffer()) // len(PAD)
+#: Writes a slow reader is sent at most.
+MAX_WRITES = 2 * OVERFLOWING_WRITES
 #: A slow reader's receive buffer, so that its kernel holds little of what it leaves.
 RCVBUF = 4096
 #: The key written last, after the pads: a healthy reader stops at it.
@@ -141,7 +155,7 @@ async def sse_slow_stream(server: LiveServer, ledger: Ledger) -> None:
         )
 
         def enough() -> bool:
-            return len(ledger) >= SSE_WRITES
+            return len(ledger) >= OVERFLOWING_WRITES
 
         written = await asyncio.to_thread(write_pads, server, ledger, "sse-firehose", enough)
         assert await healthy == [str(i) for i in range(written)]
@@ -172,7 +186,7 @@ async def websocket_slow_subscriber(server: LiveServer, ledger: Ledger) -> None:
     healthy = asyncio.create_task(
         follow_tcp(await open_tcp_subscriber(server.tcp_address, "ws-firehose"))
     )
-    # The slow WebSocket never reads while 40 MiB are written to its store.
+    # The slow WebSocket never reads while MAX_WRITES pads are written to its store.
     written = await asyncio.to_thread(write_pads, server, ledger, "ws-firehose")
     assert await healthy == [str(i) for i in range(written)]
     # Reading at last, it gets its facts in order: all of them, or a prefix then an error.
