@@ -87,15 +87,6 @@ class FrameSocket:
         assert reply is not None, f"the server closed instead of answering {data[:80]!r}"
         return reply
 
-    async def at_eof(self) -> bool:
-        """Whether the server has closed its side (reading whatever is left)."""
-        try:
-            while await asyncio.wait_for(self.reader.read(1 << 16), DEADLINE_SECONDS):
-                pass
-        except ConnectionResetError:
-            pass
-        return True
-
     async def close(self) -> None:
         await close_stream(self.writer)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.abuse.live import Ledger, LiveServer, cleanup
+from tests.abuse.live import LiveServer, cleanup
 
 
 @pytest.fixture(scope="module")
@@ -31,9 +31,3 @@ def live(tmp_path_factory: pytest.TempPathFactory, sock_dir: Path) -> Iterator[L
         yield server
     finally:
         cleanup(server)
-
-
-@pytest.fixture(scope="module")
-def ledger() -> Ledger:
-    """The writes the module's server acknowledged."""
-    return Ledger()

@@ -122,11 +122,6 @@ class LiveServer:
         finally:
             self.kill()
 
-    def restart(self) -> LiveServer:
-        """Stop with SIGTERM (asserting a clean exit) and start again on the same data."""
-        assert self.stop() == 0
-        return self.start()
-
     def kill(self) -> None:
         process = self.process
         if process is not None and process.poll() is None:
