@@ -9,7 +9,11 @@ from tests.bench.smoke import run_bench
 
 pytestmark = pytest.mark.integration
 
-ROWS = ("REST GET of a key", "durable TCP write", "10 SSE + 10 TCP idle subscribers")
+ROWS = (
+    "REST GET of a key",
+    "durable TCP write",
+    "4 SSE + 3 WebSocket + 3 TCP = 10 idle subscribers",
+)
 
 
 def test_idle_bench_smoke_prints_every_row_and_judges_each_goal() -> None:

@@ -1,0 +1,1 @@
+"""The abuse suite: a real ``kiln serve`` process, real sockets, misbehaving clients."""
