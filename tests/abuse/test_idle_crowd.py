@@ -241,15 +241,6 @@ async def websocket_across_sigterm(server: LiveServer) -> tuple[int | None, int 
 DRAINED_WITHIN = 5.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="SIGTERM leaves an open /v1/ws connection open: Server.stop's shutdown ends"
-    " the streams in server.streams (sockets.py:1207, 'SSE and WebSocket changefeeds'), but"
-    " only SSE streams are ever added (http.py:473), so aiohttp's cleanup"
-    " (sockets.py:1212) waits on the WebSocket handler (websocket.py:124, a 90 s receive)"
-    " until result(drain_timeout + 30) (sockets.py:1215) raises TimeoutError: kiln serve"
-    " exits 1 with 'error: ' after ~35 s, its databases never closed",
-)
 def test_sigterm_closes_an_open_websocket(tmp_path: Path) -> None:
     server = LiveServer(tmp_path / "data", "--drain-timeout", "1").start()
     try:

@@ -242,14 +242,6 @@ async def pipelined_reads_never_read(server: LiveServer) -> int:
     return grown
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a TCP client that pipelines requests and never reads the replies makes the"
-    " server buffer every reply: _Connection (sockets.py:240) has no pause_writing/"
-    "resume_writing, _flush (sockets.py:342) hands each ready reply to the transport at"
-    " once, and reading pauses only at max_pipeline replies *not yet handed over*"
-    " (sockets.py:323), so 200 reads of a 256 KiB value grow the server by ~100 MiB",
-)
 def test_a_client_that_never_reads_its_replies_is_not_buffered_without_bound(
     live: LiveServer,
 ) -> None:

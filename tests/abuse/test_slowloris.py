@@ -1,7 +1,8 @@
 """Clients that send one byte a second (slowloris) on TCP, HTTP and WebSocket: while
 each holds a partial request, every other client is served; once the rest arrives, the
-slow request is answered too. (The server sets no deadline on a partial request over
-TCP; docs/cli.md, "Misbehaving clients", says what each transport does.)"""
+slow request is answered too, as long as it finishes within the server's
+``--frame-timeout``; one that does not is closed with ``protocol_error`` and its slot
+freed (docs/cli.md, "Misbehaving clients", says what each transport does)."""
 
 from __future__ import annotations
 
@@ -156,5 +157,32 @@ def test_stalled_tcp_clients_hold_their_connection_slots(tmp_path: Path) -> None
     server = LiveServer(tmp_path / "data", "--max-connections", str(CAP)).start()
     try:
         run(slots_held(server))
+    finally:
+        cleanup(server)
+
+
+async def stalled_past_the_frame_timeout(server: LiveServer) -> None:
+    stalled = await FrameSocket.tcp(server.tcp_address)
+    await stalled.send(encode_frame(b'{"op": "ping"}')[:5])  # a header and a byte of body
+    server.wait_for_metric("active_connections", 1)
+    error = await stalled.receive()  # within the timeout, long before DEADLINE_SECONDS
+    assert error is not None and error["error_code"] == "protocol_error", error
+    assert "not finished within 1 s" in error["error"]
+    assert await stalled.receive() is None  # then closed: its slot is free
+    await stalled.close()
+    server.wait_for_metric("active_connections", 0)
+    # A client that finishes its frames in time is not affected, however long it idles.
+    patient = await FrameSocket.tcp(server.tcp_address)
+    await asyncio.sleep(1.5)  # idle between frames: no frame is open
+    assert (await patient.call({"op": "ping"}))["pong"]
+    await patient.close()
+
+
+def test_a_frame_not_finished_within_the_frame_timeout_closes_the_connection(
+    tmp_path: Path,
+) -> None:
+    server = LiveServer(tmp_path / "data", "--frame-timeout", "1").start()
+    try:
+        run(stalled_past_the_frame_timeout(server))
     finally:
         cleanup(server)

@@ -110,6 +110,22 @@ def _names(text: str | None) -> tuple[str, ...]:
     help="Bytes a subscriber may leave unread before it is cut off (subscriber_overflow).",
 )
 @click.option(
+    "--frame-timeout",
+    type=click.FloatRange(0),
+    default=30.0,
+    show_default=True,
+    envvar="KILN_FRAME_TIMEOUT",
+    help="Seconds a socket client has to finish a frame it began (0: no limit).",
+)
+@click.option(
+    "--http-keepalive",
+    type=click.FloatRange(0, min_open=True),
+    default=75.0,
+    show_default=True,
+    envvar="KILN_HTTP_KEEPALIVE",
+    help="Seconds an idle HTTP connection is kept open between requests.",
+)
+@click.option(
     "--workers",
     type=click.IntRange(1),
     default=32,
@@ -301,6 +317,8 @@ def serve(
     max_connections: int,
     max_frame_bytes: int,
     max_subscriber_buffer: int,
+    frame_timeout: float,
+    http_keepalive: float,
     workers: int,
     drain_timeout: float,
     slow_op_ms: float,
@@ -349,6 +367,8 @@ def serve(
         max_connections=max_connections,
         max_frame_bytes=max_frame_bytes,
         max_subscriber_buffer=max_subscriber_buffer,
+        frame_timeout=frame_timeout,
+        http_keepalive=http_keepalive,
         workers=workers,
         drain_timeout=drain_timeout,
         slow_op_ms=slow_op_ms,

@@ -132,7 +132,8 @@ def parse_request(body: bytes) -> Request | BadRequest:
     request_id = _request_id(message)
     op = message.get("op")
     if not isinstance(op, str):
-        return BadRequest(InvalidArgumentError("missing field 'op'"), request_id)
+        problem = "missing field 'op'" if op is None else "field 'op' must be a string"
+        return BadRequest(InvalidArgumentError(problem), request_id)
     declared = OPS.get(op)
     if declared is None:
         return BadRequest(UnknownOpError(f"unknown op {op!r}"), request_id)
@@ -166,6 +167,12 @@ class ServerConnection:
     def buffered(self) -> int:
         """Bytes of a frame received only in part (0 between frames)."""
         return self._decoder.buffered
+
+    @property
+    def partial(self) -> bool:
+        """A frame has begun and not ended (its bytes, or an oversize one's to skip)."""
+        decoder = self._decoder
+        return self.broken is None and (decoder.buffered > 0 or decoder.skipping > 0)
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> list[Event]:
         """Events for the frames ``data`` completes; empty if more bytes are needed."""

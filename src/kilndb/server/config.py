@@ -30,6 +30,11 @@ class ServerConfig:
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
     max_pipeline: int = 1024
     max_subscriber_buffer: int = 8 * 1024 * 1024
+    #: Seconds a socket client has to finish a frame it began (a stalled or one-byte-a-
+    #: second client is closed with ``protocol_error``); 0: no limit.
+    frame_timeout: float = 30.0
+    #: Seconds an HTTP connection may stay open between requests.
+    http_keepalive: float = 75.0
     #: How long ``stop()`` lets in-flight requests finish before closing connections.
     drain_timeout: float = 5.0
     #: Requests slower than this are counted and reported as ``slow_op`` events.

@@ -47,7 +47,7 @@ from typing import Any
 
 import orjson
 
-from kilndb.errors import KilnError, UnavailableError
+from kilndb.errors import KilnError, ProtocolError, UnavailableError
 from kilndb.protocol import (
     BadRequest,
     ConnectionBroken,
@@ -96,6 +96,13 @@ _Applied = tuple[_Slot, Request, bytes | None, Any, int, dict[str, Any]]
 #: application to its acknowledgement (never a wire op).
 _RUN = "kiln.write_run"
 
+#: How long a client whose frame timed out has to read the error before it is dropped.
+CLOSE_GRACE_SECONDS = 5.0
+
+#: The most queued requests applied as one batch: what a connection's replies may hold
+#: at once beyond the transport's buffer when its client does not read them.
+MAX_BATCH = 16
+
 #: Ops that write one fact: consecutive ones in a pipeline are committed together.
 _SINGLE_WRITES = frozenset({"write", "write_fact"})
 
@@ -132,6 +139,11 @@ class SocketConnection(asyncio.Protocol):
         #: Database requests waiting to be applied, in order, with their reply slots.
         self._queued: list[tuple[Request, _Slot]] = []
         self._applying = False
+        self._continuing = False
+        #: The transport's buffer is over its high-water mark (the client is not reading).
+        self._write_paused = False
+        #: Started when a frame begins, cancelled when none is open (``frame_timeout``).
+        self._frame_timer: asyncio.TimerHandle | None = None
         #: Per database name: the furthest position this connection has written.
         self._written: dict[str, int] = {}
 
@@ -152,6 +164,8 @@ class SocketConnection(asyncio.Protocol):
         self.metrics.event("connection_opened", peer=str(transport.get_extra_info("peername")))
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._frame_timer is not None:
+            self._frame_timer.cancel()
         if self in self.connections:
             self.connections.discard(self)
             self.metrics.count("closed_connections_total")
@@ -183,10 +197,35 @@ class SocketConnection(asyncio.Protocol):
                 self.closing = True
         if self._queued and not self._applying:
             self._apply_next()
+        self._time_frame()
         self.flush()
         if len(pending) >= self.config.max_pipeline and self.transport:
             self.transport.pause_reading()
             self.paused = True
+
+    def _time_frame(self) -> None:
+        """Start the clock on a frame the client began, stop it once none is open."""
+        timeout = self.config.frame_timeout
+        if not self.wire.partial or self.closing or timeout <= 0:
+            if self._frame_timer is not None:
+                self._frame_timer.cancel()
+                self._frame_timer = None
+        elif self._frame_timer is None:
+            self._frame_timer = self.services.loop.call_later(timeout, self._frame_timed_out)
+
+    def _frame_timed_out(self) -> None:
+        """A frame begun ``frame_timeout`` seconds ago is still not complete: a stalled
+        or deliberately slow client, which must not hold its connection forever."""
+        self._frame_timer = None
+        if self.closing or self.transport is None:
+            return
+        timeout = self.config.frame_timeout
+        self.metrics.count("errors_total")
+        self.metrics.event("frame_timeout", seconds=timeout)
+        self.closing = True
+        error = ProtocolError(f"a frame was begun and not finished within {timeout:g} s")
+        self.reply_now(ServerConnection.error(error))
+        self.services.loop.call_later(CLOSE_GRACE_SECONDS, self.transport.abort)
 
     # -- replies in request order ----------------------------------------------------
 
@@ -227,7 +266,8 @@ class SocketConnection(asyncio.Protocol):
             return
         if self.paused and len(pending) < self.config.max_pipeline // 2:
             self.paused = False
-            transport.resume_reading()
+            if not self._write_paused:
+                transport.resume_reading()
         if self.closing and not pending:
             transport.close()
         elif self.draining and not pending and not self.eof_sent:
@@ -334,18 +374,46 @@ class SocketConnection(asyncio.Protocol):
         return b"".join(parts)
 
     def _apply_next(self) -> None:
-        if not self._queued:
+        """Apply the next batch of queued requests — unless the client is not reading
+        its replies (the transport's buffer is full): then nothing more is applied, and
+        nothing more read, until it drains (:meth:`resume_writing`)."""
+        if not self._queued or self._write_paused:
             self._applying = False
             return
-        batch, self._queued = self._queued, []
+        batch, self._queued = self._queued[:MAX_BATCH], self._queued[MAX_BATCH:]
         if self._quick(batch):
             # Applied right here; acknowledged with everything else applied during this
             # turn of the loop, after one fsync.
             self._applying = False
             self.commits.soon(self, self._apply_batch(batch))
+            if self._queued and not self._continuing:
+                # The rest after this turn's replies are out, so that a client that does
+                # not read them has paused writing by then.
+                self._continuing = True
+                self.services.loop.call_soon(self._continue)
             return
         self._applying = True
         self.services.executor.submit(self._apply_job, batch)
+
+    def _continue(self) -> None:
+        self._continuing = False
+        if not self._applying:
+            self._apply_next()
+
+    # -- write-side back-pressure (asyncio.Protocol) ------------------------------------
+
+    def pause_writing(self) -> None:
+        """The transport holds more than its high-water mark: the client is not reading."""
+        self._write_paused = True
+        if self.transport is not None and not self.paused:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self.transport is not None and not self.paused:
+            self.transport.resume_reading()
+        if not self._applying:
+            self._apply_next()
 
     def _quick(self, batch: list[tuple[Request, _Slot]]) -> bool:
         """Whether a batch is cheap enough to apply on the event loop: only the op

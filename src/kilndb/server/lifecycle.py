@@ -154,7 +154,9 @@ class Server:
             self._servers.append(server)
             self.addresses.append(f"unix://{path}")
         if config.http_port is not None:
-            self._http = web.AppRunner(build_app(services), access_log=None)
+            self._http = web.AppRunner(
+                build_app(services), access_log=None, keepalive_timeout=config.http_keepalive
+            )
             await self._http.setup()
             site = web.TCPSite(
                 self._http,

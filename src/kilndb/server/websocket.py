@@ -153,7 +153,8 @@ class _Connection:
                     break
         finally:
             pinger.cancel()
-            await self._end()
+            current = asyncio.current_task()
+            await self._end(going_away=current is not None and current.cancelling() > 0)
 
     async def _ping(self) -> None:
         while not self.socket.closed:
@@ -278,7 +279,7 @@ class _Connection:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
 
-    async def _end(self) -> None:
+    async def _end(self, going_away: bool = False) -> None:
         names = list(self.streams)
         for name in names:
             await self._close_stream(name)
@@ -287,7 +288,8 @@ class _Connection:
         for task in list(self.requests):
             with contextlib.suppress(asyncio.CancelledError, KilnError):
                 await task
-        await self.socket.close()
+        code = WSCloseCode.GOING_AWAY if going_away else WSCloseCode.OK
+        await self.socket.close(code=code)
 
 
 def websocket_handler(
@@ -308,7 +310,14 @@ def websocket_handler(
             )
         socket = _Socket(services.config.max_frame_bytes)
         await socket.prepare(http)
-        await _Connection(services, socket, http.transport, principal).serve()
+        # Served by a task of the server, so that a stopping server ends it (closing the
+        # socket with 1001, going away) instead of waiting for the client.
+        connection = _Connection(services, socket, http.transport, principal)
+        serving = services.tasks.spawn(connection.serve(), "kilndb-ws")
+        try:
+            await serving
+        except asyncio.CancelledError:
+            serving.cancel()
         return socket
 
     return websocket
