@@ -20,3 +20,11 @@ def test_no_tracked_file_has_conflict_markers() -> None:
         if path.is_file() and MARKER.search(path.read_bytes()):
             damaged.append(name)
     assert not damaged, damaged
+
+
+def test_no_document_repeats_a_section() -> None:
+    """A merge that took both sides leaves a section twice: each heading is unique."""
+    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        headings = [line for line in doc.read_text().splitlines() if line.startswith("## ")]
+        repeated = {h for h in headings if headings.count(h) > 1}
+        assert not repeated, (doc.name, repeated)
