@@ -379,10 +379,12 @@ class Database:
             dict(e) for e in self._log.meta.get("epochs") or [{"epoch": 0, "start_position": 1}]
         ]
 
-    def promote(self) -> int:
-        """Make this copy a leader's: start a new leader epoch at the next position."""
+    def promote(self, above: int = 0) -> int:
+        """Make this copy a leader's: start a new leader epoch at the next position,
+        greater than its last epoch and than ``above`` (an epoch known to be led
+        elsewhere)."""
         self._log.check_open()
-        return self._log.start_epoch()
+        return self._log.start_epoch(above)
 
     def adopt_epochs(self, epochs: list[dict[str, Any]]) -> None:
         """For a follower: record its leader's epoch history."""

@@ -222,11 +222,16 @@ class Dispatcher:
         #: Databases this server follows (name -> leader URL): written by replication
         #: only, so a write request gets ReadOnlyReplicaError naming the leader.
         self.read_only: dict[str, str] = {}
+        #: Why some of those refuse writes otherwise than as a follower: a fenced leader
+        #: whose successor is not known yet (StaleEpochError), a restarted leader waiting
+        #: for the cluster's metadata (UnavailableError). Each makes the error to raise.
+        self.refusals: dict[str, Callable[[], KilnError]] = {}
 
     def _check_writable(self, op: str, database: str) -> None:
         leader = self.read_only.get(database)
         if leader is not None and OPS[op].action == "write":
-            raise ReadOnlyReplicaError(leader)
+            refusal = self.refusals.get(database)
+            raise refusal() if refusal is not None else ReadOnlyReplicaError(leader)
 
     @staticmethod
     def handles(op: str) -> bool:

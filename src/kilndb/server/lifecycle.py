@@ -31,6 +31,7 @@ from typing import Any
 from aiohttp import web
 
 from kilndb.errors import InvalidArgumentError
+from kilndb.replication.fencing import EpochFence
 from kilndb.server.admin import Runner, ServerOps
 from kilndb.server.auth import Authenticator
 from kilndb.server.cluster import ClusterAgent
@@ -74,8 +75,14 @@ class Server:
         self.databases = NodeManager(config.data, config.database, config.nodes)
         self.dispatcher = Dispatcher(self.databases)
         self.metrics = Metrics(config.max_recent_events)
+        #: The newest leader epoch known per database (fencing).
+        self.epochs = EpochFence()
         self.leader = LeaderSide(
-            self.databases, self.metrics, config.min_insync_replicas, config.replica_timeout
+            self.databases,
+            self.metrics,
+            config.min_insync_replicas,
+            config.replica_timeout,
+            self.epochs,
         )
         self.executor = ThreadPoolExecutor(config.workers, thread_name_prefix="kilndb-op")
         #: Socket connections (TCP, TLS, Unix) open now.
@@ -103,9 +110,12 @@ class Server:
         self.tasks = TaskOwner(self.loop)
         self.fanout = Fanout(self.tasks, self.executor)
         self.following = Following(
-            self.config, self.databases, self.dispatcher, self.metrics, self.tasks
+            self.config, self.databases, self.dispatcher, self.metrics, self.tasks, self.epochs
         )
         self.following.changed = self._membership_changed
+        # Before anything listens: a restarted member takes no write for what it led
+        # until it has heard the cluster.
+        self.following.hold_for_cluster()
         server_ops = ServerOps(self.databases, self.following, self.status, self.cluster_status)
         self.services = Services(
             config=self.config,

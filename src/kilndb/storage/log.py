@@ -635,11 +635,12 @@ class Log:
             if raise_watermarks(self.meta, position, by_store):
                 write_meta(self.directory, self.meta)
 
-    def start_epoch(self) -> int:
-        """Begin a new leader epoch at the next position (a promotion); return it."""
+    def start_epoch(self, above: int = 0) -> int:
+        """Begin a new leader epoch at the next position (a promotion), greater than
+        both the last one and ``above``; return it."""
         with self.lock, self._meta_lock:
             epochs = self.meta.setdefault("epochs", [{"epoch": 0, "start_position": 1}])
-            epoch = int(epochs[-1]["epoch"]) + 1
+            epoch = max(int(epochs[-1]["epoch"]), above) + 1
             # The id tells two promotions to the same epoch number apart (two followers
             # of one leader both promoted): their histories differ although the numbers
             # match.
