@@ -188,6 +188,8 @@ class Following:
         if newest <= own:
             return name in self.fenced
         known = self.epochs.known(name)
+        if epoch < newest:  # news of an epoch older than the newest: not its leader
+            leader = None
         leader = leader or (known.leader if known is not None and known.epoch == newest else None)
         before = (self.fenced.get(name), dispatcher.read_only.get(name))
         # At once, before anything else: the next write is refused.
