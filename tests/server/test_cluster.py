@@ -102,15 +102,6 @@ class Members:
             reap(process)
 
 
-@pytest.fixture
-def members(tmp_path: Path) -> Any:
-    group = Members(tmp_path)
-    try:
-        yield group
-    finally:
-        group.stop()
-
-
 @pytest.mark.integration
 def test_five_members_detect_a_killed_one_see_it_return_and_see_a_goodbye(
     members: Members,
