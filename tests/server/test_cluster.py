@@ -93,6 +93,17 @@ class Members:
             self.seed = _cluster(url)["gossip"]
         return url
 
+    def led_and_followed(self, leader: str, *followers: str, writes: int) -> list[str]:
+        """Start ``leader`` with ``writes`` facts in ``default``, then ``followers`` with
+        ``--follow``; return their URLs once every copy equals the leader's."""
+        urls = [self.start(leader)]
+        with kilndb.connect(urls[0]) as db:
+            for i in range(writes):
+                db.store("s").write(f"k{i}", i)
+        urls += [self.start(name, "--follow") for name in followers]
+        _eventually(lambda: all(_replayed(url) == _replayed(urls[0]) for url in urls[1:]), 30)
+        return urls
+
     def stop(self) -> None:
         for process in self.processes.values():
             if process.poll() is None:
@@ -234,14 +245,7 @@ def test_cluster_options_need_a_gossip_port_and_a_reachable_host(tmp_path: Path)
 def test_after_a_promotion_followers_re_point_to_the_new_leader_by_themselves(
     members: Members, tmp_path: Path
 ) -> None:
-    old_url = members.start("a")
-    with kilndb.connect(old_url) as db:
-        for i in range(30):
-            db.store("s").write(f"k{i}", i)
-    b_url = members.start("b", "--follow")
-    c_url = members.start("c", "--follow")
-
-    _eventually(lambda: _replayed(b_url) == _replayed(old_url) == _replayed(c_url), 30)
+    _, b_url, c_url = members.led_and_followed("a", "b", "c", writes=30)
     old = members.processes["a"]
     os.kill(old.pid, signal.SIGKILL)
     old.wait(10)

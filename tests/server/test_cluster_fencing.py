@@ -83,13 +83,7 @@ def _kill(members: Members, name: str) -> None:
 def test_a_restarted_old_leader_takes_no_write_once_another_member_leads(
     members: Members, tmp_path: Path
 ) -> None:
-    n1 = members.start("n1")
-    with kilndb.connect(n1) as db:
-        for i in range(30):
-            db.store("s").write(f"k{i}", i)
-    n2 = members.start("n2", "--follow")
-    n3 = members.start("n3", "--follow")
-    _eventually(lambda: _replayed(n2) == _replayed(n1) == _replayed(n3), 30)
+    n1, n2, n3 = members.led_and_followed("n1", "n2", "n3", writes=30)
 
     # n1 dies hard; an operator promotes n2; n3 follows it.
     _kill(members, "n1")
@@ -129,12 +123,7 @@ def test_a_restarted_old_leader_takes_no_write_once_another_member_leads(
 def test_a_live_leader_fences_itself_when_another_member_is_promoted(
     members: Members, tmp_path: Path
 ) -> None:
-    a = members.start("a")
-    with kilndb.connect(a) as db:
-        for i in range(10):
-            db.store("s").write(f"k{i}", i)
-    b = members.start("b", "--follow")
-    _eventually(lambda: _replayed(b) == _replayed(a), 30)
+    a, b = members.led_and_followed("a", "b", writes=10)
 
     # A promotion by mistake (or a partition healed): b leads at epoch 1 while a, at
     # epoch 0, still runs. a hears it through gossip and stops taking writes.
