@@ -3,7 +3,6 @@ processes, graceful leave, leaders found through metadata, clients routed to the
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import os
@@ -20,7 +19,7 @@ import pytest
 import kilndb
 from kilndb.cluster import ClusterConfig
 from tests.cli.runner import kiln
-from tests.processes import reap, start_server
+from tests.processes import reap, start_server, stop
 
 #: Fast probes, so that the whole file runs in seconds; every member uses the same.
 PROBE = 0.2
@@ -106,11 +105,7 @@ class Members:
 
     def stop(self) -> None:
         for process in self.processes.values():
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    process.wait(30)
-            reap(process)
+            stop(process)
 
 
 @pytest.mark.integration
