@@ -106,8 +106,13 @@ def test_a_restarted_old_leader_takes_no_write_once_another_member_leads(
     assert writer.acknowledged == []
     fenced = [e for e in _recent(n1) if e["event"] == "fenced"]
     assert fenced and fenced[0]["newer_epoch"] == 1 and fenced[0]["leader"] == n2
-    mine = {m["name"]: m for m in _cluster(n2)["members"]}["n1"]["databases"]["default"]
-    assert mine["role"] == "follower" and mine.get("fenced") is True
+
+    def published_by_n1() -> dict[str, Any]:
+        members_seen = {m["name"]: m for m in _cluster(n2)["members"]}
+        return dict(members_seen["n1"]["databases"]["default"])
+
+    _eventually(lambda: published_by_n1().get("fenced") is True, 10)
+    assert published_by_n1()["role"] == "follower"
     assert _leader_of(n3) == "n2"
 
     # Pointed at n2 by hand, n1 converges; n2 holds everything n1 ever acknowledged.
