@@ -141,6 +141,11 @@ class Etcd:
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
 
+    @property
+    def endpoint(self) -> str:
+        """The member requests go to first: the one that answered last."""
+        return self.endpoints[self._current]
+
     async def __aenter__(self) -> Etcd:
         return self
 
