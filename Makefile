@@ -12,7 +12,7 @@ RUST_SOURCES := rust/Cargo.toml rust/Cargo.lock $(wildcard rust/src/*.rs)
 # cargo test links the core against this interpreter.
 CARGO_ENV := PYO3_PYTHON=$(abspath $(PY))
 
-.PHONY: run demo test lint typecheck pytest rust-check bench bench-smoke wheel clean
+.PHONY: run demo test lint typecheck pytest rust-check tools bench bench-smoke wheel clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -43,7 +43,12 @@ lint: $(DEVSTAMP)
 typecheck: $(DEVSTAMP)
 	$(VENV)/bin/mypy
 
-pytest: $(DEVSTAMP)
+# etcd, the coordinator of automatic failover, for the tests and benchmarks that start
+# one: installed with apt-get when it is not on PATH (instant when it is).
+tools:
+	scripts/install-etcd.sh
+
+pytest: $(DEVSTAMP) tools
 	$(PY) -m pytest -q
 
 # cargo fmt and clippy are components of the toolchain; where one is missing its check
@@ -64,7 +69,7 @@ WHEEL_DIR ?= dist
 wheel: $(DEVSTAMP)
 	$(VENV)/bin/maturin build --release --quiet --out $(WHEEL_DIR)
 
-bench: $(BENCHSTAMP)
+bench: $(BENCHSTAMP) tools
 	$(PY) bench/embedded.py
 	$(PY) bench/server.py
 	$(PY) bench/streams.py
@@ -72,7 +77,7 @@ bench: $(BENCHSTAMP)
 	$(PY) bench/cluster.py
 	$(PY) bench/idle.py
 
-bench-smoke: $(BENCHSTAMP)
+bench-smoke: $(BENCHSTAMP) tools
 	$(PY) bench/embedded.py --smoke
 	$(PY) bench/server.py --smoke
 	$(PY) bench/streams.py --smoke

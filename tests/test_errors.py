@@ -32,6 +32,7 @@ EXAMPLES: dict[type[kilndb.KilnError], kilndb.KilnError] = {
     kilndb.WriteOutcomeUnknownError: kilndb.WriteOutcomeUnknownError("write", "tcp://h:1"),
     kilndb.ReadOnlyReplicaError: kilndb.ReadOnlyReplicaError("10.0.0.1:7400"),
     kilndb.UnavailableError: kilndb.UnavailableError("busy"),
+    kilndb.CoordinatorUnavailableError: kilndb.CoordinatorUnavailableError("no etcd member"),
     kilndb.SubscriberOverflowError: kilndb.SubscriberOverflowError(77),
     kilndb.ReplicationTimeoutError: kilndb.ReplicationTimeoutError("0 of 1 replicas"),
 }
