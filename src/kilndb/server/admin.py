@@ -106,6 +106,7 @@ class Runner:
                     replicas = self.leader.replicas_for(request)
                     if replicas:
                         self.leader.wait_replicas(db.name, position, replicas)
+                    self.dispatcher.confirm(db.name)
         except KilnError as exc:
             metrics.count("errors_total")
             metrics.event("request_error", op=request.op, error_code=exc.error_code)

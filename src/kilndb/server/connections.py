@@ -465,9 +465,11 @@ class SocketConnection(asyncio.Protocol):
                 known = furthest.get(id(db))
                 if known is None or position > known[1]:
                     furthest[id(db)] = (db, position)
+        dispatcher = self.services.dispatcher
         for key, (db, position) in furthest.items():
             try:
                 db.wait_durable(position)
+                dispatcher.confirm(db.name)
             except KilnError as exc:
                 failures[key] = exc
         leader = self.services.leader
@@ -488,6 +490,7 @@ class SocketConnection(asyncio.Protocol):
             if failure is None and position and (replicas := leader.replicas_for(request)):
                 try:
                     leader.wait_replicas(db.name, position, replicas)
+                    self.services.dispatcher.confirm(db.name)  # still leading after the wait
                 except KilnError as exc:
                     failure = exc
             try:
