@@ -191,6 +191,8 @@ def start_node(data: Path, name: str, etcd: Any) -> tuple[subprocess.Popen[str],
         str(TTL),
         "--http-port",
         "0",
+        "--min-insync-replicas",
+        "1",
     )
 
 

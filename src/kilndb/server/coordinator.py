@@ -10,6 +10,9 @@ Every key lives under ``/kiln/{cluster}/``:
     the last epoch granted for the database, as decimal text; it only grows.
 ``offers/{database}/{node}``
     a candidate's log position during an election, bound to its lease.
+``isr/{database}``
+    ``{"leader", "epoch", "members"}``: the followers that hold every write the leader
+    acknowledged. Only they (and that leader) may take the lead when it goes.
 
 :meth:`Coordinator.campaign` is the one transaction that makes a leader: it succeeds
 only if nobody holds ``leaders/{database}`` and nobody moved ``epochs/{database}`` since
@@ -121,6 +124,27 @@ class Coordinator:
             failure=[],
         )
         return epoch if result.succeeded else None
+
+    async def isr(self, database: str) -> tuple[str, list[str]] | None:
+        """The last published in-sync set of ``database``: its leader and members."""
+        found = await self.etcd.get(self._key("isr", database))
+        if found is None:
+            return None
+        data = orjson.loads(found.value)
+        return str(data["leader"]), [str(m) for m in data["members"]]
+
+    async def publish_isr(
+        self, database: str, node: str, epoch: int, members: list[str], lease: int
+    ) -> bool:
+        """Publish ``members`` as the in-sync set of ``database`` — only while ``node``
+        still holds its leader key under ``lease``; False if it does not."""
+        value = orjson.dumps({"leader": node, "epoch": epoch, "members": sorted(members)})
+        result = await self.etcd.txn(
+            compare=[Compare(self._key("leaders", database), "lease", "=", lease)],
+            success=[PutOp(self._key("isr", database), value)],
+            failure=[],
+        )
+        return result.succeeded
 
     async def close(self) -> None:
         await self.etcd.close()

@@ -174,6 +174,7 @@ class Following:
                 discard_local,
                 backoff_min=low,
                 backoff_max=high,
+                node=config.node_name if config.coordinator is not None else None,
             )
             self.followers.append(follower.start())
         self.metrics.event("following", leader=leader.url, databases=names)

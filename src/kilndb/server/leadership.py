@@ -50,6 +50,7 @@ from kilndb.errors import KilnError, ReadOnlyReplicaError, UnavailableError
 from kilndb.server.coordinator import Coordinator, LeaderRecord
 from kilndb.server.dispatch import Dispatcher
 from kilndb.server.following import Following
+from kilndb.server.leader import LeaderSide
 from kilndb.server.metrics import Metrics
 from kilndb.server.nodes import NodeManager
 
@@ -88,8 +89,13 @@ class Leadership:
         following: Following,
         metrics: Metrics,
         executor: Any,
+        leader_side: LeaderSide,
+        require_isr: bool,
     ) -> None:
         self.coordinator = coordinator
+        self.leader_side = leader_side
+        #: Only in-sync members may be elected (``min_insync_replicas`` >= 1).
+        self.require_isr = require_isr
         self.node = node
         self.url = url
         self.ttl = ttl
@@ -301,6 +307,10 @@ class Leadership:
     async def _best_candidate(self, database: str) -> bool:
         """Whether this node should campaign now: it holds the database and is the
         most up-to-date of the candidates (or waited a whole TTL for a better one)."""
+        if self.require_isr:
+            known = await self.coordinator.isr(database)
+            if known is not None and self.node != known[0] and self.node not in known[1]:
+                return False  # it may lack acknowledged writes: never elected
         if not self.databases.exists(database):
             if database not in self.wanted:
                 return False
@@ -327,11 +337,38 @@ class Leadership:
 
     def _lead(self, database: str, epoch: int) -> None:
         """Start leading ``database`` at ``epoch`` (a worker: stopping a follower waits)."""
+        if self.require_isr:
+            # The previous in-sync members hold every write acknowledged so far: they
+            # stay in sync (as followers of this node) until they lag.
+            known = self._call(self.coordinator.isr(database))
+            members = frozenset() if known is None else frozenset(known[1]) - {self.node}
+            self.leader_side.start_isr(database, members)
+            self._publish(database, epoch, members)
         self.following.lead(database, epoch)
         with self._cond:
             self.led[database] = epoch
             self._cond.notify_all()
         self.metrics.event("leading", database=database, epoch=epoch)
+
+    def _call(self, coroutine: Any) -> Any:
+        """Run ``coroutine`` on the loop from a worker thread and wait for it."""
+        assert self._loop is not None
+        future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+        return future.result(self.ttl)
+
+    def publish_isr(self, database: str, members: frozenset[str]) -> None:
+        """The leader side's hook (a worker thread): publish before answering."""
+        epoch = self.led.get(database)
+        if epoch is None:
+            raise UnavailableError(f"this node no longer leads {database!r}")
+        self._publish(database, epoch, members)
+
+    def _publish(self, database: str, epoch: int, members: frozenset[str]) -> None:
+        done = self._call(
+            self.coordinator.publish_isr(database, self.node, epoch, sorted(members), self.lease)
+        )
+        if not done:
+            raise UnavailableError(f"this node no longer leads {database!r}")
 
     def _follow(self, database: str, url: str) -> None:
         self.following.follow(url, [database], discovered=True)

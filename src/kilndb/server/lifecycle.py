@@ -307,7 +307,12 @@ class Server:
             self.following,
             self.metrics,
             self.executor,
+            self.leader,
+            config.min_insync_replicas >= 1,
         )
+        if config.min_insync_replicas >= 1:
+            self.leader.publish_isr = self.leadership.publish_isr
+            self.leader.lag_max = max(1.0, config.leader_ttl / 4)
         # From now on every write asks the leadership first: none is taken before this
         # node holds the database's leader key under a live lease.
         self.dispatcher.write_gate = self.leadership.may_write

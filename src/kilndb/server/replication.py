@@ -55,6 +55,8 @@ class FollowerLink:
     ) -> None:
         self.db = db
         self.peer = peer
+        #: The follower's node name (with a coordinator; None otherwise).
+        self.node: str | None = None
         self.state = "catching_up"
         self.sent = after
         self.applied = after
