@@ -110,6 +110,7 @@ def nodes(tmp_path: Path, etcd: Any) -> Iterator[list[Server]]:
             coordinator=etcd.url,
             cluster_name="t",
             leader_ttl=TTL,
+            min_insync_replicas=1,
         ).start()
         for name in ("n1", "n2", "n3")
     ]
@@ -142,6 +143,18 @@ def test_one_node_leads_and_the_others_follow_it(nodes: list[Server]) -> None:
     for server in nodes:
         record = wait_for(functools.partial(leader_of, server.url))
         assert record["node"] == leader.config.node_name and record["epoch"] >= 1
+    seen = cluster_of(leader.url)["coordinator"]
+    default = seen["databases"]["default"]
+    assert default["role"] == "leader" and default["leader"] == leader.config.node_name
+    # Both followers hold every acknowledged write: both are in sync, and named so.
+    assert sorted(default["in_sync"]) == sorted(
+        s.config.node_name for s in nodes if s is not leader
+    )
+    assert {f["node"] for f in default["followers"]} == set(default["in_sync"])
+    assert seen["elections"][0]["database"] == "default"
+    assert seen["elections"][0]["seconds"] >= 0
+    metrics = leader.status()["metrics"]
+    assert metrics["coordinator_databases_led"] == 1
     for follower in (s for s in nodes if s is not leader):
         with kilndb.connect(follower.url, follow_leader=False) as db:  # its own copy
             store = db.store("s")
@@ -259,3 +272,13 @@ def test_a_killed_or_frozen_leader_is_replaced_and_refuses_writes_on_waking(
     finally:
         for process in processes.values():
             reap(process)
+
+
+def test_manual_promotion_is_refused_where_etcd_decides(nodes: list[Server]) -> None:
+    leader = first_write(nodes)
+    follower = next(s for s in nodes if s is not leader)
+    with (
+        kilndb.connect(follower.url, follow_leader=False) as db,
+        pytest.raises(kilndb.InvalidArgumentError, match="etcd decides"),
+    ):
+        db._call("promote")

@@ -383,11 +383,27 @@ class Leadership:
         await self.coordinator.close()
 
     def status(self) -> dict[str, Any]:
-        """Per database: leader, epoch, and the last elections with their durations."""
+        """Per database: leader, epoch, this node's role and — where it leads — the
+        in-sync set and each follower's lag; and the last elections with their
+        durations."""
         now = time.monotonic()
+        followers: dict[str, list[dict[str, Any]]] = {}
+        for link in self.leader_side.status():
+            followers.setdefault(link["database"], []).append(link)
+        databases = {}
+        for name, record in sorted(self.leaders.items()):
+            entry: dict[str, Any] = {"leader": None, "epoch": None, "role": "follower"}
+            if record is not None:
+                entry.update(leader=record.node, url=record.url, epoch=record.epoch)
+            if name in self.led:
+                entry["role"] = "leader"
+                entry["in_sync"] = sorted(self.leader_side.isr.get(name, frozenset()))
+                entry["followers"] = followers.get(name, [])
+            databases[name] = entry
         return {
             "node": self.node,
             "lease_valid_for": round(max(0.0, self.valid_until - now), 3),
+            "databases": databases,
             "leaders": {
                 name: None if r is None else {"node": r.node, "url": r.url, "epoch": r.epoch}
                 for name, r in sorted(self.leaders.items())
@@ -397,4 +413,14 @@ class Leadership:
                 {"database": e.database, "node": e.node, "epoch": e.epoch, "seconds": e.seconds}
                 for e in self.elections
             ],
+        }
+
+    def gauges(self) -> dict[str, float]:
+        """Gauges for the server's metrics."""
+        return {
+            "coordinator_databases_led": len(self.led),
+            "coordinator_lease_valid_seconds": round(
+                max(0.0, self.valid_until - time.monotonic()), 3
+            ),
+            "coordinator_elections_seen": len(self.elections),
         }

@@ -447,6 +447,7 @@ class Server:
                     (f["lag_records"] for f in replication["following"]), default=0
                 ),
                 **({} if self.cluster is None else self.cluster.metrics()),
+                **({} if self.leadership is None else self.leadership.gauges()),
                 "active_connections": len(self.connections),
                 "subscription_count": self.metrics.http_streams
                 + sum(1 for c in list(self.connections) if c.subscribed()),

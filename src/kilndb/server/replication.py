@@ -94,6 +94,7 @@ class FollowerLink:
         return {
             "database": self.db.name,
             "peer": self.peer,
+            "node": self.node,
             "state": self.state,
             "position_sent": self.sent,
             "position_acked": self.durable,
