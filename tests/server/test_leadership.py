@@ -148,7 +148,7 @@ def test_one_node_leads_and_the_others_follow_it(nodes: list[Server]) -> None:
     assert default["role"] == "leader" and default["leader"] == leader.config.node_name
     # Both followers hold every acknowledged write: both are in sync, and named so.
     assert sorted(default["in_sync"]) == sorted(
-        s.config.node_name for s in nodes if s is not leader
+        str(s.config.node_name) for s in nodes if s is not leader
     )
     assert {f["node"] for f in default["followers"]} == set(default["in_sync"])
     assert seen["elections"][0]["database"] == "default"
