@@ -373,6 +373,8 @@ class Server:
             where = {"role": "leader"}
         if cluster is not None:
             where["cluster"] = cluster.name
+        elif self.config.coordinator is not None:
+            where["cluster"] = self.config.cluster_name  # clients follow the leader
         return where
 
     def _membership_changed(self) -> None:
