@@ -71,6 +71,7 @@ bench: $(BENCHSTAMP)
 	$(PY) bench/replication.py
 	$(PY) bench/cluster.py
 	$(PY) bench/idle.py
+	$(PY) bench/failover.py
 
 bench-smoke: $(BENCHSTAMP)
 	$(PY) bench/embedded.py --smoke
@@ -79,6 +80,7 @@ bench-smoke: $(BENCHSTAMP)
 	$(PY) bench/replication.py --smoke
 	$(PY) bench/cluster.py --smoke
 	$(PY) bench/idle.py --smoke
+	$(PY) bench/failover.py --smoke
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache dist rust/target src/kilndb/_core*.so
