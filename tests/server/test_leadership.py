@@ -50,56 +50,6 @@ def leader_of(url: str, database: str = "default") -> dict[str, Any] | None:
     return leaders.get(database)
 
 
-class _Etcd:
-    def __init__(self, url: str) -> None:
-        self.url = url
-
-
-@pytest.fixture
-def etcd(tmp_path: Path) -> Iterator[_Etcd]:
-    import socket
-
-    ports = []
-    for _ in range(2):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            ports.append(sock.getsockname()[1])
-    client, peer = (f"http://127.0.0.1:{p}" for p in ports)
-    process = subprocess.Popen(
-        [
-            "etcd",
-            "--data-dir",
-            str(tmp_path / "etcd"),
-            "--listen-client-urls",
-            client,
-            "--advertise-client-urls",
-            client,
-            "--listen-peer-urls",
-            peer,
-            "--initial-advertise-peer-urls",
-            peer,
-            "--initial-cluster",
-            f"default={peer}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    wait_for(lambda: _healthy(client))
-    yield _Etcd(f"etcd://127.0.0.1:{ports[0]}")
-    process.kill()
-    process.wait()
-
-
-def _healthy(client: str) -> bool:
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(client + "/health", timeout=1) as reply:
-            return bool(reply.status == 200)
-    except OSError:
-        return False
-
-
 @pytest.fixture
 def nodes(tmp_path: Path, etcd: Any) -> Iterator[list[Server]]:
     servers = [
