@@ -76,6 +76,7 @@ bench: $(BENCHSTAMP) tools
 	$(PY) bench/replication.py
 	$(PY) bench/cluster.py
 	$(PY) bench/idle.py
+	$(PY) bench/failover.py
 
 bench-smoke: $(BENCHSTAMP) tools
 	$(PY) bench/embedded.py --smoke
@@ -84,6 +85,7 @@ bench-smoke: $(BENCHSTAMP) tools
 	$(PY) bench/replication.py --smoke
 	$(PY) bench/cluster.py --smoke
 	$(PY) bench/idle.py --smoke
+	$(PY) bench/failover.py --smoke
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache dist rust/target src/kilndb/_core*.so

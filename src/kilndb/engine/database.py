@@ -379,10 +379,11 @@ class Database:
             dict(e) for e in self._log.meta.get("epochs") or [{"epoch": 0, "start_position": 1}]
         ]
 
-    def promote(self) -> int:
-        """Make this copy a leader's: start a new leader epoch at the next position."""
+    def promote(self, epoch: int | None = None) -> int:
+        """Make this copy a leader's: start a new leader epoch at the next position —
+        ``epoch`` if given (a coordinator's fencing token, above the current epoch)."""
         self._log.check_open()
-        return self._log.start_epoch()
+        return self._log.start_epoch(epoch)
 
     def adopt_epochs(self, epochs: list[dict[str, Any]]) -> None:
         """For a follower: record its leader's epoch history."""

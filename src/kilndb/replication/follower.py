@@ -66,9 +66,12 @@ class Follower:
         *,
         backoff_min: float = 1.0,
         backoff_max: float = 30.0,
+        node: str | None = None,
     ) -> None:
         self.leader = leader
         self.name = name
+        #: This server's node name, sent to the leader (in-sync replicas are named by it).
+        self.node = node
         #: ``open_local(database_id)``: the local database (created with that id when it
         #: does not exist); ``open_local(None)``: the existing one, or None.
         self._open_local = open_local
@@ -162,7 +165,7 @@ class Follower:
         conn = self._conn = Connection(self.leader, timeout=SILENCE_SECONDS)
         conn.hello(self.name)
         compacted = 0 if local is None else local.compacted_through
-        info = conn.call(**sync_request(self.name, epochs, position, compacted))
+        info = conn.call(**sync_request(self.name, epochs, position, compacted, self.node))
         if self._stop.is_set():
             return
         if local is None:

@@ -64,9 +64,16 @@ SILENCE_SECONDS = 10.0
 
 
 def sync_request(
-    database: str, epochs: list[dict[str, Any]], position: int, compacted_through: int = 0
+    database: str,
+    epochs: list[dict[str, Any]],
+    position: int,
+    compacted_through: int = 0,
+    node: str | None = None,
 ) -> dict[str, Any]:
+    """``node``: the follower's node name in a cluster with a coordinator (the leader
+    names its in-sync replicas by it)."""
     return {
+        **({} if node is None else {"node": node}),
         "op": "sync_request",
         "database": database,
         "protocol_version": PROTOCOL_VERSION,

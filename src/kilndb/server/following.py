@@ -174,6 +174,7 @@ class Following:
                 discard_local,
                 backoff_min=low,
                 backoff_max=high,
+                node=config.node_name if config.coordinator is not None else None,
             )
             self.followers.append(follower.start())
         self.metrics.event("following", leader=leader.url, databases=names)
@@ -211,6 +212,27 @@ class Following:
             log.warning("promoted to leader of %s at epoch %d", name, epoch)
         self.changed()
         return {"promoted": promoted}
+
+    @_following
+    def lead(self, name: str, epoch: int) -> None:
+        """Lead ``name`` from ``epoch`` on, as a coordinator granted it: stop following
+        it, start that epoch in its META unless it is there already, take writes."""
+        for follower in [f for f in self.followers if f.name == name]:
+            follower.stop()  # its thread has ended: nothing is appended any more
+            self.followers.remove(follower)
+        db = self.databases.get(name)
+        if db.leader_epoch < epoch:
+            db.promote(epoch)
+        elif db.leader_epoch > epoch:
+            raise InvalidArgumentError(
+                f"{name} is at epoch {db.leader_epoch} here, above the {epoch} granted"
+            )
+        self.dispatcher.read_only.pop(name, None)
+        self.databases.pinned.discard(name)
+        position = db.stats()["last_position"]
+        self.metrics.event("promoted", database=name, epoch=epoch, position=position)
+        log.warning("leading %s at epoch %d from position %d", name, epoch, position)
+        self.changed()
 
     def status(self) -> list[dict[str, Any]]:
         """The leaders this server follows, one entry per database."""

@@ -55,6 +55,8 @@ class FollowerLink:
     ) -> None:
         self.db = db
         self.peer = peer
+        #: The follower's node name (with a coordinator; None otherwise).
+        self.node: str | None = None
         self.state = "catching_up"
         self.sent = after
         self.applied = after
@@ -92,6 +94,7 @@ class FollowerLink:
         return {
             "database": self.db.name,
             "peer": self.peer,
+            "node": self.node,
             "state": self.state,
             "position_sent": self.sent,
             "position_acked": self.durable,

@@ -35,6 +35,7 @@ from kilndb.config import DatabaseConfig
 from kilndb.errors import (
     ClosedError,
     CorruptRecordError,
+    InvalidArgumentError,
     ProtocolError,
     StorageError,
 )
@@ -635,11 +636,20 @@ class Log:
             if raise_watermarks(self.meta, position, by_store):
                 write_meta(self.directory, self.meta)
 
-    def start_epoch(self) -> int:
-        """Begin a new leader epoch at the next position (a promotion); return it."""
+    def start_epoch(self, epoch: int | None = None) -> int:
+        """Begin a new leader epoch at the next position (a promotion); return it.
+
+        ``epoch``: the number a coordinator granted (it must be above the current one);
+        by default the next one."""
         with self.lock, self._meta_lock:
             epochs = self.meta.setdefault("epochs", [{"epoch": 0, "start_position": 1}])
-            epoch = int(epochs[-1]["epoch"]) + 1
+            current = int(epochs[-1]["epoch"])
+            if epoch is None:
+                epoch = current + 1
+            elif epoch <= current:
+                raise InvalidArgumentError(
+                    f"a new leader epoch must be above the current one ({epoch} <= {current})"
+                )
             # The id tells two promotions to the same epoch number apart (two followers
             # of one leader both promoted): their histories differ although the numbers
             # match.
