@@ -12,7 +12,7 @@ RUST_SOURCES := rust/Cargo.toml rust/Cargo.lock $(wildcard rust/src/*.rs)
 # cargo test links the core against this interpreter.
 CARGO_ENV := PYO3_PYTHON=$(abspath $(PY))
 
-.PHONY: run demo test lint typecheck pytest rust-check bench bench-smoke wheel clean
+.PHONY: run demo test lint typecheck pytest rust-check tools bench bench-smoke wheel clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -43,7 +43,12 @@ lint: $(DEVSTAMP)
 typecheck: $(DEVSTAMP)
 	$(VENV)/bin/mypy
 
-pytest: $(DEVSTAMP)
+# etcd, the coordinator of automatic failover, for the tests and benchmarks that start
+# one: installed with apt-get when it is not on PATH (instant when it is).
+tools:
+	scripts/install-etcd.sh
+
+pytest: $(DEVSTAMP) tools
 	$(PY) -m pytest -q
 
 # cargo fmt and clippy are components of the toolchain; where one is missing its check
@@ -64,21 +69,23 @@ WHEEL_DIR ?= dist
 wheel: $(DEVSTAMP)
 	$(VENV)/bin/maturin build --release --quiet --out $(WHEEL_DIR)
 
-bench: $(BENCHSTAMP)
+bench: $(BENCHSTAMP) tools
 	$(PY) bench/embedded.py
 	$(PY) bench/server.py
 	$(PY) bench/streams.py
 	$(PY) bench/replication.py
 	$(PY) bench/cluster.py
 	$(PY) bench/idle.py
+	$(PY) bench/failover.py
 
-bench-smoke: $(BENCHSTAMP)
+bench-smoke: $(BENCHSTAMP) tools
 	$(PY) bench/embedded.py --smoke
 	$(PY) bench/server.py --smoke
 	$(PY) bench/streams.py --smoke
 	$(PY) bench/replication.py --smoke
 	$(PY) bench/cluster.py --smoke
 	$(PY) bench/idle.py --smoke
+	$(PY) bench/failover.py --smoke
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache dist rust/target src/kilndb/_core*.so

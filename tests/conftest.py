@@ -9,6 +9,9 @@ import pytest
 
 from kilndb import _core
 
+#: ``etcd``: a real etcd member for the test (tests/fixtures/etcd.py).
+pytest_plugins = ["tests.fixtures.etcd"]
+
 
 class ThroughOs:
     """The core's file-changing system calls, made by the ``os`` functions of the same

@@ -33,6 +33,7 @@ EXAMPLES: dict[type[kilndb.KilnError], kilndb.KilnError] = {
     kilndb.ReadOnlyReplicaError: kilndb.ReadOnlyReplicaError("10.0.0.1:7400"),
     kilndb.StaleEpochError: kilndb.StaleEpochError("orders", 2, 3),
     kilndb.UnavailableError: kilndb.UnavailableError("busy"),
+    kilndb.CoordinatorUnavailableError: kilndb.CoordinatorUnavailableError("no etcd member"),
     kilndb.SubscriberOverflowError: kilndb.SubscriberOverflowError(77),
     kilndb.ReplicationTimeoutError: kilndb.ReplicationTimeoutError("0 of 1 replicas"),
 }

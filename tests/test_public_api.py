@@ -25,6 +25,7 @@ def test_all_lists_exactly_the_public_names() -> None:
         "leases",
         "replication",
         "cluster",
+        "coordination",
     }
     assert set(kilndb.__all__) - {"__version__"} == public - modules
     for name in kilndb.__all__:

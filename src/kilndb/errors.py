@@ -28,6 +28,7 @@ the very same class on its side, and the ``http_status`` an HTTP reply carrying 
     ├── ReadOnlyReplicaError           read_only_replica    421  write to a follower
     ├── StaleEpochError                stale_epoch          409  a leader epoch older than one known
     ├── UnavailableError               unavailable          503
+    │   └── CoordinatorUnavailableError coordinator_unavailable 503  no etcd member answered
     ├── SubscriberOverflowError        subscriber_overflow  503
     └── ReplicationTimeoutError        replication_timeout  504
 
@@ -53,6 +54,7 @@ __all__ = [
     "ClosedError",
     "ConflictError",
     "ConnectionLostError",
+    "CoordinatorUnavailableError",
     "CorruptRecordError",
     "CursorTooOldError",
     "DatabaseLockedError",
@@ -344,6 +346,15 @@ class UnavailableError(KilnError):
     """The resource is temporarily unavailable; retry later."""
 
     error_code = "unavailable"
+    http_status = 503
+
+
+class CoordinatorUnavailableError(UnavailableError):
+    """No member of the coordinator (etcd) answered: the request could not be made, or
+    was sent and its answer lost (the message says which). Leadership cannot be taken,
+    renewed or checked until one answers again."""
+
+    error_code = "coordinator_unavailable"
     http_status = 503
 
 

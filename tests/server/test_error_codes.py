@@ -261,6 +261,11 @@ CASES = [
         setup=_injected(kilndb.WriteOutcomeUnknownError("write", "tcp://127.0.0.1:1")),
     ),
     Case("unavailable", _stats, setup=_injected(kilndb.UnavailableError("busy"))),
+    Case(
+        "coordinator_unavailable",
+        _stats,
+        setup=_injected(kilndb.CoordinatorUnavailableError("no etcd member answered")),
+    ),
     Case("subscriber_overflow", _stats, setup=_injected(kilndb.SubscriberOverflowError(12))),
 ]
 

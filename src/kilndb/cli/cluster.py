@@ -41,11 +41,18 @@ def status(settings: CliSettings, as_json: bool | None) -> None:
     """Members (state, incarnation, addresses, databases, lag) and each database's leader."""
     if settings.url is None:
         raise CliError("kiln cluster status needs --url (a member of the cluster)")
-    found = server_call(settings, "cluster")["cluster"]
-    if found is None:
-        raise CliError(f"{settings.url} is not a cluster member (kiln serve --gossip-port)")
+    reply = server_call(settings, "cluster")
+    found, coordinated = reply["cluster"], reply.get("coordinator")
+    if found is None and coordinated is None:
+        raise CliError(
+            f"{settings.url} is not a cluster member (kiln serve --gossip-port or --coordinator)"
+        )
     if wants_json(as_json):
-        print_json(found)
+        print_json(found if coordinated is None else {"cluster": found, "coordinator": coordinated})
+        return
+    if coordinated is not None:
+        _print_coordinated(coordinated)
+    if found is None:
         return
     print_rows_table(
         f"cluster seen by {found['node']} ({found['gossip']})",
@@ -69,4 +76,34 @@ def status(settings: CliSettings, as_json: bool | None) -> None:
         ("database", "member", "epoch", "url"),
         ((name, lead["node"], lead["epoch"], lead["url"]) for name, lead in leaders),
         empty="none known",
+    )
+
+
+def _print_coordinated(seen: dict[str, Any]) -> None:
+    """Leadership held through etcd, as one node sees it."""
+    print_rows_table(
+        f"leadership seen by {seen['node']} (lease valid for {seen['lease_valid_for']} s)",
+        ("database", "leader", "epoch", "role here", "in sync", "followers (lag)"),
+        (
+            (
+                name,
+                info["leader"] or "-",
+                info["epoch"] if info["epoch"] is not None else "-",
+                info["role"],
+                ", ".join(info.get("in_sync", [])) or "-",
+                ", ".join(
+                    f"{f.get('node') or f['peer']} ({f['lag_records']})"
+                    for f in info.get("followers", [])
+                )
+                or "-",
+            )
+            for name, info in seen["databases"].items()
+        ),
+        empty="no database yet",
+    )
+    print_rows_table(
+        "last elections",
+        ("database", "winner", "epoch", "seconds"),
+        ((e["database"], e["node"], e["epoch"], e["seconds"]) for e in seen["elections"]),
+        empty="none seen",
     )

@@ -277,6 +277,27 @@ def _names(text: str | None) -> tuple[str, ...]:
     " leads it, found through gossip (instead of --replica-of).",
 )
 @click.option(
+    "--coordinator",
+    envvar="KILN_COORDINATOR",
+    help="etcd://HOST:PORT[,HOST:PORT...]: hold leadership through etcd (automatic"
+    " failover); needs --node-name.",
+)
+@click.option(
+    "--cluster-name",
+    default="kiln",
+    show_default=True,
+    envvar="KILN_CLUSTER_NAME",
+    help="With --coordinator: the cluster's keys live under /kiln/NAME/ in etcd.",
+)
+@click.option(
+    "--leader-ttl",
+    type=click.FloatRange(1),
+    default=10.0,
+    show_default=True,
+    envvar="KILN_LEADER_TTL",
+    help="With --coordinator: seconds a leader's lease lives without renewal.",
+)
+@click.option(
     "--min-insync-replicas",
     type=click.IntRange(0),
     default=0,
@@ -340,6 +361,9 @@ def serve(
     cluster_key: str | None,
     probe_interval: float,
     follow: bool,
+    coordinator: str | None,
+    cluster_name: str,
+    leader_ttl: float,
     min_insync_replicas: int,
     replica_timeout: float,
     pid_file: Path | None,
@@ -349,8 +373,17 @@ def serve(
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(message)s")
     if not host and unix is None:
         raise CliError("nothing to listen on: give --host or --unix")
-    if gossip_port is None and (join or follow or node_name or cluster_key):
-        raise CliError("--join, --follow, --node-name and --cluster-key need --gossip-port")
+    if gossip_port is None and (join or follow or cluster_key):
+        raise CliError("--join, --follow and --cluster-key need --gossip-port")
+    if node_name and gossip_port is None and coordinator is None:
+        raise CliError("--node-name needs --gossip-port or --coordinator")
+    if coordinator is not None and not node_name:
+        raise CliError("--coordinator needs --node-name (this node's name in the cluster)")
+    if coordinator is not None and (follow or replica_of):
+        raise CliError(
+            "with --coordinator, etcd decides who leads and who follows: drop --follow"
+            " and --replica-of"
+        )
     if gossip_port is not None and (not host or host in ("0.0.0.0", "::")):
         raise CliError(
             "--gossip-port needs --host set to the address other members reach this one at"
@@ -392,6 +425,9 @@ def serve(
         cluster_key=cluster_key,
         probe_interval=probe_interval,
         follow=follow,
+        coordinator=coordinator,
+        cluster_name=cluster_name,
+        leader_ttl=leader_ttl,
         min_insync_replicas=min_insync_replicas,
         replica_timeout=replica_timeout,
     )

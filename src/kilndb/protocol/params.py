@@ -346,6 +346,7 @@ def sync_request(body: dict[str, Any]) -> Params:
         "epochs": _epochs(body),
         "compacted_through": _field(body, "compacted_through", "count") or 0,
         "flags": [] if flags is None else flags,
+        "node": _field(body, "node", "str"),
     }
 
 

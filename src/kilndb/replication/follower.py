@@ -76,6 +76,7 @@ class Follower:
         backoff_min: float = 1.0,
         backoff_max: float = 30.0,
         fence: EpochFence | None = None,
+        node: str | None = None,
     ) -> None:
         self.leader = leader
         #: The newest leader epochs this server knows (shared with the rest of it).
@@ -83,6 +84,8 @@ class Follower:
         #: The epoch of the leader the current stream comes from.
         self.leader_epoch: int | None = None
         self.name = name
+        #: This server's node name, sent to the leader (in-sync replicas are named by it).
+        self.node = node
         #: ``open_local(database_id)``: the local database (created with that id when it
         #: does not exist); ``open_local(None)``: the existing one, or None.
         self._open_local = open_local
@@ -184,7 +187,10 @@ class Follower:
         compacted = 0 if local is None else local.compacted_through
         own = 0 if local is None else local.leader_epoch
         newest = self.fence.newest(self.name, own)
-        info = conn.call(**sync_request(self.name, epochs, position, compacted, newest))
+        request = sync_request(
+            self.name, epochs, position, compacted, node=self.node, newest_epoch=newest
+        )
+        info = conn.call(**request)
         if self._stop.is_set():
             return
         # Before the copy is touched (no cut, no shipment): a leader older than the

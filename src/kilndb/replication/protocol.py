@@ -78,12 +78,15 @@ def sync_request(
     epochs: list[dict[str, Any]],
     position: int,
     compacted_through: int = 0,
+    node: str | None = None,
     newest_epoch: int = 0,
 ) -> dict[str, Any]:
-    """``newest_epoch``: a leader epoch learned elsewhere, sent when newer than the
-    history's last one."""
+    """``node``: the follower's node name in a cluster with a coordinator (the leader
+    names its in-sync replicas by it); ``newest_epoch``: a leader epoch learned
+    elsewhere, sent when newer than the history's last one."""
     own = int(epochs[-1]["epoch"]) if epochs else 0
     return {
+        **({} if node is None else {"node": node}),
         "op": "sync_request",
         "database": database,
         "protocol_version": PROTOCOL_VERSION,

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Any
 
-from kilndb.errors import KilnError
+from kilndb.errors import InvalidArgumentError, KilnError
 from kilndb.protocol import Request
 from kilndb.protocol.ops import OPS
 from kilndb.server.dispatch import Dispatcher
@@ -60,6 +60,11 @@ class ServerOps:
             return {"database": params["name"], "created": not existed}
         if op == "remove_database":
             return self.databases.remove(params["name"], delete=params["delete"])
+        if op in ("promote", "replicate") and self.following.config.coordinator is not None:
+            raise InvalidArgumentError(
+                f"{op}: with a coordinator, etcd decides who leads and who follows; to move"
+                " a database's lead, stop its leader (it gives its leadership up at once)"
+            )
         if op == "promote":
             database = params["database"]
             return self.following.promote(None if database is None else [database])
@@ -106,6 +111,7 @@ class Runner:
                     replicas = self.leader.replicas_for(request)
                     if replicas:
                         self.leader.wait_replicas(db.name, position, replicas)
+                    self.dispatcher.confirm(db.name)
         except KilnError as exc:
             metrics.count("errors_total")
             metrics.event("request_error", op=request.op, error_code=exc.error_code)

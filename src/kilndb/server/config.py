@@ -80,6 +80,13 @@ class ServerConfig:
     probe_interval: float = 1.0
     #: Follow, from whichever member leads it, every database the cluster has.
     follow: bool = False
+    #: Hold leadership through etcd (``etcd://HOST:PORT[,HOST:PORT…]``): automatic
+    #: failover. Needs ``node_name``.
+    coordinator: str | None = None
+    #: The cluster's keys live under ``/kiln/{cluster_name}/`` in etcd.
+    cluster_name: str = "kiln"
+    #: Seconds a leader's etcd lease lives without renewal (renewed every third).
+    leader_ttl: float = 10.0
 
     def ssl_context(self) -> ssl.SSLContext | None:
         """The server's TLS context, or None without a certificate."""

@@ -99,9 +99,23 @@ _RUN = "kiln.write_run"
 #: How long a client whose frame timed out has to read the error before it is dropped.
 CLOSE_GRACE_SECONDS = 5.0
 
-#: The most queued requests applied as one batch: what a connection's replies may hold
-#: at once beyond the transport's buffer when its client does not read them.
-MAX_BATCH = 16
+#: The most reads (whose replies may be large) applied as one batch: what a connection's
+#: replies may hold beyond the transport's buffer when its client does not read them.
+MAX_BATCH_READS = 16
+#: The most requests of any kind applied as one batch (writes answer in a few bytes).
+MAX_BATCH = 1024
+
+
+def _batch_end(queued: list[tuple[Request, _Slot]]) -> int:
+    """How many of the queued requests the next batch takes."""
+    reads = 0
+    for index, (request, _) in enumerate(queued[:MAX_BATCH]):
+        if OPS[request.op].action == "read":
+            reads += 1
+            if reads > MAX_BATCH_READS:
+                return index
+    return min(len(queued), MAX_BATCH)
+
 
 #: Ops that write one fact: consecutive ones in a pipeline are committed together.
 _SINGLE_WRITES = frozenset({"write", "write_fact"})
@@ -380,7 +394,8 @@ class SocketConnection(asyncio.Protocol):
         if not self._queued or self._write_paused:
             self._applying = False
             return
-        batch, self._queued = self._queued[:MAX_BATCH], self._queued[MAX_BATCH:]
+        cut = _batch_end(self._queued)
+        batch, self._queued = self._queued[:cut], self._queued[cut:]
         if self._quick(batch):
             # Applied right here; acknowledged with everything else applied during this
             # turn of the loop, after one fsync.
@@ -465,9 +480,11 @@ class SocketConnection(asyncio.Protocol):
                 known = furthest.get(id(db))
                 if known is None or position > known[1]:
                     furthest[id(db)] = (db, position)
+        dispatcher = self.services.dispatcher
         for key, (db, position) in furthest.items():
             try:
                 db.wait_durable(position)
+                dispatcher.confirm(db.name)
             except KilnError as exc:
                 failures[key] = exc
         leader = self.services.leader
@@ -488,6 +505,7 @@ class SocketConnection(asyncio.Protocol):
             if failure is None and position and (replicas := leader.replicas_for(request)):
                 try:
                     leader.wait_replicas(db.name, position, replicas)
+                    self.services.dispatcher.confirm(db.name)  # still leading after the wait
                 except KilnError as exc:
                     failure = exc
             try:

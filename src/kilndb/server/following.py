@@ -31,6 +31,7 @@ from kilndb.engine import Database
 from kilndb.errors import (
     InvalidArgumentError,
     KilnError,
+    ReadOnlyReplicaError,
     StaleEpochError,
     UnavailableError,
 )
@@ -192,13 +193,13 @@ class Following:
             leader = None
         leader = leader or (known.leader if known is not None and known.epoch == newest else None)
         before = (self.fenced.get(name), dispatcher.read_only.get(name))
-        # At once, before anything else: the next write is refused.
+        # At once, before anything else: the next write is refused, and so is the answer
+        # to a write applied but not yet acknowledged.
         if leader:
-            dispatcher.read_only[name] = leader
-            dispatcher.refusals.pop(name, None)
+            dispatcher.refusals[name] = functools.partial(ReadOnlyReplicaError, leader)
         else:
             dispatcher.refusals[name] = functools.partial(StaleEpochError, name, own, newest)
-            dispatcher.read_only[name] = ""
+        dispatcher.read_only[name] = leader or ""
         self.databases.pinned.add(name)
         self.fenced[name] = newest
         self.settling.discard(name)
@@ -236,8 +237,8 @@ class Following:
         config = self.config
         if config.gossip_port is None or not config.join or config.follow:
             return []
-        if config.replica_of is not None:
-            return []
+        if config.replica_of is not None or config.coordinator is not None:
+            return []  # a replica's databases are followed; a coordinator decides
         held = [name for name in self.databases.on_disk() if name not in self.dispatcher.read_only]
         for name in held:
             self.settling.add(name)
@@ -320,6 +321,7 @@ class Following:
                 backoff_min=low,
                 backoff_max=high,
                 fence=self.epochs,
+                node=config.node_name if config.coordinator is not None else None,
             )
             self.followers.append(follower.start())
         self.metrics.event("following", leader=leader.url, databases=names)
@@ -362,6 +364,30 @@ class Following:
             log.warning("promoted to leader of %s at epoch %d", name, epoch)
         self.changed()
         return {"promoted": promoted}
+
+    @_following
+    def lead(self, name: str, epoch: int) -> None:
+        """Lead ``name`` from ``epoch`` on, as a coordinator granted it: stop following
+        it, start that epoch in its META unless it is there already, take writes."""
+        for follower in [f for f in self.followers if f.name == name]:
+            follower.stop()  # its thread has ended: nothing is appended any more
+            self.followers.remove(follower)
+        db = self.databases.get(name)
+        if db.leader_epoch < epoch:
+            db.promote(epoch)
+        elif db.leader_epoch > epoch:
+            raise InvalidArgumentError(
+                f"{name} is at epoch {db.leader_epoch} here, above the {epoch} granted"
+            )
+        self.fenced.pop(name, None)
+        self.settling.discard(name)
+        self.dispatcher.refusals.pop(name, None)
+        self.dispatcher.read_only.pop(name, None)
+        self.databases.pinned.discard(name)
+        position = db.stats()["last_position"]
+        self.metrics.event("promoted", database=name, epoch=epoch, position=position)
+        log.warning("leading %s at epoch %d from position %d", name, epoch, position)
+        self.changed()
 
     def status(self) -> list[dict[str, Any]]:
         """The leaders this server follows, one entry per database."""

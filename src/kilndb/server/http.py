@@ -85,6 +85,9 @@ _GAUGES = (
     "cluster_members_suspect",
     "cluster_members_dead",
     "cluster_members_left",
+    "coordinator_databases_led",
+    "coordinator_lease_valid_seconds",
+    "coordinator_elections_seen",
 )
 
 

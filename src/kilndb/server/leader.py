@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,6 +73,17 @@ class LeaderSide:
         self.links: set[FollowerLink] = set()
         #: Notified when a follower acknowledges (writes waiting for replicas).
         self._acks = threading.Condition()
+        self._ack_count = 0
+        #: Held while the in-sync set is decided and published (one change at a time).
+        self._isr_lock = threading.Lock()
+        #: With a coordinator: publishes a database's in-sync set (blocking; raises if
+        #: this node no longer leads it), and the sets published, by database.
+        self.publish_isr: Callable[[str, frozenset[str]], None] | None = None
+        self.isr: dict[str, frozenset[str]] = {}
+        #: The furthest position acknowledged per database (in-sync bookkeeping).
+        self.acked_through: dict[str, int] = {}
+        #: How long an in-sync member may lag behind a write before it leaves the set.
+        self.lag_max = 2.0
         # A fence wakes the writes waiting for replicas: they fail rather than wait.
         self.fence.on_newer(lambda database, epoch, leader: self.acked())
 
@@ -161,35 +173,97 @@ class LeaderSide:
     def acked(self) -> None:
         """A follower acknowledged something: wake the writes waiting for replicas."""
         with self._acks:
+            self._ack_count += 1
             self._acks.notify_all()
 
     def wait_replicas(self, database: str, position: int, replicas: int) -> None:
         """Block until ``replicas`` followers of ``database`` have ``position`` durably;
-        ReplicationTimeoutError after ``replica_timeout`` (the write stays committed)."""
+        ReplicationTimeoutError after ``replica_timeout`` (the write stays committed).
+
+        With in-sync replicas (a coordinator): also until every member of the published
+        in-sync set holds it. A member that lags for ``lag_max`` seconds is first taken
+        out of the set (published before the write is answered), and a follower that
+        holds every acknowledged write is added, so that the published set always names
+        followers holding every acknowledged write: only they may take over."""
         timeout = self.replica_timeout
-        deadline = time.monotonic() + timeout
-        with self._acks:
-            while True:
-                own = self.databases.leader_epoch(database)
-                self.fence.check(database, own)  # fenced while waiting: not acknowledged
-                have = sum(
-                    1
-                    for link in list(self.links)
-                    if not link.closed
-                    and link.superseded_by is None
-                    and link.db.name == database
-                    and link.durable >= position
-                )
-                if have >= replicas:
+        started = time.monotonic()
+        deadline = started + timeout
+        while True:
+            with self._acks:
+                seen = self._ack_count
+            own = self.databases.leader_epoch(database)
+            self.fence.check(database, own)  # fenced while waiting: not acknowledged
+            holders = {
+                link.node or link.peer
+                for link in list(self.links)
+                if not link.closed
+                and link.superseded_by is None
+                and link.db.name == database
+                and link.durable >= position
+            }
+            if len(holders) >= replicas:
+                if self.publish_isr is None:
                     return
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise ReplicationTimeoutError(
-                        f"{have} of {replicas} replicas acknowledged position {position} within"
-                        f" {timeout:g} s; the write is committed on the leader and will reach"
-                        " the followers when they catch up"
-                    )
-                self._acks.wait(remaining)
+                # Never under ``_acks``: publishing waits for the event loop, which takes
+                # ``_acks`` to record a follower's acknowledgement.
+                with self._isr_lock:
+                    waited = time.monotonic() - started
+                    if self._in_sync(database, position, holders, replicas, waited):
+                        return
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ReplicationTimeoutError(
+                    f"{len(holders)} of {replicas} replicas acknowledged position"
+                    f" {position} within {timeout:g} s; the write is committed on the"
+                    " leader and will reach the followers when they catch up"
+                )
+            with self._acks:
+                if self._ack_count == seen:  # nothing new since the holders were counted
+                    self._acks.wait(min(remaining, self.lag_max / 4))
+
+    def _in_sync(
+        self, database: str, position: int, holders: set[str], replicas: int, waited: float
+    ) -> bool:
+        """Whether a write at ``position`` held by ``holders`` may be answered now; moves
+        the published in-sync set first if it must (hold ``_isr_lock``)."""
+        assert self.publish_isr is not None
+        current = self.isr.get(database, frozenset())
+        through = max(self.acked_through.get(database, 0), position)
+        if current <= holders:
+            # Everyone in the set holds it. Followers that hold every acknowledged write
+            # (this one included) may join the set.
+            joined = frozenset(
+                link.node
+                for link in list(self.links)
+                if link.node
+                and not link.closed
+                and link.db.name == database
+                and link.durable >= through
+            )
+            wanted = current | joined
+        elif waited >= self.lag_max:
+            # The laggards leave; whoever holds every acknowledged write stays or joins.
+            wanted = frozenset(
+                link.node or link.peer
+                for link in list(self.links)
+                if not link.closed and link.db.name == database and link.durable >= through
+            )
+            if len(wanted) < replicas:
+                return False
+        else:
+            return False  # wait for the laggards a little longer
+        if wanted != current:
+            self.publish_isr(database, wanted)  # raises if this node no longer leads
+            self.isr[database] = wanted
+            self.metrics.event("isr_changed", database=database, members=sorted(wanted))
+        self.acked_through[database] = through
+        return True
+
+    def start_isr(self, database: str, members: frozenset[str]) -> None:
+        """A new leadership of ``database`` begins with these in-sync members."""
+        with self._isr_lock:
+            self.isr[database] = members
+            self.acked_through.pop(database, None)
 
     def status(self) -> list[dict[str, Any]]:
         """The followers this server ships to."""

@@ -30,6 +30,7 @@ from typing import Any
 
 from aiohttp import web
 
+from kilndb.coordination import Etcd, parse_coordinator_url
 from kilndb.errors import InvalidArgumentError
 from kilndb.replication.fencing import EpochFence
 from kilndb.server.admin import Runner, ServerOps
@@ -38,11 +39,13 @@ from kilndb.server.cluster import ClusterAgent
 from kilndb.server.commit import CommitRounds
 from kilndb.server.config import ServerConfig, is_loopback
 from kilndb.server.connections import SocketConnection
+from kilndb.server.coordinator import Coordinator
 from kilndb.server.dispatch import Dispatcher
 from kilndb.server.fanout import Fanout
 from kilndb.server.following import Following
 from kilndb.server.http import build_app
 from kilndb.server.leader import LeaderSide
+from kilndb.server.leadership import Leadership
 from kilndb.server.metrics import Metrics
 from kilndb.server.nodes import NodeManager
 from kilndb.server.services import Services
@@ -72,6 +75,15 @@ class Server:
                     " secret or public key, or insecure_bind (--insecure-bind)"
                 )
             log.warning("listening on %s without authentication", host)
+        if config.coordinator is not None:
+            parse_coordinator_url(config.coordinator)  # refused now if malformed
+            if not config.node_name:
+                raise InvalidArgumentError("a server with a coordinator needs a node name")
+            if config.replica_of is not None or config.follow:
+                raise InvalidArgumentError(
+                    "with a coordinator, etcd decides who leads and who follows: drop"
+                    " replica_of and follow"
+                )
         self.databases = NodeManager(config.data, config.database, config.nodes)
         self.dispatcher = Dispatcher(self.databases)
         self.metrics = Metrics(config.max_recent_events)
@@ -97,6 +109,8 @@ class Server:
         self._http: web.AppRunner | None = None
         #: This server as a cluster member (with ``gossip_port``).
         self.cluster: ClusterAgent | None = None
+        #: Leadership held through etcd (with ``coordinator``).
+        self.leadership: Leadership | None = None
         # Made by start(), with the event loop they run on.
         self.loop: asyncio.AbstractEventLoop
         self.tasks: TaskOwner
@@ -186,6 +200,8 @@ class Server:
             self.cluster = ClusterAgent(services, self.addresses)
             await self.cluster.start()  # on failure start() unbinds everything
             self.addresses.append(f"gossip://{self.cluster.address}")
+        if config.coordinator is not None:
+            self._coordinate(config.coordinator)
         self._started_at = time.monotonic()
         self.metrics.event("server_started", addresses=list(self.addresses))
 
@@ -198,10 +214,12 @@ class Server:
         data_dir = Path(self.config.data)
         data_dir.mkdir(parents=True, exist_ok=True)
         self._server_lock = ServerLock(data_dir)
-        if self.config.replica_of is None and not self.config.follow:
+        config = self.config
+        if config.replica_of is None and not config.follow and config.coordinator is None:
             # The database connections start in exists from the start, as the store of
             # Igniter's StoreServer does; others are created by their first write (reads
-            # never create). A replica's databases come from its leader only.
+            # never create). A replica's databases come from its leader only, and with a
+            # coordinator from the node that wins their first election.
             try:
                 self.databases.get("default")
             except BaseException:
@@ -284,9 +302,39 @@ class Server:
         self.state = "stopped"
         self.metrics.event("server_stopped")
 
+    def _coordinate(self, url: str) -> None:
+        """Hold leadership through the etcd at ``url`` (see leadership.py)."""
+        config = self.config
+        assert config.node_name is not None  # checked by __init__
+        coordinator = Coordinator(Etcd(parse_coordinator_url(url)), config.cluster_name)
+        self.leadership = Leadership(
+            coordinator,
+            config.node_name,
+            self.url,
+            config.leader_ttl,
+            self.databases,
+            self.dispatcher,
+            self.following,
+            self.metrics,
+            self.executor,
+            self.leader,
+            config.min_insync_replicas >= 1,
+        )
+        if config.min_insync_replicas >= 1:
+            self.leader.publish_isr = self.leadership.publish_isr
+            self.leader.lag_max = max(1.0, config.leader_ttl / 4)
+        # From now on every write asks the leadership first: none is taken before this
+        # node holds the database's leader key under a live lease.
+        self.dispatcher.write_gate = self.leadership.may_write
+        self.tasks.spawn(self.leadership.run(), "kilndb-leadership")
+
     async def _shutdown(self) -> None:
         self.state = "draining"
         self.metrics.event("server_draining", timeout=self.config.drain_timeout)
+        if self.leadership is not None:
+            # Followers take over at once instead of waiting for the lease to expire;
+            # writes still in flight here are refused rather than acknowledged.
+            await self.leadership.stop()
         if self.cluster is not None:
             await self.cluster.stop()  # goodbye: members see this one left at once
         for server in self._servers:
@@ -335,6 +383,8 @@ class Server:
             where = {"role": "leader"}
         if cluster is not None:
             where["cluster"] = cluster.name
+        elif self.config.coordinator is not None:
+            where["cluster"] = self.config.cluster_name  # clients follow the leader
         return where
 
     def _membership_changed(self) -> None:
@@ -365,10 +415,14 @@ class Server:
         return self.metrics.recent_events()
 
     def cluster_status(self) -> dict[str, Any]:
-        """The cluster as this member sees it (``{"cluster": None}`` outside one)."""
-        if self.cluster is None:
-            return {"cluster": None}
-        return {"cluster": self.cluster.status()}
+        """The cluster as this member sees it (``{"cluster": None}`` outside one), and
+        the leadership it holds through etcd (``coordinator``, with one)."""
+        status: dict[str, Any] = {
+            "cluster": None if self.cluster is None else self.cluster.status()
+        }
+        if self.leadership is not None:
+            status["coordinator"] = self.leadership.status()
+        return status
 
     def replication_status(self) -> dict[str, Any]:
         """The followers this server ships to, and the leaders it follows."""
@@ -405,6 +459,7 @@ class Server:
                     (f["lag_records"] for f in replication["following"]), default=0
                 ),
                 **({} if self.cluster is None else self.cluster.metrics()),
+                **({} if self.leadership is None else self.leadership.gauges()),
                 "active_connections": len(self.connections),
                 "subscription_count": self.metrics.http_streams
                 + sum(1 for c in list(self.connections) if c.subscribed()),

@@ -63,6 +63,8 @@ class FollowerLink:
         self.superseded_by: int | None = None
         self._newer_epoch = newer_epoch
         self.peer = peer
+        #: The follower's node name (with a coordinator; None otherwise).
+        self.node: str | None = None
         self.state = "catching_up"
         self.sent = after
         self.applied = after
@@ -118,6 +120,7 @@ class FollowerLink:
         return {
             "database": self.db.name,
             "peer": self.peer,
+            "node": self.node,
             "state": self.state,
             "position_sent": self.sent,
             "position_acked": self.durable,

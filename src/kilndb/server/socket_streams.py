@@ -131,6 +131,7 @@ class SocketStream:
             self.metrics.event("replication_refused", database=name, error=str(exc))
             log.warning("replication of %s refused: %s", name, exc)
             return self.host.failed(request, exc)
+        link.node = request.params.get("node")
         self.link = link
         services.leader.add(link)
         self._start(outbox)

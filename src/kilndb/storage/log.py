@@ -35,6 +35,7 @@ from kilndb.config import DatabaseConfig
 from kilndb.errors import (
     ClosedError,
     CorruptRecordError,
+    InvalidArgumentError,
     ProtocolError,
     StorageError,
 )
@@ -635,12 +636,20 @@ class Log:
             if raise_watermarks(self.meta, position, by_store):
                 write_meta(self.directory, self.meta)
 
-    def start_epoch(self, above: int = 0) -> int:
-        """Begin a new leader epoch at the next position (a promotion), greater than
-        both the last one and ``above``; return it."""
+    def start_epoch(self, epoch: int | None = None, above: int = 0) -> int:
+        """Begin a new leader epoch at the next position (a promotion); return it.
+
+        ``epoch``: the number a coordinator granted (it must be above the current one);
+        by default one greater than both the current one and ``above``."""
         with self.lock, self._meta_lock:
             epochs = self.meta.setdefault("epochs", [{"epoch": 0, "start_position": 1}])
-            epoch = max(int(epochs[-1]["epoch"]), above) + 1
+            current = int(epochs[-1]["epoch"])
+            if epoch is None:
+                epoch = max(current, above) + 1
+            elif epoch <= current:
+                raise InvalidArgumentError(
+                    f"a new leader epoch must be above the current one ({epoch} <= {current})"
+                )
             # The id tells two promotions to the same epoch number apart (two followers
             # of one leader both promoted): their histories differ although the numbers
             # match.
