@@ -18,6 +18,7 @@ import pytest
 
 import kilndb
 from kilndb.codec import FrameDecoder, encode_frame
+from kilndb.protocol import Request, parse_request
 from kilndb.replication.fencing import EpochFence
 from kilndb.server import Server
 from tests.replication.test_follower import _eventually, _write
@@ -222,6 +223,21 @@ def test_a_leader_asked_by_a_newer_epoch_fences_itself(tmp_path: Path) -> None:
         assert promoted["epoch"] == 3
         with kilndb.connect(leader.url) as db:
             db.store("s").write("after", 1)
+
+
+def test_a_write_applied_before_the_fence_is_not_acknowledged(tmp_path: Path) -> None:
+    with Server(data=tmp_path / "a", port=0) as server:
+        _write(server.url, 0, 1)
+        write = {"op": "write", "database": "default", "store": "s", "key": "k", "value": 1}
+        request = parse_request(orjson.dumps(write))
+        assert isinstance(request, Request)
+        _, db, position = server.dispatcher.apply(request, "default")
+        assert db is not None and position
+        server.following.fence("default", 1, NOWHERE)  # lands before the answer
+        db.wait_durable(position)
+        with pytest.raises(kilndb.ReadOnlyReplicaError):
+            server.dispatcher.confirm("default")  # what every write passes to be answered
+        assert server.status()["replication"]["fenced"] == {"default": 1}
 
 
 def test_fencing_what_is_not_led_here_changes_nothing(tmp_path: Path) -> None:

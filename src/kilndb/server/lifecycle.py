@@ -425,10 +425,16 @@ class Server:
         return status
 
     def replication_status(self) -> dict[str, Any]:
-        """The followers this server ships to, and the leaders it follows."""
+        """The followers this server ships to, the leaders it follows, and the databases
+        fenced here (name -> the newer epoch led elsewhere)."""
         following = self.following.status()
         role = "follower" if following else "leader"
-        return {"role": role, "followers": self.leader.status(), "following": following}
+        return {
+            "role": role,
+            "followers": self.leader.status(),
+            "following": following,
+            "fenced": dict(self.following.fenced),
+        }
 
     def status(self) -> dict[str, Any]:
         """The observability snapshot (Igniter's shape) that ``server_status`` answers."""
