@@ -116,6 +116,7 @@ def _batch_end(queued: list[tuple[Request, _Slot]]) -> int:
                 return index
     return min(len(queued), MAX_BATCH)
 
+
 #: Ops that write one fact: consecutive ones in a pipeline are committed together.
 _SINGLE_WRITES = frozenset({"write", "write_fact"})
 
