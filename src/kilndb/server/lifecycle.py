@@ -313,6 +313,7 @@ class Server:
         if config.min_insync_replicas >= 1:
             self.leader.publish_isr = self.leadership.publish_isr
             self.leader.lag_max = max(1.0, config.leader_ttl / 4)
+        self.services.server_ops.handover = self.leadership.hand_over
         # From now on every write asks the leadership first: none is taken before this
         # node holds the database's leader key under a live lease.
         self.dispatcher.write_gate = self.leadership.may_write
