@@ -300,7 +300,7 @@ class Server:
         self.leadership = Leadership(
             coordinator,
             config.node_name,
-            self.url,
+            config.advertise_url or self.url,
             config.leader_ttl,
             self.databases,
             self.dispatcher,
