@@ -134,13 +134,11 @@ class Hosts:
                 return ConnectionLostError(f"no server of {self.hosts} was asked")
             if len(failures) == 1:
                 return failures[0][1]
-            listed = "; ".join(f"{url}: {error.message}" for url, error in failures)
-            return ConnectionLostError(
-                f"cannot connect to any of {len(failures)} servers ({listed})"
-            )
+            listed = "; ".join(_failure(url, error) for url, error in failures)
+            return ConnectionLostError(f"cannot connect to any of the servers ({listed})")
         needed = "leads" if self.want == "leader" else "holds"
         said = "; ".join(f"{url} {why}" for url, why in self._refusals.items())
-        failed = "".join(f"; {url}: {error.message}" for url, error in self._failures.items())
+        failed = "".join(f"; {_failure(url, error)}" for url, error in self._failures.items())
         return UnavailableError(f"no server {needed} {self.database!r} now ({said}{failed})")
 
     # -- between rounds ---------------------------------------------------------------
@@ -160,6 +158,11 @@ class Hosts:
         self.named(leader)
         self.current = None  # it no longer leads: not asked first again
         return True
+
+
+def _failure(url: str, error: KilnError) -> str:
+    """What went wrong with ``url``, naming it once."""
+    return error.message if url in error.message else f"{url}: {error.message}"
 
 
 def reads_hosts(
