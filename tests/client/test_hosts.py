@@ -158,6 +158,11 @@ def test_a_single_server_that_cannot_be_reached_is_its_own_error() -> None:
     assert isinstance(error, ConnectionLostError) and error.message == _lost(A).message
 
 
+def test_a_server_that_says_no_role_holds_and_leads_its_database() -> None:
+    hosts = Hosts((A, B), "default", "leader")
+    assert _round(hosts, {A: None, B: {"ok": True}}) == [A, B]
+
+
 def test_a_single_server_is_taken_whatever_it_says() -> None:
     hosts = Hosts((A,), "default", "any")
     assert _round(hosts, {A: _elsewhere(B)}) == [A]

@@ -162,7 +162,7 @@ class AsyncLink:
 
     async def _open_channel(self, url: str) -> tuple[_Channel, dict[str, Any]]:
         endpoint = self.endpoint.at(url)
-        reader, writer = await endpoint.open_stream()
+        reader, writer = await endpoint.open_stream(self.timeout)
         channel = _Channel(url, reader, writer)
         try:
             hello = _hello(endpoint, self.database)

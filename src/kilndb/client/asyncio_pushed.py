@@ -82,7 +82,7 @@ class AsyncPushedStream(Generic[T]):
     async def _subscribe_at(self, url: str) -> tuple[asyncio.StreamReader, FrameDecoder] | None:
         """Subscribe on server ``url``; None if its hello says it will not do."""
         endpoint = self.endpoint.at(url)
-        reader, writer = await endpoint.open_stream()
+        reader, writer = await endpoint.open_stream(self._timeout)
         decoder = FrameDecoder(DEFAULT_MAX_FRAME_BYTES)
 
         async def ask(message: dict[str, Any]) -> dict[str, Any]:

@@ -173,13 +173,21 @@ class Endpoint:
         except OSError as exc:  # ssl.SSLError included
             raise ConnectionLostError(f"cannot connect to {self.url}: {exc}") from exc
 
-    async def open_stream(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        """An asyncio connection (with TLS when configured)."""
+    async def open_stream(
+        self, timeout: float | None = None
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """An asyncio connection (with TLS when configured), made within ``timeout``
+        seconds (None: as long as the system takes), as :meth:`open_socket` does."""
         parts = urlsplit(self.url)
         try:
-            if parts.scheme == "unix":
-                return await asyncio.open_unix_connection(parts.path)
-            host, port = self._address()
-            return await asyncio.open_connection(host, port, ssl=self.ssl_context)
+            async with asyncio.timeout(timeout):
+                if parts.scheme == "unix":
+                    return await asyncio.open_unix_connection(parts.path)
+                host, port = self._address()
+                return await asyncio.open_connection(host, port, ssl=self.ssl_context)
+        except TimeoutError as exc:
+            raise ConnectionLostError(
+                f"cannot connect to {self.url}: no answer within {timeout:g} s"
+            ) from exc
         except OSError as exc:
             raise ConnectionLostError(f"cannot connect to {self.url}: {exc}") from exc

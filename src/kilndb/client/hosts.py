@@ -112,7 +112,7 @@ class Hosts:
     def answered(self, url: str, hello: dict[str, Any]) -> bool:
         """``url`` said ``hello``: True if the connection stays there (the round is
         over); False to close it and ask the next server."""
-        role = hello.get("role")
+        role = hello.get("role", "leader")  # a server that says no role replicates nothing
         if self.want == "any" or role == "leader" or (self.want == "holder" and role == "follower"):
             self.current = url
             self.hint = None
