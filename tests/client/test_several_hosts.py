@@ -30,6 +30,7 @@ class Pair:
         self.a.databases.get("default")
         self.b = _follower(tmp_path, self.a, "b")
         self.b_url = self.b.url
+        self.b_stopped = False
 
     def caught_up(self) -> None:
         assert self.a is not None
@@ -48,9 +49,13 @@ class Pair:
         self.b.promote()
 
     def stop(self) -> None:
+        """Stop both servers (again: nothing)."""
         if self.a is not None:
             self.a.stop()
-        self.b.stop()
+            self.a = None
+        if not self.b_stopped:
+            self.b_stopped = True
+            self.b.stop()
 
 
 @pytest.fixture
@@ -211,3 +216,8 @@ def test_a_bad_list_is_refused_before_anything_is_sent(connect: Callable[..., An
         connect("tcp://127.0.0.1:1,tls://127.0.0.1:2")
     with pytest.raises(kilndb.InvalidArgumentError, match=r"server 2 of .*: empty"):
         connect("tcp://127.0.0.1:1,,127.0.0.1:3")
+
+
+def test_a_single_url_redirected_to_the_leader_subscribes_there(pair: Pair, connect: Any) -> None:
+    with connect(pair.b_url, read_from="leader") as db, db.subscribe() as sub:
+        assert (db.url, sub.url) == (pair.a_url, pair.a_url)

@@ -414,7 +414,7 @@ async def connect_async(
             leader = leader_to_read_from(link.url, hello, read_from, follow_leader)
         if leader:
             await link.close()
-            endpoint = endpoint.at(leader)
+            endpoint = Endpoint(leader, endpoint.token, endpoint.ssl_context)
             link = AsyncLink(endpoint, database, timeout, reconnect)
             hello = await link.open()
             arrived(endpoint.url, hello)

@@ -100,7 +100,8 @@ class Endpoint:
 
     def at(self, url: str) -> Endpoint:
         """Server ``url`` (one of the list, or a leader a server named), with this
-        endpoint's token, TLS and list."""
+        endpoint's token, TLS and list (a connection to it that breaks may move on to
+        another server of the list; ``Endpoint(url, token, ssl_context)`` would not)."""
         return Endpoint(url, self.token, self.ssl_context, self.hosts)
 
     @classmethod

@@ -180,7 +180,7 @@ class RemoteDatabase:
                 leader := leader_to_read_from(self._link.url, hello, read_from, follow_leader)
             ):
                 self._link.close()
-                self.endpoint = self.endpoint.at(leader)
+                self.endpoint = Endpoint(leader, self.endpoint.token, self.endpoint.ssl_context)
                 self._link = Link(self.endpoint, database, timeout, self._reconnect)
                 hello = self._link.open()
                 arrived(self.endpoint.url, hello)
@@ -190,7 +190,7 @@ class RemoteDatabase:
         #: The cluster member this client reached (None: the server is in no cluster).
         self.cluster_node: str | None = hello.get("cluster")
         #: Send writes a follower refuses (ReadOnlyReplicaError) on to its leader; by
-        #: default on in a cluster.
+        #: default on in a cluster and with a list of servers.
         self.follow_leader = follows_leader(hello, follow_leader, self.endpoint.several)
         self._stores: dict[str, RemoteStore] = {}
         self._subscriptions: list[PushedStream[Any]] = []
