@@ -221,3 +221,17 @@ def test_a_bad_list_is_refused_before_anything_is_sent(connect: Callable[..., An
 def test_a_single_url_redirected_to_the_leader_subscribes_there(pair: Pair, connect: Any) -> None:
     with connect(pair.b_url, read_from="leader") as db, db.subscribe() as sub:
         assert (db.url, sub.url) == (pair.a_url, pair.a_url)
+
+
+def test_write_each_on_a_follower_of_the_list_goes_on_to_the_leader(
+    pair: Pair, connect: Any
+) -> None:
+    with connect(f"{pair.b_url},{pair.a_url}") as db:
+        assert db.url == pair.b_url
+        outcomes = db.write_each(
+            [kilndb.Write("s", "k", i, id=f"e{i}") for i in range(3)]
+            + [kilndb.Write("s", "k", 9, expected_seq=0)]
+        )
+        assert [getattr(o, "seq", None) for o in outcomes[:3]] == [1, 2, 3]
+        assert isinstance(outcomes[3], kilndb.ConflictError)  # the leader's answer
+    assert _ids(pair.a_url, "k") == ["e0", "e1", "e2"]

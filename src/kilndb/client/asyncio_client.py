@@ -38,6 +38,7 @@ from kilndb.client.core import (
     follows_leader,
     leader_for,
     leader_to_read_from,
+    refused_writes,
 )
 from kilndb.client.endpoint import Endpoint
 from kilndb.client.hosts import Hosts, reads_hosts
@@ -275,16 +276,24 @@ class AsyncRemoteDatabase:
     async def write_each(self, writes: Iterable[Write]) -> list[Fact | KilnError]:
         """Independent writes, pipelined; as :meth:`kilndb.client.RemoteDatabase.write_each`."""
 
-        async def send(request: Request[Fact | KilnError]) -> Fact | KilnError:
+        async def send(link: AsyncLink, request: Request[Fact | KilnError]) -> Fact | KilnError:
+            self._check_open()
             try:
-                return await self._send(request)  # a refusal is its outcome, not raised
+                return await link.call(request)  # a refusal is its outcome, not raised
             except WriteOutcomeUnknownError as exc:  # this write's outcome, as in a pipeline
                 return exc
 
         requests = calls.write_each(writes)
         self._check_open()
-        sent = [send(r) for r in requests if not isinstance(r, KilnError)]
-        replies = iter(await asyncio.gather(*sent))
+        sent = [r for r in requests if not isinstance(r, KilnError)]
+        outcomes = list(await asyncio.gather(*(send(self._link, r) for r in sent)))
+        refused, leader = refused_writes(outcomes, self.follow_leader, self.endpoint.several)
+        if leader is not None:
+            link = await self._leader_link(leader)
+            again = await asyncio.gather(*(send(link, sent[i]) for i in refused))
+            for index, outcome in zip(refused, again, strict=True):
+                outcomes[index] = outcome
+        replies = iter(outcomes)
         return [r if isinstance(r, KilnError) else next(replies) for r in requests]
 
     # -- leases ----------------------------------------------------------------------

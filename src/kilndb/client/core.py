@@ -73,6 +73,7 @@ __all__ = [
     "lost_reply",
     "message_of",
     "repeatable",
+    "refused_writes",
     "reply_of",
 ]
 
@@ -269,6 +270,18 @@ def leader_for(
     if refused.leader:
         return refused.leader
     return "" if several else None
+
+
+def refused_writes(
+    outcomes: list[Any], follow_leader: bool, several: bool
+) -> tuple[list[int], str | None]:
+    """The ``write_each`` outcomes a follower refused (ReadOnlyReplicaError) and the
+    leader to send those writes to, as :func:`leader_for` says (None: the refusals
+    are the outcomes)."""
+    refused = [i for i, outcome in enumerate(outcomes) if isinstance(outcome, ReadOnlyReplicaError)]
+    if not refused:
+        return [], None
+    return refused, leader_for(outcomes[refused[0]], follow_leader, several)
 
 
 #: Where a client sends reads: any node it reached, or the database's leader.

@@ -28,6 +28,7 @@ from kilndb.client.core import (
     follows_leader,
     leader_for,
     leader_to_read_from,
+    refused_writes,
 )
 from kilndb.client.endpoint import Endpoint
 from kilndb.client.feeds import FactFeed
@@ -324,12 +325,18 @@ class RemoteDatabase:
     def write_each(self, writes: Iterable[Write]) -> list[Fact | KilnError]:
         """Independent writes, pipelined; as :meth:`Database.write_each`. A write whose
         reply a broken connection lost is WriteOutcomeUnknownError in the list, unless
-        it carries an ``id`` (then it is sent again)."""
+        it carries an ``id`` (then it is sent again). Writes a follower refuses go on
+        to its leader as a second pipeline (see ``follow_leader``)."""
         requests = calls.write_each(writes)
         sent = [r for r in requests if not isinstance(r, KilnError)]
         if self._closed:
             raise ClosedError(f"connection to {self.url} is closed")
         outcomes: list[Fact | KilnError] = self._link.pipeline(sent) if sent else []
+        refused, leader = refused_writes(outcomes, self.follow_leader, self.endpoint.several)
+        if leader is not None:
+            again = self._leader_link(leader).pipeline([sent[i] for i in refused])
+            for index, outcome in zip(refused, again, strict=True):
+                outcomes[index] = outcome
         replies = iter(outcomes)
         return [r if isinstance(r, KilnError) else next(replies) for r in requests]
 
