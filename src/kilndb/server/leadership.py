@@ -176,6 +176,17 @@ class Leadership:
             f"{database!r} has no leader yet (an election is under way): retry shortly"
         )
 
+    def routing(self, database: str) -> dict[str, Any]:
+        """``hello``'s fields: ``leader`` only while this node may take the writes."""
+        with self._cond:
+            leading = database in self.led and time.monotonic() < self.valid_until
+            leading = leading and database not in self.handing
+        if leading:
+            return {"role": "leader"}
+        record = self.leaders.get(database)
+        url = None if record is None or record.node == self.node else record.url
+        return {"role": "follower", "leader": url}
+
     def _poke(self) -> None:
         loop = self._loop
         if loop is not None:

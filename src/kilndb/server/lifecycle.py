@@ -365,6 +365,8 @@ class Server:
         where: dict[str, Any]
         leader = self.dispatcher.read_only.get(database)
         cluster = self.cluster
+        if self.leadership is not None:  # etcd says who leads
+            return {**self.leadership.routing(database), "cluster": self.config.cluster_name}
         if leader is not None:
             where = {"role": "follower", "leader": leader or None}
         elif cluster is not None and (elsewhere := cluster.elsewhere(database)):
