@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+from collections.abc import Callable
 
 import orjson
 
@@ -42,6 +43,7 @@ class Proxy:
         self.port = self._listener.getsockname()[1]
         self.url = f"tcp://127.0.0.1:{self.port}"
         self._lose: str | None = None
+        self._then: Callable[[], object] | None = None
         self._lock = threading.Lock()
         #: Ops whose reply the proxy threw away.
         self.lost: list[str] = []
@@ -49,10 +51,13 @@ class Proxy:
         self._closed = False
         threading.Thread(target=self._accept, daemon=True).start()
 
-    def lose_reply_to(self, op: str) -> None:
-        """Lose the reply to the next request whose op is ``op`` (then drop that client)."""
+    def lose_reply_to(self, op: str, then: Callable[[], object] | None = None) -> None:
+        """Lose the reply to the next request whose op is ``op`` (then drop that client).
+        ``then`` runs once the reply is thrown away and before the client's connection
+        closes — a server that dies (``then`` stops it) right after applying a request."""
         with self._lock:
             self._lose = op
+            self._then = then
 
     def _accept(self) -> None:
         while not self._closed:
@@ -81,8 +86,12 @@ class Proxy:
                     return
                 with self._lock:
                     lose, self._lose = self._lose == op, None if self._lose == op else self._lose
+                    then, self._then = (self._then, None) if lose else (None, self._then)
                 if lose:
                     self.lost.append(op)
+                    server.close()
+                    if then is not None:
+                        then()
                     return
                 client.sendall(encode_frame(reply))
         except OSError:

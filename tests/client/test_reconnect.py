@@ -21,7 +21,6 @@ from kilndb import Write
 from kilndb.server import Server
 from kilndb.server.auth import AuthConfig, create_token
 from tests.client.proxy import Proxy
-from tests.conformance.synced import Loop, synced_connect
 
 
 class Restartable:
@@ -53,17 +52,6 @@ def server(tmp_path: Path) -> Iterator[Restartable]:
     running = Restartable(tmp_path / "data")
     yield running
     running.stop()
-
-
-@pytest.fixture(params=["sync", "async"])
-def connect(request: pytest.FixtureRequest) -> Iterator[Callable[..., Any]]:
-    """``kilndb.connect``, or the same calls made through ``kilndb.connect_async``."""
-    if request.param == "sync":
-        yield kilndb.connect
-        return
-    loop = Loop()
-    yield synced_connect(loop)
-    loop.stop()
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ import functools
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -232,3 +233,45 @@ def test_manual_promotion_is_refused_where_etcd_decides(nodes: list[Server]) -> 
         pytest.raises(kilndb.InvalidArgumentError, match="etcd decides"),
     ):
         db._call("promote")
+
+
+def test_a_planned_switchover_hands_the_lead_over_without_losing_a_write(
+    nodes: list[Server],
+) -> None:
+    leader = first_write(nodes)
+    target = next(s for s in nodes if s is not leader)
+    acknowledged: list[str] = []
+    stop = threading.Event()
+
+    def write() -> None:
+        with kilndb.connect(leader.url) as db:  # follows the lead when it moves
+            n = 0
+            while not stop.is_set():
+                n += 1
+                try:
+                    db.store("s").write(f"h{n}", n, id=f"h{n}")
+                    acknowledged.append(f"h{n}")
+                except kilndb.KilnError:
+                    time.sleep(0.05)  # refused while the lead moves: retried
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        time.sleep(0.5)
+        with kilndb.connect(leader.url, follow_leader=False) as db:
+            moved = db._call("promote", to=target.config.node_name)
+        assert moved["from"] == leader.config.node_name
+        assert moved["to"] == target.config.node_name and moved["epoch"] >= 2
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        writer.join(30)
+    assert current_leader(nodes) is target
+    with kilndb.connect(target.url) as db:
+        missing = [key for key in acknowledged if db.store("s").read(key) is None]
+    assert acknowledged and not missing
+    with (
+        kilndb.connect(target.url, follow_leader=False) as db,
+        pytest.raises(kilndb.InvalidArgumentError, match="does not lead"),
+    ):
+        db._call("promote", to=leader.config.node_name, database="nothing-here")

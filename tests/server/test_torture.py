@@ -1,8 +1,10 @@
 """A Jepsen-style torture test of automatic failover: three ``kiln serve`` processes on a
 real etcd with ``--min-insync-replicas 1``, writers that put an ``id`` on every write
 (plain writes and ``expected_seq`` writes), and faults drawn at random for a bounded
-time — kill -9 of the leader, SIGSTOP past its lease then SIGCONT, its link to etcd cut
-then healed (each node reaches etcd through a fault-injecting proxy), a restart of etcd.
+time — kill -9 of the leader, SIGSTOP past its lease then SIGCONT, its link to etcd cut,
+its links to the other nodes and clients cut, both at once (each node reaches etcd
+through a fault-injecting proxy, and is reached through one: ``--advertise-url``), a
+restart of etcd.
 
 Afterwards, on every node: each acknowledged write is there exactly once with its value,
 positions run without a gap, all nodes hold the same log, and no two acknowledged writes
@@ -54,7 +56,11 @@ class Cluster:
         host, port = etcd.endpoint.removeprefix("http://").rsplit(":", 1)
         self.proxies = {name: FaultProxy((host, int(port))) for name in NODES}
         self.ports = {name: free_port() for name in NODES}
-        self.urls = {name: f"tcp://127.0.0.1:{port}" for name, port in self.ports.items()}
+        #: What the others (nodes and writers) reach each node through.
+        self.fronts = {name: FaultProxy(("127.0.0.1", self.ports[name])) for name in NODES}
+        self.urls = {
+            name: "tcp://{}:{}".format(*front.address) for name, front in self.fronts.items()
+        }
         self.processes: dict[str, subprocess.Popen[str]] = {}
 
     def start(self, name: str) -> None:
@@ -77,6 +83,8 @@ class Cluster:
                 str(TTL),
                 "--min-insync-replicas",
                 "1",
+                "--advertise-url",
+                self.urls[name],
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -105,7 +113,7 @@ class Cluster:
             if process.poll() is None:
                 with_signal(process, signal.SIGCONT)
             reap(process)
-        for proxy in self.proxies.values():
+        for proxy in [*self.proxies.values(), *self.fronts.values()]:
             proxy.close()
 
 
@@ -155,7 +163,7 @@ def faults(cluster: Cluster, etcd: EtcdProcess, rng: random.Random, log: list[st
     while time.monotonic() < deadline:
         time.sleep(rng.uniform(1.0, 3.0))
         leader = cluster.leader() or rng.choice(NODES)
-        fault = rng.choice(("kill", "pause", "cut", "etcd"))
+        fault = rng.choice(("kill", "pause", "cut", "partition", "isolate", "etcd"))
         log.append(f"{fault} {leader}")
         if fault == "kill":
             process = cluster.processes[leader]
@@ -168,10 +176,17 @@ def faults(cluster: Cluster, etcd: EtcdProcess, rng: random.Random, log: list[st
             with_signal(process, signal.SIGSTOP)
             time.sleep(TTL * rng.uniform(1.2, 2.0))
             with_signal(process, signal.SIGCONT)
-        elif fault == "cut":
-            cluster.proxies[leader].cut()
+        elif fault in ("cut", "partition", "isolate"):
+            links = []
+            if fault in ("cut", "isolate"):  # from etcd: its lease runs out
+                links.append(cluster.proxies[leader])
+            if fault in ("partition", "isolate"):  # from the other nodes and the writers
+                links.append(cluster.fronts[leader])
+            for link in links:
+                link.cut()
             time.sleep(TTL * rng.uniform(1.2, 2.0))
-            cluster.proxies[leader].heal()
+            for link in links:
+                link.heal()
         else:
             etcd.stop()
             time.sleep(rng.uniform(0.5, 2.0))
@@ -221,6 +236,7 @@ def test_no_acknowledged_write_is_lost_or_doubled_under_faults(
             thread.join(60)
         for name in NODES:  # every node back, every link healed
             cluster.proxies[name].heal()
+            cluster.fronts[name].heal()
             if not cluster.alive(name):
                 cluster.start(name)
         deadline = time.monotonic() + 60

@@ -1,7 +1,10 @@
 """The global options of ``kiln`` and how a command opens the database they name.
 
 ``--data``, ``--database`` and ``--sync`` (or ``KILN_DATA``, ``KILN_DATABASE``,
-``KILN_SYNC``) fill one :class:`CliSettings`, stored as the click context's ``obj``.
+``KILN_SYNC``) fill one :class:`CliSettings`, stored as the click context's ``obj``;
+``--url`` (``KILN_URL``) names a server instead, or several (``tcp://h1:7400,h2:7400``):
+commands on facts then follow the database's leader as :func:`kilndb.connect` does, and
+admin commands talk to the first server that answers (:func:`server_connection`).
 Commands that only read refuse to create a database that does not exist, so a mistyped
 ``--data`` is an error rather than an empty answer.
 """
@@ -23,6 +26,8 @@ import kilndb
 from kilndb.cli.errors import CliError
 from kilndb.client import RemoteDatabase
 from kilndb.client.endpoint import Endpoint
+from kilndb.client.hosts import Hosts
+from kilndb.client.link import connect_first
 from kilndb.client.transport import Connection
 from kilndb.config import SyncMode
 from kilndb.model import validate_database_name
@@ -37,6 +42,8 @@ __all__ = [
 ]
 
 DEFAULT_DATA_DIR = "./data"
+#: How long a command waits for a server's reply, in seconds.
+DEFAULT_TIMEOUT = 30.0
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -93,13 +100,15 @@ class CliSettings:
 
 
 def server_connection(settings: CliSettings) -> Connection:
-    """A raw connection to the ``--url`` server, introduced with ``hello`` (token)."""
-    connection = Connection(settings.endpoint())
-    try:
-        connection.hello(settings.database)
-    except BaseException:
-        connection.close()
-        raise
+    """A raw connection to the ``--url`` server, introduced with ``hello`` (token).
+
+    When ``--url`` lists several servers, it is the first of them that answers, in the
+    order given, whatever its role: the admin commands built on it (``status``,
+    ``cluster status``, ``promote``, ``replicate``, ``databases``, ``create``, ``drop``)
+    talk to one node, so the list is a fallback for them, not a choice of leader."""
+    endpoint = settings.endpoint()
+    hosts = Hosts(endpoint.hosts, settings.database, "any")
+    connection, _ = connect_first(endpoint, settings.database, hosts, DEFAULT_TIMEOUT)
     return connection
 
 

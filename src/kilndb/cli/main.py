@@ -123,7 +123,8 @@ class KilnGroup(click.Group):
     envvar="KILN_URL",
     show_envvar=True,
     help="Use the server at this URL (tcp://HOST:PORT, tls://HOST:PORT or unix:///PATH)"
-    " instead of --data.",
+    " instead of --data; several servers as tcp://H1:P1,H2:P2 (writes follow the leader,"
+    " admin commands use the first that answers).",
 )
 @click.option(
     "--token",

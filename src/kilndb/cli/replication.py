@@ -12,14 +12,23 @@ __all__ = ["promote", "replicate"]
 
 @click.command()
 @click.option("--database", "only", default=None, help="Only this database (default: all).")
+@click.option(
+    "--to",
+    "to",
+    default=None,
+    help="With a coordinator: the node the leader at --url hands the database to.",
+)
 @pass_settings
-def promote(settings: CliSettings, only: str | None) -> None:
+def promote(settings: CliSettings, only: str | None, to: str | None) -> None:
     """Make the follower at --url the leader of the databases it follows.
 
     Each gets a new leader epoch (in its META) and accepts writes from then on. Point
-    the other followers at it with `kiln replicate`.
+    the other followers at it with `kiln replicate`. In a cluster with a coordinator,
+    send `--to NODE` to the leader instead: it stops taking writes, waits until NODE
+    holds every one, and hands NODE the lead (a planned switchover, default database
+    unless --database).
     """
-    reply = server_call(settings, "promote", database=only)
+    reply = server_call(settings, "promote", database=only, to=to)
     print_json(reply)
 
 

@@ -290,6 +290,12 @@ def _names(text: str | None) -> tuple[str, ...]:
     help="With --coordinator: the cluster's keys live under /kiln/NAME/ in etcd.",
 )
 @click.option(
+    "--advertise-url",
+    envvar="KILN_ADVERTISE_URL",
+    help="With --coordinator: the tcp:// URL other nodes and clients reach this one at,"
+    " when it is not the address it listens on (a proxy, NAT).",
+)
+@click.option(
     "--leader-ttl",
     type=click.FloatRange(1),
     default=10.0,
@@ -363,6 +369,7 @@ def serve(
     follow: bool,
     coordinator: str | None,
     cluster_name: str,
+    advertise_url: str | None,
     leader_ttl: float,
     min_insync_replicas: int,
     replica_timeout: float,
@@ -427,6 +434,7 @@ def serve(
         follow=follow,
         coordinator=coordinator,
         cluster_name=cluster_name,
+        advertise_url=advertise_url,
         leader_ttl=leader_ttl,
         min_insync_replicas=min_insync_replicas,
         replica_timeout=replica_timeout,

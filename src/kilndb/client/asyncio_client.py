@@ -38,8 +38,10 @@ from kilndb.client.core import (
     follows_leader,
     leader_for,
     leader_to_read_from,
+    refused_writes,
 )
 from kilndb.client.endpoint import Endpoint
+from kilndb.client.hosts import Hosts, reads_hosts
 from kilndb.errors import ClosedError, KilnError, ReadOnlyReplicaError, WriteOutcomeUnknownError
 from kilndb.leases import Lease
 from kilndb.model import Fact, Write, validate_store_name
@@ -149,15 +151,21 @@ class AsyncRemoteDatabase:
     ) -> None:
         self._link = link
         self.endpoint = link.endpoint
-        self.url = link.url
         self.name = link.database
         self.timeout = link.timeout
         self._reconnect = link.reconnect
         #: The cluster member this client reached (None: the server is in no cluster).
         self.cluster_node: str | None = hello.get("cluster")
         #: Send writes a follower refuses (ReadOnlyReplicaError) on to its leader.
-        self.follow_leader = follows_leader(hello, follow_leader)
+        self.follow_leader = follows_leader(hello, follow_leader, self.endpoint.several)
         self._leader: AsyncLink | None = None
+        #: With a list of servers: the link that finds the leader for refused writes.
+        self._finder: AsyncLink | None = None
+        if self.endpoint.several:
+            leads = Hosts(self.endpoint.hosts, self.name, "leader")
+            self._finder = AsyncLink(
+                self.endpoint, self.name, self.timeout, self._reconnect, hosts=leads
+            )
         self._leader_lock = asyncio.Lock()
         self._closed = False
         self._stores: dict[str, AsyncRemoteStore] = {}
@@ -165,6 +173,11 @@ class AsyncRemoteDatabase:
 
     def __repr__(self) -> str:
         return f"<kilndb.AsyncRemoteDatabase {self.name!r} at {self.url!r}>"
+
+    @property
+    def url(self) -> str:
+        """The server this client reads from now (with a list, it changes on failover)."""
+        return self._link.url
 
     @property
     def reconnects(self) -> int:
@@ -187,7 +200,7 @@ class AsyncRemoteDatabase:
         try:
             return await self._link.call(request)
         except ReadOnlyReplicaError as refused:
-            leader = leader_for(refused, self.follow_leader)
+            leader = leader_for(refused, self.follow_leader, self.endpoint.several)
             if leader is None:
                 raise
             return await (await self._leader_link(leader)).call(request)
@@ -199,14 +212,17 @@ class AsyncRemoteDatabase:
 
     async def _leader_link(self, leader: str) -> AsyncLink:
         """The link to the leader a follower named (same token and TLS); it reconnects
-        like any link, and a new leader replaces the old one's link."""
+        like any link, and a new leader replaces the old one's link. With a list of
+        servers, as :meth:`kilndb.client.RemoteDatabase._leader_link`."""
         async with self._leader_lock:
             link = self._leader
+            if self._finder is not None:  # it connects on its first call, within the budget
+                self._finder.hosts.named(leader)
+                return self._finder
             if link is None or link.url != leader:
                 if link is not None:
                     await link.close()
-                endpoint = Endpoint(leader, self.endpoint.token, self.endpoint.ssl_context)
-                link = AsyncLink(endpoint, self.name, self.timeout, self._reconnect)
+                link = AsyncLink(self.endpoint.at(leader), self.name, self.timeout, self._reconnect)
                 await link.open()
                 self._leader = link
             return link
@@ -260,16 +276,24 @@ class AsyncRemoteDatabase:
     async def write_each(self, writes: Iterable[Write]) -> list[Fact | KilnError]:
         """Independent writes, pipelined; as :meth:`kilndb.client.RemoteDatabase.write_each`."""
 
-        async def send(request: Request[Fact | KilnError]) -> Fact | KilnError:
+        async def send(link: AsyncLink, request: Request[Fact | KilnError]) -> Fact | KilnError:
+            self._check_open()
             try:
-                return await self._send(request)  # a refusal is its outcome, not raised
+                return await link.call(request)  # a refusal is its outcome, not raised
             except WriteOutcomeUnknownError as exc:  # this write's outcome, as in a pipeline
                 return exc
 
         requests = calls.write_each(writes)
         self._check_open()
-        sent = [send(r) for r in requests if not isinstance(r, KilnError)]
-        replies = iter(await asyncio.gather(*sent))
+        sent = [r for r in requests if not isinstance(r, KilnError)]
+        outcomes = list(await asyncio.gather(*(send(self._link, r) for r in sent)))
+        refused, leader = refused_writes(outcomes, self.follow_leader, self.endpoint.several)
+        if leader is not None:
+            link = await self._leader_link(leader)
+            again = await asyncio.gather(*(send(link, sent[i]) for i in refused))
+            for index, outcome in zip(refused, again, strict=True):
+                outcomes[index] = outcome
+        replies = iter(outcomes)
         return [r if isinstance(r, KilnError) else next(replies) for r in requests]
 
     # -- leases ----------------------------------------------------------------------
@@ -357,8 +381,9 @@ class AsyncRemoteDatabase:
             for subscription in self._subscriptions:
                 await subscription.close()
             await self._link.close()
-            if self._leader is not None:
-                await self._leader.close()
+            for link in (self._leader, self._finder):
+                if link is not None:
+                    await link.close()
 
     async def __aenter__(self) -> AsyncRemoteDatabase:
         return self
@@ -388,10 +413,14 @@ async def connect_async(
     endpoint = Endpoint.make(
         url, token=token, tls=tls, ca_file=ca_file, cert_file=cert_file, key_file=key_file
     )
-    link = AsyncLink(endpoint, database, timeout, reconnect)
+    hosts = reads_hosts(endpoint.hosts, database, read_from, follow_leader)
+    link = AsyncLink(endpoint, database, timeout, reconnect, hosts=hosts)
     hello = await link.open()
     try:
-        leader = leader_to_read_from(endpoint.url, hello, read_from, follow_leader)
+        # With a list, the round chose a server that will do (kilndb.client.hosts).
+        leader = None
+        if not endpoint.several:
+            leader = leader_to_read_from(link.url, hello, read_from, follow_leader)
         if leader:
             await link.close()
             endpoint = Endpoint(leader, endpoint.token, endpoint.ssl_context)

@@ -1,4 +1,4 @@
-"""An asyncio link to one database on one server that survives the server restarting.
+"""An asyncio link to one database that survives its server restarting or being replaced.
 
 A :class:`_Channel` is one pipelined connection: each request is written at once and
 replies are matched to requests in order (the server answers a connection's requests
@@ -6,7 +6,9 @@ in request order), so concurrent callers share one round trip. An :class:`AsyncL
 owns the current channel and replaces a broken one — on the
 :class:`~kilndb.client.core.Reconnect` schedule, saying ``hello`` again — when a call
 finds it broken; the client core decides what becomes of requests in flight
-(:func:`~kilndb.client.core.lost_reply`). A failed channel is never used again.
+(:func:`~kilndb.client.core.lost_reply`). A failed channel is never used again. Which
+server a new channel goes to is the link's :class:`~kilndb.client.hosts.Hosts`' choice,
+as for the sync :class:`~kilndb.client.link.Link`.
 """
 
 from __future__ import annotations
@@ -20,10 +22,11 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 from kilndb.client import calls
-from kilndb.client.core import Reconnect, Request, gave_up, lost_reply
+from kilndb.client.core import Attempts, Reconnect, Request, gave_up, lost_reply
 from kilndb.client.endpoint import Endpoint
+from kilndb.client.hosts import Hosts
 from kilndb.codec import DEFAULT_MAX_FRAME_BYTES, FrameDecoder
-from kilndb.errors import ConnectionLostError, KilnError
+from kilndb.errors import ConnectionLostError, KilnError, ReadOnlyReplicaError, UnavailableError
 
 __all__ = ["AsyncLink", "next_body"]
 
@@ -127,9 +130,10 @@ class _Channel:
 class AsyncLink:
     """A channel to ``database`` on ``endpoint`` that is replaced when it breaks.
 
-    Raises the server's errors as they come; ConnectionLostError once the server stays
-    unreachable for the reconnect budget; WriteOutcomeUnknownError for a write that
-    was sent but never answered and cannot safely be sent again.
+    ``hosts`` chooses the server (default: ``endpoint.url``, whatever it says). Raises
+    the server's errors as they come; ConnectionLostError once no server will do for
+    the reconnect budget; WriteOutcomeUnknownError for a write that was sent but never
+    answered and cannot safely be sent again.
     """
 
     def __init__(
@@ -140,9 +144,12 @@ class AsyncLink:
         reconnect: Reconnect,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        hosts: Hosts | None = None,
     ) -> None:
         self.endpoint = endpoint
-        self.url = endpoint.url
+        self.hosts = hosts or Hosts((endpoint.url,), database, "any")
+        #: The server the link talks to now.
+        self.url = self.hosts.current or self.hosts.hosts[0]
         self.database = database
         self.timeout = timeout
         self.reconnect = reconnect
@@ -153,38 +160,74 @@ class AsyncLink:
         self._channel: _Channel | None = None
         self._replacing = asyncio.Lock()
 
-    async def _open_channel(self) -> tuple[_Channel, dict[str, Any]]:
-        reader, writer = await self.endpoint.open_stream()
-        channel = _Channel(self.url, reader, writer)
+    async def _open_channel(self, url: str) -> tuple[_Channel, dict[str, Any]]:
+        endpoint = self.endpoint.at(url)
+        reader, writer = await endpoint.open_stream(self.timeout)
+        channel = _Channel(url, reader, writer)
         try:
-            hello = _hello(self.endpoint, self.database)
+            hello = _hello(endpoint, self.database)
             return channel, hello.decode(await channel.exchange(hello.frame, self.timeout))
         except BaseException:
             await channel.close()
             raise
 
+    async def _round(self) -> tuple[_Channel, dict[str, Any]]:
+        """Ask the hosts in turn until one will do (see :mod:`kilndb.client.hosts`).
+        Raises the round's error if none will."""
+        hosts = self.hosts
+        hosts.begin()
+        while (url := hosts.next()) is not None:
+            try:
+                channel, hello = await self._open_channel(url)
+            except (ConnectionLostError, UnavailableError) as exc:
+                hosts.failed(url, exc)
+                continue
+            if hosts.answered(url, hello):
+                self.url = url
+                return channel, hello
+            await channel.close()
+        raise hosts.unfound()
+
     async def open(self) -> dict[str, Any]:
-        """Connect and say hello (no retry: the first connection's errors are the
-        caller's); return the ``hello`` reply."""
-        self._channel, hello = await self._open_channel()
+        """Connect and say hello: one round over the hosts, each asked once (no
+        waiting: the first connection's errors are the caller's); return the ``hello``
+        reply of the server chosen."""
+        self._channel, hello = await self._round()
         return hello
 
     async def call(self, request: Request[T]) -> T:
-        """Send ``request`` and decode its reply, reconnecting as the core says."""
-        waits: Iterator[float] | None = None
+        """Send ``request`` and decode its reply, reconnecting as the core says; a
+        link that needs the leader follows a refusal (ReadOnlyReplicaError) to it."""
+        attempts = Attempts(self.reconnect, self._clock)
         while True:
             channel = self._channel
             if channel is None or channel.idle_and_broken():
-                waits = waits or self.reconnect.waits(self._clock)
-                channel = await self._replace(channel, waits)
+                channel = await self._replace(channel, attempts.waits())
             try:
                 body = await channel.exchange(request.frame, self.timeout)
             except ConnectionLostError as lost:
-                error = lost_reply(request, self.url, lost)
+                error = lost_reply(request, channel.url, lost)
                 if error is not None:
                     raise error from lost
                 continue
-            return request.decode(body)
+            try:
+                return request.decode(body)
+            except ReadOnlyReplicaError as refused:
+                if not await self._moved(channel, refused):
+                    raise
+
+    async def _moved(self, refusing: _Channel, refused: ReadOnlyReplicaError) -> bool:
+        """``refusing``'s server refused a write as a replica: leave it if the hosts
+        say the leader is to be found again (the next call looks for it). Requests
+        still in flight on it get their replies before it closes."""
+        async with self._replacing:
+            if self._channel is not refusing:  # another caller left it already
+                return self.hosts.want == "leader"
+            if not self.hosts.refused(refused.leader):
+                return False
+            self._channel = None
+        await refusing.close()
+        return True
 
     async def _replace(self, broken: _Channel | None, waits: Iterator[float]) -> _Channel:
         async with self._replacing:
@@ -193,13 +236,14 @@ class AsyncLink:
                 return current  # another caller replaced it meanwhile
             if broken is not None:
                 await broken.close()
+            self._channel = None
             last: KilnError | None = None
             for wait in waits:
                 if wait:
                     await self._sleep(wait)
                 try:
-                    channel, _ = await self._open_channel()
-                except ConnectionLostError as exc:
+                    channel, _ = await self._round()
+                except (ConnectionLostError, UnavailableError) as exc:
                     last = exc
                     continue
                 self._channel = channel

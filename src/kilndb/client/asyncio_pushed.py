@@ -18,8 +18,15 @@ from kilndb.client.asyncio_link import next_body
 from kilndb.client.core import Request, message_of, reply_of
 from kilndb.client.endpoint import Endpoint
 from kilndb.client.feeds import FactFeed, Feed, StatusFeed
+from kilndb.client.pushed import stream_hosts, unreached
 from kilndb.codec import DEFAULT_MAX_FRAME_BYTES, FrameDecoder
-from kilndb.errors import ConnectionLostError, InvalidArgumentError, KilnError, error_from_wire
+from kilndb.errors import (
+    ConnectionLostError,
+    InvalidArgumentError,
+    KilnError,
+    UnavailableError,
+    error_from_wire,
+)
 from kilndb.model import Fact
 
 __all__ = ["AsyncPushedStream", "AsyncRemoteSubscription", "AsyncStatusSubscription"]
@@ -55,18 +62,41 @@ class AsyncPushedStream(Generic[T]):
         self.error: KilnError | None = None
         #: How many times the stream had to reconnect.
         self.reconnects = 0
+        self._hosts = stream_hosts(endpoint, database)
 
     async def _connect(self) -> tuple[asyncio.StreamReader, FrameDecoder]:
-        reader, writer = await self.endpoint.open_stream()
+        """Connect, say hello and subscribe: one round over the hosts."""
+        hosts = self._hosts
+        hosts.begin()
+        while (url := hosts.next()) is not None:
+            try:
+                connected = await self._subscribe_at(url)
+            except (ConnectionLostError, UnavailableError) as exc:
+                hosts.failed(url, exc)
+                continue
+            if connected is not None:
+                self.url = url
+                return connected
+        raise unreached(hosts)
+
+    async def _subscribe_at(self, url: str) -> tuple[asyncio.StreamReader, FrameDecoder] | None:
+        """Subscribe on server ``url``; None if its hello says it will not do."""
+        endpoint = self.endpoint.at(url)
+        reader, writer = await endpoint.open_stream(self._timeout)
         decoder = FrameDecoder(DEFAULT_MAX_FRAME_BYTES)
+
+        async def ask(message: dict[str, Any]) -> dict[str, Any]:
+            writer.write(Request.make(message.pop("op"), message, dict).frame)
+            return reply_of(await asyncio.wait_for(next_body(reader, decoder), self._timeout))
+
         try:
-            for message in (self.endpoint.hello(self._database), self._feed.request()):
-                writer.write(Request.make(message.pop("op"), message, dict).frame)
-                body = await asyncio.wait_for(next_body(reader, decoder), self._timeout)
-                reply_of(body)
+            if not self._hosts.answered(url, await ask(endpoint.hello(self._database))):
+                writer.close()
+                return None
+            await ask(self._feed.request())
         except TimeoutError as exc:
             writer.close()
-            raise ConnectionLostError(f"no reply from {self.url} within {self._timeout}") from exc
+            raise ConnectionLostError(f"no reply from {url} within {self._timeout}") from exc
         except BaseException:
             writer.close()
             raise

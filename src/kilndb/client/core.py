@@ -30,7 +30,9 @@ total budget, after which they raise :class:`~kilndb.errors.ConnectionLostError`
 Where to talk is decided here too: :func:`leader_to_read_from` reads a ``hello`` reply
 and says whether the client must go to the database's leader instead, :func:`arrived`
 checks the leader's own ``hello``, and :func:`leader_for` says whether a write a follower
-refused goes on to its leader.
+refused goes on to its leader. A client given several servers chooses among them with
+:class:`kilndb.client.hosts.Hosts`, the same way at connect time, after a broken
+connection and after a refusal.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ from kilndb.errors import (
 
 __all__ = [
     "READ_FROM",
+    "Attempts",
     "REPEATABLE_OPS",
     "Ready",
     "Reconnect",
@@ -70,6 +73,7 @@ __all__ = [
     "lost_reply",
     "message_of",
     "repeatable",
+    "refused_writes",
     "reply_of",
 ]
 
@@ -229,6 +233,24 @@ class Reconnect:
             yield min(wait, left)
 
 
+class Attempts:
+    """One call's reconnect schedule (:meth:`Reconnect.waits`), started the first time
+    the call needs to connect again and shared by every reconnect and search it makes,
+    so that a call gives up within one budget whatever happened on the way."""
+
+    __slots__ = ("_clock", "_policy", "_waits")
+
+    def __init__(self, policy: Reconnect, clock: Callable[[], float]) -> None:
+        self._policy = policy
+        self._clock = clock
+        self._waits: Iterator[float] | None = None
+
+    def waits(self) -> Iterator[float]:
+        if self._waits is None:
+            self._waits = self._policy.waits(self._clock)
+        return self._waits
+
+
 def gave_up(url: str, policy: Reconnect, last: KilnError | None) -> ConnectionLostError:
     """The error once reconnecting to ``url`` has used up its budget."""
     why = f": {last.message}" if last is not None else ""
@@ -237,9 +259,29 @@ def gave_up(url: str, policy: Reconnect, last: KilnError | None) -> ConnectionLo
     )
 
 
-def leader_for(refused: ReadOnlyReplicaError, follow_leader: bool) -> str | None:
-    """The leader a write a follower refused goes to (None: raise the refusal)."""
-    return refused.leader if follow_leader and refused.leader else None
+def leader_for(
+    refused: ReadOnlyReplicaError, follow_leader: bool, several: bool = False
+) -> str | None:
+    """The leader a write a follower refused goes to (None: raise the refusal); for a
+    client of several servers, ``""`` when the follower named none: the client looks
+    for the leader among them (:mod:`kilndb.client.hosts`)."""
+    if not follow_leader:
+        return None
+    if refused.leader:
+        return refused.leader
+    return "" if several else None
+
+
+def refused_writes(
+    outcomes: list[Any], follow_leader: bool, several: bool
+) -> tuple[list[int], str | None]:
+    """The ``write_each`` outcomes a follower refused (ReadOnlyReplicaError) and the
+    leader to send those writes to, as :func:`leader_for` says (None: the refusals
+    are the outcomes)."""
+    refused = [i for i, outcome in enumerate(outcomes) if isinstance(outcome, ReadOnlyReplicaError)]
+    if not refused:
+        return [], None
+    return refused, leader_for(outcomes[refused[0]], follow_leader, several)
 
 
 #: Where a client sends reads: any node it reached, or the database's leader.
@@ -285,6 +327,11 @@ def arrived(url: str, hello: dict[str, Any]) -> None:
         )
 
 
-def follows_leader(hello: dict[str, Any], follow_leader: bool | None) -> bool:
-    """Whether writes a follower refuses go on to its leader: by default, in a cluster."""
-    return hello.get("cluster") is not None if follow_leader is None else follow_leader
+def follows_leader(
+    hello: dict[str, Any], follow_leader: bool | None, several: bool = False
+) -> bool:
+    """Whether writes a follower refuses go on to its leader: by default, in a cluster
+    or when the client was given several servers."""
+    if follow_leader is not None:
+        return follow_leader
+    return several or hello.get("cluster") is not None

@@ -10,12 +10,36 @@ from typing import Generic, Self, TypeVar
 
 from kilndb.client.endpoint import Endpoint
 from kilndb.client.feeds import Feed
+from kilndb.client.hosts import Hosts
+from kilndb.client.link import connect_first
 from kilndb.client.transport import Connection
-from kilndb.errors import ConnectionLostError, InvalidArgumentError, KilnError, error_from_wire
+from kilndb.errors import (
+    ConnectionLostError,
+    InvalidArgumentError,
+    KilnError,
+    UnavailableError,
+    error_from_wire,
+)
 
-__all__ = ["PushedStream"]
+__all__ = ["PushedStream", "stream_hosts", "unreached"]
 
 T = TypeVar("T")
+
+
+def stream_hosts(endpoint: Endpoint, database: str) -> Hosts:
+    """Where a pushed stream connects: its one server, or any server of the list that
+    holds the database (leader or follower)."""
+    return Hosts(endpoint.hosts, database, "holder" if endpoint.several else "any")
+
+
+def unreached(hosts: Hosts) -> KilnError:
+    """The error of a round of a stream's hosts that found none: with a list, a lost
+    connection even when servers answered (none holds the database while a cluster
+    changes its mind, say), so that the stream tries again rather than ending."""
+    error = hosts.unfound()
+    if len(hosts.hosts) > 1 and isinstance(error, UnavailableError):
+        return ConnectionLostError(error.message)
+    return error
 
 
 class PushedStream(Generic[T]):
@@ -23,8 +47,10 @@ class PushedStream(Generic[T]):
 
     If the connection breaks, the stream reconnects by itself (backoff from
     ``RECONNECT_MIN`` to ``RECONNECT_MAX`` seconds) and subscribes again with what its
-    ``feed`` asks for then. A server error ends it; iteration then stops and
-    :attr:`error` says why. The feed says what a pushed message yields.
+    ``feed`` asks for then — with a list of servers, on the first that holds the
+    database (the one it was on, then the list in order: a follower's changefeed has the
+    leader's positions, so it resumes where it was). A server error ends it; iteration
+    then stops and :attr:`error` says why. The feed says what a pushed message yields.
     """
 
     RECONNECT_MIN = 0.05
@@ -44,20 +70,25 @@ class PushedStream(Generic[T]):
         self.error: KilnError | None = None
         #: How many times the stream had to reconnect.
         self.reconnects = 0
+        self._hosts = stream_hosts(self.endpoint, database)
         self._conn: Connection | None = self._connect()  # errors here are the caller's
         self._thread = threading.Thread(target=self._run, name="kilndb-pushed", daemon=True)
         self._thread.start()
 
     def _connect(self) -> Connection:
-        conn = Connection(self.endpoint, timeout=self._timeout)
-        try:
-            conn.hello(self._database)
+        """Connect, say hello and subscribe: one round over the hosts."""
+
+        def subscribe(conn: Connection) -> None:
             request = self._feed.request()
             conn.call(request.pop("op"), **request)
-        except BaseException:
-            conn.close()
-            raise
+
+        hosts = self._hosts
+        try:
+            conn, _ = connect_first(self.endpoint, self._database, hosts, self._timeout, subscribe)
+        except UnavailableError:
+            raise unreached(hosts) from None
         conn.set_timeout(None)  # pushes may be far apart: wait for them indefinitely
+        self.url = conn.url
         return conn
 
     def _run(self) -> None:

@@ -28,9 +28,11 @@ from kilndb.client.core import (
     follows_leader,
     leader_for,
     leader_to_read_from,
+    refused_writes,
 )
 from kilndb.client.endpoint import Endpoint
 from kilndb.client.feeds import FactFeed
+from kilndb.client.hosts import Hosts, reads_hosts
 from kilndb.client.link import Link
 from kilndb.client.pushed import PushedStream
 from kilndb.client.streams import RemoteSpace, RemoteStatusSubscription
@@ -159,13 +161,25 @@ class RemoteDatabase:
         self.name = database
         self.timeout = timeout
         self._reconnect = Reconnect.make(reconnect_timeout)
-        self._link = Link(self.endpoint, database, timeout, self._reconnect)
+        hosts = reads_hosts(self.endpoint.hosts, database, read_from, follow_leader)
+        self._link = Link(self.endpoint, database, timeout, self._reconnect, hosts=hosts)
         self._leader: Link | None = None
+        #: With a list of servers: the link that finds the leader for refused writes.
+        self._finder: Link | None = None
+        if self.endpoint.several:
+            leads = Hosts(self.endpoint.hosts, self.name, "leader")
+            self._finder = Link(
+                self.endpoint, self.name, self.timeout, self._reconnect, hosts=leads
+            )
         self._leader_lock = threading.Lock()
         self._closed = False
         hello = self._link.open()
         try:
-            if leader := leader_to_read_from(self.endpoint.url, hello, read_from, follow_leader):
+            # With a list, the round chose a server that will do (kilndb.client.hosts).
+            several = self.endpoint.several
+            if not several and (
+                leader := leader_to_read_from(self._link.url, hello, read_from, follow_leader)
+            ):
                 self._link.close()
                 self.endpoint = Endpoint(leader, self.endpoint.token, self.endpoint.ssl_context)
                 self._link = Link(self.endpoint, database, timeout, self._reconnect)
@@ -174,17 +188,21 @@ class RemoteDatabase:
         except BaseException:
             self._link.close()
             raise
-        self.url = self.endpoint.url
         #: The cluster member this client reached (None: the server is in no cluster).
         self.cluster_node: str | None = hello.get("cluster")
         #: Send writes a follower refuses (ReadOnlyReplicaError) on to its leader; by
-        #: default on in a cluster.
-        self.follow_leader = follows_leader(hello, follow_leader)
+        #: default on in a cluster and with a list of servers.
+        self.follow_leader = follows_leader(hello, follow_leader, self.endpoint.several)
         self._stores: dict[str, RemoteStore] = {}
         self._subscriptions: list[PushedStream[Any]] = []
 
     def __repr__(self) -> str:
         return f"<kilndb.RemoteDatabase {self.name!r} at {self.url!r}>"
+
+    @property
+    def url(self) -> str:
+        """The server this client reads from now (with a list, it changes on failover)."""
+        return self._link.url
 
     @property
     def reconnects(self) -> int:
@@ -200,7 +218,7 @@ class RemoteDatabase:
         try:
             return self._link.call(request)
         except ReadOnlyReplicaError as refused:
-            leader = leader_for(refused, self.follow_leader)
+            leader = leader_for(refused, self.follow_leader, self.endpoint.several)
             if leader is None:
                 raise
             return self._leader_link(leader).call(request)
@@ -212,14 +230,18 @@ class RemoteDatabase:
 
     def _leader_link(self, leader: str) -> Link:
         """The link to the leader a follower named, for the writes it refuses (same
-        token and TLS); a new leader replaces the old one's link."""
+        token and TLS); a new leader replaces the old one's link. With a list of
+        servers, one link that finds the leader itself (``leader`` first; ``""``:
+        a follower that knows none) and follows it from then on."""
         with self._leader_lock:
             link = self._leader
+            if self._finder is not None:  # it connects on its first call, within the budget
+                self._finder.hosts.named(leader)
+                return self._finder
             if link is None or link.url != leader:
                 if link is not None:
                     link.close()
-                endpoint = Endpoint(leader, self.endpoint.token, self.endpoint.ssl_context)
-                link = Link(endpoint, self.name, self.timeout, self._reconnect)
+                link = Link(self.endpoint.at(leader), self.name, self.timeout, self._reconnect)
                 link.open()
                 self._leader = link
             return link
@@ -303,12 +325,18 @@ class RemoteDatabase:
     def write_each(self, writes: Iterable[Write]) -> list[Fact | KilnError]:
         """Independent writes, pipelined; as :meth:`Database.write_each`. A write whose
         reply a broken connection lost is WriteOutcomeUnknownError in the list, unless
-        it carries an ``id`` (then it is sent again)."""
+        it carries an ``id`` (then it is sent again). Writes a follower refuses go on
+        to its leader as a second pipeline (see ``follow_leader``)."""
         requests = calls.write_each(writes)
         sent = [r for r in requests if not isinstance(r, KilnError)]
         if self._closed:
             raise ClosedError(f"connection to {self.url} is closed")
         outcomes: list[Fact | KilnError] = self._link.pipeline(sent) if sent else []
+        refused, leader = refused_writes(outcomes, self.follow_leader, self.endpoint.several)
+        if leader is not None:
+            again = self._leader_link(leader).pipeline([sent[i] for i in refused])
+            for index, outcome in zip(refused, again, strict=True):
+                outcomes[index] = outcome
         replies = iter(outcomes)
         return [r if isinstance(r, KilnError) else next(replies) for r in requests]
 
@@ -365,8 +393,9 @@ class RemoteDatabase:
             for subscription in self._subscriptions:
                 subscription.close()
             self._link.close()
-            if self._leader is not None:
-                self._leader.close()
+            for link in (self._leader, self._finder):
+                if link is not None:
+                    link.close()
 
     def __enter__(self) -> RemoteDatabase:
         return self

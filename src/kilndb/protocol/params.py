@@ -377,7 +377,8 @@ def replication_ack(body: dict[str, Any]) -> Params:
 
 
 def promote(body: dict[str, Any]) -> Params:
-    return {"database": _field(body, "database", "str")}
+    """``to``: with a coordinator, the node a leader hands its database's lead to."""
+    return {"database": _field(body, "database", "str"), "to": _field(body, "to", "str")}
 
 
 def replicate(body: dict[str, Any]) -> Params:

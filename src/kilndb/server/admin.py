@@ -45,6 +45,8 @@ class ServerOps:
         self.following = following
         self.status = status
         self.cluster_status = cluster_status
+        #: With a coordinator: hand a database's lead to a node (a planned switchover).
+        self.handover: Callable[[str, str], dict[str, Any]] | None = None
 
     def run(self, request: Request) -> dict[str, Any]:
         op, params = request.op, request.params
@@ -60,11 +62,15 @@ class ServerOps:
             return {"database": params["name"], "created": not existed}
         if op == "remove_database":
             return self.databases.remove(params["name"], delete=params["delete"])
+        if op == "promote" and self.handover is not None and params["to"] is not None:
+            return self.handover(params["database"] or "default", params["to"])
         if op in ("promote", "replicate") and self.following.config.coordinator is not None:
             raise InvalidArgumentError(
                 f"{op}: with a coordinator, etcd decides who leads and who follows; to move"
-                " a database's lead, stop its leader (it gives its leadership up at once)"
+                " a database's lead, send its leader `promote --to NODE`"
             )
+        if op == "promote" and params["to"] is not None:
+            raise InvalidArgumentError("promote --to needs a cluster with a coordinator")
         if op == "promote":
             database = params["database"]
             return self.following.promote(None if database is None else [database])

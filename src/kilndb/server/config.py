@@ -87,6 +87,9 @@ class ServerConfig:
     cluster_name: str = "kiln"
     #: Seconds a leader's etcd lease lives without renewal (renewed every third).
     leader_ttl: float = 10.0
+    #: The URL other nodes and clients reach this one at, published to the cluster (a
+    #: proxy or NAT address); by default the address it listens on.
+    advertise_url: str | None = None
 
     def ssl_context(self) -> ssl.SSLContext | None:
         """The server's TLS context, or None without a certificate."""

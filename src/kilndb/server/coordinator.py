@@ -10,6 +10,9 @@ Every key lives under ``/kiln/{cluster}/``:
     the last epoch granted for the database, as decimal text; it only grows.
 ``offers/{database}/{node}``
     a candidate's log position during an election, bound to its lease.
+``handover/{database}``
+    during a planned switchover, the node the leader hands the database to: the only
+    one that campaigns (bound to the old leader's lease).
 ``isr/{database}``
     ``{"leader", "epoch", "members"}``: the followers that hold every write the leader
     acknowledged. Only they (and that leader) may take the lead when it goes.
@@ -28,7 +31,7 @@ from typing import Any
 
 import orjson
 
-from kilndb.coordination import Compare, Etcd, PutOp
+from kilndb.coordination import Compare, DeleteOp, Etcd, PutOp
 from kilndb.errors import ProtocolError
 
 __all__ = ["Coordinator", "LeaderRecord"]
@@ -145,6 +148,25 @@ class Coordinator:
             failure=[],
         )
         return result.succeeded
+
+    async def hand_over(self, database: str, node: str, to: str, lease: int) -> bool:
+        """Give up the lead of ``database`` to ``to``: in one transaction, while this
+        node still holds the key, name ``to`` as the only candidate (bound to this
+        node's lease, so it lapses if the hand-over does) and delete the leader key."""
+        result = await self.etcd.txn(
+            compare=[Compare(self._key("leaders", database), "lease", "=", lease)],
+            success=[
+                PutOp(self._key("handover", database), to.encode(), lease),
+                DeleteOp(self._key("leaders", database)),
+            ],
+            failure=[],
+        )
+        return result.succeeded
+
+    async def handed_to(self, database: str) -> str | None:
+        """The node a planned switchover names for ``database``, if one is under way."""
+        found = await self.etcd.get(self._key("handover", database))
+        return None if found is None else found.value.decode()
 
     async def close(self) -> None:
         await self.etcd.close()

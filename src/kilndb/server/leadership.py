@@ -46,7 +46,12 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from kilndb.errors import KilnError, ReadOnlyReplicaError, UnavailableError
+from kilndb.errors import (
+    InvalidArgumentError,
+    KilnError,
+    ReadOnlyReplicaError,
+    UnavailableError,
+)
 from kilndb.server.coordinator import Coordinator, LeaderRecord
 from kilndb.server.dispatch import Dispatcher
 from kilndb.server.following import Following
@@ -60,6 +65,8 @@ log = logging.getLogger("kilndb.leadership")
 
 #: How long candidates wait for each other's positions before the best one campaigns.
 SETTLE_SECONDS = 0.5
+#: How long a planned switchover waits for its successor to catch up.
+HANDOVER_SECONDS = 10.0
 #: How long a write to a database without a leader waits for the election it starts.
 ELECTION_WAIT_SECONDS = 5.0
 #: Elections remembered for status.
@@ -117,6 +124,8 @@ class Leadership:
         self._open: dict[str, _Election] = {}
         #: Databases a write asked for that nobody leads yet (this node campaigns).
         self.wanted: set[str] = set()
+        #: Databases whose lead this node is handing over (planned switchover) -> to whom.
+        self.handing: dict[str, str] = {}
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._changed = asyncio.Event()
@@ -136,6 +145,11 @@ class Leadership:
         while True:
             with self._cond:
                 epoch = self.led.get(database)
+                handing_to = self.handing.get(database)
+                if handing_to is not None:
+                    raise UnavailableError(
+                        f"the lead of {database!r} is being handed to {handing_to}: retry shortly"
+                    )
                 if epoch is not None and time.monotonic() < self.valid_until:
                     return
                 leader = self.leaders.get(database)
@@ -161,6 +175,17 @@ class Leadership:
         raise UnavailableError(
             f"{database!r} has no leader yet (an election is under way): retry shortly"
         )
+
+    def routing(self, database: str) -> dict[str, Any]:
+        """``hello``'s fields: ``leader`` only while this node may take the writes."""
+        with self._cond:
+            leading = database in self.led and time.monotonic() < self.valid_until
+            leading = leading and database not in self.handing
+        if leading:
+            return {"role": "leader"}
+        record = self.leaders.get(database)
+        url = None if record is None or record.node == self.node else record.url
+        return {"role": "follower", "leader": url}
 
     def _poke(self) -> None:
         loop = self._loop
@@ -319,9 +344,12 @@ class Leadership:
         position = self.databases.get(database).stats()["last_position"]
         await self.coordinator.offer(database, self.node, position, self.lease)
         await asyncio.sleep(SETTLE_SECONDS)
-        offers = await self.coordinator.offers(database)
         election = self._open.get(database)
         waited = election is not None and time.monotonic() - election.started > self.ttl
+        handed_to = await self.coordinator.handed_to(database)
+        if handed_to is not None and not waited:
+            return handed_to == self.node  # a planned switchover names its successor
+        offers = await self.coordinator.offers(database)
         ranked = sorted(offers.items(), key=lambda item: (-item[1], item[0]))
         return waited or (bool(ranked) and ranked[0][0] == self.node)
 
@@ -369,6 +397,68 @@ class Leadership:
         )
         if not done:
             raise UnavailableError(f"this node no longer leads {database!r}")
+
+    def hand_over(self, database: str, to: str) -> dict[str, Any]:
+        """A planned switchover (a worker thread): stop taking writes for ``database``,
+        wait until ``to`` holds every one of them, then let it take the lead. Raises,
+        and keeps the lead, if ``to`` does not catch up in time."""
+        with self._cond:
+            epoch = self.led.get(database)
+            if epoch is None:
+                leader = self.leaders.get(database)
+                where = "" if leader is None else f": {leader.node} at {leader.url}"
+                raise InvalidArgumentError(
+                    f"this node does not lead {database!r}; send promote --to to its leader" + where
+                )
+            if to == self.node:
+                raise InvalidArgumentError(f"{to} leads {database!r} already")
+            self.handing[database] = to
+        started = time.monotonic()
+        try:
+            db = self.databases.get(database)
+            deadline = started + HANDOVER_SECONDS
+            while not self._caught_up(database, to, db.stats()["last_position"]):
+                if time.monotonic() > deadline:
+                    raise UnavailableError(
+                        f"{to} did not catch up with {database!r} within"
+                        f" {HANDOVER_SECONDS:g} s (is it a follower of it?): the lead stays"
+                        f" with {self.node}"
+                    )
+                time.sleep(0.05)
+            if self.require_isr:
+                self.publish_isr(database, self.leader_side.isr.get(database, frozenset()) | {to})
+            if not self._call(self.coordinator.hand_over(database, self.node, to, self.lease)):
+                raise UnavailableError(f"this node no longer leads {database!r}")
+            with self._cond:
+                self.led.pop(database, None)
+            self.metrics.event("handed_over", database=database, to=to, epoch=epoch)
+            log.warning("handed the lead of %s over to %s", database, to)
+        finally:
+            with self._cond:
+                self.handing.pop(database, None)
+        deadline = time.monotonic() + self.ttl * 2
+        while time.monotonic() < deadline:
+            record = self.leaders.get(database)
+            if record is not None and record.node == to:
+                seconds = round(time.monotonic() - started, 3)
+                return {
+                    "database": database,
+                    "from": self.node,
+                    "to": to,
+                    "epoch": record.epoch,
+                    "seconds": seconds,
+                }
+            time.sleep(0.05)
+        raise UnavailableError(f"{to} has not taken the lead of {database!r} yet")
+
+    def _caught_up(self, database: str, node: str, position: int) -> bool:
+        return any(
+            link.node == node
+            and link.db.name == database
+            and not link.closed
+            and link.durable >= position
+            for link in list(self.leader_side.links)
+        )
 
     def _follow(self, database: str, url: str) -> None:
         self.following.follow(url, [database], discovered=True)

@@ -310,7 +310,7 @@ class Server:
         self.leadership = Leadership(
             coordinator,
             config.node_name,
-            self.url,
+            config.advertise_url or self.url,
             config.leader_ttl,
             self.databases,
             self.dispatcher,
@@ -323,6 +323,7 @@ class Server:
         if config.min_insync_replicas >= 1:
             self.leader.publish_isr = self.leadership.publish_isr
             self.leader.lag_max = max(1.0, config.leader_ttl / 4)
+        self.services.server_ops.handover = self.leadership.hand_over
         # From now on every write asks the leadership first: none is taken before this
         # node holds the database's leader key under a live lease.
         self.dispatcher.write_gate = self.leadership.may_write
@@ -374,6 +375,8 @@ class Server:
         where: dict[str, Any]
         leader = self.dispatcher.read_only.get(database)
         cluster = self.cluster
+        if self.leadership is not None:  # etcd says who leads
+            return {**self.leadership.routing(database), "cluster": self.config.cluster_name}
         if leader is not None:
             where = {"role": "follower", "leader": leader or None}
         elif cluster is not None and (elsewhere := cluster.elsewhere(database)):
