@@ -31,6 +31,7 @@ EXAMPLES: dict[type[kilndb.KilnError], kilndb.KilnError] = {
     kilndb.ConnectionLostError: kilndb.ConnectionLostError("gone"),
     kilndb.WriteOutcomeUnknownError: kilndb.WriteOutcomeUnknownError("write", "tcp://h:1"),
     kilndb.ReadOnlyReplicaError: kilndb.ReadOnlyReplicaError("10.0.0.1:7400"),
+    kilndb.StaleEpochError: kilndb.StaleEpochError("orders", 2, 3),
     kilndb.UnavailableError: kilndb.UnavailableError("busy"),
     kilndb.CoordinatorUnavailableError: kilndb.CoordinatorUnavailableError("no etcd member"),
     kilndb.SubscriberOverflowError: kilndb.SubscriberOverflowError(77),
@@ -80,6 +81,7 @@ def test_client_mistakes_are_4xx_and_server_states_5xx() -> None:
         "lease_held",
         "lease_lost",
         "read_only_replica",
+        "stale_epoch",  # as read_only_replica: the write belongs on another node
     }
     for cls in errors.error_classes():
         assert (cls.http_status < 500) == (cls.error_code in client), cls

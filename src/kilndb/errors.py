@@ -26,6 +26,7 @@ the very same class on its side, and the ``http_status`` an HTTP reply carrying 
     ├── ConnectionLostError            connection_lost      503  (raised by clients)
     │   └── WriteOutcomeUnknownError   outcome_unknown      503  a write sent, its reply lost
     ├── ReadOnlyReplicaError           read_only_replica    421  write to a follower
+    ├── StaleEpochError                stale_epoch          409  a leader epoch older than one known
     ├── UnavailableError               unavailable          503
     │   └── CoordinatorUnavailableError coordinator_unavailable 503  no etcd member answered
     ├── SubscriberOverflowError        subscriber_overflow  503
@@ -35,7 +36,9 @@ the very same class on its side, and the ``http_status`` an HTTP reply carrying 
 succeed. ``read_only_replica`` is 421 (Misdirected Request): the same request succeeds
 on the leader the error names, not on this node later. ``database_locked`` is 503: another
 process holds the database and it is free again once that process lets go.
-``cursor_too_old`` is 409, as the SSE endpoint has always answered it.
+``cursor_too_old`` is 409, as the SSE endpoint has always answered it. ``stale_epoch`` is
+409: the node (or the leader a follower reached) led the database at an epoch another
+node has since superseded; a write there conflicts with the newer leader's history.
 
 Errors carry structured fields (``ConflictError.actual``, ``CorruptRecordError.path``
 and ``.offset`` …); :meth:`KilnError.to_wire` and :func:`error_from_wire` turn them into
@@ -66,6 +69,7 @@ __all__ = [
     "ProtocolError",
     "ReadOnlyReplicaError",
     "ReplicationTimeoutError",
+    "StaleEpochError",
     "StorageError",
     "SubscriberOverflowError",
     "UnavailableError",
@@ -316,6 +320,26 @@ class ReadOnlyReplicaError(KilnError):
     def __init__(self, leader: str | None, message: str = "") -> None:
         super().__init__(message or f"read-only replica; the leader is {leader or 'unknown'}")
         self.leader = leader
+
+
+class StaleEpochError(KilnError):
+    """Database ``database`` was led here (or by the leader a follower reached) at leader
+    epoch ``epoch``, older than the ``newest`` epoch known for it: that leader is fenced,
+    and neither takes writes nor ships its log to followers that know better."""
+
+    error_code = "stale_epoch"
+    http_status = 409
+    fields = ("database", "epoch", "newest")
+
+    def __init__(self, database: str, epoch: int, newest: int, message: str = "") -> None:
+        super().__init__(
+            message
+            or f"database {database} is fenced: its leader epoch {epoch} is older than epoch"
+            f" {newest}, which another node leads"
+        )
+        self.database = database
+        self.epoch = epoch
+        self.newest = newest
 
 
 class UnavailableError(KilnError):

@@ -132,9 +132,13 @@ def test_bad_replication_requests_are_refused_and_the_leader_keeps_serving(
         client.send({**base, "protocol_version": 1, "leader_epoch": 7})
         reply = client.receive()
         assert reply is not None and "epoch mismatch" in reply["error"]
+        assert reply["error_code"] == "stale_epoch" and reply["newest"] == 7
         client.close()
         with kilndb.connect(leader.url) as db:
             assert db.store("s").read("k1") is not None
+            # Told of a newer epoch, the leader no longer takes writes.
+            with pytest.raises(kilndb.StaleEpochError):
+                db.store("s").write("k1", 0)
         events = [e["event"] for e in leader.recent_events]
         assert events.count("replication_refused") == 3
 

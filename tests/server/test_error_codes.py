@@ -165,6 +165,12 @@ def _read_only(server: Server, db: str, monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setitem(server.dispatcher.read_only, db, "tcp://127.0.0.1:7400")
 
 
+def _fenced(server: Server, db: str, _: pytest.MonkeyPatch) -> None:
+    """Led here at epoch 0; epoch 1 is led elsewhere, by a node not known yet."""
+    _created(server, db)
+    assert server.following.fence(db, 1)
+
+
 def _disk_full(server: Server, db: str, monkeypatch: pytest.MonkeyPatch) -> None:
     _created(server, db)
 
@@ -235,6 +241,12 @@ CASES = [
         setup=_lease_taken,
     ),
     Case("read_only_replica", _write, setup=_read_only),
+    Case(
+        "stale_epoch",
+        _write,
+        setup=_fenced,
+        rest=lambda db: ("PUT", f"/v1/db/{db}/stores/s/keys/k", b"1"),
+    ),
     Case("replication_timeout", lambda db: _write(db, replicas=1)),
     Case("internal", _stats, setup=_injected(RuntimeError("a bug"))),
     Case("cursor_too_old", _stats, setup=_injected(kilndb.CursorTooOldError(3, 9))),

@@ -66,8 +66,10 @@ def requests(db: str) -> dict[str, dict[str, Any]]:
         "leases": {},
         "unsubscribe": {"subscription": "none-such"},
         "sync_request": {
-            "protocol_version": REPLICATION_PROTOCOL,
-            "leader_epoch": 99,  # ahead of this leader: refused alike, nothing shipped
+            # A version not spoken here: refused alike, nothing shipped. (A leader epoch
+            # ahead of this leader's would fence the database, which promote then finds.)
+            "protocol_version": REPLICATION_PROTOCOL + 1,
+            "leader_epoch": 0,
             "position": 0,
         },
         "replication_ack": {"applied": 0, "durable": 0},

@@ -379,11 +379,13 @@ class Database:
             dict(e) for e in self._log.meta.get("epochs") or [{"epoch": 0, "start_position": 1}]
         ]
 
-    def promote(self, epoch: int | None = None) -> int:
+    def promote(self, epoch: int | None = None, above: int = 0) -> int:
         """Make this copy a leader's: start a new leader epoch at the next position —
-        ``epoch`` if given (a coordinator's fencing token, above the current epoch)."""
+        ``epoch`` if given (a coordinator's fencing token, above the current epoch),
+        else one greater than the current epoch and than ``above`` (an epoch known to
+        be led elsewhere)."""
         self._log.check_open()
-        return self._log.start_epoch(epoch)
+        return self._log.start_epoch(epoch, above)
 
     def adopt_epochs(self, epochs: list[dict[str, Any]]) -> None:
         """For a follower: record its leader's epoch history."""

@@ -371,6 +371,8 @@ def replication_ack(body: dict[str, Any]) -> Params:
     return {
         "applied": _field(body, "applied", "count", required=True),
         "durable": _field(body, "durable", "count", required=True),
+        # The newest leader epoch the follower knows (absent from older followers).
+        "epoch": _field(body, "epoch", "count"),
     }
 
 

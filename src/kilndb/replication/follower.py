@@ -11,6 +11,14 @@ left its history it cuts the divergent tail; when the leader has compacted away 
 the copy lacks it discards the copy and starts over from position 0 (a full resync,
 counted in :attr:`full_resyncs`). An error the leader answers (another
 protocol version, epoch or database) is kept in :attr:`last_error` and shown in status.
+
+Fencing: the follower knows the newest leader epoch of its database (its ``META`` and
+what the server's :class:`~kilndb.replication.fencing.EpochFence` learned elsewhere). It
+sends that epoch in ``sync_request`` (a stale leader then fences itself), refuses a
+``shard_info`` from an older epoch before touching its copy (no truncation, no
+shipment), and stops a stream — before appending the next shipment, and without
+acknowledging — once it learns of an epoch newer than its leader's. It then retries
+with backoff, as after any refusal, until it is re-pointed.
 """
 
 from __future__ import annotations
@@ -25,7 +33,8 @@ from typing import Any
 from kilndb.client.endpoint import Endpoint
 from kilndb.client.transport import Connection
 from kilndb.engine import Database
-from kilndb.errors import ConnectionLostError, KilnError
+from kilndb.errors import ConnectionLostError, KilnError, StaleEpochError
+from kilndb.replication.fencing import EpochFence
 from kilndb.replication.protocol import SILENCE_SECONDS, ack, frames_of, sync_request
 
 __all__ = ["Follower"]
@@ -66,9 +75,14 @@ class Follower:
         *,
         backoff_min: float = 1.0,
         backoff_max: float = 30.0,
+        fence: EpochFence | None = None,
         node: str | None = None,
     ) -> None:
         self.leader = leader
+        #: The newest leader epochs this server knows (shared with the rest of it).
+        self.fence = fence if fence is not None else EpochFence()
+        #: The epoch of the leader the current stream comes from.
+        self.leader_epoch: int | None = None
         self.name = name
         #: This server's node name, sent to the leader (in-sync replicas are named by it).
         self.node = node
@@ -116,6 +130,7 @@ class Follower:
             "state": self.state,
             "position": self.position,
             "leader_position": self.leader_position,
+            "leader_epoch": self.leader_epoch,
             "lag_records": max(0, self.leader_position - self.position),
             "reconnects": self.reconnects,
             "truncations": self.truncations,
@@ -137,7 +152,12 @@ class Follower:
                 if self._stop.is_set():
                     return
                 self.last_error = str(exc)
-                self.state = "error" if not isinstance(exc, ConnectionLostError) else "retrying"
+                if isinstance(exc, StaleEpochError):
+                    self.state = "stale_leader"
+                elif isinstance(exc, ConnectionLostError):
+                    self.state = "retrying"
+                else:
+                    self.state = "error"
                 log.warning("following %s from %s: %s", self.name, self.leader.url, exc)
             except Exception as exc:  # a bug or a local fault: report it, retry later
                 if self._stop.is_set():
@@ -165,9 +185,18 @@ class Follower:
         conn = self._conn = Connection(self.leader, timeout=SILENCE_SECONDS)
         conn.hello(self.name)
         compacted = 0 if local is None else local.compacted_through
-        info = conn.call(**sync_request(self.name, epochs, position, compacted, self.node))
+        own = 0 if local is None else local.leader_epoch
+        newest = self.fence.newest(self.name, own)
+        request = sync_request(
+            self.name, epochs, position, compacted, node=self.node, newest_epoch=newest
+        )
+        info = conn.call(**request)
         if self._stop.is_set():
             return
+        # Before the copy is touched (no cut, no shipment): a leader older than the
+        # newest epoch known here has been superseded.
+        leader_epoch = self.leader_epoch = int(info["leader_epoch"])
+        self._check_epoch(leader_epoch, own)
         if local is None:
             local = self._open_local(info["database_id"])
             assert local is not None
@@ -224,6 +253,7 @@ class Follower:
                 continue
             if self._stop.is_set():
                 return
+            self._check_epoch(leader_epoch)  # a newer epoch learned mid-stream
             if kind == "batch":
                 self.position = local.append_shipment(frames_of(message))
                 self.leader_position = max(self.leader_position, message["last"])
@@ -237,4 +267,19 @@ class Follower:
                 continue
             else:
                 continue
-            conn.send(ack(self.position, local.durable_position))
+            self._check_epoch(leader_epoch)  # never acknowledge to a superseded leader
+            newest = self.fence.newest(self.name, leader_epoch)
+            conn.send(ack(self.position, local.durable_position, newest))
+
+    def _check_epoch(self, leader_epoch: int, own: int = 0) -> None:
+        """Raise StaleEpochError when the leader's epoch is older than the newest known."""
+        try:
+            self.fence.check(self.name, leader_epoch, own)
+        except StaleEpochError as exc:
+            raise StaleEpochError(
+                exc.database,
+                exc.epoch,
+                exc.newest,
+                f"refusing the leader {self.leader.url} of {self.name}: its epoch"
+                f" {exc.epoch} is older than epoch {exc.newest}, known here",
+            ) from None

@@ -3,7 +3,9 @@
 A follower opens a connection to the leader's socket port and sends ``sync_request
 {database, protocol_version, leader_epoch, epochs, position, compacted_through, flags}``
 (``position``: its last durable position; ``epochs``: its leader epoch history;
-``compacted_through``: how far its leader had compacted the log it copied). The leader
+``compacted_through``: how far its leader had compacted the log it copied;
+``leader_epoch``: the newest leader epoch it knows, which may be newer than its history's
+last one when it learned of a promotion elsewhere). The leader
 answers ``{"ok": true, "type": "shard_info", database, database_id, protocol_version,
 leader_epoch, epochs, last_position, durable_position, compacted_through,
 compacted_through_by_store}`` (the follower adopts both watermarks, so that changefeed
@@ -32,7 +34,15 @@ already reflects), no shipment can make the two logs equal again: ``shard_info``
 carries ``full_resync: true`` and the follower discards its copy and asks from position
 0 — a full copy, done only then. An interrupted full copy resumes where it stopped.
 
-The follower answers with ``replication_ack {applied, durable}`` after every batch while
+Epoch fencing (see :mod:`kilndb.replication.fencing`): a leader whose epoch is older
+than the follower's ``leader_epoch`` answers ``stale_epoch`` and fences itself; a
+follower refuses a ``shard_info`` whose ``leader_epoch`` is older than the newest it
+knows, and stops applying a stream (without acknowledging) as soon as it learns of a
+newer epoch than its leader's.
+
+The follower answers with ``replication_ack {applied, durable, epoch}`` (``epoch``: the
+newest leader epoch it knows; a leader ignores acks carrying an epoch above its own, and
+fences itself) after every batch while
 catching up and at least every 1,000 records or 100 ms while streaming, and after each
 heartbeat; a peer silent for ``SILENCE_SECONDS`` is dropped by the other side.
 """
@@ -69,15 +79,18 @@ def sync_request(
     position: int,
     compacted_through: int = 0,
     node: str | None = None,
+    newest_epoch: int = 0,
 ) -> dict[str, Any]:
     """``node``: the follower's node name in a cluster with a coordinator (the leader
-    names its in-sync replicas by it)."""
+    names its in-sync replicas by it); ``newest_epoch``: a leader epoch learned
+    elsewhere, sent when newer than the history's last one."""
+    own = int(epochs[-1]["epoch"]) if epochs else 0
     return {
         **({} if node is None else {"node": node}),
         "op": "sync_request",
         "database": database,
         "protocol_version": PROTOCOL_VERSION,
-        "leader_epoch": int(epochs[-1]["epoch"]) if epochs else 0,
+        "leader_epoch": max(own, newest_epoch),
         "epochs": epochs,
         "position": position,
         "compacted_through": compacted_through,
@@ -142,5 +155,6 @@ def heartbeat_event(durable: int) -> dict[str, Any]:
     return {"event": "replication", "type": "heartbeat", "durable_position": durable}
 
 
-def ack(applied: int, durable: int) -> dict[str, Any]:
-    return {"op": "replication_ack", "applied": applied, "durable": durable}
+def ack(applied: int, durable: int, epoch: int) -> dict[str, Any]:
+    """``epoch``: the newest leader epoch the follower knows."""
+    return {"op": "replication_ack", "applied": applied, "durable": durable, "epoch": epoch}

@@ -17,6 +17,20 @@ the highest epoch. With ``follow``, the server follows every database from that 
 re-pointing a follower when a different member takes over with a higher epoch (after
 someone ran ``kiln promote`` there). Gossip never promotes anyone: a database whose
 leader is dead stays without one until an operator promotes a follower.
+
+Gossip does fence. Every epoch any member publishes as led — live or not: an epoch
+once started stays known — goes into the server's epoch fence
+(:meth:`~kilndb.server.following.Following.fence`): a member that leads a database at
+an older epoch than one published elsewhere stops accepting writes for it as soon as the
+news arrives (a key event, or the next round at the latest), names the new leader when
+that member is live, and with ``follow`` follows it. A member whose own epoch is higher
+ignores the stale claimant. Epochs are compared by number only: two members promoted to
+the same epoch number (from one old epoch, by hand) do not fence each other.
+
+A member started with ``join`` holds the databases it would lead (writes get
+``unavailable``) until it has heard the cluster — its first full state exchange with a
+member, or :data:`SETTLE_PROBES` probe intervals if no member answers — and then leads
+them again or is fenced.
 """
 
 from __future__ import annotations
@@ -39,6 +53,9 @@ log = logging.getLogger("kilndb.cluster")
 DB_PREFIX = "db/"
 #: Shortest time between two rounds of publishing (and of following leaders).
 PUBLISH_SECONDS = 1.0
+#: How many probe intervals a restarted member waits to hear the cluster before it
+#: leads the databases it holds without having heard anyone.
+SETTLE_PROBES = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +90,8 @@ class ClusterAgent:
         self._published: dict[str, Any] = {}
         self._task: asyncio.Task[None] | None = None
         self._reconciling = False
+        #: Whether the databases held at start were settled (led again or fenced).
+        self.settled = not services.following.settling
 
     @property
     def address(self) -> str:
@@ -80,19 +99,48 @@ class ClusterAgent:
         return self.gossip.address or ""
 
     async def start(self) -> None:
-        if self.services.config.follow:
-            # A leader's news (a new database, a promotion) is acted on when it
-            # arrives, not at the next round.
-            for event in ("new_key", "key_changed"):
-                self.gossip.on(event, self._on_key)
+        # A leader's news (a new database, a promotion) is acted on when it arrives,
+        # not at the next round: a stale leader fences itself at once.
+        for event in ("new_key", "key_changed"):
+            self.gossip.on(event, self._on_key)
+        loop = asyncio.get_running_loop()
+        if not self.settled:
+            self.gossip.after("sync", lambda event: self._settle(f"state of {event.peer}"))
+            grace = SETTLE_PROBES * self.services.config.probe_interval
+            loop.call_later(grace, self._settle, f"nobody answered in {grace:g} s")
         await self.gossip.start()
         self._publish()
-        self._task = asyncio.get_running_loop().create_task(self._every_interval())
+        self._task = loop.create_task(self._every_interval())
 
     def _on_key(self, event: KeyEvent) -> None:
         value = event.value if isinstance(event.value, dict) else {}
         if event.key.startswith(DB_PREFIX) and value.get("role") == "leader":
-            self._follow_leaders()
+            self._fence_stale()
+            if self.services.config.follow:
+                self._follow_leaders()
+
+    def _fence_stale(self) -> None:
+        """Teach the epoch fence every epoch published as led elsewhere (on the loop);
+        a database led here at an older one is fenced at once."""
+        following = self.services.following
+        for name, (epoch, url) in sorted(self.claims().items()):
+            try:
+                following.fence(name, epoch, url)
+            except KilnError as exc:  # a name this server cannot hold
+                log.debug("ignoring the cluster's claim on %r: %s", name, exc)
+
+    def _settle(self, why: str) -> None:
+        """The cluster is heard (or the grace period is over): fence what another member
+        leads at a newer epoch, lead the rest again (on the loop; releasing takes the
+        following lock, so on a worker)."""
+        if self.settled:
+            return
+        self.settled = True
+        self._fence_stale()
+        log.info("heard the cluster (%s): settling the databases held at start", why)
+        following = self.services.following
+        for name in sorted(following.settling):
+            self.services.executor.submit(following.release, name)
 
     def changed(self) -> None:
         """What this server leads or follows changed (a promotion, a re-pointing):
@@ -120,6 +168,7 @@ class ClusterAgent:
             await asyncio.sleep(interval)
             try:
                 self._publish()
+                self._fence_stale()
                 if self.services.config.follow:
                     self._follow_leaders()
             except Exception:  # one bad round must not end publishing
@@ -163,6 +212,13 @@ class ClusterAgent:
                     "lag": max(0, follower.leader_position - follower.position),
                     "state": follower.state,
                 }
+            elif name in services.following.fenced:  # led here once, superseded since
+                values[DB_PREFIX + name] = {
+                    "role": "follower",
+                    "leader": read_only.get(name) or None,
+                    "epoch": epoch,
+                    "fenced": True,
+                }
             elif name in read_only:  # a copy whose leader is not known yet
                 values[DB_PREFIX + name] = {"role": "follower", "leader": None, "epoch": epoch}
             else:
@@ -205,6 +261,27 @@ class ClusterAgent:
                     found[name] = Leader(member.name, url, epoch)
         return found
 
+    def claims(self) -> dict[str, tuple[int, str | None]]:
+        """The newest epoch each database is published as led at by another member —
+        live, suspect or dead: an epoch once started stays known — with that member's
+        URL when it is live (``None`` otherwise)."""
+        found: dict[str, tuple[int, str | None]] = {}
+        for member in sorted(self.members(), key=lambda m: m.name):
+            if member.name == self.name:
+                continue
+            live = member.state in (MemberState.ALIVE, MemberState.SUSPECT)
+            url = (member.metadata.get("kiln") or {}).get("tcp") if live else None
+            for key, value in member.metadata.items():
+                if not key.startswith(DB_PREFIX) or not isinstance(value, dict):
+                    continue
+                if value.get("role") != "leader":
+                    continue
+                name, epoch = key[len(DB_PREFIX) :], int(value.get("epoch", 0))
+                known = found.get(name)
+                if known is None or epoch > known[0] or (epoch == known[0] and not known[1]):
+                    found[name] = (epoch, url or None)
+        return found
+
     def elsewhere(self, name: str) -> Leader | None:
         """The member leading database ``name`` when this server does not hold it."""
         try:
@@ -232,7 +309,9 @@ class ClusterAgent:
                         continue
                     held = services.databases.exists(name)
                     if held and name not in services.dispatcher.read_only:
-                        continue  # a database this node leads: gossip never demotes
+                        # A database this node leads: followed only once fenced (a newer
+                        # epoch elsewhere), which the fence does itself.
+                        continue
                     if held and leader.epoch < services.databases.leader_epoch(name):
                         # Stale metadata of an older leader: never follow backwards.
                         continue

@@ -321,7 +321,7 @@ class SocketConnection(asyncio.Protocol):
             return _Slot(frame)
         if isinstance(step, Acknowledge):
             if self.stream is not None:
-                self.stream.acknowledged(step.applied, step.durable)
+                self.stream.acknowledged(step.applied, step.durable, step.epoch)
             return _Slot(b"")  # acks are not answered
         assert isinstance(step, Unsubscribe)  # WebSocket only: never carried here
         return _Slot(ServerConnection.reply(request_id))

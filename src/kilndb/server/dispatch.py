@@ -222,6 +222,12 @@ class Dispatcher:
         #: Databases this server follows (name -> leader URL): written by replication
         #: only, so a write request gets ReadOnlyReplicaError naming the leader.
         self.read_only: dict[str, str] = {}
+        #: Databases that refuse writes whoever else allows them: a fenced leader
+        #: (ReadOnlyReplicaError naming its successor, StaleEpochError while that is not
+        #: known), a restarted leader waiting for the cluster's metadata
+        #: (UnavailableError). Each makes the error to raise; checked first, and again
+        #: before a write is answered.
+        self.refusals: dict[str, Callable[[], KilnError]] = {}
         #: With a coordinator: raises unless this node may take writes for a database
         #: now (``database``, whether to wait for an election) — see leadership.py.
         self.write_gate: Callable[[str, bool], None] | None = None
@@ -229,6 +235,9 @@ class Dispatcher:
     def _check_writable(self, op: str, database: str) -> None:
         if OPS[op].action != "write":
             return
+        refusal = self.refusals.get(database)
+        if refusal is not None:  # fenced (or held) here, with or without a coordinator
+            raise refusal()
         if self.write_gate is not None:  # leadership held through a coordinator
             self.write_gate(database, True)
             return
@@ -239,7 +248,12 @@ class Dispatcher:
     def confirm(self, database: str) -> None:
         """Before a write to ``database`` is answered: raise if this node stopped leading
         it meanwhile (its lease could not be renewed, another node took over), since the
-        write may then not survive; the client retries it (with an ``id``: once)."""
+        write may then not survive; the client retries it (with an ``id``: once). A
+        database fenced since the write was applied refuses it the same way: its write
+        is cut once it follows the new leader, so it must not be acknowledged."""
+        refusal = self.refusals.get(database)
+        if refusal is not None:
+            raise refusal()
         if self.write_gate is None:
             return
         try:

@@ -5,6 +5,16 @@ With ``replica_of`` and no list of databases, the leader's databases are discove
 listing every :data:`DISCOVER_SECONDS`) and new ones followed as they appear. Changes
 to what is followed are serialised by one lock; each changes the dispatcher's read-only
 map first, so that a database never takes a write between two leaders.
+
+Fencing: when the server's :class:`~kilndb.replication.fencing.EpochFence` hears of a
+leader epoch newer than the one a database is led at here — from gossip, from a
+follower's ``sync_request`` or ack, or from a coordinator — :meth:`Following.fence` makes
+that database read-only at once, before anything else: writes get ``read_only_replica``
+naming the new leader, or ``stale_epoch`` while it is unknown. With ``follow`` (gossip)
+it then follows the new leader, which cuts the divergent tail. A server restarted with
+``--join`` holds the databases it led (:meth:`Following.hold_for_cluster`: writes get
+``unavailable``) until it has heard the cluster's metadata, and then either leads them
+again (:meth:`Following.release`) or is fenced.
 """
 
 from __future__ import annotations
@@ -18,8 +28,15 @@ from typing import Any, TypeVar
 from kilndb.client.endpoint import Endpoint
 from kilndb.client.transport import Connection
 from kilndb.engine import Database
-from kilndb.errors import InvalidArgumentError, KilnError, UnavailableError
+from kilndb.errors import (
+    InvalidArgumentError,
+    KilnError,
+    ReadOnlyReplicaError,
+    StaleEpochError,
+    UnavailableError,
+)
 from kilndb.model import validate_database_name
+from kilndb.replication.fencing import EpochFence
 from kilndb.replication.follower import Follower
 from kilndb.replication.protocol import SILENCE_SECONDS
 from kilndb.server.config import ServerConfig
@@ -61,8 +78,17 @@ class Following:
         dispatcher: Dispatcher,
         metrics: Metrics,
         tasks: TaskOwner,
+        epochs: EpochFence | None = None,
     ) -> None:
         self.config = config
+        #: The newest leader epoch known per database: a newer one fences it here.
+        self.epochs = epochs if epochs is not None else EpochFence()
+        self.epochs.on_newer(self._learned)
+        #: Databases fenced here: name -> the newer epoch that fenced them.
+        self.fenced: dict[str, int] = {}
+        #: Databases this server led before a restart with ``--join``, held read-only
+        #: until the cluster's metadata is heard.
+        self.settling: set[str] = set()
         self.databases = databases
         self.dispatcher = dispatcher
         self.metrics = metrics
@@ -123,6 +149,123 @@ class Following:
             if new and not self._discovering.is_set():
                 self.follow(leader_address, new, discovered=True)
 
+    # -- fencing ------------------------------------------------------------------------
+
+    def fence(self, name: str, epoch: int, leader: str | None = None) -> bool:
+        """Database ``name`` is led elsewhere at ``epoch`` (by the server at ``leader``, a
+        URL, when known). If this server leads it at an older epoch, stop accepting
+        writes for it at once: it becomes read-only (``read_only_replica`` naming
+        ``leader``, or ``stale_epoch`` while no leader is known), the fencing is
+        recorded in the recent events and the log, and with ``follow`` the server
+        starts following ``leader``. Safe from any thread, and never blocks.
+
+        Returns whether ``name`` is fenced here now. Raises InvalidArgumentError for an
+        invalid name.
+        """
+        validate_database_name(name)
+        self.epochs.learn(name, epoch, leader)  # tells _learned, which fences
+        return self._fence(name, epoch, leader)
+
+    def _learned(self, name: str, epoch: int, leader: str | None) -> None:
+        try:
+            self._fence(name, epoch, leader)
+        except Exception:  # a listener must not fail the one who learned it
+            log.exception("fencing %s at epoch %d failed", name, epoch)
+
+    def _fence(self, name: str, epoch: int, leader: str | None) -> bool:
+        try:
+            if not self.databases.exists(name):
+                return False  # nothing held here: nothing to fence
+        except KilnError:
+            return False
+        if any(f.name == name for f in list(self.followers)):
+            return False  # a copy: its follower refuses a stale leader by itself
+        dispatcher = self.dispatcher
+        leading = name not in dispatcher.read_only
+        if not (leading or name in self.fenced or name in self.settling):
+            return False  # a copy whose leader is not known yet: nothing it leads
+        own = self.databases.leader_epoch(name)
+        newest = self.epochs.newest(name, own)
+        if newest <= own:
+            return name in self.fenced
+        known = self.epochs.known(name)
+        if epoch < newest:  # news of an epoch older than the newest: not its leader
+            leader = None
+        leader = leader or (known.leader if known is not None and known.epoch == newest else None)
+        before = (self.fenced.get(name), dispatcher.read_only.get(name))
+        # At once, before anything else: the next write is refused, and so is the answer
+        # to a write applied but not yet acknowledged.
+        if leader:
+            dispatcher.refusals[name] = functools.partial(ReadOnlyReplicaError, leader)
+        else:
+            dispatcher.refusals[name] = functools.partial(StaleEpochError, name, own, newest)
+        dispatcher.read_only[name] = leader or ""
+        self.databases.pinned.add(name)
+        self.fenced[name] = newest
+        self.settling.discard(name)
+        if before == (newest, leader or ""):
+            return True  # nothing new
+        self.metrics.event("fenced", database=name, epoch=own, newer_epoch=newest, leader=leader)
+        log.warning(
+            "fenced %s: led here at epoch %d, epoch %d is led by %s; writes refused",
+            name,
+            own,
+            newest,
+            leader or "an unknown node",
+        )
+        self.changed()
+        if leader and self.config.follow and not self.stopping:
+            self.tasks.thread(self._follow_fenced, f"kilndb-fenced-{name}", name, leader)
+        return True
+
+    @_following
+    def _follow_fenced(self, name: str, leader: str) -> None:
+        """``follow``: a fenced database follows its new leader (unless promoted or
+        re-pointed meanwhile)."""
+        if self.stopping or self.fenced.get(name) is None:
+            return
+        if self.dispatcher.read_only.get(name) != leader:
+            return  # an even newer leader was learned: its own thread follows it
+        if any(f.name == name and f.leader.url == leader for f in self.followers):
+            return
+        self.follow(leader, [name], discovered=True)
+
+    def hold_for_cluster(self) -> list[str]:
+        """Before the server listens, with gossip and ``--join``: hold every database
+        this server would lead (writes get ``unavailable``) until the cluster's
+        metadata says whether another member leads it at a newer epoch. Returns them."""
+        config = self.config
+        if config.gossip_port is None or not config.join or config.follow:
+            return []
+        if config.replica_of is not None or config.coordinator is not None:
+            return []  # a replica's databases are followed; a coordinator decides
+        held = [name for name in self.databases.on_disk() if name not in self.dispatcher.read_only]
+        for name in held:
+            self.settling.add(name)
+            self.dispatcher.refusals[name] = functools.partial(
+                UnavailableError,
+                f"database {name} takes no writes until this server has heard the cluster's"
+                " metadata (it restarted and another member may lead it now)",
+            )
+            self.dispatcher.read_only[name] = ""
+        if held:
+            log.info("holding %s until the cluster's metadata is heard", ", ".join(held))
+        return held
+
+    @_following
+    def release(self, name: str) -> bool:
+        """The cluster's metadata is heard and nobody leads ``name`` at a newer epoch:
+        lead it again (writes accepted). Returns False when it is no longer held (fenced,
+        promoted or re-pointed meanwhile)."""
+        if name not in self.settling:
+            return False
+        self.settling.discard(name)
+        self.dispatcher.refusals.pop(name, None)
+        self.dispatcher.read_only.pop(name, None)
+        self.metrics.event("leading_after_restart", database=name)
+        self.changed()
+        return True
+
     @_following
     def follow(
         self, leader_address: str, names: list[str], discovered: bool = False
@@ -143,6 +286,9 @@ class Following:
             validate_database_name(name)
         for name in names:  # read-only from now on, without a gap while re-pointing
             self.dispatcher.read_only[name] = leader.url
+            self.dispatcher.refusals.pop(name, None)
+            self.fenced.pop(name, None)
+            self.settling.discard(name)
             self.databases.pinned.add(name)
         for follower in [f for f in self.followers if f.name in names]:
             follower.stop()  # the one that followed another leader
@@ -174,6 +320,7 @@ class Following:
                 discard_local,
                 backoff_min=low,
                 backoff_max=high,
+                fence=self.epochs,
                 node=config.node_name if config.coordinator is not None else None,
             )
             self.followers.append(follower.start())
@@ -203,7 +350,12 @@ class Following:
         promoted = []
         for name in sorted([f.name for f in stopping] + held):
             db = self.databases.get(name)
-            epoch = db.promote()  # the new epoch first, then writes are accepted
+            # The new epoch first, then writes are accepted; above any epoch known to be
+            # led elsewhere, so that this leader fences that one and not the reverse.
+            epoch = db.promote(above=self.epochs.newest(name))
+            self.fenced.pop(name, None)
+            self.settling.discard(name)
+            self.dispatcher.refusals.pop(name, None)
             self.dispatcher.read_only.pop(name, None)
             self.databases.pinned.discard(name)
             position = db.stats()["last_position"]
@@ -227,6 +379,9 @@ class Following:
             raise InvalidArgumentError(
                 f"{name} is at epoch {db.leader_epoch} here, above the {epoch} granted"
             )
+        self.fenced.pop(name, None)
+        self.settling.discard(name)
+        self.dispatcher.refusals.pop(name, None)
         self.dispatcher.read_only.pop(name, None)
         self.databases.pinned.discard(name)
         position = db.stats()["last_position"]

@@ -6,6 +6,13 @@ does not or lacks records compaction removed, with what it must cut or that it m
 start over. Otherwise its connection becomes a :class:`FollowerLink`, which ships the
 log; the links' acknowledgements wake the writes waiting for replicas
 (:meth:`LeaderSide.wait_replicas`).
+
+Fencing: a follower that sends a leader epoch newer than this server's (in
+``sync_request`` or an ack) tells it that it has been superseded. That epoch goes into
+the server's :class:`~kilndb.replication.fencing.EpochFence`, which fences the database
+here at once (:meth:`kilndb.server.following.Following.fence`); the follower is refused
+with ``stale_epoch``. A database fenced here ships to no one, and a write waiting for
+replicas when the fence lands fails with ``stale_epoch`` instead of being acknowledged.
 """
 
 from __future__ import annotations
@@ -17,9 +24,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from kilndb.engine import Database
-from kilndb.errors import NotFoundError, ProtocolError, ReplicationTimeoutError
+from kilndb.errors import (
+    NotFoundError,
+    ProtocolError,
+    ReplicationTimeoutError,
+    StaleEpochError,
+)
 from kilndb.protocol import Request
 from kilndb.protocol.ops import OPS
+from kilndb.replication.fencing import EpochFence
 from kilndb.replication.protocol import PROTOCOL_VERSION as REPLICATION_PROTOCOL
 from kilndb.replication.protocol import divergence_point
 from kilndb.server.metrics import Metrics
@@ -49,8 +62,11 @@ class LeaderSide:
         metrics: Metrics,
         min_insync_replicas: int = 0,
         replica_timeout: float = 5.0,
+        fence: EpochFence | None = None,
     ) -> None:
         self.databases = databases
+        #: The newest leader epochs this server knows.
+        self.fence = fence if fence is not None else EpochFence()
         self.metrics = metrics
         self.min_insync_replicas = min_insync_replicas
         self.replica_timeout = replica_timeout
@@ -68,6 +84,8 @@ class LeaderSide:
         self.acked_through: dict[str, int] = {}
         #: How long an in-sync member may lag behind a write before it leaves the set.
         self.lag_max = 2.0
+        # A fence wakes the writes waiting for replicas: they fail rather than wait.
+        self.fence.on_newer(lambda database, epoch, leader: self.acked())
 
     def handshake(self, request: Request) -> Handshake:
         """Answer a follower's ``sync_request`` for ``request.database``; raises the
@@ -83,10 +101,18 @@ class LeaderSide:
             raise NotFoundError(f"this server has no database {name!r} to replicate")
         db = self.databases.get(name)
         if params["leader_epoch"] > db.leader_epoch:
-            raise ProtocolError(
+            # The follower knows a newer leader: this one is superseded. Fenced first,
+            # then refused.
+            self.fence.learn(name, params["leader_epoch"])
+            raise StaleEpochError(
+                name,
+                db.leader_epoch,
+                params["leader_epoch"],
                 f"epoch mismatch: the follower is at leader epoch {params['leader_epoch']},"
-                f" this server at {db.leader_epoch}"
+                f" this server at {db.leader_epoch}; this server no longer leads {name}",
             )
+        # A leader that knows it is superseded ships nothing.
+        self.fence.check(name, db.leader_epoch)
         epochs = db.epochs
         history = params["epochs"]
         if history is None:  # a follower that sends only its epoch number
@@ -165,10 +191,15 @@ class LeaderSide:
         while True:
             with self._acks:
                 seen = self._ack_count
+            own = self.databases.leader_epoch(database)
+            self.fence.check(database, own)  # fenced while waiting: not acknowledged
             holders = {
                 link.node or link.peer
                 for link in list(self.links)
-                if not link.closed and link.db.name == database and link.durable >= position
+                if not link.closed
+                and link.superseded_by is None
+                and link.db.name == database
+                and link.durable >= position
             }
             if len(holders) >= replicas:
                 if self.publish_isr is None:

@@ -32,6 +32,7 @@ from aiohttp import web
 
 from kilndb.coordination import Etcd, parse_coordinator_url
 from kilndb.errors import InvalidArgumentError
+from kilndb.replication.fencing import EpochFence
 from kilndb.server.admin import Runner, ServerOps
 from kilndb.server.auth import Authenticator
 from kilndb.server.cluster import ClusterAgent
@@ -86,8 +87,14 @@ class Server:
         self.databases = NodeManager(config.data, config.database, config.nodes)
         self.dispatcher = Dispatcher(self.databases)
         self.metrics = Metrics(config.max_recent_events)
+        #: The newest leader epoch known per database (fencing).
+        self.epochs = EpochFence()
         self.leader = LeaderSide(
-            self.databases, self.metrics, config.min_insync_replicas, config.replica_timeout
+            self.databases,
+            self.metrics,
+            config.min_insync_replicas,
+            config.replica_timeout,
+            self.epochs,
         )
         self.executor = ThreadPoolExecutor(config.workers, thread_name_prefix="kilndb-op")
         #: Socket connections (TCP, TLS, Unix) open now.
@@ -117,9 +124,12 @@ class Server:
         self.tasks = TaskOwner(self.loop)
         self.fanout = Fanout(self.tasks, self.executor)
         self.following = Following(
-            self.config, self.databases, self.dispatcher, self.metrics, self.tasks
+            self.config, self.databases, self.dispatcher, self.metrics, self.tasks, self.epochs
         )
         self.following.changed = self._membership_changed
+        # Before anything listens: a restarted member takes no write for what it led
+        # until it has heard the cluster.
+        self.following.hold_for_cluster()
         server_ops = ServerOps(self.databases, self.following, self.status, self.cluster_status)
         self.services = Services(
             config=self.config,
@@ -418,10 +428,16 @@ class Server:
         return status
 
     def replication_status(self) -> dict[str, Any]:
-        """The followers this server ships to, and the leaders it follows."""
+        """The followers this server ships to, the leaders it follows, and the databases
+        fenced here (name -> the newer epoch led elsewhere)."""
         following = self.following.status()
         role = "follower" if following else "leader"
-        return {"role": role, "followers": self.leader.status(), "following": following}
+        return {
+            "role": role,
+            "followers": self.leader.status(),
+            "following": following,
+            "fenced": dict(self.following.fenced),
+        }
 
     def status(self) -> dict[str, Any]:
         """The observability snapshot (Igniter's shape) that ``server_status`` answers."""

@@ -6,7 +6,10 @@ follower's position — batches until it has caught up, then live as writes beco
 durable, heartbeats when idle — through the connection's bounded send buffer (a follower
 that does not keep up is cut off like any slow subscriber, and reconnects). The
 follower's ``replication_ack`` frames update what the leader knows of it: position
-acked, lag in records and seconds, last ack time, state.
+acked, lag in records and seconds, last ack time, state. An ack that carries a leader
+epoch newer than this leader's is ignored — a follower that knows of a newer leader
+acknowledges nothing to this one — and reported (``newer_epoch``), which fences the
+database here.
 """
 
 from __future__ import annotations
@@ -52,8 +55,13 @@ class FollowerLink:
         acked: Callable[[], None] = lambda: None,
         backlog: Callable[[], int] = lambda: 0,
         holds_through: int = 0,
+        newer_epoch: Callable[[str, int], object] = lambda database, epoch: None,
     ) -> None:
         self.db = db
+        #: Set once the follower reported a leader epoch newer than this one's: its acks
+        #: count for nothing from then on.
+        self.superseded_by: int | None = None
+        self._newer_epoch = newer_epoch
         self.peer = peer
         #: The follower's node name (with a coordinator; None otherwise).
         self.node: str | None = None
@@ -82,7 +90,25 @@ class FollowerLink:
     def close(self) -> None:
         self.closed = True
 
-    def on_ack(self, applied: int, durable: int) -> None:
+    def on_ack(self, applied: int, durable: int, epoch: int | None = None) -> None:
+        """A ``replication_ack``; ignored when ``epoch`` (the newest the follower knows)
+        is newer than this leader's."""
+        if self.superseded_by is not None:
+            return
+        if epoch is not None and epoch > self.db.leader_epoch:
+            self.superseded_by = epoch
+            self.state = "superseded"
+            log.warning(
+                "follower %s of %s acknowledged at leader epoch %d, newer than this"
+                " leader's %d: its acknowledgements are ignored",
+                self.peer,
+                self.db.name,
+                epoch,
+                self.db.leader_epoch,
+            )
+            self._newer_epoch(self.db.name, epoch)
+            self._drop(f"follower {self.peer} knows leader epoch {epoch}")
+            return
         self.applied = max(self.applied, applied)
         self.durable = max(self.durable, durable)
         self.last_ack = time.time()
@@ -101,6 +127,7 @@ class FollowerLink:
             "lag_records": max(0, last - self.durable),
             "lag_seconds": lag_seconds,
             "last_ack_at": self.last_ack,
+            "superseded_by": self.superseded_by,
         }
 
     def _push(self, event: dict[str, Any]) -> bool:

@@ -107,6 +107,8 @@ class Unsubscribe:
 class Acknowledge:
     applied: int
     durable: int
+    #: The newest leader epoch the follower knows (None from older followers).
+    epoch: int | None = None
 
 
 Step = Answer | Refuse | Close | Execute | Open | Unsubscribe | Acknowledge
@@ -160,7 +162,8 @@ class Session:
             if name == "unsubscribe":
                 return Unsubscribe(self._unsubscribe(request))
             if name == "replication_ack":
-                return Acknowledge(request.params["applied"], request.params["durable"])
+                params = request.params
+                return Acknowledge(params["applied"], params["durable"], params.get("epoch"))
         except KilnError as error:
             return Refuse(error)
         return Execute(request, op)

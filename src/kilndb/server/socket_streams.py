@@ -125,6 +125,7 @@ class SocketStream:
                 services.leader.acked,
                 outbox.backlog,
                 handshake.holds,
+                services.leader.fence.learn,
             )
         except KilnError as exc:
             self.metrics.event("replication_refused", database=name, error=str(exc))
@@ -196,7 +197,7 @@ class SocketStream:
         if self.outbox is not None:
             self.outbox.end()
 
-    def acknowledged(self, applied: int, durable: int) -> None:
-        """A follower's ``replication_ack``."""
+    def acknowledged(self, applied: int, durable: int, epoch: int | None = None) -> None:
+        """A follower's ``replication_ack`` (``epoch``: the newest it knows)."""
         if self.link is not None:
-            self.link.on_ack(applied, durable)
+            self.link.on_ack(applied, durable, epoch)

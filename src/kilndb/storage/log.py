@@ -636,16 +636,16 @@ class Log:
             if raise_watermarks(self.meta, position, by_store):
                 write_meta(self.directory, self.meta)
 
-    def start_epoch(self, epoch: int | None = None) -> int:
+    def start_epoch(self, epoch: int | None = None, above: int = 0) -> int:
         """Begin a new leader epoch at the next position (a promotion); return it.
 
         ``epoch``: the number a coordinator granted (it must be above the current one);
-        by default the next one."""
+        by default one greater than both the current one and ``above``."""
         with self.lock, self._meta_lock:
             epochs = self.meta.setdefault("epochs", [{"epoch": 0, "start_position": 1}])
             current = int(epochs[-1]["epoch"])
             if epoch is None:
-                epoch = current + 1
+                epoch = max(current, above) + 1
             elif epoch <= current:
                 raise InvalidArgumentError(
                     f"a new leader epoch must be above the current one ({epoch} <= {current})"
