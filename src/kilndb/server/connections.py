@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
 from collections import deque
 from typing import Any
@@ -57,6 +56,16 @@ from kilndb.protocol import (
 )
 from kilndb.protocol.ops import OPS
 from kilndb.server.commit import CommitRounds
+from kilndb.server.replies import (
+    CLOSE_GRACE_SECONDS,
+    RUN,
+    SINGLE_WRITES,
+    Applied,
+    Replies,
+    Slot,
+    batch_end,
+    groupable,
+)
 from kilndb.server.services import Services
 from kilndb.server.session import (
     Acknowledge,
@@ -72,59 +81,6 @@ from kilndb.server.socket_streams import SocketStream
 
 __all__ = ["SocketConnection"]
 
-log = logging.getLogger("kilndb.server")
-
-
-class _Slot:
-    """A reply's place in its connection's reply order; ``frame`` is set once it is ready.
-
-    A worker thread may fill a slot while the loop is flushing: a reference store is
-    atomic, and the loop only writes out a ready prefix of the queue.
-    """
-
-    __slots__ = ("frame",)
-
-    def __init__(self, frame: bytes | None = None) -> None:
-        self.frame = frame
-
-
-#: An applied request: its reply slot, the request, an error frame (or None), the
-#: database, the position to make durable and the reply fields.
-_Applied = tuple[_Slot, Request, bytes | None, Any, int, dict[str, Any]]
-
-#: The op of the internal request that carries a committed :class:`WriteRun` from its
-#: application to its acknowledgement (never a wire op).
-_RUN = "kiln.write_run"
-
-#: How long a client whose frame timed out has to read the error before it is dropped.
-CLOSE_GRACE_SECONDS = 5.0
-
-#: The most reads (whose replies may be large) applied as one batch: what a connection's
-#: replies may hold beyond the transport's buffer when its client does not read them.
-MAX_BATCH_READS = 16
-#: The most requests of any kind applied as one batch (writes answer in a few bytes).
-MAX_BATCH = 1024
-
-
-def _batch_end(queued: list[tuple[Request, _Slot]]) -> int:
-    """How many of the queued requests the next batch takes."""
-    reads = 0
-    for index, (request, _) in enumerate(queued[:MAX_BATCH]):
-        if OPS[request.op].action == "read":
-            reads += 1
-            if reads > MAX_BATCH_READS:
-                return index
-    return min(len(queued), MAX_BATCH)
-
-
-#: Ops that write one fact: consecutive ones in a pipeline are committed together.
-_SINGLE_WRITES = frozenset({"write", "write_fact"})
-
-
-def _groupable(request: Request) -> bool:
-    """A single-fact write that may be committed together with its neighbours."""
-    return request.op in _SINGLE_WRITES and request.params["fence"] is None
-
 
 class SocketConnection(asyncio.Protocol):
     """One client connection on a TCP, TLS or Unix socket."""
@@ -139,8 +95,9 @@ class SocketConnection(asyncio.Protocol):
         self.connections = connections
         self.wire = ServerConnection(services.config.max_frame_bytes, write_runs=True)
         self.session = Session("tcp", services.auth, services.routing)
+        self.replies = Replies(services.metrics, services.config.slow_op_ms)
         #: Reply slots in request order; written out from the head as they fill.
-        self.pending: deque[_Slot] = deque()
+        self.pending: deque[Slot] = deque()
         self.transport: asyncio.Transport | None = None
         self.closing = False
         #: The server is stopping: in-flight requests are answered, nothing new is read,
@@ -151,7 +108,7 @@ class SocketConnection(asyncio.Protocol):
         #: The connection's stream (changefeed, status or replication), once opened.
         self.stream: SocketStream | None = None
         #: Database requests waiting to be applied, in order, with their reply slots.
-        self._queued: list[tuple[Request, _Slot]] = []
+        self._queued: list[tuple[Request, Slot]] = []
         self._applying = False
         self._continuing = False
         #: The transport's buffer is over its high-water mark (the client is not reading).
@@ -204,10 +161,10 @@ class SocketConnection(asyncio.Protocol):
                 self._write_run(event)
             elif isinstance(event, BadRequest):
                 metrics.count("errors_total")
-                pending.append(_Slot(ServerConnection.error(event.error, event.request_id)))
+                pending.append(Slot(ServerConnection.error(event.error, event.request_id)))
             elif isinstance(event, ConnectionBroken):
                 metrics.count("errors_total")
-                pending.append(_Slot(ServerConnection.error(event.error)))
+                pending.append(Slot(ServerConnection.error(event.error)))
                 self.closing = True
         if self._queued and not self._applying:
             self._apply_next()
@@ -245,7 +202,7 @@ class SocketConnection(asyncio.Protocol):
 
     def reply_now(self, frame: bytes) -> None:
         """Queue a frame behind every reply still pending, and write what is ready."""
-        self.pending.append(_Slot(frame))
+        self.pending.append(Slot(frame))
         self.flush()
 
     def has_pending(self) -> bool:
@@ -294,37 +251,37 @@ class SocketConnection(asyncio.Protocol):
 
     # -- requests --------------------------------------------------------------------
 
-    def _handle(self, request: Request) -> _Slot:
+    def _handle(self, request: Request) -> Slot:
         step = self.session.receive(request)
         request_id = request.request_id
         if isinstance(step, Execute):
             if step.op.runs == "server":
                 return self._server_op(step.request)
             # A database request: queued behind this connection's earlier ones.
-            slot = _Slot()
+            slot = Slot()
             self._queued.append((step.request, slot))
             return slot
         if isinstance(step, Answer):
-            return _Slot(ServerConnection.reply(request_id, **step.fields))
+            return Slot(ServerConnection.reply(request_id, **step.fields))
         if isinstance(step, Refuse):
-            return _Slot(self.failed(request, step.error))
+            return Slot(self.failed(request, step.error))
         if isinstance(step, Close):
             self.closing = True
             self._unsubscribe()
-            return _Slot(ServerConnection.reply(request_id))
+            return Slot(ServerConnection.reply(request_id))
         if isinstance(step, Open):
             self.stream = SocketStream(self.services, self)
             frame = self.stream.open(step.request)
             if self.stream.outbox is None:  # refused, or the follower must ask again
                 self.stream = None
                 self.session.ended(step.name)
-            return _Slot(frame)
+            return Slot(frame)
         if isinstance(step, Acknowledge):
             if self.stream is not None:
                 self.stream.acknowledged(step.applied, step.durable, step.epoch)
-            return _Slot(b"")  # acks are not answered
+            return Slot(b"")  # acks are not answered
         assert isinstance(step, Unsubscribe)  # WebSocket only: never carried here
-        return _Slot(ServerConnection.reply(request_id))
+        return Slot(ServerConnection.reply(request_id))
 
     def _write_run(self, run: WriteRun) -> None:
         """A run of plain writes to this connection's database: committed on the loop as
@@ -354,18 +311,18 @@ class SocketConnection(asyncio.Protocol):
             for request in run.requests():
                 self.pending.append(self._handle(request))
             return
-        slot = _Slot()
+        slot = Slot()
         self.pending.append(slot)
         started = time.monotonic()
         try:
             outcomes, db, position = services.dispatcher.apply_write_run(run.envelopes, database)
         except Exception as exc:
-            slot.frame = b"".join(self._refusal(request, exc) for request in run.requests())
+            slot.frame = b"".join(self.replies.refusal(request, exc) for request in run.requests())
             return
         finally:
-            self._timed("write", started)
-        carrier = Request(_RUN, {"run": run, "outcomes": outcomes}, None, database)
-        applied: list[_Applied] = []
+            self.replies.timed("write", started)
+        carrier = Request(RUN, {"run": run, "outcomes": outcomes}, None, database)
+        applied: list[Applied] = []
         self._note(applied, [(slot, carrier, None, db, position, {})])
         self.commits.soon(self, applied)
 
@@ -384,7 +341,7 @@ class SocketConnection(asyncio.Protocol):
                 parts.append(self.failed(request, failure))
             else:
                 fact = orjson.Fragment(outcome) if isinstance(outcome, bytes) else outcome
-                parts.append(self._reply(request, {"fact": fact}))
+                parts.append(self.replies.reply(request, {"fact": fact}))
         return b"".join(parts)
 
     def _apply_next(self) -> None:
@@ -394,7 +351,7 @@ class SocketConnection(asyncio.Protocol):
         if not self._queued or self._write_paused:
             self._applying = False
             return
-        cut = _batch_end(self._queued)
+        cut = batch_end(self._queued)
         batch, self._queued = self._queued[:cut], self._queued[cut:]
         if self._quick(batch):
             # Applied right here; acknowledged with everything else applied during this
@@ -430,7 +387,7 @@ class SocketConnection(asyncio.Protocol):
         if not self._applying:
             self._apply_next()
 
-    def _quick(self, batch: list[tuple[Request, _Slot]]) -> bool:
+    def _quick(self, batch: list[tuple[Request, Slot]]) -> bool:
         """Whether a batch is cheap enough to apply on the event loop: only the op
         table's quick ops, on databases that are open already."""
         services = self.services
@@ -448,7 +405,7 @@ class SocketConnection(asyncio.Protocol):
                 checked.add(name)
         return True
 
-    def _apply_job(self, batch: list[tuple[Request, _Slot]]) -> None:
+    def _apply_job(self, batch: list[tuple[Request, Slot]]) -> None:
         """Worker: apply a batch; acknowledge it here unless more requests are waiting."""
         applied = self._apply_batch(batch)
         if self._queued:
@@ -459,7 +416,7 @@ class SocketConnection(asyncio.Protocol):
             self.acknowledge(applied)
             self._to_loop(self._acknowledged)
 
-    def _applied(self, applied: list[_Applied]) -> None:
+    def _applied(self, applied: list[Applied]) -> None:
         self._apply_next()  # the connection's next requests may be applied meanwhile
         self.services.executor.submit(self._acknowledge_job, applied)
 
@@ -467,11 +424,11 @@ class SocketConnection(asyncio.Protocol):
         self.flush()
         self._apply_next()
 
-    def _acknowledge_job(self, applied: list[_Applied]) -> None:
+    def _acknowledge_job(self, applied: list[Applied]) -> None:
         self.acknowledge(applied)
         self._to_loop(self.flush)  # the whole batch goes out in one write
 
-    def acknowledge(self, applied: list[_Applied]) -> None:
+    def acknowledge(self, applied: list[Applied]) -> None:
         """Wait once per database for the batch's durability, fill its replies."""
         failures: dict[int, KilnError] = {}
         furthest: dict[int, tuple[Any, int]] = {}
@@ -495,12 +452,12 @@ class SocketConnection(asyncio.Protocol):
                 slot.frame = error_frame
                 continue
             failure = failures.get(id(db))
-            if request.op == _RUN:
+            if request.op == RUN:
                 run, outcomes = request.params["run"], request.params["outcomes"]
                 try:
                     slot.frame = self._run_replies(run, outcomes, failure)
                 except Exception as exc:  # never leave a reply slot empty: it would stall
-                    slot.frame = b"".join(self._refusal(r, exc) for r in run.requests())
+                    slot.frame = b"".join(self.replies.refusal(r, exc) for r in run.requests())
                 continue
             if failure is None and position and (replicas := leader.replicas_for(request)):
                 try:
@@ -511,13 +468,13 @@ class SocketConnection(asyncio.Protocol):
             try:
                 if failure is not None:
                     slot.frame = self.failed(request, failure)
-                elif request.op in _SINGLE_WRITES:
+                elif request.op in SINGLE_WRITES:
                     slot.frame = reply(request.request_id, **result)
                     single_facts += 1
                 else:
-                    slot.frame = self._reply(request, result)
+                    slot.frame = self.replies.reply(request, result)
             except Exception as exc:  # never leave a reply slot empty: it would stall
-                slot.frame = self._refusal(request, exc)
+                slot.frame = self.replies.refusal(request, exc)
         if single_facts:
             self.metrics.count("facts_written", single_facts)
 
@@ -525,23 +482,23 @@ class SocketConnection(asyncio.Protocol):
         with contextlib.suppress(RuntimeError):  # a stopped loop: the server is gone
             self.services.loop.call_soon_threadsafe(callback, *args)
 
-    def _apply_batch(self, batch: list[tuple[Request, _Slot]]) -> list[_Applied]:
+    def _apply_batch(self, batch: list[tuple[Request, Slot]]) -> list[Applied]:
         """Apply requests in order (loop or worker thread); nothing waits for an fsync.
 
         A run of single-fact writes to one database is committed together
         (:meth:`~kilndb.Database.write_each`): one lock, one append, each write still
         answered on its own.
         """
-        applied: list[_Applied] = []
+        applied: list[Applied] = []
         i, end = 0, len(batch)
         while i < end:
             request, slot = batch[i]
-            if _groupable(request):
+            if groupable(request):
                 database = request.database
                 j = i + 1
                 while j < end:
                     following = batch[j][0]
-                    if not _groupable(following) or following.database != database:
+                    if not groupable(following) or following.database != database:
                         break
                     j += 1
                 if j - i > 1:
@@ -552,7 +509,7 @@ class SocketConnection(asyncio.Protocol):
             i += 1
         return applied
 
-    def _note(self, applied: list[_Applied], more: list[_Applied]) -> None:
+    def _note(self, applied: list[Applied], more: list[Applied]) -> None:
         """Add to ``applied``, remembering how far this connection has written."""
         written = self._written
         for _, _, error, db, position, _ in more:
@@ -569,16 +526,16 @@ class SocketConnection(asyncio.Protocol):
             # A database closed meanwhile was flushed: its reopened log is durable already.
             self.services.databases.get(name).wait_durable(position)
 
-    def _apply_writes(self, run: list[tuple[Request, _Slot]], database: str) -> list[_Applied]:
+    def _apply_writes(self, run: list[tuple[Request, Slot]], database: str) -> list[Applied]:
         started = time.monotonic()
         requests = [request for request, _ in run]
         try:
             outcomes, db, position = self.services.dispatcher.apply_writes(requests, database)
         except Exception as exc:
-            return [(slot, request, *self._refused(request, exc)) for request, slot in run]
+            return [(slot, request, *self.replies.refused(request, exc)) for request, slot in run]
         finally:
-            self._timed(requests[0].op, started)
-        applied: list[_Applied] = []
+            self.replies.timed(requests[0].op, started)
+        applied: list[Applied] = []
         for (request, slot), outcome in zip(run, outcomes, strict=True):
             if isinstance(outcome, KilnError):
                 applied.append((slot, request, self.failed(request, outcome), None, 0, {}))
@@ -595,57 +552,31 @@ class SocketConnection(asyncio.Protocol):
                 self._settle(request)
             result, db, position = self.services.dispatcher.apply(request, "default")
         except Exception as exc:
-            return self._refused(request, exc)
+            return self.replies.refused(request, exc)
         finally:
-            self._timed(request.op, started)
+            self.replies.timed(request.op, started)
         return None, db, position, result
 
-    def _refused(
-        self, request: Request, exc: Exception
-    ) -> tuple[bytes | None, Any, int, dict[str, Any]]:
-        return self._refusal(request, exc), None, 0, {}
-
-    def _refusal(self, request: Request, exc: Exception) -> bytes:
-        """The error reply of a request that raised ``exc``."""
-        if isinstance(exc, KilnError):
-            return self.failed(request, exc)
-        # A bug must not take the connection down silently.
-        log.exception("request %s failed", request.op, exc_info=exc)
-        self.metrics.count("errors_total")
-        error = KilnError(f"internal error: {exc}")
-        return ServerConnection.error(error, request.request_id)
-
-    def _timed(self, op: str, started: float) -> None:
-        elapsed_ms = (time.monotonic() - started) * 1000
-        if elapsed_ms >= self.config.slow_op_ms:
-            self.metrics.count("slow_ops_total")
-            self.metrics.event("slow_op", op=op, ms=round(elapsed_ms, 1))
-
     def failed(self, request: Request, error: KilnError) -> bytes:
-        self.metrics.count("errors_total")
-        self.metrics.event("request_error", op=request.op, error_code=error.error_code)
-        return ServerConnection.error(error, request.request_id)
+        """The error reply of ``request`` (counted, and recorded as an event)."""
+        return self.replies.failed(request, error)
 
-    def _reply(self, request: Request, result: dict[str, Any]) -> bytes:
-        self.metrics.count_result(request, result)
-        return ServerConnection.reply(request.request_id, **result)
-
-    def _server_op(self, request: Request) -> _Slot:
+    def _server_op(self, request: Request) -> Slot:
         """A server op: a snapshot answered here, anything else (promoting, opening or
         removing a database) on a worker."""
         server_ops = self.services.server_ops
         if OPS[request.op].quick:
             try:
-                return _Slot(self._reply(request, server_ops.run(request)))
+                return Slot(self.replies.reply(request, server_ops.run(request)))
             except Exception as exc:
-                return _Slot(self._refusal(request, exc))
-        slot = _Slot()
+                return Slot(self.replies.refusal(request, exc))
+        slot = Slot()
 
         def job() -> None:
             try:
-                slot.frame = self._reply(request, server_ops.run(request))
+                slot.frame = self.replies.reply(request, server_ops.run(request))
             except Exception as exc:
-                slot.frame = self._refusal(request, exc)
+                slot.frame = self.replies.refusal(request, exc)
             self._to_loop(self.flush)
 
         self.services.executor.submit(job)
