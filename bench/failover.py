@@ -24,7 +24,6 @@ import argparse
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,17 +31,10 @@ import time
 from pathlib import Path
 
 import kilndb
-from server import Output, Processes, kiln_pipelined, log, percentile
+from server import Output, Processes, free_port, kiln_pipelined, log, percentile
 
 PATRONI_TTL = 30.0
 GOAL_SLACK = 3.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def start_etcd(procs: Processes, root: Path) -> str:

@@ -79,11 +79,6 @@ class Coordinator:
         value = orjson.dumps({"node": node, "url": url})
         await self.etcd.put(self._key("members", node), value, lease=lease)
 
-    async def members(self) -> dict[str, str]:
-        """Live members: node -> URL."""
-        found, _ = await self.etcd.get_prefix(self._key("members", ""))
-        return {kv.key.rsplit("/", 1)[1]: orjson.loads(kv.value)["url"] for kv in found}
-
     async def leaders(self) -> tuple[dict[str, LeaderRecord | None], int]:
         """Every database's leader, and the revision they were read at."""
         found, revision = await self.etcd.get_prefix(self._key("leaders", ""))

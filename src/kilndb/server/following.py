@@ -353,14 +353,8 @@ class Following:
             # The new epoch first, then writes are accepted; above any epoch known to be
             # led elsewhere, so that this leader fences that one and not the reverse.
             epoch = db.promote(above=self.epochs.newest(name))
-            self.fenced.pop(name, None)
-            self.settling.discard(name)
-            self.dispatcher.refusals.pop(name, None)
-            self.dispatcher.read_only.pop(name, None)
-            self.databases.pinned.discard(name)
-            position = db.stats()["last_position"]
+            position = self._take_writes(name, db, epoch)
             promoted.append({"database": name, "epoch": epoch, "position": position})
-            self.metrics.event("promoted", database=name, epoch=epoch, position=position)
             log.warning("promoted to leader of %s at epoch %d", name, epoch)
         self.changed()
         return {"promoted": promoted}
@@ -379,15 +373,21 @@ class Following:
             raise InvalidArgumentError(
                 f"{name} is at epoch {db.leader_epoch} here, above the {epoch} granted"
             )
+        position = self._take_writes(name, db, epoch)
+        log.warning("leading %s at epoch %d from position %d", name, epoch, position)
+        self.changed()
+
+    def _take_writes(self, name: str, db: Database, epoch: int) -> int:
+        """``name`` is led here from ``epoch`` on: lift every fence, hold and refusal,
+        take its writes, record it; the position it is led from."""
         self.fenced.pop(name, None)
         self.settling.discard(name)
         self.dispatcher.refusals.pop(name, None)
         self.dispatcher.read_only.pop(name, None)
         self.databases.pinned.discard(name)
-        position = db.stats()["last_position"]
+        position: int = db.stats()["last_position"]
         self.metrics.event("promoted", database=name, epoch=epoch, position=position)
-        log.warning("leading %s at epoch %d from position %d", name, epoch, position)
-        self.changed()
+        return position
 
     def status(self) -> list[dict[str, Any]]:
         """The leaders this server follows, one entry per database."""
