@@ -21,6 +21,9 @@ class ServerConfig:
     """Where and how a server listens. ``port=0`` picks a free port."""
 
     data: Path = Path("./data")
+    #: Keep every database in memory (nothing is written under ``data``; nothing
+    #: survives a stop), as ``kilndb.open(":memory:")`` does embedded.
+    memory: bool = False
     host: str | None = "127.0.0.1"
     port: int = 7400
     unix: Path | None = None
