@@ -4,7 +4,8 @@ Every call goes to the real :func:`kilndb.connect_async` client: a :class:`Synce
 object forwards each method call to the object it wraps and, when the call returns a
 coroutine, runs it on an event loop in a background thread and waits for the result.
 What the asyncio client returns to be awaited or entered (a subscription, a callback
-subscription, a lease keeper) is opened at once, as the blocking API does; async iterators become iterators.
+subscription, a lease keeper) is opened at once, as the blocking API does; async
+iterators become iterators.
 """
 
 from __future__ import annotations

@@ -184,4 +184,4 @@ def test_a_callback_subscription_gets_a_channel_id_and_refuses_bad_arguments(
     with pytest.raises(kilndb.InvalidArgumentError):
         db.subscribe(channel="x" * 129)
     with pytest.raises(kilndb.InvalidArgumentError):
-        db.subscribe(channel=7)  # type: ignore[arg-type]
+        db.subscribe(channel=7)  # type: ignore[call-overload]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from unittest.mock import ANY
 from typing import Any
+from unittest.mock import ANY
 
 import pytest
 

@@ -7,8 +7,8 @@ import socket
 import struct
 from collections.abc import Iterator
 from pathlib import Path
-from unittest.mock import ANY
 from typing import Any
+from unittest.mock import ANY
 
 import orjson
 import pytest
