@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-import logging
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Generator
 from typing import Any, Generic, Self, TypeVar
@@ -22,6 +21,7 @@ from kilndb.client.endpoint import Endpoint
 from kilndb.client.feeds import FactFeed, Feed, StatusFeed
 from kilndb.client.pushed import stream_hosts, unreached
 from kilndb.codec import DEFAULT_MAX_FRAME_BYTES, FrameDecoder
+from kilndb.engine.changefeed import CallbackHandle
 from kilndb.errors import (
     ConnectionLostError,
     InvalidArgumentError,
@@ -37,8 +37,6 @@ __all__ = [
     "AsyncRemoteSubscription",
     "AsyncStatusSubscription",
 ]
-
-log = logging.getLogger("kilndb.subscription")
 
 T = TypeVar("T")
 
@@ -270,7 +268,7 @@ class AsyncStatusSubscription(AsyncPushedStream[dict[str, Any]]):
         super().__init__(feed, endpoint, database, timeout)
 
 
-class AsyncCallbackSubscription:
+class AsyncCallbackSubscription(CallbackHandle):
     """A changefeed that calls ``callback(fact)`` for each fact, for asyncio code: what
     ``adb.subscribe(stores, callback=f)`` returns, to be awaited or entered like every
     stream. The callback runs in a task the handle owns, on the event loop, in position
@@ -286,21 +284,10 @@ class AsyncCallbackSubscription:
     def __init__(
         self, subscription: AsyncRemoteSubscription, callback: Callable[[Fact], object]
     ) -> None:
-        self.subscription = subscription
-        self.callback = callback
-        #: How many calls of the callback raised.
-        self.failures = 0
+        super().__init__(subscription, callback)
+        self.subscription: AsyncRemoteSubscription = subscription
         self._task: asyncio.Task[None] | None = None
         self._closed = False
-
-    @property
-    def channel_id(self) -> str | None:
-        return self.subscription.channel_id
-
-    @property
-    def position(self) -> int:
-        """Position of the last fact handed to the callback."""
-        return self.subscription.position
 
     @property
     def error(self) -> KilnError | None:
@@ -340,12 +327,7 @@ class AsyncCallbackSubscription:
                     if inspect.isawaitable(result):
                         await result
                 except Exception:
-                    self.failures += 1
-                    log.exception(
-                        "subscription callback failed on the fact at position %d",
-                        fact.position,
-                        extra={"channel_id": self.channel_id, "position": fact.position},
-                    )
+                    self._failed(fact)
 
     async def close(self) -> None:
         """Unsubscribe and wait for the task to end (a callback running now returns

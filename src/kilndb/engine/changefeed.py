@@ -21,7 +21,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from itertools import islice
 from types import TracebackType
-from typing import TYPE_CHECKING, Protocol, Self
+from typing import TYPE_CHECKING, Any, Protocol, Self
 
 from kilndb.errors import ClosedError, InvalidArgumentError, KilnError
 from kilndb.model import Fact
@@ -30,7 +30,7 @@ from kilndb.streams import new_channel
 if TYPE_CHECKING:
     from kilndb.storage.log import Log
 
-__all__ = ["CallbackSubscription", "FactSource", "Subscription"]
+__all__ = ["CallbackHandle", "CallbackSubscription", "FactSource", "Subscription"]
 
 READ_AHEAD = 1024
 
@@ -181,7 +181,38 @@ class FactSource(Protocol):
     def close(self) -> None: ...
 
 
-class CallbackSubscription:
+class CallbackHandle:
+    """What the blocking and the asyncio callback subscriptions share: the subscription
+    read, the callback, and how a failed call is reported."""
+
+    def __init__(self, subscription: Any, callback: Callable[[Fact], object]) -> None:
+        self.subscription = subscription
+        self.callback = callback
+        #: How many calls of the callback raised.
+        self.failures = 0
+
+    @property
+    def channel_id(self) -> str | None:
+        channel: str | None = self.subscription.channel_id
+        return channel
+
+    @property
+    def position(self) -> int:
+        """Position of the last fact handed to the callback."""
+        position: int = self.subscription.position
+        return position
+
+    def _failed(self, fact: Fact) -> None:
+        """The callback raised on ``fact`` (called from its ``except`` block)."""
+        self.failures += 1
+        log.exception(
+            "subscription callback failed on the fact at position %d",
+            fact.position,
+            extra={"channel_id": self.channel_id, "position": fact.position},
+        )
+
+
+class CallbackSubscription(CallbackHandle):
     """A changefeed that calls ``callback(fact)`` for each fact, on a thread of its own
     (a daemon named ``kilndb-subscriber-<channel>``), in position order — what
     ``db.subscribe(stores, callback=f)`` returns on the embedded database and the
@@ -197,23 +228,12 @@ class CallbackSubscription:
     """
 
     def __init__(self, subscription: FactSource, callback: Callable[[Fact], object]) -> None:
-        self.subscription = subscription
-        self.callback = callback
-        #: How many calls of the callback raised.
-        self.failures = 0
+        super().__init__(subscription, callback)
+        self.subscription: FactSource = subscription
         self._closed = False
         name = f"kilndb-subscriber-{subscription.channel_id}"
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
-
-    @property
-    def channel_id(self) -> str | None:
-        return self.subscription.channel_id
-
-    @property
-    def position(self) -> int:
-        """Position of the last fact handed to the callback."""
-        return self.subscription.position
 
     @property
     def error(self) -> KilnError | None:
@@ -240,12 +260,7 @@ class CallbackSubscription:
                 try:
                     self.callback(fact)
                 except Exception:
-                    self.failures += 1
-                    log.exception(
-                        "subscription callback failed on the fact at position %d",
-                        fact.position,
-                        extra={"channel_id": self.channel_id, "position": fact.position},
-                    )
+                    self._failed(fact)
 
     def close(self) -> None:
         """Unsubscribe and wait for the thread to end (a callback running now returns
