@@ -10,7 +10,7 @@ from typing import Any as _Any
 
 from kilndb.client import AsyncRemoteDatabase, RemoteDatabase, connect, connect_async
 from kilndb.config import DatabaseConfig, SyncMode
-from kilndb.engine import Database, Store, Subscription
+from kilndb.engine import CallbackSubscription, Database, Store, Subscription
 from kilndb.errors import (
     AuthenticationError,
     ClosedError,
@@ -47,6 +47,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AsyncRemoteDatabase",
     "AuthenticationError",
+    "CallbackSubscription",
     "ClosedError",
     "ConflictError",
     "ConnectionLostError",

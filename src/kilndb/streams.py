@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -29,6 +31,7 @@ __all__ = [
     "MAX_CONSUME",
     "Entry",
     "Record",
+    "check_channel",
     "clamp_heartbeat",
     "clamp_limit",
     "entry_from_fact",
@@ -36,6 +39,7 @@ __all__ = [
     "entry_from_wire",
     "entry_to_wire",
     "fact_to_entry_wire",
+    "new_channel",
     "produced_to_wire",
     "record_from_wire",
     "record_to_wire",
@@ -136,10 +140,41 @@ def clamp_limit(limit: object) -> int:
 
 
 def clamp_heartbeat(seconds: object) -> float:
-    """A status-subscription heartbeat interval, clamped to 1 to 300 seconds."""
+    """A status-subscription heartbeat interval: 0 turns heartbeats off, other values
+    are clamped to 1 to 300 seconds (streamkit's rule). Raises InvalidArgumentError for
+    a negative number, NaN or anything else than a number."""
     if isinstance(seconds, bool) or not isinstance(seconds, int | float):
         raise InvalidArgumentError("heartbeat must be a number of seconds")
+    if not seconds >= 0:  # NaN too
+        raise InvalidArgumentError(
+            f"heartbeat must be 0 (no heartbeats) or a positive number of seconds, not {seconds}"
+        )
+    if seconds == 0:
+        return 0.0
     return float(min(max(seconds, 1.0), 300.0))
+
+
+#: What a client may name a stream's channel with (a UUID is one).
+CHANNEL_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+
+
+def check_channel(channel: object) -> str | None:
+    """A stream's ``channel`` id as given: None (one is assigned) or a string of 1 to
+    128 letters, digits, ``_ . : -``. Raises InvalidArgumentError otherwise."""
+    if channel is None:
+        return None
+    if not isinstance(channel, str) or not CHANNEL_ID.fullmatch(channel):
+        shown = repr(channel) if isinstance(channel, str) else type(channel).__name__
+        raise InvalidArgumentError(
+            f"channel must be a string of 1 to 128 letters, digits, '_', '.', ':' or '-'"
+            f" (a UUID, say), not {shown[:80]}"
+        )
+    return channel
+
+
+def new_channel(channel: str | None = None) -> str:
+    """``channel``, or a fresh UUID for a stream that was given none."""
+    return str(uuid.uuid4()) if channel is None else channel
 
 
 def check_time(name: str, value: object) -> float | None:

@@ -11,7 +11,7 @@ import pytest
 import kilndb
 from kilndb import client
 from kilndb.client.asyncio_pushed import AsyncStatusSubscription
-from kilndb.engine import Database, Store, Subscription
+from kilndb.engine import CallbackSubscription, Database, Store, Subscription
 from kilndb.engine.streams import Segment, Space, StatusSubscription
 
 #: (embedded, blocking client, asyncio client), and the API they share.
@@ -27,6 +27,8 @@ TRIPLES: list[tuple[type, type, type, tuple[str, ...]]] = [
             "stores",
             "write_many",
             "write_each",
+            "write_fact",
+            "write_snapshot",
             "replay",
             "subscribe",
             "stats",
@@ -66,6 +68,12 @@ TRIPLES: list[tuple[type, type, type, tuple[str, ...]]] = [
         client.RemoteSubscription,
         client.AsyncRemoteSubscription,
         ("get", "get_batch", "close", "closed", "covered"),
+    ),
+    (
+        CallbackSubscription,
+        CallbackSubscription,
+        client.AsyncCallbackSubscription,
+        ("close", "closed", "channel_id", "position", "error"),
     ),
     (
         StatusSubscription,

@@ -3,8 +3,9 @@
 Every call goes to the real :func:`kilndb.connect_async` client: a :class:`Synced`
 object forwards each method call to the object it wraps and, when the call returns a
 coroutine, runs it on an event loop in a background thread and waits for the result.
-What the asyncio client returns to be awaited or entered (a subscription, a lease
-keeper) is opened at once, as the blocking API does; async iterators become iterators.
+What the asyncio client returns to be awaited or entered (a subscription, a callback
+subscription, a lease keeper) is opened at once, as the blocking API does; async
+iterators become iterators.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
-from kilndb.client import AsyncLeaseKeeper
+from kilndb.client import AsyncCallbackSubscription, AsyncLeaseKeeper
 from kilndb.client.asyncio_pushed import AsyncPushedStream
 
 T = TypeVar("T")
@@ -61,7 +62,7 @@ class Synced:
     def _wrap(self, result: Any) -> Any:
         if inspect.iscoroutine(result):
             result = self._loop.run(result)
-        if isinstance(result, AsyncPushedStream | AsyncLeaseKeeper):
+        if isinstance(result, AsyncPushedStream | AsyncLeaseKeeper | AsyncCallbackSubscription):
             return Synced(self._loop.run(result), self._loop)  # opened at once, as connect's
         if isinstance(result, AsyncIterator):
             return self._iterate(result)

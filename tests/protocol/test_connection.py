@@ -75,7 +75,7 @@ def test_igniter_write_fact_frame() -> None:
         (
             {"op": "subscribe", "stores": ["tasks"]},
             "subscribe",
-            {"stores": ["tasks"], "after": None},
+            {"stores": ["tasks"], "after": None, "channel": None},
         ),
         ({"op": "ping"}, "ping", {}),
         ({"op": "stats"}, "stats", {}),

@@ -91,7 +91,7 @@ IGNITER_FACT = {
     "store": "tasks",
     "key": "t1",
     "value": {"title": "Hello"},
-    "value_hash": "ignored: the server computes it",
+    "value_hash": "5c924960820d681cb4ac7c1dd76c1b56b963dbbf718faba003691dd26cce3e38",
     "causation": None,
     "transaction_time": 1.0,
     "valid_time": None,
@@ -113,7 +113,8 @@ def test_igniter_write_fact_then_replay(harness: Harness) -> None:
         "t1",
         {"title": "Hello"},
     )
-    assert fact["value_hash"] != "ignored: the server computes it"
+    assert fact["value_hash"] == IGNITER_FACT["value_hash"]  # checked against the value
+    assert fact["metadata"] == {"kiln.origin_transaction_time": "1.0"}
 
 
 def test_igniter_write_snapshot_skips_stored_ids(harness: Harness) -> None:

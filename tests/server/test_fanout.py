@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 from typing import Any
+from unittest.mock import ANY
 
 import pytest
 
@@ -83,7 +84,7 @@ def test_an_idle_hub_stops_and_a_new_subscriber_starts_another(
         writer.store("s").write("k", 1)
         first = RawClient(tcp_address(server))
         first.send({"op": "subscribe", "after": 0})
-        assert first.receive() == {"ok": True, "position": 0}
+        assert first.receive() == {"ok": True, "position": 0, "channel_id": ANY}
         assert [f["value"] for f in _events(first, 1)] == [1]
         first.send({"op": "close"})
         assert first.receive() == {"ok": True}
@@ -96,7 +97,7 @@ def test_an_idle_hub_stops_and_a_new_subscriber_starts_another(
         writer.store("s").write("k", 2)
         second = RawClient(tcp_address(server))
         second.send({"op": "subscribe", "after": 0})
-        assert second.receive() == {"ok": True, "position": 0}
+        assert second.receive() == {"ok": True, "position": 0, "channel_id": ANY}
         writer.store("s").write("k", 3)
         assert [f["value"] for f in _events(second, 3)] == [1, 2, 3]
         second.close()
@@ -131,6 +132,6 @@ def test_a_compacted_cursor_is_refused_before_anything_is_sent(tmp_path: Path) -
         # Compacting "s" leaves a cursor on "t" alone.
         other = RawClient(tcp_address(server))
         other.send({"op": "subscribe", "stores": ["t"], "after": 1})
-        assert other.receive() == {"ok": True, "position": 1}
+        assert other.receive() == {"ok": True, "position": 1, "channel_id": ANY}
         assert [f["value"] for f in _events(other, 1)] == ["kept"]
         other.close()

@@ -8,6 +8,7 @@ import struct
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from unittest.mock import ANY
 
 import orjson
 import pytest
@@ -239,7 +240,7 @@ def test_a_client_that_vanishes_mid_frame_hurts_nobody(server: Server) -> None:
 def test_igniter_subscription_then_close(server: Server) -> None:
     subscriber = RawClient(tcp_address(server))
     subscriber.send({"op": "subscribe", "stores": ["tasks"]})
-    assert subscriber.receive() == {"ok": True, "position": 0}
+    assert subscriber.receive() == {"ok": True, "position": 0, "channel_id": ANY}
     writer = kilndb.connect(server.url)
     writer.store("other").write("x", 1)
     written = writer.store("tasks").write("t1", {"title": "Hello"})
@@ -356,7 +357,7 @@ def test_a_subscriber_that_does_not_read_is_cut_off_with_its_position(tmp_path: 
     with Server(data=tmp_path / "data", port=0, max_subscriber_buffer=64 * 1024) as server:
         slow = RawClient(tcp_address(server), receive_buffer=4096)
         slow.send({"op": "subscribe", "after": 0})
-        assert slow.receive() == {"ok": True, "position": 0}
+        assert slow.receive() == {"ok": True, "position": 0, "channel_id": ANY}
         with kilndb.connect(server.url) as writer:
             pad = "x" * 300
             for batch in range(60):  # far more than the socket buffers and the 64 KiB limit

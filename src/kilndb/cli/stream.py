@@ -112,10 +112,10 @@ def status(settings: CliSettings, space: str, segment: str | None) -> None:
 @click.option("--segment", default="*", show_default=True, help="One segment, or * for all.")
 @click.option(
     "--heartbeat",
-    type=click.FloatRange(min=0, min_open=True),
+    type=click.FloatRange(min=0),
     default=30.0,
     show_default=True,
-    help="Seconds of quiet before a heartbeat line (clamped to 1 to 300).",
+    help="Seconds of quiet before a heartbeat line (clamped to 1 to 300; 0: none).",
 )
 @pass_settings
 def tail(settings: CliSettings, space: str, segment: str, heartbeat: float) -> None:

@@ -12,12 +12,13 @@ from kilndb.client.asyncio_client import (
     connect_async,
 )
 from kilndb.client.asyncio_leases import AsyncLeaseKeeper
-from kilndb.client.asyncio_pushed import AsyncStatusSubscription
+from kilndb.client.asyncio_pushed import AsyncCallbackSubscription, AsyncStatusSubscription
 from kilndb.client.asyncio_streams import AsyncRemoteSegment, AsyncRemoteSpace
 from kilndb.client.remote import RemoteDatabase, RemoteStore, RemoteSubscription, connect
 from kilndb.client.streams import RemoteSegment, RemoteSpace, RemoteStatusSubscription
 
 __all__ = [
+    "AsyncCallbackSubscription",
     "AsyncLeaseKeeper",
     "AsyncRemoteDatabase",
     "AsyncRemoteSegment",

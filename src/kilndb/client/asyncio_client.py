@@ -16,14 +16,15 @@ entered (``async with db.subscribe() as sub``).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 from kilndb.client import calls
 from kilndb.client.asyncio_leases import AsyncLeaseKeeper
 from kilndb.client.asyncio_link import AsyncLink
 from kilndb.client.asyncio_pushed import (
+    AsyncCallbackSubscription,
     AsyncPushedStream,
     AsyncRemoteSubscription,
     AsyncStatusSubscription,
@@ -42,9 +43,17 @@ from kilndb.client.core import (
 )
 from kilndb.client.endpoint import Endpoint
 from kilndb.client.hosts import Hosts, reads_hosts
-from kilndb.errors import ClosedError, KilnError, ReadOnlyReplicaError, WriteOutcomeUnknownError
+from kilndb.errors import (
+    ClosedError,
+    InvalidArgumentError,
+    KilnError,
+    ReadOnlyReplicaError,
+    WriteOutcomeUnknownError,
+)
 from kilndb.leases import Lease
 from kilndb.model import Fact, Write, validate_store_name
+from kilndb.storage.facts import check_position
+from kilndb.streams import check_channel
 
 __all__ = ["AsyncRemoteDatabase", "AsyncRemoteStore", "AsyncRemoteSubscription", "connect_async"]
 
@@ -169,7 +178,7 @@ class AsyncRemoteDatabase:
         self._leader_lock = asyncio.Lock()
         self._closed = False
         self._stores: dict[str, AsyncRemoteStore] = {}
-        self._subscriptions: list[AsyncPushedStream[Any]] = []
+        self._subscriptions: list[AsyncPushedStream[Any] | AsyncCallbackSubscription] = []
 
     def __repr__(self) -> str:
         return f"<kilndb.AsyncRemoteDatabase {self.name!r} at {self.url!r}>"
@@ -249,16 +258,16 @@ class AsyncRemoteDatabase:
         return spaces
 
     def _status_subscription(
-        self, space: str, segment: str, heartbeat: float
+        self, space: str, segment: str, heartbeat: float, channel: str | None
     ) -> AsyncStatusSubscription:
         self._check_open()
         subscription = AsyncStatusSubscription(
-            self.endpoint, self.name, space, segment, heartbeat, self.timeout
+            self.endpoint, self.name, space, segment, heartbeat, self.timeout, channel
         )
         self._keep(subscription)
         return subscription
 
-    def _keep(self, subscription: AsyncPushedStream[Any]) -> None:
+    def _keep(self, subscription: AsyncPushedStream[Any] | AsyncCallbackSubscription) -> None:
         self._subscriptions = [s for s in self._subscriptions if not s.closed]
         self._subscriptions.append(subscription)
 
@@ -272,6 +281,14 @@ class AsyncRemoteDatabase:
     ) -> list[Fact]:
         """As :meth:`kilndb.client.RemoteDatabase.write_many`."""
         return await self._send(calls.write_many(writes, fence, replicas))
+
+    async def write_fact(self, fact: Fact | Mapping[str, Any]) -> Fact:
+        """As :meth:`kilndb.client.RemoteDatabase.write_fact`."""
+        return await self._send(calls.write_fact(fact))
+
+    async def write_snapshot(self, facts: Iterable[Fact | Mapping[str, Any]]) -> dict[str, int]:
+        """As :meth:`kilndb.client.RemoteDatabase.write_snapshot`."""
+        return await self._send(calls.write_snapshot(facts))
 
     async def write_each(self, writes: Iterable[Write]) -> list[Fact | KilnError]:
         """Independent writes, pipelined; as :meth:`kilndb.client.RemoteDatabase.write_each`."""
@@ -336,17 +353,56 @@ class AsyncRemoteDatabase:
             for fact in pages.take(await self._send(request)):
                 yield fact
 
+    @overload
     def subscribe(
-        self, stores: Iterable[str] | None = None, after: int = 0
-    ) -> AsyncRemoteSubscription:
+        self,
+        stores: Iterable[str] | None = None,
+        after: int = 0,
+        *,
+        callback: None = None,
+        channel: str | None = None,
+    ) -> AsyncRemoteSubscription: ...
+
+    @overload
+    def subscribe(
+        self,
+        stores: Iterable[str] | None = None,
+        after: int = 0,
+        *,
+        callback: Callable[[Fact], object],
+        channel: str | None = None,
+    ) -> AsyncCallbackSubscription: ...
+
+    def subscribe(
+        self,
+        stores: Iterable[str] | None = None,
+        after: int = 0,
+        *,
+        callback: Callable[[Fact], object] | None = None,
+        channel: str | None = None,
+    ) -> AsyncRemoteSubscription | AsyncCallbackSubscription:
         """Catch-up from ``after``, then live, on a connection of its own: ``await`` it
-        or ``async with`` it; ``async for fact in sub`` or ``await sub.get()``."""
+        or ``async with`` it; ``async for fact in sub`` or ``await sub.get()``. With
+        ``callback`` (a function or a coroutine function), a task calls it for each fact
+        (:class:`~kilndb.client.asyncio_pushed.AsyncCallbackSubscription`); ``channel``
+        as in :meth:`kilndb.client.RemoteDatabase.subscribe`."""
         self._check_open()
+        if callback is not None and not callable(callback):
+            raise InvalidArgumentError("callback must be callable")
         subscription = AsyncRemoteSubscription(
-            self.endpoint, self.name, calls.stores_of(stores), after, self.timeout
+            self.endpoint,
+            self.name,
+            calls.stores_of(stores),
+            check_position("after", after),
+            self.timeout,
+            check_channel(channel),
         )
-        self._keep(subscription)
-        return subscription
+        if callback is None:
+            self._keep(subscription)
+            return subscription
+        handle = AsyncCallbackSubscription(subscription, callback)
+        self._keep(handle)
+        return handle
 
     async def stats(self) -> dict[str, Any]:
         """As :meth:`Database.stats`."""

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 from collections import deque
-from collections.abc import AsyncIterator, Generator
+from collections.abc import AsyncIterator, Callable, Generator
 from typing import Any, Generic, Self, TypeVar
 
 from kilndb.client.asyncio_link import next_body
@@ -20,6 +21,7 @@ from kilndb.client.endpoint import Endpoint
 from kilndb.client.feeds import FactFeed, Feed, StatusFeed
 from kilndb.client.pushed import stream_hosts, unreached
 from kilndb.codec import DEFAULT_MAX_FRAME_BYTES, FrameDecoder
+from kilndb.engine.changefeed import CallbackHandle
 from kilndb.errors import (
     ConnectionLostError,
     InvalidArgumentError,
@@ -29,7 +31,12 @@ from kilndb.errors import (
 )
 from kilndb.model import Fact
 
-__all__ = ["AsyncPushedStream", "AsyncRemoteSubscription", "AsyncStatusSubscription"]
+__all__ = [
+    "AsyncCallbackSubscription",
+    "AsyncPushedStream",
+    "AsyncRemoteSubscription",
+    "AsyncStatusSubscription",
+]
 
 T = TypeVar("T")
 
@@ -93,7 +100,7 @@ class AsyncPushedStream(Generic[T]):
             if not self._hosts.answered(url, await ask(endpoint.hello(self._database))):
                 writer.close()
                 return None
-            await ask(self._feed.request())
+            self._feed.subscribed(await ask(self._feed.request()))
         except TimeoutError as exc:
             writer.close()
             raise ConnectionLostError(f"no reply from {url} within {self._timeout}") from exc
@@ -151,6 +158,11 @@ class AsyncPushedStream(Generic[T]):
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def channel_id(self) -> str | None:
+        """As :attr:`kilndb.client.pushed.PushedStream.channel_id`."""
+        return self._feed.channel
 
     async def get(self, timeout: float | None = None) -> T | None:
         """The next item, or None if none arrived within ``timeout`` or it ended."""
@@ -219,8 +231,9 @@ class AsyncRemoteSubscription(AsyncPushedStream[Fact]):
         stores: list[str] | None,
         after: int,
         timeout: float | None,
+        channel: str | None = None,
     ) -> None:
-        self._facts = FactFeed(stores, after)
+        self._facts = FactFeed(stores, after, channel)
         super().__init__(self._facts, endpoint, database, timeout)
 
     @property
@@ -246,8 +259,88 @@ class AsyncStatusSubscription(AsyncPushedStream[dict[str, Any]]):
         segment: str,
         heartbeat: float,
         timeout: float | None,
+        channel: str | None = None,
     ) -> None:
         self.space = space
         self.segment = segment
         self.heartbeat = heartbeat
-        super().__init__(StatusFeed(space, segment, heartbeat), endpoint, database, timeout)
+        feed = StatusFeed(space, segment, heartbeat, channel)
+        super().__init__(feed, endpoint, database, timeout)
+
+
+class AsyncCallbackSubscription(CallbackHandle):
+    """A changefeed that calls ``callback(fact)`` for each fact, for asyncio code: what
+    ``adb.subscribe(stores, callback=f)`` returns, to be awaited or entered like every
+    stream. The callback runs in a task the handle owns, on the event loop, in position
+    order: a coroutine function (or any callback returning an awaitable) is awaited
+    before the next fact, a plain function is called — so it must not block the loop.
+
+    As the blocking :class:`~kilndb.engine.changefeed.CallbackSubscription`: an
+    exception the callback raises is logged (``kilndb.subscription``) and counted in
+    :attr:`failures`, and the next fact follows; it reconnects as the iterator form
+    does; ``await close()`` unsubscribes and waits for a running callback to return.
+    """
+
+    def __init__(
+        self, subscription: AsyncRemoteSubscription, callback: Callable[[Fact], object]
+    ) -> None:
+        super().__init__(subscription, callback)
+        self.subscription: AsyncRemoteSubscription = subscription
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    @property
+    def error(self) -> KilnError | None:
+        """The server error that ended the subscription (None otherwise)."""
+        return self.subscription.error
+
+    @property
+    def closed(self) -> bool:
+        """Closed, or ended by itself (a server error)."""
+        return self._closed or (self._task is not None and self._task.done())
+
+    async def start(self) -> Self:
+        """Subscribe and start calling back, unless done already; raises what the server
+        refuses."""
+        if self._task is None and not self._closed:
+            await self.subscription.start()
+            name = f"kilndb-subscriber-{self.channel_id}"
+            self._task = asyncio.get_running_loop().create_task(self._run(), name=name)
+        return self
+
+    def __await__(self) -> Generator[Any, None, Self]:
+        return self.start().__await__()
+
+    async def _run(self) -> None:
+        source = self.subscription
+        while not self._closed:
+            batch = await source.get_batch(1024, None)
+            if not batch:
+                if source.closed or source.error is not None:
+                    return
+                continue
+            for fact in batch:
+                if self._closed:
+                    return
+                try:
+                    result = self.callback(fact)
+                    if inspect.isawaitable(result):
+                        await result
+                except Exception:
+                    self._failed(fact)
+
+    async def close(self) -> None:
+        """Unsubscribe and wait for the task to end (a callback running now returns
+        first). Idempotent; a callback may call it."""
+        self._closed = True
+        await self.subscription.close()
+        task = self._task
+        if task is not None and task is not asyncio.current_task():
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def __aenter__(self) -> Self:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from kilndb.client import calls
 from kilndb.client.asyncio_pushed import AsyncStatusSubscription
 from kilndb.model import validate_key, validate_store_name
-from kilndb.streams import Entry, clamp_heartbeat
+from kilndb.streams import Entry, check_channel, clamp_heartbeat
 
 if TYPE_CHECKING:
     from kilndb.client.asyncio_client import AsyncRemoteDatabase
@@ -98,10 +98,11 @@ class AsyncRemoteSpace:
         return await self._db._send(calls.space_consume(self.name, after, min_ts, max_ts, limit))
 
     def subscribe_status(
-        self, segment: str = "*", heartbeat: float = 30
+        self, segment: str = "*", heartbeat: float = 30, *, channel: str | None = None
     ) -> AsyncStatusSubscription:
         """As :meth:`Space.subscribe_status`, on a connection of its own: ``await`` it or
         ``async with`` it."""
         if segment != "*":
             validate_key(segment)
-        return self._db._status_subscription(self.name, segment, clamp_heartbeat(heartbeat))
+        beat, named = clamp_heartbeat(heartbeat), check_channel(channel)
+        return self._db._status_subscription(self.name, segment, beat, named)

@@ -11,14 +11,14 @@ requests is :func:`write_each`.
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterable
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol, cast, runtime_checkable
 
 from orjson import Fragment
 
 from kilndb import _core
 from kilndb.client.core import Ready, Request, reply_of
-from kilndb.engine.writes import prepare_write
+from kilndb.engine.writes import fact_write, prepare_write, snapshot_facts
 from kilndb.errors import InvalidArgumentError, KilnError, LeaseLostError
 from kilndb.leases import Lease, check_fence, check_ttl, lease_from_wire
 from kilndb.model import Fact, Write, fact_from_dict, facts_from_dicts, validate_store_name
@@ -225,6 +225,33 @@ def write_each(writes: Iterable[Write]) -> list[Request[Fact | KilnError] | Kiln
         del params["deleted"]  # the op says it; a delete ignores a write's other fields
         requests.append(Request.raw(op, params, outcome))
     return requests
+
+
+def _whole_fact(fact: object) -> dict[str, Any]:
+    """A whole fact's wire form (``to_dict``), checked with the embedded rules first
+    (its ``value_hash`` too); the server keeps and assigns what the embedded database
+    does (:func:`~kilndb.engine.writes.fact_write`)."""
+    write = fact_write(fact)
+    options = {k: v for k, v in write.items() if k not in ("store", "key", "value")}
+    _check(validate_store_name(write["store"]), write["key"], write["value"], options)
+    return fact.to_dict() if isinstance(fact, Fact) else dict(cast(Mapping[str, Any], fact))
+
+
+def write_fact(fact: object) -> Request[Fact]:
+    """``db.write_fact(fact)``: Igniter's op, the whole fact sent as it is."""
+    return Request.make("write_fact", {"fact": _whole_fact(fact)}, _fact)
+
+
+def write_snapshot(facts: Iterable[Any]) -> Request[dict[str, int]] | Ready[dict[str, int]]:
+    """``db.write_snapshot(facts)``; an empty snapshot is answered here."""
+    wire = [_whole_fact(fact) for fact in snapshot_facts(facts)]
+    if not wire:
+        return Ready({"written": 0, "skipped": 0})
+
+    def counts(reply: dict[str, Any]) -> dict[str, int]:
+        return {"written": reply["written"], "skipped": reply["skipped"]}
+
+    return Request.make("write_snapshot", {"facts": wire}, counts)
 
 
 def reply(op: str, **params: Any) -> Request[dict[str, Any]]:

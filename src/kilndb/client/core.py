@@ -125,6 +125,10 @@ def repeatable(op: str, params: dict[str, Any]) -> bool:
         return params.get("id") is not None
     if op == "write_many":
         return all(write.get("id") is not None for write in params["writes"])
+    if op == "write_fact":
+        return params["fact"].get("id") is not None
+    if op == "write_snapshot":  # facts whose ids are stored already are skipped
+        return all(fact.get("id") is not None for fact in params["facts"])
     return False
 
 

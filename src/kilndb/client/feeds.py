@@ -22,6 +22,14 @@ T = TypeVar("T")
 class Feed(Generic[T]):
     """The part of a pushed stream that is the same on every transport."""
 
+    #: The stream's channel id: the one asked for, else the one the server assigned on
+    #: subscribing; asked for again after a reconnect, so it names the stream throughout.
+    channel: str | None = None
+
+    def subscribed(self, reply: dict[str, Any]) -> None:
+        """The server's reply to the subscribing request."""
+        self.channel = reply.get("channel_id", self.channel)
+
     def request(self) -> dict[str, Any]:
         """The subscribing request, for a fresh connection."""
         raise NotImplementedError
@@ -37,7 +45,8 @@ class Feed(Generic[T]):
 class FactFeed(Feed[Fact]):
     """A changefeed: the facts of ``stores`` (None: all) after position ``after``."""
 
-    def __init__(self, stores: list[str] | None, after: int) -> None:
+    def __init__(self, stores: list[str] | None, after: int, channel: str | None = None) -> None:
+        self.channel = channel
         self.stores = stores
         #: Position of the last fact handed out.
         self.position = after
@@ -45,7 +54,12 @@ class FactFeed(Feed[Fact]):
         self.received = after
 
     def request(self) -> dict[str, Any]:
-        return {"op": "subscribe", "stores": self.stores, "after": self.received}
+        return {
+            "op": "subscribe",
+            "stores": self.stores,
+            "after": self.received,
+            "channel": self.channel,
+        }
 
     def accept(self, message: dict[str, Any]) -> Fact | None:
         if message.get("event") != "fact_written":
@@ -70,7 +84,10 @@ class FactFeed(Feed[Fact]):
 class StatusFeed(Feed[dict[str, Any]]):
     """Segment-status messages of ``segment`` (``"*"``: all) of ``space``."""
 
-    def __init__(self, space: str, segment: str, heartbeat: float) -> None:
+    def __init__(
+        self, space: str, segment: str, heartbeat: float, channel: str | None = None
+    ) -> None:
+        self.channel = channel
         self.space = space
         self.segment = segment
         self.heartbeat = heartbeat
@@ -81,6 +98,7 @@ class StatusFeed(Feed[dict[str, Any]]):
             "space": self.space,
             "segment": self.segment,
             "heartbeat": self.heartbeat,
+            "channel": self.channel,
         }
 
     def accept(self, message: dict[str, Any]) -> dict[str, Any] | None:

@@ -80,7 +80,7 @@ class PushedStream(Generic[T]):
 
         def subscribe(conn: Connection) -> None:
             request = self._feed.request()
-            conn.call(request.pop("op"), **request)
+            self._feed.subscribed(conn.call(request.pop("op"), **request))
 
         hosts = self._hosts
         try:
@@ -135,6 +135,12 @@ class PushedStream(Generic[T]):
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def channel_id(self) -> str | None:
+        """The stream's channel id (given, or assigned by the server; None from a server
+        that assigns none)."""
+        return self._feed.channel
 
     def get(self, timeout: float | None = None) -> T | None:
         """The next item, or None if none arrived within ``timeout`` or it ended."""

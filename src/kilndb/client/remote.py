@@ -13,10 +13,10 @@ reconnects after the server restarts; :mod:`kilndb.client.asyncio_client` is its
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 from kilndb.client import calls
 from kilndb.client.core import (
@@ -36,9 +36,12 @@ from kilndb.client.hosts import Hosts, reads_hosts
 from kilndb.client.link import Link
 from kilndb.client.pushed import PushedStream
 from kilndb.client.streams import RemoteSpace, RemoteStatusSubscription
-from kilndb.errors import ClosedError, KilnError, ReadOnlyReplicaError
+from kilndb.engine.changefeed import CallbackSubscription
+from kilndb.errors import ClosedError, InvalidArgumentError, KilnError, ReadOnlyReplicaError
 from kilndb.leases import Lease, LeaseKeeper
 from kilndb.model import Fact, Write, validate_store_name
+from kilndb.storage.facts import check_position
+from kilndb.streams import check_channel
 
 __all__ = ["RemoteDatabase", "RemoteStore", "RemoteSubscription", "connect"]
 
@@ -194,7 +197,7 @@ class RemoteDatabase:
         #: default on in a cluster and with a list of servers.
         self.follow_leader = follows_leader(hello, follow_leader, self.endpoint.several)
         self._stores: dict[str, RemoteStore] = {}
-        self._subscriptions: list[PushedStream[Any]] = []
+        self._subscriptions: list[PushedStream[Any] | CallbackSubscription] = []
 
     def __repr__(self) -> str:
         return f"<kilndb.RemoteDatabase {self.name!r} at {self.url!r}>"
@@ -273,17 +276,17 @@ class RemoteDatabase:
         return spaces
 
     def _status_subscription(
-        self, space: str, segment: str, heartbeat: float
+        self, space: str, segment: str, heartbeat: float, channel: str | None
     ) -> RemoteStatusSubscription:
         if self._closed:
             raise ClosedError(f"connection to {self.url} is closed")
         subscription = RemoteStatusSubscription(
-            self.endpoint, self.name, space, segment, heartbeat, self.timeout
+            self.endpoint, self.name, space, segment, heartbeat, self.timeout, channel
         )
         self._keep(subscription)
         return subscription
 
-    def _keep(self, subscription: PushedStream[Any]) -> None:
+    def _keep(self, subscription: PushedStream[Any] | CallbackSubscription) -> None:
         self._subscriptions = [s for s in self._subscriptions if not s.closed]
         self._subscriptions.append(subscription)
 
@@ -322,6 +325,16 @@ class RemoteDatabase:
         """As :meth:`Database.lease`."""
         return LeaseKeeper(self, key, holder, ttl)
 
+    def write_fact(self, fact: Fact | Mapping[str, Any]) -> Fact:
+        """Store a whole fact; as :meth:`Database.write_fact` (Igniter's ``write_fact``).
+        A fact with an ``id`` is sent again after a lost reply."""
+        return self._send(calls.write_fact(fact))
+
+    def write_snapshot(self, facts: Iterable[Fact | Mapping[str, Any]]) -> dict[str, int]:
+        """Igniter's checkpoint; as :meth:`Database.write_snapshot`. Sent again after a
+        lost reply when every fact carries an ``id``."""
+        return self._send(calls.write_snapshot(facts))
+
     def write_each(self, writes: Iterable[Write]) -> list[Fact | KilnError]:
         """Independent writes, pipelined; as :meth:`Database.write_each`. A write whose
         reply a broken connection lost is WriteOutcomeUnknownError in the list, unless
@@ -353,15 +366,55 @@ class RemoteDatabase:
         while (request := pages.request()) is not None:
             yield from pages.take(self._send(request))
 
-    def subscribe(self, stores: Iterable[str] | None = None, after: int = 0) -> RemoteSubscription:
-        """Catch-up from ``after``, then live, on a connection of its own."""
+    @overload
+    def subscribe(
+        self,
+        stores: Iterable[str] | None = None,
+        after: int = 0,
+        *,
+        callback: None = None,
+        channel: str | None = None,
+    ) -> RemoteSubscription: ...
+
+    @overload
+    def subscribe(
+        self,
+        stores: Iterable[str] | None = None,
+        after: int = 0,
+        *,
+        callback: Callable[[Fact], object],
+        channel: str | None = None,
+    ) -> CallbackSubscription: ...
+
+    def subscribe(
+        self,
+        stores: Iterable[str] | None = None,
+        after: int = 0,
+        *,
+        callback: Callable[[Fact], object] | None = None,
+        channel: str | None = None,
+    ) -> RemoteSubscription | CallbackSubscription:
+        """Catch-up from ``after``, then live, on a connection of its own; as
+        :meth:`Database.subscribe` (``callback=``: a thread calls it for each fact;
+        ``channel``: the stream's channel id, else the server assigns a UUID)."""
         if self._closed:
             raise ClosedError(f"connection to {self.url} is closed")
+        if callback is not None and not callable(callback):
+            raise InvalidArgumentError("callback must be callable")
         subscription = RemoteSubscription(
-            self.endpoint, self.name, calls.stores_of(stores), after, self.timeout
+            self.endpoint,
+            self.name,
+            calls.stores_of(stores),
+            check_position("after", after),
+            self.timeout,
+            check_channel(channel),
         )
-        self._keep(subscription)
-        return subscription
+        if callback is None:
+            self._keep(subscription)
+            return subscription
+        handle = CallbackSubscription(subscription, callback)
+        self._keep(handle)
+        return handle
 
     def stats(self) -> dict[str, Any]:
         """As :meth:`Database.stats`."""
@@ -425,8 +478,9 @@ class RemoteSubscription(PushedStream[Fact]):
         stores: list[str] | None,
         after: int,
         timeout: float | None,
+        channel: str | None = None,
     ) -> None:
-        self._facts = FactFeed(stores, after)
+        self._facts = FactFeed(stores, after, channel)
         super().__init__(self._facts, endpoint, database, timeout)
 
     @property

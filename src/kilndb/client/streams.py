@@ -14,7 +14,7 @@ from kilndb.client.endpoint import Endpoint
 from kilndb.client.feeds import StatusFeed
 from kilndb.client.pushed import PushedStream
 from kilndb.model import validate_key, validate_store_name
-from kilndb.streams import Entry, clamp_heartbeat
+from kilndb.streams import Entry, check_channel, clamp_heartbeat
 
 if TYPE_CHECKING:
     from kilndb.client.remote import RemoteDatabase
@@ -97,12 +97,13 @@ class RemoteSpace:
         return self._db._send(calls.space_consume(self.name, after, min_ts, max_ts, limit))
 
     def subscribe_status(
-        self, segment: str = "*", heartbeat: float = 30
+        self, segment: str = "*", heartbeat: float = 30, *, channel: str | None = None
     ) -> RemoteStatusSubscription:
         """As :meth:`Space.subscribe_status`, on a connection of its own."""
         if segment != "*":
             validate_key(segment)
-        return self._db._status_subscription(self.name, segment, clamp_heartbeat(heartbeat))
+        beat, named = clamp_heartbeat(heartbeat), check_channel(channel)
+        return self._db._status_subscription(self.name, segment, beat, named)
 
 
 class RemoteStatusSubscription(PushedStream[dict[str, Any]]):
@@ -118,8 +119,10 @@ class RemoteStatusSubscription(PushedStream[dict[str, Any]]):
         segment: str,
         heartbeat: float,
         timeout: float | None,
+        channel: str | None = None,
     ) -> None:
         self.space = space
         self.segment = segment
         self.heartbeat = heartbeat
-        super().__init__(StatusFeed(space, segment, heartbeat), endpoint, database, timeout)
+        feed = StatusFeed(space, segment, heartbeat, channel)
+        super().__init__(feed, endpoint, database, timeout)

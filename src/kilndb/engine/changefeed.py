@@ -14,23 +14,27 @@ could be missed or delivered twice — and a slow subscriber costs writers nothi
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from itertools import islice
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol, Self
 
-from kilndb.errors import ClosedError, InvalidArgumentError
+from kilndb.errors import ClosedError, InvalidArgumentError, KilnError
 from kilndb.model import Fact
+from kilndb.streams import new_channel
 
 if TYPE_CHECKING:
     from kilndb.storage.log import Log
 
-__all__ = ["Subscription"]
+__all__ = ["CallbackHandle", "CallbackSubscription", "FactSource", "Subscription"]
 
 READ_AHEAD = 1024
+
+log = logging.getLogger("kilndb.subscription")
 
 
 class Subscription:
@@ -41,7 +45,11 @@ class Subscription:
     any thread; safe to share between threads (each fact goes to one caller).
     """
 
-    def __init__(self, log: Log, stores: frozenset[str] | None, after: int) -> None:
+    def __init__(
+        self, log: Log, stores: frozenset[str] | None, after: int, channel: str | None = None
+    ) -> None:
+        #: The stream's channel id, for tracing: the one given, or a fresh UUID.
+        self.channel_id = new_channel(channel)
         self._log = log
         self._stores = stores
         self._fetched = after
@@ -153,4 +161,117 @@ class Subscription:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        self.close()
+
+
+class FactSource(Protocol):
+    """What a :class:`CallbackSubscription` reads: an embedded or a network changefeed."""
+
+    @property
+    def channel_id(self) -> str | None: ...
+
+    @property
+    def position(self) -> int: ...
+
+    @property
+    def closed(self) -> bool: ...
+
+    def get_batch(self, limit: int = ..., timeout: float | None = None) -> list[Fact]: ...
+
+    def close(self) -> None: ...
+
+
+class CallbackHandle:
+    """What the blocking and the asyncio callback subscriptions share: the subscription
+    read, the callback, and how a failed call is reported."""
+
+    def __init__(self, subscription: Any, callback: Callable[[Fact], object]) -> None:
+        self.subscription = subscription
+        self.callback = callback
+        #: How many calls of the callback raised.
+        self.failures = 0
+
+    @property
+    def channel_id(self) -> str | None:
+        channel: str | None = self.subscription.channel_id
+        return channel
+
+    @property
+    def position(self) -> int:
+        """Position of the last fact handed to the callback."""
+        position: int = self.subscription.position
+        return position
+
+    def _failed(self, fact: Fact) -> None:
+        """The callback raised on ``fact`` (called from its ``except`` block)."""
+        self.failures += 1
+        log.exception(
+            "subscription callback failed on the fact at position %d",
+            fact.position,
+            extra={"channel_id": self.channel_id, "position": fact.position},
+        )
+
+
+class CallbackSubscription(CallbackHandle):
+    """A changefeed that calls ``callback(fact)`` for each fact, on a thread of its own
+    (a daemon named ``kilndb-subscriber-<channel>``), in position order — what
+    ``db.subscribe(stores, callback=f)`` returns on the embedded database and the
+    blocking client (Igniter's ``nb.subscribe(stores:) { |fact| … }``).
+
+    An exception the callback raises is logged (logger ``kilndb.subscription``, with the
+    fact's position and the channel id) and counted in :attr:`failures`; the
+    subscription goes on with the next fact, as Igniter's does. A network subscription
+    reconnects and resumes after the last fact received, as the iterator form does. It
+    ends with :meth:`close`, with its database, or with a server error (then
+    :attr:`error` says why). :meth:`close` unsubscribes and waits for a running callback
+    to return; it is idempotent, and the handle is a context manager.
+    """
+
+    def __init__(self, subscription: FactSource, callback: Callable[[Fact], object]) -> None:
+        super().__init__(subscription, callback)
+        self.subscription: FactSource = subscription
+        self._closed = False
+        name = f"kilndb-subscriber-{subscription.channel_id}"
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    @property
+    def error(self) -> KilnError | None:
+        """The server error that ended a network subscription (None otherwise)."""
+        error: KilnError | None = getattr(self.subscription, "error", None)
+        return error
+
+    @property
+    def closed(self) -> bool:
+        """Closed, or ended by itself (its database closed, a server error)."""
+        return self._closed or not self._thread.is_alive()
+
+    def _run(self) -> None:
+        source = self.subscription
+        while not self._closed:
+            batch = source.get_batch(READ_AHEAD, None)
+            if not batch:
+                if source.closed or self.error is not None:
+                    return
+                continue
+            for fact in batch:
+                if self._closed:
+                    return
+                try:
+                    self.callback(fact)
+                except Exception:
+                    self._failed(fact)
+
+    def close(self) -> None:
+        """Unsubscribe and wait for the thread to end (a callback running now returns
+        first). Idempotent; a callback may call it."""
+        self._closed = True
+        self.subscription.close()
+        if threading.current_thread() is not self._thread:
+            self._thread.join()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
         self.close()

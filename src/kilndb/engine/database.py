@@ -8,19 +8,19 @@ offers the same interface, so code written against one runs against the other.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from itertools import islice
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, overload
 
 import orjson
 
 from kilndb.config import DatabaseConfig
-from kilndb.engine.changefeed import Subscription
+from kilndb.engine.changefeed import CallbackSubscription, Subscription
 from kilndb.engine.streams import Space
-from kilndb.engine.writes import PreparedWrite, prepare_write
+from kilndb.engine.writes import PreparedWrite, fact_write, prepare_write, snapshot_facts
 from kilndb.errors import (
     ConflictError,
     CursorTooOldError,
@@ -42,6 +42,7 @@ from kilndb.storage.facts import FactLog, check_limit, check_position
 from kilndb.storage.meta import BY_STORE, watermark_covering
 from kilndb.storage.retention import Retention
 from kilndb.storage.shipping import LogReader
+from kilndb.streams import check_channel
 
 __all__ = ["Database", "Store"]
 
@@ -462,6 +463,27 @@ class Database:
             return []
         return self._log.commit(batch, atomic=True, fence=fenced)
 
+    def write_fact(self, fact: Fact | Mapping[str, Any]) -> Fact:
+        """Store a whole fact (one read from another database, or Igniter's fact hash)
+        and return it as stored here: what is kept and what this database assigns is
+        :func:`~kilndb.engine.writes.fact_write`'s (its own transaction time goes to
+        ``metadata["kiln.origin_transaction_time"]``; a ``value_hash`` that does not
+        match the value raises InvalidArgumentError). A fact whose ``id`` is stored
+        already is returned as it is."""
+        return self._log.commit([Write(**fact_write(fact))], atomic=True)[0]  # type: ignore[no-any-return]
+
+    def write_snapshot(self, facts: Iterable[Fact | Mapping[str, Any]]) -> dict[str, int]:
+        """Igniter's checkpoint: store whole facts (as :meth:`write_fact`) in one atomic
+        batch; facts whose ids the database holds already are skipped, nothing is
+        removed. Returns ``{"written": n, "skipped": m}``."""
+        batch = [Write(**fact_write(fact)) for fact in snapshot_facts(facts)]
+        if not batch:
+            return {"written": 0, "skipped": 0}
+        before = self.last_position
+        stored = self._log.commit(batch, atomic=True)
+        written = len({fact.position for fact in stored if fact.position > before})
+        return {"written": written, "skipped": len(batch) - written}
+
     def write_each(self, writes: Iterable[Write]) -> list[Fact | KilnError]:
         """Commit independent writes together; each succeeds or fails on its own.
 
@@ -518,8 +540,40 @@ class Database:
         records = log.iter_records(start, log.visible, chosen)
         return records if wanted is None else islice(records, wanted)
 
-    def subscribe(self, stores: Iterable[str] | None = None, after: int = 0) -> Subscription:
+    @overload
+    def subscribe(
+        self,
+        stores: Iterable[str] | None = None,
+        after: int = 0,
+        *,
+        callback: None = None,
+        channel: str | None = None,
+    ) -> Subscription: ...
+
+    @overload
+    def subscribe(
+        self,
+        stores: Iterable[str] | None = None,
+        after: int = 0,
+        *,
+        callback: Callable[[Fact], object],
+        channel: str | None = None,
+    ) -> CallbackSubscription: ...
+
+    def subscribe(
+        self,
+        stores: Iterable[str] | None = None,
+        after: int = 0,
+        *,
+        callback: Callable[[Fact], object] | None = None,
+        channel: str | None = None,
+    ) -> Subscription | CallbackSubscription:
         """Facts after ``after`` (catch-up), then live ones as they commit.
+
+        Without ``callback``, an iterator of the facts. With it, a handle: a background
+        thread calls ``callback(fact)`` for each fact until ``handle.close()`` (see
+        :class:`~kilndb.engine.changefeed.CallbackSubscription`). ``channel``: the
+        stream's channel id, for tracing (a UUID is assigned without one).
 
         Raises CursorTooOldError if facts after ``after`` of a store it follows (any
         store without ``stores``) were compacted away, naming the store with the highest
@@ -528,12 +582,16 @@ class Database:
         """
         start = check_position("after", after)
         chosen = _check_stores(stores)
+        named = check_channel(channel)
+        if callback is not None and not callable(callback):
+            raise InvalidArgumentError("callback must be callable")
         log = self._log
         log.check_open()
         if (covering := watermark_covering(log.meta, start, chosen)) is not None:
             store, compacted = covering
             raise CursorTooOldError(start, compacted, store=store)
-        return Subscription(log, chosen, start)
+        subscription = Subscription(log, chosen, start, named)
+        return subscription if callback is None else CallbackSubscription(subscription, callback)
 
     # -- maintenance -----------------------------------------------------------------
 

@@ -10,6 +10,7 @@ producers racing for the same sequence exactly one wins.
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -25,6 +26,7 @@ from kilndb.model import Fact, validate_key, validate_store_name
 from kilndb.storage.facts import check_limit, check_position
 from kilndb.streams import (
     Entry,
+    check_channel,
     check_time,
     clamp_heartbeat,
     clamp_limit,
@@ -258,21 +260,30 @@ class Space:
         wanted = clamp_limit(limit)
         return _in_window(self._db.replay(after, stores=[self.name]), low, high, wanted)
 
-    def subscribe_status(self, segment: str = "*", heartbeat: float = 30) -> StatusSubscription:
+    def subscribe_status(
+        self, segment: str = "*", heartbeat: float = 30, *, channel: str | None = None
+    ) -> StatusSubscription:
         """The status of ``segment`` (``"*"``: every segment) now, then one notification
-        per change and a heartbeat after ``heartbeat`` quiet seconds (clamped to 1 to 300)."""
-        return StatusSubscription(self._db, self.name, segment, clamp_heartbeat(heartbeat))
+        per change and a heartbeat after ``heartbeat`` quiet seconds (streamkit's rule:
+        non-zero values are clamped to 1 to 300, 0 turns heartbeats off; a negative one
+        raises InvalidArgumentError). ``channel``: the stream's channel id for tracing
+        (a UUID is assigned without one)."""
+        named = check_channel(channel)
+        return StatusSubscription(self._db, self.name, segment, clamp_heartbeat(heartbeat), named)
 
 
 class StatusSubscription:
     """Messages about a space's segments: ``{"type": "status", **status}`` for each
     segment at the start, ``{"type": "change", **status}`` after each produce, and
-    ``{"type": "heartbeat", "at": t}`` when nothing happened for ``heartbeat`` seconds.
+    ``{"type": "heartbeat", "at": t}`` when nothing happened for ``heartbeat`` seconds
+    (never with ``heartbeat`` 0).
 
     An iterator (blocking) and a context manager; :meth:`get` waits at most ``timeout``.
     """
 
-    def __init__(self, db: Database, space: str, segment: str, heartbeat: float) -> None:
+    def __init__(
+        self, db: Database, space: str, segment: str, heartbeat: float, channel: str | None = None
+    ) -> None:
         if segment != "*":
             validate_key(segment)
         self._db = db
@@ -282,7 +293,9 @@ class StatusSubscription:
         # Follow first, then take the snapshot: no change can fall between the two. The
         # snapshot (a read per segment) is taken by the first get(), on the caller's
         # thread, so opening a subscription is cheap whatever the size of the space.
-        self._changes: Subscription = db.subscribe([space], after=db._log.visible)
+        self._changes: Subscription = db.subscribe([space], after=db._log.visible, channel=channel)
+        #: The stream's channel id, for tracing: the one given, or a fresh UUID.
+        self.channel_id = self._changes.channel_id
         self._pending: deque[dict[str, Any]] | None = None
         self._quiet_since = time.monotonic()
 
@@ -303,15 +316,15 @@ class StatusSubscription:
             return self._pending.popleft()
         deadline = None if timeout is None else time.monotonic() + timeout
         while not self.closed:
-            beat_at = self._quiet_since + self.heartbeat
+            beat_at = self._quiet_since + self.heartbeat if self.heartbeat else math.inf
             now = time.monotonic()
             if now >= beat_at:
                 self._quiet_since = now
                 return {"type": "heartbeat", "at": time.time()}
-            wait = beat_at - now if deadline is None else min(beat_at, deadline) - now
-            if wait <= 0:
+            until = beat_at if deadline is None else min(beat_at, deadline)
+            if until - now <= 0:
                 return None
-            fact = self._changes.get(timeout=wait)
+            fact = self._changes.get(timeout=None if until == math.inf else until - now)
             if fact is not None and (self.segment in ("*", fact.key)):
                 self._quiet_since = time.monotonic()
                 return {"type": "change", **self._status(fact)}
@@ -332,13 +345,16 @@ class StatusSubscription:
                 self._quiet_since = time.monotonic()
                 return {"type": "change", **self._status(fact)}
         now = time.monotonic()
-        if not self.closed and now >= self._quiet_since + self.heartbeat:
+        if not self.closed and self.heartbeat and now >= self._quiet_since + self.heartbeat:
             self._quiet_since = now
             return {"type": "heartbeat", "at": time.time()}
         return None
 
-    def heartbeat_due(self) -> float:
-        """Seconds until the next heartbeat is due (if nothing happens meanwhile)."""
+    def heartbeat_due(self) -> float | None:
+        """Seconds until the next heartbeat is due (if nothing happens meanwhile); None
+        with heartbeats off."""
+        if not self.heartbeat:
+            return None
         return max(0.0, self._quiet_since + self.heartbeat - time.monotonic())
 
     def watch(self, wake: Callable[[], object]) -> None:

@@ -8,12 +8,14 @@ expensive parts (serialising and hashing the value) happen outside the lock.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from kilndb.errors import InvalidArgumentError
 from kilndb.model import (
     MAX_ID_LENGTH,
     MAX_KEY_LENGTH,
+    Fact,
     canonical_json,
     validate_key,
     validate_store_name,
@@ -21,7 +23,7 @@ from kilndb.model import (
 )
 from kilndb.storage.records import PreparedWrite
 
-__all__ = ["PreparedWrite", "prepare_write"]
+__all__ = ["ORIGIN_TIME_KEY", "PreparedWrite", "fact_write", "prepare_write", "snapshot_facts"]
 
 _NULL_HASH = value_hash(b"null")
 
@@ -113,3 +115,81 @@ def prepare_write(
         {} if metadata is None else _metadata(metadata),
         deleted,
     )
+
+
+def snapshot_facts(facts: object) -> list[Any]:
+    """The facts of a ``write_snapshot`` (any iterable but a string or a mapping)."""
+    if isinstance(facts, str | bytes | Mapping) or not isinstance(facts, Iterable):
+        raise InvalidArgumentError("write_snapshot takes a list of facts")
+    return list(facts)
+
+
+#: Metadata key under which a whole fact's own transaction time is kept when it is
+#: written to this database (which gives it a transaction time of its own).
+ORIGIN_TIME_KEY = "kiln.origin_transaction_time"
+
+#: The fields of a whole fact that become a write's arguments of the same name.
+_KEPT = ("id", "causation", "valid_time", "schema_version", "producer", "derivation")
+
+
+def fact_write(fact: object) -> dict[str, Any]:
+    """The write that stores a whole fact (a :class:`~kilndb.Fact` read elsewhere, or
+    Igniter's fact hash), as the fields of :class:`~kilndb.Write` by name.
+
+    Kept: ``store``, ``key``, ``value``, ``id`` (a fact the database holds already is
+    not written again), ``causation``, ``valid_time``, ``schema_version``, ``producer``,
+    ``derivation``, ``metadata`` and ``deleted`` (a tombstone stays one); an
+    ``expected_seq`` field is honoured as in a write. Assigned by this database, as
+    for every write: ``seq``, ``position`` and ``transaction_time`` — the fact's own
+    transaction time is kept in ``metadata["kiln.origin_transaction_time"]`` (as
+    ``repr`` of the float; one it carries there already, from an earlier copy, is left
+    as it is), so that a writer's clock can never move the database's
+    non-decreasing transaction time, nor ``as_of`` reads out of position order.
+    ``value_hash`` is checked, not copied: one that is not the SHA-256 of the value's
+    canonical JSON is refused. Raises InvalidArgumentError naming the field.
+    """
+    if isinstance(fact, Fact):
+        fields = fact.to_dict()
+    elif isinstance(fact, Mapping):
+        fields = dict(fact)
+    else:
+        raise InvalidArgumentError(f"expected a kilndb.Fact or a dict, not {type(fact).__name__}")
+    for name in ("store", "key"):
+        if name not in fields:
+            raise InvalidArgumentError(f"missing field {name!r}")
+    deleted = fields.get("deleted", False)
+    if type(deleted) is not bool:
+        raise InvalidArgumentError("field 'deleted' must be a boolean")
+    if not deleted and "value" not in fields:
+        raise InvalidArgumentError("missing field 'value'")
+    value = None if deleted else fields["value"]
+    claimed = fields.get("value_hash")
+    if claimed is not None:
+        actual = value_hash(canonical_json(value))
+        if claimed != actual:
+            raise InvalidArgumentError(
+                f"value_hash {str(claimed)[:80]!r} does not match the value (its SHA-256 of"
+                f" canonical JSON is {actual!r}): the fact was altered or hashed otherwise"
+            )
+    metadata = fields.get("metadata")
+    origin = fields.get("transaction_time")
+    if origin is not None:
+        if isinstance(origin, bool) or not isinstance(origin, int | float):
+            raise InvalidArgumentError("field 'transaction_time' must be a number or None")
+        if not math.isfinite(origin):
+            raise InvalidArgumentError("field 'transaction_time' must be finite")
+        kept = {} if metadata is None else _metadata(metadata)
+        kept.setdefault(ORIGIN_TIME_KEY, repr(float(origin)))
+        metadata = kept
+    write = {name: fields.get(name) for name in _KEPT}
+    if write["schema_version"] is None:
+        write["schema_version"] = 1
+    return {
+        "store": fields["store"],
+        "key": fields["key"],
+        "value": value,
+        "expected_seq": fields.get("expected_seq"),
+        **write,
+        "metadata": metadata,
+        "deleted": deleted,
+    }

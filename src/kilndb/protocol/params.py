@@ -17,7 +17,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from kilndb.engine.writes import fact_write
 from kilndb.errors import InvalidArgumentError
+from kilndb.streams import check_channel
 
 __all__ = ["WRITE_OPTIONS", "Checker", "Params"]
 
@@ -135,10 +137,20 @@ def write(body: dict[str, Any]) -> Params:
     return _write_fields(body)
 
 
+def _whole_fact(fact: dict[str, Any]) -> Params:
+    """A whole fact's write (Igniter's ``write_fact``): checked as a write, then made the
+    write that stores it (:func:`~kilndb.engine.writes.fact_write`: the fact's
+    ``transaction_time`` kept in its metadata, its ``value_hash`` checked)."""
+    params = _write_fields(fact, value_required=fact.get("deleted") is not True)
+    _field(fact, "transaction_time", "number")
+    _field(fact, "value_hash", "str")
+    return {**params, **fact_write({**fact, **params})}
+
+
 def write_fact(body: dict[str, Any]) -> Params:
     fact = _field(body, "fact", "object", required=True)
     try:
-        return _write_fields(fact)
+        return _whole_fact(fact)
     except InvalidArgumentError as exc:
         raise InvalidArgumentError(f"fact: {exc.message}") from exc
 
@@ -172,7 +184,7 @@ def write_snapshot(body: dict[str, Any]) -> Params:
         if not isinstance(fact, dict):
             raise InvalidArgumentError(f"facts[{index}] must be an object")
         try:
-            checked.append(_write_fields(fact))
+            checked.append(_whole_fact(fact))
         except InvalidArgumentError as exc:
             raise InvalidArgumentError(f"facts[{index}]: {exc.message}") from exc
     return {"facts": checked}
@@ -230,10 +242,19 @@ def replay(body: dict[str, Any]) -> Params:
     }
 
 
+def _channel(body: dict[str, Any]) -> str | None:
+    """A stream's ``channel`` id (None: the server assigns a UUID)."""
+    return check_channel(body.get("channel"))
+
+
 def subscribe(body: dict[str, Any]) -> Params:
     # Without ``after`` (Igniter's form) a subscription is live only: it starts at the
     # end of the log. With it, it catches up from that position first.
-    return {"stores": _field(body, "stores", "strings"), "after": _field(body, "after", "count")}
+    return {
+        "stores": _field(body, "stores", "strings"),
+        "after": _field(body, "after", "count"),
+        "channel": _channel(body),
+    }
 
 
 def set_retention(body: dict[str, Any]) -> Params:
@@ -309,6 +330,7 @@ def subscribe_status(body: dict[str, Any]) -> Params:
         "space": _field(body, "space", "str", required=True),
         "segment": "*" if segment is None else segment,
         "heartbeat": 30.0 if heartbeat is None else heartbeat,
+        "channel": _channel(body),
     }
 
 

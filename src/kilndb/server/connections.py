@@ -143,7 +143,7 @@ class SocketConnection(asyncio.Protocol):
             self.metrics.event("connection_closed", error=None if exc is None else str(exc))
         if self.stream is not None:
             self._unsubscribe()
-            self.metrics.event("subscription_closed")
+            self.metrics.event("subscription_closed", channel_id=self.stream.channel)
 
     def data_received(self, data: bytes) -> None:
         metrics = self.metrics

@@ -64,15 +64,14 @@ def _write_many(db: Database, params: dict[str, Any]) -> dict[str, Any]:
     return {"facts": _facts(db.write_many(writes, fence=params["fence"]))}
 
 
+def _write_fact(db: Database, params: dict[str, Any]) -> dict[str, Any]:
+    # The checked params are the whole fact's write already (kilndb.engine.writes).
+    write = Write(**{name: params[name] for name in Write._fields})
+    return {"fact": db.write_many([write], fence=params["fence"])[0].to_dict()}
+
+
 def _write_snapshot(db: Database, params: dict[str, Any]) -> dict[str, Any]:
-    # Igniter's checkpoint: facts whose ids are stored already are skipped, the rest are
-    # added, nothing is removed. One atomic batch, so a snapshot lands whole or not at all.
-    before = db.stats()["last_position"]
-    facts = db.write_many(
-        [Write(f["store"], f["key"], f["value"], **_write_options(f)) for f in params["facts"]]
-    )
-    added = sum(1 for fact in facts if fact.position > before)
-    return {"written": added, "skipped": len(facts) - added}
+    return db.write_snapshot(params["facts"])
 
 
 def _read(db: Database, params: dict[str, Any]) -> dict[str, Any]:
@@ -174,7 +173,7 @@ def _renew_lease(db: Database, params: dict[str, Any]) -> dict[str, Any]:
 
 
 _HANDLERS: dict[str, Handler] = {
-    "write_fact": _write,
+    "write_fact": _write_fact,
     "write": _write,
     "write_many": _write_many,
     "write_snapshot": _write_snapshot,

@@ -62,6 +62,7 @@ from kilndb.server.push import Outbox, changefeed, changefeed_start, event_bodie
 from kilndb.server.services import Services
 from kilndb.server.session import Answer, Execute, Open, Refuse, Session
 from kilndb.server.websocket import websocket_handler
+from kilndb.streams import new_channel
 
 __all__ = ["KEYS_PAGE", "build_app"]
 
@@ -99,7 +100,9 @@ _METADATA = "metadata."
 KEYS_PAGE = 1000
 
 #: The parameters of ``GET /v1/events``.
-_EVENTS_PARAMETERS = frozenset({"cursor", "stores", "database"})
+_EVENTS_PARAMETERS = frozenset({"cursor", "stores", "database", "channel"})
+#: The response header of ``GET /v1/events`` that names the stream's channel id.
+CHANNEL_HEADER = "Kiln-Channel-Id"
 
 _INTEGER = re.compile(r"-?[0-9]+")
 
@@ -387,15 +390,24 @@ def build_app(services: Services) -> web.Application:
             if not _INTEGER.fullmatch(cursor_text) or int(cursor_text) < 0:
                 raise InvalidArgumentError(f"bad cursor {cursor_text!r}")
             stores = [s for s in stores_text.split(",") if s] if stores_text else None
-            params = check_params("subscribe", {"stores": stores, "after": int(cursor_text)})
+            asked = {
+                "stores": stores,
+                "after": int(cursor_text),
+                "channel": http.query.get("channel"),
+            }
+            params = check_params("subscribe", asked)
             await answer(http, Request("subscribe", params, None, database), database, "sse")
-            cursor = params["after"]
+            cursor, channel = params["after"], new_channel(params["channel"])
             db = services.databases.get(database, create=False)
             changefeed_start(db, stores, cursor)  # checks the cursor and the store names
         except KilnError as exc:
             return _error(exc)
         response = web.StreamResponse(
-            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+            headers={
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-cache",
+                CHANNEL_HEADER: channel,
+            }
         )
         await response.prepare(http)
         transport = http.transport
@@ -410,7 +422,8 @@ def build_app(services: Services) -> web.Application:
         feed = changefeed(outbox, stores, cursor)
         services.fanout.attach(db, feed)
         metrics.http_stream(True)
-        metrics.event("subscription_opened", transport="sse", after=cursor)
+        metrics.event("subscription_opened", transport="sse", after=cursor, channel_id=channel)
+        log.debug("sse stream opened", extra={"channel_id": channel})
         pusher = services.tasks.spawn(_push_sse(response, outbox), "kilndb-sse")
         try:
             await pusher
@@ -421,7 +434,7 @@ def build_app(services: Services) -> web.Application:
             services.fanout.detach(feed)
             outbox.end()
             metrics.http_stream(False)
-            metrics.event("subscription_closed", transport="sse")
+            metrics.event("subscription_closed", transport="sse", channel_id=channel)
         return response
 
     # One body limit on every transport: an HTTP body may be as large as a frame.

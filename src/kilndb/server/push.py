@@ -181,9 +181,10 @@ async def status_messages(
             if message is not None:
                 yield message
                 continue
+            due = status.heartbeat_due()  # None: heartbeats are off
             with contextlib.suppress(TimeoutError):
                 # Heartbeats are at least a second apart (the engine clamps them).
-                await asyncio.wait_for(wake.wait(), max(status.heartbeat_due(), 0.05))
+                await asyncio.wait_for(wake.wait(), None if due is None else max(due, 0.05))
     finally:
         status.close()
 

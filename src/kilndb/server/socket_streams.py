@@ -22,6 +22,7 @@ from kilndb.server.fanout import Feed
 from kilndb.server.push import Outbox, changefeed, changefeed_start, pump_status
 from kilndb.server.replication import FollowerLink
 from kilndb.server.services import Services
+from kilndb.streams import new_channel
 
 __all__ = ["SocketStream", "StreamHost"]
 
@@ -61,6 +62,8 @@ class SocketStream:
         self.feed: Feed | None = None
         self.status: StatusSubscription | None = None
         self.link: FollowerLink | None = None
+        #: The channel id of a changefeed or status stream (the client's, or a UUID).
+        self.channel: str | None = None
 
     @property
     def live(self) -> bool:
@@ -74,6 +77,7 @@ class SocketStream:
         if request.op == "sync_request":
             return self._follower(request, outbox)
         params = request.params
+        self.channel = new_channel(params["channel"])
         try:
             db = services.databases.get(request.database or "default", create=False)
             if request.op == "subscribe":
@@ -84,7 +88,7 @@ class SocketStream:
                 details: dict[str, Any] = {"after": after}
             else:
                 status = db.space(params["space"]).subscribe_status(
-                    params["segment"], params["heartbeat"]
+                    params["segment"], params["heartbeat"], channel=self.channel
                 )
                 self.status = status
                 pump = pump_status(status, outbox, services.executor)
@@ -99,12 +103,13 @@ class SocketStream:
             return ServerConnection.error(exc, request.request_id)
         self._start(outbox)
         self.metrics.count("subscriptions_total")
-        self.metrics.event("subscription_opened", **details)
+        self.metrics.event("subscription_opened", channel_id=self.channel, **details)
+        log.debug("%s stream opened", request.op, extra={"channel_id": self.channel, **details})
         # Events are written by the pusher, after this reply (which names the stream by
         # its request_id, as on WebSocket).
         if request.request_id is not None:
             fields["subscription"] = request.request_id
-        return ServerConnection.reply(request.request_id, **fields)
+        return ServerConnection.reply(request.request_id, channel_id=self.channel, **fields)
 
     def _follower(self, request: Request, outbox: Outbox) -> bytes:
         """A follower asks for a database's log: answer shard_info, then ship it."""
@@ -175,10 +180,13 @@ class SocketStream:
         """The stream ended early: send ``error`` after what the client has not read and
         close; a client that never reads again is dropped after a grace period instead
         of holding memory."""
+        channel = self.channel
         if error.error_code == "subscriber_overflow":
-            self.metrics.event("subscriber_overflow", position=getattr(error, "position", 0))
+            position = getattr(error, "position", 0)
+            self.metrics.event("subscriber_overflow", position=position, channel_id=channel)
         else:
-            self.metrics.event("subscription_ended", error=error.message)
+            self.metrics.event("subscription_ended", error=error.message, channel_id=channel)
+        log.info("stream ended: %s", error.message, extra={"channel_id": channel})
         host = self.host
         host.closing = True
         host.reply_now(ServerConnection.error(error))

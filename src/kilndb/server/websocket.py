@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -53,8 +54,11 @@ from kilndb.server.session import (
     Session,
     Unsubscribe,
 )
+from kilndb.streams import new_channel
 
 __all__ = ["MAX_IN_FLIGHT", "PING_SECONDS", "SILENCE_SECONDS", "websocket_handler"]
+
+log = logging.getLogger("kilndb.server")
 
 PING_SECONDS = 30.0
 SILENCE_SECONDS = 90.0
@@ -110,6 +114,8 @@ class _Stream:
         self.feed: Feed | None = None
         self.status: StatusSubscription | None = None
         self.tasks: list[asyncio.Task[Any]] = []
+        #: The stream's channel id (the client's, or a UUID).
+        self.channel = ""
 
 
 class _Connection:
@@ -207,6 +213,7 @@ class _Connection:
         params = request.params
         outbox = Outbox(services.loop, services.config.max_subscriber_buffer, self._held)
         stream = _Stream(outbox)
+        stream.channel = channel = new_channel(params["channel"])
         try:
             db = services.databases.get(request.database or "default", create=False)
             if request.op == "subscribe":
@@ -215,7 +222,7 @@ class _Connection:
                 stream.feed = changefeed(outbox, params["stores"], after)
             else:
                 stream.status = db.space(params["space"]).subscribe_status(
-                    params["segment"], params["heartbeat"]
+                    params["segment"], params["heartbeat"], channel=channel
                 )
                 fields = {
                     "space": stream.status.space,
@@ -227,7 +234,7 @@ class _Connection:
             self.metrics.count("errors_total")
             await self.send(_error(exc, name))
             return
-        await self.send(_reply(name, subscription=name, **fields))
+        await self.send(_reply(name, subscription=name, channel_id=channel, **fields))
         self.streams[name] = stream
         tasks = services.tasks
         if stream.feed is not None:
@@ -239,7 +246,10 @@ class _Connection:
         stream.tasks.append(tasks.spawn(self._push(name, outbox), "kilndb-ws-push"))
         self.metrics.count("subscriptions_total")
         self.metrics.http_stream(True)
-        self.metrics.event("subscription_opened", transport="websocket", op=request.op)
+        self.metrics.event(
+            "subscription_opened", transport="websocket", op=request.op, channel_id=channel
+        )
+        log.debug("websocket %s stream opened", request.op, extra={"channel_id": channel})
 
     def _held(self) -> int:
         transport = self.transport
@@ -257,10 +267,15 @@ class _Connection:
 
     async def _ended(self, name: Any, outbox: Outbox) -> None:
         """A stream ended by itself (overflow, its database closed): say so."""
-        if outbox.error is not None and self.streams.pop(name, None) is not None:
+        error = outbox.error
+        if error is not None and (stream := self.streams.pop(name, None)) is not None:
             self.session.ended(name)
             self.metrics.http_stream(False)
-            await self.send(_error(outbox.error, name))
+            overflow = error.error_code == "subscriber_overflow"
+            kind = "subscriber_overflow" if overflow else "subscription_ended"
+            self.metrics.event(kind, transport="websocket", channel_id=stream.channel)
+            log.info("stream ended: %s", error.message, extra={"channel_id": stream.channel})
+            await self.send(_error(error, name))
 
     async def _close_stream(self, name: Any) -> None:
         stream = self.streams.pop(name, None)
