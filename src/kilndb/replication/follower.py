@@ -210,9 +210,10 @@ class StreamFollower:
             return self.state == "streaming" and self.position >= self.leader_position
 
         with self._progress:
-            return self._progress.wait_for(
-                lambda: reached() or self._stop.is_set(), timeout
-            ) and reached()
+            return (
+                self._progress.wait_for(lambda: reached() or self._stop.is_set(), timeout)
+                and reached()
+            )
 
     def _changed(self) -> None:
         with self._progress:

@@ -132,7 +132,9 @@ class ReplicaView:
     def write_each(self, writes: Iterable[Any]) -> NoReturn:
         raise self.refusal()
 
-    def set_retention(self, store: str, keep: str = "all", max_age: float | None = None) -> NoReturn:
+    def set_retention(
+        self, store: str, keep: str = "all", max_age: float | None = None
+    ) -> NoReturn:
         raise self.refusal()
 
     def compact(self) -> NoReturn:
