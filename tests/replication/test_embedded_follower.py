@@ -18,6 +18,8 @@ from kilndb.codec import FrameDecoder, encode_frame
 from kilndb.replication import CONNECT_TIMEOUT, Follower
 from kilndb.server import Server, ServerConfig
 from tests.replication.test_follower import _eventually, _free_port
+from tests.replication.test_follower import _write as write
+from tests.replication.test_processes import _last
 
 
 def _facts(url: str) -> list[tuple[int, str, Any]]:
@@ -30,14 +32,9 @@ def _copied(follower: Follower) -> list[tuple[int, str, Any]]:
 
 
 def _write(url: str, start: int, n: int) -> int:
-    """``n`` writes (every tenth an atomic batch of three); the leader's last position."""
-    with kilndb.connect(url) as db:
-        for i in range(start, start + n):
-            if i % 10 == 0:
-                db.write_many([Write("s", f"b{i}-{j}", j) for j in range(3)])
-            else:
-                db.store("s").write(f"k{i % 5}", {"i": i})
-        return int(db.stats()["last_position"])
+    """:func:`tests.replication.test_follower._write`; the leader's last position."""
+    write(url, start, n)
+    return _last(url)
 
 
 @contextlib.contextmanager
@@ -76,8 +73,8 @@ def test_a_follower_copies_a_leader_resumes_after_a_restart_and_finds_it_again(
             with follower.database.subscribe(after=last) as feed:
                 last = _write(leader.url, 30, 10)
                 assert follower.wait_for(last, timeout=20)
-                live = [feed.get(timeout=5) for _ in range(12)]  # 9 writes, a batch of 3
-                assert [f.position for f in live if f] == list(range(last - 11, last + 1))
+                live = [feed.get(timeout=5) for _ in range(13)]  # 9 writes, a batch of 4
+                assert [f.position for f in live if f] == list(range(last - 12, last + 1))
             status = follower.status()
             assert status["state"] == "streaming" and status["lag_records"] == 0
             assert status["max_position_seen"] == last and status["reconnects"] == 0

@@ -16,9 +16,10 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 import kilndb
-from kilndb import Write
 from kilndb.server import Server
 from tests.replication.test_follower import _eventually, _free_port
+from tests.replication.test_follower import _write as write
+from tests.replication.test_processes import _last
 
 #: What a subscriber saw: (position, fact id), in the order it saw them.
 Seen = list[tuple[int, str]]
@@ -79,13 +80,9 @@ def _metrics(server: Server) -> dict[str, dict[str, float]]:
 
 
 def _write(url: str, start: int, n: int) -> int:
-    with kilndb.connect(url) as db:
-        for i in range(start, start + n):
-            if i % 8 == 0:
-                db.write_many([Write("s", f"b{i}-{j}", j) for j in range(3)])
-            else:
-                db.store("t" if i % 3 else "s").write(f"k{i % 4}", i)
-        return int(db.stats()["last_position"])
+    """:func:`tests.replication.test_follower._write`; the leader's last position."""
+    write(url, start, n)
+    return _last(url)
 
 
 def test_subscribers_on_every_follower_see_every_fact_in_order_through_a_reconnect(
@@ -162,5 +159,5 @@ def test_subscribers_on_every_follower_see_every_fact_in_order_through_a_reconne
 
 
 def _count_of_writes(start: int, n: int) -> int:
-    """The facts ``_write(url, start, n)`` commits."""
-    return sum(3 if i % 8 == 0 else 1 for i in range(start, start + n))
+    """The facts ``_write(url, start, n)`` commits (every tenth write a batch of four)."""
+    return sum(4 if i % 10 == 0 else 1 for i in range(start, start + n))
