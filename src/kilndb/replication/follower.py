@@ -144,8 +144,9 @@ class StreamFollower:
         self.state = "connecting"
         #: The last position of the local copy (every position up to it is applied).
         self.position = 0
-        #: The highest position applied here since this follower started (a divergent
-        #: tail cut does not lower it); armdb's ``max_version_seen``.
+        #: The highest position the copy has held since this follower started (where it
+        #: ended, then each shipment applied; a divergent tail cut does not lower it):
+        #: armdb's ``max_version_seen``.
         self.max_position_seen = 0
         self.leader_position = 0
         #: The error that ended the latest stream; None once a stream works again (it
