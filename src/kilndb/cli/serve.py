@@ -235,6 +235,14 @@ def _names(text: str | None) -> tuple[str, ...]:
     help="JWT presented to a leader that requires authentication (read scope).",
 )
 @click.option(
+    "--replication-connect-timeout",
+    type=click.FloatRange(0, min_open=True),
+    default=5.0,
+    show_default=True,
+    envvar="KILN_REPLICATION_CONNECT_TIMEOUT",
+    help="Seconds a connection to the leader may take to open before a retry.",
+)
+@click.option(
     "--gossip-port",
     type=click.IntRange(0, 65535),
     default=None,
@@ -361,6 +369,7 @@ def serve(
     replica_of: str | None,
     replicate: str | None,
     replication_token: str | None,
+    replication_connect_timeout: float,
     gossip_port: int | None,
     node_name: str | None,
     join: str | None,
@@ -426,6 +435,7 @@ def serve(
         replica_of=replica_of,
         replicate=None if replicate is None else _names(replicate),
         replication_token=replication_token,
+        replication_connect_timeout=replication_connect_timeout,
         gossip_port=gossip_port,
         node_name=node_name,
         join=_names(join),

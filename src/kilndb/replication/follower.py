@@ -1,16 +1,23 @@
 """The follower's side of replication: one thread per database, streaming from a leader.
 
-A :class:`Follower` connects to the leader, asks for its database from its own last
+A :class:`StreamFollower` connects to the leader (within ``connect_timeout`` seconds,
+5 by default), asks for its database from its own last
 durable position (``sync_request``), creates the local database with the leader's id
 if it has none, appends each shipment verbatim (:meth:`kilndb.Database.append_shipment`)
 and acknowledges what it applied and made durable. When the connection breaks or the
-leader goes silent it reconnects with exponential backoff (``backoff_min`` to
-``backoff_max`` seconds, with jitter) and resumes from where its log ends — the cursor is
+leader goes silent — or sends a message it has no business sending at that point of
+the stream, an error named in :attr:`last_error` — it reconnects with exponential
+backoff (``backoff_min`` to ``backoff_max`` seconds, with jitter; each reconnection
+counted in :attr:`reconnects`) and resumes from where its log ends — the cursor is
 the local log itself, durable by construction. When the leader says the local log has
 left its history it cuts the divergent tail; when the leader has compacted away records
 the copy lacks it discards the copy and starts over from position 0 (a full resync,
 counted in :attr:`full_resyncs`). An error the leader answers (another
 protocol version, epoch or database) is kept in :attr:`last_error` and shown in status.
+
+A :class:`StreamFollower` leaves its local database to its owner, through three
+callbacks: a server supplies its own (:mod:`kilndb.server.following`), and
+:class:`kilndb.replication.Follower` owns a data directory.
 
 Fencing: the follower knows the newest leader epoch of its database (its ``META`` and
 what the server's :class:`~kilndb.replication.fencing.EpochFence` learned elsewhere). It
@@ -33,13 +40,24 @@ from typing import Any
 from kilndb.client.endpoint import Endpoint
 from kilndb.client.transport import Connection
 from kilndb.engine import Database
-from kilndb.errors import ConnectionLostError, KilnError, StaleEpochError
+from kilndb.errors import (
+    ConnectionLostError,
+    InvalidArgumentError,
+    KilnError,
+    ProtocolError,
+    StaleEpochError,
+)
 from kilndb.replication.fencing import EpochFence
 from kilndb.replication.protocol import SILENCE_SECONDS, ack, frames_of, sync_request
 
-__all__ = ["Follower"]
+__all__ = ["CONNECT_TIMEOUT", "StreamFollower"]
 
 log = logging.getLogger("kilndb.replication")
+
+#: Seconds a connection to the leader may take to open (armdb's ``connect_timeout``).
+CONNECT_TIMEOUT = 5.0
+#: The stream's message kinds a follower acts on (``{"event": "replication", "type": …}``).
+_STREAM_KINDS = frozenset({"batch", "caught_up", "heartbeat", "settings"})
 
 
 class _Resync(Exception):
@@ -62,8 +80,19 @@ def _ranges(positions: list[int]) -> str:
     return ", ".join(parts)
 
 
-class Follower:
-    """Streams database ``name`` from ``leader`` into the local database."""
+def _kind(message: dict[str, Any]) -> str:
+    """How an unexpected message is named in an error: its type, event or reply."""
+    for field in ("type", "event"):
+        if isinstance(message.get(field), str):
+            return f"{field} {message[field]!r}"
+    if "ok" in message:
+        return "a reply"
+    return f"a message with fields {sorted(message)}"
+
+
+class StreamFollower:
+    """Streams database ``name`` from ``leader`` into the local database its owner
+    supplies through ``open_local``, ``truncate_local`` and ``discard_local``."""
 
     def __init__(
         self,
@@ -75,9 +104,14 @@ class Follower:
         *,
         backoff_min: float = 1.0,
         backoff_max: float = 30.0,
+        connect_timeout: float = CONNECT_TIMEOUT,
         fence: EpochFence | None = None,
         node: str | None = None,
     ) -> None:
+        if not 0 < backoff_min <= backoff_max:
+            raise InvalidArgumentError("backoff needs 0 < backoff_min <= backoff_max")
+        if not connect_timeout > 0:
+            raise InvalidArgumentError("connect_timeout must be a positive number of seconds")
         self.leader = leader
         #: The newest leader epochs this server knows (shared with the rest of it).
         self.fence = fence if fence is not None else EpochFence()
@@ -102,26 +136,89 @@ class Follower:
         self.truncations = 0
         self.backoff_min = backoff_min
         self.backoff_max = backoff_max
+        #: Seconds a connection to the leader may take to open.
+        self.connect_timeout = connect_timeout
+        #: ``connecting``, ``catching_up``, ``streaming``, ``retrying`` (the connection
+        #: broke), ``error`` (see :attr:`last_error`), ``stale_leader``, ``truncating``,
+        #: ``resyncing``, or ``stopped``.
         self.state = "connecting"
+        #: The last position of the local copy (every position up to it is applied).
         self.position = 0
+        #: The highest position the copy has held since this follower started (where it
+        #: ended, then each shipment applied; a divergent tail cut does not lower it):
+        #: armdb's ``max_version_seen``.
+        self.max_position_seen = 0
         self.leader_position = 0
+        #: The error that ended the latest stream; None once a stream works again (it
+        #: applied a shipment or caught up).
         self.last_error: str | None = None
+        #: Times the stream ended in an error and was opened again after a backoff.
         self.reconnects = 0
+        #: Seconds (before jitter) of the wait after the latest error: ``backoff_min``,
+        #: doubled after each further failure up to ``backoff_max`` (0 before any).
+        self.backoff = 0.0
         self.caught_up_at: float | None = None
         self._stop = threading.Event()
+        #: Notified whenever position or state change (see :meth:`wait_for`).
+        self._progress = threading.Condition()
+        self._lifecycle = threading.Lock()
         self._conn: Connection | None = None
-        self._thread = threading.Thread(target=self._run, name=f"kilndb-follow-{name}", daemon=True)
+        self._thread: threading.Thread | None = None
 
-    def start(self) -> Follower:
-        self._thread.start()
+    def start(self) -> StreamFollower:
+        """Start following (in a thread of its own); again after :meth:`stop`, from
+        where the local copy ends. Does nothing while it runs."""
+        with self._lifecycle:
+            if self._thread is not None and self._thread.is_alive():
+                return self
+            self._stop.clear()
+            self.state = "connecting"
+            self._thread = threading.Thread(
+                target=self._run, name=f"kilndb-follow-{self.name}", daemon=True
+            )
+            self._thread.start()
         return self
 
     def stop(self) -> None:
+        """Stop following and wait for the thread to end (at most 10 s; a backoff wait
+        or a blocked read ends at once). Idempotent; safe from any thread, the
+        follower's own included (which then does not wait for itself)."""
         self._stop.set()
         conn = self._conn
         if conn is not None:
             conn.abandon()
-        self._thread.join(10)
+        with self._lifecycle:
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(10)
+        self._changed()
+
+    @property
+    def running(self) -> bool:
+        """Whether the follower's thread runs."""
+        thread = self._thread
+        return thread is not None and thread.is_alive()
+
+    def wait_for(self, position: int | None = None, timeout: float | None = None) -> bool:
+        """Block until the local copy holds ``position`` — by default, until it has
+        caught up with its leader (streaming, with everything the leader had) — or
+        ``timeout`` seconds pass (None: no limit), or the follower stops. Returns
+        whether the copy got there."""
+
+        def reached() -> bool:
+            if position is not None:
+                return self.position >= position
+            return self.state == "streaming" and self.position >= self.leader_position
+
+        with self._progress:
+            return (
+                self._progress.wait_for(lambda: reached() or self._stop.is_set(), timeout)
+                and reached()
+            )
+
+    def _changed(self) -> None:
+        with self._progress:
+            self._progress.notify_all()
 
     def status(self) -> dict[str, Any]:
         return {
@@ -132,13 +229,25 @@ class Follower:
             "leader_position": self.leader_position,
             "leader_epoch": self.leader_epoch,
             "lag_records": max(0, self.leader_position - self.position),
+            "max_position_seen": self.max_position_seen,
             "reconnects": self.reconnects,
+            "backoff": self.backoff,
             "truncations": self.truncations,
             "full_resyncs": self.full_resyncs,
             "last_error": self.last_error,
         }
 
     def _run(self) -> None:
+        try:
+            self._follow_with_backoff()
+        finally:
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                conn.abandon()
+            self.state = "stopped"
+            self._changed()
+
+    def _follow_with_backoff(self) -> None:
         delay = self.backoff_min
         while not self._stop.is_set():
             progress = self.position
@@ -165,12 +274,14 @@ class Follower:
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 self.state = "error"
                 log.exception("following %s from %s failed", self.name, self.leader.url)
+            self._changed()
             conn, self._conn = self._conn, None
             if conn is not None:
                 conn.abandon()
             self.reconnects += 1
             if self.position > progress:
                 delay = self.backoff_min  # it was working: a fresh start, not a long wait
+            self.backoff = delay
             # Exponential backoff with jitter, so that followers do not return in step.
             self._stop.wait(delay * random.uniform(0.5, 1.0))
             delay = min(delay * 2, self.backoff_max)
@@ -182,7 +293,11 @@ class Follower:
         position = 0 if local is None else local.last_position
         epochs = [{"epoch": 0, "start_position": 1}] if local is None else local.epochs
         self.state = "connecting"
-        conn = self._conn = Connection(self.leader, timeout=SILENCE_SECONDS)
+        self.position = position
+        self.max_position_seen = max(self.max_position_seen, position)
+        conn = self._conn = self._connect()
+        if self._stop.is_set():  # stop() ran while connecting: it could not abandon this
+            return
         conn.hello(self.name)
         compacted = 0 if local is None else local.compacted_through
         own = 0 if local is None else local.leader_epoch
@@ -193,6 +308,11 @@ class Follower:
         info = conn.call(**request)
         if self._stop.is_set():
             return
+        if info.get("type") != "shard_info":
+            raise ProtocolError(
+                f"unexpected message from the leader {self.leader.url}: {_kind(info)}"
+                " where shard_info was due"
+            )
         # Before the copy is touched (no cut, no shipment): a leader older than the
         # newest epoch known here has been superseded.
         leader_epoch = self.leader_epoch = int(info["leader_epoch"])
@@ -243,33 +363,54 @@ class Follower:
         self.position = position
         self.leader_position = info["last_position"]
         self.state = "catching_up"
-        self.last_error = None
+        self._changed()
         while not self._stop.is_set():
             message = conn.receive()
             kind = message.get("type")
             if message.get("ok") is False:
                 raise KilnError(f"the leader refused: {message.get('error')}")
-            if message.get("event") != "replication":
-                continue
+            if message.get("event") != "replication" or kind not in _STREAM_KINDS:
+                # As armdb's client: a stream that carries what it should not cannot be
+                # trusted any further; a fresh one starts from the local log's end.
+                raise ProtocolError(
+                    f"unexpected message from the leader {self.leader.url}: {_kind(message)}"
+                )
             if self._stop.is_set():
                 return
             self._check_epoch(leader_epoch)  # a newer epoch learned mid-stream
             if kind == "batch":
                 self.position = local.append_shipment(frames_of(message))
+                self.max_position_seen = max(self.max_position_seen, self.position)
                 self.leader_position = max(self.leader_position, message["last"])
+                self.last_error = None  # the stream works (until the next error)
             elif kind == "caught_up":
                 self.state = "streaming"
                 self.caught_up_at = time.time()
+                self.last_error = None
             elif kind == "heartbeat":
                 self.leader_position = max(self.leader_position, message["durable_position"])
-            elif kind == "settings":
+            else:  # settings
                 local.adopt_retention(message["retention"])
                 continue
-            else:
-                continue
+            self._changed()
             self._check_epoch(leader_epoch)  # never acknowledge to a superseded leader
             newest = self.fence.newest(self.name, leader_epoch)
             conn.send(ack(self.position, local.durable_position, newest))
+
+    def _connect(self) -> Connection:
+        """A connection to the leader, opened within ``connect_timeout`` seconds; its
+        reads then wait up to SILENCE_SECONDS."""
+        try:
+            conn = Connection(self.leader, timeout=self.connect_timeout)
+        except ConnectionLostError as exc:
+            if isinstance(exc.__cause__, TimeoutError):
+                raise ConnectionLostError(
+                    f"cannot connect to {self.leader.url}: no answer within"
+                    f" {self.connect_timeout:g} s (connect_timeout)"
+                ) from exc
+            raise
+        conn.set_timeout(SILENCE_SECONDS)
+        return conn
 
     def _check_epoch(self, leader_epoch: int, own: int = 0) -> None:
         """Raise StaleEpochError when the leader's epoch is older than the newest known."""

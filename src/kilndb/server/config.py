@@ -66,6 +66,8 @@ class ServerConfig:
     replication_token: str | None = None
     #: First and longest wait before reconnecting to the leader.
     replication_backoff: tuple[float, float] = (1.0, 30.0)
+    #: Seconds a connection to the leader may take to open (then a retry, with backoff).
+    replication_connect_timeout: float = 5.0
     #: Followers that must have a write durably before it is acknowledged, unless the
     #: request says otherwise (``replicas``).
     min_insync_replicas: int = 0

@@ -1,5 +1,5 @@
-"""What a server follows: one :class:`~kilndb.replication.Follower` per database it copies
-from a leader, re-pointed by ``replicate``, ended by ``promote``.
+"""What a server follows: one :class:`~kilndb.replication.follower.StreamFollower` per
+database it copies from a leader, re-pointed by ``replicate``, ended by ``promote``.
 
 With ``replica_of`` and no list of databases, the leader's databases are discovered (a
 listing every :data:`DISCOVER_SECONDS`) and new ones followed as they appear. Changes
@@ -37,7 +37,7 @@ from kilndb.errors import (
 )
 from kilndb.model import validate_database_name
 from kilndb.replication.fencing import EpochFence
-from kilndb.replication.follower import Follower
+from kilndb.replication.follower import StreamFollower
 from kilndb.replication.protocol import SILENCE_SECONDS
 from kilndb.server.config import ServerConfig
 from kilndb.server.dispatch import Dispatcher
@@ -94,7 +94,7 @@ class Following:
         self.metrics = metrics
         self.tasks = tasks
         #: The databases this server follows from its leader.
-        self.followers: list[Follower] = []
+        self.followers: list[StreamFollower] = []
         #: Held while followers are started, stopped or promoted (reentrant: follow
         #: stops the followers it replaces).
         self.lock = threading.RLock()
@@ -312,7 +312,7 @@ class Following:
                 self.metrics.event("full_resync", database=name, facts=facts)
                 return facts
 
-            follower = Follower(
+            follower = StreamFollower(
                 leader,
                 name,
                 open_local,
@@ -320,6 +320,7 @@ class Following:
                 discard_local,
                 backoff_min=low,
                 backoff_max=high,
+                connect_timeout=config.replication_connect_timeout,
                 fence=self.epochs,
                 node=config.node_name if config.coordinator is not None else None,
             )

@@ -189,7 +189,8 @@ class _Collector:
         self.status = status
 
     def collect(self) -> Iterator[Metric]:
-        metrics = self.status()["metrics"]
+        status = self.status()
+        metrics = status["metrics"]
         for name, value in sorted(metrics.items()):
             base = name.removesuffix("_total")
             family: Metric
@@ -199,6 +200,22 @@ class _Collector:
                 family = CounterMetricFamily(f"kiln_{base}", name.replace("_", " "))
             family.add_metric([], float(value))
             yield family
+        # Per followed database, as armdb's reconnect_count and max_version_seen.
+        reconnects = CounterMetricFamily(
+            "kiln_replication_reconnects",
+            "times a follower reconnected to its leader after an error",
+            labels=["database"],
+        )
+        seen = GaugeMetricFamily(
+            "kiln_replication_max_position_seen",
+            "highest position a follower applied",
+            labels=["database"],
+        )
+        for follower in status["replication"]["following"]:
+            reconnects.add_metric([follower["database"]], float(follower["reconnects"]))
+            seen.add_metric([follower["database"]], float(follower["max_position_seen"]))
+        yield reconnects
+        yield seen
 
 
 def _sse_events(decoder: FrameDecoder, data: bytes) -> bytes:
