@@ -13,6 +13,7 @@ import json
 import math
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -306,10 +307,15 @@ def test_roles_travel_with_membership_and_select_members(cluster: list[Gossip]) 
 
 
 def test_a_node_whose_only_seed_is_itself_is_a_seed() -> None:
-    node = Gossip("n", "127.0.0.1:0", cluster_key=KEY, config=CFG, role=None)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    own = f"127.0.0.1:{port}"
+    node = Gossip("n", own, seeds=[own], cluster_key=KEY, config=CFG)
+    assert node.role is None  # decided at start
     node.start()
     try:
-        assert node.role == SEED
+        assert node.role == SEED and node.status()["role"] == SEED
     finally:
         node.stop()
 
