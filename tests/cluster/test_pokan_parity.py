@@ -42,7 +42,9 @@ from kilndb.cluster.wire import Codec, WireError, decode_payload, encode_payload
 from kilndb.errors import InvalidArgumentError
 from kilndb.server import Server, ServerConfig
 from tests.cli.runner import kiln
-from tests.cluster.test_gossip_sockets import CFG, KEY, eventually, state
+from tests.cluster.test_gossip_sockets import CFG, KEY, cluster, eventually, state
+
+__all__ = ["cluster"]  # the fixture: n0, a seed, and n1 … n3 joined through it
 from tests.processes import start_server, stop
 
 
@@ -270,31 +272,16 @@ def test_without_a_timestamp_a_write_always_applies_and_stamps_survive_a_restart
         node.stop()
 
 
-@pytest.fixture
-def cluster() -> Iterator[list[Gossip]]:
-    nodes = [_node("n0")]
-    try:
-        nodes += [_node(f"n{i}", str(nodes[0].tcp_address)) for i in (1, 2)]
-        eventually(lambda: all(len(g.members()) == 3 for g in nodes), 5.0)
-        yield nodes
-    finally:
-        for node in nodes:
-            node.stop()
-
-
 # -- roles -------------------------------------------------------------------------------
 
 
 def test_roles_travel_with_membership_and_select_members(cluster: list[Gossip]) -> None:
-    n0, n1, n2 = cluster
-    assert (n0.role, n1.role, n2.role) == (SEED, PEER, PEER)
+    n0, n1, n2, _ = cluster
+    assert [g.role for g in cluster] == [SEED, PEER, PEER, PEER]
     assert [x.name for x in n2.members(role=SEED)] == ["n0"]
-    assert [x.name for x in n0.members(role="peer")] == ["n1", "n2"]
-    assert {x["name"]: x["role"] for x in n1.status()["members"]} == {
-        "n0": SEED,
-        "n1": PEER,
-        "n2": PEER,
-    }
+    assert [x.name for x in n0.members(role="peer")] == ["n1", "n2", "n3"]
+    roles = {x["name"]: x["role"] for x in n1.status()["members"]}
+    assert roles == {"n0": SEED, "n1": PEER, "n2": PEER, "n3": PEER}
     second_seed = _node("s2", str(n0.tcp_address), role=SEED)
     try:
         eventually(lambda: [x.name for x in n2.members(role=SEED)] == ["n0", "s2"], 5.0)
@@ -366,6 +353,8 @@ def test_the_agent_says_goodbye_and_exits_0_on_quit_term_and_int(sig: int) -> No
         start = next(e for e in started if e["event"] == "start")
         assert start["role"] == PEER and start["seeds"] == [seed.tcp_address]
         assert start["gossip_interval"] == 0.05 and start["udp_port"] != start["tcp_port"]
+        if not any(e["event"] == "member_joined" for e in started):
+            _read_until(agent, "member_joined")  # it knows the seed: it has someone to leave
         eventually(lambda: state(seed, "agent") is MemberState.ALIVE, 5.0)
         agent.send_signal(sig)
         ended = _read_until(agent, "stopped")

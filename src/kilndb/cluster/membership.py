@@ -8,7 +8,8 @@ the protocol around it):
 update     accepted when                                  effect
 =========  ============================================  ===============================
 Alive      unknown member, or incarnation > known          alive (joined / alive again)
-           incarnation = known, which was only heard of      its address taken (state kept)
+           incarnation = known, which was only heard of      its addresses and role taken
+                                                           (state kept)
 Suspect    alive or suspect, incarnation >= known          suspect; a new ``by`` at the
                                                            same incarnation confirms and
                                                            shortens the timer
