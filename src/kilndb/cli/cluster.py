@@ -29,6 +29,12 @@ def _describe(databases: dict[str, Any]) -> str:
     return ", ".join(parts) or "-"
 
 
+def _gossip(member: dict[str, Any]) -> str:
+    """``HOST:PORT``, or ``HOST:UDP_PORT tcp HOST:TCP_PORT`` when the ports differ."""
+    udp, tcp = member["gossip"], member.get("gossip_tcp") or member["gossip"]
+    return udp if tcp == udp else f"{udp} tcp {tcp}"
+
+
 def _lag(databases: dict[str, Any]) -> int | str:
     lags = [int(i.get("lag", 0)) for i in databases.values() if i.get("role") == "follower"]
     return max(lags) if lags else "-"
@@ -38,7 +44,8 @@ def _lag(databases: dict[str, Any]) -> int | str:
 @format_option
 @pass_settings
 def status(settings: CliSettings, as_json: bool | None) -> None:
-    """Members (state, incarnation, addresses, databases, lag) and each database's leader."""
+    """Members (role, state, incarnation, addresses, databases, lag) and each database's
+    leader."""
     if settings.url is None:
         raise CliError("kiln cluster status needs --url (a member of the cluster)")
     reply = server_call(settings, "cluster")
@@ -55,15 +62,16 @@ def status(settings: CliSettings, as_json: bool | None) -> None:
     if found is None:
         return
     print_rows_table(
-        f"cluster seen by {found['node']} ({found['gossip']})",
-        ("member", "state", "incarnation", "tcp", "gossip", "databases", "lag"),
+        f"cluster seen by {found['node']} ({_gossip(found)})",
+        ("member", "role", "state", "incarnation", "tcp", "gossip", "databases", "lag"),
         (
             (
                 m["name"],
+                m.get("role", "peer"),
                 m["state"],
                 m["incarnation"],
                 m["tcp"] or "-",
-                m["gossip"],
+                _gossip(m),
                 _describe(m["databases"]),
                 _lag(m["databases"]),
             )

@@ -251,6 +251,29 @@ def _names(text: str | None) -> tuple[str, ...]:
     " --host (0 picks a free one).",
 )
 @click.option(
+    "--gossip-tcp-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    envvar="KILN_GOSSIP_TCP_PORT",
+    help="With --gossip-port: take joins, push-pulls and goodbyes on this TCP port"
+    " instead (0 picks a free one). Default: the --gossip-port.",
+)
+@click.option(
+    "--gossip-interval",
+    type=click.FloatRange(0.001, 60),
+    default=None,
+    envvar="KILN_GOSSIP_INTERVAL",
+    help="With --gossip-port: seconds between gossip rounds (the same on every member)."
+    " Default: --probe-interval / 5.",
+)
+@click.option(
+    "--gossip-role",
+    type=click.Choice(["seed", "peer"]),
+    default=None,
+    envvar="KILN_GOSSIP_ROLE",
+    help="With --gossip-port: this member's role. Default: seed without --join, peer with it.",
+)
+@click.option(
     "--node-name",
     default=None,
     envvar="KILN_NODE_NAME",
@@ -371,6 +394,9 @@ def serve(
     replication_token: str | None,
     replication_connect_timeout: float,
     gossip_port: int | None,
+    gossip_tcp_port: int | None,
+    gossip_interval: float | None,
+    gossip_role: str | None,
     node_name: str | None,
     join: str | None,
     cluster_key: str | None,
@@ -391,6 +417,9 @@ def serve(
         raise CliError("nothing to listen on: give --host or --unix")
     if gossip_port is None and (join or follow or cluster_key):
         raise CliError("--join, --follow and --cluster-key need --gossip-port")
+    gossip_extras = (gossip_tcp_port, gossip_interval, gossip_role)
+    if gossip_port is None and any(v is not None for v in gossip_extras):
+        raise CliError("--gossip-tcp-port, --gossip-interval and --gossip-role need --gossip-port")
     if node_name and gossip_port is None and coordinator is None:
         raise CliError("--node-name needs --gossip-port or --coordinator")
     if coordinator is not None and not node_name:
@@ -437,6 +466,9 @@ def serve(
         replication_token=replication_token,
         replication_connect_timeout=replication_connect_timeout,
         gossip_port=gossip_port,
+        gossip_tcp_port=gossip_tcp_port,
+        gossip_interval=gossip_interval,
+        gossip_role=gossip_role,
         node_name=node_name,
         join=_names(join),
         cluster_key=cluster_key,

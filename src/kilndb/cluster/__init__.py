@@ -10,12 +10,26 @@ packets authenticated under a cluster key (:mod:`kilndb.cluster.wire`).
 from kilndb.cluster.config import ClusterConfig
 from kilndb.cluster.gossip import AsyncGossip
 from kilndb.cluster.hooks import EVENTS
-from kilndb.cluster.messages import KeyEvent, Member, MemberEvent, MemberState, SyncEvent
+from kilndb.cluster.messages import (
+    PEER,
+    ROLES,
+    SEED,
+    KeyEvent,
+    Member,
+    MemberEvent,
+    MemberState,
+    ShutdownEvent,
+    StartEvent,
+    SyncEvent,
+)
 from kilndb.cluster.threaded import Gossip
 from kilndb.cluster.wire import WireError
 
 __all__ = [
     "EVENTS",
+    "PEER",
+    "ROLES",
+    "SEED",
     "AsyncGossip",
     "ClusterConfig",
     "Gossip",
@@ -23,6 +37,8 @@ __all__ = [
     "Member",
     "MemberEvent",
     "MemberState",
+    "ShutdownEvent",
+    "StartEvent",
     "SyncEvent",
     "WireError",
 ]

@@ -34,7 +34,10 @@ class ClusterConfig:
             the above.
         retransmit_mult: an update is sent ``retransmit_mult · ceil(log10(N + 1))``
             times by every node that learns it.
-        gossip_interval: seconds between gossip rounds (default ``probe_interval / 5``).
+        gossip_interval: seconds between gossip rounds (default ``probe_interval / 5``:
+            200 ms with the default probe interval; Pokan's ``gossip_every`` defaults to
+            1 s, but SWIM spreads its rumours on these rounds, and memberlist's 200 ms is
+            what the failure-detection bounds are worked out for).
         gossip_nodes: members a gossip round is sent to.
         push_pull_interval: seconds between full-state syncs with a random member
             (default ``30 · probe_interval``); dead members are retried as often.
@@ -60,15 +63,23 @@ class ClusterConfig:
         """Check the values.
 
         Raises:
-            InvalidArgumentError: a non-positive interval or count, a probe timeout not
-                shorter than the probe interval, or a size limit too small for a packet.
+            InvalidArgumentError: a non-positive (or infinite) interval or count, a probe
+                timeout not shorter than the probe interval, or a size limit too small
+                for a packet.
         """
         if self.probe_interval <= 0:
             raise InvalidArgumentError("probe_interval must be > 0")
         if not 0 < self.ack_timeout < self.probe_interval:
             raise InvalidArgumentError("probe_timeout must be > 0 and < probe_interval")
-        if self.gossip_every <= 0 or self.push_pull_every <= 0 or self.reap_after <= 0:
-            raise InvalidArgumentError("intervals must be > 0")
+        for name, seconds in (
+            ("gossip_interval", self.gossip_every),
+            ("push_pull_interval", self.push_pull_every),
+            ("reap_after", self.reap_after),
+        ):
+            if not 0 < seconds < math.inf:
+                raise InvalidArgumentError(
+                    f"{name} must be a number of seconds > 0, not {seconds!r}"
+                )
         if self.indirect_checks < 0 or self.gossip_nodes < 1 or self.retransmit_mult < 1:
             raise InvalidArgumentError("indirect_checks >= 0, gossip_nodes and retransmit >= 1")
         if self.suspicion_mult <= 0 or self.suspicion_max_mult < 1:

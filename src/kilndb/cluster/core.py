@@ -36,7 +36,10 @@ live member over TCP (``PushPull`` → reply with the deltas the initiator lacks
 healed partition rediscovers itself (the "dead" side refutes). Joining sends ``Hello``
 to the seeds, which answer with a push-pull reply; a node with no live member left
 says ``Hello`` to its seeds again, every probe interval. ``Goodbye`` marks the sender
-``left`` at once.
+``left`` at once. Probes and gossip go to a member's UDP address; ``Hello``, push-pulls
+and ``Goodbye`` to its TCP address (the same port unless its ``Alive`` names another),
+and seeds are TCP addresses. A member's role (``seed`` or ``peer``) rides in its
+``Alive`` and is only reported, never acted on.
 Dead and left members (and their metadata) are forgotten after ``reap_after``.
 """
 
@@ -51,8 +54,9 @@ from kilndb.cluster.broadcasts import BroadcastQueue
 from kilndb.cluster.config import ClusterConfig
 from kilndb.cluster.membership import LIVE, Event, MemberTable
 from kilndb.cluster.messages import (
+    PEER,
+    ROLES,
     Ack,
-    Alive,
     Body,
     Channel,
     Dead,
@@ -74,9 +78,11 @@ from kilndb.cluster.messages import (
     Suspect,
     SyncEvent,
     Update,
+    tcp_address,
 )
 from kilndb.cluster.metadata import MetadataStore
 from kilndb.cluster.wire import packet_size
+from kilndb.errors import InvalidArgumentError
 
 __all__ = ["Event", "SwimCore"]
 
@@ -102,9 +108,21 @@ class SwimCore:
         now: float,
         generation: int,
         config: ClusterConfig | None = None,
+        tcp_port: int = 0,
+        role: str = PEER,
     ) -> None:
+        """``address`` is where this node gossips over UDP; ``tcp_port`` where it takes
+        TCP on the same host (0: the port of ``address``); ``role`` is carried in its
+        ``Alive`` and member records (:data:`~kilndb.cluster.messages.ROLES`).
+
+        Raises:
+            InvalidArgumentError: an unknown role.
+        """
+        if role not in ROLES:
+            raise InvalidArgumentError(f"role must be one of {list(ROLES)}, not {role!r}")
         self.name = name
         self.address = address
+        self.tcp_address = tcp_address(address, tcp_port)
         self.generation = generation
         self.config = cfg = config or ClusterConfig()
         self.metadata = MetadataStore(name, generation)
@@ -113,7 +131,15 @@ class SwimCore:
         self._queue = BroadcastQueue(max_size=room)
         self._rng = rng
         self._table = MemberTable(
-            name, address, cfg, rng, self._queue, self.metadata, self.counters
+            name,
+            address,
+            cfg,
+            rng,
+            self._queue,
+            self.metadata,
+            self.counters,
+            tcp_port=0 if tcp_address(address, tcp_port) == address else tcp_port,
+            role=role,
         )
         self._seq = 0
         self._probe: _Probe | None = None
@@ -122,7 +148,12 @@ class SwimCore:
         self._next_probe = now + rng.uniform(0, cfg.probe_interval)
         self._next_gossip = now + rng.uniform(0, cfg.gossip_every)
         self._next_push_pull = now + cfg.push_pull_every * rng.uniform(0.5, 1.0)
-        self._queue.push(Alive(name, address, 0))
+        self._queue.push(self._table.alive())
+
+    @property
+    def role(self) -> str:
+        """This node's role: ``seed`` or ``peer``."""
+        return self._table.role
 
     @property
     def incarnation(self) -> int:
@@ -132,8 +163,9 @@ class SwimCore:
     # -- public operations -----------------------------------------------------------
 
     def join(self, seeds: Sequence[str], now: float) -> list[Outgoing]:
-        """Say ``Hello`` to every seed (its answer is a push-pull of its state)."""
-        self._seeds = tuple(s for s in seeds if s != self.address)
+        """Say ``Hello`` to every seed, at its TCP address (its answer is a push-pull of
+        its state)."""
+        self._seeds = tuple(s for s in seeds if s not in (self.address, self.tcp_address))
         return [self._hello(seed) for seed in self._seeds]
 
     def leave(self, now: float) -> list[Outgoing]:
@@ -141,7 +173,13 @@ class SwimCore:
         self._table.leaving = True
         self._queue.push(Left(self.name, self.incarnation))
         bye = Goodbye(self.name, self.incarnation)
-        return [self._tcp(p.address, bye) for p in self._table.live()]
+        return [self._tcp(p.tcp_address, bye) for p in self._table.live()]
+
+    def reconfigure(self, config: ClusterConfig, now: float) -> None:
+        """Take new protocol parameters (every member should use the same ones); a
+        shorter gossip interval takes effect from ``now``."""
+        self.config = self._table.config = config
+        self._next_gossip = min(self._next_gossip, now + config.gossip_every)
 
     def set_key(self, key: str, value: object) -> None:
         """Publish ``key = value`` as this node's metadata."""
@@ -292,7 +330,9 @@ class SwimCore:
     def _anti_entropy(self) -> list[Outgoing]:
         live = self._table.live()
         dead = self._table.in_state(MemberState.DEAD)
-        out = [self._push_pull(self._rng.choice(group).address) for group in (live, dead) if group]
+        out = [
+            self._push_pull(self._rng.choice(group).tcp_address) for group in (live, dead) if group
+        ]
         if not live:
             out.extend(self._hello(seed) for seed in self._seeds)
         self.counters["push_pulls"] += len(out)
@@ -330,7 +370,8 @@ class SwimCore:
             self._table.apply(body.member, now)
             missing = self.metadata.missing(body.digest)
             reply = PushPull(self._table.records(), self.metadata.digest(), missing, True, True)
-            out.append(self._tcp(body.member.address, reply))
+            member = body.member
+            out.append(self._tcp(tcp_address(member.address, member.tcp_port), reply))
         elif isinstance(body, PushPull):
             out.extend(self._on_push_pull(packet.sender, body, now))
         elif isinstance(body, Deltas):
@@ -359,22 +400,21 @@ class SwimCore:
             reply = PushPull(
                 self._table.records(), self.metadata.digest(), missing, True, body.join
             )
-            return [self._tcp(own.address, reply)]
+            return [self._tcp(tcp_address(own.address, own.tcp_port), reply)]
         self._table.events.extend(self.metadata.apply_complete(body.deltas, body.digest))
         self._table.events.append(SyncEvent(sender, body.join))
         missing = self.metadata.missing(body.digest)
         peer = self._table.peers.get(sender)
         if not missing or peer is None:
             return []
-        return [self._tcp(peer.address, Deltas(missing, self.metadata.digest()))]
+        return [self._tcp(peer.tcp_address, Deltas(missing, self.metadata.digest()))]
 
     def _next_seq(self) -> int:
         self._seq += 1
         return self._seq
 
     def _hello(self, address: str) -> Outgoing:
-        me = Alive(self.name, self.address, self.incarnation)
-        return self._tcp(address, Hello(me, self.metadata.digest()))
+        return self._tcp(address, Hello(self._table.alive(), self.metadata.digest()))
 
     def _push_pull(self, address: str) -> Outgoing:
         body = PushPull(self._table.records(), self.metadata.digest(), (), False, False)

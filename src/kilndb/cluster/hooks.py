@@ -30,6 +30,8 @@ EVENTS = frozenset(
         "member_suspect",
         "member_dead",
         "member_left",
+        "start",
+        "shutdown",
     }
 )
 Callback = Callable[..., Any]
@@ -47,7 +49,8 @@ class Hooks:
 
     def on(self, event: str, fn: Callback) -> None:
         """Call ``fn(event_object)`` on each ``event``: a ``KeyEvent`` for key events, a
-        ``MemberEvent`` for member ones.
+        ``MemberEvent`` for member ones, a ``StartEvent`` for ``start`` and a
+        ``ShutdownEvent`` for ``shutdown``.
 
         Raises:
             InvalidArgumentError: an unknown event name.

@@ -8,7 +8,8 @@ the protocol around it):
 update     accepted when                                  effect
 =========  ============================================  ===============================
 Alive      unknown member, or incarnation > known          alive (joined / alive again)
-           incarnation = known, which was only heard of      its address taken (state kept)
+           incarnation = known, which was only heard of      its addresses and role taken
+                                                           (state kept)
 Suspect    alive or suspect, incarnation >= known          suspect; a new ``by`` at the
                                                            same incarnation confirms and
                                                            shortens the timer
@@ -39,6 +40,7 @@ from dataclasses import dataclass, field
 from kilndb.cluster.broadcasts import BroadcastQueue
 from kilndb.cluster.config import ClusterConfig
 from kilndb.cluster.messages import (
+    PEER,
     Alive,
     Dead,
     KeyEvent,
@@ -49,6 +51,7 @@ from kilndb.cluster.messages import (
     MemberState,
     Suspect,
     SyncEvent,
+    tcp_address,
 )
 from kilndb.cluster.metadata import MetadataStore
 
@@ -72,6 +75,13 @@ class Peer:
     suspected_by: set[str] = field(default_factory=set)
     deadline: float = 0.0
     heard_of: int | None = None  # an incarnation learnt from its packets, address unknown
+    tcp_port: int = 0  # 0: the port of ``address``
+    role: str = PEER
+
+    @property
+    def tcp_address(self) -> str:
+        """Where it takes joins, push-pulls and goodbyes."""
+        return tcp_address(self.address, self.tcp_port)
 
 
 class MemberTable:
@@ -86,8 +96,12 @@ class MemberTable:
         queue: BroadcastQueue,
         metadata: MetadataStore,
         counters: Counter[str],
+        *,
+        tcp_port: int = 0,
+        role: str = PEER,
     ) -> None:
         self.name, self.address, self.config = name, address, config
+        self.tcp_port, self.role = tcp_port, role
         self.incarnation = 0
         self.leaving = False
         self.events: list[Event] = []
@@ -114,19 +128,41 @@ class MemberTable:
 
     def public(self, peer: Peer) -> Member:
         metadata = self._metadata.items(peer.name)
-        return Member(peer.name, peer.address, peer.state, peer.incarnation, metadata)
+        return Member(
+            peer.name,
+            peer.address,
+            peer.state,
+            peer.incarnation,
+            metadata,
+            peer.role,
+            peer.tcp_address,
+        )
 
     def me(self) -> Member:
         state = MemberState.LEFT if self.leaving else MemberState.ALIVE
+        metadata = self._metadata.items(self.name)
         return Member(
-            self.name, self.address, state, self.incarnation, self._metadata.items(self.name)
+            self.name,
+            self.address,
+            state,
+            self.incarnation,
+            metadata,
+            self.role,
+            tcp_address(self.address, self.tcp_port),
         )
+
+    def alive(self) -> Alive:
+        """This node's own ``Alive`` at its current incarnation."""
+        return Alive(self.name, self.address, self.incarnation, self.tcp_port, self.role)
 
     def records(self) -> tuple[MemberRecord, ...]:
         """The whole table for a push-pull, this node first."""
-        me = MemberRecord(self.name, self.address, self.incarnation, MemberState.ALIVE.value)
+        alive = MemberState.ALIVE.value
+        me = MemberRecord(
+            self.name, self.address, self.incarnation, alive, self.tcp_port, self.role
+        )
         rest = [
-            MemberRecord(p.name, p.address, p.incarnation, p.state.value)
+            MemberRecord(p.name, p.address, p.incarnation, p.state.value, p.tcp_port, p.role)
             for p in self.peers.values()
         ]
         return (me, *rest)
@@ -172,7 +208,10 @@ class MemberTable:
         """Take in one row of a peer's push-pull."""
         state = record.state
         if state in (MemberState.ALIVE.value, MemberState.SUSPECT.value):
-            self.apply(Alive(record.name, record.address, record.incarnation), now)
+            alive = Alive(
+                record.name, record.address, record.incarnation, record.tcp_port, record.role
+            )
+            self.apply(alive, now)
         if state in (MemberState.SUSPECT.value, MemberState.DEAD.value):
             # Someone else's verdict of death is only a suspicion here (as memberlist).
             self.apply(Suspect(record.name, record.incarnation, sender), now)
@@ -214,17 +253,18 @@ class MemberTable:
         if isinstance(update, Alive):
             if update.incarnation < self.incarnation:
                 return
-            if update.incarnation == self.incarnation and update.address == self.address:
+            if update.incarnation == self.incarnation and update == self.alive():
                 return  # our own rumour coming back
         elif update.incarnation < self.incarnation:
             return
         self.incarnation = update.incarnation + 1
         self._counters["refutations"] += 1
-        self._queue.push(Alive(self.name, self.address, self.incarnation))
+        self._queue.push(self.alive())
 
     def _on_alive(self, peer: Peer | None, update: Alive, now: float) -> None:
         if peer is None:
             peer = Peer(update.name, update.address, update.incarnation, MemberState.ALIVE, now)
+            peer.tcp_port, peer.role = update.tcp_port, update.role
             self.peers[update.name] = peer
             self._metadata.rejoined(update.name)
             self._live = None
@@ -237,11 +277,13 @@ class MemberTable:
             # may have restarted elsewhere), and spread it; the state is that of the
             # incarnation already.
             peer.address, peer.heard_of = update.address, None
+            peer.tcp_port, peer.role = update.tcp_port, update.role
             self._queue.push(update)
             return
         if update.incarnation <= peer.incarnation:
             return
         peer.address, peer.incarnation = update.address, update.incarnation
+        peer.tcp_port, peer.role = update.tcp_port, update.role
         peer.heard_of = None
         self._queue.push(update)
         self._revive(peer, now)

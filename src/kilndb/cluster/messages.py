@@ -9,7 +9,11 @@ one *body* (what the packet is for: a probe, an ack, a push-pull…) and the *up
 that ride along with it (membership rumours and metadata deltas, SWIM's
 "piggybacking").
 
-Addresses are ``"host:port"`` strings; one port number serves both UDP and TCP.
+Addresses are ``"host:port"`` strings. A member's address is its UDP port; its TCP
+port is the same number unless it says otherwise (``tcp_port``, 0 meaning "the same"),
+and :func:`tcp_address` puts the two together. Fields with defaults come last in a
+record and are left off the wire while they hold their default, so that a member which
+knows nothing of them (one port, no role) reads and writes the same bytes as before.
 """
 
 from __future__ import annotations
@@ -38,18 +42,31 @@ __all__ = [
     "Nack",
     "Outgoing",
     "Packet",
+    "PEER",
+    "ROLES",
+    "SEED",
     "Ping",
     "PingReq",
     "PushPull",
     "Rumors",
+    "ShutdownEvent",
+    "StartEvent",
     "Suspect",
     "SyncEvent",
     "Update",
     "parse_address",
+    "tcp_address",
 ]
 
 #: ``"udp"`` for probes and gossip, ``"tcp"`` for join, push-pull and goodbye.
 Channel = Literal["udp", "tcp"]
+
+#: A member started without seeds to join through (Pokan's ``act_as_seed``).
+SEED = "seed"
+#: A member that joined through seeds; what a record without a role is taken for.
+PEER = "peer"
+#: The roles a member may have.
+ROLES = (SEED, PEER)
 
 
 class MemberState(enum.Enum):
@@ -66,11 +83,14 @@ class MemberState(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class Alive:
-    """``name`` is up at ``address`` as of ``incarnation`` (a join or a refutation)."""
+    """``name`` is up at ``address`` as of ``incarnation`` (a join or a refutation), with
+    its TCP port (0: the port of ``address``) and its role."""
 
     name: str
     address: str
     incarnation: int
+    tcp_port: int = 0
+    role: str = PEER
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +149,8 @@ class MemberRecord:
     address: str
     incarnation: int
     state: str  # a MemberState value
+    tcp_port: int = 0  # 0: the port of ``address``
+    role: str = PEER
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,19 +269,32 @@ class Outgoing:
 
 @dataclass(frozen=True, slots=True)
 class Member:
-    """One member as this node sees it, with the metadata it published."""
+    """One member as this node sees it, with the metadata it published.
+
+    ``address`` is where it gossips over UDP, ``tcp_address`` where it takes joins,
+    push-pulls and goodbyes over TCP (the same unless it set a TCP port of its own; left
+    empty, it is ``address``); ``role`` is :data:`SEED` or :data:`PEER`.
+    """
 
     name: str
     address: str
     state: MemberState
     incarnation: int
     metadata: dict[str, Any]
+    role: str = PEER
+    tcp_address: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.tcp_address:
+            object.__setattr__(self, "tcp_address", self.address)
 
     def to_json(self) -> dict[str, Any]:
         """The member as JSON-ready data (for status endpoints)."""
         return {
             "name": self.name,
             "address": self.address,
+            "tcp_address": self.tcp_address,
+            "role": self.role,
             "state": self.state.value,
             "incarnation": self.incarnation,
             "metadata": dict(self.metadata),
@@ -294,6 +329,62 @@ class SyncEvent:
 
     peer: str
     join: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StartEvent:
+    """``start``: the node is bound and about to say hello to its seeds (Pokan's
+    ``:start`` with address, TCP port, UDP port, gossip interval and seed).
+
+    ``address`` is the advertised UDP ``host:port``, ``tcp_address`` the TCP one;
+    ``udp_port`` and ``tcp_port`` are the ports bound locally; ``seeds`` the TCP
+    addresses it joins through (empty for a seed).
+    """
+
+    name: str
+    address: str
+    tcp_address: str
+    udp_port: int
+    tcp_port: int
+    role: str
+    gossip_interval: float
+    probe_interval: float
+    seeds: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        """The event as JSON-ready data."""
+        return {
+            "name": self.name,
+            "address": self.address,
+            "tcp_address": self.tcp_address,
+            "udp_port": self.udp_port,
+            "tcp_port": self.tcp_port,
+            "role": self.role,
+            "gossip_interval": self.gossip_interval,
+            "probe_interval": self.probe_interval,
+            "seeds": list(self.seeds),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ShutdownEvent:
+    """``shutdown``: the node stops; ``graceful`` when it said goodbye first (``leave``),
+    not when it just vanished (``stop``)."""
+
+    name: str
+    address: str
+    graceful: bool
+
+    def to_json(self) -> dict[str, Any]:
+        """The event as JSON-ready data."""
+        return {"name": self.name, "address": self.address, "graceful": self.graceful}
+
+
+def tcp_address(address: str, tcp_port: int) -> str:
+    """Where a member at UDP ``address`` with ``tcp_port`` (0: the same) takes TCP."""
+    if not tcp_port:
+        return address
+    return f"{address.rpartition(':')[0]}:{tcp_port}"
 
 
 def parse_address(address: str) -> tuple[str, int]:

@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 from kilndb.cluster.config import ClusterConfig
-from kilndb.cluster.gossip import AsyncGossip
+from kilndb.cluster.gossip import AsyncGossip, Timestamp
 from kilndb.cluster.hooks import Callback
 from kilndb.cluster.messages import Member
 from kilndb.errors import ClosedError
@@ -46,6 +46,8 @@ class Gossip:
         probe_interval: float | None = None,
         config: ClusterConfig | None = None,
         timeout: float = 10.0,
+        tcp_port: int | None = None,
+        role: str | None = None,
     ) -> None:
         """Raises:
         InvalidArgumentError: as :class:`AsyncGossip`."""
@@ -57,6 +59,8 @@ class Gossip:
             cluster_key=cluster_key,
             probe_interval=probe_interval,
             config=config,
+            tcp_port=tcp_port,
+            role=role,
         )
         self.name = name
         self.timeout = timeout
@@ -157,13 +161,31 @@ class Gossip:
 
     # -- the AsyncGossip surface, blocking -------------------------------------------
 
-    def set(self, key: str, value: Any) -> None:
-        """Publish ``key = value`` as this node's metadata (raises TypeError if not JSON)."""
-        self._call(self.node.set, key, value)
+    def set(self, key: str, value: Any, timestamp: Timestamp | None = None) -> bool:
+        """See :meth:`AsyncGossip.set`: False if ``timestamp`` is older than the key's
+        (raises TypeError if not JSON, InvalidArgumentError for a bad timestamp)."""
+        return self._call(self.node.set, key, value, timestamp)
 
-    def delete(self, key: str) -> None:
-        """Delete one of this node's keys."""
-        self._call(self.node.delete, key)
+    def store(self, key: str, value: Any, timestamp: Timestamp | None = None) -> bool:
+        """Pokan's name for :meth:`set`."""
+        return self.set(key, value, timestamp)
+
+    def delete(self, key: str, timestamp: Timestamp | None = None) -> bool:
+        """Delete one of this node's keys (see :meth:`AsyncGossip.delete`)."""
+        return self._call(self.node.delete, key, timestamp)
+
+    def timestamp(self, key: str) -> float | None:
+        """See :meth:`AsyncGossip.timestamp`."""
+        return self._call(self.node.timestamp, key)
+
+    def gossip_every(self, seconds: float) -> None:
+        """See :meth:`AsyncGossip.gossip_every` (raises InvalidArgumentError)."""
+        self._call(self.node.gossip_every, seconds)
+
+    @property
+    def gossip_interval(self) -> float:
+        """Seconds between two gossip rounds."""
+        return self._call(lambda: self.node.gossip_interval)
 
     def get(self, key: str, default: Any = None, *, node: str | None = None) -> Any:
         """``node``'s (default: this node's) value of ``key``, or ``default``."""
@@ -177,9 +199,10 @@ class Gossip:
         """``node → value`` for every node that publishes ``key``."""
         return self._call(self.node.find, key)
 
-    def members(self) -> list[Member]:
-        """Every member known, this node included."""
-        return self._call(self.node.members)
+    def members(self, role: str | None = None) -> list[Member]:
+        """Every member known, this node included; only those of ``role`` if given
+        (raises InvalidArgumentError for an unknown role)."""
+        return self._call(self.node.members, role)
 
     def member(self, name: str) -> Member | None:
         """One member by name, or None."""
@@ -203,8 +226,18 @@ class Gossip:
 
     @property
     def address(self) -> str | None:
-        """The advertised ``host:port`` (None before start)."""
+        """The advertised UDP ``host:port`` (None before start)."""
         return self._call(lambda: self.node.address)
+
+    @property
+    def tcp_address(self) -> str | None:
+        """The advertised TCP ``host:port``, which others join through."""
+        return self._call(lambda: self.node.tcp_address)
+
+    @property
+    def role(self) -> str | None:
+        """``"seed"`` or ``"peer"``."""
+        return self._call(lambda: self.node.role)
 
     def counters(self) -> dict[str, int]:
         """See :meth:`AsyncGossip.counters`."""

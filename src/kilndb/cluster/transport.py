@@ -1,4 +1,4 @@
-"""Sockets for a gossip node: one UDP endpoint and one TCP listener on one port.
+"""Sockets for a gossip node: one UDP endpoint and one TCP listener, on one port or two.
 
 Kept apart from the node so that the node reads as protocol plumbing, and so another
 transport could stand in. TCP carries one frame per message:
@@ -39,6 +39,7 @@ COUNTERS = (
     "refutations",
     "gossip_rounds",
     "push_pulls",
+    "stale_writes",
     *(f"dropped_{reason}" for reason in REASONS),
 )
 Receive = Callable[[bytes, str], None]
@@ -59,14 +60,26 @@ async def bind(
     port: int,
     receive: Receive,
     on_connection: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
-) -> tuple[asyncio.DatagramTransport, asyncio.Server, int]:
-    """Bind UDP and TCP on the same port (port 0: a free one for both).
+    tcp_port: int | None = None,
+) -> tuple[asyncio.DatagramTransport, asyncio.Server, int, int]:
+    """Bind UDP on ``port`` and TCP on ``tcp_port`` — by default the same port (port 0:
+    a free one for both); return the sockets and the UDP and TCP ports bound.
 
     Raises:
-        OSError: the port cannot be bound (or, for port 0, no port was free for both
-            after 20 tries).
+        OSError: a port cannot be bound (or, for port 0 shared by both, no port was free
+            for both after 20 tries).
     """
     loop = asyncio.get_running_loop()
+    if tcp_port is not None:
+        udp, _ = await loop.create_datagram_endpoint(
+            lambda: Datagrams(receive), local_addr=(host, port)
+        )
+        try:
+            server = await asyncio.start_server(on_connection, host, tcp_port)
+        except OSError:
+            udp.close()
+            raise
+        return udp, server, udp.get_extra_info("sockname")[1], _port(server)
     for _ in range(20):
         udp, _ = await loop.create_datagram_endpoint(
             lambda: Datagrams(receive), local_addr=(host, port)
@@ -79,8 +92,13 @@ async def bind(
             if port:
                 raise
             continue
-        return udp, server, actual
+        return udp, server, actual, actual
     raise OSError(f"no port free for both UDP and TCP on {host}")
+
+
+def _port(server: asyncio.Server) -> int:
+    port: int = server.sockets[0].getsockname()[1]
+    return port
 
 
 async def read_frames(

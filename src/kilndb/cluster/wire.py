@@ -15,7 +15,11 @@ The MAC covers the header and the payload. Without a cluster key the MAC is comp
 under the empty key: it still catches corruption, but anyone can forge packets (the
 transport logs a warning at start). Nested records (a :class:`Digest` in a
 :class:`PushPull`…) are encoded as lists of their fields in declaration order; bodies
-and updates lead with a tag because several types may stand in their place.
+and updates lead with a tag because several types may stand in their place. Trailing
+fields that have a default (an :class:`~kilndb.cluster.messages.Alive`'s or a
+:class:`~kilndb.cluster.messages.MemberRecord`'s ``tcp_port`` and ``role``) are left
+off while they hold it, and a record without them decodes with the default: a member
+with one port and the ``peer`` role sends what members from before those fields read.
 
 The channel byte is under the MAC so that a captured datagram cannot be replayed as a
 TCP frame (or the reverse): each channel has its own sequence numbers and replay
@@ -120,7 +124,7 @@ class WireError(ProtocolError):
 
 # -- generic dataclass <-> list ------------------------------------------------------
 
-_Spec = tuple[tuple[str, Any], ...]
+_Spec = tuple[tuple[str, Any, Any], ...]  # (name, type, default or MISSING)
 _SPECS: dict[type[Any], _Spec] = {}
 
 
@@ -128,13 +132,26 @@ def _spec(cls: type[Any]) -> _Spec:
     spec = _SPECS.get(cls)
     if spec is None:
         hints = typing.get_type_hints(cls, vars(m))
-        spec = _SPECS[cls] = tuple((f.name, hints[f.name]) for f in dataclasses.fields(cls))
+        spec = _SPECS[cls] = tuple(
+            (f.name, hints[f.name], f.default) for f in dataclasses.fields(cls)
+        )
     return spec
+
+
+def _required(spec: _Spec) -> int:
+    """How many leading fields have no default (the shortest list a record may be)."""
+    return sum(1 for _, _, default in spec if default is dataclasses.MISSING)
 
 
 def _plain(obj: Any) -> Any:
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return [_plain(getattr(obj, name)) for name, _ in _spec(type(obj))]
+        spec = _spec(type(obj))
+        values = [getattr(obj, name) for name, _, _ in spec]
+        # Trailing fields at their defaults are left off: a record that uses none of
+        # the later fields has the bytes it had before they existed.
+        while len(values) > _required(spec) and values[-1] == spec[len(values) - 1][2]:
+            values.pop()
+        return [_plain(value) for value in values]
     if isinstance(obj, tuple):
         return [_plain(item) for item in obj]
     return obj
@@ -167,9 +184,9 @@ def _build(kind: Any, raw: Any) -> Any:
         return tuple(_build(item, x) for x in raw)
     if isinstance(kind, type) and dataclasses.is_dataclass(kind):
         spec = _spec(kind)
-        if not isinstance(raw, list) or len(raw) != len(spec):
+        if not isinstance(raw, list) or not _required(spec) <= len(raw) <= len(spec):
             raise WireError("malformed", f"bad {kind.__name__}")
-        return kind(*(_build(t, x) for (_, t), x in zip(spec, raw, strict=True)))
+        return kind(*(_build(t, x) for (_, t, _), x in zip(spec, raw, strict=False)))
     raise TypeError(f"no wire form for {kind!r}")  # pragma: no cover - a bug here
 
 

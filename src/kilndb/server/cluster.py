@@ -1,7 +1,10 @@
 """A server as a cluster member: what it publishes through gossip, and what it reads back.
 
 With ``gossip_port`` set, the server runs a gossip node (:mod:`kilndb.cluster`) on its
-own event loop and publishes, as that node's metadata:
+own event loop — UDP on ``gossip_port``, TCP on ``gossip_tcp_port`` (by default the
+same port), gossiping every ``gossip_interval``, a ``seed`` or a ``peer`` by
+``gossip_role`` — records the node's ``start`` and ``shutdown`` in the recent-events
+ring (``cluster_start``, ``cluster_shutdown``), and publishes, as that node's metadata:
 
 ``kiln``
     ``{"tcp": URL, "http": URL | None}`` — where clients and followers reach it.
@@ -84,8 +87,12 @@ class ClusterAgent:
             name=self.name,
             bind=f"{config.host}:{config.gossip_port}",
             seeds=list(config.join),
-            config=ClusterConfig(probe_interval=config.probe_interval),
+            config=ClusterConfig(
+                probe_interval=config.probe_interval, gossip_interval=config.gossip_interval
+            ),
             cluster_key=None if config.cluster_key is None else config.cluster_key.encode(),
+            tcp_port=config.gossip_tcp_port,
+            role=config.gossip_role,
         )
         self._published: dict[str, Any] = {}
         self._task: asyncio.Task[None] | None = None
@@ -95,14 +102,17 @@ class ClusterAgent:
 
     @property
     def address(self) -> str:
-        """The gossip address (``HOST:PORT``) other members join through."""
-        return self.gossip.address or ""
+        """The gossip address (``HOST:PORT``) other members join through: its TCP one."""
+        return self.gossip.tcp_address or ""
 
     async def start(self) -> None:
         # A leader's news (a new database, a promotion) is acted on when it arrives,
         # not at the next round: a stale leader fences itself at once.
         for event in ("new_key", "key_changed"):
             self.gossip.on(event, self._on_key)
+        metrics = self.services.metrics
+        self.gossip.on("start", lambda e: metrics.event("cluster_start", **e.to_json()))
+        self.gossip.on("shutdown", lambda e: metrics.event("cluster_shutdown", **e.to_json()))
         loop = asyncio.get_running_loop()
         if not self.settled:
             self.gossip.after("sync", lambda event: self._settle(f"state of {event.peer}"))
@@ -346,6 +356,8 @@ class ClusterAgent:
                 {
                     "name": member.name,
                     "gossip": member.address,
+                    "gossip_tcp": member.tcp_address,
+                    "role": member.role,
                     "state": member.state.value,
                     "incarnation": member.incarnation,
                     "tcp": (meta.get("kiln") or {}).get("tcp"),
@@ -357,7 +369,9 @@ class ClusterAgent:
             )
         return {
             "node": self.name,
-            "gossip": self.address,
+            "gossip": self.gossip.address,
+            "gossip_tcp": self.gossip.tcp_address,
+            "role": self.gossip.role,
             "members": sorted(members, key=lambda m: m["name"]),
             "leaders": {
                 name: {"node": leader.node, "url": leader.url, "epoch": leader.epoch}
@@ -366,5 +380,6 @@ class ClusterAgent:
             "incarnation": self.gossip.incarnation,
             "authenticated": self.services.config.cluster_key is not None,
             "probe_interval": self.gossip.config.probe_interval,
+            "gossip_interval": self.gossip.gossip_interval,
             "counters": self.gossip.counters(),
         }

@@ -83,6 +83,12 @@ class ServerConfig:
     cluster_key: str | None = None
     #: Seconds between two failure-detection probes (every member should agree).
     probe_interval: float = 1.0
+    #: The gossip TCP port on ``host`` (None: ``gossip_port``; 0 picks a free one).
+    gossip_tcp_port: int | None = None
+    #: Seconds between two gossip rounds (None: ``probe_interval / 5``).
+    gossip_interval: float | None = None
+    #: ``"seed"`` or ``"peer"`` (None: a seed without ``join``, a peer with it).
+    gossip_role: str | None = None
     #: Follow, from whichever member leads it, every database the cluster has.
     follow: bool = False
     #: Hold leadership through etcd (``etcd://HOST:PORT[,HOST:PORT…]``): automatic
