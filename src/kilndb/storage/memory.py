@@ -36,6 +36,7 @@ from kilndb.errors import StorageError
 __all__ = [
     "MEMORY",
     "MEMORY_DIR_ENV",
+    "SHARED_MEMORY",
     "MemoryDirectory",
     "is_memory",
     "memory_root",
@@ -46,6 +47,8 @@ __all__ = [
 MEMORY = ":memory:"
 #: The environment variable naming the directory memory databases are made in.
 MEMORY_DIR_ENV = "KILN_MEMORY_DIR"
+#: Linux's RAM-backed file system for shared memory: where they are made by default.
+SHARED_MEMORY = Path("/dev/shm")
 _PREFIX = "kilndb-memory-"
 _NAME = re.compile(re.escape(_PREFIX) + r"(\d+)-")
 
@@ -66,9 +69,8 @@ def memory_root() -> Path:
     chosen = os.environ.get(MEMORY_DIR_ENV)
     if chosen:
         return Path(chosen)
-    shm = Path("/dev/shm")
-    if shm.is_dir() and os.access(shm, os.W_OK | os.X_OK):
-        return shm
+    if SHARED_MEMORY.is_dir() and os.access(SHARED_MEMORY, os.W_OK | os.X_OK):
+        return SHARED_MEMORY
     return Path(tempfile.gettempdir())
 
 
