@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
@@ -101,6 +102,29 @@ def test_nothing_survives_close_and_close_is_idempotent(ram: Path) -> None:
     with kilndb.open(":memory:") as again:
         assert again.stores() == [] and again.store("s").read("k") is None
         assert again.stats()["last_position"] == 0
+
+
+def test_a_sweep_by_another_thread_spares_a_directory_being_made(
+    ram: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sweeps: list[threading.Thread] = []
+    make = tempfile.mkdtemp
+
+    def mkdtemp_then_sweep(**kwargs: str) -> str:
+        made = make(**kwargs)
+        # Another thread opening :memory: now sweeps before this one has registered it.
+        sweep = threading.Thread(target=sweep_stale, args=(ram,))
+        sweep.start()
+        sweep.join(0.2)  # with the registry locked it waits; without, it would delete
+        sweeps.append(sweep)
+        return made
+
+    monkeypatch.setattr(memory.tempfile, "mkdtemp", mkdtemp_then_sweep)
+    made = MemoryDirectory()
+    monkeypatch.undo()
+    sweeps[0].join()
+    assert made.path.is_dir()
+    made.remove()
 
 
 def test_durability_options_are_accepted_and_have_no_effect(ram: Path) -> None:

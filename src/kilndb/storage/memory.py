@@ -68,7 +68,7 @@ def memory_root() -> Path:
     when it is a writable directory, else the system's temporary directory."""
     chosen = os.environ.get(MEMORY_DIR_ENV)
     if chosen:
-        return Path(chosen)
+        return Path(chosen).absolute()  # its directories stay the same if the cwd changes
     if SHARED_MEMORY.is_dir() and os.access(SHARED_MEMORY, os.W_OK | os.X_OK):
         return SHARED_MEMORY
     return Path(tempfile.gettempdir())
@@ -131,12 +131,14 @@ class MemoryDirectory:
         """Raise StorageError if the directory cannot be made."""
         root = memory_root()
         sweep_stale(root)
-        try:
-            made = tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-", dir=root)
-        except OSError as exc:
-            raise StorageError(f"cannot make a memory database under {root}: {exc}") from exc
-        self.path = Path(made)
+        # Made and registered under the lock: a sweep by another thread must not take
+        # it for an earlier process's leftover of the same pid.
         with _live_lock:
+            try:
+                made = tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-", dir=root)
+            except OSError as exc:
+                raise StorageError(f"cannot make a memory database under {root}: {exc}") from exc
+            self.path = Path(made)
             _live[self.path] = os.getpid()
 
     def remove(self) -> None:
