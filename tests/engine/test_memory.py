@@ -119,7 +119,7 @@ def test_a_sweep_by_another_thread_spares_a_directory_being_made(
         sweeps.append(sweep)
         return made
 
-    monkeypatch.setattr(memory.tempfile, "mkdtemp", mkdtemp_then_sweep)
+    monkeypatch.setattr(tempfile, "mkdtemp", mkdtemp_then_sweep)
     made = MemoryDirectory()
     monkeypatch.undo()
     sweeps[0].join()
