@@ -104,6 +104,11 @@ def open(
     (``sync_interval_ms``, ``max_file_size``, ``compaction_threshold``, ``auto_compact``,
     ``max_record_bytes``). Raises DatabaseLockedError if another process has it open,
     CorruptRecordError if a sealed data file is damaged (see ``kiln check --fix``).
+
+    ``path=":memory:"`` (as in SQLite) opens a new, empty, private database that lives
+    only until it is closed: its files are kept in a directory in RAM that ``close()``
+    removes, every call gives an independent database, and ``sync`` has no effect
+    (``db.config.sync`` is ``"none"``); ``db.in_memory`` is then True.
     """
     try:
         config = DatabaseConfig(sync=sync, **options)

@@ -3,8 +3,9 @@
 Every test in this package uses only the public Python API, through the ``db`` and
 ``backend`` fixtures, so that each implementation of that API (the embedded database
 , the blocking network client ``kilndb.connect`` and the asyncio one
-``kilndb.connect_async``, driven through :mod:`tests.conformance.synced`) passes the
-very same tests. To add an
+``kilndb.connect_async``, driven through :mod:`tests.conformance.synced`) and the
+embedded database in memory (``kilndb.open(":memory:")``) — passes the very same tests.
+To add an
 implementation, add an entry to ``BACKENDS``: a callable that takes the data directory
 and returns a ``Backend`` able to open (and reopen) one database.
 """
@@ -34,6 +35,10 @@ class Backend:
     restart: Callable[[], None] = lambda: None
     stop: Callable[[], None] = lambda: None
     handles: list[kilndb.Database] = field(default_factory=list)
+    #: In this process: one handle is what threads share (a client each, remotely).
+    embedded: bool = False
+    #: Whether what was written survives ``reopen`` (not in memory: tests of that skip).
+    durable: bool = True
 
     def open(self, **options: Any) -> kilndb.Database:
         db = self.opener(**options)
@@ -41,6 +46,10 @@ class Backend:
         return db
 
     def reopen(self, db: kilndb.Database, **options: Any) -> kilndb.Database:
+        if not self.durable:
+            pytest.skip(
+                "nothing outlives closing a database in memory (tests/engine/test_memory.py)"
+            )
         db.close()
         self.restart()
         return self.open(**options)
@@ -55,7 +64,16 @@ def _embedded(data_dir: Path) -> Backend:
     def opener(**options: Any) -> kilndb.Database:
         return kilndb.open(data_dir, **options)
 
-    return Backend("embedded", opener)
+    return Backend("embedded", opener, embedded=True)
+
+
+def _memory(data_dir: Path) -> Backend:
+    def opener(**options: Any) -> kilndb.Database:
+        db = kilndb.open(":memory:", **options)
+        assert db.in_memory and not data_dir.exists()
+        return db
+
+    return Backend("memory", opener, embedded=True, durable=False)
 
 
 class _ServerHarness:
@@ -104,6 +122,7 @@ def _async(data_dir: Path) -> Backend:
 
 BACKENDS: dict[str, Callable[[Path], Backend]] = {
     "embedded": _embedded,
+    "memory": _memory,
     "tcp": _tcp,
     "async": _async,
 }

@@ -92,9 +92,7 @@ def test_bad_stream_arguments(db: kilndb.Database, call: object) -> None:
 
 def test_concurrent_producers_get_exactly_one_winner_per_sequence(backend: Backend) -> None:
     # Over the network, a client each; embedded, one database shared by the threads.
-    handles = (
-        [backend.open() for _ in range(6)] if backend.name != "embedded" else [backend.open()] * 6
-    )
+    handles = [backend.open()] * 6 if backend.embedded else [backend.open() for _ in range(6)]
     winners: dict[int, list[int]] = {}
     lock = threading.Lock()
 

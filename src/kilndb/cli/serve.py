@@ -17,6 +17,7 @@ from types import FrameType
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from kilndb.cli.context import CliSettings, pass_settings
 from kilndb.cli.errors import CliError
@@ -43,6 +44,23 @@ def _load_config(ctx: click.Context, _: click.Parameter, path: Path | None) -> P
 def _names(text: str | None) -> tuple[str, ...]:
     """``a, b,,c`` → ``("a", "b", "c")``."""
     return tuple(name.strip() for name in (text or "").split(",") if name.strip())
+
+
+def _data_given() -> bool:
+    """Whether ``--data`` was given on the command line (``KILN_DATA`` in the
+    environment is not a request for a directory; ``--memory`` ignores it)."""
+    group = click.get_current_context().parent
+    return group is not None and (group.get_parameter_source("data") is ParameterSource.COMMANDLINE)
+
+
+def _where(server: Server) -> str:
+    """Where the databases are kept, for the first line ``kiln serve`` prints."""
+    if server.databases.in_memory:
+        return (
+            f"databases in memory ({server.databases.data_dir});"
+            " data will not survive this server stopping"
+        )
+    return f"data in {server.databases.data_dir.resolve()}"
 
 
 @click.command()
@@ -84,6 +102,14 @@ def _names(text: str | None) -> tuple[str, ...]:
     default=None,
     envvar="KILN_UNIX",
     help="Also listen on this Unix socket.",
+)
+@click.option(
+    "--memory",
+    is_flag=True,
+    default=False,
+    envvar="KILN_MEMORY",
+    help="Keep every database in memory (a private directory in RAM, deleted on stop):"
+    " nothing survives the server stopping. Not with --data.",
 )
 @click.option(
     "--max-connections",
@@ -372,6 +398,7 @@ def serve(
     port: int,
     http_port: int,
     unix: Path | None,
+    memory: bool,
     max_connections: int,
     max_frame_bytes: int,
     max_subscriber_buffer: int,
@@ -436,8 +463,13 @@ def serve(
         )
     if follow and replica_of:
         raise CliError("--follow finds leaders through gossip: drop --replica-of")
+    if memory and _data_given():
+        raise CliError(
+            "--memory keeps the databases in memory, not in a data directory: drop --data"
+        )
     config = ServerConfig(
         data=settings.data,
+        memory=memory,
         host=host or None,
         port=port,
         http_port=None if http_port < 0 or not host else http_port,
@@ -494,7 +526,7 @@ def serve(
         server.start()
         if pid_file is not None:
             pid_file.write_text(f"{os.getpid()}\n")
-        click.echo(f"kiln serve: data in {settings.data.resolve()}")
+        click.echo(f"kiln serve: {_where(server)}")
         for address in server.addresses:
             click.echo(f"  listening on {address}")
         click.echo("  or in Python: kilndb.connect(" + repr(server.url) + ")")

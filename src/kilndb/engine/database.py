@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager
+from dataclasses import replace
 from itertools import islice
 from pathlib import Path
 from types import TracebackType
@@ -39,6 +40,7 @@ from kilndb.model import (
     validate_store_name,
 )
 from kilndb.storage.facts import FactLog, check_limit, check_position
+from kilndb.storage.memory import MemoryDirectory, is_memory
 from kilndb.storage.meta import BY_STORE, watermark_covering
 from kilndb.storage.retention import Retention
 from kilndb.storage.shipping import LogReader
@@ -199,17 +201,37 @@ class Database:
         *,
         database_id: str | None = None,
     ) -> None:
-        """``database_id``: for a replica, its leader's id (a new database takes it; an
-        existing one must have it)."""
+        """``path`` is the data directory, or ``":memory:"`` for a new private database
+        in RAM (see :func:`kilndb.open`). ``database_id``: for a replica, its leader's
+        id (a new database takes it; an existing one must have it)."""
         self.name = validate_database_name(database)
+        self.config = config or DatabaseConfig()
+        #: With ``path=":memory:"``: the private directory in RAM that holds it.
+        self._memory = MemoryDirectory() if is_memory(path) else None
+        if self._memory is not None:
+            path = self._memory.path
+            self.config = replace(self.config, sync="none")  # nothing outlives close
         self.data_dir = Path(path)
         self.path = self.data_dir / self.name
-        self.config = config or DatabaseConfig()
-        self._log = FactLog(self.path, self.config, database_id, prepare=_prepare)
+        try:
+            self._log = FactLog(self.path, self.config, database_id, prepare=_prepare)
+        except BaseException:
+            self._forget_memory()
+            raise
         self._stores: dict[str, Store] = {}
 
     def __repr__(self) -> str:
-        return f"<kilndb.Database {self.name!r} at {str(self.data_dir)!r}>"
+        where = "in memory" if self.in_memory else f"at {str(self.data_dir)!r}"
+        return f"<kilndb.Database {self.name!r} {where}>"
+
+    @property
+    def in_memory(self) -> bool:
+        """Whether it was opened with ``":memory:"``: private, gone once closed."""
+        return self._memory is not None
+
+    def _forget_memory(self) -> None:
+        if self._memory is not None:
+            self._memory.remove()
 
     # -- stores ----------------------------------------------------------------------
 
@@ -634,8 +656,12 @@ class Database:
         }
 
     def close(self) -> None:
-        """Flush, write hint files and release the database. Idempotent."""
-        self._log.close()
+        """Flush, write hint files and release the database (one in memory is deleted).
+        Idempotent."""
+        try:
+            self._log.close()
+        finally:
+            self._forget_memory()
 
     @property
     def closed(self) -> bool:

@@ -211,8 +211,13 @@ class Server:
         Raises DatabaseLockedError, naming the holder's pid, if another server already
         serves the data directory.
         """
-        data_dir = Path(self.config.data)
-        data_dir.mkdir(parents=True, exist_ok=True)
+        # With ``memory`` the databases live in a fresh directory in RAM (``data`` unused).
+        if self.config.memory and self.config.coordinator is not None:
+            raise InvalidArgumentError(
+                "memory and a coordinator do not go together: automatic failover needs"
+                " every node's copy to survive its restart"
+            )
+        data_dir = self.databases.make_data_dir(memory=self.config.memory)
         self._server_lock = ServerLock(data_dir)
         config = self.config
         if config.replica_of is None and not config.follow and config.coordinator is None:

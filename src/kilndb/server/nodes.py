@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from kilndb.engine import Database
 from kilndb.errors import InvalidArgumentError, KilnError, NotFoundError, UnavailableError
 from kilndb.model import validate_database_name
 from kilndb.storage.lockfile import SERVER_LOCK
+from kilndb.storage.memory import MemoryDirectory
 
 __all__ = ["NodeConfig", "NodeManager"]
 
@@ -131,6 +132,8 @@ class NodeManager:
         self.evicted_total = 0
         self.opened_total = 0
         self._closed = False
+        #: With :meth:`make_data_dir` ``(memory=True)``: the directory in RAM in use.
+        self._memory: MemoryDirectory | None = None
         self._stop = threading.Event()
         self._checker: threading.Thread | None = None
         if self.node_config.idle_evict_after is not None:
@@ -138,6 +141,23 @@ class NodeManager:
                 target=self._check_idle, name="kilndb-idle-evict", daemon=True
             )
             self._checker.start()
+
+    def make_data_dir(self, memory: bool = False) -> Path:
+        """Create the directory the databases live in and return it: ``data_dir``, or
+        with ``memory`` a fresh private directory in RAM, which becomes ``data_dir`` and
+        is deleted by :meth:`close` (see :mod:`kilndb.storage.memory`); databases in it
+        leave fsyncs out, since nothing of them outlives the server."""
+        if memory and self._memory is None:
+            self._memory = MemoryDirectory()
+            self.data_dir = self._memory.path
+            self.config = replace(self.config, sync="none")
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        return self.data_dir
+
+    @property
+    def in_memory(self) -> bool:
+        """Whether the databases are kept in memory (:meth:`make_data_dir`)."""
+        return self._memory is not None
 
     # -- getting databases -----------------------------------------------------------
 
@@ -413,15 +433,20 @@ class NodeManager:
                 self._removing.discard(name)
 
     def close(self) -> None:
-        """Flush and close every open database; stop the idle checker."""
+        """Flush and close every open database; stop the idle checker. Databases in
+        memory are deleted."""
         self._stop.set()
         with self._lock:
             self._closed = True
             nodes, self._nodes = list(self._nodes.values()), {}
-        for node in nodes:
-            node.db.close()
-        if self._checker is not None and self._checker is not threading.current_thread():
-            self._checker.join(5)
+        try:
+            for node in nodes:
+                node.db.close()
+            if self._checker is not None and self._checker is not threading.current_thread():
+                self._checker.join(5)
+        finally:
+            if self._memory is not None:
+                self._memory.remove()
 
     close_all = close
 
