@@ -148,12 +148,12 @@ def test_async_gossip_runs_inside_the_callers_loop() -> None:
         await a.start()
         b = AsyncGossip("b", "127.0.0.1:0", seeds=[str(a.address)], config=CFG, cluster_key=KEY)
         syncs: list[SyncEvent] = []
-        gossip_rounds: list[str] = []
+        gossip_rounds: list[tuple[Any, ...]] = []
         ticks: list[float] = []
         joined = asyncio.Event()
         b.after("sync", syncs.append)
-        b.before("gossip", lambda: gossip_rounds.append("before"))
-        b.after("gossip", gossip_rounds.append)
+        b.before("gossip", lambda *args: gossip_rounds.append(("before", *args)))
+        b.after("gossip", lambda *args: gossip_rounds.append(("after", *args)))
         b.every(0.05, lambda: ticks.append(time.monotonic()))
 
         async def on_join(event: MemberEvent) -> None:
@@ -172,11 +172,19 @@ def test_async_gossip_runs_inside_the_callers_loop() -> None:
             while (member := a.member("b")) is None or member.state is not MemberState.LEFT:
                 await asyncio.sleep(0.01)
         await a.stop()
-        return {"syncs": syncs, "gossip": gossip_rounds, "status": status}
+        a_port = int(str(a.address).rpartition(":")[2])
+        return {"syncs": syncs, "gossip": gossip_rounds, "status": status, "a_port": a_port}
 
     result = asyncio.run(scenario())
     assert [(s.peer, s.join) for s in result["syncs"]][:1] == [("a", True)]
-    assert "before" in result["gossip"] and any(":" in x for x in result["gossip"])
+    # Pokan's arguments: (address, port, bytes) before each gossip packet, (address,
+    # port) after it, to the member gossiped with.
+    a_port = result["a_port"]
+    befores = [r for r in result["gossip"] if r[0] == "before"]
+    afters = [r for r in result["gossip"] if r[0] == "after"]
+    assert befores and afters
+    assert all(r[1:3] == ("127.0.0.1", a_port) and r[3] > 0 for r in befores)
+    assert all(r[1:] == ("127.0.0.1", a_port) for r in afters)
     status = result["status"]
     assert status["name"] == "b" and status["authenticated"] and status["running"]
     assert {mm["name"]: mm["state"] for mm in status["members"]} == {"a": "alive", "b": "alive"}

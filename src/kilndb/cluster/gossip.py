@@ -299,8 +299,6 @@ class AsyncGossip:
         while True:
             try:
                 now = self._clock()
-                if core.gossip_due(now):
-                    self._hook("before_gossip")
                 self._send(core.tick(now))
                 self._dispatch()
                 due = min(core.next_deadline(), self.hooks.run_due(now, self._spawn))
@@ -368,9 +366,13 @@ class AsyncGossip:
             if data is None:
                 continue
             if out.channel == "udp":
+                rumors = isinstance(out.packet.body, Rumors)
+                if rumors:
+                    host, port = parse_address(out.address)
+                    self._hook("before_gossip", host, port, len(data))
                 self._send_udp(out.address, data)
-                if isinstance(out.packet.body, Rumors):
-                    self._hook("after_gossip", out.address)
+                if rumors:
+                    self._hook("after_gossip", host, port)
             elif self._runner is not None:
                 self._own_task(self._send_tcp(out.address, data))
 
@@ -453,7 +455,9 @@ class AsyncGossip:
         self.hooks.on(event, fn)
 
     def before(self, event: str, fn: Callback) -> None:
-        """Call ``fn()`` before each gossip round (``event`` must be ``"gossip"``).
+        """Call ``fn(host, port, size)`` before each gossip packet is sent to the member
+        at ``host``:``port`` (UDP), ``size`` its bytes, as Pokan's ``before(:gossip)``
+        (``event`` must be ``"gossip"``).
 
         Raises:
             InvalidArgumentError: another event name.
@@ -461,7 +465,7 @@ class AsyncGossip:
         self.hooks.before(event, fn)
 
     def after(self, event: str, fn: Callback) -> None:
-        """Call ``fn(address)`` after each gossip packet (``"gossip"``), or
+        """Call ``fn(host, port)`` after each gossip packet (``"gossip"``), or
         ``fn(SyncEvent)`` after each push-pull completes (``"sync"``).
 
         Raises:

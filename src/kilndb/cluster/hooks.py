@@ -60,7 +60,7 @@ class Hooks:
         self._hooks.setdefault(event, []).append(fn)
 
     def before(self, event: str, fn: Callback) -> None:
-        """Call ``fn()`` before each gossip round.
+        """Call ``fn(host, port, size)`` before each gossip packet.
 
         Raises:
             InvalidArgumentError: ``event`` is not ``"gossip"``.
@@ -70,7 +70,7 @@ class Hooks:
         self._hooks.setdefault("before_gossip", []).append(fn)
 
     def after(self, event: str, fn: Callback) -> None:
-        """Call ``fn(address)`` after each gossip packet, or ``fn(SyncEvent)`` after each
+        """Call ``fn(host, port)`` after each gossip packet, or ``fn(SyncEvent)`` after each
         push-pull.
 
         Raises:
