@@ -386,15 +386,17 @@ class Server:
         """Refuse new socket connections (each gets an ``unavailable`` error frame and
         counts in ``rejected_connections_total``; ``/v1/ready`` answers 503) and wait
         up to ``timeout`` seconds (default ``drain_timeout``) for the open ones to close.
-        Returns the server, for ``server.drain().stop()``. Draining is not undone;
-        nothing happens on a server that is not ready. Call it from any thread but the
+        Returns the server, for ``server.drain().stop()``. Draining is not undone (a
+        second call only waits again); nothing happens on a server not started or
+        stopped. Call it from any thread but the
         server's own."""
         wait = self.config.drain_timeout if timeout is None else timeout
-        if self._thread is None or self.state != "ready":
+        if self._thread is None or self.state not in ("ready", "draining"):
             return self
-        self.state = "draining"
-        self.metrics.event("server_draining", timeout=wait)
-        log.info("draining (timeout %g s)", wait)
+        if self.state == "ready":
+            self.state = "draining"
+            self.metrics.event("server_draining", timeout=wait)
+            log.info("draining (timeout %g s)", wait)
         deadline = time.monotonic() + wait
         while self.connections and time.monotonic() < deadline:
             time.sleep(0.02)
@@ -714,7 +716,7 @@ class Server:
         thresholds = self.config.metrics_thresholds
         measured = {
             **metrics,
-            "error_rate": counters["errors_total"] / max(1, counters["requests_total"]),
+            "error_rate": min(1.0, counters["errors_total"] / max(1, counters["requests_total"])),
             "unsynced_records": max(
                 (d["last_position"] - d["durable_position"] for d in storage.values()), default=0
             ),
