@@ -316,7 +316,7 @@ def test_stop_timeout_overrides_drain_timeout(tmp_path: Path) -> None:
 def test_wait_until_ready(tmp_path: Path) -> None:
     assert inspect.signature(Server.wait_until_ready).parameters["timeout"].default == 2.0
     server = Server(data=tmp_path / "data", port=0)
-    with pytest.raises(TimeoutError, match="within 0.01 s"):
+    with pytest.raises(TimeoutError, match=r"within 0\.01 s"):
         server.wait_until_ready(timeout=0.01)  # never started
     with server:
         assert server.wait_until_ready() is server
