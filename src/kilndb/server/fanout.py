@@ -328,28 +328,26 @@ class Fanout:
             counts = entry["stores"]
             for store in sorted(feed.stores) if feed.stores is not None else [EVERY_STORE]:
                 counts[store] = counts.get(store, 0) + 1
-            about = {"database": db.name, "subscriber": feed.number}
+            measured: list[tuple[str, str, float, float]] = []  # type, metric, value, limit
             if lag_limit is not None:
                 catch_up = feed.catch_up
                 covered = feed.seen if catch_up is None else max(feed.seen, catch_up.covered)
                 lag = max(0, db.durable_position - covered)
-                if lag > lag_limit:
-                    firing[("lag", feed.number)] = {
-                        "type": "subscriber_lag",
-                        "metric": "subscriber_lag",
-                        "value": lag,
-                        "threshold": lag_limit,
-                        **about,
-                    }
+                measured.append(("subscriber_lag", "subscriber_lag", lag, lag_limit))
             if backlog_limit is not None and feed.outbox is not None:
                 backlog = feed.outbox.backlog()
-                if backlog > backlog_limit:
-                    firing[("backlog", feed.number)] = {
-                        "type": "subscriber_backlog",
-                        "metric": "subscriber_backlog_bytes",
-                        "value": backlog,
-                        "threshold": backlog_limit,
-                        **about,
+                measured.append(
+                    ("subscriber_backlog", "subscriber_backlog_bytes", backlog, backlog_limit)
+                )
+            for kind, metric, value, limit in measured:
+                if value > limit:
+                    firing[(kind, feed.number)] = {
+                        "type": kind,
+                        "metric": metric,
+                        "value": value,
+                        "threshold": limit,
+                        "database": db.name,
+                        "subscriber": feed.number,
                     }
         alerts = self._metrics.firing("changefeed", firing)
         return {
