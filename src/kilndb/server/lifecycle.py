@@ -11,8 +11,9 @@ The parts, each in its own module, meet here and nowhere else:
 - the leader's side of replication: :mod:`kilndb.server.leader`; what this server
   follows: :mod:`kilndb.server.following`; cluster membership:
   :mod:`kilndb.server.cluster`;
-- counters and events: :mod:`kilndb.server.metrics`; background work:
-  :mod:`kilndb.server.tasks`.
+- counters, events and alerts: :mod:`kilndb.server.metrics`; the health and status
+  snapshots: :mod:`kilndb.server.observability`; the pid file:
+  :mod:`kilndb.server.pidfile`; background work: :mod:`kilndb.server.tasks`.
 
 Transports receive :class:`~kilndb.server.services.Services`, never the server.
 
@@ -27,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import os
 import signal
 import threading
 import time
@@ -40,8 +40,9 @@ from typing import Any
 from aiohttp import web
 
 from kilndb.coordination import Etcd, parse_coordinator_url
-from kilndb.errors import InvalidArgumentError, KilnError
+from kilndb.errors import InvalidArgumentError
 from kilndb.replication.fencing import EpochFence
+from kilndb.server import observability
 from kilndb.server.admin import Runner, ServerOps
 from kilndb.server.auth import Authenticator
 from kilndb.server.cluster import ClusterAgent
@@ -55,8 +56,9 @@ from kilndb.server.following import Following
 from kilndb.server.http import build_app
 from kilndb.server.leader import LeaderSide
 from kilndb.server.leadership import Leadership
-from kilndb.server.metrics import CHANGEFEED_METRICS, Metrics
+from kilndb.server.metrics import Metrics
 from kilndb.server.nodes import NodeManager
+from kilndb.server.pidfile import PidFile
 from kilndb.server.services import Services
 from kilndb.server.tasks import TaskOwner
 from kilndb.storage.lockfile import ServerLock
@@ -142,9 +144,9 @@ class Server:
         #: Set when a stop begins: start_foreground() returns after it.
         self._stopping = threading.Event()
         self._stop_lock = threading.Lock()
-        self._pid_written = False
-        #: Set by _assemble(): the parts that live on the event loop exist.
-        self._assembled = False
+        self._pid_file = PidFile(config.pid_file)
+        #: Whether the parts that live on the event loop exist (start() makes them).
+        self.assembled = False
         self._startup_error: BaseException | None = None
         self.addresses: list[str] = []
         self._http: web.AppRunner | None = None
@@ -196,7 +198,7 @@ class Server:
             cluster_status=self.cluster_status,
         )
         self._commits = CommitRounds(self.loop)
-        self._assembled = True
+        self.assembled = True
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -274,7 +276,7 @@ class Server:
         self._server_lock = ServerLock(data_dir)
         config = self.config
         try:
-            self._check_pid_file()
+            self._pid_file.check()
         except BaseException:
             self._server_lock.release()
             raise
@@ -320,7 +322,7 @@ class Server:
                 self.databases.close_all()
                 self._server_lock.release()
             raise
-        self._write_pid_file()
+        self._pid_file.write()
         return self
 
     def wait_until_ready(self, timeout: float = 2.0) -> Server:
@@ -404,47 +406,6 @@ class Server:
             log.warning("drain timed out: %d connection(s) still open", len(self.connections))
         return self
 
-    # -- the pid file ------------------------------------------------------------------
-
-    def _check_pid_file(self) -> None:
-        """Refuse a pid file that names another live process."""
-        path = self.config.pid_file
-        if path is None:
-            return
-        try:
-            pid = int(path.read_text().strip())
-        except FileNotFoundError:
-            return
-        except ValueError:
-            return  # not a pid: overwritten
-        except OSError as exc:
-            raise InvalidArgumentError(f"cannot read pid file {path}: {exc}") from exc
-        if pid != os.getpid() and _running(pid):
-            raise InvalidArgumentError(
-                f"pid file {path} names process {pid}, which is running (another server?);"
-                " remove the file if that process is not a server"
-            )
-
-    def _write_pid_file(self) -> None:
-        path = self.config.pid_file
-        if path is None:
-            return
-        partial = path.with_name(path.name + ".partial")
-        partial.write_text(f"{os.getpid()}\n")
-        partial.replace(path)  # whole or absent, never a half-written pid
-        self._pid_written = True
-
-    def _remove_pid_file(self) -> None:
-        path = self.config.pid_file
-        if path is None or not self._pid_written:
-            return
-        self._pid_written = False
-        try:
-            if path.read_text().strip() == str(os.getpid()):
-                path.unlink()
-        except (FileNotFoundError, ValueError):
-            pass  # removed, or taken over meanwhile: not ours to remove
-
     @property
     def url(self) -> str:
         """The first socket address clients can connect to."""
@@ -485,7 +446,7 @@ class Server:
         self.loop.close()
         if self.config.unix is not None:
             Path(self.config.unix).unlink(missing_ok=True)
-        self._remove_pid_file()
+        self._pid_file.remove()
         self.state = "stopped"
         self.metrics.event("server_stopped")
 
@@ -630,151 +591,21 @@ class Server:
     def subscription_count(self, store: str, database: str = "default") -> int:
         """Changefeed subscribers (every transport) of ``database`` that receive the
         facts of ``store``: those following it and those following every store."""
-        if not self._assembled:
+        if not self.assembled:
             return 0
         return self.fanout.subscription_count(store, database)
 
-    def _listeners(self) -> list[tuple[str, str]]:
-        """(transport, bind address) of each listener: ``tcp``, ``127.0.0.1:7400``."""
-        return [
-            (transport, where)
-            for transport, _, where in (address.partition("://") for address in self.addresses)
-        ]
-
-    def _server_section(self) -> dict[str, Any]:
-        listeners = self._listeners()
-        return {
-            "backend": "memory" if self.config.memory else "file",
-            "transport": listeners[0][0] if listeners else None,
-            "transports": [transport for transport, _ in listeners],
-            "bind_address": listeners[0][1] if listeners else None,
-            "bind_addresses": [address for _, address in listeners],
-            "last_error": self.metrics.last_error,
-        }
-
-    def _subscriptions(self) -> int:
-        return self.metrics.http_streams + sum(1 for c in list(self.connections) if c.subscribed())
-
-    def _uptime_ms(self) -> int:
+    @property
+    def uptime_ms(self) -> int:
+        """Milliseconds since the server began to listen (or was made)."""
         return round((time.monotonic() - self._started_at) * 1000)
 
     def health(self) -> dict[str, Any]:
         """The compact health snapshot (``GET /v1/health``): cheap, no database read."""
-        return {
-            "schema_version": 1,
-            "status": self.state,
-            "uptime_ms": self._uptime_ms(),
-            "pid": os.getpid(),
-            **self._server_section(),
-            "active_connections": len(self.connections),
-            "subscriptions": self._subscriptions(),
-        }
-
-    def _storage(self) -> dict[str, dict[str, Any]]:
-        """Per open database: positions, facts, bytes and files, fsyncs (a closed
-        database is not opened to be reported)."""
-        storage = {}
-        for name in self.databases.names():
-            db = self.databases.peek(name)
-            if db is None:
-                continue
-            try:
-                stats = db.stats()
-            except KilnError:  # closed meanwhile
-                continue
-            storage[name] = {key: stats[key] for key in _STORAGE_FIELDS}
-        return storage
+        return observability.health(self)
 
     def status(self) -> dict[str, Any]:
         """The observability snapshot (Igniter's shape) that ``server_status`` answers.
 
         Measuring it evaluates the alert thresholds (``metrics_thresholds``)."""
-        counters = self.metrics.counters()
-        nodes = self.databases.status()
-        replication = self.replication_status()
-        storage = self._storage()
-        metrics = {
-            **counters,
-            "open_databases": nodes["open_count"],
-            "opened_databases_total": nodes["opened_total"],
-            "evicted_databases_total": nodes["evicted_total"],
-            "failing_databases": len(nodes["failing"]),
-            "replication_followers": len(replication["followers"]),
-            "replication_follower_lag_records": max(
-                (f["lag_records"] for f in replication["followers"]), default=0
-            ),
-            "replication_lag_records": max(
-                (f["lag_records"] for f in replication["following"]), default=0
-            ),
-            **({} if self.cluster is None else self.cluster.metrics()),
-            **({} if self.leadership is None else self.leadership.gauges()),
-            "active_connections": len(self.connections),
-            "subscription_count": self._subscriptions(),
-            "background_tasks": self.tasks.task_count if self._assembled else 0,
-            "background_threads": self.tasks.thread_count if self._assembled else 0,
-        }
-        thresholds = self.config.metrics_thresholds
-        measured = {
-            **metrics,
-            "error_rate": min(1.0, counters["errors_total"] / max(1, counters["requests_total"])),
-            "unsynced_records": max(
-                (d["last_position"] - d["durable_position"] for d in storage.values()), default=0
-            ),
-            "storage_bytes": sum(d["data_bytes"] for d in storage.values()),
-        }
-        alerts = self.metrics.firing(
-            "threshold",
-            {
-                name: {"type": "threshold", "metric": name, "value": value, "threshold": limit}
-                for name, limit in thresholds.items()
-                if name not in CHANGEFEED_METRICS and (value := measured[name]) > limit
-            },
-        )
-        changefeed: dict[str, Any] = (
-            self.fanout.snapshot(thresholds)
-            if self._assembled
-            else {"subscribers": 0, "by_database": {}, "overflows_total": 0, "alerts": []}
-        )
-        return {
-            "schema_version": 1,
-            "generated_at": time.time(),
-            "status": self.state,
-            "uptime_ms": self._uptime_ms(),
-            "pid": os.getpid(),
-            "addresses": self.addresses,
-            "databases": self.databases.names(),
-            "nodes": nodes,
-            "replication": replication,
-            "metrics": metrics,
-            "alerts": alerts + changefeed["alerts"],
-            "storage": storage,
-            "server": self._server_section(),
-            "changefeed": changefeed,
-        }
-
-
-#: What the status reports of each open database (``Database.stats()`` fields).
-_STORAGE_FIELDS = (
-    "last_position",
-    "durable_position",
-    "facts",
-    "keys",
-    "stores",
-    "files",
-    "data_bytes",
-    "dead_bytes",
-    "fsyncs",
-    "sync",
-    "subscribers",
-)
-
-
-def _running(pid: int) -> bool:
-    """Whether process ``pid`` exists (signal 0 checks without sending anything)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process
-    return True
+        return observability.status(self)
