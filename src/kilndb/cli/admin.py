@@ -100,7 +100,7 @@ def retention(settings: CliSettings, store: str, keep: str | None, max_age: floa
 @format_option
 @pass_settings
 def status(settings: CliSettings, as_json: bool | None) -> None:
-    """Show a server's status: addresses, open databases and counters (needs --url)."""
+    """Show a server's status: addresses, open databases, alerts and counters (needs --url)."""
     if settings.url is None:
         raise CliError("kiln status asks a server: give --url (or set KILN_URL)")
     reply = server_call(settings, "server_status")
@@ -114,6 +114,11 @@ def status(settings: CliSettings, as_json: bool | None) -> None:
             "pid": reply.get("pid"),
             "addresses": ", ".join(reply.get("addresses", [])),
             "databases": ", ".join(reply.get("databases", [])) or "-",
+            "alerts": "; ".join(
+                f"{a['type']} {a['metric']} {a['value']:g} > {a['threshold']:g}"
+                for a in reply.get("alerts", [])
+            )
+            or "-",
             **reply.get("metrics", {}),
         },
     )

@@ -1,4 +1,4 @@
-"""``kiln serve``: run a KilnDB server in the foreground until SIGTERM or Ctrl-C.
+"""``kiln serve``: run a KilnDB server in the foreground until SIGTERM, SIGQUIT or Ctrl-C.
 
 Every option also comes from a ``KILN_*`` environment variable or from a TOML file given
 with ``--config`` (keys named like the options, with underscores: ``max_connections``);
@@ -8,13 +8,9 @@ the command line wins over the environment, which wins over the file.
 from __future__ import annotations
 
 import logging
-import os
-import signal
-import threading
+import math
 import tomllib
 from pathlib import Path
-from types import FrameType
-from typing import Any
 
 import click
 from click.core import ParameterSource
@@ -24,6 +20,7 @@ from kilndb.cli.errors import CliError
 from kilndb.config import DatabaseConfig
 from kilndb.server import Server, ServerConfig
 from kilndb.server.auth import AuthConfig
+from kilndb.server.metrics import THRESHOLD_METRICS
 from kilndb.server.nodes import NodeConfig
 
 __all__ = ["serve"]
@@ -39,6 +36,28 @@ def _load_config(ctx: click.Context, _: click.Parameter, path: Path | None) -> P
         raise click.BadParameter(f"cannot read {path}: {exc}") from exc
     ctx.default_map = {**(ctx.default_map or {}), **values}
     return path
+
+
+def _thresholds(
+    ctx: click.Context, _: click.Parameter, values: tuple[str, ...]
+) -> dict[str, float]:
+    """``("error_rate=0.05", …)`` → ``{"error_rate": 0.05}``."""
+    thresholds: dict[str, float] = {}
+    for item in values:
+        name, equals, text = item.partition("=")
+        name = name.strip()
+        if not equals or name not in THRESHOLD_METRICS:
+            raise click.BadParameter(
+                f"{item!r}: expected NAME=VALUE, NAME one of {', '.join(THRESHOLD_METRICS)}"
+            )
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or value < 0:
+            raise click.BadParameter(f"{item!r}: the threshold must be a number, 0 or more")
+        thresholds[name] = value
+    return thresholds
 
 
 def _names(text: str | None) -> tuple[str, ...]:
@@ -174,6 +193,17 @@ def _where(server: Server) -> str:
     show_default=True,
     envvar="KILN_SLOW_OP_MS",
     help="Requests slower than this are counted and reported.",
+)
+@click.option(
+    "--metrics-threshold",
+    "metrics_thresholds",
+    multiple=True,
+    callback=_thresholds,
+    envvar="KILN_METRICS_THRESHOLD",
+    metavar="NAME=VALUE",
+    help="Alert while the metric NAME is above VALUE (repeatable): "
+    + ", ".join(THRESHOLD_METRICS)
+    + ".",
 )
 @click.option(
     "--idle-evict-after",
@@ -382,7 +412,8 @@ def _where(server: Server) -> str:
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
     envvar="KILN_PID_FILE",
-    help="Write the server's pid here; removed on exit.",
+    help="Write the server's pid here; removed on exit. Refused if it names another"
+    " running process.",
 )
 @click.option(
     "--log-level",
@@ -407,6 +438,7 @@ def serve(
     workers: int,
     drain_timeout: float,
     slow_op_ms: float,
+    metrics_thresholds: dict[str, float],
     idle_evict_after: float | None,
     idle_check_interval: float,
     max_open_databases: int | None,
@@ -482,6 +514,8 @@ def serve(
         workers=workers,
         drain_timeout=drain_timeout,
         slow_op_ms=slow_op_ms,
+        metrics_thresholds=metrics_thresholds,
+        pid_file=pid_file,
         database=DatabaseConfig(sync=settings.sync),
         nodes=NodeConfig(
             idle_evict_after=idle_evict_after,
@@ -513,30 +547,14 @@ def serve(
         min_insync_replicas=min_insync_replicas,
         replica_timeout=replica_timeout,
     )
-    stop = threading.Event()
 
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    previous: dict[int, Any] = {
-        signum: signal.signal(signum, on_signal) for signum in (signal.SIGTERM, signal.SIGINT)
-    }
-    server = Server(config)
-    try:
-        server.start()
-        if pid_file is not None:
-            pid_file.write_text(f"{os.getpid()}\n")
+    def started(server: Server) -> None:
         click.echo(f"kiln serve: {_where(server)}")
         for address in server.addresses:
             click.echo(f"  listening on {address}")
         click.echo("  or in Python: kilndb.connect(" + repr(server.url) + ")")
-        click.echo("Ctrl-C or SIGTERM stops it.")
-        while not stop.wait(0.5):
-            pass
-    finally:
-        server.stop()
-        if pid_file is not None:
-            pid_file.unlink(missing_ok=True)
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        click.echo("Ctrl-C, SIGTERM or SIGQUIT stops it.")
+
+    # Signals, the pid file and the graceful stop are the server's own (Server.start_foreground).
+    Server(config).start_foreground(started)
     click.echo("kiln serve: stopped")

@@ -119,13 +119,12 @@ class Runner:
                         self.leader.wait_replicas(db.name, position, replicas)
                     self.dispatcher.confirm(db.name)
         except KilnError as exc:
-            metrics.count("errors_total")
-            metrics.event("request_error", op=request.op, error_code=exc.error_code)
+            metrics.request_failed(request.op, exc.error_code, exc.message)
             raise
         except Exception as exc:  # a bug: answered as ``internal``, never a bare 500
             log.exception("request %s failed", request.op, exc_info=exc)
-            metrics.count("errors_total")
-            metrics.event("request_error", op=request.op, error_code=KilnError.error_code)
-            raise KilnError(f"internal error: {exc}") from exc
+            error = KilnError(f"internal error: {exc}")
+            metrics.request_failed(request.op, error.error_code, error.message)
+            raise error from exc
         metrics.count_result(request, result)
         return result

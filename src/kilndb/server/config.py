@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import ipaddress
+import math
 import ssl
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,6 +13,7 @@ from kilndb.codec import DEFAULT_MAX_FRAME_BYTES
 from kilndb.config import DatabaseConfig
 from kilndb.errors import InvalidArgumentError
 from kilndb.server.auth import AuthConfig
+from kilndb.server.metrics import THRESHOLD_METRICS
 from kilndb.server.nodes import NodeConfig
 
 __all__ = ["ServerConfig", "is_loopback"]
@@ -44,6 +47,11 @@ class ServerConfig:
     slow_op_ms: float = 500.0
     #: Size of the recent-events ring.
     max_recent_events: int = 100
+    #: Alert while a metric is above its threshold, per metric name of
+    #: :data:`~kilndb.server.metrics.THRESHOLD_METRICS` (``{"error_rate": 0.05}``).
+    metrics_thresholds: Mapping[str, float] = field(default_factory=dict)
+    #: Written with this process's pid when the server starts, removed when it stops.
+    pid_file: Path | None = None
     workers: int = 32
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     #: Idle eviction, the open-database cap and the circuit breaker.
@@ -101,6 +109,23 @@ class ServerConfig:
     #: The URL other nodes and clients reach this one at, published to the cluster (a
     #: proxy or NAT address); by default the address it listens on.
     advertise_url: str | None = None
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.metrics_thresholds) - set(THRESHOLD_METRICS))
+        if unknown:
+            raise InvalidArgumentError(
+                f"unknown metric(s) for a threshold: {', '.join(unknown)} (known:"
+                f" {', '.join(THRESHOLD_METRICS)})"
+            )
+        thresholds: dict[str, float] = {}
+        for name, value in self.metrics_thresholds.items():
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise InvalidArgumentError(f"threshold of {name} must be a number: {value!r}")
+            if not math.isfinite(value) or value < 0:
+                raise InvalidArgumentError(f"threshold of {name} must be 0 or more: {value!r}")
+            thresholds[name] = float(value)
+        # A copy: a caller's dict changed later does not change a running server.
+        object.__setattr__(self, "metrics_thresholds", thresholds)
 
     def ssl_context(self) -> ssl.SSLContext | None:
         """The server's TLS context, or None without a certificate."""

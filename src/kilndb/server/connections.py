@@ -123,11 +123,20 @@ class SocketConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
-        if len(self.connections) >= self.config.max_connections:
-            self.metrics.count("rejected_connections_total")
-            transport.write(
-                ServerConnection.error(UnavailableError("too many connections; retry later"))
+        refusal = None
+        if self.services.state() == "draining":
+            refusal = UnavailableError("the server is draining; retry later or elsewhere")
+        elif len(self.connections) >= self.config.max_connections:
+            refusal = UnavailableError("too many connections; retry later")
+            self.metrics.event(
+                "alert",
+                type="max_connections",
+                active=len(self.connections),
+                max=self.config.max_connections,
             )
+        if refusal is not None:
+            self.metrics.count("rejected_connections_total")
+            transport.write(ServerConnection.error(refusal))
             transport.close()
             return
         self.connections.add(self)

@@ -22,21 +22,30 @@ unsent is dropped from the hub and its subscriber told ``subscriber_overflow`` w
 position it reached (:mod:`kilndb.server.push`). A hub without feeds for
 :data:`IDLE_SECONDS` stops; the hubs are threads of the server's :class:`TaskOwner`,
 one per database with subscribers, and end when the server stops.
+
+The fan-out also knows every feed attached and not yet detached, which is what the
+server reports of its changefeed (:meth:`Fanout.snapshot`): subscribers per database
+and store, how far each is behind (``subscriber_lag``: positions of the log not yet
+handed to it; ``subscriber_backlog_bytes``: handed and not read), and the subscribers
+cut off for overflow, each a delivery alert (:mod:`kilndb.server.metrics`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Mapping
 from concurrent.futures import Executor
-from typing import Any
+from typing import Any, Protocol
 
 from kilndb.engine import Database, Subscription
+from kilndb.errors import KilnError, SubscriberOverflowError
 from kilndb.protocol import ServerConnection
+from kilndb.server.metrics import Metrics
 from kilndb.server.tasks import TaskOwner
 
 __all__ = ["Fanout", "Feed", "Hub"]
@@ -50,6 +59,17 @@ BATCH = 1024
 
 #: (store, position, encoded event frame) of one fact.
 Frame = tuple[str, int, bytes]
+
+#: The key of :meth:`Fanout.snapshot`'s per-store counts for subscribers of every store.
+EVERY_STORE = "*"
+
+
+class Backlog(Protocol):
+    """What the fan-out reads of a subscriber's outbox (:class:`~kilndb.server.push.Outbox`)."""
+
+    error: KilnError | None
+
+    def backlog(self) -> int: ...
 
 
 class Feed:
@@ -66,10 +86,18 @@ class Feed:
         after: int,
         send: Callable[[bytes, int], bool],
         gone: Callable[[Feed], None] | None = None,
+        outbox: Backlog | None = None,
     ) -> None:
         self.stores = stores
         #: Position of the last fact queued to the subscriber.
         self.position = after
+        #: How far the log has been handed to the feed, facts of other stores included.
+        self.seen = after
+        #: The subscriber's outbox, read for its backlog and why it ended.
+        self.outbox = outbox
+        #: Named in status and alerts; set when the fan-out takes the feed.
+        self.number = 0
+        self.database = ""
         self.closed = False
         self._send = send
         #: Told (once) when the database closes under the feed: removed, or a replica
@@ -83,6 +111,8 @@ class Feed:
         if self.closed:
             return False
         stores, after = self.stores, self.position
+        if frames and frames[-1][1] > self.seen:
+            self.seen = frames[-1][1]
         chosen = []
         last = after
         for store, position, frame in frames:
@@ -144,6 +174,7 @@ class Hub:
             if self.stopped or covered < self.position:
                 return False
             self.feeds.add(feed)
+            feed.seen = max(feed.seen, covered)
             return True
 
     def leave(self, feed: Feed) -> None:
@@ -171,6 +202,7 @@ class Hub:
                     for feed in feeds:
                         if not feed.deliver(frames):
                             self.leave(feed)
+                            self.fanout.dropped(feed)
         except Exception:
             log.exception("changefeed fan-out of %s failed", self.db.name)
         finally:
@@ -186,10 +218,22 @@ class Hub:
 class Fanout:
     """The hubs of a server, one per database with subscribers."""
 
-    def __init__(self, tasks: TaskOwner, executor: Executor) -> None:
+    def __init__(
+        self,
+        tasks: TaskOwner,
+        executor: Executor,
+        metrics: Metrics | None = None,
+        max_subscriber_buffer: int = 0,
+    ) -> None:
         self.tasks = tasks
         self._executor = executor
+        self._metrics = metrics or Metrics()
+        self._limit = max_subscriber_buffer
         self._hubs: dict[int, Hub] = {}
+        #: Every feed attached and not detached, with its database.
+        self._feeds: dict[Feed, Database] = {}
+        self._numbers = itertools.count(1)
+        self._overflows = 0
         self._lock = threading.Lock()
 
     def attach(self, db: Database, feed: Feed) -> None:
@@ -203,6 +247,11 @@ class Fanout:
         if db.closed:
             feed.end()
             return
+        with self._lock:
+            if not feed.number:
+                feed.number = next(self._numbers)
+            feed.database = db.name
+            self._feeds[feed] = db
         if self._join(db, feed, feed.position):
             return
         feed.catch_up = db.subscribe(feed.stores, feed.position)
@@ -218,9 +267,95 @@ class Fanout:
     def detach(self, feed: Feed) -> None:
         feed.close()
         with self._lock:
+            self._feeds.pop(feed, None)
             hubs = list(self._hubs.values())
         for hub in hubs:
             hub.leave(feed)
+
+    def dropped(self, feed: Feed) -> None:
+        """``feed`` refused a delivery: its subscriber closed it, or overflowed (a
+        delivery alert), or went away."""
+        with self._lock:
+            if self._feeds.pop(feed, None) is None or feed.closed:
+                return  # detached by its subscriber: not a drop
+            outbox = feed.outbox
+            overflowed = outbox is not None and isinstance(outbox.error, SubscriberOverflowError)
+            if overflowed:
+                self._overflows += 1
+        if overflowed:
+            assert outbox is not None
+            self._metrics.delivery_alert(
+                {
+                    "type": "subscriber_overflow",
+                    "metric": "subscriber_backlog_bytes",
+                    "value": outbox.backlog(),
+                    "threshold": self._limit,
+                    "database": feed.database,
+                    "subscriber": feed.number,
+                    "position": feed.position,
+                }
+            )
+
+    def subscription_count(self, store: str, database: str = "default") -> int:
+        """Changefeed subscribers of ``database`` that receive the facts of ``store``
+        (those following it and those following every store)."""
+        with self._lock:
+            return sum(
+                1
+                for feed, db in self._feeds.items()
+                if not feed.closed
+                and db.name == database
+                and (feed.stores is None or store in feed.stores)
+            )
+
+    def snapshot(self, thresholds: Mapping[str, float]) -> dict[str, Any]:
+        """The changefeed's section of the server's status: subscribers per database and
+        per store (``*``: of every store), the subscribers cut off for overflow, and the
+        alerts — each subscriber over a ``subscriber_lag`` or ``subscriber_backlog_bytes``
+        threshold, and the recent overflows."""
+        lag_limit = thresholds.get("subscriber_lag")
+        backlog_limit = thresholds.get("subscriber_backlog_bytes")
+        by_database: dict[str, dict[str, Any]] = {}
+        firing: dict[Hashable, dict[str, Any]] = {}
+        with self._lock:
+            for feed in [f for f, db in self._feeds.items() if f.closed or db.closed]:
+                del self._feeds[feed]
+            feeds = list(self._feeds.items())
+            overflows = self._overflows
+        for feed, db in feeds:
+            entry = by_database.setdefault(db.name, {"subscribers": 0, "stores": {}})
+            entry["subscribers"] += 1
+            counts = entry["stores"]
+            for store in sorted(feed.stores) if feed.stores is not None else [EVERY_STORE]:
+                counts[store] = counts.get(store, 0) + 1
+            measured: list[tuple[str, str, float, float]] = []  # type, metric, value, limit
+            if lag_limit is not None:
+                catch_up = feed.catch_up
+                covered = feed.seen if catch_up is None else max(feed.seen, catch_up.covered)
+                lag = max(0, db.durable_position - covered)
+                measured.append(("subscriber_lag", "subscriber_lag", lag, lag_limit))
+            if backlog_limit is not None and feed.outbox is not None:
+                backlog = feed.outbox.backlog()
+                measured.append(
+                    ("subscriber_backlog", "subscriber_backlog_bytes", backlog, backlog_limit)
+                )
+            for kind, metric, value, limit in measured:
+                if value > limit:
+                    firing[(kind, feed.number)] = {
+                        "type": kind,
+                        "metric": metric,
+                        "value": value,
+                        "threshold": limit,
+                        "database": db.name,
+                        "subscriber": feed.number,
+                    }
+        alerts = self._metrics.firing("changefeed", firing)
+        return {
+            "subscribers": len(feeds),
+            "by_database": dict(sorted(by_database.items())),
+            "overflows_total": overflows,
+            "alerts": alerts + self._metrics.delivery_alerts(),
+        }
 
     def retire(self, hub: Hub, force: bool = False) -> bool:
         """Remove an idle hub (unless a feed joined meanwhile); True if removed."""
@@ -252,6 +387,7 @@ class Fanout:
                 wake.clear()
                 facts = await loop.run_in_executor(self._executor, subscription.get_batch, BATCH, 0)
                 if facts and not feed.deliver(encode(facts)):
+                    self.dropped(feed)
                     return
                 if self._join(db, feed, subscription.covered):
                     return

@@ -3,6 +3,7 @@
 Endpoints (DESIGN.md "HTTP, SSE and WebSocket"):
 
 ``GET /v1/health``          200 while the process is up, with the compact health snapshot
+                            (``Server.health()``)
 ``GET /v1/ready``           200 when accepting work, 503 while draining
 ``GET /v1/status``          the observability snapshot (as ``server_status``)
 ``GET /v1/metrics``, ``/metrics``  Prometheus text format
@@ -183,7 +184,7 @@ async def _body_limit(request: web.Request, handler: _Handler) -> web.StreamResp
 
 
 class _Collector:
-    """Exposes the server's counters to prometheus_client."""
+    """Exposes the server's counters, and the alerts firing, to prometheus_client."""
 
     def __init__(self, status: Callable[[], dict[str, Any]]) -> None:
         self.status = status
@@ -191,6 +192,16 @@ class _Collector:
     def collect(self) -> Iterator[Metric]:
         status = self.status()
         metrics = status["metrics"]
+        firing = GaugeMetricFamily(
+            "kiln_alerts_firing", "alerts firing now", labels=["type", "metric"]
+        )
+        counts: dict[tuple[str, str], int] = {}
+        for alert in status["alerts"]:
+            key = (alert["type"], alert["metric"])
+            counts[key] = counts.get(key, 0) + 1
+        for (kind, metric), count in sorted(counts.items()):
+            firing.add_metric([kind, metric], float(count))
+        yield firing
         for name, value in sorted(metrics.items()):
             base = name.removesuffix("_total")
             family: Metric
@@ -297,8 +308,7 @@ def build_app(services: Services) -> web.Application:
         return await answer(http, Request(op, params, None, database), database)
 
     async def health(_: web.Request) -> web.Response:
-        status = services.status()
-        return _json({k: status[k] for k in ("schema_version", "status", "uptime_ms", "pid")})
+        return _json(services.health())
 
     async def ready(_: web.Request) -> web.Response:
         state = services.state()

@@ -11,21 +11,30 @@ The parts, each in its own module, meet here and nowhere else:
 - the leader's side of replication: :mod:`kilndb.server.leader`; what this server
   follows: :mod:`kilndb.server.following`; cluster membership:
   :mod:`kilndb.server.cluster`;
-- counters and events: :mod:`kilndb.server.metrics`; background work:
-  :mod:`kilndb.server.tasks`.
+- counters, events and alerts: :mod:`kilndb.server.metrics`; the health and status
+  snapshots: :mod:`kilndb.server.observability`; the pid file:
+  :mod:`kilndb.server.pidfile`; background work: :mod:`kilndb.server.tasks`.
 
 Transports receive :class:`~kilndb.server.services.Services`, never the server.
+
+Lifecycle: ``start()`` listens in a background thread (``start_foreground()`` blocks
+until SIGINT, SIGTERM or SIGQUIT instead), ``drain()`` refuses new socket connections
+and waits for the open ones to close, ``stop()`` drains what is in flight and closes
+everything. ``state`` goes ``starting`` → ``ready`` → ``draining`` → ``stopped``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
-import os
+import signal
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from aiohttp import web
@@ -33,6 +42,7 @@ from aiohttp import web
 from kilndb.coordination import Etcd, parse_coordinator_url
 from kilndb.errors import InvalidArgumentError
 from kilndb.replication.fencing import EpochFence
+from kilndb.server import observability
 from kilndb.server.admin import Runner, ServerOps
 from kilndb.server.auth import Authenticator
 from kilndb.server.cluster import ClusterAgent
@@ -48,6 +58,7 @@ from kilndb.server.leader import LeaderSide
 from kilndb.server.leadership import Leadership
 from kilndb.server.metrics import Metrics
 from kilndb.server.nodes import NodeManager
+from kilndb.server.pidfile import PidFile
 from kilndb.server.services import Services
 from kilndb.server.tasks import TaskOwner
 from kilndb.storage.lockfile import ServerLock
@@ -58,13 +69,38 @@ log = logging.getLogger("kilndb.server")
 
 #: How long a stopping server waits for clients to close after their last reply.
 CLOSE_GRACE_SECONDS = 1.0
+#: How long ``start()`` waits for its listeners before giving up.
+START_TIMEOUT = 10.0
+#: Seconds between two evaluations of the alert thresholds (only with thresholds set).
+ALERT_CHECK_SECONDS = 1.0
+#: The signals ``start_foreground()`` stops the server on, gracefully.
+STOP_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGQUIT") if hasattr(signal, name)
+)
+
+_CONFIG_FIELDS = frozenset(f.name for f in dataclasses.fields(ServerConfig))
 
 
 class Server:
-    """A KilnDB server: ``start()`` runs it in a background thread."""
+    """A KilnDB server: ``start()`` runs it in a background thread.
+
+    ``Server(config)``, ``Server(**fields)`` or both: keyword arguments, each a
+    :class:`ServerConfig` field, take precedence over the config's. Raises TypeError
+    naming any other keyword.
+    """
 
     def __init__(self, config: ServerConfig | None = None, **options: Any) -> None:
-        self.config = config = config or ServerConfig(**options)
+        unknown = sorted(set(options) - _CONFIG_FIELDS)
+        if unknown:
+            raise TypeError(
+                f"Server() got unknown keyword argument(s): {', '.join(unknown)} (it takes"
+                " the fields of ServerConfig)"
+            )
+        if config is None:
+            config = ServerConfig(**options)
+        elif options:
+            config = dataclasses.replace(config, **options)
+        self.config = config
         self.auth = Authenticator(config.auth)
         self.ssl_context = config.ssl_context()
         host = config.host
@@ -103,7 +139,14 @@ class Server:
         self._started_at = time.monotonic()
         self._servers: list[asyncio.AbstractServer] = []
         self._thread: threading.Thread | None = None
-        self._ready = threading.Event()
+        #: Set once start() has bound its listeners (or failed to).
+        self._listening = threading.Event()
+        #: Set when a stop begins: start_foreground() returns after it.
+        self._stopping = threading.Event()
+        self._stop_lock = threading.Lock()
+        self._pid_file = PidFile(config.pid_file)
+        #: Whether the parts that live on the event loop exist (start() makes them).
+        self.assembled = False
         self._startup_error: BaseException | None = None
         self.addresses: list[str] = []
         self._http: web.AppRunner | None = None
@@ -122,7 +165,9 @@ class Server:
         """Make the parts that live on the server's event loop."""
         self.loop = asyncio.new_event_loop()
         self.tasks = TaskOwner(self.loop)
-        self.fanout = Fanout(self.tasks, self.executor)
+        self.fanout = Fanout(
+            self.tasks, self.executor, self.metrics, self.config.max_subscriber_buffer
+        )
         self.following = Following(
             self.config, self.databases, self.dispatcher, self.metrics, self.tasks, self.epochs
         )
@@ -148,10 +193,12 @@ class Server:
             routing=self._routing,
             state=lambda: self.state,
             status=self.status,
+            health=self.health,
             replication_status=self.replication_status,
             cluster_status=self.cluster_status,
         )
         self._commits = CommitRounds(self.loop)
+        self.assembled = True
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -204,12 +251,25 @@ class Server:
             self._coordinate(config.coordinator)
         self._started_at = time.monotonic()
         self.metrics.event("server_started", addresses=list(self.addresses))
+        if config.metrics_thresholds:
+            self.tasks.spawn(self._watch_thresholds(), "kilndb-alerts")
+
+    async def _watch_thresholds(self) -> None:
+        """Measure the metrics that have a threshold every ALERT_CHECK_SECONDS, so that
+        an alert begins (and is recorded) even when nobody asks for the status."""
+        while True:
+            await asyncio.sleep(ALERT_CHECK_SECONDS)
+            try:
+                self.status()
+            except Exception:  # a database closing meanwhile: measured next time
+                log.debug("measuring the alert thresholds failed", exc_info=True)
 
     def start(self) -> Server:
         """Listen in a background thread; return once the sockets accept connections.
 
         Raises DatabaseLockedError, naming the holder's pid, if another server already
-        serves the data directory.
+        serves the data directory; InvalidArgumentError if ``pid_file`` names another
+        process that is running (one that names a process gone is overwritten).
         """
         # With ``memory`` the databases live in a fresh directory in RAM (``data`` unused).
         if self.config.memory and self.config.coordinator is not None:
@@ -220,6 +280,11 @@ class Server:
         data_dir = self.databases.make_data_dir(memory=self.config.memory)
         self._server_lock = ServerLock(data_dir)
         config = self.config
+        try:
+            self._pid_file.check()
+        except BaseException:
+            self._server_lock.release()
+            raise
         if config.replica_of is None and not config.follow and config.coordinator is None:
             # The database connections start in exists from the start, as the store of
             # Igniter's StoreServer does; others are created by their first write (reads
@@ -244,15 +309,15 @@ class Server:
                     self.loop.run_until_complete(self._http.cleanup())
                 self.loop.run_until_complete(self.tasks.cancel_tasks())
                 self.loop.close()
-                self._ready.set()
+                self._listening.set()
                 return
-            self._ready.set()
+            self._listening.set()
             self.loop.run_forever()
 
         self._thread = threading.Thread(target=run, name="kilndb-server", daemon=True)
         self._thread.start()
         try:
-            self.wait_until_ready()
+            self.wait_until_ready(START_TIMEOUT)
         except BaseException:
             if self._startup_error is not None:  # nothing runs: stop() has nothing to do
                 self._thread.join(10)
@@ -262,13 +327,89 @@ class Server:
                 self.databases.close_all()
                 self._server_lock.release()
             raise
+        self._pid_file.write()
         return self
 
-    def wait_until_ready(self, timeout: float = 10.0) -> None:
-        if not self._ready.wait(timeout):
-            raise TimeoutError("server did not start in time")
+    def wait_until_ready(self, timeout: float = 2.0) -> Server:
+        """Block until the listeners of ``start()`` accept connections; return the server.
+
+        Raises TimeoutError after ``timeout`` seconds, or the error that made the start
+        fail."""
+        if not self._listening.wait(timeout):
+            raise TimeoutError(f"server did not become ready within {timeout:g} s")
         if self._startup_error is not None:
             raise self._startup_error
+        return self
+
+    def start_foreground(self, on_start: Callable[[Server], None] | None = None) -> None:
+        """Start, call ``on_start(server)``, and block until SIGINT, SIGTERM or SIGQUIT
+        (or ``stop()`` from another thread); each is a graceful stop. Returns once the
+        server has stopped, with the previous signal handlers back.
+
+        Raises RuntimeError unless called from the main thread (only it may handle
+        signals), and whatever ``start()`` raises.
+        """
+        if threading.current_thread() is not threading.main_thread():
+            raise RuntimeError(
+                "start_foreground() handles signals, which Python allows only in the main"
+                " thread: call start() and stop() from other threads"
+            )
+        received: list[int] = []
+
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            # Only a note: a handler runs between two bytecodes of the main thread,
+            # which may hold a lock that stopping needs.
+            received.append(signum)
+
+        previous = {signum: signal.signal(signum, on_signal) for signum in STOP_SIGNALS}
+        try:
+            self.start()
+            if on_start is not None:
+                on_start(self)
+            while not received and not self._stopping.wait(0.1):
+                pass
+            if received:
+                name = signal.Signals(received[0]).name
+                log.info("%s received: stopping", name)
+                self.metrics.event("signal_received", signal=name)
+        finally:
+            try:
+                self.stop()
+            finally:
+                for signum, handler in previous.items():
+                    signal.signal(signum, handler)
+
+    @property
+    def ready(self) -> bool:
+        """Whether the server is listening and accepting connections (not draining)."""
+        return self.state == "ready"
+
+    @property
+    def draining(self) -> bool:
+        """Whether the server refuses new connections (``drain()``, or stopping)."""
+        return self.state == "draining"
+
+    def drain(self, timeout: float | None = None) -> Server:
+        """Refuse new socket connections (each gets an ``unavailable`` error frame and
+        counts in ``rejected_connections_total``; ``/v1/ready`` answers 503) and wait
+        up to ``timeout`` seconds (default ``drain_timeout``) for the open ones to close.
+        Returns the server, for ``server.drain().stop()``. Draining is not undone (a
+        second call only waits again); nothing happens on a server not started or
+        stopped. Call it from any thread but the
+        server's own."""
+        wait = self.config.drain_timeout if timeout is None else timeout
+        if self._thread is None or self.state not in ("ready", "draining"):
+            return self
+        if self.state == "ready":
+            self.state = "draining"
+            self.metrics.event("server_draining", timeout=wait)
+            log.info("draining (timeout %g s)", wait)
+        deadline = time.monotonic() + wait
+        while self.connections and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if self.connections:
+            log.warning("drain timed out: %d connection(s) still open", len(self.connections))
+        return self
 
     @property
     def url(self) -> str:
@@ -280,15 +421,21 @@ class Server:
         """The HTTP address (with ``http_port``)."""
         return next(a for a in self.addresses if a.startswith("http"))
 
-    def stop(self) -> None:
+    def stop(self, timeout: float | None = None) -> None:
         """Drain and stop: refuse new connections, let in-flight requests finish (up to
-        ``drain_timeout``), close connections, end every stream and background task,
-        flush and close every database."""
-        if self._thread is None:
-            return
-        asyncio.run_coroutine_threadsafe(self._shutdown(), self.loop).result(
-            self.config.drain_timeout + 30
-        )
+        ``timeout`` seconds, default ``drain_timeout``), close connections, end every
+        stream and background task, flush and close every database, remove the pid
+        file. Does nothing on a server not started or already stopped; a second caller
+        waits for the first to finish."""
+        self._stopping.set()
+        with self._stop_lock:
+            if self._thread is None:
+                return
+            self._stop(self.config.drain_timeout if timeout is None else timeout)
+
+    def _stop(self, timeout: float) -> None:
+        assert self._thread is not None
+        asyncio.run_coroutine_threadsafe(self._shutdown(timeout), self.loop).result(timeout + 30)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(30)
         self._thread = None
@@ -304,6 +451,7 @@ class Server:
         self.loop.close()
         if self.config.unix is not None:
             Path(self.config.unix).unlink(missing_ok=True)
+        self._pid_file.remove()
         self.state = "stopped"
         self.metrics.event("server_stopped")
 
@@ -334,9 +482,10 @@ class Server:
         self.dispatcher.write_gate = self.leadership.may_write
         self.tasks.spawn(self.leadership.run(), "kilndb-leadership")
 
-    async def _shutdown(self) -> None:
-        self.state = "draining"
-        self.metrics.event("server_draining", timeout=self.config.drain_timeout)
+    async def _shutdown(self, timeout: float) -> None:
+        if self.state != "draining":  # else drain() said so already
+            self.state = "draining"
+            self.metrics.event("server_draining", timeout=timeout)
         if self.leadership is not None:
             # Followers take over at once instead of waiting for the lease to expire;
             # writes still in flight here are refused rather than acknowledged.
@@ -346,7 +495,7 @@ class Server:
         for server in self._servers:
             server.close()
         loop = self.loop
-        deadline = loop.time() + self.config.drain_timeout
+        deadline = loop.time() + timeout
         for connection in list(self.connections):
             connection.drain()
         # In-flight requests are answered, each connection ending with end-of-file...
@@ -444,40 +593,24 @@ class Server:
             "fenced": dict(self.following.fenced),
         }
 
+    def subscription_count(self, store: str, database: str = "default") -> int:
+        """Changefeed subscribers (every transport) of ``database`` that receive the
+        facts of ``store``: those following it and those following every store."""
+        if not self.assembled:
+            return 0
+        return self.fanout.subscription_count(store, database)
+
+    @property
+    def uptime_ms(self) -> int:
+        """Milliseconds since the server began to listen (or was made)."""
+        return round((time.monotonic() - self._started_at) * 1000)
+
+    def health(self) -> dict[str, Any]:
+        """The compact health snapshot (``GET /v1/health``): cheap, no database read."""
+        return observability.health(self)
+
     def status(self) -> dict[str, Any]:
-        """The observability snapshot (Igniter's shape) that ``server_status`` answers."""
-        counters = self.metrics.counters()
-        nodes = self.databases.status()
-        replication = self.replication_status()
-        return {
-            "schema_version": 1,
-            "generated_at": time.time(),
-            "status": self.state,
-            "uptime_ms": round((time.monotonic() - self._started_at) * 1000),
-            "pid": os.getpid(),
-            "addresses": self.addresses,
-            "databases": self.databases.names(),
-            "nodes": nodes,
-            "replication": replication,
-            "metrics": {
-                **counters,
-                "open_databases": nodes["open_count"],
-                "opened_databases_total": nodes["opened_total"],
-                "evicted_databases_total": nodes["evicted_total"],
-                "failing_databases": len(nodes["failing"]),
-                "replication_followers": len(replication["followers"]),
-                "replication_follower_lag_records": max(
-                    (f["lag_records"] for f in replication["followers"]), default=0
-                ),
-                "replication_lag_records": max(
-                    (f["lag_records"] for f in replication["following"]), default=0
-                ),
-                **({} if self.cluster is None else self.cluster.metrics()),
-                **({} if self.leadership is None else self.leadership.gauges()),
-                "active_connections": len(self.connections),
-                "subscription_count": self.metrics.http_streams
-                + sum(1 for c in list(self.connections) if c.subscribed()),
-                "background_tasks": self.tasks.task_count,
-                "background_threads": self.tasks.thread_count,
-            },
-        }
+        """The observability snapshot (Igniter's shape) that ``server_status`` answers.
+
+        Measuring it evaluates the alert thresholds (``metrics_thresholds``)."""
+        return observability.status(self)

@@ -144,7 +144,9 @@ def changefeed(outbox: Outbox, stores: list[str] | None, after: int) -> Feed:
     """The hub feed that offers its frames to ``outbox``."""
     outbox.position = after
     chosen = None if stores is None else frozenset(stores)
-    return Feed(chosen, after, outbox.offer, lambda feed: outbox.end(gone_error(feed.position)))
+    return Feed(
+        chosen, after, outbox.offer, lambda feed: outbox.end(gone_error(feed.position)), outbox
+    )
 
 
 def gone_error(position: int) -> UnavailableError:

@@ -110,8 +110,7 @@ class Replies:
             self.metrics.event("slow_op", op=op, ms=round(elapsed_ms, 1))
 
     def failed(self, request: Request, error: KilnError) -> bytes:
-        self.metrics.count("errors_total")
-        self.metrics.event("request_error", op=request.op, error_code=error.error_code)
+        self.metrics.request_failed(request.op, error.error_code, error.message)
         return ServerConnection.error(error, request.request_id)
 
     def reply(self, request: Request, result: dict[str, Any]) -> bytes:

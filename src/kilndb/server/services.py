@@ -51,6 +51,8 @@ class Services:
     state: Callable[[], str]
     #: The observability snapshot (``server_status``).
     status: Callable[[], dict[str, Any]]
+    #: The compact health snapshot (``/v1/health``).
+    health: Callable[[], dict[str, Any]]
     #: The followers it ships to and the leaders it follows.
     replication_status: Callable[[], dict[str, Any]]
     #: The cluster as this member sees it.
