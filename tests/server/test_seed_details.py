@@ -37,7 +37,7 @@ from kilndb.protocol.ops import OPS
 from kilndb.server import Server
 from kilndb.server.auth import AuthConfig, Principal, create_token
 from kilndb.streams import MAX_CONSUME
-from tests.processes import KILN, reap, start_server
+from tests.processes import KILN, reap, start_server, stop
 from tests.server.test_sockets import RawClient, tcp_address
 
 SECRET = "a-secret-for-streamkit-tokens-long-enough-for-hs256-0123456789abcdef"
@@ -125,23 +125,28 @@ def test_streamkit_all_grants_every_store_but_not_the_server(secured: Server) ->
     assert _http(secured, token, "/metrics") == "permission_denied"
 
 
+def _granted(scopes: set[str], op: str, database: str) -> bool:
+    try:
+        Principal("t", frozenset(scopes)).check(op, database)
+    except kilndb.PermissionDeniedError:
+        return False
+    return True
+
+
 def test_streamkit_scopes_grant_exactly_what_the_kiln_database_scope_grants() -> None:
-    """Every op of the op table, on several databases: ``streamkit::DB`` allows what
-    ``kiln::DB`` allows, ``streamkit::*`` what ``kiln::DB`` allows on every DB."""
-    names = ["default", STORE, "billing.eu", "admin"]
-    for op in OPS.values():
-        for database in names:
-            # ``kiln::admin`` is server administration; the database ``admin`` is
-            # compared with what ``kiln::DB`` grants any other database.
-            kiln = Principal("k", frozenset({"kiln::elsewhere"}))
-            expected = kiln.allows(op.action, "elsewhere")
-            for scope in (f"streamkit::{database}", "streamkit::*"):
-                streamkit = Principal("s", frozenset({scope}))
-                assert streamkit.allows(op.action, database) is expected, (op.name, scope)
-            assert not Principal("s", frozenset({f"streamkit::{database}"})).allows(
-                op.action, "other"
-            ) or op.action == "none"
-    assert not Principal("s", frozenset({"streamkit::*"})).allows("admin", None)
+    """Every op of the op table: ``streamkit::DB`` grants what ``kiln::DB`` grants,
+    ``streamkit::*`` that on every database, and neither anything on another one."""
+    for op in OPS:
+        for database in ("default", STORE, "billing.eu"):
+            expected = _granted({f"kiln::{database}"}, op, database)
+            assert _granted({f"streamkit::{database}"}, op, database) is expected, op
+            assert _granted({"streamkit::*"}, op, database) is expected, op
+            assert _granted({f"streamkit::{database}"}, op, "other") is (OPS[op].action == "none")
+        # ``kiln::admin`` is the server's administration; ``streamkit::admin`` is the
+        # database called admin, granted as any other database.
+        expected = _granted({"kiln::billing"}, op, "billing")
+        assert _granted({"streamkit::admin"}, op, "admin") is expected, op
+        assert _granted({"streamkit::*"}, op, "admin") is expected, op
 
 
 MALFORMED = [
@@ -191,7 +196,9 @@ async def _websocket_session(url: str, token: str, store: str) -> list[dict[str,
             return [hello]
         seen = [
             hello,
-            await exchange({"op": "write", "store": store, "key": "k", "value": 1, "request_id": 1}),
+            await exchange(
+                {"op": "write", "store": store, "key": "k", "value": 1, "request_id": 1}
+            ),
             await exchange(
                 {"op": "subscribe", "stores": [store], "after": 0, "request_id": "feed"}
             ),
@@ -282,7 +289,13 @@ def test_counters_move_as_requests_are_made(tmp_path: Path) -> None:
                 received += len(data)
                 client.decoder.feed(data)
             replies.append(orjson.loads(body))
-        assert [r.get("error_code") for r in replies] == [None, None, "conflict", "unknown_op", None]
+        assert [r.get("error_code") for r in replies] == [
+            None,
+            None,
+            "conflict",
+            "unknown_op",
+            None,
+        ]
         assert len(replies[-1]["facts"]) == 2
         client.send({"op": "close"})
         assert client.receive() == {"ok": True}
@@ -346,18 +359,17 @@ def test_a_consume_limit_above_the_maximum_is_clamped_not_refused(
 
 
 def test_tcp_connections_set_tcp_nodelay_on_both_ends(tmp_path: Path) -> None:
-    with Server(data=tmp_path / "data", port=0) as server:
-        with kilndb.connect(server.url) as db:
-            db.store("s").write("k", 1)
-            conn = db._link._conn  # the client's connection
-            assert conn is not None and conn._sock is not None
-            client_side = conn._sock
-            assert client_side.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
-            (server_side,) = server.connections
-            assert server_side.transport is not None
-            sock = server_side.transport.get_extra_info("socket")
-            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
-            assert sock.getpeername() == client_side.getsockname()
+    with Server(data=tmp_path / "data", port=0) as server, kilndb.connect(server.url) as db:
+        db.store("s").write("k", 1)
+        conn = db._link._conn  # the client's connection
+        assert conn is not None and conn._sock is not None
+        client_side = conn._sock
+        assert client_side.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        (server_side,) = server.connections
+        assert server_side.transport is not None
+        sock = server_side.transport.get_extra_info("socket")
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        assert sock.getpeername() == client_side.getsockname()
 
 
 # -- readiness while draining ---------------------------------------------------------------
@@ -408,6 +420,18 @@ def test_kiln_serve_stops_gracefully_on_ctrl_c(tmp_path: Path) -> None:
     with kilndb.open(tmp_path / "data") as db:
         fact = db.store("tasks").read("t1")
         assert fact is not None and fact.value == "acknowledged"
+
+
+def test_kiln_serve_slow_op_ms_sets_the_threshold(tmp_path: Path) -> None:
+    process, url = start_server(tmp_path / "data", "--http-port", "-1", "--slow-op-ms", "0.001")
+    try:
+        with kilndb.connect(url) as db:
+            db.store("tasks").write("t1", 1)
+            before = db._call("server_status")["metrics"]["slow_ops_total"]
+            db.store("tasks").read("t1")
+            assert db._call("server_status")["metrics"]["slow_ops_total"] > before >= 1
+    finally:
+        stop(process)
 
 
 def _free_ports(count: int) -> list[int]:
