@@ -12,7 +12,18 @@ grants:
 ``kiln::{database}``        reading and writing that database
 ``kiln::{database}:read``   reading that database
 ``kiln::admin``             server operations (status, metrics, removal)
+``streamkit::*``            reading and writing every database
+``streamkit::{store}``      reading and writing that database
 ==========================  ==============================================
+
+The ``streamkit::`` scopes are streamkit's, honoured so that its tokens keep working: a
+streamkit store is a database (a store UUID is a valid name), and its scope grants the
+whole store API — produce, consume, leases, status subscriptions — which is reading and
+writing that database, as ``kiln::{database}`` grants. They never grant ``kiln::admin``:
+streamkit's own node management is not reachable over its transport either. A streamkit
+scope names a store only, so ``streamkit::admin`` is the database called ``admin``. Any
+other form (``streamkit::``, ``streamkit::{store}:read``, ``streamkit:*``) grants
+nothing, like every scope KilnDB does not know.
 
 Refusals are :class:`~kilndb.AuthenticationError` (``unauthenticated``: no token, a bad
 one) or :class:`~kilndb.PermissionDeniedError` (``permission_denied``: a good token that
@@ -49,6 +60,10 @@ log = logging.getLogger("kilndb.auth")
 #: Shortest HS256 secret accepted (RFC 7518: at least the hash size).
 MIN_SECRET_BYTES = 32
 
+#: streamkit's scopes: ``streamkit::*`` (every store) and ``streamkit::{store}``.
+STREAMKIT_PREFIX = "streamkit::"
+STREAMKIT_ALL = "streamkit::*"
+
 
 def action_of(op: str) -> Action:
     """What an op needs (``read``, ``write``, ``admin`` or nothing), from the op table."""
@@ -68,13 +83,22 @@ class Principal:
             return True
         if action == "admin":
             return "kiln::admin" in scopes
-        if database is None or database == "admin":
+        if database is None:
+            return False
+        if STREAMKIT_ALL in scopes or f"{STREAMKIT_PREFIX}{database}" in scopes:
+            return True
+        if database == "admin":
             # ``kiln::admin`` names server administration, not a database called admin:
-            # that one is reachable with ``kiln::*`` only.
+            # that one is reachable with ``kiln::*`` (or a streamkit scope) only.
             return False
         if f"kiln::{database}" in scopes:
             return True
         return action == "read" and f"kiln::{database}:read" in scopes
+
+    @property
+    def speaks_streamkit(self) -> bool:
+        """Whether the token carries streamkit's scopes (refusals then name them too)."""
+        return any(scope.startswith(STREAMKIT_PREFIX) for scope in self.scopes)
 
     def check(self, op: str, database: str | None) -> None:
         """Raise PermissionDeniedError unless the token grants ``op``: on ``database``
@@ -87,6 +111,8 @@ class Principal:
             needed = "kiln::admin" if action == "admin" else f"kiln::{database}"
             if action == "read":
                 needed += f" or kiln::{database}:read"
+            if action != "admin" and self.speaks_streamkit:
+                needed += f" or {STREAMKIT_PREFIX}{database}"
             log.warning(
                 "permission denied: %s needs %s for %s", self.subject or "a token", needed, op
             )

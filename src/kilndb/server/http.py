@@ -484,7 +484,10 @@ def build_app(services: Services) -> web.Application:
     app.router.add_route("PUT", key, fact)
     app.router.add_route("DELETE", key, fact)
     app.router.add_get(key + "/history", history)
-    app.router.add_get("/v1/ws", websocket_handler(services, _principal))
+    websocket = websocket_handler(services, _principal)
+    app.router.add_get("/v1/ws", websocket)
+    # streamkit's path (wskit's ``GET /streamz``), for its clients: the same endpoint.
+    app.router.add_get("/streamz", websocket)
     return app
 
 
