@@ -252,6 +252,24 @@ def test_requests_slower_than_slow_op_ms_are_counted_and_recorded(tmp_path: Path
         assert not [e for e in server.recent_events if e["event"] == "slow_op"]
 
 
+def test_slow_ops_are_timed_on_every_transport_and_zero_turns_them_off(tmp_path: Path) -> None:
+    with Server(data=tmp_path / "http", port=0, http_port=0, slow_op_ms=0.001) as server:
+        body = {"op": "write", "store": "s", "key": "k", "value": 1}
+        request = urllib.request.Request(
+            server.http_url + "/v1/dispatch",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=5) as reply:
+            assert json.loads(reply.read())["ok"]
+        slow = [e for e in server.recent_events if e["event"] == "slow_op"]
+        assert [e["op"] for e in slow] == ["write"]
+    with Server(data=tmp_path / "off", port=0, slow_op_ms=0) as server:
+        with kilndb.connect(server.url) as db:
+            db.store("s").write("k", 1)
+        assert server.status()["metrics"]["slow_ops_total"] == 0
+
+
 def test_the_recent_events_ring_keeps_the_newest(tmp_path: Path) -> None:
     with Server(data=tmp_path / "data", port=0, max_recent_events=3) as server:
         clients = [RawClient(tcp_address(server)) for _ in range(5)]

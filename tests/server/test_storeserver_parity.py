@@ -142,7 +142,7 @@ def test_a_subscriber_cut_off_for_overflow_is_a_changefeed_alert(tmp_path: Path)
     with Server(data=tmp_path / "data", port=0, max_subscriber_buffer=limit) as server:
         slow = RawClient(tcp_address(server), receive_buffer=4096)
         slow.send({"op": "subscribe", "after": 0})
-        assert slow.receive() == {"ok": True, "position": 0}
+        assert slow.receive().items() >= {"ok": True, "position": 0}.items()
         with kilndb.connect(server.url) as writer:
             for batch in range(60):
                 writer.write_many(
@@ -168,7 +168,7 @@ def test_a_subscriber_over_the_backlog_threshold_is_a_changefeed_alert(tmp_path:
     with Server(data=tmp_path / "data", port=0, metrics_thresholds=thresholds) as server:
         slow = RawClient(tcp_address(server), receive_buffer=4096)
         slow.send({"op": "subscribe", "after": 0})
-        assert slow.receive() == {"ok": True, "position": 0}
+        assert slow.receive().items() >= {"ok": True, "position": 0}.items()
 
         def backlogged() -> list[dict[str, Any]]:
             alerts = server.status()["changefeed"]["alerts"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Any
@@ -89,12 +90,15 @@ class Runner:
         leader: LeaderSide,
         metrics: Metrics,
         executor: Executor,
+        slow_op_ms: float = 0.0,
     ) -> None:
         self.dispatcher = dispatcher
         self.server_ops = server_ops
         self.leader = leader
         self.metrics = metrics
         self.executor = executor
+        #: Requests taking this long or longer are counted as slow (0: none).
+        self.slow_op_ms = slow_op_ms
 
     async def run(self, request: Request) -> dict[str, Any]:
         """The reply fields of ``request`` (its database already bound); raises the
@@ -102,8 +106,12 @@ class Runner:
         op = OPS[request.op]
         if op.runs == "server" and op.quick:  # a snapshot of the server's state
             return self._answer(request)
+        started = time.monotonic()
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, self._answer, request)
+        try:
+            return await loop.run_in_executor(self.executor, self._answer, request)
+        finally:
+            self.metrics.timed(request.op, started, self.slow_op_ms)
 
     def _answer(self, request: Request) -> dict[str, Any]:
         metrics = self.metrics

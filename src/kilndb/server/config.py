@@ -43,7 +43,8 @@ class ServerConfig:
     http_keepalive: float = 75.0
     #: How long ``stop()`` lets in-flight requests finish before closing connections.
     drain_timeout: float = 5.0
-    #: Requests slower than this are counted and reported as ``slow_op`` events.
+    #: Requests taking this many milliseconds or more, on any transport, are counted and
+    #: reported as ``slow_op`` events (0: none).
     slow_op_ms: float = 500.0
     #: Size of the recent-events ring.
     max_recent_events: int = 100

@@ -142,6 +142,14 @@ class Metrics:
         with self._lock:
             return list(self._delivery_alerts)
 
+    def timed(self, op: str, started: float, slow_op_ms: float) -> None:
+        """Count and record the op begun at ``started`` (``time.monotonic()``) if it took
+        ``slow_op_ms`` or longer (0: never)."""
+        elapsed_ms = (time.monotonic() - started) * 1000
+        if slow_op_ms > 0 and elapsed_ms >= slow_op_ms:
+            self.count("slow_ops_total")
+            self.event("slow_op", op=op, ms=round(elapsed_ms, 1))
+
     def http_stream(self, opened: bool) -> None:
         """An SSE stream or WebSocket subscription opened (or ended)."""
         with self._lock:

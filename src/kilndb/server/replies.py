@@ -4,7 +4,6 @@ requests is cut, and the reply and error frames (counted, timed and recorded).""
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 from kilndb.errors import KilnError
@@ -104,10 +103,7 @@ class Replies:
 
     def timed(self, op: str, started: float) -> None:
         """Record an op slower than ``slow_op_ms``."""
-        elapsed_ms = (time.monotonic() - started) * 1000
-        if elapsed_ms >= self.slow_op_ms:
-            self.metrics.count("slow_ops_total")
-            self.metrics.event("slow_op", op=op, ms=round(elapsed_ms, 1))
+        self.metrics.timed(op, started, self.slow_op_ms)
 
     def failed(self, request: Request, error: KilnError) -> bytes:
         self.metrics.request_failed(request.op, error.error_code, error.message)
