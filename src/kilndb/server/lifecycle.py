@@ -81,15 +81,30 @@ STOP_SIGNALS = tuple(
 _CONFIG_FIELDS = frozenset(f.name for f in dataclasses.fields(ServerConfig))
 
 
+def _split_address(address: str) -> tuple[str, int]:
+    """``("127.0.0.1", 7400)`` for ``"127.0.0.1:7400"`` (``"[::1]:7400"`` for IPv6)."""
+    host, sep, port = str(address).rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise InvalidArgumentError(f"address must be HOST:PORT, not {address!r}")
+    return host.removeprefix("[").removesuffix("]"), int(port)
+
+
 class Server:
     """A KilnDB server: ``start()`` runs it in a background thread.
 
     ``Server(config)``, ``Server(**fields)`` or both: keyword arguments, each a
-    :class:`ServerConfig` field, take precedence over the config's. Raises TypeError
-    naming any other keyword.
+    :class:`ServerConfig` field, take precedence over the config's. ``address="HOST:PORT"``
+    (Igniter's legacy form) stands for ``host`` and ``port`` where those are not given.
+    Raises TypeError naming any other keyword.
     """
 
-    def __init__(self, config: ServerConfig | None = None, **options: Any) -> None:
+    def __init__(
+        self, config: ServerConfig | None = None, *, address: str | None = None, **options: Any
+    ) -> None:
+        if address is not None:
+            address_host, address_port = _split_address(address)
+            options.setdefault("host", address_host)
+            options.setdefault("port", address_port)
         unknown = sorted(set(options) - _CONFIG_FIELDS)
         if unknown:
             raise TypeError(
