@@ -13,7 +13,7 @@ import pytest
 
 from kilndb.client.endpoint import Endpoint
 from kilndb.errors import ConnectionLostError
-from kilndb.replication.follower import Follower
+from kilndb.replication.follower import StreamFollower
 from kilndb.server import Server, ServerConfig
 
 
@@ -32,11 +32,11 @@ class _RecordingStop:
         return self.is_set()
 
 
-def _follower(**options: Any) -> Follower:
+def _follower(**options: Any) -> StreamFollower:
     def nothing_local(database_id: str | None) -> None:
         return None
 
-    return Follower(
+    return StreamFollower(
         Endpoint.make("tcp://127.0.0.1:9"),
         "default",
         nothing_local,
@@ -46,11 +46,11 @@ def _follower(**options: Any) -> Follower:
     )
 
 
-def _waits(follower: Follower, rounds: int, attempt: Any) -> list[float]:
+def _waits(follower: StreamFollower, rounds: int, attempt: Any) -> list[float]:
     stop = _RecordingStop(rounds)
     follower._stop = stop  # type: ignore[assignment]
     follower._follow = attempt  # type: ignore[method-assign]
-    follower._run()
+    follower._follow_with_backoff()
     return stop.waits
 
 
@@ -60,7 +60,7 @@ def _unreachable() -> None:
 
 def test_the_backoff_defaults_are_armdbs() -> None:
     assert ServerConfig().replication_backoff == (1.0, 30.0)
-    defaults = inspect.signature(Follower).parameters
+    defaults = inspect.signature(StreamFollower).parameters
     assert defaults["backoff_min"].default == 1.0
     assert defaults["backoff_max"].default == 30.0
 

@@ -549,3 +549,21 @@ def test_the_legacy_address_keyword_names_host_and_port(tmp_path: Path) -> None:
     for bad in ("7400", "127.0.0.1:", "127.0.0.1:http", "127.0.0.1:70000", ":7400"):
         with pytest.raises(InvalidArgumentError, match="HOST:PORT"):
             Server(data=tmp_path / "d", address=bad)
+
+
+def test_active_connections_and_bind_address_on_the_server(tmp_path: Path) -> None:
+    server = Server(data=tmp_path / "d", port=0)
+    assert server.bind_address is None and server.active_connections == 0
+    with server:
+        host, port = tcp_address(server)
+        assert server.bind_address == f"{host}:{port}"
+        client = RawClient((host, port))
+        client.send({"op": "ping"})
+        assert client.receive() == {"ok": True, "pong": True}
+        assert server.active_connections == 1
+        client.sock.close()
+        deadline = time.monotonic() + 5
+        while server.active_connections and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert server.active_connections == 0
+    assert server.bind_address == f"{host}:{port}"  # kept after stop, as Igniter's

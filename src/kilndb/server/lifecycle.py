@@ -623,6 +623,17 @@ class Server:
         return self.fanout.subscription_count(store, database)
 
     @property
+    def active_connections(self) -> int:
+        """Socket connections (TCP, TLS, Unix) open now."""
+        return len(self.connections)
+
+    @property
+    def bind_address(self) -> str | None:
+        """The first listener's address, ``127.0.0.1:7400`` or a Unix socket's path (None
+        before ``start()``); still answered after ``stop()``."""
+        return self.addresses[0].partition("://")[2] if self.addresses else None
+
+    @property
     def uptime_ms(self) -> int:
         """Milliseconds since the server began to listen (or was made)."""
         return round((time.monotonic() - self._started_at) * 1000)
