@@ -16,16 +16,52 @@ from __future__ import annotations
 
 import os
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from kilndb.errors import KilnError
-from kilndb.server.metrics import CHANGEFEED_METRICS
+from kilndb.server.metrics import CHANGEFEED_METRICS, Metrics
 from kilndb.server.nodes import NodeManager
 
 if TYPE_CHECKING:
-    from kilndb.server.lifecycle import Server
+    from kilndb.server.cluster import ClusterAgent
+    from kilndb.server.config import ServerConfig
+    from kilndb.server.connections import SocketConnection
+    from kilndb.server.fanout import Fanout
+    from kilndb.server.leadership import Leadership
+    from kilndb.server.tasks import TaskOwner
 
-__all__ = ["health", "status"]
+__all__ = ["Observed", "health", "status"]
+
+
+class Observed(Protocol):
+    """What the snapshots read of a server (:class:`~kilndb.server.Server` has it all)."""
+
+    @property
+    def config(self) -> ServerConfig: ...
+    @property
+    def state(self) -> str: ...
+    @property
+    def uptime_ms(self) -> int: ...
+    @property
+    def addresses(self) -> list[str]: ...
+    @property
+    def metrics(self) -> Metrics: ...
+    @property
+    def databases(self) -> NodeManager: ...
+    @property
+    def connections(self) -> set[SocketConnection]: ...
+    @property
+    def cluster(self) -> ClusterAgent | None: ...
+    @property
+    def leadership(self) -> Leadership | None: ...
+    @property
+    def assembled(self) -> bool: ...
+    @property
+    def tasks(self) -> TaskOwner: ...
+    @property
+    def fanout(self) -> Fanout: ...
+    def replication_status(self) -> dict[str, Any]: ...
+
 
 #: What the status reports of each open database (``Database.stats()`` fields).
 _STORAGE_FIELDS = (
@@ -43,7 +79,7 @@ _STORAGE_FIELDS = (
 )
 
 
-def health(server: Server) -> dict[str, Any]:
+def health(server: Observed) -> dict[str, Any]:
     """The compact health snapshot: cheap, no database read."""
     return {
         "schema_version": 1,
@@ -56,7 +92,7 @@ def health(server: Server) -> dict[str, Any]:
     }
 
 
-def status(server: Server) -> dict[str, Any]:
+def status(server: Observed) -> dict[str, Any]:
     """The observability snapshot; the alerts that begin firing are recorded."""
     counters = server.metrics.counters()
     nodes = server.databases.status()
@@ -130,7 +166,7 @@ def _listeners(addresses: list[str]) -> list[tuple[str, str]]:
     ]
 
 
-def _server_section(server: Server) -> dict[str, Any]:
+def _server_section(server: Observed) -> dict[str, Any]:
     listeners = _listeners(server.addresses)
     return {
         "backend": "memory" if server.config.memory else "file",
@@ -142,7 +178,7 @@ def _server_section(server: Server) -> dict[str, Any]:
     }
 
 
-def _subscriptions(server: Server) -> int:
+def _subscriptions(server: Observed) -> int:
     """Changefeed and status streams open now, every transport."""
     sockets = sum(1 for c in list(server.connections) if c.subscribed())
     return server.metrics.http_streams + sockets
