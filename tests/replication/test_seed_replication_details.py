@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import inspect
 import random
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+import kilndb
 from kilndb.client.endpoint import Endpoint
 from kilndb.errors import ConnectionLostError
+from kilndb.replication import Follower
 from kilndb.replication.follower import StreamFollower
 from kilndb.server import Server, ServerConfig
 
@@ -107,3 +110,29 @@ def test_the_backoff_restarts_at_its_base_after_progress(monkeypatch: pytest.Mon
         raise ConnectionLostError("the leader went away")
 
     assert _waits(follower, 7, progress_on_the_fourth) == [0.5, 1, 2, 0.5, 1, 2, 3]
+
+
+def test_heartbeats_keep_an_idle_link_alive(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """armdb's heartbeat: an idle stream is kept open by heartbeats and their acks, so
+    neither side takes it for a dead peer, however long no fact is written."""
+    from kilndb.replication import follower as follower_module
+    from kilndb.server import replication
+
+    monkeypatch.setattr(replication, "SILENCE_SECONDS", 0.6)
+    monkeypatch.setattr(replication, "HEARTBEAT_SECONDS", 0.1)
+    monkeypatch.setattr(follower_module, "SILENCE_SECONDS", 0.6)
+    with Server(data=tmp_path / "leader", port=0) as leader:
+        with kilndb.connect(leader.url) as db:
+            db.store("s").write("k", 1)
+        with Follower(leader.url, tmp_path / "replica") as follower:
+            follower.wait_for(timeout=10)
+            time.sleep(2.0)  # idle for more than three silences
+            assert follower.reconnects == 0 and follower.last_error is None
+            events = [e["event"] for e in leader.recent_events]
+            assert "follower_dropped" not in events
+            with kilndb.connect(leader.url) as db:
+                position = db.store("s").write("k", 2).position
+            follower.wait_for(position, timeout=10)
+            assert follower.reconnects == 0
