@@ -56,8 +56,10 @@ class _FakeServer:
             except TimeoutError:
                 self.seen["before_reply"] = "still connected"
             conn.settimeout(10)
-            conn.sendall(encode_frame(orjson.dumps({"ok": True})))
+            # Set before sending: the client cannot have the reply any sooner, and once it
+            # has it, it may return before this thread runs again.
             self.reply_sent.set()
+            conn.sendall(encode_frame(orjson.dumps({"ok": True})))
             try:
                 self.seen["after_reply"] = conn.recv(1)  # b"": FIN
             except ConnectionResetError:
