@@ -28,6 +28,28 @@ def _replay(data: Path, database: str = "default") -> list[dict[str, object]]:
         return [f.to_dict() for f in db.replay()]
 
 
+DOCS = Path(__file__).parents[2] / "docs" / "cli.md"
+
+
+def _documented_commands() -> list[str]:
+    """The shell block of docs/cli.md's ``kiln backup`` section."""
+    section = DOCS.read_text().split("### `kiln backup PATH")[1]
+    block = section.split("```sh\n")[1].split("```")[0]
+    return block.strip().splitlines()
+
+
+def test_the_shell_block_of_the_docs_runs(tmp_path: Path) -> None:
+    _fill(tmp_path / "data")
+    for line in _documented_commands():
+        words = line.split()
+        assert words[0] == "kiln", line
+        done = subprocess.run(
+            [str(KILN), *words[1:]], cwd=tmp_path, capture_output=True, text=True, check=False
+        )
+        assert done.returncode == 0, (line, done.stdout, done.stderr)
+    assert _replay(tmp_path / "restored") == _replay(tmp_path / "data")
+
+
 def test_the_documented_backup_check_and_restore(tmp_path: Path) -> None:
     data, path, other = tmp_path / "data", tmp_path / "backup", tmp_path / "other"
     _fill(data)

@@ -242,6 +242,7 @@ def restore(
         except FileExistsError as exc:
             raise CliError(f"{exc.strerror}: pass --force to replace it") from exc
     if report is None:
+        count = len(check.problems)
         first = check.problems[0] if check.problems else None
         where = (
             f": {first.kind} in {Path(first.path).name} at offset {first.offset:,}: {first.detail}"
@@ -249,7 +250,7 @@ def restore(
             else ""
         )
         raise CliError(
-            f"the backup's database {chosen} failed its check ({len(check.problems)} problems"
-            f"{where}); nothing was restored"
+            f"the backup's database {chosen} failed its check ({count} problem"
+            f"{'' if count == 1 else 's'}{where}); nothing was restored"
         )
     _report([report], path, "restored", as_json)
