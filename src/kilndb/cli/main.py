@@ -19,6 +19,7 @@ import click
 
 import kilndb
 from kilndb.cli.admin import check, compact, retention, stats, status, stores
+from kilndb.cli.backup import backup, restore
 from kilndb.cli.cluster import cluster
 from kilndb.cli.context import DEFAULT_DATA_DIR, CliSettings
 from kilndb.cli.databases import db
@@ -215,6 +216,8 @@ for _command in (
     promote,
     replicate,
     cluster,
+    backup,
+    restore,
 ):
     cli.add_command(_command)
 
