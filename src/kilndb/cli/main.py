@@ -32,6 +32,7 @@ from kilndb.cli.serve import serve
 from kilndb.cli.stream import stream
 from kilndb.cli.tail import tail
 from kilndb.cli.token import token
+from kilndb.cli.transfer import export, import_
 from kilndb.config import SyncMode
 
 __all__ = ["KilnGroup", "cli", "main"]
@@ -215,6 +216,8 @@ for _command in (
     promote,
     replicate,
     cluster,
+    export,
+    import_,
 ):
     cli.add_command(_command)
 
