@@ -421,16 +421,18 @@ def import_(
     )
     with opener as stream, open_database(settings, create=True) as db:
         meter = _Meter("import", total, "bytes")
+        done = report.resumed_after
         pending = checkpoint.pending if checkpoint else None
-        sizes = _sizes(None if pending is None else pending[0] - checkpoint.line, batch)
-        first = 1 + (checkpoint.line if checkpoint else 0)
+        sizes = _sizes(None if pending is None else pending[0] - done, batch)
         try:
-            for items, last_line in _batches(stream, first, sizes, report, skip_invalid):
+            for items, last_line in _batches(stream, done + 1, sizes, report, skip_invalid):
                 if pending is not None and _landed(db, items, pending[1]):
                     report.skipped += len(items)
                 elif items:
                     if checkpoint is not None:
-                        checkpoint = checkpoint.save(checkpoint.line, (last_line, _last_position(db)))
+                        checkpoint = checkpoint.save(
+                            checkpoint.line, (last_line, _last_position(db))
+                        )
                     written = _commit(db, items)
                     report.facts_written += written
                     report.skipped += len(items) - written

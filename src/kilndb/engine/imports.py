@@ -43,7 +43,7 @@ from kilndb.storage.records import batch_header
 
 if TYPE_CHECKING:
     from kilndb.engine.database import Database
-    from kilndb.storage.log import Log
+    from kilndb.storage.facts import FactLog
 
 __all__ = ["ImportItem", "ImportOutcome", "import_batch", "import_item"]
 
@@ -135,7 +135,7 @@ def import_batch(db: Database, items: Sequence[ImportItem]) -> ImportOutcome:
     NotFoundError (a tombstone for a key without a value), InvalidArgumentError (a batch
     over ``max_record_bytes``) with nothing written.
     """
-    log: Log = db._log
+    log: FactLog = db._log
     for _ in range(_ATTEMPTS):
         with log.lock:
             log.check_open()
@@ -158,7 +158,7 @@ def import_batch(db: Database, items: Sequence[ImportItem]) -> ImportOutcome:
     )
 
 
-def _stage(log: Log, items: Sequence[ImportItem], after: int) -> tuple[bytes, int, int]:
+def _stage(log: FactLog, items: Sequence[ImportItem], after: int) -> tuple[bytes, int, int]:
     """The frames of the batch at positions after ``after`` (hold the log lock), how
     many facts they hold, and the highest position of a skipped item's stored fact."""
     keydir = log.keydir
@@ -214,9 +214,7 @@ def _stage(log: Log, items: Sequence[ImportItem], after: int) -> tuple[bytes, in
     return frames, position - after, stored
 
 
-def _transaction_time(
-    item: ImportItem, floor: float, now: float
-) -> tuple[float, dict[str, str]]:
+def _transaction_time(item: ImportItem, floor: float, now: float) -> tuple[float, dict[str, str]]:
     """The transaction time an item is stored with, and its metadata."""
     own = item.transaction_time
     metadata = item.write.metadata
