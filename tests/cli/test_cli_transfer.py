@@ -451,3 +451,11 @@ def test_the_import_and_export_sample_of_the_docs_runs(tmp_path: Path) -> None:
     copied = json.loads(result.stdout.splitlines()[-1])
     assert copied == _facts(tmp_path / "data")[0]
     assert copied["value"] == {"title": "Hello"}
+
+
+def test_a_failed_export_leaves_no_file(tmp_path: Path) -> None:
+    _fill(tmp_path / "data")
+    out = tmp_path / "facts.jsonl"
+    result = kiln(tmp_path / "data", "export", "--store", "kiln.bad name", "-o", str(out))
+    assert_one_error_line(result, 1, "invalid store name")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]

@@ -169,6 +169,10 @@ def export(
         except BrokenPipeError:
             _silence_stdout()
             return
+        except BaseException:
+            if target is not None:
+                target.unlink(missing_ok=True)
+            raise
         finally:
             if meter is not None:
                 meter.close()
