@@ -33,6 +33,7 @@ from kilndb.cli.serve import serve
 from kilndb.cli.stream import stream
 from kilndb.cli.tail import tail
 from kilndb.cli.token import token
+from kilndb.cli.transfer import export, import_
 from kilndb.config import SyncMode
 
 __all__ = ["KilnGroup", "cli", "main"]
@@ -218,6 +219,8 @@ for _command in (
     cluster,
     backup,
     restore,
+    export,
+    import_,
 ):
     cli.add_command(_command)
 

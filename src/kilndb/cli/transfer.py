@@ -1,0 +1,456 @@
+"""``kiln export`` and ``kiln import``: facts as JSON Lines, out and back in.
+
+``export`` writes every field of each retained fact (:meth:`kilndb.Fact.to_dict`, one
+per line) in position order, streaming replay a page at a time. ``import`` reads JSON
+Lines — whole facts as exported, or plain writes ``{"store", "key", "value", ...}`` —
+and commits them in atomic batches.
+
+Resuming an import
+------------------
+A fact or write carrying an ``id`` is never stored twice: the database skips ids it
+holds. For the lines without one, an import of a FILE keeps a checkpoint beside it,
+``FILE.kiln-import`` (JSON, replaced atomically): the last line committed, and, while a
+batch is being committed, that batch's last line and the database's position before it.
+Run again after an interruption, the import starts after the committed line; a batch
+that was in flight is looked for in the database (its writes, in order, after the noted
+position) and skipped if it landed. The checkpoint is removed when the import finishes.
+Standard input (``-``) has no checkpoint: only ids prevent duplicates there.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+import click
+import orjson
+
+import kilndb
+from kilndb.cli.context import CliSettings, open_database, pass_settings
+from kilndb.cli.errors import CliError
+from kilndb.cli.output import format_option, print_json, print_mapping_table, wants_json
+from kilndb.client import RemoteDatabase
+from kilndb.engine.imports import ImportItem, import_batch, import_item
+from kilndb.errors import InvalidArgumentError, KilnError
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
+
+__all__ = ["CHECKPOINT_SUFFIX", "export", "import_"]
+
+#: The checkpoint of an import of FILE is FILE + this.
+CHECKPOINT_SUFFIX = ".kiln-import"
+_CHUNK = 1 << 20
+
+_POSITION = click.IntRange(min=0)
+AnyDatabase = kilndb.Database | RemoteDatabase
+
+
+# -- progress ----------------------------------------------------------------------------
+
+
+class _Meter:
+    """A progress bar on stderr when stderr is a terminal; otherwise nothing."""
+
+    def __init__(self, description: str, total: int | None, unit: str) -> None:
+        self._progress: Progress | None = None
+        self._task: Any = None
+        if not sys.stderr.isatty():
+            return
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        self._progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn(unit),
+            TimeElapsedColumn(),
+            console=Console(file=sys.stderr),
+            transient=True,
+        )
+        self._task = self._progress.add_task(description, total=total)
+        self._progress.start()
+
+    def update(self, completed: int) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, completed=completed)
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+
+def _report(title: str, report: dict[str, Any], as_json: bool | None) -> None:
+    if wants_json(as_json):
+        print_json(report)
+    else:
+        print_mapping_table(title, report)
+
+
+# -- export ------------------------------------------------------------------------------
+
+
+def _fact_lines(
+    db: AnyDatabase, after: int, stores: list[str] | None
+) -> Iterator[tuple[int, bytes]]:
+    """``(position, JSON)`` of each retained fact after ``after``, streamed."""
+    if isinstance(db, kilndb.Database):
+        return db.replay_wire(after=after, stores=stores)
+    return ((f.position, orjson.dumps(f.to_dict())) for f in db.replay(after, stores))
+
+
+def _last_position(db: AnyDatabase) -> int:
+    if isinstance(db, kilndb.Database):
+        return db.last_position
+    return int(db.stats()["last_position"])
+
+
+def _silence_stdout() -> None:
+    # The reader of stdout went away (``kiln export | head -1``): point stdout at
+    # /dev/null so that the interpreter's last flush does not complain.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass  # not a real file (tests)
+    finally:
+        os.close(devnull)
+
+
+@click.command()
+@click.option("--store", "stores", multiple=True, help="Only this store (repeatable).")
+@click.option("--after", type=_POSITION, default=0, show_default=True, help="Start after N.")
+@click.option("--until", type=_POSITION, help="Stop at position N (included).")
+@click.option(
+    "--output",
+    "-o",
+    default="-",
+    show_default=True,
+    help="File to write ('-': standard output); written whole or not at all.",
+)
+@format_option
+@pass_settings
+def export(
+    settings: CliSettings,
+    stores: tuple[str, ...],
+    after: int,
+    until: int | None,
+    output: str,
+    as_json: bool | None,
+) -> None:
+    """Write facts as JSON Lines, every field, in position order.
+
+    Each line is one fact as 'kiln replay' prints it; 'kiln import' reads it back.
+    With --output FILE a report follows on standard output (facts, bytes, seconds).
+    """
+    started = time.monotonic()
+    to_file = output != "-"
+    with open_database(settings) as db:
+        end = _last_position(db) if until is None else until
+        meter = _Meter("export", max(end - after, 0), "positions") if to_file else None
+        target = Path(output + ".partial") if to_file else None
+        try:
+            with target.open("wb", buffering=_CHUNK) if target else nullcontext() as sink:
+                write = sink.write if sink is not None else _stdout_bytes()
+                facts, size, last = _write_facts(db, after, until, list(stores), write, meter)
+        except BrokenPipeError:
+            _silence_stdout()
+            return
+        except BaseException:
+            if target is not None:
+                target.unlink(missing_ok=True)
+            raise
+        finally:
+            if meter is not None:
+                meter.close()
+    if target is not None:
+        target.replace(output)
+        _report(
+            "export",
+            {
+                "output": output,
+                "facts": facts,
+                "bytes": size,
+                "last_position": last,
+                "seconds": round(time.monotonic() - started, 3),
+            },
+            as_json,
+        )
+
+
+def _stdout_bytes() -> Callable[[bytes], Any]:
+    stream = sys.stdout
+    buffer: IO[bytes] | None = getattr(stream, "buffer", None)
+    if buffer is not None:
+        return buffer.write
+    return lambda data: stream.write(data.decode())
+
+
+def _write_facts(
+    db: AnyDatabase,
+    after: int,
+    until: int | None,
+    stores: list[str],
+    write: Callable[[bytes], Any],
+    meter: _Meter | None,
+) -> tuple[int, int, int]:
+    """Write the facts; return how many, their bytes and the last position written."""
+    facts = size = last = 0
+    chunk: list[bytes] = []
+    pending = 0
+    for position, body in _fact_lines(db, after, stores or None):
+        if until is not None and position > until:
+            break
+        chunk.append(body)
+        chunk.append(b"\n")
+        pending += len(body) + 1
+        facts += 1
+        last = position
+        if pending >= _CHUNK:
+            write(b"".join(chunk))
+            size += pending
+            chunk, pending = [], 0
+            if meter is not None:
+                meter.update(position - after)
+    if chunk:
+        write(b"".join(chunk))
+        size += pending
+    stream = sys.stdout
+    getattr(stream, "buffer", stream).flush()
+    return facts, size, last
+
+
+# -- import ------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class ImportReport:
+    """What an import did, as its final report shows it."""
+
+    lines: int = 0
+    facts_written: int = 0
+    skipped: int = 0
+    invalid: int = 0
+    batches: int = 0
+    resumed_after: int = 0
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """Where an import of a file got to (see the module docstring)."""
+
+    path: Path
+    target: str
+    line: int = 0
+    #: While a batch is committed: its last line and the position before it.
+    pending: tuple[int, int] | None = None
+
+    def save(self, line: int, pending: tuple[int, int] | None = None) -> Checkpoint:
+        state = Checkpoint(self.path, self.target, line, pending)
+        body = {"target": self.target, "line": line, "pending": pending}
+        partial = self.path.with_name(self.path.name + ".partial")
+        with partial.open("wb") as out:
+            out.write(orjson.dumps(body))
+            out.flush()
+            os.fsync(out.fileno())
+        partial.replace(self.path)
+        return state
+
+    @classmethod
+    def load(cls, path: Path, target: str) -> Checkpoint:
+        """The checkpoint at ``path``, or a fresh one; CliError if it is another
+        database's or unreadable."""
+        try:
+            body = orjson.loads(path.read_bytes())
+        except FileNotFoundError:
+            return cls(path, target)
+        except (OSError, orjson.JSONDecodeError) as exc:
+            raise CliError(f"cannot read the checkpoint {path} ({exc}); remove it") from exc
+        if body.get("target") != target:
+            raise CliError(
+                f"{path} is the checkpoint of an unfinished import into {body.get('target')};"
+                " run that import again to finish it, or remove the file to start afresh"
+            )
+        pending = body.get("pending")
+        at = None if pending is None else (int(pending[0]), int(pending[1]))
+        return cls(path, target, int(body["line"]), at)
+
+
+def _target(settings: CliSettings) -> str:
+    if settings.url is not None:
+        return f"{settings.url}#{settings.database}"
+    return str(settings.directory.resolve())
+
+
+def _parse(line: bytes, number: int) -> ImportItem:
+    try:
+        return import_item(orjson.loads(line))
+    except orjson.JSONDecodeError as exc:
+        raise InvalidLine(number, f"not JSON ({exc})") from exc
+    except InvalidArgumentError as exc:
+        raise InvalidLine(number, exc.message) from exc
+
+
+class InvalidLine(CliError):
+    """A line that is neither a fact nor a write."""
+
+    def __init__(self, number: int, reason: str) -> None:
+        super().__init__(f"line {number}: {reason}")
+        self.number = number
+
+
+def _batches(
+    lines: Iterable[bytes], first: int, sizes: Iterator[int], report: ImportReport, skip: bool
+) -> Iterator[tuple[list[ImportItem], int]]:
+    """The items of each batch and its last line number; lines before ``first`` are
+    passed over. ``sizes`` gives each batch's number of lines."""
+    items: list[ImportItem] = []
+    wanted = next(sizes)
+    taken = 0
+    number = 0
+    for number, line in enumerate(lines, start=1):
+        if number < first:
+            continue
+        report.lines += 1
+        taken += 1
+        if line.strip():
+            try:
+                items.append(_parse(line, number))
+            except InvalidLine as exc:
+                if not skip:
+                    raise
+                report.invalid += 1
+                click.echo(f"warning: skipped {exc.format_message()}", err=True)
+        if taken >= wanted:
+            yield items, number
+            items, taken, wanted = [], 0, next(sizes)
+    if taken:
+        yield items, number
+
+
+def _landed(db: AnyDatabase, items: list[ImportItem], after: int) -> bool:
+    """Whether a batch committed after position ``after``: its writes without an id,
+    in order, among the facts there (a batch with none of them is simply sent again,
+    the database skipping the ids it holds)."""
+    wanted = [(i.write.store, i.write.key, i.write.value_hash) for i in items if i.write.id is None]
+    if not wanted:
+        return False
+    found = 0
+    for fact in db.replay(after=after):
+        if (fact.store, fact.key, fact.value_hash) == wanted[found]:
+            found += 1
+            if found == len(wanted):
+                return True
+    return False
+
+
+def _commit(db: AnyDatabase, items: list[ImportItem]) -> int:
+    """Commit one batch atomically; return how many facts it wrote."""
+    if isinstance(db, kilndb.Database):
+        return import_batch(db, items).written
+    before = _last_position(db)
+    stored = db.write_many([item.as_write() for item in items])
+    return len({fact.position for fact in stored if fact.position > before})
+
+
+def _stopped(checkpoint: Checkpoint | None) -> str:
+    if checkpoint is None:
+        return "nothing of its batch was written"
+    return (
+        f"nothing of its batch was written; lines 1-{checkpoint.line} are imported,"
+        " run again to go on from there"
+    )
+
+
+def _sizes(first: int | None, batch: int) -> Iterator[int]:
+    if first is not None:
+        yield first
+    while True:
+        yield batch
+
+
+@click.command("import")
+@click.argument("source", metavar="FILE")
+@click.option(
+    "--batch",
+    type=click.IntRange(min=1),
+    default=1000,
+    show_default=True,
+    help="Lines per atomic batch.",
+)
+@click.option(
+    "--skip-invalid", is_flag=True, help="Skip (and report) lines that are not facts or writes."
+)
+@format_option
+@pass_settings
+def import_(
+    settings: CliSettings, source: str, batch: int, skip_invalid: bool, as_json: bool | None
+) -> None:
+    """Load JSON Lines from FILE ('-': standard input) in atomic batches.
+
+    Each line is a whole fact as 'kiln export' writes it, or a write
+    {"store": ..., "key": ..., "value": ...} with any of the options of 'kiln put'
+    (id, expected_seq, causation, valid_time, metadata, ...). A line that is neither
+    stops the import before its batch (exit status 1) unless --skip-invalid.
+    Interrupted, run it again: it goes on where it stopped, writing nothing twice.
+    """
+    started = time.monotonic()
+    report = ImportReport()
+    path = None if source == "-" else Path(source)
+    if path is not None and not path.is_file():
+        raise CliError(f"no such file: {source}")
+    checkpoint = None
+    if path is not None:
+        checkpoint = Checkpoint.load(
+            path.with_name(path.name + CHECKPOINT_SUFFIX), _target(settings)
+        )
+        report.resumed_after = checkpoint.line
+    total = path.stat().st_size if path is not None else None
+    opener: AbstractContextManager[IO[bytes]] = (
+        path.open("rb") if path is not None else nullcontext(sys.stdin.buffer)
+    )
+    with opener as stream, open_database(settings, create=True) as db:
+        meter = _Meter("import", total, "bytes")
+        done = report.resumed_after
+        pending = checkpoint.pending if checkpoint else None
+        sizes = _sizes(None if pending is None else pending[0] - done, batch)
+        try:
+            for items, last_line in _batches(stream, done + 1, sizes, report, skip_invalid):
+                if pending is not None and _landed(db, items, pending[1]):
+                    report.skipped += len(items)
+                elif items:
+                    if checkpoint is not None:
+                        checkpoint = checkpoint.save(
+                            checkpoint.line, (last_line, _last_position(db))
+                        )
+                    written = _commit(db, items)
+                    report.facts_written += written
+                    report.skipped += len(items) - written
+                    report.batches += 1
+                pending = None
+                if checkpoint is not None:
+                    checkpoint = checkpoint.save(last_line)
+                meter.update(stream.tell() if path is not None else 0)
+        except (KilnError, InvalidLine) as exc:
+            reason = exc.format_message() if isinstance(exc, InvalidLine) else exc.message
+            raise CliError(f"{reason} ({_stopped(checkpoint)})") from exc
+        finally:
+            meter.close()
+    if checkpoint is not None:
+        checkpoint.path.unlink(missing_ok=True)
+    report.seconds = round(time.monotonic() - started, 3)
+    _report("import", asdict(report), as_json)
