@@ -9,6 +9,7 @@ raised; a broken or closed socket raises :class:`~kilndb.ConnectionLostError`.
 
 from __future__ import annotations
 
+import contextlib
 import select
 import socket
 import threading
@@ -170,7 +171,12 @@ class Connection:
             self._sock.settimeout(timeout)
 
     def abandon(self) -> None:
-        """Close the socket without the ``close`` handshake (it is broken or done)."""
+        """Close the socket without the ``close`` handshake (it is broken or done). A
+        thread blocked receiving on it wakes at once: ``close()`` alone would not wake it."""
+        sock = self._sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
         self._drop()
 
     def _drop(self) -> None:
