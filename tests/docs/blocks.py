@@ -44,7 +44,7 @@ COMMAND_KINDS = frozenset({"sh", "bash", "shell", "console", "python"})
 #: Info strings of blocks that are not commands: samples of output, files and formats.
 DATA_KINDS = frozenset({"text", "toml", "json", "jsonl"})
 
-_FENCE = re.compile(r"^(?P<indent>\s{0,3})```(?P<info>[^`\s]*)[^`]*$")
+_FENCE = re.compile(r"^(?P<indent>\s*)```(?P<info>[^`\s]*)[^`]*$")
 _HEADING = re.compile(r"^(?P<level>#{1,6})\s+(?P<title>.+?)\s*#*\s*$")
 _DIRECTIVE = re.compile(r"^\s*<!--\s*doc-test:\s*(?P<text>.*?)\s*-->\s*$")
 

@@ -33,7 +33,6 @@ import os
 import re
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -41,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.docs.blocks import Block, Section
+from tests.fixtures.etcd import free_port
 
 __all__ = ["READY_SECONDS", "SECTION_SECONDS", "WELL_KNOWN_PORTS", "Outcome", "run_section"]
 
@@ -48,7 +48,9 @@ WELL_KNOWN_PORTS = (7400, 7401, 7402, 7300, 7301, 7302, 7946, 7947, 7948, 2379, 
 #: How long a server started by a block may take to listen.
 READY_SECONDS = 30
 #: How long one section may run in all.
-SECTION_SECONDS = 90.0
+SECTION_SECONDS = 60.0
+#: The return code of a section that ran out of time.
+TIMED_OUT = -1
 #: How long the section's processes have to exit on SIGTERM before SIGKILL.
 STOP_SECONDS = 10.0
 
@@ -88,13 +90,6 @@ _SERVER_LINE = re.compile(r"^(?:\w+=\S*\s+)*(?:kiln\b.*\sserve\b|etcd\b)")
 _COMMENT = re.compile(r"\s+#[^'\"]*$")
 #: ``curl … # 200``: the docs say which HTTP status the request gets.
 _CURL_STATUS = re.compile(r"^(?P<command>curl\s.*?)\s+#\s*(?P<status>[1-5]\d\d)\b[^'\"]*$")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def rewrite_ports(text: str, ports: dict[int, int]) -> str:
@@ -264,7 +259,8 @@ class Outcome:
     problems: tuple[str, ...]
 
     def report(self) -> str:
-        lines = [f"the section failed in the block at {self.current} (exit {self.returncode})"]
+        ended = "timed out" if self.returncode == TIMED_OUT else f"exit {self.returncode}"
+        lines = [f"the section failed in the block at {self.current} ({ended})"]
         lines += list(self.problems)
         lines += ["--- output ---", self.output[-6000:]]
         return "\n".join(lines)
@@ -311,7 +307,7 @@ def run_section(section: Section, directory: Path) -> Outcome:
         try:
             returncode = process.wait(timeout=SECTION_SECONDS)
         except subprocess.TimeoutExpired:
-            returncode = -1
+            returncode = TIMED_OUT
         finally:
             _stop_group(process.pid)
             process.wait()
