@@ -73,6 +73,7 @@ bench: $(BENCHSTAMP) tools
 	$(PY) bench/embedded.py
 	$(PY) bench/server.py
 	$(PY) bench/streams.py
+	$(PY) bench/toolbox.py
 	$(PY) bench/replication.py
 	$(PY) bench/cluster.py
 	$(PY) bench/idle.py
