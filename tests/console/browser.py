@@ -8,14 +8,14 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
-from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.chrome.webdriver import WebDriver
 
-__all__ = ["ARTIFACTS", "console_errors", "open_browser", "screenshot", "wait_for"]
+__all__ = ["ARTIFACTS", "WebDriver", "console_errors", "open_browser", "screenshot", "wait_for"]
 
 ROOT = Path(__file__).resolve().parents[2]
 #: Where screenshots go: ``$KILN_CONSOLE_ARTIFACTS``, else ``test-artifacts/console/``.
@@ -25,7 +25,7 @@ T = TypeVar("T")
 
 
 def open_browser() -> WebDriver:
-    """Headless Chromium at 1280×800 with its console log kept; fails (never skips) when
+    """Headless Chromium at 1280x800 with its console log kept; fails (never skips) when
     Chromium or its driver is missing."""
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     driver = shutil.which("chromedriver")
@@ -51,13 +51,13 @@ def open_browser() -> WebDriver:
     return webdriver.Chrome(options=options, service=Service(executable_path=driver))
 
 
-def wait_for(condition: Callable[[], T | None], timeout: float = 5.0, what: str = "") -> T:
+def wait_for(condition: Callable[[], T | bool | None], timeout: float = 5.0, what: str = "") -> T:
     """Poll ``condition`` until it returns something truthy; fail after ``timeout``."""
     deadline = time.monotonic() + timeout
     while True:
         result = condition()
         if result:
-            return result
+            return result  # type: ignore[return-value]  # truthy: not False, not None
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what or condition}")
         time.sleep(0.02)
@@ -65,7 +65,8 @@ def wait_for(condition: Callable[[], T | None], timeout: float = 5.0, what: str 
 
 def console_errors(browser: WebDriver) -> list[str]:
     """The page's console messages at level SEVERE since the last call."""
-    return [entry["message"] for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+    log: list[dict[str, Any]] = browser.get_log("browser")  # type: ignore[no-untyped-call]
+    return [entry["message"] for entry in log if entry["level"] == "SEVERE"]
 
 
 def screenshot(browser: WebDriver, name: str) -> Path:

@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from selenium.webdriver.remote.webdriver import WebDriver
 
-from tests.console.browser import open_browser
+from tests.console.browser import WebDriver, open_browser
 
 
 @pytest.fixture(scope="module")

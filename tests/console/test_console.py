@@ -8,17 +8,16 @@ import json
 import subprocess
 import time
 from collections.abc import Iterator
-from pathlib import Path
+from functools import partial
 
 import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
-from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
 
 import kilndb
 from kilndb.server import Server
-from tests.console.browser import console_errors, screenshot, wait_for
+from tests.console.browser import WebDriver, console_errors, screenshot, wait_for
 from tests.processes import KILN
 
 
@@ -57,7 +56,7 @@ def open_view(browser: WebDriver, server: Server, hash_: str) -> None:
     """Load the console afresh (not a hash change of the page shown) at ``#hash_``."""
     browser.get("about:blank")
     browser.get(f"{server.http_url}/#{hash_}")
-    view = hash_.split("/")[0]
+    view = hash_.split("/", maxsplit=1)[0]
     wait_for(lambda: visible(browser, f"view-{view}"), what=f"the {view} view")
 
 
@@ -194,7 +193,9 @@ def test_the_charts_draw_the_sampled_history(browser: WebDriver, server: Server)
 
     def drawn() -> bool:
         figures = browser.find_elements(By.CSS_SELECTOR, "#chart-list figure")
-        lines = browser.find_elements(By.CSS_SELECTOR, "figure[data-chart=writes_per_second] polyline")
+        lines = browser.find_elements(
+            By.CSS_SELECTOR, "figure[data-chart=writes_per_second] polyline"
+        )
         return len(figures) == 4 and bool(lines)
 
     wait_for(drawn, timeout=6.0, what="four charts, writes drawn")
@@ -225,7 +226,7 @@ def test_every_view_fits_a_phone_width(browser: WebDriver, server: Server) -> No
         for view, content in filled.items():
             open_view(browser, server, view)
             wait_for(
-                lambda content=content: browser.find_elements(By.CSS_SELECTOR, content),
+                partial(browser.find_elements, By.CSS_SELECTOR, content),
                 what=f"content of {view}",
             )
             overflow = browser.execute_script(
@@ -251,7 +252,7 @@ def test_the_keyboard_reaches_every_view(browser: WebDriver, server: Server) -> 
             assert outline != "none", name  # a visible focus style
             focused.send_keys(Keys.ENTER)
             view = name.removeprefix("nav-")
-            wait_for(lambda view=view: visible(browser, f"view-{view}"), what=view)
+            wait_for(partial(visible, browser, f"view-{view}"), what=view)
             assert browser.switch_to.active_element.get_attribute("id") == name
             reached.append(view)
     assert reached == ["overview", "feed", "browse", "charts", "events"]
