@@ -82,3 +82,14 @@ def test_a_wrong_token_is_refused_and_a_good_one_opens_every_view(
     browser.find_element(By.ID, "forget-token").click()
     wait_for(lambda: browser.find_element(By.ID, "login").is_displayed())
     assert browser.execute_script("return sessionStorage.getItem('kiln.token')") is None
+
+    # A token that only reads the database: the overview says what is missing, the
+    # browser works.
+    sign_in(browser, create_token(SECRET, ["kiln::default:read"]))
+    browser.find_element(By.ID, "nav-overview").click()
+    wait_for(lambda: "kiln::admin" in browser.find_element(By.ID, "notice").text, what="notice")
+    browser.get(server.http_url + "/#browse/default/tasks/secured")
+    wait_for(
+        lambda: browser.find_elements(By.CSS_SELECTOR, "#history td"), what="the key's history"
+    )
+    assert browser.find_element(By.ID, "database").get_attribute("value") == "default"

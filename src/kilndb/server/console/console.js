@@ -190,8 +190,14 @@ function browseHash(store, key) {
 // -- databases -------------------------------------------------------------------------
 
 async function loadDatabases() {
-  const listed = await dispatch("databases");
-  const names = listed.databases.length ? listed.databases : ["default"];
+  let names = ["default"];
+  try {
+    const listed = await dispatch("databases");
+    if (listed.databases.length) names = listed.databases;
+  } catch (error) {
+    // A token that reads a database but not the server's list: that database only.
+    if (error instanceof Refused) throw error;
+  }
   if (!names.includes(state.database)) names.push(state.database);
   const select = $("database");
   select.replaceChildren(...names.map((name) => el("option", { value: name, text: name })));
