@@ -44,9 +44,11 @@ typecheck: $(DEVSTAMP)
 	$(VENV)/bin/mypy
 
 # etcd, the coordinator of automatic failover, for the tests and benchmarks that start
-# one: installed with apt-get when it is not on PATH (instant when it is).
+# one, and headless Chromium with its driver for the web console's browser tests:
+# installed with apt-get when not on PATH (instant when they are).
 tools:
 	scripts/install-etcd.sh
+	scripts/install-chromium.sh
 
 pytest: $(DEVSTAMP) tools
 	$(PY) -m pytest -q

@@ -45,6 +45,9 @@ def test_wheel_installs_and_runs_without_a_rust_toolchain(tmp_path: Path) -> Non
         names = archive.namelist()
     assert any(n.startswith("kilndb/_core") and n.endswith(".so") for n in names)
     assert "kilndb/_core.pyi" in names and "kilndb/py.typed" in names
+    # The web console's page and assets ship inside the package.
+    for asset in ("index.html", "console.js", "console.css", "favicon.svg"):
+        assert f"kilndb/server/console/{asset}" in names, asset
 
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)

@@ -180,7 +180,7 @@ def test_an_sse_stream_that_is_not_read_ends_instead_of_growing(tmp_path: Path) 
                     )
                 assert db.stats()["last_position"] == 20_000
             received = stalled.response.read()  # ends: the server closed the stream
-            assert 0 < received.count(b"event: fact_committed") < 20_000
+            assert 0 < received.count(b"event: fact_written") < 20_000
         finally:
             stalled.close()
         assert call(server, "GET", "/v1/ready")[0] == 200

@@ -552,6 +552,8 @@ def serve(
         click.echo(f"kiln serve: {_where(server)}")
         for address in server.addresses:
             click.echo(f"  listening on {address}")
+            if address.startswith("http"):
+                click.echo(f"  console: {address}/")
         click.echo("  or in Python: kilndb.connect(" + repr(server.url) + ")")
         click.echo("Ctrl-C, SIGTERM or SIGQUIT stops it.")
 

@@ -7,11 +7,16 @@ Endpoints (DESIGN.md "HTTP, SSE and WebSocket"):
 ``GET /v1/ready``           200 when accepting work, 503 while draining
 ``GET /v1/status``          the observability snapshot (as ``server_status``)
 ``GET /v1/metrics``, ``/metrics``  Prometheus text format
-``GET /v1/events``          SSE changefeed: ``id: <position>``, ``event: fact_committed``,
+``GET /v1/events``          SSE changefeed: ``id: <position>``, ``event: fact_written``,
                             ``data: <fact>``; resume with ``Last-Event-ID`` or
                             ``?cursor=``; ``?stores=a,b``; ``?database=``; 409 if the cursor
-                            was compacted away
+                            was compacted away; ``?token=`` in place of the Authorization
+                            header (EventSource cannot send one); ``?event=fact_committed``
+                            names the events as before (deprecated)
 ``GET /v1/events/recent``   the recent-events ring
+``GET /v1/metrics/history`` the last minutes of rates, latencies and lag, one sample a
+                            second (:mod:`kilndb.server.history`)
+``GET /``, ``/console``     the web console (:mod:`kilndb.server.console`)
 ``POST /v1/dispatch``       one op envelope (the wire protocol's JSON) → its reply
 ``GET /v1/db/{database}/stores``  the database's stores
 ``GET /v1/db/{database}/stores/{store}/keys``  a page of keys and the ``next`` cursor
@@ -59,6 +64,8 @@ from kilndb.errors import (
 from kilndb.protocol import BadRequest, Request, check_params, parse_request
 from kilndb.protocol.ops import OPS, Transport
 from kilndb.server.auth import ANONYMOUS, Principal
+from kilndb.server.console import add_console_routes
+from kilndb.server.history import History
 from kilndb.server.push import Outbox, changefeed, changefeed_start, event_bodies
 from kilndb.server.services import Services
 from kilndb.server.session import Answer, Execute, Open, Refuse, Session
@@ -101,7 +108,11 @@ _METADATA = "metadata."
 KEYS_PAGE = 1000
 
 #: The parameters of ``GET /v1/events``.
-_EVENTS_PARAMETERS = frozenset({"cursor", "stores", "database", "channel"})
+_EVENTS_PARAMETERS = frozenset({"cursor", "stores", "database", "channel", "token", "event"})
+#: The name of the SSE events, as TCP and WebSocket push them, and the name they had
+#: before (``?event=fact_committed``; deprecated, removed in the next release).
+SSE_EVENT = "fact_written"
+SSE_EVENT_DEPRECATED = "fact_committed"
 #: The response header of ``GET /v1/events`` that names the stream's channel id.
 CHANNEL_HEADER = "Kiln-Channel-Id"
 
@@ -229,13 +240,13 @@ class _Collector:
         yield seen
 
 
-def _sse_events(decoder: FrameDecoder, data: bytes) -> bytes:
-    """The SSE events of the fact frames in ``data``."""
+def _sse_events(decoder: FrameDecoder, data: bytes, name: bytes) -> bytes:
+    """The SSE events, named ``name``, of the fact frames in ``data``."""
     events = []
     for body in event_bodies(decoder, data):
         fact = orjson.loads(body)["fact"]
         events.append(
-            b"id: %d\nevent: fact_committed\ndata: %s\n\n" % (fact["position"], orjson.dumps(fact))
+            b"id: %d\nevent: %s\ndata: %s\n\n" % (fact["position"], name, orjson.dumps(fact))
         )
     return b"".join(events)
 
@@ -251,9 +262,12 @@ def build_app(services: Services) -> web.Application:
         if not services.auth.enabled:
             return ANONYMOUS
         header = http.headers.get("Authorization", "")
-        if not header.startswith("Bearer "):
-            return None
-        return services.auth.verify(header.removeprefix("Bearer "))
+        if header.startswith("Bearer "):
+            return services.auth.verify(header.removeprefix("Bearer "))
+        # EventSource cannot send a header: the SSE stream (a GET) takes ``?token=``.
+        if http.path == "/v1/events" and "token" in http.query:
+            return services.auth.verify(http.query["token"])
+        return None
 
     def _session(http: web.Request, database: str, transport: Transport) -> Session:
         principal = _principal(http)
@@ -340,6 +354,16 @@ def build_app(services: Services) -> web.Application:
             return denied
         return _json(metrics.recent_events())
 
+    sampled = History(metrics, services.databases, services.replication_status)
+
+    async def metrics_history(http: web.Request) -> web.Response:
+        if denied := _denied(http, "server_status", None):
+            return denied
+        return _json(sampled.snapshot())
+
+    async def start_sampling(_: web.Application) -> None:
+        services.tasks.spawn(sampled.run(), "kilndb-metrics-history")
+
     async def dispatch(http: web.Request) -> web.Response:
         parsed = parse_request(await http.read())
         if isinstance(parsed, BadRequest):
@@ -413,7 +437,12 @@ def build_app(services: Services) -> web.Application:
         cursor_text = http.headers.get("Last-Event-ID") or http.query.get("cursor") or "0"
         stores_text = http.query.get("stores")
         database = http.query.get("database", "default")
+        name = http.query.get("event", SSE_EVENT)
         try:
+            if name not in (SSE_EVENT, SSE_EVENT_DEPRECATED):
+                raise InvalidArgumentError(
+                    f"query parameter 'event' must be {SSE_EVENT} or {SSE_EVENT_DEPRECATED}"
+                )
             if not _INTEGER.fullmatch(cursor_text) or int(cursor_text) < 0:
                 raise InvalidArgumentError(f"bad cursor {cursor_text!r}")
             stores = [s for s in stores_text.split(",") if s] if stores_text else None
@@ -451,7 +480,7 @@ def build_app(services: Services) -> web.Application:
         metrics.http_stream(True)
         metrics.event("subscription_opened", transport="sse", after=cursor, channel_id=channel)
         log.debug("sse stream opened", extra={"channel_id": channel})
-        pusher = services.tasks.spawn(_push_sse(response, outbox), "kilndb-sse")
+        pusher = services.tasks.spawn(_push_sse(response, outbox, name.encode()), "kilndb-sse")
         try:
             await pusher
         except (ConnectionResetError, asyncio.CancelledError):
@@ -473,6 +502,9 @@ def build_app(services: Services) -> web.Application:
     app.router.add_get("/v1/metrics", prometheus)
     app.router.add_get("/metrics", prometheus)
     app.router.add_get("/v1/events/recent", recent)
+    app.router.add_get("/v1/metrics/history", metrics_history)
+    app.on_startup.append(start_sampling)
+    add_console_routes(app)
     app.router.add_get("/v1/replication", replication)
     app.router.add_get("/v1/cluster", cluster)
     app.router.add_get("/v1/events", events)
@@ -491,9 +523,9 @@ def build_app(services: Services) -> web.Application:
     return app
 
 
-async def _push_sse(response: web.StreamResponse, outbox: Outbox) -> None:
-    """Write an SSE stream's events (and a keep-alive comment after a silence) until
-    its outbox ends."""
+async def _push_sse(response: web.StreamResponse, outbox: Outbox, name: bytes) -> None:
+    """Write an SSE stream's events, named ``name`` (and a keep-alive comment after a
+    silence) until its outbox ends."""
     decoder = FrameDecoder()
     while (data := await outbox.take(SSE_KEEPALIVE_SECONDS)) is not None:
-        await response.write(_sse_events(decoder, data) if data else b": keep-alive\n\n")
+        await response.write(_sse_events(decoder, data, name) if data else b": keep-alive\n\n")

@@ -16,6 +16,7 @@ that type (the last ``max_recent_events`` of them).
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import deque
@@ -25,7 +26,7 @@ from typing import Any
 from kilndb.protocol import Request
 from kilndb.protocol.ops import OPS
 
-__all__ = ["CHANGEFEED_METRICS", "COUNTERS", "THRESHOLD_METRICS", "Metrics"]
+__all__ = ["CHANGEFEED_METRICS", "COUNTERS", "THRESHOLD_METRICS", "Latencies", "Metrics"]
 
 #: The counters every server keeps, all starting at 0.
 COUNTERS = (
@@ -63,6 +64,51 @@ THRESHOLD_METRICS: dict[str, str] = {
 CHANGEFEED_METRICS = frozenset({"subscriber_lag", "subscriber_backlog_bytes"})
 
 
+class Latencies:
+    """Request latencies of one interval, in a fixed log-scale histogram: recording one
+    is an increment under a lock, and :meth:`take` hands the interval's counts over and
+    starts the next. A quantile is read as the upper bound of the bucket it falls in, so
+    it is at most :data:`GROWTH` times (19%) above the true value."""
+
+    #: The lower bound of the first bucket, in milliseconds; faster requests count in it.
+    SMALLEST_MS = 0.01
+    #: Each bucket's upper bound over its lower one.
+    GROWTH = 2 ** (1 / 4)
+    #: Buckets up to about 5 minutes; slower requests count in the last one.
+    BUCKETS = 100
+
+    def __init__(self) -> None:
+        self._counts = [0] * self.BUCKETS
+        self._lock = threading.Lock()
+
+    def record(self, elapsed_ms: float) -> None:
+        """Count one request that took ``elapsed_ms``."""
+        ratio = elapsed_ms / self.SMALLEST_MS
+        index = 0 if ratio <= 1 else math.ceil(math.log(ratio, self.GROWTH))
+        with self._lock:
+            self._counts[min(index, self.BUCKETS - 1)] += 1
+
+    def take(self) -> list[int]:
+        """The counts recorded since the last call, per bucket; the next interval starts."""
+        with self._lock:
+            counts, self._counts = self._counts, [0] * self.BUCKETS
+        return counts
+
+    @classmethod
+    def quantile(cls, counts: list[int], q: float) -> float | None:
+        """The ``q`` quantile (0 < q ≤ 1) of ``counts`` in milliseconds, None if empty."""
+        total = sum(counts)
+        if total == 0:
+            return None
+        rank = math.ceil(q * total)
+        seen = 0
+        for index, count in enumerate(counts):
+            seen += count
+            if seen >= rank:
+                return cls.SMALLEST_MS * cls.GROWTH**index
+        raise AssertionError("unreachable: the ranks add up to the total")
+
+
 class Metrics:
     """Counters and recent events. Every update takes the lock: a worker thread, the
     fan-out hubs and the event loop all count, and ``+=`` on a shared dict is not safe
@@ -79,6 +125,8 @@ class Metrics:
         self._delivery_alerts: deque[dict[str, Any]] = deque(maxlen=max_recent_events)
         #: The last request or storage error: ``{"error", "error_code", "op", "at"}``.
         self._last_error: dict[str, Any] | None = None
+        #: The latencies of the requests timed since the last sample (:meth:`timed`).
+        self.latencies = Latencies()
         self._lock = threading.Lock()
 
     def count(self, name: str, amount: int = 1) -> None:
@@ -143,9 +191,10 @@ class Metrics:
             return list(self._delivery_alerts)
 
     def timed(self, op: str, started: float, slow_op_ms: float) -> None:
-        """Count and record the op begun at ``started`` (``time.monotonic()``) if it took
-        ``slow_op_ms`` or longer (0: never)."""
+        """Record the latency of the op begun at ``started`` (``time.monotonic()``), and
+        count and record it as slow if it took ``slow_op_ms`` or longer (0: never)."""
         elapsed_ms = (time.monotonic() - started) * 1000
+        self.latencies.record(elapsed_ms)
         if slow_op_ms > 0 and elapsed_ms >= slow_op_ms:
             self.count("slow_ops_total")
             self.event("slow_op", op=op, ms=round(elapsed_ms, 1))
