@@ -51,17 +51,17 @@ def test_usage_errors_exit_2_with_one_line(tmp_path: Path, args: list[str], cont
         (["--database", "../escape", "put", "tasks", "k", "1"], "invalid database name"),
     ],
 )
-def test_invalid_arguments_from_the_engine_exit_1(
+def test_invalid_arguments_from_the_engine_exit_2(
     tmp_path: Path, args: list[str], contains: str
 ) -> None:
-    assert_one_error_line(kiln(tmp_path, *args), 1, contains)
+    assert_one_error_line(kiln(tmp_path, *args), 2, contains)
 
 
 def test_a_database_held_by_another_opener_is_a_clear_error(tmp_path: Path) -> None:
     with kilndb.open(tmp_path):
         result = kiln(tmp_path, "put", "tasks", "t1", "1")
-        assert_one_error_line(result, 1, "is already open in this process")
-        assert_one_error_line(kiln(tmp_path, "stats"), 1, "already open")
+        assert_one_error_line(result, 3, "is already open in this process")
+        assert_one_error_line(kiln(tmp_path, "stats"), 3, "already open")
     assert kiln(tmp_path, "put", "tasks", "t1", "1").exit_code == 0
 
 

@@ -9,7 +9,7 @@ import click
 
 from kilndb.cli.context import CliSettings, pass_settings, server_call
 from kilndb.cli.errors import CliError
-from kilndb.cli.output import print_json, print_rows_table, stdout_is_terminal
+from kilndb.cli.output import format_option, print_json, print_listing
 from kilndb.engine import Database
 from kilndb.model import validate_database_name
 
@@ -22,9 +22,11 @@ def db() -> None:
 
 
 @db.command("list")
+@format_option
 @pass_settings
-def list_databases(settings: CliSettings) -> None:
-    """The databases on disk (or, with --url, the ones the server has open)."""
+def list_databases(settings: CliSettings, as_json: bool | None) -> None:
+    """The databases on disk (or, with --url, the ones the server has open): a table on
+    a terminal, else one JSON line each."""
     if settings.url is not None:
         reply = server_call(settings, "server_status")
         nodes = reply.get("nodes", {})
@@ -43,13 +45,12 @@ def list_databases(settings: CliSettings) -> None:
             else []
         )
         rows = [{"database": name, "state": "on disk"} for name in names]
-    if not stdout_is_terminal():
-        print_json(rows)
-        return
-    print_rows_table(
+    print_listing(
         "databases",
         ("database", "state"),
-        ((row["database"], row["state"]) for row in rows),
+        rows,
+        lambda row: (row["database"], row["state"]),
+        as_json,
     )
 
 
