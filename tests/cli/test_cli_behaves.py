@@ -52,7 +52,7 @@ def server(tmp_path: Path) -> Iterator[Server]:
 def test_every_error_code_has_an_exit_status() -> None:
     codes = {cls.error_code for cls in error_classes()}
     assert codes <= set(errors.EXIT_CODES), codes - set(errors.EXIT_CODES)
-    assert set(errors.EXIT_CODES.values()) == {1, 2, 3}
+    assert set(errors.EXIT_CODES.values()) == {errors.EXIT_FAILED, errors.EXIT_UNAVAILABLE}
 
 
 def test_not_found_and_conflict_exit_1_usage_2_cannot_connect_3(tmp_path: Path) -> None:
@@ -61,6 +61,7 @@ def test_not_found_and_conflict_exit_1_usage_2_cannot_connect_3(tmp_path: Path) 
     conflict = kiln(tmp_path, "put", "tasks", "t1", "2", "--expected-seq", "0")
     assert_one_error_line(conflict, 1, "conflict")
     assert_one_error_line(kiln(tmp_path, "get", "tasks"), 2, "Missing argument")
+    assert_one_error_line(kiln(tmp_path, "--url", "h:x", "get", "tasks", "t1"), 2, "--url: bad")
     refused = kiln(tmp_path, "--url", "127.0.0.1:9", "get", "tasks", "t1")
     assert_one_error_line(refused, 3, "cannot connect to tcp://127.0.0.1:9")
     with kilndb.open(tmp_path):
@@ -85,9 +86,7 @@ def test_iso_time_is_utc_with_milliseconds() -> None:
 
 @pytest.mark.integration
 @pytest.mark.parametrize("command", ["replay", "keys s"])
-def test_a_closed_pipe_ends_the_command_quietly_with_status_0(
-    tmp_path: Path, command: str
-) -> None:
+def test_a_closed_pipe_ends_the_command_quietly_with_status_0(tmp_path: Path, command: str) -> None:
     with kilndb.open(tmp_path, sync="none") as db:
         db.write_many([kilndb.Write("s", f"key-{n:06d}-{'k' * 40}", n) for n in range(6000)])
     pipeline = f"set -o pipefail; '{KILN}' --data '{tmp_path}' {command} | head -1"

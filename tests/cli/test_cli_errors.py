@@ -48,13 +48,24 @@ def test_usage_errors_exit_2_with_one_line(tmp_path: Path, args: list[str], cont
         (["put", "bad store", "k", "1"], "invalid store name"),
         (["put", "tasks", "", "1"], "key must not be empty"),
         (["put", "tasks", "k", "1", "--id", ""], "id must not be empty"),
-        (["--database", "../escape", "put", "tasks", "k", "1"], "invalid database name"),
     ],
 )
-def test_invalid_arguments_from_the_engine_exit_2(
+def test_invalid_arguments_from_the_engine_exit_1(
     tmp_path: Path, args: list[str], contains: str
 ) -> None:
-    assert_one_error_line(kiln(tmp_path, *args), 2, contains)
+    assert_one_error_line(kiln(tmp_path, *args), 1, contains)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--database", "../escape", "put", "tasks", "k", "1"],
+        ["db", "create", "bad/name"],
+        ["db", "remove", "bad/name", "--delete"],
+    ],
+)
+def test_a_bad_database_name_is_a_usage_error(tmp_path: Path, args: list[str]) -> None:
+    assert_one_error_line(kiln(tmp_path, *args), 2, "invalid database name")
 
 
 def test_a_database_held_by_another_opener_is_a_clear_error(tmp_path: Path) -> None:

@@ -77,6 +77,17 @@ def server_url(url: str) -> str:
     return text
 
 
+def database_name(ctx: click.Context | None, param: click.Parameter | None, value: str) -> str:
+    """Click callback: ``value`` if it is a valid database name, else a usage error."""
+    from kilndb.errors import InvalidArgumentError
+    from kilndb.model import validate_database_name
+
+    try:
+        return validate_database_name(value)
+    except InvalidArgumentError as exc:
+        raise click.BadParameter(exc.message, ctx, param) from exc
+
+
 def program_name() -> str:
     """How to call ``kiln`` again: ``kiln``, or the script's path when it is not on PATH."""
     invoked = sys.argv[0] if sys.argv else ""
@@ -101,18 +112,23 @@ class CliSettings:
     key_file: Path | None = None
 
     def endpoint(self) -> Endpoint:
-        """The server of ``--url`` with the token and TLS options."""
+        """The server of ``--url`` with the token and TLS options; a malformed ``--url``
+        is a CliError with the usage status."""
         from kilndb.client.endpoint import Endpoint
+        from kilndb.errors import InvalidArgumentError
 
         if self.url is None:
             raise CliError("this command asks a server: give --url (or set KILN_URL)")
-        return Endpoint.make(
-            server_url(self.url),
-            token=self.token,
-            ca_file=self.ca_file,
-            cert_file=self.cert_file,
-            key_file=self.key_file,
-        )
+        try:
+            return Endpoint.make(
+                server_url(self.url),
+                token=self.token,
+                ca_file=self.ca_file,
+                cert_file=self.cert_file,
+                key_file=self.key_file,
+            )
+        except InvalidArgumentError as exc:
+            raise CliError(f"--url: {exc.message}", EXIT_USAGE) from exc
 
     @property
     def directory(self) -> Path:

@@ -10,12 +10,14 @@ code  name                     when
 0     :data:`EXIT_OK`          success
 1     :data:`EXIT_FAILED`      the request was refused or found nothing: a missing fact,
                                a conflict (``expected_seq``), a lease held or lost, a
-                               permission refused, a corrupt record, damage ``kiln check``
-                               did not repair, an I/O error, an unexpected exception
+                               permission refused, an argument the database refuses
+                               (``bad_request``: a bad store name, an empty key), a
+                               corrupt record, damage ``kiln check`` did not repair, an
+                               I/O error, an unexpected exception
 2     :data:`EXIT_USAGE`       the command line is wrong: an unknown command or option, a
-                               bad option value, JSON that does not parse, an unknown key
-                               in the ``--config`` file, an argument the database refuses
-                               as invalid (``bad_request``: a bad store name, an empty key)
+                               bad option value (a malformed ``--url``, a bad database
+                               name), JSON that does not parse, an unknown key in the
+                               ``--config`` file
 3     :data:`EXIT_UNAVAILABLE` nothing answered, or it cannot serve now: connection
                                refused, lost or timed out, a server unavailable or
                                draining, a database locked by another process (a running
@@ -83,8 +85,7 @@ EXIT_CODES: dict[str, int] = {
     "corrupt_record": EXIT_FAILED,
     "disk_full": EXIT_FAILED,
     "internal": EXIT_FAILED,
-    # The command line asked for something invalid.
-    "bad_request": EXIT_USAGE,
+    "bad_request": EXIT_FAILED,
     # Could not ask, or it cannot answer now: a retry later, or elsewhere, may succeed.
     "connection_lost": EXIT_UNAVAILABLE,
     "outcome_unknown": EXIT_UNAVAILABLE,

@@ -26,7 +26,7 @@ from typing import Any, cast
 import click
 
 import kilndb
-from kilndb.cli.context import DEFAULT_DATA_DIR, CliSettings
+from kilndb.cli.context import DEFAULT_DATA_DIR, CliSettings, database_name
 from kilndb.cli.errors import EXIT_OK, translate
 from kilndb.cli.output import LOG_LINES_META, LogLines
 from kilndb.config import SyncMode
@@ -215,6 +215,7 @@ class KilnGroup(click.Group):
     "database",
     default="default",
     show_default=True,
+    callback=database_name,
     envvar="KILN_DATABASE",
     show_envvar=True,
     help="Database (tenant) inside the data directory.",
