@@ -386,3 +386,43 @@ def test_progress_shows_on_a_terminal_stderr_only(tmp_path: Path) -> None:
     assert out.read_text() == piped.stdout  # the facts alone, as without a terminal
     assert piped.stderr == ""
     assert json.loads(out.read_text().splitlines()[-1])["position"] == 2000
+
+
+# -- what the docs show --------------------------------------------------------------
+
+
+def _doc_block(path: Path, heading: str) -> str:
+    """The first ``sh`` block after ``heading`` in ``path``."""
+    text = path.read_text()
+    after = text[text.index(heading) :]
+    return after[after.index("```sh\n") + 6 : after.index("\n```", after.index("```sh\n"))]
+
+
+@pytest.mark.integration
+def test_the_exit_codes_example_of_the_docs(tmp_path: Path) -> None:
+    block = _doc_block(Path(__file__).parents[2] / "docs" / "cli.md", "## Exit codes")
+    result = subprocess.run(
+        ["bash", "-c", block],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=_clean_env(PATH=f"{KILN.parent}:{os.environ['PATH']}"),
+        timeout=TIMEOUT,
+        check=False,
+    )
+    assert result.stdout.splitlines() == ["exit 1", "exit 2", "exit 3"], result.stderr
+    assert [line.split(":")[0] for line in result.stderr.splitlines()] == ["error"] * 3
+
+
+def test_the_embedded_database_raises_the_lease_errors(tmp_path: Path) -> None:
+    with kilndb.open(tmp_path) as db:
+        held = db.acquire_lease("job", "ann", 60)
+        with pytest.raises(kilndb.LeaseHeldError) as taken:
+            db.acquire_lease("job", "bob", 60)
+        assert taken.value.holder == "ann"
+        assert db.release_lease(held)
+        with pytest.raises(kilndb.LeaseLostError):
+            db.renew_lease(held)
+        db.acquire_lease("job", "bob", 60)  # a newer token fences ann's writes
+        with pytest.raises(kilndb.LeaseLostError):
+            db.store("tasks").write("t1", 1, fence=held)
