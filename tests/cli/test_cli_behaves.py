@@ -352,24 +352,61 @@ def test_make_demo_runs_against_the_server_of_make_run(server: Server, tmp_path:
 # -- progress ------------------------------------------------------------------------
 
 
-@pytest.mark.integration
-def test_progress_shows_on_a_terminal_stderr_only(tmp_path: Path) -> None:
-    with kilndb.open(tmp_path, sync="none") as db:
-        db.write_many([kilndb.Write("s", f"k{n}", n) for n in range(2000)])
+def test_replicate_wait_returns_once_the_follower_caught_up(tmp_path: Path) -> None:
+    with (
+        Server(data=tmp_path / "leader", port=0) as leader,
+        Server(data=tmp_path / "other", port=0) as other,
+    ):
+        with kilndb.connect(leader.url, "orders") as db:
+            db.write_many([kilndb.Write("s", f"k{n}", n) for n in range(500)])
+        args = ["--url", other.url, "replicate", "--from", leader.url.removeprefix("tcp://")]
+        result = kiln(tmp_path, *args, "--database", "orders", "--wait")
+        assert result.exit_code == 0, result.stderr
+        assert json_lines(result.stdout)  # the server's answer, once caught up
+        (following,) = other.status()["replication"]["following"]
+        assert (following["database"], following["position"]) == ("orders", 500)
+        assert following["state"] == "streaming"
+        # "default" exists on both sides as two different databases: it cannot follow.
+        refused = kiln(tmp_path, *args, "--wait")
+        assert refused.exit_code == 3
+        assert refused.stderr.splitlines()[-1].startswith("error: default stopped following")
+
+
+def test_replicate_wait_gives_up_with_exit_3(tmp_path: Path) -> None:
+    with Server(data=tmp_path / "other", port=0) as other:
+        result = kiln(
+            tmp_path,
+            "--url",
+            other.url,
+            "replicate",
+            "--from",
+            "127.0.0.1:9",
+            "--wait",
+            "--timeout",
+            "0.5",
+        )
+        assert result.exit_code == 3
+        # (the in-process server's own warnings show on the same stderr here)
+        assert result.stderr.splitlines()[-1].startswith("error: not caught up within 0.5 s")
+
+
+def _with_terminal_stderr(
+    args: list[str], sink: Path, until: Callable[[], bool] | None = None
+) -> tuple[int, bytes]:
+    """Run ``kiln ARGS`` with stdout to ``sink`` and stderr on a pseudo-terminal; with
+    ``until``, stop it with SIGTERM once that holds. Its status and what it drew."""
     leader_fd, follower_fd = pty.openpty()
-    out = tmp_path / "facts.jsonl"
+    drawn = b""
     try:
-        with out.open("wb") as sink:
-            process = subprocess.run(
-                [str(KILN), "--data", str(tmp_path), "replay"],
-                stdout=sink,
-                stderr=follower_fd,
-                env=_clean_env(),
-                timeout=TIMEOUT,
-                check=False,
+        with sink.open("wb") as out:
+            process = subprocess.Popen(
+                [str(KILN), *args], stdout=out, stderr=follower_fd, env=_clean_env()
             )
         os.close(follower_fd)
-        drawn = b""
+        if until is not None:
+            _wait(until)
+            process.send_signal(signal.SIGTERM)
+        status = process.wait(TIMEOUT)
         while select.select([leader_fd], [], [], 0.5)[0]:
             try:
                 chunk = os.read(leader_fd, 65536)
@@ -380,12 +417,32 @@ def test_progress_shows_on_a_terminal_stderr_only(tmp_path: Path) -> None:
             drawn += chunk
     finally:
         os.close(leader_fd)
-    assert process.returncode == 0
+    return status, drawn
+
+
+@pytest.mark.integration
+def test_progress_shows_on_a_terminal_stderr_only(tmp_path: Path) -> None:
+    with kilndb.open(tmp_path, sync="none") as db:
+        db.write_many([kilndb.Write("s", f"k{n}", n) for n in range(2000)])
+    out = tmp_path / "facts.jsonl"
+    status, drawn = _with_terminal_stderr(["--data", str(tmp_path), "replay"], out)
+    assert status == 0
     assert b"replaying" in drawn
     piped = kiln(tmp_path, "replay")
     assert out.read_text() == piped.stdout  # the facts alone, as without a terminal
     assert piped.stderr == ""
     assert json.loads(out.read_text().splitlines()[-1])["position"] == 2000
+    followed = tmp_path / "followed.jsonl"
+
+    def caught_up() -> bool:
+        return followed.read_text().count("\n") >= 2000
+
+    status, drawn = _with_terminal_stderr(
+        ["--data", str(tmp_path), "tail", "--after", "0"], followed, until=caught_up
+    )
+    assert status == 0
+    assert b"catching up" in drawn
+    assert followed.read_text() == out.read_text()
 
 
 # -- what the docs show --------------------------------------------------------------

@@ -258,6 +258,10 @@ class Progress:
     def describe(self, text: str) -> None:
         """Change what the bar says it is doing."""
 
+    def update(self, completed: float, total: float) -> None:
+        """``completed`` units of ``total`` are done (a total that moves, like a leader's
+        position)."""
+
 
 class _RichProgress(Progress):
     def __init__(self, bar: Any, task: Any) -> None:
@@ -269,6 +273,9 @@ class _RichProgress(Progress):
 
     def describe(self, text: str) -> None:
         self._bar.update(self._task, description=text)
+
+    def update(self, completed: float, total: float) -> None:
+        self._bar.update(self._task, completed=completed, total=total)
 
 
 @contextmanager
