@@ -186,7 +186,7 @@ def test_warnings_are_printed_once_and_serve_says_how_to_run_the_demo(tmp_path: 
     )
     try:
         assert process.stdout is not None
-        lines = []
+        lines: list[str] = []
         while not lines or "stops it" not in lines[-1]:
             lines.append(process.stdout.readline())
             assert lines[-1], lines
@@ -215,6 +215,14 @@ def test_url_takes_host_port_and_a_list_without_a_scheme(server: Server, tmp_pat
     listed = kiln(tmp_path, "get", "tasks", "t1", KILN_URL=f"127.0.0.1:9,{address}")
     assert listed.exit_code == 0, listed.stderr
     assert json_lines(listed.stdout)[0]["value"] == 1
+
+
+def test_url_takes_a_unix_socket(tmp_path: Path) -> None:
+    socket_path = tmp_path / "kiln.sock"
+    with Server(data=tmp_path / "served", port=0, unix=socket_path):
+        put = kiln(tmp_path, "--url", f"unix://{socket_path}", "put", "tasks", "t1", "7")
+        assert put.exit_code == 0, put.stderr
+        assert json_lines(put.stdout)[0]["value"] == 7
 
 
 @pytest.mark.parametrize("url", ["http://127.0.0.1:7300", "https://h:443", "ws://h:1"])

@@ -107,7 +107,7 @@ def tail(settings: CliSettings, after: int | None, stores: tuple[str, ...]) -> N
         with stop_on_signals(), open_database(settings) as db, ExitStack() as catching_up:
             last = db.stats()["last_position"]
             start = last if after is None else after
-            emit = out.fact
+            emit: Callable[[Fact], None] = out.fact
             if last > start and not stdout_is_terminal():
                 bar = catching_up.enter_context(progress("catching up", last - start))
                 emit = _showing_catch_up(out.fact, bar, start, last, catching_up.close)
