@@ -180,7 +180,10 @@ def print_rows_table(
     title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]], empty: str = "(none)"
 ) -> int:
     """Print a table with a header row, :data:`TABLE_ROWS` rows at a time; ``empty``
-    stands in for no rows. Returns the number of rows."""
+    stands in for no rows. Returns the number of rows.
+
+    Numbers are right-aligned, text left-aligned; every column but the last keeps its
+    cells on one line (a time is never cut), the last one wraps."""
     from rich.table import Table
 
     out = console()
@@ -188,8 +191,17 @@ def print_rows_table(
     rows = iter(rows)
     while chunk := list(islice(rows, TABLE_ROWS)):
         table = Table(title=title if not count else None, title_justify="left")
+        last = len(columns) - 1
         for index, column in enumerate(columns):
-            table.add_column(column, justify="left" if index == 0 else "right")
+            number = isinstance(chunk[0][index], int | float) and not isinstance(
+                chunk[0][index], bool
+            )
+            table.add_column(
+                column,
+                justify="right" if number else "left",
+                no_wrap=index < last,
+                overflow="fold",
+            )
         for row in chunk:
             table.add_row(*(_cell(value) for value in row))
         out.print(table)
