@@ -15,6 +15,7 @@ Long work shows a :func:`progress` bar on standard error, only when that is a te
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -55,6 +56,8 @@ __all__ = [
 TABLE_ROWS = 1000
 #: Widest JSON value shown in a table cell before it is cut with "…".
 VALUE_WIDTH = 60
+#: A time as :func:`~kilndb.cli.errors.iso_time` writes it (kept on one line in tables).
+_ISO_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 
 
 def _write_bytes_to_stdout() -> Callable[[bytes], Any]:
@@ -182,8 +185,8 @@ def print_rows_table(
     """Print a table with a header row, :data:`TABLE_ROWS` rows at a time; ``empty``
     stands in for no rows. Returns the number of rows.
 
-    Numbers are right-aligned, text left-aligned; every column but the last keeps its
-    cells on one line (a time is never cut), the last one wraps."""
+    Numbers are right-aligned and, like times, kept on one line; text is left-aligned
+    and wraps."""
     from rich.table import Table
 
     out = console()
@@ -191,15 +194,14 @@ def print_rows_table(
     rows = iter(rows)
     while chunk := list(islice(rows, TABLE_ROWS)):
         table = Table(title=title if not count else None, title_justify="left")
-        last = len(columns) - 1
         for index, column in enumerate(columns):
-            number = isinstance(chunk[0][index], int | float) and not isinstance(
-                chunk[0][index], bool
-            )
+            first = chunk[0][index]
+            number = isinstance(first, int | float) and not isinstance(first, bool)
+            time = isinstance(first, str) and _ISO_TIME.fullmatch(first) is not None
             table.add_column(
                 column,
                 justify="right" if number else "left",
-                no_wrap=index < last,
+                no_wrap=number or time,
                 overflow="fold",
             )
         for row in chunk:
