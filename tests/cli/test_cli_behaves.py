@@ -451,6 +451,15 @@ def test_progress_shows_on_a_terminal_stderr_only(tmp_path: Path) -> None:
     assert status == 0
     assert b"catching up" in drawn
     assert followed.read_text() == out.read_text()
+    compacted = tmp_path / "compact.out"
+    status, drawn = _with_terminal_stderr(["--data", str(tmp_path), "compact"], compacted)
+    assert status == 0 and b"compacting" in drawn
+    (done,) = json_lines(compacted.read_text())  # stdout holds the report alone
+    assert "files_compacted" in done
+    checked = tmp_path / "check.out"
+    status, drawn = _with_terminal_stderr(["--data", str(tmp_path), "check"], checked)
+    assert status == 0 and b"checking" in drawn
+    assert checked.read_text() == kiln(tmp_path, "check").stdout
 
 
 # -- what the docs show --------------------------------------------------------------
@@ -491,3 +500,41 @@ def test_the_embedded_database_raises_the_lease_errors(tmp_path: Path) -> None:
         db.acquire_lease("job", "bob", 60)  # a newer token fences ann's writes
         with pytest.raises(kilndb.LeaseLostError):
             db.store("tasks").write("t1", 1, fence=held)
+
+
+@pytest.mark.integration
+def test_make_run_prints_how_to_run_the_demo_against_it(tmp_path: Path) -> None:
+    venv = Path(sys.executable).parent.parent
+    process = subprocess.Popen(
+        [
+            "make",
+            "--no-print-directory",
+            "-o",
+            f"{venv}/.installed",
+            "run",
+            f"VENV={venv}",
+            f"DATA={tmp_path / 'data'}",
+            "PORT=0",
+        ],
+        cwd=Path(__file__).parents[2],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=_clean_env(),
+        start_new_session=True,  # make and its kiln serve: one group to stop
+    )
+    try:
+        assert process.stdout is not None
+        lines: list[str] = []
+        while not lines or "stops it" not in lines[-1]:
+            lines.append(process.stdout.readline())
+            assert lines[-1], lines
+        text = "".join(lines)
+        assert "make demo" in text
+        served = re.search(r"listening on (tcp://\S+)", text)
+        assert served is not None
+        assert f"--url {served.group(1)} demo" in text
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(TIMEOUT)
+        reap(process)
