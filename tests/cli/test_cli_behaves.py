@@ -171,6 +171,21 @@ def test_a_leader_shows_its_follower_as_host_port(tmp_path: Path) -> None:
             follower.stop()
 
 
+def _read_serve_banner(process: subprocess.Popen[str]) -> str:
+    """What ``kiln serve`` printed up to its "… stops it." line, checking that it names
+    the demo to run against it."""
+    assert process.stdout is not None
+    lines: list[str] = []
+    while not lines or "stops it" not in lines[-1]:
+        lines.append(process.stdout.readline())
+        assert lines[-1], lines
+    text = "".join(lines)
+    served = re.search(r"listening on (tcp://\S+)", text)
+    assert served is not None, text
+    assert f"--url {served.group(1)} demo" in text
+    return text
+
+
 @pytest.mark.integration
 def test_warnings_are_printed_once_and_serve_says_how_to_run_the_demo(tmp_path: Path) -> None:
     data = tmp_path / "data"
@@ -185,14 +200,7 @@ def test_warnings_are_printed_once_and_serve_says_how_to_run_the_demo(tmp_path: 
         env=_clean_env(),
     )
     try:
-        assert process.stdout is not None
-        lines: list[str] = []
-        while not lines or "stops it" not in lines[-1]:
-            lines.append(process.stdout.readline())
-            assert lines[-1], lines
-        address = re.search(r"listening on (tcp://\S+)", "".join(lines))
-        assert address is not None
-        assert f"--url {address.group(1)} demo" in "".join(lines)
+        _read_serve_banner(process)
         process.send_signal(signal.SIGTERM)
         _, stderr = process.communicate(timeout=TIMEOUT)
     finally:
@@ -330,20 +338,24 @@ def test_the_demo_on_a_served_directory_says_how_to_reach_the_server(tmp_path: P
         assert f"--url {running.url} get demo_tasks" in remote.stdout
 
 
+def _make(target: str, *variables: str) -> list[str]:
+    """``make TARGET`` with this test run's virtual environment, installed already."""
+    venv = Path(sys.executable).parent.parent
+    return [
+        "make",
+        "--no-print-directory",
+        "-o",
+        f"{venv}/.installed",
+        target,
+        f"VENV={venv}",
+        *variables,
+    ]
+
+
 @pytest.mark.integration
 def test_make_demo_runs_against_the_server_of_make_run(server: Server, tmp_path: Path) -> None:
-    venv = Path(sys.executable).parent.parent
     result = subprocess.run(
-        [
-            "make",
-            "--no-print-directory",
-            "-o",
-            f"{venv}/.installed",
-            "demo",
-            f"VENV={venv}",
-            f"URL={server.url}",
-            f"DATA={tmp_path / 'unused'}",
-        ],
+        _make("demo", f"URL={server.url}", f"DATA={tmp_path / 'unused'}"),
         cwd=Path(__file__).parents[2],
         capture_output=True,
         text=True,
@@ -504,18 +516,8 @@ def test_the_embedded_database_raises_the_lease_errors(tmp_path: Path) -> None:
 
 @pytest.mark.integration
 def test_make_run_prints_how_to_run_the_demo_against_it(tmp_path: Path) -> None:
-    venv = Path(sys.executable).parent.parent
     process = subprocess.Popen(
-        [
-            "make",
-            "--no-print-directory",
-            "-o",
-            f"{venv}/.installed",
-            "run",
-            f"VENV={venv}",
-            f"DATA={tmp_path / 'data'}",
-            "PORT=0",
-        ],
+        _make("run", f"DATA={tmp_path / 'data'}", "PORT=0"),
         cwd=Path(__file__).parents[2],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
@@ -524,16 +526,7 @@ def test_make_run_prints_how_to_run_the_demo_against_it(tmp_path: Path) -> None:
         start_new_session=True,  # make and its kiln serve: one group to stop
     )
     try:
-        assert process.stdout is not None
-        lines: list[str] = []
-        while not lines or "stops it" not in lines[-1]:
-            lines.append(process.stdout.readline())
-            assert lines[-1], lines
-        text = "".join(lines)
-        assert "make demo" in text
-        served = re.search(r"listening on (tcp://\S+)", text)
-        assert served is not None
-        assert f"--url {served.group(1)} demo" in text
+        assert "make demo" in _read_serve_banner(process)
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(TIMEOUT)
