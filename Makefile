@@ -30,11 +30,23 @@ $(BENCHSTAMP): pyproject.toml $(RUST_SOURCES) | $(PY)
 	$(PY) -m pip install --quiet -e '.[dev,bench]'
 	touch $(STAMP) $(DEVSTAMP) $@
 
-run: $(STAMP)
-	$(VENV)/bin/kiln --data $(DATA) serve
+# The server `make run` starts, which `make demo` uses when it answers.
+PORT   ?= 7400
+URL    ?= tcp://127.0.0.1:$(PORT)
 
+run: $(STAMP)
+	@echo "make run: serving $(DATA) at $(URL); in another terminal, run the demo against it:"
+	@echo "  make demo    (or: $(VENV)/bin/kiln --url $(URL) demo)"
+	$(VENV)/bin/kiln --data $(DATA) serve --port $(PORT)
+
+# Against the server at URL when one answers there (`make run`), else on DATA directly.
 demo: $(STAMP)
-	$(VENV)/bin/kiln --data $(DATA) demo
+	@if $(VENV)/bin/kiln --url $(URL) status --json >/dev/null 2>&1; then \
+		echo "make demo: against the server at $(URL)"; \
+		$(VENV)/bin/kiln --url $(URL) demo; \
+	else \
+		$(VENV)/bin/kiln --data $(DATA) demo; \
+	fi
 
 lint: $(DEVSTAMP)
 	$(VENV)/bin/ruff check src tests bench

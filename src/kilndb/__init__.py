@@ -5,12 +5,12 @@
 >>> db.store("tasks").write("t1", {"title": "Hello"})   # doctest: +SKIP
 """
 
+from importlib import import_module as _import_module
 from pathlib import Path as _Path
+from typing import TYPE_CHECKING as _TYPE_CHECKING
 from typing import Any as _Any
 
-from kilndb.client import AsyncRemoteDatabase, RemoteDatabase, connect, connect_async
 from kilndb.config import DatabaseConfig, SyncMode
-from kilndb.engine import CallbackSubscription, Database, Store, Subscription
 from kilndb.errors import (
     AuthenticationError,
     ClosedError,
@@ -42,7 +42,39 @@ from kilndb.leases import Lease, LeaseKeeper
 from kilndb.model import Fact, Write
 from kilndb.streams import Entry, Record
 
+if _TYPE_CHECKING:
+    from kilndb.client import AsyncRemoteDatabase, RemoteDatabase, connect, connect_async
+    from kilndb.engine import CallbackSubscription, Database, Store, Subscription
+
 __version__ = "0.1.0"
+
+# The engine and the client (asyncio, aiohttp) are imported on first use, so that
+# importing a light part of the package — the ``kiln`` command's start-up, the error
+# classes — does not pay for them.
+_LAZY = {
+    "AsyncRemoteDatabase": "kilndb.client",
+    "RemoteDatabase": "kilndb.client",
+    "connect": "kilndb.client",
+    "connect_async": "kilndb.client",
+    "CallbackSubscription": "kilndb.engine",
+    "Database": "kilndb.engine",
+    "Store": "kilndb.engine",
+    "Subscription": "kilndb.engine",
+}
+
+
+def __getattr__(name: str) -> _Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'kilndb' has no attribute {name!r}")
+    value = getattr(_import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
 
 __all__ = [
     "AsyncRemoteDatabase",
@@ -97,7 +129,7 @@ def open(
     *,
     sync: SyncMode = "always",
     **options: _Any,
-) -> Database:
+) -> "Database":
     """Open (creating if needed) database ``database`` under the data directory ``path``.
 
     ``sync`` and the other keyword options fill a :class:`DatabaseConfig`
@@ -114,4 +146,6 @@ def open(
         config = DatabaseConfig(sync=sync, **options)
     except TypeError as exc:
         raise InvalidArgumentError(str(exc)) from exc
+    from kilndb.engine import Database
+
     return Database(path, database, config)

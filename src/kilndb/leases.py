@@ -1,8 +1,9 @@
 """Leases with fencing tokens: named locks with a holder and a time to live.
 
 A lease is stored as facts of the reserved store ``kiln.leases`` (key = the lease's
-key, value = ``{"holder", "token", "expires_at", "released"}``), so it is as durable as
-any write, survives restarts and travels with replication. The store keeps only each
+key, value = ``{"holder", "token", "expires_at", "released", "ttl"}``, ``ttl`` being the
+seconds it was last taken or renewed for, which a renewal without a TTL keeps), so it is
+as durable as any write, survives restarts and travels with replication. The store keeps only each
 lease's latest fact. Acquiring a free (or expired, or released) lease gives it the next
 *fencing token* of its key — one more than the last — so a token only ever grows.
 

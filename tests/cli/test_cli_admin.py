@@ -21,7 +21,7 @@ def test_stores_prints_json_when_not_a_terminal(tmp_path: Path) -> None:
     _populate(tmp_path)
     result = kiln(tmp_path, "stores")
     assert result.exit_code == 0, result.stderr
-    assert json.loads(result.stdout) == [
+    assert [json.loads(line) for line in result.stdout.splitlines()] == [
         {"store": "events", "keys": 1, "retention": {"keep": "all", "max_age": None}},
         {"store": "tasks", "keys": 3, "retention": {"keep": "all", "max_age": None}},
     ]

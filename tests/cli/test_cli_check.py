@@ -102,7 +102,7 @@ def test_check_refuses_a_database_open_elsewhere(tmp_path: Path) -> None:
     pytest.importorskip("kilndb.storage.check")
     with kilndb.open(tmp_path):
         result = kiln(tmp_path, "check", "--fix")
-    assert_one_error_line(result, 1, "already open in this process")
+    assert_one_error_line(result, 3, "already open in this process")
 
 
 def test_check_of_a_sound_database_exits_0(tmp_path: Path) -> None:

@@ -40,10 +40,10 @@ def test_put_then_get_round_trip(tmp_path: Path) -> None:
     assert json.loads(get.stdout) == written
 
 
-def test_locked_database_is_one_error_line_and_exit_1(tmp_path: Path) -> None:
+def test_locked_database_is_one_error_line_and_exit_3(tmp_path: Path) -> None:
     with kilndb.open(tmp_path):
         result = run_kiln("--data", str(tmp_path), "put", "tasks", "t1", "1")
-    assert result.returncode == 1
+    assert result.returncode == 3
     assert result.stdout == ""
     assert result.stderr.count("\n") == 1
     assert result.stderr.startswith("error: database ")
@@ -96,6 +96,7 @@ def test_replay_into_a_closed_pipe_is_quiet(tmp_path: Path) -> None:
     first = reader.stdout.readline()
     reader.stdout.close()  # like `kiln replay | head -1`
     _, stderr = reader.communicate(timeout=TIMEOUT)
+    assert reader.returncode == 0
     assert json.loads(first)["position"] == 1
     assert b"Traceback" not in stderr
     assert stderr == b""

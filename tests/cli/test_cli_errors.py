@@ -48,7 +48,6 @@ def test_usage_errors_exit_2_with_one_line(tmp_path: Path, args: list[str], cont
         (["put", "bad store", "k", "1"], "invalid store name"),
         (["put", "tasks", "", "1"], "key must not be empty"),
         (["put", "tasks", "k", "1", "--id", ""], "id must not be empty"),
-        (["--database", "../escape", "put", "tasks", "k", "1"], "invalid database name"),
     ],
 )
 def test_invalid_arguments_from_the_engine_exit_1(
@@ -57,11 +56,23 @@ def test_invalid_arguments_from_the_engine_exit_1(
     assert_one_error_line(kiln(tmp_path, *args), 1, contains)
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--database", "../escape", "put", "tasks", "k", "1"],
+        ["db", "create", "bad/name"],
+        ["db", "remove", "bad/name", "--delete"],
+    ],
+)
+def test_a_bad_database_name_is_a_usage_error(tmp_path: Path, args: list[str]) -> None:
+    assert_one_error_line(kiln(tmp_path, *args), 2, "invalid database name")
+
+
 def test_a_database_held_by_another_opener_is_a_clear_error(tmp_path: Path) -> None:
     with kilndb.open(tmp_path):
         result = kiln(tmp_path, "put", "tasks", "t1", "1")
-        assert_one_error_line(result, 1, "is already open in this process")
-        assert_one_error_line(kiln(tmp_path, "stats"), 1, "already open")
+        assert_one_error_line(result, 3, "is already open in this process")
+        assert_one_error_line(kiln(tmp_path, "stats"), 3, "already open")
     assert kiln(tmp_path, "put", "tasks", "t1", "1").exit_code == 0
 
 

@@ -110,7 +110,7 @@ def test_get_of_an_absent_key_fails_with_a_message(tmp_path: Path) -> None:
     assert_one_error_line(result, 1, "tasks/missing has no value")
     assert result.stdout == ""
     before_anything = kiln(tmp_path, "get", "tasks", "t1", "--as-of", "0")
-    assert_one_error_line(before_anything, 1, "as of 0")
+    assert_one_error_line(before_anything, 1, "as of 1970-01-01T00:00:00.000Z")
 
 
 def test_history_prints_facts_by_seq_with_bounds(tmp_path: Path) -> None:
@@ -148,11 +148,12 @@ def test_keys_lists_live_keys_sorted_with_prefix_and_limit(tmp_path: Path) -> No
     for key in ("b2", "a1", "b1", "c1"):
         kiln(tmp_path, "put", "tasks", key, "1")
     kiln(tmp_path, "delete", "tasks", "c1")
-    assert kiln(tmp_path, "keys", "tasks").stdout == "a1\nb1\nb2\n"
-    assert kiln(tmp_path, "keys", "tasks", "--prefix", "b").stdout == "b1\nb2\n"
-    assert kiln(tmp_path, "keys", "tasks", "--limit", "1").stdout == "a1\n"
-    assert json_lines(kiln(tmp_path, "keys", "tasks", "--json").stdout) == ["a1", "b1", "b2"]
+    assert kiln(tmp_path, "keys", "tasks").stdout == '"a1"\n"b1"\n"b2"\n'
+    assert json_lines(kiln(tmp_path, "keys", "tasks", "--prefix", "b").stdout) == ["b1", "b2"]
+    assert json_lines(kiln(tmp_path, "keys", "tasks", "--limit", "1").stdout) == ["a1"]
     assert kiln(tmp_path, "keys", "empty-store").stdout == ""
+    table = kiln(tmp_path, "keys", "tasks", "--table").stdout
+    assert "a1" in table and "b2" in table and '"' not in table
 
 
 def test_replay_prints_facts_in_position_order_with_filters(tmp_path: Path) -> None:

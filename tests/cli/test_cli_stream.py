@@ -39,9 +39,9 @@ def test_produce_consume_and_status(tmp_path: Path) -> None:
     assert entries[0]["metadata"] == {"by": "ann"}
     consumed = json_lines(kiln(data, "stream", "consume", "orders", "o-1", "--min-seq", "2").stdout)
     assert [e["sequence"] for e in consumed] == [2, 3]
-    status = json_lines(kiln(data, "stream", "status", "orders", "o-1").stdout)[0]
+    (status,) = json_lines(kiln(data, "stream", "status", "orders", "o-1").stdout)
     assert status["last_sequence"] == 3
-    everything = json_lines(kiln(data, "stream", "status", "orders").stdout)[0]
+    everything = json_lines(kiln(data, "stream", "status", "orders").stdout)
     assert [s["segment"] for s in everything] == ["o-1"]
     conflict = kiln(data, "stream", "produce", "orders", "o-1", "1", "--expected-seq", "0")
     assert_one_error_line(conflict, 1, "expected sequence 0, actual sequence 3")

@@ -92,7 +92,7 @@ def test_every_server_down_is_one_error_line_naming_them(tmp_path: Path) -> None
     url = f"tcp://127.0.0.1:{first},127.0.0.1:{second}"
     for command in (("get", "tasks", "t1"), ("status",)):
         result = kiln(tmp_path, "--url", url, *command)
-        line = assert_one_error_line(result, 1, "cannot connect to any of the servers")
+        line = assert_one_error_line(result, 3, "cannot connect to any of the servers")
         assert f":{first}" in line and f":{second}" in line
 
 
@@ -106,5 +106,5 @@ def test_every_server_down_is_one_error_line_naming_them(tmp_path: Path) -> None
     ],
 )
 def test_a_bad_list_is_one_error_line(tmp_path: Path, url: str, says: str) -> None:
-    assert_one_error_line(kiln(tmp_path, "--url", url, "get", "tasks", "t1"), 1, says)
-    assert_one_error_line(kiln(tmp_path, "get", "tasks", "t1", KILN_URL=url), 1, says)
+    assert_one_error_line(kiln(tmp_path, "--url", url, "get", "tasks", "t1"), 2, says)
+    assert_one_error_line(kiln(tmp_path, "get", "tasks", "t1", KILN_URL=url), 2, says)

@@ -276,7 +276,7 @@ def test_the_recent_events_ring_keeps_the_newest(tmp_path: Path) -> None:
         for client in clients:  # one connection_opened event each
             client.send({"op": "ping"})
             assert client.receive() == {"ok": True, "pong": True}
-        peers = [str(client.sock.getsockname()) for client in clients]
+        peers = ["{}:{}".format(*client.sock.getsockname()) for client in clients]
         events = server.recent_events
         assert [e["event"] for e in events] == ["connection_opened"] * 3
         assert [e["peer"] for e in events] == peers[2:]  # oldest first, the newest three

@@ -1,7 +1,7 @@
 """Commands that look after a database: stores, stats, compact, retention (and check).
 
-``stores`` and ``stats`` print a table when standard output is a terminal and one line
-of JSON otherwise; ``--json`` and ``--table`` force either.
+``stores``, ``stats`` and ``status`` print a table when standard output is a terminal
+and JSON Lines otherwise; ``--json`` and ``--table`` force either.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ from kilndb.cli.errors import CliError
 from kilndb.cli.output import (
     format_option,
     print_json,
+    print_listing,
     print_mapping_table,
-    print_rows_table,
+    progress,
     wants_json,
 )
 
@@ -37,15 +38,17 @@ def _describe_retention(policy: dict[str, Any]) -> str:
 def stores(settings: CliSettings, as_json: bool | None) -> None:
     """List the stores with their live keys and retention policy."""
     with open_database(settings) as db:
-        rows = [(name, len(db.store(name).keys()), db.retention(name)) for name in db.stores()]
-    if wants_json(as_json):
-        print_json([{"store": name, "keys": n, "retention": policy} for name, n, policy in rows])
-    else:
-        print_rows_table(
-            f"stores of {settings.database!r}",
-            ("store", "live keys", "retention"),
-            ((name, n, _describe_retention(policy)) for name, n, policy in rows),
-        )
+        rows = [
+            {"store": name, "keys": len(db.store(name).keys()), "retention": db.retention(name)}
+            for name in db.stores()
+        ]
+    print_listing(
+        f"stores of {settings.database!r}",
+        ("store", "live keys", "retention"),
+        rows,
+        lambda row: (row["store"], row["keys"], _describe_retention(row["retention"])),
+        as_json,
+    )
 
 
 @click.command()
@@ -65,7 +68,7 @@ def stats(settings: CliSettings, as_json: bool | None) -> None:
 @pass_settings
 def compact(settings: CliSettings) -> None:
     """Apply retention and rewrite data files without dropped facts; print what was done."""
-    with open_database(settings) as db:
+    with open_database(settings) as db, progress("compacting"):
         done = db.compact()
     print_json(done)
 

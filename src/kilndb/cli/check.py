@@ -6,6 +6,7 @@ imported when the command runs, so the rest of the CLI does not depend on it. Th
 takes the database's ``LOCK`` itself: a database open in another process is an error.
 
 Exit status: 0 when the database is sound (or was repaired), 1 when problems remain.
+It reads files, so it refuses ``--url`` (exit 2): there is no check over the network.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from typing import Any, Protocol, cast
 import click
 
 from kilndb.cli.context import CliSettings, pass_settings
-from kilndb.cli.errors import CliError
-from kilndb.cli.output import print_json
+from kilndb.cli.errors import EXIT_USAGE, CliError
+from kilndb.cli.output import print_json, progress
 from kilndb.model import validate_database_name
 
 __all__ = ["CheckReportLike", "ProblemLike", "check", "render_report"]
@@ -124,12 +125,20 @@ def _report_dict(report: CheckReportLike) -> dict[str, Any]:
 @pass_settings
 def check(settings: CliSettings, fix: bool, as_json: bool) -> None:
     """Verify every record of the database (CRCs, framing, order); --fix repairs."""
+    if settings.url is not None:
+        raise CliError(
+            f"kiln check reads a database's files and cannot check through --url {settings.url}:"
+            " run it on the server's host with --data DIR, while the server is stopped"
+            " (unset KILN_URL)",
+            EXIT_USAGE,
+        )
     validate_database_name(settings.database)
     if not settings.directory.is_dir():
         # Not require_existing(): a database whose META is lost is exactly what to check.
         raise CliError(f"no database {settings.database!r} in {settings.data}")
     checker = _load_checker()
-    report = checker(settings.directory, fix)
+    with progress(f"{'checking and repairing' if fix else 'checking'} {settings.directory}"):
+        report = checker(settings.directory, fix)
     lines, failure = render_report(report, fix, settings.command_line("check", "--fix"))
     if as_json:
         print_json(_report_dict(report))

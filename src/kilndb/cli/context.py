@@ -5,8 +5,12 @@
 ``--url`` (``KILN_URL``) names a server instead, or several (``tcp://h1:7400,h2:7400``):
 commands on facts then follow the database's leader as :func:`kilndb.connect` does, and
 admin commands talk to the first server that answers (:func:`server_connection`).
-Commands that only read refuse to create a database that does not exist, so a mistyped
-``--data`` is an error rather than an empty answer.
+``--url`` also takes ``HOST:PORT`` (and ``H1:P1,H2:P2``) without a scheme, meaning
+``tcp://`` (:func:`server_url`). Commands that only read refuse to create a database
+that does not exist, so a mistyped ``--data`` is an error rather than an empty answer.
+
+The client and the engine are imported when a command opens a database, not before:
+``kiln --help`` must not pay for them.
 """
 
 from __future__ import annotations
@@ -18,19 +22,18 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 import click
 
-import kilndb
-from kilndb.cli.errors import CliError
-from kilndb.client import RemoteDatabase
-from kilndb.client.endpoint import Endpoint
-from kilndb.client.hosts import Hosts
-from kilndb.client.link import connect_first
-from kilndb.client.transport import Connection
+from kilndb.cli.errors import EXIT_USAGE, CliError
 from kilndb.config import SyncMode
-from kilndb.model import validate_database_name
+
+if TYPE_CHECKING:
+    import kilndb
+    from kilndb.client import RemoteDatabase
+    from kilndb.client.endpoint import Endpoint
+    from kilndb.client.transport import Connection
 
 __all__ = [
     "DEFAULT_DATA_DIR",
@@ -39,6 +42,7 @@ __all__ = [
     "pass_settings",
     "program_name",
     "require_existing",
+    "server_url",
 ]
 
 DEFAULT_DATA_DIR = "./data"
@@ -47,6 +51,41 @@ DEFAULT_TIMEOUT = 30.0
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+
+#: The schemes of ``--url`` (the wire protocol's transports).
+URL_SCHEMES = ("tcp", "tls", "unix")
+
+
+def server_url(url: str) -> str:
+    """``--url`` as :func:`kilndb.connect` takes it: ``HOST:PORT`` and ``H1:P1,H2:P2``
+    without a scheme mean ``tcp://``; any other form passes as given (the client
+    checks it). An ``http://``/``https://``/``ws://`` URL is refused with a CliError
+    (exit 2) naming the schemes: the ``kiln`` command speaks the wire protocol, and
+    the HTTP port of a server is for browsers, curl and SSE clients."""
+    text = url.strip()
+    scheme, sep, _ = text.partition("://")
+    if not sep:
+        return f"tcp://{text}"
+    if scheme.lower() in ("http", "https", "ws", "wss"):
+        raise CliError(
+            f"--url {url}: the kiln command talks to a server's wire-protocol port, not"
+            f" its HTTP port; use {', '.join(s + '://' for s in URL_SCHEMES)} or HOST:PORT"
+            " (e.g. --url 127.0.0.1:7400)",
+            EXIT_USAGE,
+        )
+    return text
+
+
+def database_name(ctx: click.Context | None, param: click.Parameter | None, value: str) -> str:
+    """Click callback: ``value`` if it is a valid database name, else a usage error."""
+    from kilndb.errors import InvalidArgumentError
+    from kilndb.model import validate_database_name
+
+    try:
+        return validate_database_name(value)
+    except InvalidArgumentError as exc:
+        raise click.BadParameter(exc.message, ctx, param) from exc
 
 
 def program_name() -> str:
@@ -73,26 +112,36 @@ class CliSettings:
     key_file: Path | None = None
 
     def endpoint(self) -> Endpoint:
-        """The server of ``--url`` with the token and TLS options."""
+        """The server of ``--url`` with the token and TLS options; a malformed ``--url``
+        is a CliError with the usage status."""
+        from kilndb.client.endpoint import Endpoint
+        from kilndb.errors import InvalidArgumentError
+
         if self.url is None:
             raise CliError("this command asks a server: give --url (or set KILN_URL)")
-        return Endpoint.make(
-            self.url,
-            token=self.token,
-            ca_file=self.ca_file,
-            cert_file=self.cert_file,
-            key_file=self.key_file,
-        )
+        try:
+            return Endpoint.make(
+                server_url(self.url),
+                token=self.token,
+                ca_file=self.ca_file,
+                cert_file=self.cert_file,
+                key_file=self.key_file,
+            )
+        except InvalidArgumentError as exc:
+            raise CliError(f"--url: {exc.message}", EXIT_USAGE) from exc
 
     @property
     def directory(self) -> Path:
         """The database's own directory, ``DATA/<database>``."""
         return self.data / self.database
 
-    def command_line(self, *words: str) -> str:
-        """A ``kiln`` command line for these settings, to suggest to the user."""
+    def command_line(self, *words: str, local: bool = False) -> str:
+        """A ``kiln`` command line for these settings, to suggest to the user (on the
+        data directory even with ``--url`` if ``local``)."""
         parts = [program_name()]
-        if self.data != Path(DEFAULT_DATA_DIR):
+        if self.url is not None and not local:
+            parts += ["--url", self.url]
+        elif self.data != Path(DEFAULT_DATA_DIR):
             parts += ["--data", str(self.data)]
         if self.database != "default":
             parts += ["--database", self.database]
@@ -106,6 +155,9 @@ def server_connection(settings: CliSettings) -> Connection:
     order given, whatever its role: the admin commands built on it (``status``,
     ``cluster status``, ``promote``, ``replicate``, ``databases``, ``create``, ``drop``)
     talk to one node, so the list is a fallback for them, not a choice of leader."""
+    from kilndb.client.hosts import Hosts
+    from kilndb.client.link import connect_first
+
     endpoint = settings.endpoint()
     hosts = Hosts(endpoint.hosts, settings.database, "any")
     connection, _ = connect_first(endpoint, settings.database, hosts, DEFAULT_TIMEOUT)
@@ -140,6 +192,8 @@ def pass_settings(f: Callable[Concatenate[CliSettings, P], R]) -> Callable[P, R]
 
 def require_existing(settings: CliSettings) -> None:
     """Raise CliError unless the database directory exists."""
+    from kilndb.model import validate_database_name
+
     validate_database_name(settings.database)
     if not (settings.directory / "META").is_file():
         raise CliError(
@@ -158,6 +212,9 @@ def open_database(
     without ``create`` a database that does not exist yet is an error (CliError).
     KilnErrors propagate; the command group prints them as one line.
     """
+    import kilndb
+    from kilndb.client import RemoteDatabase
+
     db: kilndb.Database | RemoteDatabase
     if settings.url is not None:
         db = RemoteDatabase(settings.endpoint(), settings.database)

@@ -7,11 +7,10 @@ import shutil
 
 import click
 
-from kilndb.cli.context import CliSettings, pass_settings, server_call
+from kilndb.cli.context import CliSettings, database_name, pass_settings, server_call
 from kilndb.cli.errors import CliError
-from kilndb.cli.output import print_json, print_rows_table, stdout_is_terminal
+from kilndb.cli.output import format_option, print_json, print_listing
 from kilndb.engine import Database
-from kilndb.model import validate_database_name
 
 __all__ = ["db"]
 
@@ -22,9 +21,11 @@ def db() -> None:
 
 
 @db.command("list")
+@format_option
 @pass_settings
-def list_databases(settings: CliSettings) -> None:
-    """The databases on disk (or, with --url, the ones the server has open)."""
+def list_databases(settings: CliSettings, as_json: bool | None) -> None:
+    """The databases on disk (or, with --url, the ones the server has open): a table on
+    a terminal, else one JSON line each."""
     if settings.url is not None:
         reply = server_call(settings, "server_status")
         nodes = reply.get("nodes", {})
@@ -43,18 +44,17 @@ def list_databases(settings: CliSettings) -> None:
             else []
         )
         rows = [{"database": name, "state": "on disk"} for name in names]
-    if not stdout_is_terminal():
-        print_json(rows)
-        return
-    print_rows_table(
+    print_listing(
         "databases",
         ("database", "state"),
-        ((row["database"], row["state"]) for row in rows),
+        rows,
+        lambda row: (row["database"], row["state"]),
+        as_json,
     )
 
 
 @db.command()
-@click.argument("name")
+@click.argument("name", callback=database_name)
 @pass_settings
 def create(settings: CliSettings, name: str) -> None:
     """Create database NAME (empty) in --data, or on the server at --url.
@@ -63,7 +63,6 @@ def create(settings: CliSettings, name: str) -> None:
     not_found, so a reader that starts first can create it explicitly. Prints whether it
     was created or already existed.
     """
-    validate_database_name(name)
     if settings.url is not None:
         reply = server_call(settings, "create_database", name=name)
         print_json(reply)
@@ -74,7 +73,7 @@ def create(settings: CliSettings, name: str) -> None:
 
 
 @db.command()
-@click.argument("name")
+@click.argument("name", callback=database_name)
 @click.option("--delete", is_flag=True, help="Also delete its files (asks first).")
 @click.option("--yes", is_flag=True, help="Do not ask before deleting.")
 @pass_settings
@@ -84,7 +83,6 @@ def remove(settings: CliSettings, name: str, delete: bool, yes: bool) -> None:
     Without --url, removes the database from the data directory (--delete required),
     refusing while a process has it open.
     """
-    validate_database_name(name)
     if delete and not yes:
         where = settings.url or str(settings.data)
         click.confirm(

@@ -5,23 +5,31 @@ replays the log, follows a live subscription from another thread, deletes a key 
 the database's counters, printing each call and its result. It writes under per-run keys
 (``task-<run>`` …) of the ``demo_tasks`` and ``demo_events`` stores, so it can run again
 and again on the same directory; each run also says how many facts earlier runs left.
+
+With ``--url`` the same tour runs against a server. Run without it on a data directory
+that a server holds, it says so and how to run it against that server instead.
 """
 
 from __future__ import annotations
 
+import fcntl
+import os
 import secrets
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 import orjson
 
 import kilndb
-from kilndb.cli.context import CliSettings, open_database, pass_settings
+from kilndb.cli.context import CliSettings, open_database, pass_settings, program_name
+from kilndb.cli.errors import EXIT_UNAVAILABLE, CliError
 from kilndb.cli.output import console as make_console
+from kilndb.storage.lockfile import SERVER_LOCK
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -103,9 +111,10 @@ def run_demo(
     pause = LIVE_PAUSE_SECONDS if pause is None else pause
     tour = _Tour(out)
     key = f"task-{run}"
+    where = f"on [bold]{settings.url}[/]" if settings.url else f"in [bold]{settings.data}[/]"
     out.print(
         f"[bold]KilnDB guided tour[/] — database [bold]{settings.database!r}[/]"
-        f" in [bold]{settings.data}[/] (sync={settings.sync!r}), run [bold]{run}[/]"
+        f" {where} (sync={settings.sync!r}), run [bold]{run}[/]"
     )
     with open_database(settings, create=True) as db:
         before = db.stats()
@@ -277,8 +286,50 @@ def _stats_table(out: Console, stats: dict[str, Any]) -> None:
     out.print(table)
 
 
+#: Where ``kiln serve`` listens unless told otherwise (and ``make run`` starts it).
+DEFAULT_SERVER_URL = "tcp://127.0.0.1:7400"
+
+
+def server_holding(data: Path) -> int | None:
+    """The pid of the ``kiln serve`` holding the data directory ``data``, or None.
+
+    Looks at the server's lock without taking it (nor creating its file)."""
+    try:
+        fd = os.open(data / SERVER_LOCK, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        return int(text) if text.isdigit() else 0
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def locked_message(settings: CliSettings, error: kilndb.DatabaseLockedError) -> str:
+    """What to tell someone whose demo found the database held by another process."""
+    pid = server_holding(settings.data)
+    if pid is None:
+        return f"{error.message}; stop it, or give the demo another --data"
+    server = f"a kiln server (pid {pid})" if pid else "a kiln server"
+    return (
+        f"{server} holds {settings.data}: run the demo against it with"
+        f" '{program_name()} --url {DEFAULT_SERVER_URL} demo' (the URL 'kiln serve' printed),"
+        " or 'make demo', which finds it"
+    )
+
+
 @click.command()
 @pass_settings
 def demo(settings: CliSettings) -> None:
     """A guided tour: write, read, history, time travel, batch, replay, live feed, delete."""
-    run_demo(settings, make_console(soft_wrap=True))
+    try:
+        run_demo(settings, make_console(soft_wrap=True))
+    except kilndb.DatabaseLockedError as exc:
+        if settings.url is not None:
+            raise
+        raise CliError(locked_message(settings, exc), EXIT_UNAVAILABLE) from exc

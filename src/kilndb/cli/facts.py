@@ -1,6 +1,8 @@
 """Commands that write and read facts: put, get, history, delete, keys, replay.
 
-Each prints facts as JSON lines (:meth:`kilndb.Fact.to_dict`) on standard output.
+``put``, ``get`` and ``delete`` print one fact as a JSON line (:meth:`kilndb.Fact.to_dict`).
+The listings — ``history``, ``keys``, ``replay`` — print a table on a terminal and JSON
+Lines otherwise (``--json``/``--table`` choose).
 """
 
 from __future__ import annotations
@@ -10,8 +12,17 @@ from typing import Any
 import click
 
 from kilndb.cli.context import CliSettings, open_database, pass_settings
-from kilndb.cli.errors import CliError
-from kilndb.cli.output import JsonLines, print_json
+from kilndb.cli.errors import CliError, iso_time
+from kilndb.cli.output import (
+    JsonLines,
+    format_option,
+    print_facts,
+    print_json,
+    print_listing,
+    progress,
+    stdout_is_terminal,
+    wants_json,
+)
 from kilndb.cli.params import JSON_VALUE, META_ITEM, TIMESTAMP
 
 __all__ = ["delete", "get", "history", "keys", "put", "replay"]
@@ -89,7 +100,7 @@ def get(settings: CliSettings, store: str, key: str, as_of: float | None, value_
     with open_database(settings) as db:
         fact = db.store(store).read(key, as_of=as_of)
     if fact is None:
-        when = "" if as_of is None else f" as of {as_of}"
+        when = "" if as_of is None else f" as of {iso_time(as_of)}"
         raise CliError(f"{store}/{key} has no value{when}")
     print_json(fact.value if value_only else fact.to_dict())
 
@@ -100,6 +111,7 @@ def get(settings: CliSettings, store: str, key: str, as_of: float | None, value_
 @click.option("--since-seq", type=_POSITION, default=1, show_default=True)
 @click.option("--until-seq", type=_POSITION, help="Last seq to print (default: the latest).")
 @click.option("--limit", type=_LIMIT, help="Print at most N facts.")
+@format_option
 @pass_settings
 def history(
     settings: CliSettings,
@@ -108,11 +120,15 @@ def history(
     since_seq: int,
     until_seq: int | None,
     limit: int | None,
+    as_json: bool | None,
 ) -> None:
-    """Print the retained facts of KEY in STORE by seq, one JSON line each."""
+    """Print the retained facts of KEY in STORE by seq.
+
+    A table on a terminal, else one JSON line per fact (--json/--table choose).
+    """
     with open_database(settings) as db:
         facts = db.store(store).history(key, since_seq=since_seq, until_seq=until_seq, limit=limit)
-    JsonLines().facts(facts)
+    print_facts(f"history of {store}/{key}", facts, as_json)
 
 
 @click.command()
@@ -151,27 +167,49 @@ def delete(
 @click.argument("store")
 @click.option("--prefix", default="", help="Only keys starting with P.")
 @click.option("--limit", type=_LIMIT, help="Print at most N keys.")
-@click.option("--json", "as_json", is_flag=True, help="Print each key as a JSON string.")
+@format_option
 @pass_settings
-def keys(settings: CliSettings, store: str, prefix: str, limit: int | None, as_json: bool) -> None:
-    """Print the keys of STORE that have a value, sorted, one per line."""
+def keys(
+    settings: CliSettings, store: str, prefix: str, limit: int | None, as_json: bool | None
+) -> None:
+    """Print the keys of STORE that have a value, sorted.
+
+    A table on a terminal, else one JSON string per line (--json/--table choose).
+    """
     with open_database(settings) as db:
         found = db.store(store).keys(prefix=prefix, limit=limit)
-    if as_json:
-        out = JsonLines()
-        for key in found:
-            out.write(key)
-        out.flush()
-    elif found:
-        click.echo("\n".join(found))
+    print_listing(f"keys of {store}", ("key",), found, lambda key: (key,), as_json, "no keys")
 
 
 @click.command()
 @click.option("--after", type=_POSITION, default=0, show_default=True, help="Start after N.")
 @click.option("--store", "stores", multiple=True, help="Only this store (repeatable).")
 @click.option("--limit", type=_LIMIT, help="Print at most N facts.")
+@format_option
 @pass_settings
-def replay(settings: CliSettings, after: int, stores: tuple[str, ...], limit: int | None) -> None:
-    """Print retained facts with position > N in commit order, one JSON line each."""
+def replay(
+    settings: CliSettings,
+    after: int,
+    stores: tuple[str, ...],
+    limit: int | None,
+    as_json: bool | None,
+) -> None:
+    """Print retained facts with position > N in commit order.
+
+    A table on a terminal, else one JSON line per fact (--json/--table choose). Written
+    to a file or a pipe, it shows its progress on stderr when that is a terminal.
+    """
     with open_database(settings) as db:
-        JsonLines().facts(db.replay(after=after, stores=list(stores) or None, limit=limit))
+        facts = db.replay(after=after, stores=list(stores) or None, limit=limit)
+        if not wants_json(as_json):
+            print_facts("replay", facts, as_json)
+            return
+        last = db.stats()["last_position"]
+        out = JsonLines()
+        with progress("replaying", max(last - after, 0), show=not stdout_is_terminal()) as bar:
+            reached = after
+            for fact in facts:
+                out.fact(fact)
+                bar.advance(fact.position - reached)
+                reached = fact.position
+        out.flush()

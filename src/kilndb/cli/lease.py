@@ -1,6 +1,8 @@
 """``kiln lease``: take, renew, give up and list leases (named locks with fencing tokens).
 
-Each prints the lease as one JSON line: ``{"key", "holder", "token", "expires_at"}``.
+Each prints the lease as one JSON line: ``{"key", "holder", "token", "expires_at"}``
+(``expires_at`` in epoch seconds); ``list`` prints a table on a terminal (expiry in
+ISO 8601 UTC) and JSON Lines otherwise.
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ import time
 import click
 
 from kilndb.cli.context import CliSettings, open_database, pass_settings
-from kilndb.cli.output import JsonLines, print_json
+from kilndb.cli.errors import iso_time
+from kilndb.cli.output import format_option, print_json, print_listing
 from kilndb.leases import Lease
 
 __all__ = ["lease"]
@@ -38,10 +41,16 @@ def acquire(settings: CliSettings, key: str, holder: str, ttl: float) -> None:
 @click.argument("key")
 @click.option("--holder", required=True)
 @click.option("--token", type=click.IntRange(min=1), required=True)
-@click.option("--ttl", type=_TTL, default=30.0, show_default=True)
+@click.option(
+    "--ttl",
+    type=_TTL,
+    default=None,
+    help="Seconds from now (max 24 h). Default: the lease's own time to live.",
+)
 @pass_settings
-def renew(settings: CliSettings, key: str, holder: str, token: int, ttl: float) -> None:
-    """Extend a held lease (error lease_lost if it expired or was taken over)."""
+def renew(settings: CliSettings, key: str, holder: str, token: int, ttl: float | None) -> None:
+    """Extend a held lease by its time to live, or --ttl (error lease_lost if it expired
+    or was taken over)."""
     with open_database(settings) as db:
         print_json(db.renew_lease(Lease(key, holder, token, time.time()), ttl).to_dict())
 
@@ -58,12 +67,17 @@ def release(settings: CliSettings, key: str, holder: str, token: int) -> None:
 
 
 @lease.command("list")
+@format_option
 @pass_settings
-def list_leases(settings: CliSettings) -> None:
-    """The leases held now, one JSON line each."""
+def list_leases(settings: CliSettings, as_json: bool | None) -> None:
+    """The leases held now: a table on a terminal, else one JSON line each."""
     with open_database(settings) as db:
         leases = db.leases()
-    out = JsonLines()
-    for held in leases:
-        out.write(held.to_dict())
-    out.flush()
+    print_listing(
+        "leases",
+        ("key", "holder", "token", "expires at (UTC)"),
+        (held.to_dict() for held in leases),
+        lambda held: (held["key"], held["holder"], held["token"], iso_time(held["expires_at"])),
+        as_json,
+        "none held",
+    )

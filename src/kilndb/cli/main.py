@@ -1,42 +1,125 @@
-"""The ``kiln`` command group: global options, error handling and the entry point.
+"""The ``kiln`` command group: global options, lazy commands, errors and the entry point.
 
-``kiln [--data DIR] [--database NAME] [--sync MODE] COMMAND ...``. The commands live in
-:mod:`kilndb.cli.facts` (put, get, history, delete, keys, replay), :mod:`kilndb.cli.tail`,
-:mod:`kilndb.cli.admin` (stores, stats, compact, retention, check) and
-:mod:`kilndb.cli.demo`. :class:`KilnGroup` turns every failure into one ``error: ...``
-line on stderr (see :mod:`kilndb.cli.errors`).
+``kiln [--data DIR] [--database NAME] [--sync MODE] [--url URL] COMMAND ...``.
+
+Commands are loaded lazily: :data:`COMMANDS` names, for each, the ``module:attribute``
+of its click command and its one-line help, so that ``kiln --help`` lists every command
+without importing any of them (nor the engine, the client, the server, aiohttp or rich
+they import). A command's module is imported when it runs (or its own ``--help`` is
+asked for). Adding a command is one line in :data:`COMMANDS`; a test checks that the
+help written there is the command's own short help.
+
+:class:`KilnGroup` turns every failure into one ``error: ...`` line on stderr with the
+exit status of :mod:`kilndb.cli.errors`, and a closed pipe (``kiln replay | head``) into
+a quiet exit 0.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, cast
 
 import click
 
 import kilndb
-from kilndb.cli.admin import check, compact, retention, stats, status, stores
-from kilndb.cli.backup import backup, restore
-from kilndb.cli.cluster import cluster
-from kilndb.cli.context import DEFAULT_DATA_DIR, CliSettings
-from kilndb.cli.databases import db
-from kilndb.cli.demo import demo
-from kilndb.cli.errors import translate
-from kilndb.cli.facts import delete, get, history, keys, put, replay
-from kilndb.cli.lease import lease
-from kilndb.cli.output import LogLines
-from kilndb.cli.replication import promote, replicate
-from kilndb.cli.serve import serve
-from kilndb.cli.stream import stream
-from kilndb.cli.tail import tail
-from kilndb.cli.token import token
-from kilndb.cli.transfer import export, import_
+from kilndb.cli.context import DEFAULT_DATA_DIR, CliSettings, database_name
+from kilndb.cli.errors import EXIT_OK, translate
+from kilndb.cli.output import LOG_LINES_META, LogLines
 from kilndb.config import SyncMode
 
-__all__ = ["KilnGroup", "cli", "main"]
+__all__ = ["COMMANDS", "KilnGroup", "cli", "main"]
+
+#: Every ``kiln`` command: name → (``module:attribute`` of the click command, its short
+#: help as ``kiln --help`` lists it).
+COMMANDS: dict[str, tuple[str, str]] = {
+    "put": ("kilndb.cli.facts:put", "Write JSON as the new value of KEY in STORE; print the fact."),
+    "get": (
+        "kilndb.cli.facts:get",
+        "Print the latest fact of KEY in STORE (exit status 1 if it has no value).",
+    ),
+    "history": ("kilndb.cli.facts:history", "Print the retained facts of KEY in STORE by seq."),
+    "delete": (
+        "kilndb.cli.facts:delete",
+        "Delete KEY in STORE by writing a tombstone fact; print it.",
+    ),
+    "keys": ("kilndb.cli.facts:keys", "Print the keys of STORE that have a value, sorted."),
+    "replay": (
+        "kilndb.cli.facts:replay",
+        "Print retained facts with position > N in commit order.",
+    ),
+    "tail": (
+        "kilndb.cli.tail:tail",
+        "Follow the changefeed: print each fact as it commits, until Ctrl-C.",
+    ),
+    "stores": (
+        "kilndb.cli.admin:stores",
+        "List the stores with their live keys and retention policy.",
+    ),
+    "stats": ("kilndb.cli.admin:stats", "Show counters and sizes of the database."),
+    "compact": (
+        "kilndb.cli.admin:compact",
+        "Apply retention and rewrite data files without dropped facts; print what was done.",
+    ),
+    "retention": ("kilndb.cli.admin:retention", "Show or set what compaction keeps of STORE."),
+    "check": (
+        "kilndb.cli.check:check",
+        "Verify every record of the database (CRCs, framing, order); --fix repairs.",
+    ),
+    "demo": (
+        "kilndb.cli.demo:demo",
+        "A guided tour: write, read, history, time travel, batch, replay, live feed, delete.",
+    ),
+    "serve": (
+        "kilndb.cli.serve:serve",
+        "Serve every database under --data over TCP (and a Unix socket with --unix).",
+    ),
+    "status": (
+        "kilndb.cli.admin:status",
+        "Show a server's status: addresses, open databases, alerts and counters (needs --url).",
+    ),
+    "db": ("kilndb.cli.databases:db", "List, create and remove databases (tenants)."),
+    "stream": (
+        "kilndb.cli.stream:stream",
+        "Ordered segments: a space is a store, a segment a key, an entry a fact.",
+    ),
+    "lease": (
+        "kilndb.cli.lease:lease",
+        "Named locks with a holder, a time to live and a fencing token.",
+    ),
+    "token": ("kilndb.cli.token:token", "Tokens for servers that require authentication."),
+    "promote": (
+        "kilndb.cli.replication:promote",
+        "Make the follower at --url the leader of the databases it follows.",
+    ),
+    "replicate": (
+        "kilndb.cli.replication:replicate",
+        "Make the server at --url follow --from for these databases (default: default).",
+    ),
+    "cluster": (
+        "kilndb.cli.cluster:cluster",
+        "Cluster membership, as a member (--url) sees it.",
+    ),
+    "backup": (
+        "kilndb.cli.backup:backup",
+        "Write a consistent copy of the database to PATH while writes go on.",
+    ),
+    "restore": (
+        "kilndb.cli.backup:restore",
+        "Create the database from the backup at PATH (checked first).",
+    ),
+    "export": (
+        "kilndb.cli.transfer:export",
+        "Write facts as JSON Lines, every field, in position order.",
+    ),
+    "import": (
+        "kilndb.cli.transfer:import_",
+        "Load JSON Lines from FILE ('-': standard input) in atomic batches.",
+    ),
+}
 
 
 def _debug() -> bool:
@@ -55,8 +138,50 @@ def _silence_broken_pipe() -> None:
         os.close(devnull)
 
 
+def load_command(target: str) -> click.Command:
+    """The click command at ``module:attribute``."""
+    module_name, _, attribute = target.partition(":")
+    command = getattr(importlib.import_module(module_name), attribute)
+    if not isinstance(command, click.Command):
+        raise TypeError(f"{target} is not a click command")
+    return command
+
+
 class KilnGroup(click.Group):
-    """A click group whose failures print one ``error: ...`` line, never a traceback."""
+    """A click group with lazily imported commands (``lazy``: name → (``module:attr``,
+    short help)) whose failures print one ``error: ...`` line, never a traceback."""
+
+    def __init__(
+        self, *args: Any, lazy: dict[str, tuple[str, str]] | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy = dict(lazy or {})
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *self.lazy})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in self.lazy:
+            self.add_command(load_command(self.lazy[cmd_name][0]), cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The command list of ``--help``, from the table: nothing is imported."""
+        names = self.list_commands(ctx)
+        if not names:
+            return
+        limit = formatter.width - 6 - max(len(name) for name in names)
+        rows = []
+        for name in names:
+            if name in self.commands:
+                help_text = self.commands[name].get_short_help_str(limit)
+            else:
+                # A bare command carrying the help: click shortens it as it would the
+                # real command's.
+                help_text = click.Command(name, help=self.lazy[name][1]).get_short_help_str(limit)
+            rows.append((name, help_text))
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
     def make_context(
         self,
@@ -77,17 +202,20 @@ class KilnGroup(click.Group):
         try:
             return super().invoke(ctx)
         except BrokenPipeError:
+            # The reader has all it wanted (``kiln replay | head -1``): a success.
             _silence_broken_pipe()
-            ctx.exit(1)
+            ctx.exit(EXIT_OK)
         except (Exception, KeyboardInterrupt) as exc:
             settings = ctx.find_object(CliSettings) or CliSettings(Path(DEFAULT_DATA_DIR))
-            replacement = translate(exc, _debug(), settings.command_line("check", "--fix"))
+            replacement = translate(
+                exc, _debug(), settings.command_line("check", "--fix", local=True)
+            )
             if replacement is exc:
                 raise
             raise replacement from exc
 
 
-@click.group(cls=KilnGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=KilnGroup, lazy=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--data",
     "data",
@@ -103,6 +231,7 @@ class KilnGroup(click.Group):
     "database",
     default="default",
     show_default=True,
+    callback=database_name,
     envvar="KILN_DATABASE",
     show_envvar=True,
     help="Database (tenant) inside the data directory.",
@@ -124,9 +253,9 @@ class KilnGroup(click.Group):
     default=None,
     envvar="KILN_URL",
     show_envvar=True,
-    help="Use the server at this URL (tcp://HOST:PORT, tls://HOST:PORT or unix:///PATH)"
-    " instead of --data; several servers as tcp://H1:P1,H2:P2 (writes follow the leader,"
-    " admin commands use the first that answers).",
+    help="Use the server at this URL (HOST:PORT, tcp://HOST:PORT, tls://HOST:PORT or"
+    " unix:///PATH) instead of --data; several servers as H1:P1,H2:P2 (writes follow the"
+    " leader, admin commands use the first that answers).",
 )
 @click.option(
     "--token",
@@ -177,8 +306,10 @@ def cli(
     """KilnDB: a durable fact store. Append facts, read them back (also as of a past
     time), replay them in commit order and follow the live changefeed.
 
-    Every command works on DATA/DATABASE (./data/default unless told otherwise).
-    Facts are printed as JSON, one per line. Errors are one line on stderr.
+    Every command works on DATA/DATABASE (./data/default unless told otherwise), or on
+    a server with --url. Listings are tables on a terminal and JSON Lines otherwise
+    (--json/--table choose). Errors are one line on stderr; exit status 0 ok, 1 not
+    found or refused, 2 usage, 3 cannot connect or unavailable.
     """
     ctx.obj = CliSettings(
         data=data,
@@ -191,40 +322,22 @@ def cli(
         key_file=key_file,
     )
     # Warnings of the engine (a torn tail cut on open, a repair) as one line each.
-    ctx.call_on_close(LogLines(debug=_debug()).install())
-
-
-for _command in (
-    put,
-    get,
-    history,
-    delete,
-    keys,
-    replay,
-    tail,
-    stores,
-    stats,
-    compact,
-    retention,
-    check,
-    demo,
-    serve,
-    status,
-    db,
-    stream,
-    lease,
-    token,
-    promote,
-    replicate,
-    cluster,
-    backup,
-    restore,
-    export,
-    import_,
-):
-    cli.add_command(_command)
+    uninstall: Callable[[], None] = LogLines(debug=_debug()).install()
+    ctx.meta[LOG_LINES_META] = uninstall
+    ctx.call_on_close(uninstall)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the ``kiln`` console script; exits with the command's status."""
-    cli.main(args=argv, prog_name="kiln")
+    try:
+        cli.main(args=argv, prog_name="kiln")
+    except SystemExit as done:
+        status = done.code
+    else:  # pragma: no cover - click's main always exits in standalone mode
+        status = EXIT_OK
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # What was left in the buffer found no reader: as quiet as a pipe closed earlier.
+        _silence_broken_pipe()
+    sys.exit(status)

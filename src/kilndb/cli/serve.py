@@ -2,21 +2,26 @@
 
 Every option also comes from a ``KILN_*`` environment variable or from a TOML file given
 with ``--config`` (keys named like the options, with underscores: ``max_connections``);
-the command line wins over the environment, which wins over the file.
+the command line wins over the environment, which wins over the file. A key of the file
+that names no option is a usage error (exit 2) naming the key and the file, with the
+nearest option name as a suggestion.
 """
 
 from __future__ import annotations
 
+import difflib
 import logging
 import math
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import click
 from click.core import ParameterSource
 
-from kilndb.cli.context import CliSettings, pass_settings
+from kilndb.cli.context import CliSettings, pass_settings, program_name
 from kilndb.cli.errors import CliError
+from kilndb.cli.output import LOG_LINES_META
 from kilndb.config import DatabaseConfig
 from kilndb.server import Server, ServerConfig
 from kilndb.server.auth import AuthConfig
@@ -34,8 +39,30 @@ def _load_config(ctx: click.Context, _: click.Parameter, path: Path | None) -> P
             values = tomllib.load(handle)
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise click.BadParameter(f"cannot read {path}: {exc}") from exc
+    _check_keys(ctx, path, values)
     ctx.default_map = {**(ctx.default_map or {}), **values}
     return path
+
+
+def _check_keys(ctx: click.Context, path: Path, values: dict[str, Any]) -> None:
+    """Refuse a key of the TOML file that names no option of the command (a typo would
+    otherwise be ignored), suggesting the nearest option name."""
+    known = sorted(
+        param.name
+        for param in ctx.command.params
+        if param.name is not None and param.expose_value and param.name != "config"
+    )
+    for key in values:
+        if key in known:
+            continue
+        close = difflib.get_close_matches(key.replace("-", "_"), known, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise click.BadParameter(
+            f"unknown key {key!r} in {path}{hint}; the keys are the options of"
+            " 'kiln serve' with underscores (max_connections = 8)",
+            ctx=ctx,
+            param_hint="'--config'",
+        )
 
 
 def _thresholds(
@@ -471,6 +498,11 @@ def serve(
     log_level: str,
 ) -> None:
     """Serve every database under --data over TCP (and a Unix socket with --unix)."""
+    # The server logs with timestamps through the root logger: the command's own warning
+    # lines would show every warning a second time.
+    detach = click.get_current_context().find_root().meta.get(LOG_LINES_META)
+    if detach is not None:
+        detach()
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(message)s")
     if not host and unix is None:
         raise CliError("nothing to listen on: give --host or --unix")
@@ -555,6 +587,8 @@ def serve(
             if address.startswith("http"):
                 click.echo(f"  console: {address}/")
         click.echo("  or in Python: kilndb.connect(" + repr(server.url) + ")")
+        if server.url.startswith(("tcp://", "tls://")):
+            click.echo(f"Try it from another terminal: {program_name()} --url {server.url} demo")
         click.echo("Ctrl-C, SIGTERM or SIGQUIT stops it.")
 
     # Signals, the pid file and the graceful stop are the server's own (Server.start_foreground).

@@ -1,7 +1,8 @@
 """``kiln stream``: the streams view — produce to, consume and watch ordered segments.
 
 Entries print as JSON lines (:func:`kilndb.streams.entry_to_wire`: a bytes payload as
-``payload_base64``).
+``payload_base64``); ``consume`` and ``status`` print a table on a terminal instead
+(``--json``/``--table`` choose).
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from typing import Any
 import click
 
 from kilndb.cli.context import CliSettings, open_database, pass_settings
-from kilndb.cli.errors import CliError
-from kilndb.cli.output import JsonLines, print_json
+from kilndb.cli.errors import CliError, iso_time
+from kilndb.cli.output import JsonLines, format_option, print_listing, short_json
 from kilndb.cli.params import JSON_VALUE, META_ITEM, TIMESTAMP
 from kilndb.cli.tail import POLL_SECONDS, stop_on_signals
 from kilndb.streams import Entry, Record, entry_to_wire
@@ -26,6 +27,25 @@ def _print(entries: list[Entry]) -> None:
     for entry in entries:
         out.write(entry_to_wire(entry))
     out.flush()
+
+
+def _time(seconds: float | None) -> str | None:
+    return None if seconds is None else iso_time(seconds)
+
+
+def _entry_row(wire: dict[str, Any]) -> tuple[Any, ...]:
+    payload = wire["payload"] if "payload" in wire else f"({len(wire['payload_base64'])} base64)"
+    return (wire["sequence"], _time(wire["timestamp"]), wire["position"], short_json(payload))
+
+
+def _status_row(status: dict[str, Any]) -> tuple[Any, ...]:
+    return (
+        status["segment"],
+        status["first_sequence"],
+        _time(status["first_timestamp"]),
+        status["last_sequence"],
+        _time(status["last_timestamp"]),
+    )
 
 
 @click.group()
@@ -78,6 +98,7 @@ def produce(
 @click.option("--min-ts", type=TIMESTAMP, help="Epoch seconds or ISO 8601.")
 @click.option("--max-ts", type=TIMESTAMP, help="Epoch seconds or ISO 8601.")
 @click.option("--limit", type=click.IntRange(min=0), help="At most N entries.")
+@format_option
 @pass_settings
 def consume(
     settings: CliSettings,
@@ -88,23 +109,42 @@ def consume(
     min_ts: float | None,
     max_ts: float | None,
     limit: int | None,
+    as_json: bool | None,
 ) -> None:
-    """Print a segment's entries in sequence order."""
+    """Print a segment's entries in sequence order (a table on a terminal, else JSON
+    Lines)."""
     with open_database(settings) as db:
-        _print(db.space(space).segment(segment).consume(min_seq, max_seq, min_ts, max_ts, limit))
+        entries = db.space(space).segment(segment).consume(min_seq, max_seq, min_ts, max_ts, limit)
+    print_listing(
+        f"{space}/{segment}",
+        ("sequence", "timestamp (UTC)", "position", "payload"),
+        (entry_to_wire(entry) for entry in entries),
+        _entry_row,
+        as_json,
+        "no entries",
+    )
 
 
 @stream.command()
 @click.argument("space")
 @click.argument("segment", required=False)
+@format_option
 @pass_settings
-def status(settings: CliSettings, space: str, segment: str | None) -> None:
-    """Print a segment's status, or every segment's of SPACE."""
+def status(settings: CliSettings, space: str, segment: str | None, as_json: bool | None) -> None:
+    """Print a segment's status, or every segment's of SPACE (a table on a terminal,
+    else one JSON line per segment)."""
     with open_database(settings) as db:
         chosen = db.space(space)
         names = [segment] if segment is not None else chosen.segments()
         statuses = [chosen.segment(name).status() for name in names]
-    print_json(statuses[0] if segment is not None else statuses)
+    print_listing(
+        f"segments of {space}",
+        ("segment", "first sequence", "first (UTC)", "last sequence", "last (UTC)"),
+        statuses,
+        _status_row,
+        as_json,
+        "no segments",
+    )
 
 
 @stream.command()

@@ -7,6 +7,10 @@ With ``--url`` it follows a server's changefeed, which every client's writes rea
 embedded database is open in one process at a time, so without ``--url`` ``kiln tail``
 follows the writes made while it holds the database — its catch-up (``--after``) shows
 everything committed before.
+
+Written to a file or a pipe with ``--after``, it shows the catch-up's progress on
+standard error when that is a terminal, until it reaches the position that was last
+when it started; then it follows quietly.
 """
 
 from __future__ import annotations
@@ -14,13 +18,13 @@ from __future__ import annotations
 import signal
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from types import FrameType
 
 import click
 
 from kilndb.cli.context import CliSettings, open_database, pass_settings
-from kilndb.cli.output import JsonLines
+from kilndb.cli.output import JsonLines, Progress, progress, stdout_is_terminal
 from kilndb.client import RemoteDatabase
 from kilndb.engine import Database
 from kilndb.model import Fact
@@ -39,8 +43,12 @@ def follow(
     stores: Iterable[str] | None = None,
     stop: threading.Event | None = None,
     poll_seconds: float = POLL_SECONDS,
+    on_idle: Callable[[], None] | None = None,
 ) -> int:
     """Pass every fact with position > ``after`` to ``emit``, live, until stopped.
+
+    ``on_idle`` is called whenever no fact came for ``poll_seconds`` (the feed has caught
+    up with everything committed so far).
 
     Returns the number of facts emitted when ``stop`` is set, the database is closed or
     the caller is interrupted (KeyboardInterrupt propagates).
@@ -52,6 +60,8 @@ def follow(
             if fact is None:
                 if subscription.closed:
                     break
+                if on_idle is not None:
+                    on_idle()
                 continue
             emit(fact)
             count += 1
@@ -94,8 +104,32 @@ def tail(settings: CliSettings, after: int | None, stores: tuple[str, ...]) -> N
     """Follow the changefeed: print each fact as it commits, until Ctrl-C."""
     out = JsonLines(flush_each=True)
     try:
-        with stop_on_signals(), open_database(settings) as db:
-            start = db.stats()["last_position"] if after is None else after
-            follow(db, out.fact, after=start, stores=list(stores) or None)
+        with stop_on_signals(), open_database(settings) as db, ExitStack() as catching_up:
+            last = db.stats()["last_position"]
+            start = last if after is None else after
+            emit: Callable[[Fact], None] = out.fact
+            if last > start and not stdout_is_terminal():
+                bar = catching_up.enter_context(progress("catching up", last - start))
+                emit = _showing_catch_up(out.fact, bar, start, last, catching_up.close)
+            follow(db, emit, after=start, stores=list(stores) or None, on_idle=catching_up.close)
     except KeyboardInterrupt:
         pass  # the user is done watching (the database is closed by now): a normal end
+
+
+def _showing_catch_up(
+    emit: Callable[[Fact], None], bar: Progress, start: int, last: int, done: Callable[[], None]
+) -> Callable[[Fact], None]:
+    """``emit`` that also moves ``bar`` from ``start`` to ``last``, and calls ``done``
+    once a fact at or past ``last`` was emitted (the catch-up is over)."""
+    reached = start
+
+    def emit_and_show(fact: Fact) -> None:
+        nonlocal reached
+        emit(fact)
+        if reached < last:
+            bar.advance(min(fact.position, last) - reached)
+            reached = fact.position
+            if reached >= last:
+                done()
+
+    return emit_and_show

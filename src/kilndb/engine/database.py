@@ -264,22 +264,26 @@ class Database:
             else:
                 token = (0 if current is None else current["token"]) + 1
             lease = Lease(key, who, token, now + seconds)
-            if self._put_lease(lease, seq, released=False):
+            if self._put_lease(lease, seq, released=False, ttl=seconds):
                 return lease
 
     def renew_lease(self, lease: Lease, ttl: float | None = None) -> Lease:
-        """Extend a held lease to ``ttl`` seconds (default 60, capped at 24 h) from now.
+        """Extend a held lease to ``ttl`` seconds (capped at 24 h) from now; without
+        ``ttl``, by the time to live it was last acquired or renewed with (60 s for a
+        lease taken by a version that did not record it).
 
         Raises LeaseLostError if it expired, was released or was taken over.
         """
         if not isinstance(lease, Lease):
             raise InvalidArgumentError("renew_lease takes a kilndb.Lease")
-        seconds = check_ttl(60.0 if ttl is None else ttl)
+        asked = None if ttl is None else check_ttl(ttl)
         while True:
             current, seq = self._lease_state(lease.key)
             self._check_held(lease, current)
+            assert current is not None  # _check_held refuses a lease never taken
+            seconds = asked if asked is not None else float(current.get("ttl", 60.0))
             renewed = Lease(lease.key, lease.holder, lease.token, time.time() + seconds)
-            if self._put_lease(renewed, seq, released=False):
+            if self._put_lease(renewed, seq, released=False, ttl=seconds):
                 return renewed
 
     def release_lease(self, lease: Lease) -> bool:
@@ -293,7 +297,8 @@ class Database:
             except LeaseLostError:
                 return False
             released = Lease(lease.key, lease.holder, lease.token, time.time())
-            if self._put_lease(released, seq, released=True):
+            ttl = None if current is None else current.get("ttl")
+            if self._put_lease(released, seq, released=True, ttl=ttl):
                 return True
 
     def leases(self) -> list[Lease]:
@@ -337,16 +342,20 @@ class Database:
         if current["expires_at"] <= time.time():
             raise LeaseLostError(lease.key, lease.token, token, "it expired")
 
-    def _put_lease(self, lease: Lease, seq: int, released: bool) -> bool:
-        """Write the lease's new state if nobody else did since ``seq``; False to retry."""
+    def _put_lease(self, lease: Lease, seq: int, released: bool, ttl: float | None) -> bool:
+        """Write the lease's new state if nobody else did since ``seq``; False to retry.
+
+        ``ttl`` (seconds) is recorded so that a renewal without one keeps it."""
         if LEASE_STORE not in self._log.retention:
             self._log.set_retention(LEASE_STORE, Retention(keep="latest"))
-        value = {
+        value: dict[str, Any] = {
             "holder": lease.holder,
             "token": lease.token,
             "expires_at": lease.expires_at,
             "released": released,
         }
+        if ttl is not None:
+            value["ttl"] = ttl
         write = Write(LEASE_STORE, lease.key, value, expected_seq=seq)
         try:
             self._log.commit([write], atomic=True, trusted=True)

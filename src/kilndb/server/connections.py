@@ -77,7 +77,7 @@ from kilndb.server.session import (
     Session,
     Unsubscribe,
 )
-from kilndb.server.socket_streams import SocketStream
+from kilndb.server.socket_streams import SocketStream, peer_address
 
 __all__ = ["SocketConnection"]
 
@@ -141,7 +141,9 @@ class SocketConnection(asyncio.Protocol):
             return
         self.connections.add(self)
         self.metrics.count("accepted_connections_total")
-        self.metrics.event("connection_opened", peer=str(transport.get_extra_info("peername")))
+        self.metrics.event(
+            "connection_opened", peer=peer_address(transport.get_extra_info("peername"))
+        )
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._frame_timer is not None:

@@ -24,13 +24,24 @@ from kilndb.server.replication import FollowerLink
 from kilndb.server.services import Services
 from kilndb.streams import new_channel
 
-__all__ = ["SocketStream", "StreamHost"]
+__all__ = ["SocketStream", "StreamHost", "peer_address"]
 
 log = logging.getLogger("kilndb.server")
 
 #: How long a client whose stream ended early has to read the rest and its error before
 #: the connection is dropped.
 OVERFLOW_GRACE_SECONDS = 10.0
+
+
+def peer_address(peername: Any) -> str:
+    """A socket's peer as people read it: ``HOST:PORT`` (``[V6]:PORT`` for IPv6), the
+    path of a Unix socket, ``unix`` for an unnamed one."""
+    if isinstance(peername, tuple) and len(peername) >= 2:
+        host, port = peername[0], peername[1]
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    if isinstance(peername, bytes):
+        peername = peername.decode(errors="replace")
+    return str(peername) if peername else "unix"
 
 
 class StreamHost(Protocol):
@@ -120,7 +131,7 @@ class SocketStream:
             if handshake.db is None:  # the follower must cut its copy or start over first
                 return ServerConnection.reply(request.request_id, **handshake.reply)
             transport = self.host.transport
-            peer = str(transport.get_extra_info("peername")) if transport else "?"
+            peer = peer_address(transport.get_extra_info("peername")) if transport else "?"
             link = FollowerLink(
                 handshake.db,
                 peer,
