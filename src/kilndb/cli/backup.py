@@ -24,7 +24,7 @@ from pathlib import Path
 import click
 
 from kilndb.cli.context import CliSettings, pass_settings, program_name, require_existing
-from kilndb.cli.errors import CliError, CliUsageError
+from kilndb.cli.errors import EXIT_UNAVAILABLE, CliError, CliUsageError
 from kilndb.cli.output import print_json
 from kilndb.errors import ConnectionLostError, DatabaseLockedError, UnavailableError
 from kilndb.model import validate_database_name
@@ -39,12 +39,6 @@ from kilndb.storage.backup import (
 from kilndb.storage.lockfile import ServerLock
 
 __all__ = ["backup", "restore"]
-
-
-class CannotConnect(CliError):
-    """The server of ``--url`` cannot be reached: exit status 3."""
-
-    exit_code = 3
 
 
 def _occupied(path: Path) -> bool:
@@ -155,7 +149,7 @@ def _backup_online(settings: CliSettings, staging: Path, every: bool) -> list[Ba
         with _progress(f"backup {settings.database}", None) as bar:
             report = backup_from_server(endpoint, settings.database, staging, bar.at)
     except (UnavailableError, ConnectionLostError) as exc:
-        raise CannotConnect(str(exc)) from exc
+        raise CliError(str(exc), EXIT_UNAVAILABLE) from exc
     finally:
         quiet.removeFilter(_drop_record)
     return [report]
