@@ -47,6 +47,7 @@ a reply dict and back.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 __all__ = [
@@ -259,7 +260,10 @@ class LeaseHeldError(KilnError):
     fields = ("key", "holder", "expires_at")
 
     def __init__(self, key: str, holder: str, expires_at: float) -> None:
-        super().__init__(f"lease {key!r} is held by {holder!r} until {expires_at:.3f}")
+        until = datetime.fromtimestamp(expires_at, UTC).isoformat(timespec="milliseconds")
+        super().__init__(
+            f"lease {key!r} is held by {holder!r} until {until.replace('+00:00', 'Z')}"
+        )
         self.key = key
         self.holder = holder
         self.expires_at = expires_at
