@@ -199,3 +199,9 @@ def test_kiln_data_environment_variable_sets_the_data_directory(tmp_path: Path) 
     )
     assert result.exit_code == 0, result.stderr
     assert (tmp_path / "envdata" / "default" / "META").is_file()
+
+
+def test_put_replicas_needs_a_server(tmp_path: Path) -> None:
+    result = kiln(tmp_path, "put", "s", "k", "1", "--replicas", "1")
+    assert_one_error_line(result, 2, "--replicas waits for a server's followers: give --url")
+    assert not (tmp_path / "default").exists()  # refused before anything was written

@@ -44,7 +44,7 @@ from tests.fixtures.etcd import free_port
 
 __all__ = ["READY_SECONDS", "SECTION_SECONDS", "WELL_KNOWN_PORTS", "Outcome", "run_section"]
 
-WELL_KNOWN_PORTS = (7400, 7401, 7402, 7300, 7301, 7302, 7946, 7947, 7948, 2379, 2380)
+WELL_KNOWN_PORTS = (7400, 7401, 7402, 7403, 7300, 7301, 7302, 7946, 7947, 7948, 2379, 2380)
 #: How long a server started by a block may take to listen.
 READY_SECONDS = 30
 #: How long one section may run in all.

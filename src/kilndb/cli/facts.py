@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from kilndb.cli.context import CliSettings, open_database, pass_settings
-from kilndb.cli.errors import CliError, iso_time
+from kilndb.cli.errors import EXIT_USAGE, CliError, iso_time
 from kilndb.cli.output import (
     JsonLines,
     format_option,
@@ -53,6 +53,12 @@ _POSITION = click.IntRange(min=0)
 @click.option("--schema-version", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--producer", type=JSON_VALUE, help="Who produced the fact (JSON).")
 @click.option("--derivation", type=JSON_VALUE, help="How the fact was derived (JSON).")
+@click.option(
+    "--replicas",
+    type=click.IntRange(min=0),
+    help="With --url: answer only once N followers have the fact durably (default: the"
+    " server's --min-insync-replicas).",
+)
 @pass_settings
 def put(
     settings: CliSettings,
@@ -67,25 +73,29 @@ def put(
     schema_version: int,
     producer: Any,
     derivation: Any,
+    replicas: int | None,
 ) -> None:
     """Write JSON as the new value of KEY in STORE; print the fact.
 
     JSON is any JSON document ('-' reads it from stdin): '{"title": "Hi"}', '42',
     '"a string"'. The fact is durable when printed (with the default --sync always).
     """
+    options: dict[str, Any] = {
+        "expected_seq": expected_seq,
+        "id": fact_id,
+        "causation": causation,
+        "valid_time": valid_time,
+        "schema_version": schema_version,
+        "producer": producer,
+        "derivation": derivation,
+        "metadata": dict(meta),
+    }
+    if replicas is not None:
+        if settings.url is None:
+            raise CliError("--replicas waits for a server's followers: give --url", EXIT_USAGE)
+        options["replicas"] = replicas
     with open_database(settings, create=True) as db:
-        fact = db.store(store).write(
-            key,
-            value,
-            expected_seq=expected_seq,
-            id=fact_id,
-            causation=causation,
-            valid_time=valid_time,
-            schema_version=schema_version,
-            producer=producer,
-            derivation=derivation,
-            metadata=dict(meta),
-        )
+        fact = db.store(store).write(key, value, **options)
     print_json(fact.to_dict())
 
 
