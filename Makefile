@@ -101,6 +101,7 @@ bench-smoke: $(BENCHSTAMP) tools
 	$(PY) bench/cluster.py --smoke
 	$(PY) bench/idle.py --smoke
 	$(PY) bench/failover.py --smoke
+	$(PY) bench/toolbox.py --smoke
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache dist rust/target src/kilndb/_core*.so
