@@ -30,6 +30,20 @@ def _run(sample: str) -> str:
     return out.getvalue()
 
 
+def _free_udp_and_tcp_port() -> int:
+    """A port free on both UDP and TCP (a gossip node binds both on one port)."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.bind(("127.0.0.1", 0))
+            port: int = udp.getsockname()[1]
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+                try:
+                    tcp.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
+
+
 def _free_port(kind: int) -> int:
     with socket.socket(socket.AF_INET, kind) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -39,7 +53,7 @@ def _free_port(kind: int) -> int:
 
 def test_the_gossip_sample_runs() -> None:
     sample = _sample("docs/api.md", "## Gossip cluster")
-    seed_port = _free_port(socket.SOCK_DGRAM)
+    seed_port = _free_udp_and_tcp_port()
     seed = Gossip("n1", f"127.0.0.1:{seed_port}", cluster_key=b"secret")
     seed.start()
     try:
