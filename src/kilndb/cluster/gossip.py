@@ -93,8 +93,8 @@ class AsyncGossip:
         role: str | None = None,
     ) -> None:
         """``bind`` is the UDP ``host:port``; TCP is bound on the same host at
-        ``tcp_port`` (None: the UDP port; 0: any free port). Seeds are the TCP
-        ``host:port`` of members to join through.
+        ``tcp_port`` (None: the UDP port; 0: any free port other than the UDP one).
+        Seeds are the TCP ``host:port`` of members to join through.
 
         Raises:
             InvalidArgumentError: an empty name, or ``bind``/``advertise``/a seed that is

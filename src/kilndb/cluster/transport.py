@@ -63,7 +63,8 @@ async def bind(
     tcp_port: int | None = None,
 ) -> tuple[asyncio.DatagramTransport, asyncio.Server, int, int]:
     """Bind UDP on ``port`` and TCP on ``tcp_port`` — by default the same port (port 0:
-    a free one for both); return the sockets and the UDP and TCP ports bound.
+    a free one for both; ``tcp_port=0``: a free one other than the UDP port); return the
+    sockets and the UDP and TCP ports bound.
 
     Raises:
         OSError: a port cannot be bound (or, for port 0 shared by both, no port was free
@@ -74,12 +75,19 @@ async def bind(
         udp, _ = await loop.create_datagram_endpoint(
             lambda: Datagrams(receive), local_addr=(host, port)
         )
+        udp_port: int = udp.get_extra_info("sockname")[1]
         try:
             server = await asyncio.start_server(on_connection, host, tcp_port)
+            # Port 0 asks for a TCP port of its own: not the UDP one, should the system
+            # happen to pick that number.
+            while tcp_port == 0 and _port(server) == udp_port:
+                server.close()
+                await server.wait_closed()
+                server = await asyncio.start_server(on_connection, host, 0)
         except OSError:
             udp.close()
             raise
-        return udp, server, udp.get_extra_info("sockname")[1], _port(server)
+        return udp, server, udp_port, _port(server)
     for _ in range(20):
         udp, _ = await loop.create_datagram_endpoint(
             lambda: Datagrams(receive), local_addr=(host, port)
