@@ -14,7 +14,7 @@ import pytest
 import kilndb
 from kilndb.server import Server
 
-SECONDS = float(os.environ.get("KILN_LEASE_CONTENTION_SECONDS", "20"))
+SECONDS = float(os.environ.get("KILN_LEASE_CONTENTION_SECONDS", "12"))
 
 
 @pytest.mark.integration

@@ -35,7 +35,7 @@ from tests.processes import KILN, reap
 pytestmark = pytest.mark.integration
 
 TTL = 2.0
-FAULT_SECONDS = 18.0
+FAULT_SECONDS = 14.0
 NODES = ("n1", "n2", "n3")
 
 
