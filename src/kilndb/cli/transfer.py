@@ -118,18 +118,6 @@ def _last_position(db: AnyDatabase) -> int:
     return int(db.stats()["last_position"])
 
 
-def _silence_stdout() -> None:
-    # The reader of stdout went away (``kiln export | head -1``): point stdout at
-    # /dev/null so that the interpreter's last flush does not complain.
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, sys.stdout.fileno())
-    except (OSError, ValueError):
-        pass  # not a real file (tests)
-    finally:
-        os.close(devnull)
-
-
 @click.command()
 @click.option("--store", "stores", multiple=True, help="Only this store (repeatable).")
 @click.option("--after", type=_POSITION, default=0, show_default=True, help="Start after N.")
@@ -166,10 +154,7 @@ def export(
             with target.open("wb", buffering=_CHUNK) if target else nullcontext() as sink:
                 write = sink.write if sink is not None else _stdout_bytes()
                 facts, size, last = _write_facts(db, after, until, list(stores), write, meter)
-        except BrokenPipeError:
-            _silence_stdout()
-            return
-        except BaseException:
+        except BaseException:  # a closed pipe included: the command group ends it quietly
             if target is not None:
                 target.unlink(missing_ok=True)
             raise
