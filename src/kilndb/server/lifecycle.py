@@ -39,6 +39,7 @@ from typing import Any
 
 from aiohttp import web
 
+from kilndb.cluster.messages import parse_address
 from kilndb.coordination import Etcd, parse_coordinator_url
 from kilndb.errors import InvalidArgumentError
 from kilndb.replication.fencing import EpochFence
@@ -81,14 +82,6 @@ STOP_SIGNALS = tuple(
 _CONFIG_FIELDS = frozenset(f.name for f in dataclasses.fields(ServerConfig))
 
 
-def _split_address(address: str) -> tuple[str, int]:
-    """``("127.0.0.1", 7400)`` for ``"127.0.0.1:7400"`` (``"[::1]:7400"`` for IPv6)."""
-    host, sep, port = str(address).rpartition(":")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise InvalidArgumentError(f"address must be HOST:PORT, not {address!r}")
-    return host.removeprefix("[").removesuffix("]"), int(port)
-
-
 class Server:
     """A KilnDB server: ``start()`` runs it in a background thread.
 
@@ -102,7 +95,10 @@ class Server:
         self, config: ServerConfig | None = None, *, address: str | None = None, **options: Any
     ) -> None:
         if address is not None:
-            address_host, address_port = _split_address(address)
+            try:
+                address_host, address_port = parse_address(str(address))
+            except ValueError as exc:
+                raise InvalidArgumentError(f"address must be HOST:PORT, not {address!r}") from exc
             options.setdefault("host", address_host)
             options.setdefault("port", address_port)
         unknown = sorted(set(options) - _CONFIG_FIELDS)

@@ -45,6 +45,8 @@ class Observed(Protocol):
     @property
     def addresses(self) -> list[str]: ...
     @property
+    def bind_address(self) -> str | None: ...
+    @property
     def metrics(self) -> Metrics: ...
     @property
     def databases(self) -> NodeManager: ...
@@ -172,7 +174,7 @@ def _server_section(server: Observed) -> dict[str, Any]:
         "backend": "memory" if server.config.memory else "file",
         "transport": listeners[0][0] if listeners else None,
         "transports": [transport for transport, _ in listeners],
-        "bind_address": listeners[0][1] if listeners else None,
+        "bind_address": server.bind_address,
         "bind_addresses": [address for _, address in listeners],
         "last_error": server.metrics.last_error,
     }
