@@ -18,8 +18,6 @@ Sampling reads counters and the open databases' stats, no data file.
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import time
 from collections import deque
 from collections.abc import Callable
@@ -31,7 +29,6 @@ from kilndb.server.nodes import NodeManager
 
 __all__ = ["HISTORY_SECONDS", "SAMPLE_SECONDS", "History"]
 
-log = logging.getLogger("kilndb.server")
 
 #: Seconds between two samples.
 SAMPLE_SECONDS = 1.0
@@ -118,12 +115,3 @@ class History:
             "samples": self.samples(),
             "epochs": {name: self.databases.leader_epoch(name) for name in self.databases.names()},
         }
-
-    async def run(self) -> None:
-        """Sample every :data:`SAMPLE_SECONDS` until cancelled."""
-        while True:
-            await asyncio.sleep(SAMPLE_SECONDS)
-            try:
-                self.sample()
-            except Exception:  # a database closing meanwhile: sampled next time
-                log.debug("sampling the metrics history failed", exc_info=True)

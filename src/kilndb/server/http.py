@@ -65,7 +65,7 @@ from kilndb.protocol import BadRequest, Request, check_params, parse_request
 from kilndb.protocol.ops import OPS, Transport
 from kilndb.server.auth import ANONYMOUS, Principal
 from kilndb.server.console import add_console_routes
-from kilndb.server.history import History
+from kilndb.server.history import SAMPLE_SECONDS, History
 from kilndb.server.push import Outbox, changefeed, changefeed_start, event_bodies
 from kilndb.server.services import Services
 from kilndb.server.session import Answer, Execute, Open, Refuse, Session
@@ -362,7 +362,7 @@ def build_app(services: Services) -> web.Application:
         return _json(sampled.snapshot())
 
     async def start_sampling(_: web.Application) -> None:
-        services.tasks.spawn(sampled.run(), "kilndb-metrics-history")
+        services.tasks.every(SAMPLE_SECONDS, sampled.sample, "kilndb-metrics-history")
 
     async def dispatch(http: web.Request) -> web.Response:
         parsed = parse_request(await http.read())

@@ -270,17 +270,9 @@ class Server:
         self._started_at = time.monotonic()
         self.metrics.event("server_started", addresses=list(self.addresses))
         if config.metrics_thresholds:
-            self.tasks.spawn(self._watch_thresholds(), "kilndb-alerts")
-
-    async def _watch_thresholds(self) -> None:
-        """Measure the metrics that have a threshold every ALERT_CHECK_SECONDS, so that
-        an alert begins (and is recorded) even when nobody asks for the status."""
-        while True:
-            await asyncio.sleep(ALERT_CHECK_SECONDS)
-            try:
-                self.status()
-            except Exception:  # a database closing meanwhile: measured next time
-                log.debug("measuring the alert thresholds failed", exc_info=True)
+            # Measured without anyone asking for the status, so that an alert begins
+            # (and is recorded) on time.
+            self.tasks.every(ALERT_CHECK_SECONDS, self.status, "kilndb-alerts")
 
     def start(self) -> Server:
         """Listen in a background thread; return once the sockets accept connections.

@@ -43,6 +43,21 @@ class TaskOwner:
         task.add_done_callback(self._done)
         return task
 
+    def every(self, seconds: float, action: Callable[[], object], name: str) -> asyncio.Task[Any]:
+        """Call ``action()`` every ``seconds`` on the loop's thread, in a task of this
+        owner. A failure is logged at debug level and the next round goes on (what it
+        measures may be closing meanwhile)."""
+
+        async def rounds() -> None:
+            while True:
+                await asyncio.sleep(seconds)
+                try:
+                    action()
+                except Exception:
+                    log.debug("%s failed; trying again in %s s", name, seconds, exc_info=True)
+
+        return self.spawn(rounds(), name)
+
     def spawn_threadsafe(self, coroutine: Coroutine[Any, Any, Any], name: str) -> None:
         """:meth:`spawn` from any thread; the coroutine is closed if the loop is gone."""
         try:
