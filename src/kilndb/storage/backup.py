@@ -129,7 +129,7 @@ def backup_database(db: Database, target: Path, progress: Progress | None = None
     """
     started = time.monotonic()
     log: Log = db._log  # the engine's log: a backup reads its files directly
-    with log._maintenance:  # no compaction, no hint written, until the copy is done
+    with log.maintenance_held():  # no compaction, no hint written, until the copy is done
         with log.lock:
             log.check_open()
             position = log.written

@@ -506,6 +506,13 @@ class Log:
                     log.exception("interval fsync of %s failed", self.directory)
                     return
 
+    @contextmanager
+    def maintenance_held(self) -> Iterator[None]:
+        """Hold off compaction and hint writing for the block (a backup copying the
+        data files); waits for maintenance already running to finish first."""
+        with self._maintenance:
+            yield
+
     def wait_for_maintenance(self, timeout: float | None = None) -> bool:
         """Wait until the background work queued so far (hints of sealed files, automatic
         compaction) is done; False if ``timeout`` seconds passed first."""
