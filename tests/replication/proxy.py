@@ -34,6 +34,10 @@ class CuttingProxy:
                 client.close()
                 continue
             with self._lock:
+                if self._closed:  # closed while connecting: close() will not see this pair
+                    client.close()
+                    server.close()
+                    return
                 self._pairs.append((client, server))
             for source, target in ((client, server), (server, client)):
                 threading.Thread(target=self._pump, args=(source, target), daemon=True).start()
@@ -62,6 +66,7 @@ class CuttingProxy:
         self.cuts += 1
 
     def close(self) -> None:
-        self._closed = True
+        with self._lock:
+            self._closed = True
         self._listener.close()
         self.cut()
