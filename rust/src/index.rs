@@ -143,28 +143,31 @@ fn batch_count(py: Python<'_>, body: &[u8]) -> PyResult<Option<u64>> {
 }
 
 /// One indexed fact and where its frame is.
-struct Indexed {
-    offset: u64,
-    size: u64,
-    fields: FactFields,
+pub(crate) struct Indexed {
+    pub(crate) offset: u64,
+    pub(crate) size: u64,
+    pub(crate) fields: FactFields,
 }
 
 /// The facts of one data file and how its frames ended.
 #[pyclass(module = "kilndb._core")]
 pub struct IndexedFile {
-    facts: Vec<Indexed>,
+    pub(crate) facts: Vec<Indexed>,
     /// Where the intact prefix of indexed records ends.
     #[pyo3(get)]
-    good_end: u64,
+    pub(crate) good_end: u64,
     /// Where to cut a torn tail (None if the file ended cleanly).
     #[pyo3(get)]
-    bad_offset: Option<u64>,
+    pub(crate) bad_offset: Option<u64>,
     /// Where the unreadable bytes begin.
     #[pyo3(get)]
-    damage: u64,
+    pub(crate) damage: u64,
     /// How the frames ended: None, "end-marker", "short", "length" or "crc".
     #[pyo3(get)]
-    stop_reason: Option<&'static str>,
+    pub(crate) stop_reason: Option<&'static str>,
+    /// Records taken: facts and batch headers.
+    #[pyo3(get)]
+    pub(crate) records: u64,
 }
 
 #[pymethods]
@@ -306,6 +309,48 @@ impl IndexedFile {
         self.facts.len()
     }
 
+    /// The position of the last fact indexed (0 if none).
+    #[getter]
+    fn last_position(&self) -> u64 {
+        self.facts.last().map_or(0, |f| f.fields.position)
+    }
+
+    /// How a hint's columns (as `kilndb.storage.hint.Hint` holds them, the numeric
+    /// ones as little-endian bytes) disagree with these facts, or None if every entry
+    /// names a fact here with the same fields. `id_prefix`: the database's generated-id
+    /// prefix (None: not known, so every id must be listed in `ids`).
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (positions, offsets, sizes, seqs, ttimes, store_index, stores, keys, ids, id_prefix))]
+    fn hint_mismatch(
+        &self,
+        py: Python<'_>,
+        positions: &[u8],
+        offsets: &[u8],
+        sizes: &[u8],
+        seqs: &[u8],
+        ttimes: &[u8],
+        store_index: &[u8],
+        stores: Vec<String>,
+        keys: Vec<String>,
+        ids: std::collections::HashMap<u64, String>,
+        id_prefix: Option<&str>,
+    ) -> PyResult<Option<String>> {
+        guard(py, || {
+            let hint = crate::check::HintColumns {
+                positions,
+                offsets,
+                sizes,
+                seqs,
+                ttimes,
+                store_index,
+                stores: &stores,
+                keys: &keys,
+                ids: &ids,
+            };
+            Ok(crate::check::hint_mismatch(&self.facts, &hint, id_prefix))
+        })
+    }
+
     /// `(offset, size, position, store, key, seq, deleted, transaction_time, id)` of each
     /// indexed fact, in file order.
     fn facts<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
@@ -332,7 +377,7 @@ impl IndexedFile {
 
 /// What a record needs that only Python can give: parsing a record not laid out the
 /// usual way.
-enum Needs {
+pub(crate) enum Needs {
     Fact {
         offset: u64,
         size: u64,
@@ -345,25 +390,59 @@ enum Needs {
 }
 
 /// The recovery rules, applied frame by frame (see the module docs).
-struct IndexState {
-    facts: Vec<Indexed>,
+pub(crate) struct IndexState {
+    pub(crate) facts: Vec<Indexed>,
     pending: Vec<Indexed>,
-    expected: u64,
+    pub(crate) expected: u64,
     batch_offset: u64,
+    /// The position the open batch's header names for its first fact (0: not known).
+    batch_first: u64,
     good_end: u64,
     last: u64,
-    failed_at: Option<u64>,
-    stop: Stop,
-    stop_offset: u64,
+    pub(crate) failed_at: Option<u64>,
+    pub(crate) stop: Stop,
+    pub(crate) stop_offset: u64,
+    /// Records taken: facts and batch headers.
+    pub(crate) records: u64,
+    /// The stricter rules of `kiln check` (see [`crate::check`]): a seq in range, and a
+    /// batch's facts numbered from its header's first position without a gap.
+    strict: bool,
 }
 
 impl IndexState {
+    /// An empty walk of a file whose facts must all be above position `after`; `start`
+    /// is the offset it begins at.
+    pub(crate) fn new(start: u64, after: u64, strict: bool) -> Self {
+        IndexState {
+            facts: Vec::new(),
+            pending: Vec::new(),
+            expected: 0,
+            batch_offset: start,
+            batch_first: 0,
+            good_end: start,
+            last: after,
+            failed_at: None,
+            stop: Stop::Clean,
+            stop_offset: start,
+            records: 0,
+            strict,
+        }
+    }
+
+    /// Whether a fact breaks the stricter rules of `kiln check`.
+    fn irregular(&self, fields: &FactFields) -> bool {
+        let numbered = self.batch_first == 0
+            || fields.position == self.batch_first + self.pending.len() as u64;
+        self.strict && (fields.seq == 0 || fields.seq >= 1 << 31 || !numbered)
+    }
+
     /// Take a fact record (None: not a valid one); false stops the scan.
     fn fact(&mut self, offset: u64, size: u64, fields: Option<FactFields>) -> bool {
-        let Some(fields) = fields else {
+        let Some(fields) = fields.filter(|f| !self.irregular(f)) else {
             self.failed_at = Some(offset);
             return false;
         };
+        self.records += 1;
         self.pending.push(Indexed {
             offset,
             size,
@@ -375,6 +454,7 @@ impl IndexState {
         // As recovery always has: a complete batch is taken fact by fact, and a
         // position out of order stops the scan at the frame that completed it.
         self.expected = 0;
+        self.batch_first = 0;
         for fact in std::mem::take(&mut self.pending) {
             if fact.fields.position <= self.last {
                 self.failed_at = Some(offset);
@@ -387,12 +467,20 @@ impl IndexState {
         true
     }
 
-    /// Take a batch header with its count (None: not a valid one).
-    fn batch(&mut self, offset: u64, count: Option<u64>) -> bool {
-        match count {
-            Some(count) if count > 0 && self.pending.is_empty() && self.expected == 0 => {
+    /// Take a batch header with its count and first position (None: not a valid one;
+    /// a first position of 0: not known).
+    fn batch(&mut self, offset: u64, header: Option<(u64, u64)>) -> bool {
+        match header {
+            Some((count, first))
+                if count > 0
+                    && self.pending.is_empty()
+                    && self.expected == 0
+                    && !(self.strict && first == 0) =>
+            {
                 self.expected = count;
                 self.batch_offset = offset;
+                self.batch_first = first;
+                self.records += 1;
                 true
             }
             _ => {
@@ -404,7 +492,7 @@ impl IndexState {
 
     /// Walk the frames of `data` (the bytes of `[base, end)`) from `*p`, natively;
     /// stops when done or at a record only Python can parse.
-    fn run(&mut self, data: &[u8], p: &mut usize, base: u64, end: u64) -> Option<Needs> {
+    pub(crate) fn run(&mut self, data: &[u8], p: &mut usize, base: u64, end: u64) -> Option<Needs> {
         while self.failed_at.is_none() {
             match crate::frame::step(data, *p, base, end, true) {
                 Step::Frame {
@@ -430,8 +518,8 @@ impl IndexState {
                         }
                     } else if body.starts_with(BATCH_PREFIX) {
                         match batch_header(body) {
-                            Some(count) => {
-                                self.batch(offset, Some(count));
+                            Some(header) => {
+                                self.batch(offset, Some(header));
                             }
                             None => {
                                 return Some(Needs::Batch {
@@ -460,15 +548,16 @@ impl IndexState {
     }
 }
 
-/// The count of a batch header laid out as KilnDB writes it: `{"batch":N,"first":P}`.
-fn batch_header(body: &[u8]) -> Option<u64> {
+/// The count and first position of a batch header laid out as KilnDB writes it:
+/// `{"batch":N,"first":P}`.
+fn batch_header(body: &[u8]) -> Option<(u64, u64)> {
     let mut w = Walk { buf: body, at: 0 };
     w.literal(BATCH_PREFIX)?;
     let count = w.unsigned()?;
     w.literal(b",\"first\":")?;
-    w.unsigned()?;
+    let first = w.unsigned()?;
     w.literal(b"}")?;
-    (w.at == body.len()).then_some(count)
+    (w.at == body.len()).then_some((count, first))
 }
 
 /// Index the facts in `[start, end)` of the data file open as `fd`, whose positions
@@ -491,17 +580,7 @@ pub fn index_file(
             .map_err(|err| storage_error(py, "read", &path, &err))?;
         // Bytes the file no longer has are a short read: the walk sees them as torn.
         let end = start + data.len() as u64;
-        let mut state = IndexState {
-            facts: Vec::new(),
-            pending: Vec::new(),
-            expected: 0,
-            batch_offset: start,
-            good_end: start,
-            last: after,
-            failed_at: None,
-            stop: Stop::Clean,
-            stop_offset: start,
-        };
+        let mut state = IndexState::new(start, after, false);
         let mut p = 0usize;
         loop {
             let needs = py.detach(|| state.run(&data, &mut p, start, end));
@@ -513,7 +592,7 @@ pub fn index_file(
                 }
                 Some(Needs::Batch { offset, body }) => {
                     let count = batch_count(py, &data[body.0..body.1])?;
-                    state.batch(offset, count);
+                    state.batch(offset, count.map(|count| (count, 0)));
                 }
             }
         }
@@ -532,6 +611,7 @@ pub fn index_file(
             (None, state.stop_offset)
         };
         Ok(IndexedFile {
+            records: state.records,
             facts: state.facts,
             good_end: state.good_end,
             bad_offset,

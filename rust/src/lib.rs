@@ -7,6 +7,7 @@
 
 use pyo3::prelude::*;
 
+mod check;
 mod disk;
 pub mod errors;
 pub mod frame;
@@ -52,6 +53,7 @@ fn _core(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(py_json::loads_many, module)?)?;
     module.add_function(wrap_pyfunction!(index::index_file, module)?)?;
     module.add_class::<index::IndexedFile>()?;
+    module.add_function(wrap_pyfunction!(check::check_file, module)?)?;
     module.add_function(wrap_pyfunction!(read::read_records, module)?)?;
     module.add_function(wrap_pyfunction!(read::read_planned, module)?)?;
     module.add_function(wrap_pyfunction!(read::read_fact, module)?)?;

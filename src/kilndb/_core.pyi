@@ -359,7 +359,30 @@ class IndexedFile:
     @property
     def stop_reason(self) -> str | None:
         """How the frames ended: None, "end-marker", "short", "length" or "crc"."""
+    @property
+    def records(self) -> int:
+        """Records taken: facts and batch headers."""
+    @property
+    def last_position(self) -> int:
+        """The position of the last fact indexed (0 if none)."""
     def __len__(self) -> int: ...
+    def hint_mismatch(
+        self,
+        positions: bytes,
+        offsets: bytes,
+        sizes: bytes,
+        seqs: bytes,
+        ttimes: bytes,
+        store_index: bytes,
+        stores: list[str],
+        keys: list[str],
+        ids: dict[int, str],
+        id_prefix: str | None,
+    ) -> str | None:
+        """How a hint's columns (the numeric ones as little-endian bytes) disagree with
+        these facts, or None if every entry names a fact here with the same fields.
+        ``id_prefix``: the database's generated-id prefix (None: every id must be
+        listed in ``ids``)."""
     def load_into(self, keydir: KeyDir, file_id: int, id_prefix: str, ids: IdIndex) -> float | None:
         """Index the facts into ``keydir`` (file ``file_id``) and their client-supplied
         ids into ``ids``; the last transaction time, or None if there was no fact."""
@@ -379,6 +402,10 @@ class IndexedFile:
 def index_file(fd: int, path: str, start: int, end: int, after: int) -> IndexedFile:
     """Index the facts of ``[start, end)`` of a data file; positions must be above
     ``after``. Batches are indexed whole or not at all."""
+
+def check_file(fd: int, path: str, start: int, end: int, after: int) -> IndexedFile | None:
+    """Index ``[start, end)`` of a data file (after its header) if it is intact by the
+    rules of ``kiln check``; None if anything in it needs the frame-by-frame checker."""
 
 @final
 class KeyDir:

@@ -77,7 +77,7 @@ import orjson
 
 from kilndb.codec import FRAME_HEADER_SIZE, encode_frame
 from kilndb.errors import NotFoundError, StorageError
-from kilndb.storage.check_file import FileResult, FileScan, Problem
+from kilndb.storage.check_file import FileResult, Problem, check_file
 from kilndb.storage.datafile import (
     HINT_SUFFIX,
     LEFTOVER_SUFFIXES,
@@ -88,7 +88,7 @@ from kilndb.storage.datafile import (
     list_data_files,
     write_durably,
 )
-from kilndb.storage.hint import TOMBSTONE, Hint, read_hint
+from kilndb.storage.hint import TOMBSTONE, Hint, column_bytes, read_hint
 from kilndb.storage.ids import IdCodec
 from kilndb.storage.lockfile import DatabaseLock
 from kilndb.storage.meta import FORMAT_VERSION, write_meta
@@ -172,7 +172,7 @@ class _Checker:
         last = 0
         for index, file_id in enumerate(file_ids):
             result = self.check_data_file(file_id, index == len(file_ids) - 1, last)
-            last = max(last, result.first_position - 1, *self.fact_positions(result))
+            last = max(last, result.first_position - 1, result.last_fact_position)
         present = set(file_ids)
         for entry in sorted(directory.iterdir()):
             name = entry.name
@@ -187,10 +187,6 @@ class _Checker:
             records_ok=sum(r.records_ok for r in self.files),
             problems=self.problems,
         )
-
-    @staticmethod
-    def fact_positions(result: FileResult) -> list[int]:
-        return [record["position"] for _, record in result.facts.values()] or [0]
 
     def read_meta(self) -> None:
         path = self.directory / "META"
@@ -220,8 +216,7 @@ class _Checker:
             result = FileResult(file_id, path, newest, length)
             buf: Buffer = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) if length else b""
             try:
-                scan = FileScan(buf, result, last, self.database_id)
-                scan.run()
+                result = check_file(buf, handle.fileno(), result, last, self.database_id)
                 if self.database_id is None and result.header is not None:
                     header = orjson.loads(buf[FRAME_HEADER_SIZE : result.header[1] - 4])
                     if isinstance(header.get("database_id"), str):
@@ -244,10 +239,19 @@ class _Checker:
             error: str | None = "hint is damaged or does not match the length of its data file"
         else:
             codec = IdCodec(self.database_id) if self.database_id else None
-            try:
-                error = _hint_mismatch(hint, result.facts, codec)
-            except IndexError:
-                error = "hint names a store it does not list"
+            if result.indexed is not None:
+                error = result.indexed.hint_mismatch(
+                    *column_bytes(hint),
+                    hint.stores,
+                    hint.keys,
+                    hint.ids,
+                    None if codec is None else codec.prefix,
+                )
+            else:
+                try:
+                    error = _hint_mismatch(hint, result.facts, codec)
+                except IndexError:
+                    error = "hint names a store it does not list"
         if error is not None:
             self.stale_hints.append(path)
             self.problem(path, 0, "hint", error)

@@ -1,9 +1,11 @@
 """One data file, frame by frame, for ``kiln check``: what is intact, what is damaged.
 
-:class:`FileScan` walks a data file's frames, resynchronising after damage, and fills a
-:class:`FileResult` with the records to keep and the :class:`Problem` found; the theory
-of operation (resynchronisation, batches all or nothing, repair) is in
-:mod:`kilndb.storage.check`.
+:func:`check_file` reads a data file's header here and hands the rest to the native core
+(``_core.check_file``), which indexes it at the speed of the disk when it is intact and
+gives up at the first thing that is not. Then :class:`FileScan` walks the file's frames,
+resynchronising after damage, and fills a :class:`FileResult` with the records to keep
+and the :class:`Problem` found; the theory of operation (resynchronisation, batches all
+or nothing, repair) is in :mod:`kilndb.storage.check`.
 """
 
 from __future__ import annotations
@@ -13,12 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kilndb import _core
 from kilndb.codec import FRAME_HEADER_SIZE, FRAME_OVERHEAD, read_u32
 from kilndb.storage.hint import TOMBSTONE
 from kilndb.storage.records import BATCH_PREFIX, FACT_PREFIX, FILE_PREFIX
 from kilndb.storage.resync import Buffer, frame_at, nonzero_end, parse_record, resync
 
-__all__ = ["FileResult", "FileScan", "Problem"]
+__all__ = ["FileResult", "FileScan", "Problem", "check_file"]
 
 _BATCH_TEXT = re.compile(rb'\{"batch":(\d+),"first":(\d+)\}')
 
@@ -84,10 +87,13 @@ class FileResult:
     #: ``(start, end)`` of the intact header frame, or None if a new one is needed.
     header: tuple[int, int] | None = None
     first_position: int = 1
-    #: ``(start, end)`` of every other frame kept, in file order.
+    #: ``(start, end)`` of every other frame kept, in file order (by the frame scan).
     kept: list[tuple[int, int]] = field(default_factory=list)
-    #: frame offset -> (frame size, record) of every fact kept.
+    #: frame offset -> (frame size, record) of every fact kept (by the frame scan).
     facts: dict[int, tuple[int, dict[str, Any]]] = field(default_factory=dict)
+    #: The native core's index of a file it found intact; then ``kept`` and ``facts``
+    #: stay empty, as nothing is to be repaired.
+    indexed: _core.IndexedFile | None = None
     #: Where the data ends: the end marker, the file end or the start of a torn tail.
     data_end: int = 0
     torn_at: int | None = None
@@ -96,6 +102,38 @@ class FileResult:
     #: Highest position seen in the file, kept or dropped: a repair records it so that
     #: no position an acknowledged fact ever had is handed out again.
     highest_position: int = 0
+
+    @property
+    def last_fact_position(self) -> int:
+        """The position of the last fact kept (0 if none)."""
+        if self.indexed is not None:
+            return self.indexed.last_position
+        return max((record["position"] for _, record in self.facts.values()), default=0)
+
+
+def check_file(
+    buf: Buffer,
+    fd: int,
+    result: FileResult,
+    last: int,
+    database_id: str | None,
+) -> FileResult:
+    """Check the data file open as ``fd`` (also mapped as ``buf``), whose positions must
+    be above ``last``: ``result`` filled, or a fresh one from the frame-by-frame scan
+    when the native core found anything to look into."""
+    scan = FileScan(buf, result, last, database_id)
+    start = scan.read_header()
+    if start is not None and result.header is not None and not result.problems:
+        indexed = _core.check_file(fd, str(result.path), start, result.length, scan.last)
+        if indexed is not None:
+            result.indexed = indexed
+            result.records_ok += indexed.records
+            result.data_end = indexed.good_end
+            result.highest_position = max(scan.last, indexed.last_position)
+            return result
+    result = FileResult(result.file_id, result.path, result.newest, result.length)
+    FileScan(buf, result, last, database_id).run()
+    return result
 
 
 class FileScan:
