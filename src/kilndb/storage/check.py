@@ -29,6 +29,13 @@ relies on. The checker verifies, and reports each finding as a :class:`Problem` 
                contents, or has no data file.
 ``leftover``   a ``.tmp`` or ``.compact`` file left by an interrupted write.
 
+*The native walk.* A data file with nothing wrong is the common case, so each file is
+first handed to the native core (:func:`kilndb.storage.check_file.check_file`), which
+applies all the rules above in one pass and indexes the file when it is intact; the
+hint is then compared with that index natively too. At the first thing the core's rules
+do not cover, whether damage or only a record in a layout of its own, the file is read
+again frame by frame as below. So the core can only answer "nothing wrong" faster.
+
 *Resynchronisation.* After a damaged frame the reader searches forward for the next
 offset where an intact frame holding a valid-looking record starts: a length that fits,
 ``{"`` right after it, a matching CRC and a JSON object with a ``position``, ``batch``
