@@ -143,6 +143,7 @@ fn batch_count(py: Python<'_>, body: &[u8]) -> PyResult<Option<u64>> {
 }
 
 /// One indexed fact and where its frame is.
+#[derive(Debug, PartialEq)]
 pub(crate) struct Indexed {
     pub(crate) offset: u64,
     pub(crate) size: u64,
@@ -172,9 +173,10 @@ pub struct IndexedFile {
 
 #[pymethods]
 impl IndexedFile {
-    /// Index the facts into `keydir` (file `file_id`), their client-supplied ids (those
-    /// that are not what `id_prefix` generates) into `ids`; returns the last
-    /// transaction time, or None if no fact was indexed.
+    /// Index the facts into `keydir` (file `file_id`, their offsets moved by `base`),
+    /// their client-supplied ids (those that are not what `id_prefix` generates) into
+    /// `ids`; returns the last transaction time, or None if no fact was indexed.
+    #[pyo3(signature = (keydir, file_id, id_prefix, ids, base = 0))]
     fn load_into(
         &self,
         py: Python<'_>,
@@ -182,6 +184,7 @@ impl IndexedFile {
         file_id: i64,
         id_prefix: &str,
         ids: &Bound<'_, IdIndex>,
+        base: i64,
     ) -> PyResult<Option<f64>> {
         guard(py, || {
             let batch: Vec<NewFact<'_>> = self
@@ -191,7 +194,7 @@ impl IndexedFile {
                     store: &f.fields.store,
                     key: &f.fields.key,
                     position: f.fields.position as i64,
-                    offset: f.offset as i64,
+                    offset: base + f.offset as i64,
                     size: f.size as i64,
                     seq: f.fields.seq as i64,
                     deleted: f.fields.deleted,
@@ -307,6 +310,12 @@ impl IndexedFile {
 
     fn __len__(&self) -> usize {
         self.facts.len()
+    }
+
+    /// The position of the first fact indexed (0 if none).
+    #[getter]
+    fn first_position(&self) -> u64 {
+        self.facts.first().map_or(0, |f| f.fields.position)
     }
 
     /// The position of the last fact indexed (0 if none).
@@ -550,7 +559,7 @@ impl IndexState {
 
 /// The count and first position of a batch header laid out as KilnDB writes it:
 /// `{"batch":N,"first":P}`.
-fn batch_header(body: &[u8]) -> Option<(u64, u64)> {
+pub(crate) fn batch_header(body: &[u8]) -> Option<(u64, u64)> {
     let mut w = Walk { buf: body, at: 0 };
     w.literal(BATCH_PREFIX)?;
     let count = w.unsigned()?;

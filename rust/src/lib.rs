@@ -24,6 +24,7 @@ mod read;
 pub mod record;
 mod requests;
 mod scan;
+mod ship;
 mod stage;
 mod streams;
 
@@ -54,6 +55,8 @@ fn _core(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(index::index_file, module)?)?;
     module.add_class::<index::IndexedFile>()?;
     module.add_function(wrap_pyfunction!(check::check_file, module)?)?;
+    module.add_function(wrap_pyfunction!(ship::parse_shipment, module)?)?;
+    module.add_function(wrap_pyfunction!(ship::ship_units, module)?)?;
     module.add_function(wrap_pyfunction!(read::read_records, module)?)?;
     module.add_function(wrap_pyfunction!(read::read_planned, module)?)?;
     module.add_function(wrap_pyfunction!(read::read_fact, module)?)?;

@@ -363,6 +363,9 @@ class IndexedFile:
     def records(self) -> int:
         """Records taken: facts and batch headers."""
     @property
+    def first_position(self) -> int:
+        """The position of the first fact indexed (0 if none)."""
+    @property
     def last_position(self) -> int:
         """The position of the last fact indexed (0 if none)."""
     def __len__(self) -> int: ...
@@ -383,9 +386,12 @@ class IndexedFile:
         these facts, or None if every entry names a fact here with the same fields.
         ``id_prefix``: the database's generated-id prefix (None: every id must be
         listed in ``ids``)."""
-    def load_into(self, keydir: KeyDir, file_id: int, id_prefix: str, ids: IdIndex) -> float | None:
-        """Index the facts into ``keydir`` (file ``file_id``) and their client-supplied
-        ids into ``ids``; the last transaction time, or None if there was no fact."""
+    def load_into(
+        self, keydir: KeyDir, file_id: int, id_prefix: str, ids: IdIndex, base: int = 0
+    ) -> float | None:
+        """Index the facts into ``keydir`` (file ``file_id``, their offsets moved by
+        ``base``) and their client-supplied ids into ``ids``; the last transaction time,
+        or None if there was no fact."""
     def hint_columns(
         self, keydir: KeyDir, file_id: int, id_prefix: str
     ) -> tuple[tuple[bytes, ...], list[str], list[str], dict[int, str], int]:
@@ -402,6 +408,25 @@ class IndexedFile:
 def index_file(fd: int, path: str, start: int, end: int, after: int) -> IndexedFile:
     """Index the facts of ``[start, end)`` of a data file; positions must be above
     ``after``. Batches are indexed whole or not at all."""
+
+def ship_units(
+    fd: int,
+    path: str,
+    start: int,
+    end: int,
+    durable: int,
+    max_records: int,
+    max_bytes: int,
+) -> tuple[bytes, int, int, int, int, bool, bool] | None:
+    """The whole units (single facts, complete batches) of ``[start, end)`` of a data
+    file with positions up to ``durable``, until ``max_records`` facts or ``max_bytes``
+    bytes: ``(frames, first, last, count, end offset, budget spent, data ended)``; None
+    if a record needs the Python reader. ProtocolError for a record of unknown kind."""
+
+def parse_shipment(frames: bytes, after: int) -> IndexedFile | None:
+    """Check and index a replication shipment received after position ``after`` (fact
+    offsets from the start of ``frames``); None if a record needs the Python parser.
+    Raises ProtocolError as ``kilndb.storage.shipping.parse_shipment`` does."""
 
 def check_file(fd: int, path: str, start: int, end: int, after: int) -> IndexedFile | None:
     """Index ``[start, end)`` of a data file (after its header) if it is intact by the
@@ -428,6 +453,9 @@ class KeyDir:
         """An empty keydir whose first position is ``base`` (``0 <= base <= 2**62``)."""
     @property
     def base(self) -> int: ...
+    @property
+    def first_position(self) -> int:
+        """The position of the first fact indexed (0 if none)."""
     @property
     def last_position(self) -> int:
         """``base + positions indexed - 1``."""

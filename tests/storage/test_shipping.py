@@ -4,15 +4,19 @@ positions, byte for byte, across batches, rotations, compaction holes and restar
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import orjson
 import pytest
 
 import kilndb
-from kilndb import Write
+from kilndb import Write, _core
+from kilndb.codec import encode_frame
 from kilndb.engine import Database
 from kilndb.errors import CursorTooOldError, ProtocolError, StorageError
+from kilndb.storage.records import file_header
+from kilndb.storage.shipping import LogReader, parse_shipment
 
 
 def _digest(db: Database) -> str:
@@ -150,3 +154,95 @@ def test_a_batch_cut_by_a_crash_is_not_half_applied(tmp_path: Path) -> None:
     ]
     leader.close()
     follower.close()
+
+
+LEADER_ID = "0f1e2d3c-4b5a-4978-8877-665544332211"
+
+
+def _framed(*bodies: bytes) -> bytes:
+    return b"".join(encode_frame(body) for body in bodies)
+
+
+@pytest.fixture
+def shipped(tmp_path: Path) -> list[bytes]:
+    """The bodies of a leader's first shipment (database id ``LEADER_ID``): two single
+    facts, then a batch of two."""
+    leader = Database(tmp_path / "leader", database_id=LEADER_ID)
+    leader.store("s").write("a", 1)
+    leader.store("s").write("b", 2, id="own-id")
+    leader.write_many([Write("s", "c", 3), Write("s", "d", 4)])
+    shipment = leader.log_reader(0).next()
+    assert shipment is not None
+    leader.close()
+    decoder = _core.FrameDecoder()
+    decoder.feed(shipment.frames)
+    return list(iter(decoder.next_frame, None))
+
+
+def test_the_native_and_python_parsers_refuse_the_same_shipments(shipped: list[bytes]) -> None:
+    one, two, batch, three, four = shipped
+    frames = _framed(*shipped)
+    cases = {
+        "frame CRC mismatch": frames[:-1] + bytes([frames[-1] ^ 1]),
+        "ends inside a frame": frames[:-2],
+        "ends inside a batch": _framed(one, two, batch, three),
+        "a batch header inside a batch": _framed(batch, three, batch),
+        "facts and batch headers only": _framed(one, file_header(2, 9, "x")),
+        "position 1 does not follow 1": _framed(one, one),
+        "batch at 3 does not follow 4": _framed(one, two, four, batch, three, four),
+    }
+    for message, bad in cases.items():
+        for parse in (_core.parse_shipment, parse_shipment):
+            with pytest.raises(ProtocolError, match=message):
+                parse(bad, 0)
+    indexed = _core.parse_shipment(frames, 0)
+    assert indexed is not None
+    python = [fact for _, fact in parse_shipment(frames, 0) if fact is not None]
+    native = [(f[2], f[3], f[4], f[5], f[6], f[7], f[8]) for f in indexed.facts()]
+    assert native == [
+        (p, s, k, seq, deleted, ttime, i) for p, s, k, seq, deleted, ttime, i, _ in python
+    ]
+
+
+def test_a_record_in_a_layout_of_its_own_is_appended_through_the_python_parser(
+    tmp_path: Path, shipped: list[bytes]
+) -> None:
+    # A space after each comma: still a fact record, but not KilnDB's own layout.
+    spaced = [
+        encode_frame(json.dumps(orjson.loads(b), separators=(", ", ":")).encode()) for b in shipped
+    ]
+    frames = b"".join(spaced)
+    assert _core.parse_shipment(frames, 0) is None
+    follower = Database(tmp_path / "follower", database_id=LEADER_ID)
+    assert follower.append_shipment(frames) == 4
+    assert [f.value for f in follower.replay()] == [1, 2, 3, 4]
+    read = follower.store("s").read("b")
+    assert read is not None and read.id == "own-id"
+    follower.close()
+    reopened = Database(tmp_path / "follower", database_id=LEADER_ID)
+    assert [f.key for f in reopened.replay()] == ["a", "b", "c", "d"]
+    reopened.close()
+
+
+@pytest.mark.parametrize("max_records, max_bytes", [(1, 1 << 20), (7, 1 << 20), (256, 900)])
+def test_the_native_and_python_readers_cut_the_same_shipments(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, max_records: int, max_bytes: int
+) -> None:
+    leader = Database(tmp_path / "leader", config=kilndb.DatabaseConfig(max_file_size=8192))
+    _fill(leader, 0, 120)
+
+    def shipments(after: int) -> list[tuple[bytes, int, int, int]]:
+        reader = leader.log_reader(after)
+        found = []
+        while (shipment := reader.next(max_records, max_bytes)) is not None:
+            found.append((shipment.frames, shipment.first, shipment.last, shipment.count))
+        return found
+
+    native = [shipments(after) for after in (0, 9, 40)]
+    reader = leader.log_reader(0)
+    reader._seek()
+    assert reader._native_units(120, 10, 1 << 20) is not None  # the core read these
+    monkeypatch.setattr(LogReader, "_native_units", lambda *_: None)
+    assert native == [shipments(after) for after in (0, 9, 40)]
+    assert len(native[0]) > 3
+    leader.close()

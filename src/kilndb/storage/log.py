@@ -70,6 +70,12 @@ def _read_located(
     return _core.read_records([(f.fd, f.name) for f in files], reads, fact_type)
 
 
+def _check_follows(first: int, last_here: int) -> None:
+    """Refuse a shipment whose first fact does not come after this log's end."""
+    if first <= last_here:
+        raise ProtocolError(f"shipment starts at position {first}, this log is at {last_here}")
+
+
 class Log:
     def __init__(
         self, directory: Path, config: DatabaseConfig, database_id: str | None = None
@@ -204,19 +210,21 @@ class Log:
         with self.lock:
             self.check_open()
             last_here = self.next_position - 1
-            parsed = parse_shipment(frames, last_here if after is None else after)
+            start = last_here if after is None else after
+            # The native core checks and indexes the shipment in one pass; a store that
+            # keeps only each key's latest fact, or a record in a layout of its own,
+            # takes the path below, fact by fact.
+            latest_only = any(policy.keep == "latest" for policy in self.retention.values())
+            indexed = None if latest_only else _core.parse_shipment(frames, start)
+            if indexed is not None:
+                return self._append_indexed(frames, indexed, last_here)
+            parsed = parse_shipment(frames, start)
             if not parsed:
                 return last_here
             first = next(fact[0] for _, fact in parsed if fact is not None)
-            if first <= last_here:
-                raise ProtocolError(
-                    f"shipment starts at position {first}, this log is at {last_here}"
-                )
+            _check_follows(first, last_here)
             data = b"".join(frame for frame, _ in parsed)
-            active = self.active
-            if active.size + len(data) > self.config.max_file_size and self._has_facts(active):
-                self._rotate_locked()
-                active = self.active
+            active = self._active_for(len(data))
             offset = active.append(data)
             file_id = active.file_id
             keydir = self.keydir
@@ -239,17 +247,45 @@ class Log:
                 self.last_ttime = max(self.last_ttime, ttime)
                 offset += len(frame)
                 facts += 1
-            self.next_position = position + 1
-            self.written = position
-            self.group_commit.note_written(position)
-            counters = self.stats_counters
-            counters["writes"] += 1
-            counters["facts_written"] += facts
-            if self.config.sync != "always":
-                self.visible = position
-                if self.subscribers:
-                    self.wake_subscribers()
+            self._shipped(position, facts)
             return position
+
+    def _append_indexed(self, frames: bytes, indexed: _core.IndexedFile, last_here: int) -> int:
+        """Append a shipment the native core checked and indexed (hold the lock)."""
+        if not len(indexed):
+            return last_here
+        _check_follows(indexed.first_position, last_here)
+        active = self._active_for(len(frames))
+        offset = active.append(frames)
+        ttime = indexed.load_into(
+            self.keydir, active.file_id, self.ids_codec.prefix, self.ids, offset
+        )
+        if ttime is not None:
+            self.last_ttime = max(self.last_ttime, ttime)
+        position = indexed.last_position
+        self._shipped(position, len(indexed))
+        return position
+
+    def _active_for(self, size: int) -> DataFile:
+        """The active file, rotated first if ``size`` more bytes would overfill it."""
+        active = self.active
+        if active.size + size > self.config.max_file_size and self._has_facts(active):
+            self._rotate_locked()
+            active = self.active
+        return active
+
+    def _shipped(self, position: int, facts: int) -> None:
+        """Account for a shipment appended through ``position`` (hold the lock)."""
+        self.next_position = position + 1
+        self.written = position
+        self.group_commit.note_written(position)
+        counters = self.stats_counters
+        counters["writes"] += 1
+        counters["facts_written"] += facts
+        if self.config.sync != "always":
+            self.visible = position
+            if self.subscribers:
+                self.wake_subscribers()
 
     def wait_durable(self, position: int) -> None:
         """Apply the sync policy to a write that ended at ``position`` (lock released).

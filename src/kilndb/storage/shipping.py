@@ -16,7 +16,12 @@ at about ``max_records`` records or ``max_bytes`` bytes, but a batch is never sp
 
 :func:`parse_shipment` checks a received shipment — every CRC, positions that only grow,
 batches complete — before :meth:`kilndb.storage.log.Log.append_shipment` appends the
-bytes as they are and indexes the facts. Positions need not be contiguous: compaction
+bytes as they are and indexes the facts.
+
+Both sides run in the native core (``_core.ship_units`` reads the units of a file,
+``_core.parse_shipment`` checks and indexes a shipment) for records laid out as KilnDB
+writes them; the Python code here reads and checks any other record, and is the
+reference for what the core does. Positions need not be contiguous: compaction
 leaves holes in a leader's log, and the follower keeps the same holes.
 """
 
@@ -28,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from kilndb import _core
 from kilndb.codec import FrameDecoder, encode_frame
 from kilndb.errors import CursorTooOldError, ProtocolError
 from kilndb.storage.records import BATCH_PREFIX, FACT_PREFIX, FILE_PREFIX
@@ -89,17 +95,27 @@ class LogReader:
         while self._file_id is not None:
             full = False
             self._exhausted = False
-            for frames, positions, end in self._units(durable):
-                parts += frames
-                size += sum(len(f) for f in frames)
-                count += len(positions)
-                first = first or positions[0]
-                last = positions[-1]
-                self._offset = end
-                self.after = last
-                if count >= max_records or size >= max_bytes:
-                    full = True
-                    break
+            native = self._native_units(durable, max_records - count, max_bytes - size)
+            if native is not None:
+                frames, unit_first, unit_last, units, self._offset, full, self._exhausted = native
+                if units:
+                    parts.append(frames)
+                    size += len(frames)
+                    count += units
+                    first = first or unit_first
+                    last = self.after = unit_last
+            else:
+                for unit, positions, end in self._units(durable):
+                    parts += unit
+                    size += sum(len(f) for f in unit)
+                    count += len(positions)
+                    first = first or positions[0]
+                    last = positions[-1]
+                    self._offset = end
+                    self.after = last
+                    if count >= max_records or size >= max_bytes:
+                        full = True
+                        break
             # Full, or stopped before a record not durable yet, or at the end of the
             # newest file: done for now. At the end of an older file: on to the next.
             if full or not self._exhausted or not self._next_file():
@@ -145,6 +161,20 @@ class LogReader:
         self._datafile = self.log.files.get(self._file_id)
         self._offset = 0
         return True
+
+    def _native_units(
+        self, durable: int, max_records: int, max_bytes: int
+    ) -> tuple[bytes, int, int, int, int, bool, bool] | None:
+        """The units from the current offset, read by the native core (see
+        ``_core.ship_units``); None if the file was replaced meanwhile (then the reader
+        seeks again) or holds a record only :meth:`_units` can read."""
+        assert self._file_id is not None
+        datafile = self.log.files.get(self._file_id)
+        if datafile is None or datafile is not self._datafile:
+            return None  # _units notices it too, and seeks again
+        return _core.ship_units(
+            datafile.fd, datafile.name, self._offset, datafile.size, durable, max_records, max_bytes
+        )
 
     def _units(self, durable: int) -> Iterator[tuple[list[bytes], list[int], int]]:
         """The durable facts and whole batches from the current offset, each as
