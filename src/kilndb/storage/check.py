@@ -32,7 +32,9 @@ relies on. The checker verifies, and reports each finding as a :class:`Problem` 
 *The native walk.* A data file with nothing wrong is the common case, so each file is
 first handed to the native core (:func:`kilndb.storage.check_file.check_file`), which
 applies all the rules above in one pass and indexes the file when it is intact; the
-hint is then compared with that index natively too. At the first thing the core's rules
+hint is then compared with that index natively too. These walks run ahead of the
+checker, several files at once, each from its own header's first position; a file's
+walk is used when its turn shows that header right. At the first thing the core's rules
 do not cover, whether damage or only a record in a layout of its own, the file is read
 again frame by frame as below. So the core can only answer "nothing wrong" faster.
 
@@ -76,6 +78,7 @@ import logging
 import mmap
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,7 +87,7 @@ import orjson
 
 from kilndb.codec import FRAME_HEADER_SIZE, encode_frame
 from kilndb.errors import NotFoundError, StorageError
-from kilndb.storage.check_file import FileResult, Problem, check_file
+from kilndb.storage.check_file import Ahead, FileResult, Problem, check_file, walk_ahead
 from kilndb.storage.datafile import (
     HINT_SUFFIX,
     LEFTOVER_SUFFIXES,
@@ -107,6 +110,8 @@ __all__ = ["CheckReport", "Problem", "check_database"]
 log = logging.getLogger("kilndb.storage")
 
 _REPAIR_SUFFIX = ".repair.tmp"
+#: Data files walked at once by the native core (each holds its file in memory).
+_WALKERS = 4
 
 
 @dataclass(slots=True)
@@ -177,9 +182,13 @@ class _Checker:
         self.read_meta()
         file_ids = list_data_files(directory)
         last = 0
-        for index, file_id in enumerate(file_ids):
-            result = self.check_data_file(file_id, index == len(file_ids) - 1, last)
-            last = max(last, result.first_position - 1, result.last_fact_position)
+        workers = min(_WALKERS, os.cpu_count() or 1)
+        with ThreadPoolExecutor(workers, thread_name_prefix="kiln-check") as pool:
+            ahead = [pool.submit(walk_ahead, data_path(directory, f)) for f in file_ids]
+            for index, file_id in enumerate(file_ids):
+                newest = index == len(file_ids) - 1
+                result = self.check_data_file(file_id, newest, last, ahead[index].result())
+                last = max(last, result.first_position - 1, result.last_fact_position)
         present = set(file_ids)
         for entry in sorted(directory.iterdir()):
             name = entry.name
@@ -216,14 +225,16 @@ class _Checker:
         self.meta = meta
         self.database_id = meta["database_id"]
 
-    def check_data_file(self, file_id: int, newest: bool, last: int) -> FileResult:
+    def check_data_file(
+        self, file_id: int, newest: bool, last: int, ahead: Ahead | None = None
+    ) -> FileResult:
         path = data_path(self.directory, file_id)
         with path.open("rb") as handle:
             length = os.fstat(handle.fileno()).st_size
             result = FileResult(file_id, path, newest, length)
             buf: Buffer = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) if length else b""
             try:
-                result = check_file(buf, handle.fileno(), result, last, self.database_id)
+                result = check_file(buf, handle.fileno(), result, last, self.database_id, ahead)
                 if self.database_id is None and result.header is not None:
                     header = orjson.loads(buf[FRAME_HEADER_SIZE : result.header[1] - 4])
                     if isinstance(header.get("database_id"), str):

@@ -10,6 +10,7 @@ or nothing, repair) is in :mod:`kilndb.storage.check`.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,11 +18,12 @@ from typing import Any
 
 from kilndb import _core
 from kilndb.codec import FRAME_HEADER_SIZE, FRAME_OVERHEAD, read_u32
+from kilndb.errors import KilnError
 from kilndb.storage.hint import TOMBSTONE
 from kilndb.storage.records import BATCH_PREFIX, FACT_PREFIX, FILE_PREFIX
 from kilndb.storage.resync import Buffer, frame_at, nonzero_end, parse_record, resync
 
-__all__ = ["FileResult", "FileScan", "Problem", "check_file"]
+__all__ = ["FileResult", "FileScan", "Problem", "check_file", "walk_ahead"]
 
 _BATCH_TEXT = re.compile(rb'\{"batch":(\d+),"first":(\d+)\}')
 
@@ -111,20 +113,58 @@ class FileResult:
         return max((record["position"] for _, record in self.facts.values()), default=0)
 
 
+#: The native walk of a file begun before its turn: (its header's first position, the
+#: file's length, the walk's result).
+Ahead = tuple[int, int, "_core.IndexedFile | None"]
+
+#: The largest header frame read ahead; anything longer is left to its turn.
+_HEADER_LIMIT = 1 << 20
+
+
+def walk_ahead(path: Path) -> Ahead | None:
+    """The native walk of the data file at ``path`` from its own header's first position,
+    done ahead of its turn (the walks of several files run in parallel, the core
+    releasing the GIL), for :func:`check_file` to use once the file's turn shows that
+    header right; None if the header cannot be read here."""
+    try:
+        with path.open("rb") as handle:
+            fd = handle.fileno()
+            length = os.fstat(fd).st_size
+            head = os.pread(fd, FRAME_HEADER_SIZE, 0)
+            if len(head) < FRAME_HEADER_SIZE:
+                return None
+            size = read_u32(head, 0) + FRAME_OVERHEAD
+            if size > min(length, _HEADER_LIMIT):
+                return None
+            found = frame_at(os.pread(fd, size, 0), 0, size)
+            record = None if isinstance(found, str) else parse_record(found[1])
+            first = None if record is None else _positive(record.get("first_position"))
+            if isinstance(found, str) or first is None:
+                return None
+            return first, length, _core.check_file(fd, str(path), found[0], length, first - 1)
+    except (OSError, KilnError):
+        return None  # its turn will meet the same trouble and say what it is
+
+
 def check_file(
     buf: Buffer,
     fd: int,
     result: FileResult,
     last: int,
     database_id: str | None,
+    ahead: Ahead | None = None,
 ) -> FileResult:
     """Check the data file open as ``fd`` (also mapped as ``buf``), whose positions must
     be above ``last``: ``result`` filled, or a fresh one from the frame-by-frame scan
-    when the native core found anything to look into."""
+    when the native core found anything to look into. ``ahead``: the file's
+    :func:`walk_ahead`, used if its header proves right."""
     scan = FileScan(buf, result, last, database_id)
     start = scan.read_header()
     if start is not None and result.header is not None and not result.problems:
-        indexed = _core.check_file(fd, str(result.path), start, result.length, scan.last)
+        if ahead is not None and ahead[:2] == (result.first_position, result.length):
+            indexed = ahead[2]
+        else:
+            indexed = _core.check_file(fd, str(result.path), start, result.length, scan.last)
         if indexed is not None:
             result.indexed = indexed
             result.records_ok += indexed.records
