@@ -27,6 +27,8 @@ __all__ = ["backup_from_server"]
 
 #: How often the copy's progress is looked at, in seconds.
 POLL = 0.05
+#: How often the copy is fsynced while it grows, in milliseconds.
+BACKUP_SYNC_MS = 200
 
 
 def backup_from_server(
@@ -43,8 +45,16 @@ def backup_from_server(
     refuses (no such database, a missing scope) or the stream fails part way.
     """
     started = time.monotonic()
+    # A copy is only a backup once it is whole: it is fsynced every interval (so its
+    # acknowledgements stay true) and completely when the follower closes it, not after
+    # every shipment.
     follower = Follower(
-        endpoint.url, data, name=name, token=endpoint.token, connect_timeout=connect_timeout
+        endpoint.url,
+        data,
+        name=name,
+        token=endpoint.token,
+        connect_timeout=connect_timeout,
+        config=DatabaseConfig(sync="interval", sync_interval_ms=BACKUP_SYNC_MS),
     )
     follower.leader = endpoint  # with its TLS context
     follower.start()

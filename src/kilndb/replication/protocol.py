@@ -15,7 +15,7 @@ error frame saying what differs (protocol version, epoch, database) — and then
 ``{"event": "replication", "type": …}`` frames on the connection:
 
 ``batch {first, last, count, frames}``
-    at most ~256 records / 64 KiB of the leader's durable log after the last one sent;
+    at most ~4,096 records / 512 KiB of the leader's durable log after the last one sent;
     ``frames`` is the base64 of the records' CRC frames, verbatim.
 ``caught_up {position}``
     once, when the follower has everything that was durable when it asked.

@@ -40,6 +40,9 @@ log = logging.getLogger("kilndb.replication")
 
 #: Bytes of shipments a follower may have in flight before shipping waits for it.
 SEND_WINDOW = 2 * 1024 * 1024
+#: The most facts and bytes of records a shipment carries (a batch is never split).
+SHIPMENT_RECORDS = 4096
+SHIPMENT_BYTES = 512 * 1024
 
 
 class FollowerLink:
@@ -149,7 +152,7 @@ class FollowerLink:
                 if db.closed:  # evicted or removed: the follower reconnects and reopens it
                     self._drop(f"database {db.name} was closed")
                     return
-                shipment = reader.next()
+                shipment = reader.next(SHIPMENT_RECORDS, SHIPMENT_BYTES)
                 # Read after the shipment: a policy set before any of its records was
                 # appended (set_retention and appends share the log's lock) is seen
                 # here and reaches the follower before them.
