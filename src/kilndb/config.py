@@ -11,6 +11,8 @@ __all__ = ["DatabaseConfig", "SyncMode"]
 
 SyncMode = Literal["always", "interval", "none"]
 _SYNC_MODES = ("always", "interval", "none")
+#: The largest record (a fact, or a whole atomic batch) a database accepts by default.
+DEFAULT_MAX_RECORD_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,7 +34,7 @@ class DatabaseConfig:
     max_file_size: int = 64 * 1024 * 1024
     compaction_threshold: float = 0.3
     auto_compact: bool = True
-    max_record_bytes: int = 64 * 1024 * 1024
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
 
     def __post_init__(self) -> None:
         if self.sync not in _SYNC_MODES:

@@ -283,3 +283,20 @@ def test_an_unexpected_message_is_an_error_and_the_follower_reconnects(
         assert follower.last_error == f"unexpected message from the leader {leader.url}: {named}"
     finally:
         leader.close()
+
+
+def test_a_batch_larger_than_a_client_frame_is_replicated_whole(tmp_path: Path) -> None:
+    # 13 MB of records: base64 makes its shipment larger than the 16 MiB a client
+    # frame may be, and than the leader's send window; a batch is never split.
+    with Server(data=tmp_path / "leader", port=0) as leader:
+        with kilndb.connect(leader.url) as db:
+            db.write_many(Write("s", f"k{i}", "x" * 100_000) for i in range(130))
+            db.store("s").write("after", 1)
+        follower = Follower(leader.url, tmp_path / "copy").start()
+        try:
+            assert follower.wait_for(position=131, timeout=20), follower.status()
+            copy = follower.database
+            assert copy.store("s").read("k129") is not None
+            assert len(copy.store("s").read("k7").value) == 100_000  # type: ignore[union-attr]
+        finally:
+            follower.stop()

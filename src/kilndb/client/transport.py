@@ -38,11 +38,17 @@ PIPELINE_WINDOW = 512
 class Connection:
     """One socket to a server, used request by request."""
 
-    def __init__(self, endpoint: Endpoint | str, timeout: float | None = 30.0) -> None:
+    def __init__(
+        self,
+        endpoint: Endpoint | str,
+        timeout: float | None = 30.0,
+        max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+    ) -> None:
+        """``max_frame_bytes``: the largest frame accepted from the server."""
         self.endpoint = Endpoint.make(endpoint)
         self.url = self.endpoint.url
         self._sock: socket.socket | None = self.endpoint.open_socket(timeout)
-        self._decoder = FrameDecoder(DEFAULT_MAX_FRAME_BYTES)
+        self._decoder = FrameDecoder(max_frame_bytes)
         self._lock = threading.Lock()
 
     @property

@@ -77,6 +77,7 @@ class Follower(StreamFollower):
             backoff_min=backoff_min,
             backoff_max=backoff_max,
             connect_timeout=connect_timeout,
+            max_record_bytes=(config or DatabaseConfig()).max_record_bytes,
         )
         #: The data directory; the copy is ``path / name``.
         self.path = Path(path)

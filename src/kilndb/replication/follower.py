@@ -39,6 +39,7 @@ from typing import Any
 
 from kilndb.client.endpoint import Endpoint
 from kilndb.client.transport import Connection
+from kilndb.config import DEFAULT_MAX_RECORD_BYTES
 from kilndb.engine import Database
 from kilndb.errors import (
     ConnectionLostError,
@@ -48,7 +49,13 @@ from kilndb.errors import (
     StaleEpochError,
 )
 from kilndb.replication.fencing import EpochFence
-from kilndb.replication.protocol import SILENCE_SECONDS, ack, frames_of, sync_request
+from kilndb.replication.protocol import (
+    SILENCE_SECONDS,
+    ack,
+    frames_of,
+    shipment_frame_limit,
+    sync_request,
+)
 
 __all__ = ["CONNECT_TIMEOUT", "StreamFollower"]
 
@@ -107,6 +114,7 @@ class StreamFollower:
         connect_timeout: float = CONNECT_TIMEOUT,
         fence: EpochFence | None = None,
         node: str | None = None,
+        max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
     ) -> None:
         if not 0 < backoff_min <= backoff_max:
             raise InvalidArgumentError("backoff needs 0 < backoff_min <= backoff_max")
@@ -138,6 +146,9 @@ class StreamFollower:
         self.backoff_max = backoff_max
         #: Seconds a connection to the leader may take to open.
         self.connect_timeout = connect_timeout
+        #: The largest frame taken from the leader: a shipment holding a whole batch of
+        #: ``max_record_bytes`` (the leader's, as configured alike across a cluster).
+        self.max_frame_bytes = shipment_frame_limit(max_record_bytes)
         #: ``connecting``, ``catching_up``, ``streaming``, ``retrying`` (the connection
         #: broke), ``error`` (see :attr:`last_error`), ``stale_leader``, ``truncating``,
         #: ``resyncing``, or ``stopped``.
@@ -401,7 +412,9 @@ class StreamFollower:
         """A connection to the leader, opened within ``connect_timeout`` seconds; its
         reads then wait up to SILENCE_SECONDS."""
         try:
-            conn = Connection(self.leader, timeout=self.connect_timeout)
+            conn = Connection(
+                self.leader, timeout=self.connect_timeout, max_frame_bytes=self.max_frame_bytes
+            )
         except ConnectionLostError as exc:
             if isinstance(exc.__cause__, TimeoutError):
                 raise ConnectionLostError(

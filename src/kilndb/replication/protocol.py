@@ -52,6 +52,7 @@ from __future__ import annotations
 import base64
 from typing import Any
 
+from kilndb.codec import DEFAULT_MAX_FRAME_BYTES
 from kilndb.storage.shipping import Shipment
 
 __all__ = [
@@ -71,6 +72,15 @@ __all__ = [
 PROTOCOL_VERSION = 1
 HEARTBEAT_SECONDS = 1.0
 SILENCE_SECONDS = 10.0
+#: Room in a ``batch`` frame for its JSON around the base64 of its records.
+_ENVELOPE_BYTES = 64 * 1024
+
+
+def shipment_frame_limit(max_record_bytes: int) -> int:
+    """The largest ``batch`` frame a follower takes: one whose records are a whole batch
+    of ``max_record_bytes`` (base64 makes 4 bytes of every 3), never below the client
+    protocol's limit."""
+    return max(DEFAULT_MAX_FRAME_BYTES, 4 * -(-max_record_bytes // 3) + _ENVELOPE_BYTES)
 
 
 def sync_request(

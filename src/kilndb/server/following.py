@@ -323,6 +323,7 @@ class Following:
                 connect_timeout=config.replication_connect_timeout,
                 fence=self.epochs,
                 node=config.node_name if config.coordinator is not None else None,
+                max_record_bytes=self.databases.config.max_record_bytes,
             )
             self.followers.append(follower.start())
         self.metrics.event("following", leader=leader.url, databases=names)

@@ -134,13 +134,17 @@ class FollowerLink:
         }
 
     def _push(self, event: dict[str, Any]) -> bool:
+        frame = encode_frame(orjson.dumps(event))
+        # A shipment larger than the window (one large batch, never split) waits for an
+        # empty outbox, which takes a frame of any size.
+        window = SEND_WINDOW if len(frame) <= SEND_WINDOW else 0
         deadline = time.monotonic() + SILENCE_SECONDS
-        while self._backlog() > SEND_WINDOW and not self.closed:
+        while self._backlog() > window and not self.closed:
             if time.monotonic() > deadline:
                 self._drop(f"follower {self.peer} stopped reading")
                 return False
             time.sleep(0.002)
-        return self._send(encode_frame(orjson.dumps(event)), 0)
+        return self._send(frame, 0)
 
     def _run(self) -> None:
         db, reader = self.db, self._reader
