@@ -9,16 +9,26 @@
 //!    and hashes it. The common write (valid plain arguments, a plain JSON value) is done
 //!    here; anything else is handed to the Python `prepare` function, which raises the
 //!    precise `InvalidArgumentError` or returns a `PreparedWrite` for the exotic value.
+//!    A write that comes with the value hash it claims (a whole fact being imported) is
+//!    refused when the hash computed here differs.
 //! 2. *stages* each prepared write against the state of its key (expected-seq check,
-//!    tombstones, idempotent ids), gives it its position and seq, encodes its record
-//!    (the frame body written to the data file, byte for byte what the pure-Python
-//!    engine wrote) and builds the `Fact` the caller gets back.
+//!    tombstones, idempotent ids), gives it its position, seq and transaction time (the
+//!    batch's, or the write's own when the caller decided one per write), encodes its
+//!    record (the frame body written to the data file, byte for byte what the
+//!    pure-Python engine wrote) and builds the `Fact` the caller gets back.
+//!
+//! An id is looked up in the log's id index and keydir without leaving Rust when the log
+//! has its index at hand (`log.ids`, an `IdIndex`); the log's `_stored_position` answers
+//! for any other log, for an id that is not ASCII but has this database's generated
+//! form, and refuses a generated id naming a position not written yet.
 //!
 //! Nothing is written or indexed here: the caller appends [`Staged::data`] to the active
 //! file and then calls [`Staged::apply`] with where it landed, so a failed append leaves
-//! the keydir untouched.
+//! the keydir untouched. Each fact is indexed with its own transaction time.
 
-use hashbrown::HashMap;
+use std::borrow::Cow;
+
+use hashbrown::{Equivalent, HashMap};
 
 use pyo3::prelude::*;
 
@@ -112,6 +122,21 @@ fn char_len_at_most(text: &str, limit: usize) -> bool {
     text.len() <= limit || text.chars().count() <= limit
 }
 
+/// A field's JSON: most are `null` or `{}`, which need no buffer of their own.
+type Json = Cow<'static, [u8]>;
+const NULL: Json = Cow::Borrowed(b"null");
+const EMPTY_OBJECT: Json = Cow::Borrowed(b"{}");
+
+/// A key's slot in the batch's key states, looked up without copying its names.
+#[derive(Hash)]
+struct SlotRef<'a>(&'a str, &'a str);
+
+impl Equivalent<(String, String)> for SlotRef<'_> {
+    fn equivalent(&self, key: &(String, String)) -> bool {
+        self.0 == key.0 && self.1 == key.1
+    }
+}
+
 /// One write, checked and serialised.
 struct Prepared {
     store: Py<PyString>,
@@ -127,15 +152,16 @@ struct Prepared {
     id: Option<Py<PyString>>,
     id_text: Option<String>,
     causation: Option<Py<PyString>>,
-    causation_json: Vec<u8>,
+    causation_json: Json,
     valid_time: Option<f64>,
     schema_version: i64,
     producer: Py<PyAny>,
-    producer_json: Vec<u8>,
+    producer_json: Json,
     derivation: Py<PyAny>,
-    derivation_json: Vec<u8>,
-    metadata: Py<PyDict>,
-    metadata_json: Vec<u8>,
+    derivation_json: Json,
+    /// The metadata as readers see it (a private copy); None when staged for the wire.
+    metadata: Option<Py<PyDict>>,
+    metadata_json: Json,
     deleted: bool,
 }
 
@@ -158,6 +184,38 @@ struct Entry {
     seq: u64,
     deleted: bool,
     id: Option<Py<PyString>>,
+    ttime: f64,
+    /// Where its write is in the batch.
+    write: usize,
+}
+
+/// The position a generated id of the database with `prefix` encodes, or None if `id`
+/// is not one (the rule of `kilndb.storage.ids.IdCodec.position_of`, for ASCII ids).
+fn generated_position(prefix: &str, id: &str) -> Option<u64> {
+    let bytes = id.as_bytes();
+    if bytes.len() != 36 || !id.starts_with(prefix) || bytes[23] != b'-' {
+        return None;
+    }
+    let mut low: u64 = 0;
+    for &b in bytes[19..23].iter().chain(&bytes[24..]) {
+        low = (low << 4) | u64::from((b as char).to_digit(16)?);
+    }
+    (low >> 62 == 2).then_some(low & ((1 << 62) - 1))
+}
+
+/// The message refusing a whole fact whose claimed value hash is not its value's (as
+/// `kilndb.engine.writes.fact_write` words it).
+fn hash_mismatch(py: Python<'_>, claimed: &str, actual: &str) -> PyResult<PyErr> {
+    let head: String = claimed.chars().take(80).collect();
+    let shown = PyString::new(py, &head).repr()?;
+    Ok(invalid_argument(
+        py,
+        format!(
+            "value_hash {} does not match the value (its SHA-256 of canonical JSON is \
+             '{actual}'): the fact was altered or hashed otherwise",
+            shown.to_str()?
+        ),
+    ))
 }
 
 /// Builds staged batches for one database.
@@ -313,11 +371,11 @@ impl Stager {
             },
             Err(_) => return Ok(None),
         };
-        let json_field = |obj: &Bound<'_, PyAny>| -> PyResult<Option<Vec<u8>>> {
+        let json_field = |obj: &Bound<'_, PyAny>| -> PyResult<Option<Json>> {
             if obj.is_none() {
-                return Ok(Some(b"null".to_vec()));
+                return Ok(Some(NULL));
             }
-            jsonw::dumps(py, obj, false)
+            Ok(jsonw::dumps(py, obj, false)?.map(Cow::Owned))
         };
         let Some(producer_json) = json_field(&producer)? else {
             return Ok(None);
@@ -325,8 +383,8 @@ impl Stager {
         let Some(derivation_json) = json_field(&derivation)? else {
             return Ok(None);
         };
-        let metadata_copy = if metadata.is_none() {
-            PyDict::new(py)
+        let metadata_dict = if metadata.is_none() {
+            None
         } else {
             let Ok(dict) = metadata.cast_exact::<PyDict>() else {
                 return Ok(None);
@@ -336,10 +394,19 @@ impl Stager {
                     return Ok(None);
                 }
             }
-            dict.copy()?
+            Some(dict)
         };
-        let Some(metadata_json) = jsonw::dumps(py, metadata_copy.as_any(), false)? else {
-            return Ok(None);
+        let metadata_json = match metadata_dict {
+            Some(dict) if !dict.is_empty() => match jsonw::dumps(py, dict.as_any(), false)? {
+                Some(json) => Cow::Owned(json),
+                None => return Ok(None),
+            },
+            _ => EMPTY_OBJECT,
+        };
+        let metadata_copy = match (wire, metadata_dict) {
+            (true, _) => None,
+            (false, Some(dict)) => Some(dict.copy()?.unbind()),
+            (false, None) => Some(PyDict::new(py).unbind()),
         };
         let value_hash = if deleted {
             jsonw::sha256_hex(b"null")
@@ -351,8 +418,8 @@ impl Stager {
             None => None,
         };
         let causation_json = match &causation {
-            Some(s) => jsonw::string_json(s.bind(py).to_str()?),
-            None => b"null".to_vec(),
+            Some(s) => Cow::Owned(jsonw::string_json(s.bind(py).to_str()?)),
+            None => NULL,
         };
         Ok(Some(Prepared {
             store: store_str.clone().unbind(),
@@ -373,7 +440,7 @@ impl Stager {
             producer_json,
             derivation: as_read(py, &derivation, &derivation_json)?,
             derivation_json,
-            metadata: metadata_copy.unbind(),
+            metadata: metadata_copy,
             metadata_json,
             deleted,
         }))
@@ -394,10 +461,10 @@ impl Stager {
                 Ok(Some(obj.cast_into::<PyString>()?.unbind()))
             }
         };
-        let any_json = |obj: &Bound<'_, PyAny>| -> PyResult<Vec<u8>> {
+        let any_json = |obj: &Bound<'_, PyAny>| -> PyResult<Json> {
             match jsonw::dumps(py, obj, false)? {
-                Some(json) => Ok(json),
-                None => jsonw::orjson_dumps(py, obj),
+                Some(json) => Ok(Cow::Owned(json)),
+                None => Ok(Cow::Owned(jsonw::orjson_dumps(py, obj)?)),
             }
         };
         let (store, store_text) = text("store")?;
@@ -431,8 +498,8 @@ impl Stager {
             },
             id,
             causation_json: match &causation {
-                Some(s) => jsonw::string_json(s.bind(py).to_str()?),
-                None => b"null".to_vec(),
+                Some(s) => Cow::Owned(jsonw::string_json(s.bind(py).to_str()?)),
+                None => NULL,
             },
             causation,
             valid_time: w.getattr("valid_time")?.extract()?,
@@ -442,13 +509,47 @@ impl Stager {
             derivation: as_read(py, &derivation, &derivation_json)?,
             derivation_json,
             metadata_json: any_json(metadata.as_any())?,
-            metadata: metadata.unbind(),
+            metadata: Some(metadata.unbind()),
             deleted,
         })
     }
 
     fn generated_id(&self, position: u64) -> String {
         crate::record::generated_id(&self.id_prefix, position)
+    }
+
+    /// The position of the retained fact stored under `id`, or None, by the rule of
+    /// `FactLog._stored_position`: natively when the log's id index is at hand, else (and
+    /// for an unusual id, or a generated one naming a position not written yet, which it
+    /// refuses) by calling that method.
+    #[allow(clippy::too_many_arguments)]
+    fn stored_position(
+        &self,
+        py: Python<'_>,
+        log: &Bound<'_, PyAny>,
+        ids: Option<&Bound<'_, IdIndex>>,
+        keydir: &Bound<'_, KeyDir>,
+        next_position: u64,
+        id: &str,
+    ) -> PyResult<Option<u64>> {
+        if let Some(ids) = ids {
+            let retained = |at: u64| keydir.get().read(py).is_retained(at as i64);
+            let client = ids.borrow().ids.get(id);
+            if let Some(at) = client {
+                return Ok(retained(at).then_some(at));
+            }
+            if id.is_ascii() {
+                match generated_position(&self.id_prefix, id) {
+                    None => return Ok(None),
+                    Some(at) if at < next_position => return Ok(retained(at).then_some(at)),
+                    Some(_) => {}
+                }
+            } else if !id.starts_with(&self.id_prefix) {
+                return Ok(None);
+            }
+        }
+        log.call_method1(pyo3::intern!(py, "_stored_position"), (id,))?
+            .extract()
     }
 }
 
@@ -533,8 +634,14 @@ impl Stager {
     /// the facts are framed as one batch; otherwise each refused write's outcome is its
     /// error. `wire` makes the outcomes of written facts `orjson.Fragment`s of their JSON
     /// (with `raw`, that JSON as bytes).
+    ///
+    /// `ttimes`: one transaction time per write, each given to its fact instead of
+    /// `ttime`. `hashes`: one claimed value hash (or None) per write; a write whose
+    /// value hashes otherwise is refused with `InvalidArgumentError`. Without
+    /// `outcomes`, the results are left empty (nor is a fact stored already read): for a
+    /// caller that needs only what was written.
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (writes, log, keydir, next_position, ttime, atomic, trusted, max_record_bytes, wire = false, raw = false))]
+    #[pyo3(signature = (writes, log, keydir, next_position, ttime, atomic, trusted, max_record_bytes, wire = false, raw = false, *, ttimes = None, hashes = None, outcomes = true))]
     fn stage(
         &self,
         py: Python<'_>,
@@ -548,14 +655,37 @@ impl Stager {
         max_record_bytes: u64,
         wire: bool,
         raw: bool,
+        ttimes: Option<Vec<f64>>,
+        hashes: Option<Vec<Option<String>>>,
+        outcomes: bool,
     ) -> PyResult<Staged> {
+        let keep_outcomes = outcomes;
         guard(py, || {
             let _pause = crate::pyfact::GcPause::new(py);
+            let writes = writes.try_iter()?.collect::<PyResult<Vec<_>>>()?;
+            for (name, given) in [
+                ("ttimes", ttimes.as_ref().map(Vec::len)),
+                ("hashes", hashes.as_ref().map(Vec::len)),
+            ] {
+                if let Some(len) = given.filter(|len| *len != writes.len()) {
+                    return Err(invalid_argument(
+                        py,
+                        format!("{name} has {len} entries for {} writes", writes.len()),
+                    ));
+                }
+            }
             // Pass 1: prepare every write (an atomic batch refuses the first bad one).
-            let mut prepared: Vec<Result<Prepared, PyErr>> = Vec::new();
-            for write in writes.try_iter()? {
-                let write = write?;
-                match self.prepare_one(py, &write, trusted, wire) {
+            let mut prepared: Vec<Result<Prepared, PyErr>> = Vec::with_capacity(writes.len());
+            for (i, write) in writes.iter().enumerate() {
+                let checked = self
+                    .prepare_one(py, write, trusted, wire)
+                    .and_then(|p| match hashes.as_ref().and_then(|h| h[i].as_deref()) {
+                        Some(claimed) if claimed != p.value_hash => {
+                            Err(hash_mismatch(py, claimed, &p.value_hash)?)
+                        }
+                        _ => Ok(p),
+                    });
+                match checked {
                     Ok(p) => prepared.push(Ok(p)),
                     Err(err) if atomic => return Err(err),
                     Err(err) => {
@@ -568,20 +698,25 @@ impl Stager {
             }
             // Pass 2: stage them against the state of their keys.
             let mut outcomes: Vec<Outcome> = Vec::with_capacity(prepared.len());
-            let mut entries: Vec<Entry> = Vec::new();
+            let mut entries: Vec<Entry> = Vec::with_capacity(prepared.len());
             // The frames, back to back, in a buffer kept between batches (no fresh pages
             // to fault in for every batch).
             let mut frames = std::mem::take(&mut *self.scratch.lock());
             frames.clear();
-            let mut facts: Vec<Py<PyAny>> = Vec::new();
-            let mut key_state: HashMap<(String, String), (u64, bool)> = HashMap::new();
-            let mut written_ids: HashMap<String, usize> = HashMap::new();
+            let mut facts: Vec<Py<PyAny>> = Vec::with_capacity(prepared.len());
+            let mut key_state: HashMap<(String, String), (u64, bool)> =
+                HashMap::with_capacity(prepared.len());
+            let mut written_ids: HashMap<String, usize> = HashMap::with_capacity(prepared.len());
             let mut must_be_durable: u64 = 0;
             let mut position = next_position;
             let names = field_names(py);
-            let ttime_obj = PyFloat::new(py, ttime);
-            for item in prepared {
-                let w = match item {
+            let batch_ttime = PyFloat::new(py, ttime);
+            let ids = log
+                .getattr(pyo3::intern!(py, "ids"))
+                .ok()
+                .and_then(|ids| ids.cast_into::<IdIndex>().ok());
+            for (i, item) in prepared.into_iter().enumerate() {
+                let mut w = match item {
                     Ok(w) => w,
                     Err(err) => {
                         outcomes.push(Outcome::Refused(err));
@@ -593,21 +728,29 @@ impl Stager {
                         outcomes.push(Outcome::Written(index));
                         continue;
                     }
-                    let existing = log.call_method1("_stored_position", (id_text.as_str(),))?;
-                    if !existing.is_none() {
-                        let at: u64 = existing.extract()?;
-                        let fact = log.call_method1("_stored_fact", (at,))?;
-                        let fact = if wire {
-                            fact.call_method0("to_dict")?
+                    let existing = self.stored_position(
+                        py,
+                        log,
+                        ids.as_ref(),
+                        keydir,
+                        next_position,
+                        id_text,
+                    )?;
+                    if let Some(at) = existing {
+                        let fact = if !keep_outcomes {
+                            py.None()
+                        } else if wire {
+                            let fact = log.call_method1("_stored_fact", (at,))?;
+                            fact.call_method0("to_dict")?.unbind()
                         } else {
-                            fact
+                            log.call_method1("_stored_fact", (at,))?.unbind()
                         };
-                        outcomes.push(Outcome::Stored(fact.unbind()));
+                        outcomes.push(Outcome::Stored(fact));
                         must_be_durable = must_be_durable.max(at);
                         continue;
                     }
                 }
-                let slot = (w.store_text.clone(), w.key_text.clone());
+                let slot = SlotRef(&w.store_text, &w.key_text);
                 let (current, is_deleted) = match key_state.get(&slot) {
                     Some(state) => *state,
                     None => match keydir
@@ -645,9 +788,10 @@ impl Stager {
                     continue;
                 }
                 let seq = current + 1;
-                let fact_id = match &w.id_text {
-                    Some(id) => id.clone(),
-                    None => self.generated_id(position),
+                let ttime = ttimes.as_ref().map_or(ttime, |t| t[i]);
+                let fact_id: Cow<'_, str> = match &w.id_text {
+                    Some(id) => Cow::Borrowed(id),
+                    None => Cow::Owned(self.generated_id(position)),
                 };
                 let start = frames.len();
                 frames.extend_from_slice(&[0; frame::HEADER_SIZE]);
@@ -668,7 +812,9 @@ impl Stager {
                     .copy_from_slice(&(body_len as u32).to_be_bytes());
                 let body = start + frame::HEADER_SIZE..frames.len();
                 let crc = frame::crc32(&frames[body.clone()]);
-                let fact = if wire && raw {
+                let fact = if !keep_outcomes {
+                    py.None()
+                } else if wire && raw {
                     PyBytes::new(py, &frames[body]).into_any().unbind()
                 } else if wire {
                     self.fragment
@@ -691,7 +837,11 @@ impl Stager {
                             None => py.None().into_bound(py),
                         },
                         PyString::new(py, &w.value_hash).into_any(),
-                        ttime_obj.clone().into_any(),
+                        if ttimes.is_some() {
+                            PyFloat::new(py, ttime).into_any()
+                        } else {
+                            batch_ttime.clone().into_any()
+                        },
                         match w.valid_time {
                             Some(v) => PyFloat::new(py, v).into_any(),
                             None => py.None().into_bound(py),
@@ -703,15 +853,22 @@ impl Stager {
                         w.schema_version.into_pyobject(py)?.into_any(),
                         w.producer.bind(py).clone(),
                         w.derivation.bind(py).clone(),
-                        w.metadata.bind(py).clone().into_any(),
+                        match &w.metadata {
+                            Some(m) => m.bind(py).clone().into_any(),
+                            None => PyDict::new(py).into_any(),
+                        },
                         PyBool::new(py, w.deleted).to_owned().into_any(),
                     ];
                     crate::pyfact::fact_with(py, self.fact_type.bind(py), names, values)?.unbind()
                 };
                 frames.extend_from_slice(&crc.to_be_bytes());
-                if let Some(id_text) = &w.id_text {
-                    written_ids.insert(id_text.clone(), facts.len());
+                if let Some(id_text) = w.id_text.take() {
+                    written_ids.insert(id_text, facts.len());
                 }
+                let slot = (
+                    std::mem::take(&mut w.store_text),
+                    std::mem::take(&mut w.key_text),
+                );
                 key_state.insert(slot, (seq, w.deleted));
                 entries.push(Entry {
                     store: w.store.clone_ref(py),
@@ -721,6 +878,8 @@ impl Stager {
                     seq,
                     deleted: w.deleted,
                     id: w.id.as_ref().map(|id| id.clone_ref(py)),
+                    ttime,
+                    write: i,
                 });
                 outcomes.push(Outcome::Written(facts.len()));
                 facts.push(fact);
@@ -760,6 +919,9 @@ impl Stager {
                 *self.scratch.lock() = frames;
             }
             let results = PyList::empty(py);
+            if !keep_outcomes {
+                outcomes.clear();
+            }
             for outcome in outcomes {
                 match outcome {
                     Outcome::Written(index) => results.append(facts[index].bind(py))?,
@@ -830,8 +992,15 @@ impl Staged {
         self.entries.len()
     }
 
-    /// Index the written facts: `data` was appended at `offset` of data file `file_id`.
-    /// `ids` is the client-id index; for stores in `latest_only` (retention
+    /// Where each fact this batch writes is among the writes staged, in position order
+    /// (a write left out was refused, or named an id stored already).
+    #[getter]
+    fn written(&self) -> Vec<usize> {
+        self.entries.iter().map(|e| e.write).collect()
+    }
+
+    /// Index the written facts, each with its transaction time: `data` was appended at
+    /// `offset` of data file `file_id`. `ids` is the client-id index; for stores in `latest_only` (retention
     /// `keep="latest"`) the key's previous fact is dropped. Returns the
     /// `(file_id, size)` of every frame that became dead.
     #[allow(clippy::too_many_arguments)]
@@ -842,7 +1011,6 @@ impl Staged {
         ids: &Bound<'py, IdIndex>,
         file_id: i64,
         offset: i64,
-        ttime: f64,
         latest_only: std::collections::HashSet<String>,
     ) -> PyResult<Vec<(u64, u32)>> {
         guard(py, || {
@@ -866,7 +1034,7 @@ impl Staged {
                         size: e.size as i64,
                         seq: e.seq as i64,
                         deleted: e.deleted,
-                        ttime,
+                        ttime: e.ttime,
                     };
                     index
                         .add(file_id, &fact)
@@ -885,5 +1053,32 @@ impl Staged {
             }
             Ok(freed)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_positions_are_read_back_from_ids_of_this_database_only() {
+        let prefix = "0f1e2d3c-4b5a-8000-";
+        for position in [1, 5, 4096, (1 << 62) - 1] {
+            let id = crate::record::generated_id(prefix, position);
+            assert_eq!(generated_position(prefix, &id), Some(position));
+            assert_eq!(generated_position(prefix, &id.to_uppercase()), None);
+        }
+        let upper = "0f1e2d3c-4b5a-8000-8000-00000000000A";
+        assert_eq!(generated_position(prefix, upper), Some(10));
+        for other in [
+            "1f1e2d3c-4b5a-8000-8000-000000000005", // another database
+            "0f1e2d3c-4b5a-8000-4000-000000000005", // not the variant
+            "0f1e2d3c-4b5a-8000-8000x000000000005",
+            "0f1e2d3c-4b5a-8000-8000-00000000000g",
+            "0f1e2d3c-4b5a-8000-8000-0000000000005",
+            "order-17",
+        ] {
+            assert_eq!(generated_position(prefix, other), None, "{other}");
+        }
     }
 }

@@ -251,17 +251,21 @@ class Staged:
     @property
     def count(self) -> int:
         """Facts the batch writes."""
+    @property
+    def written(self) -> list[int]:
+        """The index among the writes staged of each fact the batch writes, in position
+        order (a write left out was refused, or named an id stored already)."""
     def apply(
         self,
         keydir: KeyDir,
         ids: IdIndex,
         file_id: int,
         offset: int,
-        ttime: float,
         latest_only: set[str],
     ) -> list[tuple[int, int]]:
-        """Index the batch, appended at ``offset`` of ``file_id``; returns the
-        ``(file_id, size)`` of frames that retention ``keep="latest"`` made dead."""
+        """Index the batch, each fact with its transaction time, appended at ``offset``
+        of ``file_id``; returns the ``(file_id, size)`` of frames that retention
+        ``keep="latest"`` made dead."""
 
 @final
 class Stager:
@@ -286,12 +290,21 @@ class Stager:
         max_record_bytes: int,
         wire: bool = False,
         raw: bool = False,
+        *,
+        ttimes: list[float] | None = None,
+        hashes: list[str | None] | None = None,
+        outcomes: bool = True,
     ) -> Staged:
         """Prepare and stage ``writes`` at positions from ``next_position`` (hold the
         log lock) against the keys' state in ``keydir``; ``log`` answers
-        ``_stored_position(id)`` and ``_stored_fact(position)``. Raises the first refusal
-        of an atomic batch. ``wire``: a written fact's outcome is its stored JSON, as an
-        ``orjson.Fragment`` (with ``raw``, as bytes)."""
+        ``_stored_position(id)`` and ``_stored_fact(position)`` (its ``ids``, an
+        IdIndex, if it has one, is consulted directly). Raises the first refusal of an
+        atomic batch. ``wire``: a written fact's outcome is its stored JSON, as an
+        ``orjson.Fragment`` (with ``raw``, as bytes). ``ttimes``: each write's own
+        transaction time, instead of ``ttime``. ``hashes``: each write's claimed value
+        hash or None; a write whose value hashes otherwise is refused
+        (InvalidArgumentError). Both have one entry per write. Without ``outcomes``,
+        ``results`` is left empty and a fact stored already is not read."""
 
 @final
 class FactScanner:

@@ -17,6 +17,7 @@ from kilndb.errors import InvalidArgumentError
 
 __all__ = [
     "FACT_FIELDS",
+    "ORIGIN_TIME_KEY",
     "Fact",
     "Write",
     "canonical_json",
@@ -123,6 +124,10 @@ _known_store_names: set[str] = set()
 
 #: Stores whose names start with this belong to KilnDB itself (``kiln.leases``).
 RESERVED_STORE_PREFIX = "kiln."
+
+#: Metadata key under which a whole fact's own transaction time is kept when it is
+#: written to a database that gives it a transaction time of its own.
+ORIGIN_TIME_KEY = "kiln.origin_transaction_time"
 
 
 def validate_store_name(name: object) -> str:

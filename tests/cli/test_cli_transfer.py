@@ -17,7 +17,7 @@ import pytest
 
 import kilndb
 from kilndb.cli.transfer import CHECKPOINT_SUFFIX
-from kilndb.engine.writes import ORIGIN_TIME_KEY
+from kilndb.engine.writes import ORIGIN_TIME_KEY, fact_write
 from kilndb.model import FACT_FIELDS
 from tests.cli.runner import assert_one_error_line, json_lines, kiln
 from tests.processes import KILN, reap, start_server, stop
@@ -251,6 +251,70 @@ def test_a_refused_batch_writes_nothing_of_itself(tmp_path: Path) -> None:
     result = kiln(tmp_path / "data", "import", "-", "--batch", "2", input=text)
     assert_one_error_line(result, 1, "conflict on w/k0: expected seq 5, actual seq 1")
     assert [f["key"] for f in _facts(tmp_path / "data")] == ["k0", "k1"]
+
+
+def test_round_trip_in_small_batches_keeps_each_facts_time(tmp_path: Path) -> None:
+    facts = _fill(tmp_path / "source")
+    exported = tmp_path / "facts.jsonl"
+    kiln(tmp_path / "source", "export", "-o", str(exported))
+    result = kiln(tmp_path / "target", "import", str(exported), "--batch", "2", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["batches"] == 3
+    assert _facts(tmp_path / "target") == facts
+    with kilndb.open(tmp_path / "target") as db:  # recovered: each fact at its own time
+        for fact in facts:
+            found = db.store(fact["store"]).read(fact["key"], as_of=fact["transaction_time"])
+            expected = None if fact["deleted"] else fact["value"]
+            assert (found.value if found is not None else None) == expected
+
+
+def test_a_forged_hash_names_its_line_or_is_skipped(tmp_path: Path) -> None:
+    facts = _fill(tmp_path / "source")
+    forged = {**facts[0], "value": {"title": "forged"}}
+    with pytest.raises(kilndb.InvalidArgumentError) as refusal:
+        fact_write(forged)
+    text = _writes(2) + json.dumps(forged) + "\n" + _writes(1, start=2)
+    result = kiln(tmp_path / "target", "import", "-", input=text)
+    assert_one_error_line(result, 1, f"line 3: {refusal.value.message} (nothing of its batch")
+    assert not (tmp_path / "target" / "default" / "META").exists() or not _facts(
+        tmp_path / "target"
+    )
+    result = kiln(tmp_path / "target", "import", "-", "--skip-invalid", "--json", input=text)
+    assert result.exit_code == 0, result.stderr
+    assert result.stderr == f"warning: skipped line 3: {refusal.value.message}\n"
+    assert (json.loads(result.stdout)["invalid"], json.loads(result.stdout)["facts_written"]) == (
+        1,
+        3,
+    )
+    assert [f["key"] for f in _facts(tmp_path / "target")] == ["k0", "k1", "k2"]
+
+
+@pytest.mark.parametrize(
+    ("field", "reason"),
+    [
+        ({"schema_version": "x"}, "schema_version must be a positive integer"),
+        ({"metadata": {"a": 1}}, "metadata must be a dict of strings to strings"),
+        ({"valid_time": "soon"}, "valid_time must be a number"),
+    ],
+)
+def test_a_line_of_the_wrong_type_is_named_or_skipped_from_its_batch(
+    tmp_path: Path, field: dict[str, Any], reason: str
+) -> None:
+    source = tmp_path / "in.jsonl"
+    bad = json.dumps({"store": "w", "key": "bad", "value": 1, **field})
+    source.write_text(_writes(2) + "\n" + bad + "\n" + _writes(2, start=2))
+    result = kiln(tmp_path / "data", "import", str(source), "--batch", "4")
+    line = assert_one_error_line(result, 1, f"line 4: {reason}")
+    assert "(nothing of its batch was written; lines 1-0 are imported" in line
+    assert not (tmp_path / "data" / "default" / "META").exists() or not _facts(tmp_path / "data")
+    skipping = ("import", str(source), "--batch", "4", "--skip-invalid", "--json")
+    result = kiln(tmp_path / "data", *skipping)
+    assert result.exit_code == 0, result.stderr
+    assert result.stderr.startswith(f"warning: skipped line 4: {reason}")
+    report = json.loads(result.stdout)
+    assert (report["lines"], report["invalid"], report["facts_written"]) == (6, 1, 4)
+    assert [f["key"] for f in _facts(tmp_path / "data")] == ["k0", "k1", "k2", "k3"]
+    assert not Path(str(source) + CHECKPOINT_SUFFIX).exists()
 
 
 def test_import_of_a_missing_file_is_an_error(tmp_path: Path) -> None:

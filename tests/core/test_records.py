@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 import kilndb
 from kilndb import Fact, Write, _core
 from kilndb.engine.database import _prepare
+from kilndb.engine.writes import fact_write
 from kilndb.errors import ConflictError, InvalidArgumentError, KilnError, NotFoundError
 from kilndb.storage.ids import IdCodec
 from tests.core import reference
@@ -76,10 +77,23 @@ def stage(
     atomic: bool,
     keydir: _core.KeyDir | None = None,
     position: int = 7,
+    ttimes: list[float] | None = None,
+    hashes: list[str | None] | None = None,
 ) -> Any:
     stager = _core.Stager(Write, Fact, _prepare, CODEC.prefix)
     index = keydir if keydir is not None else _core.KeyDir(position)
-    return stager.stage(batch, NoIds(), index, position, 1733300000.25, atomic, False, 1 << 30)
+    return stager.stage(
+        batch,
+        NoIds(),
+        index,
+        position,
+        1733300000.25,
+        atomic,
+        False,
+        1 << 30,
+        ttimes=ttimes,
+        hashes=hashes,
+    )
 
 
 def frames(data: bytes) -> list[bytes]:
@@ -177,3 +191,45 @@ def test_a_database_reads_back_what_the_core_encoded(tmp_path: Any) -> None:
     with kilndb.open(tmp_path) as db:
         read = db.store("s").read("k\n1")
     assert read == written and read is not None and read.value == value
+
+
+def test_each_write_may_carry_its_own_transaction_time() -> None:
+    staged = stage([Write("s", "a", 1), Write("s", "b", 2)], atomic=True, ttimes=[1.5, 2.5])
+    assert [fact.transaction_time for fact in staged.results] == [1.5, 2.5]
+    bodies = frames(staged.data)[1:]  # behind the batch header
+    assert [orjson.loads(body)["transaction_time"] for body in bodies] == [1.5, 2.5]
+    assert staged.written == [0, 1]
+
+
+def test_a_claimed_value_hash_must_be_the_values() -> None:
+    batch = [Write("s", "a", {"x": 1}), Write("s", "b", {"x": 1})]
+    actual = kilndb.model.value_hash(kilndb.model.canonical_json({"x": 1}))
+    claimed = 'it\'s "forged" ' + "f" * 100  # quotes, and longer than a message shows
+    with pytest.raises(InvalidArgumentError) as refused:
+        stage(batch, atomic=True, hashes=[actual, claimed])
+    with pytest.raises(InvalidArgumentError) as expected:
+        fact_write({"store": "s", "key": "b", "value": {"x": 1}, "value_hash": claimed})
+    assert refused.value.message == expected.value.message
+    outcomes = stage(batch, atomic=False, hashes=[None, claimed])
+    assert isinstance(outcomes.results[1], InvalidArgumentError)
+    assert outcomes.written == [0]
+
+
+@pytest.mark.parametrize(
+    ("ttimes", "hashes"), [([1.0], None), (None, [None]), ([1.0, 2.0], [None, None, None])]
+)
+def test_per_write_lists_must_have_one_entry_per_write(
+    ttimes: list[float] | None, hashes: list[str | None] | None
+) -> None:
+    batch = [Write("s", "a", 1), Write("s", "b", 2)]
+    with pytest.raises(InvalidArgumentError, match="entries for 2 writes"):
+        stage(batch, atomic=True, ttimes=ttimes, hashes=hashes)
+
+
+def test_outcomes_may_be_left_out() -> None:
+    stager = _core.Stager(Write, Fact, _prepare, CODEC.prefix)
+    keydir = _core.KeyDir(1)
+    batch = [Write("s", "a", 1), Write("s", "a", 2)]
+    staged = stager.stage(batch, NoIds(), keydir, 1, 1.0, True, False, 1 << 30, outcomes=False)
+    assert (staged.results, staged.count, staged.written, staged.last) == ([], 2, [0, 1], 2)
+    assert len(frames(staged.data)) == 3  # the batch header and both facts

@@ -9,9 +9,15 @@ from typing import Any
 import pytest
 
 import kilndb
-from kilndb.engine.imports import ImportItem, import_batch, import_item
+from kilndb.engine.imports import (
+    ImportItem,
+    ImportOutcome,
+    first_invalid,
+    import_batch,
+    import_item,
+)
 from kilndb.engine.writes import ORIGIN_TIME_KEY
-from kilndb.storage.log import Log
+from kilndb.storage.ids import IdCodec
 
 
 def _source(path: Path) -> list[dict[str, Any]]:
@@ -97,25 +103,122 @@ def test_retention_keep_latest_applies_to_imported_facts(tmp_path: Path) -> None
         assert [f.value for f in db.store("a").history("k")] == [2]
 
 
-def test_a_writer_appending_meanwhile_makes_the_batch_stage_again(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_write_between_batches_follows_the_imported_facts(tmp_path: Path) -> None:
     with kilndb.open(tmp_path) as db:
-        original = Log.append_shipment
-        raced: list[bool] = []
-
-        def racing(log: Log, frames: bytes, after: int | None = None) -> int:
-            if not raced:
-                raced.append(True)
-                db.store("a").write("k", "other writer")
-            return original(log, frames, after)
-
-        monkeypatch.setattr(Log, "append_shipment", racing)
         import_batch(db, [import_item({"store": "a", "key": "k", "value": "imported"})])
+        db.store("a").write("k", "other writer")
+        import_batch(db, [import_item({"store": "a", "key": "k", "value": "again"})])
         assert [(f.seq, f.value) for f in db.store("a").history("k")] == [
-            (1, "other writer"),
-            (2, "imported"),
+            (1, "imported"),
+            (2, "other writer"),
+            (3, "again"),
         ]
+
+
+def test_as_of_reads_see_each_imported_fact_at_its_own_time(tmp_path: Path) -> None:
+    with kilndb.open(tmp_path / "source") as db:
+        for value in range(4):
+            db.store("a").write("k", value)
+            db.store("b").write(f"k{value}", value)
+        facts = [fact.to_dict() for fact in db.replay()]
+    times = [fact["transaction_time"] for fact in facts]
+    assert len(set(times)) == len(times)  # one batch each: distinct times
+    with kilndb.open(tmp_path / "target") as db:
+        import_batch(db, _items(facts[:3]))
+        import_batch(db, _items(facts[3:]))
+    for _ in range(2):  # as imported, and recovered from the data files
+        with kilndb.open(tmp_path / "target") as db:
+            assert [f.to_dict() for f in db.replay()] == facts
+            store = db.store("a")
+            assert store.read("k", as_of=times[0] - 1) is None
+            for fact, ttime in zip(facts, times, strict=True):
+                if fact["store"] == "a":
+                    found = store.read("k", as_of=ttime)
+                    assert found is not None and found.value == fact["value"]
+                    assert found.transaction_time == ttime
+
+
+def test_a_fact_earlier_than_the_one_before_it_gets_the_database_time(tmp_path: Path) -> None:
+    now = time.time()
+    facts = [
+        {"store": "a", "key": "k", "value": 1, "transaction_time": now - 10},
+        {"store": "a", "key": "k", "value": 2, "transaction_time": now - 20},
+        {"store": "a", "key": "k", "value": 3, "transaction_time": None},
+    ]
+    with kilndb.open(tmp_path) as db:
+        import_batch(db, _items(facts))
+        first, second, third = db.store("a").history("k")
+    assert (first.transaction_time, first.metadata) == (now - 10, {})
+    assert second.metadata == {ORIGIN_TIME_KEY: repr(now - 20)}
+    assert now <= second.transaction_time == third.transaction_time <= time.time()
+    assert third.metadata == {}  # a write without a time of its own
+
+
+def test_a_skipped_fact_does_not_hold_back_the_time_of_the_next(tmp_path: Path) -> None:
+    with kilndb.open(tmp_path) as db:
+        stored = db.store("a").write("k", 0, id="there")
+        time.sleep(0.01)
+        start = stored.transaction_time
+        items = _items(
+            [
+                {
+                    "store": "a",
+                    "key": "k",
+                    "value": 1,
+                    "id": "there",
+                    "transaction_time": start + 0.002,
+                },
+                {"store": "a", "key": "k", "value": 2, "transaction_time": start + 0.001},
+            ]
+        )
+        assert import_batch(db, items) == ImportOutcome(1, 1, 2)
+        copied = db.store("a").read("k")
+    assert copied is not None and copied.transaction_time == start + 0.001
+    assert copied.metadata == {}
+
+
+def test_an_export_imported_into_its_own_database_writes_nothing(tmp_path: Path) -> None:
+    facts = _source(tmp_path)  # its ids are ones this database generated, and one of its own
+    with kilndb.open(tmp_path) as db:
+        outcome = import_batch(db, _items(facts))
+        assert (outcome.written, outcome.skipped) == (0, len(facts))
+        unknown = IdCodec(db.database_id).generate(db.last_position + 100)
+        with pytest.raises(kilndb.InvalidArgumentError, match="does not name a stored fact"):
+            import_batch(db, [import_item({"store": "a", "key": "k", "value": 1, "id": unknown})])
+        assert [f.to_dict() for f in db.replay()] == facts
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"store": "a", "key": "k", "value": 1, "schema_version": "x"}, "schema_version"),
+        ({"store": "a", "key": "", "value": 1}, "key must not be empty"),
+        ({"store": "a", "key": "k", "value": 1, "id": 5}, "id must be a string"),
+        (
+            {"store": "a", "key": "k", "value": 1, "value_hash": "0" * 64, "transaction_time": 1.0},
+            "value_hash '0000",
+        ),
+    ],
+)
+def test_a_refused_batch_names_its_first_bad_item(fields: dict[str, Any], message: str) -> None:
+    items = [import_item({"store": "a", "key": "k", "value": 0}), import_item(fields)]
+    found = first_invalid(items)
+    assert found is not None and found[0] == 1 and message in found[1]
+    assert first_invalid(items[:1]) is None
+
+
+def test_a_refused_item_refuses_its_batch(tmp_path: Path) -> None:
+    with kilndb.open(tmp_path) as db:
+        good = import_item({"store": "a", "key": "k", "value": 0})
+        forged = import_item(
+            {"store": "a", "key": "k", "value": 1, "value_hash": "0" * 64, "transaction_time": 1.0}
+        )
+        with pytest.raises(kilndb.InvalidArgumentError, match="does not match the value"):
+            import_batch(db, [good, forged])
+        bad = import_item({"store": "a", "key": "k", "value": 1, "schema_version": "x"})
+        with pytest.raises(kilndb.InvalidArgumentError, match="schema_version"):
+            import_batch(db, [good, bad])
+        assert db.last_position == 0
 
 
 @pytest.mark.parametrize(

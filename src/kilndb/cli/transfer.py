@@ -3,28 +3,35 @@
 ``export`` writes every field of each retained fact (:meth:`kilndb.Fact.to_dict`, one
 per line) in position order, streaming replay a page at a time. ``import`` reads JSON
 Lines — whole facts as exported, or plain writes ``{"store", "key", "value", ...}`` —
-and commits them in atomic batches.
+and commits them in atomic batches. Each line's shape is checked as it is read; the
+rest of its checks come with its batch (:func:`~kilndb.engine.imports.import_batch`),
+and a batch refused for a bad line is checked line by line to name it (with
+``--skip-invalid``, the line is left out and the rest of the batch committed).
 
 Resuming an import
 ------------------
 A fact or write carrying an ``id`` is never stored twice: the database skips ids it
 holds. For the lines without one, an import of a FILE keeps a checkpoint beside it,
 ``FILE.kiln-import`` (JSON, replaced atomically): the last line committed, and, while a
-batch is being committed, that batch's last line and the database's position before it.
-Run again after an interruption, the import starts after the committed line; a batch
-that was in flight is looked for in the database (its writes, in order, after the noted
-position) and skipped if it landed. The checkpoint is removed when the import finishes.
-Standard input (``-``) has no checkpoint: only ids prevent duplicates there.
+batch with writes without an id is being committed, that batch's last line and the
+database's position before it. It is saved before each such batch, and otherwise about
+once a second (a batch whose lines all carry an id may simply be sent again). Run again
+after an interruption, the import starts after the committed line; a batch that was in
+flight is looked for in the database (its writes without an id, in order, after the
+noted position) and skipped if it landed. The checkpoint is removed when the import
+finishes. Standard input (``-``) has no checkpoint: only ids prevent duplicates there.
 """
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass
+from itertools import islice
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -36,8 +43,9 @@ from kilndb.cli.context import CliSettings, open_database, pass_settings
 from kilndb.cli.errors import CliError
 from kilndb.cli.output import format_option, print_json, print_mapping_table, wants_json
 from kilndb.client import RemoteDatabase
-from kilndb.engine.imports import ImportItem, import_batch, import_item
+from kilndb.engine.imports import ImportItem, first_invalid, import_batch, import_item
 from kilndb.errors import InvalidArgumentError, KilnError
+from kilndb.model import canonical_json, value_hash
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -46,6 +54,8 @@ __all__ = ["CHECKPOINT_SUFFIX", "export", "import_"]
 
 #: The checkpoint of an import of FILE is FILE + this.
 CHECKPOINT_SUFFIX = ".kiln-import"
+#: Seconds between checkpoints while every batch's lines carry an id.
+CHECKPOINT_EVERY = 1.0
 _CHUNK = 1 << 20
 
 _POSITION = click.IntRange(min=0)
@@ -281,15 +291,6 @@ def _target(settings: CliSettings) -> str:
     return str(settings.directory.resolve())
 
 
-def _parse(line: bytes, number: int) -> ImportItem:
-    try:
-        return import_item(orjson.loads(line))
-    except orjson.JSONDecodeError as exc:
-        raise InvalidLine(number, f"not JSON ({exc})") from exc
-    except InvalidArgumentError as exc:
-        raise InvalidLine(number, exc.message) from exc
-
-
 class InvalidLine(CliError):
     """A line that is neither a fact nor a write."""
 
@@ -298,40 +299,87 @@ class InvalidLine(CliError):
         self.number = number
 
 
+def _skipped(line: InvalidLine, report: ImportReport) -> None:
+    report.invalid += 1
+    click.echo(f"warning: skipped {line.format_message()}", err=True)
+
+
+@dataclass(slots=True)
+class Batch:
+    """The items of the lines ``first_line`` to ``last_line``, in order; ``gaps``: the
+    lines among them that give no item (blank, or skipped as invalid)."""
+
+    items: list[ImportItem]
+    first_line: int
+    last_line: int
+    gaps: list[int]
+
+    def line_of(self, index: int) -> int:
+        """The line number of item ``index``."""
+        gaps = set(self.gaps)
+        lines = (n for n in range(self.first_line, self.last_line + 1) if n not in gaps)
+        return next(islice(lines, index, None))
+
+    def drop(self, index: int) -> None:
+        """Leave item ``index`` out."""
+        self.gaps.append(self.line_of(index))
+        del self.items[index]
+
+
 def _batches(
     lines: Iterable[bytes], first: int, sizes: Iterator[int], report: ImportReport, skip: bool
-) -> Iterator[tuple[list[ImportItem], int]]:
-    """The items of each batch and its last line number; lines before ``first`` are
-    passed over. ``sizes`` gives each batch's number of lines."""
-    items: list[ImportItem] = []
-    wanted = next(sizes)
-    taken = 0
-    number = 0
-    for number, line in enumerate(lines, start=1):
-        if number < first:
-            continue
-        report.lines += 1
-        taken += 1
-        if line.strip():
+) -> Iterator[Batch]:
+    """The batches of lines from ``first`` on (those before it are passed over);
+    ``sizes`` gives each batch's number of lines."""
+    stream = iter(lines)
+    last = sum(1 for _ in islice(stream, first - 1))
+    loads = orjson.loads
+    for wanted in sizes:
+        items: list[ImportItem] = []
+        gaps: list[int] = []
+        append = items.append
+        for line in islice(stream, wanted):
             try:
-                items.append(_parse(line, number))
-            except InvalidLine as exc:
-                if not skip:
-                    raise
-                report.invalid += 1
-                click.echo(f"warning: skipped {exc.format_message()}", err=True)
-        if taken >= wanted:
-            yield items, number
-            items, taken, wanted = [], 0, next(sizes)
-    if taken:
-        yield items, number
+                append(import_item(loads(line)))
+            except (orjson.JSONDecodeError, InvalidArgumentError) as exc:
+                number = last + len(items) + len(gaps) + 1
+                gaps.append(number)
+                if line.strip():
+                    invalid = _invalid(exc, number)
+                    if not skip:
+                        raise invalid from exc
+                    _skipped(invalid, report)
+        taken = len(items) + len(gaps)
+        if not taken:
+            return
+        report.lines += taken
+        yield Batch(items, last + 1, last + taken, gaps)
+        last += taken
+        if taken < wanted:
+            return
+
+
+def _invalid(exc: Exception, number: int) -> InvalidLine:
+    if isinstance(exc, InvalidArgumentError):
+        return InvalidLine(number, exc.message)
+    return InvalidLine(number, f"not JSON ({exc})")
+
+
+def _stored_hash(item: ImportItem) -> str | None:
+    """The value hash a write of ``item`` is stored with; None if its value is not JSON
+    (such an item is refused: it never landed)."""
+    write = item.write
+    try:
+        return value_hash(canonical_json(None if write.deleted else write.value))
+    except InvalidArgumentError:
+        return None
 
 
 def _landed(db: AnyDatabase, items: list[ImportItem], after: int) -> bool:
     """Whether a batch committed after position ``after``: its writes without an id,
     in order, among the facts there (a batch with none of them is simply sent again,
     the database skipping the ids it holds)."""
-    wanted = [(i.write.store, i.write.key, i.write.value_hash) for i in items if i.write.id is None]
+    wanted = [(i.write.store, i.write.key, _stored_hash(i)) for i in items if i.write.id is None]
     if not wanted:
         return False
     found = 0
@@ -347,9 +395,49 @@ def _commit(db: AnyDatabase, items: list[ImportItem]) -> int:
     """Commit one batch atomically; return how many facts it wrote."""
     if isinstance(db, kilndb.Database):
         return import_batch(db, items).written
+    # A server checks each write as it would any other, but not a fact's claimed
+    # value_hash: the items are checked here first.
+    refused = first_invalid(items)
+    if refused is not None:
+        raise InvalidArgumentError(refused[1])
     before = _last_position(db)
     stored = db.write_many([item.as_write() for item in items])
     return len({fact.position for fact in stored if fact.position > before})
+
+
+def _commit_checked(db: AnyDatabase, batch: Batch, report: ImportReport, skip: bool) -> int | None:
+    """Commit a batch; a line it was refused for stops the import (InvalidLine) or,
+    with ``skip``, is left out and the rest committed. Returns how many facts were
+    written, None if no line was left to commit."""
+    items = batch.items
+    while items:
+        try:
+            return _commit(db, items)
+        except InvalidArgumentError as exc:
+            refused = first_invalid(items)
+            if refused is None:
+                raise
+            index, reason = refused
+            invalid = InvalidLine(batch.line_of(index), reason)
+            if not skip:
+                raise invalid from exc
+            _skipped(invalid, report)
+            batch.drop(index)
+    return None
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector: an import's objects hold no cycles and are
+    freed batch by batch, and collecting would only walk each batch's lines again."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 def _stopped(checkpoint: Checkpoint | None) -> str:
@@ -413,24 +501,34 @@ def import_(
         done = report.resumed_after
         pending = checkpoint.pending if checkpoint else None
         sizes = _sizes(None if pending is None else pending[0] - done, batch)
+        committed = done  # the last line of the last batch committed (or found landed)
+        saved_at = time.monotonic()
         try:
-            for items, last_line in _batches(stream, done + 1, sizes, report, skip_invalid):
-                if pending is not None and _landed(db, items, pending[1]):
-                    report.skipped += len(items)
-                elif items:
-                    if checkpoint is not None:
-                        checkpoint = checkpoint.save(
-                            checkpoint.line, (last_line, _last_position(db))
-                        )
-                    written = _commit(db, items)
-                    report.facts_written += written
-                    report.skipped += len(items) - written
-                    report.batches += 1
-                pending = None
-                if checkpoint is not None:
-                    checkpoint = checkpoint.save(last_line)
-                meter.update(stream.tell() if path is not None else 0)
+            with _collector_paused():
+                for chunk in _batches(stream, done + 1, sizes, report, skip_invalid):
+                    items = chunk.items
+                    if pending is not None and _landed(db, items, pending[1]):
+                        report.skipped += len(items)
+                    elif items:
+                        if checkpoint is not None and any(i.write.id is None for i in items):
+                            checkpoint = checkpoint.save(
+                                committed, (chunk.last_line, _last_position(db))
+                            )
+                            saved_at = time.monotonic()
+                        written = _commit_checked(db, chunk, report, skip_invalid)
+                        if written is not None:
+                            report.facts_written += written
+                            report.skipped += len(items) - written
+                            report.batches += 1
+                    pending = None
+                    committed = chunk.last_line
+                    if checkpoint is not None and time.monotonic() - saved_at >= CHECKPOINT_EVERY:
+                        checkpoint = checkpoint.save(committed)
+                        saved_at = time.monotonic()
+                    meter.update(stream.tell() if path is not None else 0)
         except (KilnError, InvalidLine) as exc:
+            if checkpoint is not None and checkpoint.line != committed:
+                checkpoint = checkpoint.save(committed)
             reason = exc.format_message() if isinstance(exc, InvalidLine) else exc.message
             raise CliError(f"{reason} ({_stopped(checkpoint)})") from exc
         finally:

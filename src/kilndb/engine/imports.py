@@ -11,81 +11,78 @@ earlier than the database's last transaction time and not later than now. That h
 for every fact of an export imported into an empty database, which is what makes an
 export → import round trip exact.
 
-:func:`import_batch` stages one batch itself — ids already stored are skipped, seqs and
-``expected_seq`` are checked against the keys' state as a write would, each fact gets
-the next position — and frames the records as one atomic batch (a batch header first).
-It appends them with :meth:`~kilndb.storage.log.Log.append_shipment`, the path by which a
-follower appends its leader's records verbatim, which indexes them (keydir, ids,
-retention) and keeps each record's own transaction time. If another writer appended in
-between, the shipment no longer follows the log and is refused whole; the batch is
-staged again.
+:func:`import_item` reads one line's JSON object cheaply: it checks its shape (a
+mapping, known fields, store, key and value present, a ``deleted`` flag, a finite
+``transaction_time``, string metadata) and builds the :class:`kilndb.Write` that stores
+it, without serialising or hashing the value. :func:`import_batch` hands a batch to
+:meth:`FactLog.commit_imported <kilndb.storage.facts.FactLog.commit_imported>`, the
+write path of ``write_many``: under the log's lock it decides each fact's transaction
+time, and the native stager checks every write, serialises and hashes its value, refuses
+the batch if a fact's ``value_hash`` is not its value's, checks ``expected_seq`` and
+tombstones against the keys' state, skips ids already stored (or repeated in the batch),
+frames the records as one atomic batch and indexes each fact with its own time.
 
 A fact whose transaction time cannot be kept (earlier than the database's last one,
 or in the future) gets the database's time instead, and its own goes to
 ``metadata["kiln.origin_transaction_time"]`` exactly as :meth:`Database.write_fact`
 does. A plain write (no transaction time of its own) gets the database's time.
+
+A batch refused with InvalidArgumentError does not say which item was at fault:
+:func:`first_invalid` checks the items one by one, as a single write would be checked,
+to name the first bad one and why (``kiln import`` reports its line, or skips it).
 """
 
 from __future__ import annotations
 
-import time
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from operator import itemgetter
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-import orjson
-
-from kilndb.codec import encode_frame
-from kilndb.engine.writes import ORIGIN_TIME_KEY, PreparedWrite, fact_write, prepare_write
-from kilndb.errors import ConflictError, InvalidArgumentError, NotFoundError, ProtocolError
-from kilndb.model import FACT_FIELDS, Write
-from kilndb.storage.records import batch_header
+from kilndb.engine.writes import fact_write, prepare_write
+from kilndb.errors import InvalidArgumentError
+from kilndb.model import FACT_FIELDS, ORIGIN_TIME_KEY, Write
 
 if TYPE_CHECKING:
     from kilndb.engine.database import Database
-    from kilndb.storage.facts import FactLog
 
-__all__ = ["ImportItem", "ImportOutcome", "import_batch", "import_item"]
+__all__ = ["ImportItem", "ImportOutcome", "first_invalid", "import_batch", "import_item"]
 
 #: The fields a plain write may carry (those of :class:`kilndb.Write`).
 WRITE_FIELDS = frozenset(Write._fields)
 #: The fields a whole fact may carry: its own, and an ``expected_seq`` to check.
 WHOLE_FACT_FIELDS = frozenset((*FACT_FIELDS, "expected_seq"))
 
-#: How often a batch is staged again when other writers keep appending in between.
-_ATTEMPTS = 20
+#: The fields of a fact as exported, every one of them, in one call.
+_exported = itemgetter(*FACT_FIELDS)
+#: Builds a named tuple from a tuple of its fields (without the keyword handling of
+#: its constructor: one item and one write are built per line).
+_new = tuple.__new__
 
 
-@dataclass(frozen=True, slots=True)
-class ImportItem:
-    """One line of an import, checked: the write, and a whole fact's own time."""
+class ImportItem(NamedTuple):
+    """One line of an import, its shape checked (a tuple: one is built per line)."""
 
-    write: PreparedWrite
+    #: The write that stores the item.
+    write: Write
     #: The transaction time a whole fact carries; None for a plain write.
     transaction_time: float | None
+    #: The value hash a whole fact claims (checked when it is committed), or None.
+    value_hash: str | None
+    #: The line's fields, as parsed.
+    fields: Mapping[str, Any]
 
     def as_write(self) -> Write:
         """The :class:`kilndb.Write` storing this item through the ordinary write path
         (a server): a whole fact's own time goes to its metadata, as in ``write_fact``."""
-        w = self.write
-        metadata = w.metadata
-        if self.transaction_time is not None:
-            metadata = {**metadata}
-            metadata.setdefault(ORIGIN_TIME_KEY, repr(self.transaction_time))
-        return Write(
-            w.store,
-            w.key,
-            w.value,
-            w.expected_seq,
-            w.id,
-            w.causation,
-            w.valid_time,
-            w.schema_version,
-            w.producer,
-            w.derivation,
-            metadata,
-            w.deleted,
-        )
+        write = self.write
+        metadata = write.metadata
+        if self.transaction_time is None or not (metadata is None or type(metadata) is dict):
+            return write
+        kept = dict(metadata or {})
+        kept.setdefault(ORIGIN_TIME_KEY, repr(self.transaction_time))
+        return write._replace(metadata=kept)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,22 +97,119 @@ class ImportOutcome:
 
 
 def import_item(fields: object) -> ImportItem:
-    """Check one import line's JSON object: a whole fact (it has a ``transaction_time``,
+    """Read one import line's JSON object: a whole fact (it has a ``transaction_time``,
     as every exported fact does) or a plain write (the fields of :class:`kilndb.Write`).
 
-    Raises InvalidArgumentError naming the bad or unknown field.
+    Checks its shape only; the rest of a write's checks, and a fact's ``value_hash``,
+    come when its batch is committed (:func:`first_invalid` names the item a batch was
+    refused for). Raises InvalidArgumentError naming the bad or unknown field, as
+    :func:`first_invalid` would.
     """
-    if not isinstance(fields, Mapping):
-        raise InvalidArgumentError(f"expected a JSON object, not {type(fields).__name__}")
+    if type(fields) is dict and len(fields) == len(FACT_FIELDS):
+        # The common line: a fact as exported, with every field and nothing else.
+        try:
+            got = _exported(fields)
+        except KeyError:
+            pass
+        else:
+            (id_, store, key, _, _, value, claimed, own, valid_time, causation, schema_version,
+             producer, derivation, metadata, deleted) = got  # fmt: skip
+            if (
+                type(own) is float
+                and own - own == 0.0  # finite
+                and type(deleted) is bool
+                and (claimed is None or type(claimed) is str)
+                and (not metadata or _string_map(metadata))
+            ):
+                values = (
+                    store,
+                    key,
+                    None if deleted else value,
+                    None,
+                    id_,
+                    causation,
+                    valid_time,
+                    1 if schema_version is None else schema_version,
+                    producer,
+                    derivation,
+                    metadata,
+                    deleted,
+                )
+                return _new(ImportItem, (_new(Write, values), own, claimed, fields))
+    if type(fields) is not dict:
+        if not isinstance(fields, Mapping):
+            raise InvalidArgumentError(f"expected a JSON object, not {type(fields).__name__}")
+        fields = dict(fields)
+    get = fields.get
+    whole = "transaction_time" in fields
+    if not fields.keys() <= (WHOLE_FACT_FIELDS if whole else WRITE_FIELDS):
+        _refuse(fields)
+    if "store" not in fields or "key" not in fields:
+        _refuse(fields)
+    deleted = get("deleted", False)
+    metadata = get("metadata")
+    if metadata and not _string_map(metadata):
+        _refuse(fields)
+    if not whole:
+        if "value" not in fields and not deleted:
+            _refuse(fields)
+        return ImportItem(Write(**{"value": None, **fields}), None, None, fields)
+    if type(deleted) is not bool or (not deleted and "value" not in fields):
+        _refuse(fields)
+    own = fields["transaction_time"]
+    if own is not None:
+        if isinstance(own, bool) or not isinstance(own, int | float):
+            _refuse(fields)
+        own = float(own)
+        if not math.isfinite(own):
+            _refuse(fields)
+    claimed = get("value_hash")
+    if claimed is not None and type(claimed) is not str:
+        fact_write(fields)  # refuses it: only a string can match
+        claimed = str(claimed)
+    schema_version = get("schema_version")
+    write = Write(
+        fields["store"],
+        fields["key"],
+        None if deleted else fields["value"],
+        get("expected_seq"),
+        get("id"),
+        get("causation"),
+        get("valid_time"),
+        1 if schema_version is None else schema_version,
+        get("producer"),
+        get("derivation"),
+        metadata,
+        deleted,
+    )
+    return ImportItem(write, own, claimed, fields)
+
+
+def _string_map(metadata: object) -> bool:
+    """Whether ``metadata`` is a dict of strings to strings."""
+    return type(metadata) is dict and all(
+        type(k) is str and type(v) is str for k, v in metadata.items()
+    )
+
+
+def _refuse(fields: Mapping[str, Any]) -> None:
+    """Raise the InvalidArgumentError of an item whose shape is wrong."""
+    _check(fields)
+    raise InvalidArgumentError("not a fact nor a write")  # _check found it: not reached
+
+
+def _check(fields: Mapping[str, Any]) -> None:
+    """Check an item as a single write of it would be checked; raise InvalidArgumentError
+    naming the first bad or unknown field."""
     if "transaction_time" in fields:
         unknown = sorted(set(fields) - WHOLE_FACT_FIELDS)
         if unknown:
             raise InvalidArgumentError(f"unknown field {unknown[0]!r} in a fact")
-        own = fields["transaction_time"]
         # fact_write checks the time and the value hash; the time is kept apart here.
         write = fact_write(fields)
         write["metadata"] = fields.get("metadata")
-        return ImportItem(prepare_write(**write), float(own))
+        prepare_write(**write)
+        return
     unknown = sorted(set(fields) - WRITE_FIELDS)
     if unknown:
         raise InvalidArgumentError(f"unknown field {unknown[0]!r} in a write")
@@ -124,7 +218,19 @@ def import_item(fields: object) -> ImportItem:
             raise InvalidArgumentError(f"missing field {name!r}")
     if "value" not in fields and not fields.get("deleted"):
         raise InvalidArgumentError("missing field 'value'")
-    return ImportItem(prepare_write(**{"value": None, **fields}), None)
+    prepare_write(**{"value": None, **fields})
+
+
+def first_invalid(items: Sequence[ImportItem]) -> tuple[int, str] | None:
+    """The index of the first item a single write would refuse, and why; None if every
+    item passes those checks (a batch refused anyway was refused as a whole, e.g. over
+    ``max_record_bytes``)."""
+    for index, item in enumerate(items):
+        try:
+            _check(item.fields)
+        except InvalidArgumentError as exc:
+            return index, exc.message
+    return None
 
 
 def import_batch(db: Database, items: Sequence[ImportItem]) -> ImportOutcome:
@@ -132,96 +238,11 @@ def import_batch(db: Database, items: Sequence[ImportItem]) -> ImportOutcome:
 
     Items whose id the database holds (or an earlier item of the batch) are skipped, as
     in a write. Raises ConflictError (an ``expected_seq`` that does not match),
-    NotFoundError (a tombstone for a key without a value), InvalidArgumentError (a batch
-    over ``max_record_bytes``) with nothing written.
+    NotFoundError (a tombstone for a key without a value), InvalidArgumentError (an item
+    a write would refuse, a ``value_hash`` that is not its value's, a batch over
+    ``max_record_bytes``) with nothing written.
     """
-    log: FactLog = db._log
-    for _ in range(_ATTEMPTS):
-        with log.lock:
-            log.check_open()
-            after = log.next_position - 1
-            frames, written, stored = _stage(log, items, after)
-        if not written:
-            if stored:
-                log.wait_durable(stored)
-            return ImportOutcome(0, len(items), 0)
-        try:
-            last = log.append_shipment(frames, after)
-        except ProtocolError:
-            if log.next_position - 1 != after:
-                continue  # another writer appended meanwhile: stage against the new state
-            raise
-        log.wait_durable(max(last, stored))
-        return ImportOutcome(written, len(items) - written, last)
-    raise InvalidArgumentError(
-        f"could not import a batch in {_ATTEMPTS} attempts: other writers kept appending"
-    )
-
-
-def _stage(log: FactLog, items: Sequence[ImportItem], after: int) -> tuple[bytes, int, int]:
-    """The frames of the batch at positions after ``after`` (hold the log lock), how
-    many facts they hold, and the highest position of a skipped item's stored fact."""
-    keydir = log.keydir
-    states: dict[tuple[str, str], tuple[int, bool]] = {}
-    seen: set[str] = set()
-    bodies: list[bytes] = []
-    position = after
-    floor = log.last_ttime
-    now = max(time.time(), floor)
-    stored = 0
-    for item in items:
-        w = item.write
-        if w.id is not None:
-            if w.id in seen:
-                continue
-            at = log._stored_position(w.id)
-            if at is not None:
-                stored = max(stored, at)
-                continue
-            seen.add(w.id)
-        slot = (w.store, w.key)
-        state = states.get(slot)
-        if state is None:
-            latest = keydir.latest_state(w.store, w.key)
-            state = (0, False) if latest is None else (latest[1], latest[2])
-        current, is_deleted = state
-        if w.expected_seq is not None and w.expected_seq != current:
-            raise ConflictError(w.store, w.key, w.expected_seq, current)
-        if w.deleted and (current == 0 or is_deleted):
-            raise NotFoundError(f"{w.store}/{w.key} has no value to delete")
-        position += 1
-        states[slot] = (current + 1, w.deleted)
-        ttime, metadata = _transaction_time(item, floor, now)
-        floor = ttime
-        record: dict[str, Any] = w.record(
-            w.id if w.id is not None else log.ids_codec.generate(position),
-            current + 1,
-            position,
-            ttime,
-        )
-        record["metadata"] = metadata
-        bodies.append(orjson.dumps(record))
-    if not bodies:
-        return b"", 0, stored
-    if len(bodies) > 1:
-        bodies.insert(0, batch_header(len(bodies), after + 1))
-    frames = b"".join(encode_frame(body) for body in bodies)
-    if len(frames) > log.config.max_record_bytes:
-        raise InvalidArgumentError(
-            f"record of {len(frames)} bytes exceeds max_record_bytes"
-            f" ({log.config.max_record_bytes})"
-        )
-    return frames, position - after, stored
-
-
-def _transaction_time(item: ImportItem, floor: float, now: float) -> tuple[float, dict[str, str]]:
-    """The transaction time an item is stored with, and its metadata."""
-    own = item.transaction_time
-    metadata = item.write.metadata
-    if own is None:
-        return now, metadata
-    if floor <= own <= now:
-        return own, metadata
-    kept = dict(metadata)
-    kept.setdefault(ORIGIN_TIME_KEY, repr(own))
-    return max(now, floor), kept
+    if not items:
+        return ImportOutcome(0, 0, 0)
+    writes, own_times, hashes, _ = zip(*items, strict=True)
+    return ImportOutcome(*db._log.commit_imported(writes, own_times, hashes))

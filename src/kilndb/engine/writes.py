@@ -15,6 +15,7 @@ from kilndb.errors import InvalidArgumentError
 from kilndb.model import (
     MAX_ID_LENGTH,
     MAX_KEY_LENGTH,
+    ORIGIN_TIME_KEY,
     Fact,
     canonical_json,
     validate_key,
@@ -123,10 +124,6 @@ def snapshot_facts(facts: object) -> list[Any]:
         raise InvalidArgumentError("write_snapshot takes a list of facts")
     return list(facts)
 
-
-#: Metadata key under which a whole fact's own transaction time is kept when it is
-#: written to this database (which gives it a transaction time of its own).
-ORIGIN_TIME_KEY = "kiln.origin_transaction_time"
 
 #: The fields of a whole fact that become a write's arguments of the same name.
 _KEPT = ("id", "causation", "valid_time", "schema_version", "producer", "derivation")

@@ -9,6 +9,8 @@ never reaches into them:
 * :meth:`FactLog.commit` stages a whole batch of validated writes (expected-seq checks,
   idempotent ids, a lease fence), appends it with one write and waits for one fsync;
   :meth:`FactLog.commit_one` is the same for a single write.
+* :meth:`FactLog.commit_imported` is :meth:`FactLog.commit` for a batch of an import:
+  each fact keeps its own transaction time where the log's order allows it.
 * :meth:`FactLog.read`, :meth:`FactLog.history`, :meth:`FactLog.keys` and
   :meth:`FactLog.stores` look keys up and read the facts' records.
 
@@ -19,7 +21,8 @@ cross into the native core once per batch.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from math import isfinite
 from pathlib import Path
 from typing import Any
@@ -34,7 +37,7 @@ from kilndb.errors import (
     NotFoundError,
 )
 from kilndb.leases import LEASE_STORE
-from kilndb.model import RESERVED_STORE_PREFIX, Fact, Write, validate_key
+from kilndb.model import ORIGIN_TIME_KEY, RESERVED_STORE_PREFIX, Fact, Write, validate_key
 from kilndb.storage.log import Log
 from kilndb.storage.meta import BY_STORE
 from kilndb.storage.records import PreparedWrite
@@ -112,10 +115,70 @@ class FactLog(Log):
                 raw,
             )
             if staged.count:
-                self.append_staged(staged, ttime)
+                self.append_staged(staged)
         if staged.must_be_durable:
             self.wait_durable(staged.must_be_durable)
         return staged.results
+
+    def commit_imported(
+        self,
+        writes: Sequence[Write],
+        own_times: Sequence[float | None],
+        hashes: Sequence[str | None],
+    ) -> tuple[int, int, int]:
+        """Commit one atomic batch of an import; durable when this returns.
+
+        ``own_times``: each write's own transaction time (a whole fact's), or None (a
+        plain write). A fact keeps its own time when it is neither earlier than the
+        log's last transaction time (then than the time of the fact before it) nor later
+        than now; otherwise it gets the database's time, and its own goes to
+        ``metadata["kiln.origin_transaction_time"]`` (unless it carries one there). A
+        plain write gets the database's time. ``hashes``: each write's claimed value hash
+        or None; a write whose value hashes otherwise refuses the batch
+        (InvalidArgumentError). Writes whose id is stored, or repeats one earlier in the
+        batch, are skipped. Raises as an atomic :meth:`commit` does, nothing written.
+
+        Returns how many facts were written and skipped, and the last position written
+        (0 if none).
+        """
+        with self.lock:
+            self.check_open()
+            floor = self.last_ttime
+            now = max(time.time(), floor)
+
+            def stage(plan: tuple[list[Write], list[float]]) -> _core.Staged:
+                return self._stager.stage(
+                    plan[0],
+                    self,
+                    self.keydir,
+                    self.next_position,
+                    now,
+                    True,
+                    False,
+                    self.config.max_record_bytes,
+                    True,
+                    True,
+                    ttimes=plan[1],
+                    hashes=list(hashes),
+                    outcomes=False,
+                )
+
+            plan = _import_times(writes, own_times, None, floor, now)
+            staged = stage(plan)
+            if 0 < staged.count < len(writes):
+                # Skipped writes set no floor for the facts after them: plan again.
+                written = frozenset(staged.written)
+                replanned = _import_times(writes, own_times, written, floor, now)
+                if replanned != plan:
+                    staged = stage(replanned)
+                    plan = replanned
+            if staged.count:
+                self.append_staged(staged)
+                # Every time written is at most the last one: the plan never decreases.
+                self.last_ttime = max(self.last_ttime, plan[1][staged.written[-1]])
+        if staged.must_be_durable:
+            self.wait_durable(staged.must_be_durable)
+        return staged.count, len(writes) - staged.count, staged.last
 
     def _stored_position(self, fact_id: str) -> int | None:
         """Position of the fact already stored under ``fact_id`` (hold the log lock)."""
@@ -253,3 +316,44 @@ class FactLog(Log):
         with log.lock:
             log.check_open()
             return [s for s in log.keydir.stores() if not s.startswith(RESERVED_STORE_PREFIX)]
+
+
+def _import_times(
+    writes: Sequence[Write],
+    own_times: Sequence[float | None],
+    written: frozenset[int] | None,
+    floor: float,
+    now: float,
+) -> tuple[list[Write], list[float]]:
+    """The writes of an import batch as they are staged, and each one's transaction time
+    (see :meth:`FactLog.commit_imported`). ``written``: the writes that are written, if
+    known (the others set no floor); ``floor``: the log's last transaction time."""
+    batch = list(writes)
+    times = [t for t in own_times if t is not None]
+    if (
+        len(times) == len(own_times)
+        and times
+        and floor <= times[0]
+        and times[-1] <= now
+        and sorted(times) == times
+    ):
+        # The common batch of an export: every fact keeps its own time.
+        return batch, times
+    ttimes: list[float] = []
+    for i, own in enumerate(own_times):
+        if own is None:
+            ttime = now
+        elif floor <= own <= now:
+            ttime = own
+        else:
+            ttime = max(now, floor)
+            metadata = batch[i].metadata
+            # Metadata of another type is left for staging to refuse.
+            if metadata is None or type(metadata) is dict:
+                kept = dict(metadata or {})
+                kept.setdefault(ORIGIN_TIME_KEY, repr(own))
+                batch[i] = batch[i]._replace(metadata=kept)
+        ttimes.append(ttime)
+        if written is None or i in written:
+            floor = ttime
+    return batch, ttimes

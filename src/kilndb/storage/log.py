@@ -170,8 +170,9 @@ class Log:
         self.last_ttime = now
         return now
 
-    def append_staged(self, staged: _core.Staged, ttime: float) -> int:
-        """Append a staged batch and index it; return its last position (hold the lock).
+    def append_staged(self, staged: _core.Staged) -> int:
+        """Append a staged batch and index it, each fact with the transaction time it was
+        staged with; return its last position (hold the lock).
 
         Nothing is indexed unless the whole batch reached the file.
         """
@@ -182,9 +183,7 @@ class Log:
             active = self.active
         offset = active.append(data)
         latest_only = {store for store, p in self.retention.items() if p.keep == "latest"}
-        self._mark_dead(
-            staged.apply(self.keydir, self.ids, active.file_id, offset, ttime, latest_only)
-        )
+        self._mark_dead(staged.apply(self.keydir, self.ids, active.file_id, offset, latest_only))
         self.next_position = staged.last + 1
         written = self.written = staged.last
         self.group_commit.note_written(written)
