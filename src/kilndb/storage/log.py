@@ -177,10 +177,7 @@ class Log:
         Nothing is indexed unless the whole batch reached the file.
         """
         data = staged.data
-        active = self.active
-        if active.size + len(data) > self.config.max_file_size and self._has_facts(active):
-            self._rotate_locked()
-            active = self.active
+        active = self._active_for(len(data))
         offset = active.append(data)
         latest_only = {store for store, p in self.retention.items() if p.keep == "latest"}
         self._mark_dead(staged.apply(self.keydir, self.ids, active.file_id, offset, latest_only))
