@@ -22,10 +22,10 @@ use std::collections::HashMap;
 
 use pyo3::prelude::*;
 
-use crate::errors::{guard, storage_error};
+use crate::errors::guard;
 use crate::frame::Stop;
-use crate::index::{IndexState, Indexed, IndexedFile};
-use crate::py_frame::{borrowed_file, pread_exact};
+use crate::index::{read_range, IndexState, Indexed, IndexedFile};
+use crate::keydir::{le_u32, le_u64, HintColumns};
 use crate::record::is_generated;
 
 /// Bit 31 of a hint's seq column: the fact is a tombstone.
@@ -44,11 +44,8 @@ pub fn check_file(
     after: u64,
 ) -> PyResult<Option<IndexedFile>> {
     guard(py, || {
-        let want = end.saturating_sub(start) as usize;
-        let data = py
-            .detach(|| pread_exact(&borrowed_file(fd), start, want))
-            .map_err(|err| storage_error(py, "read", &path, &err))?;
-        if data.len() != want {
+        let data = read_range(py, fd, &path, start, end)?;
+        if data.len() as u64 != end.saturating_sub(start) {
             return Ok(None);
         }
         py.detach(|| Ok(intact(&data, start, end, after)))
@@ -86,52 +83,22 @@ fn intact(data: &[u8], start: u64, end: u64, after: u64) -> Option<IndexedFile> 
     })
 }
 
-/// A hint's columns, as `kilndb.storage.hint.Hint` holds them.
-pub struct HintColumns<'a> {
-    pub positions: &'a [u8],
-    pub offsets: &'a [u8],
-    pub sizes: &'a [u8],
-    pub seqs: &'a [u8],
-    pub ttimes: &'a [u8],
-    pub store_index: &'a [u8],
-    pub stores: &'a [String],
-    pub keys: &'a [String],
-    pub ids: &'a HashMap<u64, String>,
-}
-
-fn u64_at(column: &[u8], i: usize) -> Option<u64> {
-    Some(u64::from_le_bytes(
-        column.get(i * 8..i * 8 + 8)?.try_into().ok()?,
-    ))
-}
-
-fn u32_at(column: &[u8], i: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(
-        column.get(i * 4..i * 4 + 4)?.try_into().ok()?,
-    ))
-}
-
-/// How `hint` disagrees with `facts` (those of its data file, in file order), or None.
-/// The messages are those of `kilndb.storage.check`.
+/// How `hint` disagrees with `facts` (those of its data file, in file order), or None;
+/// `ids`: the hint's `{position: id}` of client-supplied ids. The messages are those of
+/// `kilndb.storage.check`.
 pub fn hint_mismatch(
     facts: &[Indexed],
     hint: &HintColumns<'_>,
+    ids: &HashMap<u64, String>,
     id_prefix: Option<&str>,
 ) -> Option<String> {
+    if let Some(error) = hint.length_error() {
+        return Some(error);
+    }
     let mut previous = 0u64;
     for (i, key) in hint.keys.iter().enumerate() {
-        let entry = (
-            u64_at(hint.positions, i),
-            u64_at(hint.offsets, i),
-            u32_at(hint.sizes, i),
-            u32_at(hint.seqs, i),
-            u64_at(hint.ttimes, i).map(f64::from_bits),
-            u32_at(hint.store_index, i),
-        );
-        let (Some(position), Some(offset), Some(size), Some(seq), Some(ttime), Some(store)) = entry
-        else {
-            return Some("hint columns are shorter than its keys".to_owned());
-        };
+        let position = le_u64(hint.positions, i);
+        let offset = le_u64(hint.offsets, i);
         let Ok(at) = facts.binary_search_by_key(&offset, |f| f.offset) else {
             return Some(format!(
                 "hint names a fact at offset {offset} where there is none"
@@ -142,14 +109,15 @@ pub fn hint_mismatch(
         let tombstone = if fields.deleted { TOMBSTONE } else { 0 };
         let same = previous < position
             && position == fields.position
-            && u64::from(size) == fact.size
-            && u64::from(seq) == (fields.seq | u64::from(tombstone))
-            && ttime == fields.ttime;
+            && u64::from(le_u32(hint.sizes, i)) == fact.size
+            && u64::from(le_u32(hint.seqs, i)) == (fields.seq | u64::from(tombstone))
+            && f64::from_bits(le_u64(hint.ttimes, i)) == fields.ttime;
         if same {
-            let Some(store_name) = hint.stores.get(store as usize) else {
+            let store = le_u32(hint.store_index, i) as usize;
+            let Some(store_name) = hint.store_names.get(store) else {
                 return Some("hint names a store it does not list".to_owned());
             };
-            let same_id = match hint.ids.get(&position) {
+            let same_id = match ids.get(&position) {
                 Some(id) => *id == fields.id,
                 None => id_prefix.is_some_and(|prefix| is_generated(prefix, &fields.id, position)),
             };

@@ -26,7 +26,7 @@ use crate::errors::guard;
 use crate::errors::storage_error;
 use crate::frame::Step;
 use crate::frame::Stop;
-use crate::keydir::NewFact;
+use crate::keydir::{HintColumns, NewFact};
 use crate::py_frame::{borrowed_file, pread_exact};
 use crate::py_keydir::{keydir_error, KeyDir};
 use crate::record::{is_generated, Walk, BATCH_PREFIX, FACT_PREFIX};
@@ -345,18 +345,24 @@ impl IndexedFile {
         id_prefix: Option<&str>,
     ) -> PyResult<Option<String>> {
         guard(py, || {
-            let hint = crate::check::HintColumns {
+            let store_names: Vec<&str> = stores.iter().map(String::as_str).collect();
+            let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+            let hint = HintColumns {
                 positions,
                 offsets,
                 sizes,
                 seqs,
                 ttimes,
                 store_index,
-                stores: &stores,
+                store_names: &store_names,
                 keys: &keys,
-                ids: &ids,
             };
-            Ok(crate::check::hint_mismatch(&self.facts, &hint, id_prefix))
+            Ok(crate::check::hint_mismatch(
+                &self.facts,
+                &hint,
+                &ids,
+                id_prefix,
+            ))
         })
     }
 
@@ -569,6 +575,20 @@ pub(crate) fn batch_header(body: &[u8]) -> Option<(u64, u64)> {
     (w.at == body.len()).then_some((count, first))
 }
 
+/// The bytes of `[start, end)` of the file open as `fd` (fewer if it is shorter), read
+/// with the GIL released.
+pub(crate) fn read_range(
+    py: Python<'_>,
+    fd: i32,
+    path: &str,
+    start: u64,
+    end: u64,
+) -> PyResult<Vec<u8>> {
+    let want = end.saturating_sub(start) as usize;
+    py.detach(|| pread_exact(&borrowed_file(fd), start, want))
+        .map_err(|err| storage_error(py, "read", path, &err))
+}
+
 /// Index the facts in `[start, end)` of the data file open as `fd`, whose positions
 /// must all be above `after` (see the module docs). The file is read and walked with
 /// the GIL released, so that a hint built in the background does not stall the
@@ -583,10 +603,7 @@ pub fn index_file(
     after: u64,
 ) -> PyResult<IndexedFile> {
     guard(py, || {
-        let want = end.saturating_sub(start) as usize;
-        let data = py
-            .detach(|| pread_exact(&borrowed_file(fd), start, want))
-            .map_err(|err| storage_error(py, "read", &path, &err))?;
+        let data = read_range(py, fd, &path, start, end)?;
         // Bytes the file no longer has are a short read: the walk sees them as torn.
         let end = start + data.len() as u64;
         let mut state = IndexState::new(start, after, false);

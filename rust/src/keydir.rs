@@ -120,6 +120,28 @@ pub struct HintColumns<'a> {
     pub keys: &'a [&'a str],
 }
 
+impl HintColumns<'_> {
+    /// Why the numeric columns do not hold one entry per key, if they do not.
+    pub fn length_error(&self) -> Option<String> {
+        let count = self.keys.len();
+        let expected = [
+            ("positions", self.positions.len(), 8),
+            ("offsets", self.offsets.len(), 8),
+            ("sizes", self.sizes.len(), 4),
+            ("seqs", self.seqs.len(), 4),
+            ("ttimes", self.ttimes.len(), 8),
+            ("store_index", self.store_index.len(), 4),
+        ];
+        expected.into_iter().find_map(|(name, len, width)| {
+            (Some(len) != count.checked_mul(width)).then(|| {
+                format!(
+                    "hint column {name} has {len} bytes, expected {count} x {width} (one per key)"
+                )
+            })
+        })
+    }
+}
+
 /// `(file_id, size)` of a position that stopped being retained.
 pub type Freed = (u64, u32);
 
@@ -222,13 +244,13 @@ fn check_key(key: &str) -> Result<()> {
     Ok(())
 }
 
-fn le_u64(bytes: &[u8], i: usize) -> u64 {
+pub(crate) fn le_u64(bytes: &[u8], i: usize) -> u64 {
     let mut word = [0u8; 8];
     word.copy_from_slice(&bytes[8 * i..8 * i + 8]);
     u64::from_le_bytes(word)
 }
 
-fn le_u32(bytes: &[u8], i: usize) -> u32 {
+pub(crate) fn le_u32(bytes: &[u8], i: usize) -> u32 {
     let mut word = [0u8; 4];
     word.copy_from_slice(&bytes[4 * i..4 * i + 4]);
     u32::from_le_bytes(word)
@@ -511,20 +533,8 @@ impl KeyDir {
     /// Validated whole before anything changes.
     pub fn load_columns(&mut self, file_id: i64, columns: &HintColumns<'_>) -> Result<()> {
         let count = columns.keys.len();
-        let expected = [
-            ("positions", columns.positions.len(), 8),
-            ("offsets", columns.offsets.len(), 8),
-            ("sizes", columns.sizes.len(), 4),
-            ("seqs", columns.seqs.len(), 4),
-            ("ttimes", columns.ttimes.len(), 8),
-            ("store_index", columns.store_index.len(), 4),
-        ];
-        for (name, len, width) in expected {
-            if Some(len) != count.checked_mul(width) {
-                return Err(invalid(format!(
-                    "hint column {name} has {len} bytes, expected {count} x {width} (one per key)"
-                )));
-            }
+        if let Some(error) = columns.length_error() {
+            return Err(invalid(error));
         }
         let mut next = self.loc.len();
         for i in 0..count {
