@@ -122,6 +122,46 @@ impl<'a> Walk<'a> {
         }
     }
 
+    /// Skip a JSON string, checking it exactly as [`Walk::string`] does (control
+    /// characters, escapes, surrogate pairs, UTF-8) without decoding it.
+    pub(crate) fn skip_string(&mut self) -> Option<()> {
+        self.literal(b"\"")?;
+        let start = self.at;
+        loop {
+            let rest = self.buf.get(self.at..)?;
+            let found = memchr::memchr2(b'"', b'\\', rest)?;
+            if rest[..found].iter().any(|&b| b < 0x20) {
+                return None;
+            }
+            self.at += found;
+            if self.buf[self.at] == b'"' {
+                // Escapes are ASCII, so the raw text is UTF-8 exactly when the decoded
+                // string is: a multi-byte character never holds a backslash.
+                std::str::from_utf8(&self.buf[start..self.at]).ok()?;
+                self.at += 1;
+                return Some(());
+            }
+            self.at += 1;
+            let escape = self.peek()?;
+            self.at += 1;
+            match escape {
+                b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => {}
+                b'u' => {
+                    let code = self.hex4()?;
+                    if (0xD800..0xDC00).contains(&code) {
+                        self.literal(b"\\u")?;
+                        if !(0xDC00..0xE000).contains(&self.hex4()?) {
+                            return None;
+                        }
+                    } else if (0xDC00..0xE000).contains(&code) {
+                        return None;
+                    }
+                }
+                _ => return None,
+            }
+        }
+    }
+
     fn hex4(&mut self) -> Option<u32> {
         let digits = self.buf.get(self.at..self.at + 4)?;
         let text = std::str::from_utf8(digits).ok()?;
@@ -185,9 +225,7 @@ impl<'a> Walk<'a> {
         }
         self.whitespace();
         match self.peek()? {
-            b'"' => {
-                self.string()?;
-            }
+            b'"' => self.skip_string()?,
             b'{' => {
                 self.at += 1;
                 self.whitespace();
@@ -197,7 +235,7 @@ impl<'a> Walk<'a> {
                 }
                 loop {
                     self.whitespace();
-                    self.string()?;
+                    self.skip_string()?;
                     self.whitespace();
                     self.literal(b":")?;
                     self.value(depth + 1)?;
@@ -328,6 +366,35 @@ mod tests {
             "0f1e2d3c-4b5a-8000-8000-000000000005",
             6
         ));
+    }
+
+    #[test]
+    fn skipping_a_string_checks_what_decoding_it_checks() {
+        let cases: [&[u8]; 14] = [
+            br#""plain""#,
+            br#""esc\"\\\/\b\f\n\r\t""#,
+            "\"caf\u{e9} \u{1F600}\"".as_bytes(),
+            br#""\u00e9\ud83d\ude00""#,
+            br#""\ud800""#,
+            br#""\udc00x""#,
+            br#""\ud800\u0041""#,
+            br#""\x""#,
+            br#""\u12g4""#,
+            b"\"tab\there\"",
+            b"\"\xc3\"",
+            b"\"\xc3\\n\xa9\"",
+            br#""unterminated"#,
+            br#""""#,
+        ];
+        for case in cases {
+            let decoded = Walk { buf: case, at: 0 }.string().is_some();
+            let mut walk = Walk { buf: case, at: 0 };
+            let skipped = walk.skip_string().is_some();
+            assert_eq!(skipped, decoded, "{}", String::from_utf8_lossy(case));
+            if skipped {
+                assert_eq!(walk.at, case.len());
+            }
+        }
     }
 
     #[test]
