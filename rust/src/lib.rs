@@ -12,6 +12,7 @@ mod disk;
 pub mod errors;
 pub mod frame;
 pub mod ids;
+mod import;
 pub mod index;
 pub mod json;
 pub mod jsonw;
@@ -66,6 +67,8 @@ fn _core(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(pyfact::facts_from_dicts, module)?)?;
     module.add_class::<stage::Stager>()?;
     module.add_class::<stage::Staged>()?;
+    module.add_function(wrap_pyfunction!(import::read_import_lines, module)?)?;
+    module.add_class::<import::ImportLines>()?;
     module.add_function(wrap_pyfunction!(disk::append, module)?)?;
     module.add_function(wrap_pyfunction!(disk::copy_frames, module)?)?;
     module.add_function(wrap_pyfunction!(disk::sync_file, module)?)?;

@@ -22,13 +22,19 @@
 //! for any other log, for an id that is not ASCII but has this database's generated
 //! form, and refuses a generated id naming a position not written yet.
 //!
+//! [`Stager::stage_import`] stages a batch of an import that [`crate::import`] read
+//! from JSON text: its writes come prepared, with no Python object behind them, and go
+//! through the second pass alone, each fact's transaction time decided once it is known
+//! to be written (the rule of `FactLog.commit_imported`).
+//!
 //! Nothing is written or indexed here: the caller appends [`Staged::data`] to the active
 //! file and then calls [`Staged::apply`] with where it landed, so a failed append leaves
 //! the keydir untouched. Each fact is indexed with its own transaction time.
 
 use std::borrow::Cow;
+use std::hash::BuildHasher;
 
-use hashbrown::{Equivalent, HashMap};
+use hashbrown::{DefaultHashBuilder, HashTable};
 
 use pyo3::prelude::*;
 
@@ -38,18 +44,19 @@ use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString, PyT
 
 use crate::errors::{guard, invalid_argument, kiln_error};
 use crate::frame;
+use crate::import::{with_origin_time, ImportLines};
 use crate::jsonw;
 use crate::keydir::NewFact;
 use crate::py_keydir::{keydir_error, KeyDir};
 
-const MAX_KEY_CHARS: usize = 1024;
-const MAX_ID_CHARS: usize = 256;
+pub(crate) const MAX_KEY_CHARS: usize = 1024;
+pub(crate) const MAX_ID_CHARS: usize = 256;
 const RESERVED_STORE_PREFIX: &str = "kiln.";
 /// The largest frame buffer kept between batches.
 const SCRATCH_LIMIT: usize = 16 << 20;
 
 /// The fields of a fact, in the order of its record (`kilndb.model.FACT_FIELDS`).
-const FACT_FIELDS: [&str; 15] = [
+pub(crate) const FACT_FIELDS: [&str; 15] = [
     "id",
     "store",
     "key",
@@ -106,7 +113,7 @@ fn field_names(py: Python<'_>) -> &[Py<PyString>] {
 
 /// Is `name` a store name a user may write to (`[A-Za-z0-9_][A-Za-z0-9_.:-]{0,127}`, not
 /// under the reserved prefix)? False sends the write to Python for the precise error.
-fn plain_store_name(name: &str, trusted: bool) -> bool {
+pub(crate) fn plain_store_name(name: &str, trusted: bool) -> bool {
     let bytes = name.as_bytes();
     if bytes.is_empty() || bytes.len() > 128 {
         return false;
@@ -118,51 +125,48 @@ fn plain_store_name(name: &str, trusted: bool) -> bool {
     first_ok && rest_ok && (trusted || !name.starts_with(RESERVED_STORE_PREFIX))
 }
 
-fn char_len_at_most(text: &str, limit: usize) -> bool {
+pub(crate) fn char_len_at_most(text: &str, limit: usize) -> bool {
     text.len() <= limit || text.chars().count() <= limit
 }
 
 /// A field's JSON: most are `null` or `{}`, which need no buffer of their own.
-type Json = Cow<'static, [u8]>;
-const NULL: Json = Cow::Borrowed(b"null");
-const EMPTY_OBJECT: Json = Cow::Borrowed(b"{}");
+pub(crate) type Json = Cow<'static, [u8]>;
+pub(crate) const NULL: Json = Cow::Borrowed(b"null");
+pub(crate) const EMPTY_OBJECT: Json = Cow::Borrowed(b"{}");
 
-/// A key's slot in the batch's key states, looked up without copying its names.
-#[derive(Hash)]
-struct SlotRef<'a>(&'a str, &'a str);
-
-impl Equivalent<(String, String)> for SlotRef<'_> {
-    fn equivalent(&self, key: &(String, String)) -> bool {
-        self.0 == key.0 && self.1 == key.1
-    }
+/// One write, checked and serialised: everything its record is made of.
+pub(crate) struct Prepared {
+    pub(crate) store_text: String,
+    pub(crate) key_text: String,
+    pub(crate) value_json: Vec<u8>,
+    pub(crate) value_hash: String,
+    pub(crate) expected_seq: Option<u64>,
+    pub(crate) id_text: Option<String>,
+    pub(crate) causation_json: Json,
+    pub(crate) valid_time: Option<f64>,
+    pub(crate) schema_version: i64,
+    pub(crate) producer_json: Json,
+    pub(crate) derivation_json: Json,
+    pub(crate) metadata_json: Json,
+    pub(crate) deleted: bool,
+    /// The write's fields as Python objects, for the Fact returned; None for a write
+    /// read from JSON text, which is only ever staged for the wire.
+    pub(crate) objects: Option<Objects>,
 }
 
-/// One write, checked and serialised.
-struct Prepared {
+/// A write's fields as the Fact returned for it holds them.
+pub(crate) struct Objects {
     store: Py<PyString>,
-    store_text: String,
     key: Py<PyString>,
-    key_text: String,
     /// The value as readers see it (a private copy for mutable values; the value itself
     /// when staged for the wire, where no Fact is built); None if deleted.
     value: Option<Py<PyAny>>,
-    value_json: Vec<u8>,
-    value_hash: String,
-    expected_seq: Option<u64>,
     id: Option<Py<PyString>>,
-    id_text: Option<String>,
     causation: Option<Py<PyString>>,
-    causation_json: Json,
-    valid_time: Option<f64>,
-    schema_version: i64,
     producer: Py<PyAny>,
-    producer_json: Json,
     derivation: Py<PyAny>,
-    derivation_json: Json,
     /// The metadata as readers see it (a private copy); None when staged for the wire.
     metadata: Option<Py<PyDict>>,
-    metadata_json: Json,
-    deleted: bool,
 }
 
 /// What became of one write of the batch.
@@ -177,16 +181,34 @@ enum Outcome {
 
 /// One fact this batch writes, as the keydir will index it.
 struct Entry {
-    store: Py<PyString>,
-    key: Py<PyString>,
+    store: String,
+    key: String,
     position: u64,
     size: u64,
     seq: u64,
     deleted: bool,
-    id: Option<Py<PyString>>,
+    id: Option<String>,
     ttime: f64,
     /// Where its write is in the batch.
     write: usize,
+}
+
+/// Where a batch is staged: the log (for ids stored already), its keydir, its next
+/// position and its limit on a batch's bytes.
+struct Target<'a, 'py> {
+    log: &'a Bound<'py, PyAny>,
+    keydir: &'a Bound<'py, KeyDir>,
+    next_position: u64,
+    max_record_bytes: u64,
+}
+
+/// How a batch is staged: see [`Stager::stage`].
+#[derive(Clone, Copy)]
+struct Mode {
+    atomic: bool,
+    wire: bool,
+    raw: bool,
+    outcomes: bool,
 }
 
 /// The position a generated id of the database with `prefix` encodes, or None if `id`
@@ -422,25 +444,27 @@ impl Stager {
             None => NULL,
         };
         Ok(Some(Prepared {
-            store: store_str.clone().unbind(),
             store_text,
-            key: key_str.clone().unbind(),
             key_text,
-            value: value_obj,
             value_json,
             value_hash,
             expected_seq: expected,
-            id,
             id_text,
-            causation,
             causation_json,
             valid_time,
             schema_version: schema,
-            producer: as_read(py, &producer, &producer_json)?,
+            objects: Some(Objects {
+                store: store_str.clone().unbind(),
+                key: key_str.clone().unbind(),
+                value: value_obj,
+                id,
+                causation,
+                producer: as_read(py, &producer, &producer_json)?,
+                derivation: as_read(py, &derivation, &derivation_json)?,
+                metadata: metadata_copy,
+            }),
             producer_json,
-            derivation: as_read(py, &derivation, &derivation_json)?,
             derivation_json,
-            metadata: metadata_copy,
             metadata_json,
             deleted,
         }))
@@ -484,11 +508,8 @@ impl Stager {
         let derivation_json = any_json(&derivation)?;
         let metadata = w.getattr("metadata")?.cast_into::<PyDict>()?;
         Ok(Prepared {
-            store,
             store_text,
-            key,
             key_text,
-            value,
             value_hash: w.getattr("value_hash")?.extract()?,
             value_json,
             expected_seq: w.getattr("expected_seq")?.extract()?,
@@ -496,21 +517,305 @@ impl Stager {
                 Some(s) => Some(s.bind(py).to_str()?.to_owned()),
                 None => None,
             },
-            id,
             causation_json: match &causation {
                 Some(s) => Cow::Owned(jsonw::string_json(s.bind(py).to_str()?)),
                 None => NULL,
             },
-            causation,
             valid_time: w.getattr("valid_time")?.extract()?,
             schema_version: w.getattr("schema_version")?.extract()?,
-            producer: as_read(py, &producer, &producer_json)?,
+            objects: Some(Objects {
+                store,
+                key,
+                value,
+                id,
+                causation,
+                producer: as_read(py, &producer, &producer_json)?,
+                derivation: as_read(py, &derivation, &derivation_json)?,
+                metadata: Some(metadata.clone().unbind()),
+            }),
             producer_json,
-            derivation: as_read(py, &derivation, &derivation_json)?,
             derivation_json,
             metadata_json: any_json(metadata.as_any())?,
-            metadata: Some(metadata.unbind()),
             deleted,
+        })
+    }
+
+    /// Stage prepared writes against the state of their keys (pass 2 of
+    /// [`Stager::stage`]): idempotent ids, expected-seq checks and tombstones, then each
+    /// written fact's position, seq, transaction time and record. `time_of(i, write)`
+    /// gives write `i` its transaction time once it is known to be written (it may
+    /// amend the write's metadata); `shared_ttime` is the time object shared by the
+    /// Facts of a batch with one transaction time.
+    fn stage_prepared(
+        &self,
+        py: Python<'_>,
+        prepared: Vec<Result<Prepared, PyErr>>,
+        target: Target<'_, '_>,
+        mode: Mode,
+        time_of: &mut dyn FnMut(usize, &mut Prepared) -> f64,
+        shared_ttime: Option<&Bound<'_, PyFloat>>,
+    ) -> PyResult<Staged> {
+        let Target {
+            log,
+            keydir,
+            next_position,
+            max_record_bytes,
+        } = target;
+        let Mode {
+            atomic,
+            wire,
+            raw,
+            outcomes: keep_outcomes,
+        } = mode;
+        let mut outcomes: Vec<Outcome> = Vec::with_capacity(prepared.len());
+        let mut entries: Vec<Entry> = Vec::with_capacity(prepared.len());
+        // The frames, back to back, in a buffer kept between batches (no fresh pages
+        // to fault in for every batch).
+        let mut frames = std::mem::take(&mut *self.scratch.lock());
+        frames.clear();
+        let mut facts: Vec<Py<PyAny>> = Vec::with_capacity(prepared.len());
+        // The entry of each key's latest fact in this batch, and of each id written by
+        // it (entries and facts are pushed together: an entry's index is its fact's).
+        let hasher = DefaultHashBuilder::default();
+        let key_hash = |store: &str, key: &str| hasher.hash_one((store, key));
+        let id_hash = |id: &str| hasher.hash_one(id);
+        let mut latest: HashTable<usize> = HashTable::with_capacity(prepared.len());
+        let mut written_ids: HashTable<usize> = HashTable::with_capacity(prepared.len());
+        let mut must_be_durable: u64 = 0;
+        let mut position = next_position;
+        let names = field_names(py);
+        let ids = log
+            .getattr(pyo3::intern!(py, "ids"))
+            .ok()
+            .and_then(|ids| ids.cast_into::<IdIndex>().ok());
+        for (i, item) in prepared.into_iter().enumerate() {
+            let mut w = match item {
+                Ok(w) => w,
+                Err(err) => {
+                    outcomes.push(Outcome::Refused(err));
+                    continue;
+                }
+            };
+            if let Some(id_text) = &w.id_text {
+                let repeated = written_ids.find(id_hash(id_text), |&e| {
+                    entries[e].id.as_deref() == Some(id_text.as_str())
+                });
+                if let Some(&index) = repeated {
+                    outcomes.push(Outcome::Written(index));
+                    continue;
+                }
+                let existing =
+                    self.stored_position(py, log, ids.as_ref(), keydir, next_position, id_text)?;
+                if let Some(at) = existing {
+                    let fact = if !keep_outcomes {
+                        py.None()
+                    } else if wire {
+                        let fact = log.call_method1("_stored_fact", (at,))?;
+                        fact.call_method0("to_dict")?.unbind()
+                    } else {
+                        log.call_method1("_stored_fact", (at,))?.unbind()
+                    };
+                    outcomes.push(Outcome::Stored(fact));
+                    must_be_durable = must_be_durable.max(at);
+                    continue;
+                }
+            }
+            let slot_hash = key_hash(&w.store_text, &w.key_text);
+            let same_key =
+                |e: &usize| entries[*e].store == w.store_text && entries[*e].key == w.key_text;
+            let (current, is_deleted) = match latest.find(slot_hash, same_key) {
+                Some(&e) => (entries[e].seq, entries[e].deleted),
+                None => match keydir
+                    .get()
+                    .read(py)
+                    .latest_state(&w.store_text, &w.key_text)
+                {
+                    Some((_, seq, deleted)) => (u64::from(seq), deleted),
+                    None => (0, false),
+                },
+            };
+            let refusal = if let Some(expected) = w.expected_seq.filter(|e| *e != current) {
+                Some(kiln_error(
+                    py,
+                    "ConflictError",
+                    (&w.store_text, &w.key_text, expected, current),
+                ))
+            } else if w.deleted && (current == 0 || is_deleted) {
+                Some(kiln_error(
+                    py,
+                    "NotFoundError",
+                    (format!(
+                        "{}/{} has no value to delete",
+                        w.store_text, w.key_text
+                    ),),
+                ))
+            } else {
+                None
+            };
+            if let Some(err) = refusal {
+                if atomic {
+                    return Err(err);
+                }
+                outcomes.push(Outcome::Refused(err));
+                continue;
+            }
+            let seq = current + 1;
+            let ttime = time_of(i, &mut w);
+            let fact_id: Cow<'_, str> = match &w.id_text {
+                Some(id) => Cow::Borrowed(id),
+                None => Cow::Owned(self.generated_id(position)),
+            };
+            let start = frames.len();
+            frames.extend_from_slice(&[0; frame::HEADER_SIZE]);
+            encode_record(&mut frames, &w, &fact_id, seq, position, ttime);
+            let body_len = frames.len() - start - frame::HEADER_SIZE;
+            let size = (body_len + frame::OVERHEAD) as u64;
+            if !atomic && size > max_record_bytes {
+                frames.truncate(start);
+                outcomes.push(Outcome::Refused(invalid_argument(
+                    py,
+                    format!("record of {size} bytes exceeds max_record_bytes ({max_record_bytes})"),
+                )));
+                continue;
+            }
+            frames[start..start + frame::HEADER_SIZE]
+                .copy_from_slice(&(body_len as u32).to_be_bytes());
+            let body = start + frame::HEADER_SIZE..frames.len();
+            let crc = frame::crc32(&frames[body.clone()]);
+            let fact = if !keep_outcomes {
+                py.None()
+            } else if wire && raw {
+                PyBytes::new(py, &frames[body]).into_any().unbind()
+            } else if wire {
+                self.fragment
+                    .bind(py)
+                    .call1((PyBytes::new(py, &frames[body]),))?
+                    .unbind()
+            } else {
+                let Some(objects) = &w.objects else {
+                    unreachable!("a write read from JSON text is staged for the wire only")
+                };
+                let id_obj: Bound<'_, PyAny> = match &objects.id {
+                    Some(id) => id.bind(py).clone().into_any(),
+                    None => PyString::new(py, &fact_id).into_any(),
+                };
+                let values: [Bound<'_, PyAny>; 15] = [
+                    id_obj,
+                    objects.store.bind(py).clone().into_any(),
+                    objects.key.bind(py).clone().into_any(),
+                    seq.into_pyobject(py)?.into_any(),
+                    position.into_pyobject(py)?.into_any(),
+                    match &objects.value {
+                        Some(v) => v.bind(py).clone(),
+                        None => py.None().into_bound(py),
+                    },
+                    PyString::new(py, &w.value_hash).into_any(),
+                    match shared_ttime {
+                        Some(shared) => shared.clone().into_any(),
+                        None => PyFloat::new(py, ttime).into_any(),
+                    },
+                    match w.valid_time {
+                        Some(v) => PyFloat::new(py, v).into_any(),
+                        None => py.None().into_bound(py),
+                    },
+                    match &objects.causation {
+                        Some(c) => c.bind(py).clone().into_any(),
+                        None => py.None().into_bound(py),
+                    },
+                    w.schema_version.into_pyobject(py)?.into_any(),
+                    objects.producer.bind(py).clone(),
+                    objects.derivation.bind(py).clone(),
+                    match &objects.metadata {
+                        Some(m) => m.bind(py).clone().into_any(),
+                        None => PyDict::new(py).into_any(),
+                    },
+                    PyBool::new(py, w.deleted).to_owned().into_any(),
+                ];
+                crate::pyfact::fact_with(py, self.fact_type.bind(py), names, values)?.unbind()
+            };
+            frames.extend_from_slice(&crc.to_be_bytes());
+            let index = entries.len();
+            entries.push(Entry {
+                store: std::mem::take(&mut w.store_text),
+                key: std::mem::take(&mut w.key_text),
+                position,
+                size,
+                seq,
+                deleted: w.deleted,
+                id: w.id_text.take(),
+                ttime,
+                write: i,
+            });
+            let entry = &entries[index];
+            let same_key =
+                |e: &usize| entries[*e].store == entry.store && entries[*e].key == entry.key;
+            match latest.find_mut(slot_hash, same_key) {
+                Some(slot) => *slot = index,
+                None => {
+                    latest.insert_unique(slot_hash, index, |&e| {
+                        key_hash(&entries[e].store, &entries[e].key)
+                    });
+                }
+            }
+            if let Some(id) = &entry.id {
+                written_ids.insert_unique(id_hash(id), index, |&e| {
+                    id_hash(entries[e].id.as_deref().unwrap_or_default())
+                });
+            }
+            outcomes.push(Outcome::Written(facts.len()));
+            facts.push(fact);
+            position += 1;
+        }
+        // An atomic batch of several facts goes behind a batch header.
+        let header = if atomic && entries.len() > 1 {
+            let text = format!(
+                "{{\"batch\":{},\"first\":{}}}",
+                entries.len(),
+                next_position
+            );
+            frame::encode(text.as_bytes())
+        } else {
+            Vec::new()
+        };
+        let total = header.len() + frames.len();
+        let largest = if atomic {
+            total as u64
+        } else {
+            entries.iter().map(|e| e.size).max().unwrap_or(0)
+        };
+        if !entries.is_empty() && largest > max_record_bytes {
+            return Err(invalid_argument(
+                py,
+                format!("record of {largest} bytes exceeds max_record_bytes ({max_record_bytes})"),
+            ));
+        }
+        let data = PyBytes::new_with(py, total, |out| {
+            out[..header.len()].copy_from_slice(&header);
+            out[header.len()..].copy_from_slice(&frames);
+            Ok(())
+        })?;
+        if frames.capacity() <= SCRATCH_LIMIT {
+            *self.scratch.lock() = frames;
+        }
+        let results = PyList::empty(py);
+        if !keep_outcomes {
+            outcomes.clear();
+        }
+        for outcome in outcomes {
+            match outcome {
+                Outcome::Written(index) => results.append(facts[index].bind(py))?,
+                Outcome::Stored(fact) => results.append(fact)?,
+                Outcome::Refused(err) => results.append(err.into_value(py))?,
+            }
+        }
+        let last = if entries.is_empty() { 0 } else { position - 1 };
+        Ok(Staged {
+            data: data.unbind(),
+            header_len: header.len() as u64,
+            last,
+            must_be_durable: must_be_durable.max(last),
+            results: results.unbind(),
+            entries,
         })
     }
 
@@ -697,247 +1002,103 @@ impl Stager {
                 }
             }
             // Pass 2: stage them against the state of their keys.
-            let mut outcomes: Vec<Outcome> = Vec::with_capacity(prepared.len());
-            let mut entries: Vec<Entry> = Vec::with_capacity(prepared.len());
-            // The frames, back to back, in a buffer kept between batches (no fresh pages
-            // to fault in for every batch).
-            let mut frames = std::mem::take(&mut *self.scratch.lock());
-            frames.clear();
-            let mut facts: Vec<Py<PyAny>> = Vec::with_capacity(prepared.len());
-            let mut key_state: HashMap<(String, String), (u64, bool)> =
-                HashMap::with_capacity(prepared.len());
-            let mut written_ids: HashMap<String, usize> = HashMap::with_capacity(prepared.len());
-            let mut must_be_durable: u64 = 0;
-            let mut position = next_position;
-            let names = field_names(py);
+            let mode = Mode {
+                atomic,
+                wire,
+                raw,
+                outcomes: keep_outcomes,
+            };
             let batch_ttime = PyFloat::new(py, ttime);
-            let ids = log
-                .getattr(pyo3::intern!(py, "ids"))
-                .ok()
-                .and_then(|ids| ids.cast_into::<IdIndex>().ok());
-            for (i, item) in prepared.into_iter().enumerate() {
-                let mut w = match item {
-                    Ok(w) => w,
-                    Err(err) => {
-                        outcomes.push(Outcome::Refused(err));
-                        continue;
-                    }
-                };
-                if let Some(id_text) = &w.id_text {
-                    if let Some(&index) = written_ids.get(id_text) {
-                        outcomes.push(Outcome::Written(index));
-                        continue;
-                    }
-                    let existing = self.stored_position(
-                        py,
-                        log,
-                        ids.as_ref(),
-                        keydir,
-                        next_position,
-                        id_text,
-                    )?;
-                    if let Some(at) = existing {
-                        let fact = if !keep_outcomes {
-                            py.None()
-                        } else if wire {
-                            let fact = log.call_method1("_stored_fact", (at,))?;
-                            fact.call_method0("to_dict")?.unbind()
-                        } else {
-                            log.call_method1("_stored_fact", (at,))?.unbind()
-                        };
-                        outcomes.push(Outcome::Stored(fact));
-                        must_be_durable = must_be_durable.max(at);
-                        continue;
-                    }
-                }
-                let slot = SlotRef(&w.store_text, &w.key_text);
-                let (current, is_deleted) = match key_state.get(&slot) {
-                    Some(state) => *state,
-                    None => match keydir
-                        .get()
-                        .read(py)
-                        .latest_state(&w.store_text, &w.key_text)
-                    {
-                        Some((_, seq, deleted)) => (u64::from(seq), deleted),
-                        None => (0, false),
-                    },
-                };
-                let refusal = if let Some(expected) = w.expected_seq.filter(|e| *e != current) {
-                    Some(kiln_error(
-                        py,
-                        "ConflictError",
-                        (&w.store, &w.key, expected, current),
-                    ))
-                } else if w.deleted && (current == 0 || is_deleted) {
-                    Some(kiln_error(
-                        py,
-                        "NotFoundError",
-                        (format!(
-                            "{}/{} has no value to delete",
-                            w.store_text, w.key_text
-                        ),),
-                    ))
-                } else {
-                    None
-                };
-                if let Some(err) = refusal {
-                    if atomic {
-                        return Err(err);
-                    }
-                    outcomes.push(Outcome::Refused(err));
-                    continue;
-                }
-                let seq = current + 1;
-                let ttime = ttimes.as_ref().map_or(ttime, |t| t[i]);
-                let fact_id: Cow<'_, str> = match &w.id_text {
-                    Some(id) => Cow::Borrowed(id),
-                    None => Cow::Owned(self.generated_id(position)),
-                };
-                let start = frames.len();
-                frames.extend_from_slice(&[0; frame::HEADER_SIZE]);
-                encode_record(&mut frames, &w, &fact_id, seq, position, ttime);
-                let body_len = frames.len() - start - frame::HEADER_SIZE;
-                let size = (body_len + frame::OVERHEAD) as u64;
-                if !atomic && size > max_record_bytes {
-                    frames.truncate(start);
-                    outcomes.push(Outcome::Refused(invalid_argument(
-                        py,
-                        format!(
-                            "record of {size} bytes exceeds max_record_bytes ({max_record_bytes})"
-                        ),
-                    )));
-                    continue;
-                }
-                frames[start..start + frame::HEADER_SIZE]
-                    .copy_from_slice(&(body_len as u32).to_be_bytes());
-                let body = start + frame::HEADER_SIZE..frames.len();
-                let crc = frame::crc32(&frames[body.clone()]);
-                let fact = if !keep_outcomes {
-                    py.None()
-                } else if wire && raw {
-                    PyBytes::new(py, &frames[body]).into_any().unbind()
-                } else if wire {
-                    self.fragment
-                        .bind(py)
-                        .call1((PyBytes::new(py, &frames[body]),))?
-                        .unbind()
-                } else {
-                    let id_obj: Bound<'_, PyAny> = match &w.id {
-                        Some(id) => id.bind(py).clone().into_any(),
-                        None => PyString::new(py, &fact_id).into_any(),
-                    };
-                    let values: [Bound<'_, PyAny>; 15] = [
-                        id_obj,
-                        w.store.bind(py).clone().into_any(),
-                        w.key.bind(py).clone().into_any(),
-                        seq.into_pyobject(py)?.into_any(),
-                        position.into_pyobject(py)?.into_any(),
-                        match &w.value {
-                            Some(v) => v.bind(py).clone(),
-                            None => py.None().into_bound(py),
-                        },
-                        PyString::new(py, &w.value_hash).into_any(),
-                        if ttimes.is_some() {
-                            PyFloat::new(py, ttime).into_any()
-                        } else {
-                            batch_ttime.clone().into_any()
-                        },
-                        match w.valid_time {
-                            Some(v) => PyFloat::new(py, v).into_any(),
-                            None => py.None().into_bound(py),
-                        },
-                        match &w.causation {
-                            Some(c) => c.bind(py).clone().into_any(),
-                            None => py.None().into_bound(py),
-                        },
-                        w.schema_version.into_pyobject(py)?.into_any(),
-                        w.producer.bind(py).clone(),
-                        w.derivation.bind(py).clone(),
-                        match &w.metadata {
-                            Some(m) => m.bind(py).clone().into_any(),
-                            None => PyDict::new(py).into_any(),
-                        },
-                        PyBool::new(py, w.deleted).to_owned().into_any(),
-                    ];
-                    crate::pyfact::fact_with(py, self.fact_type.bind(py), names, values)?.unbind()
-                };
-                frames.extend_from_slice(&crc.to_be_bytes());
-                if let Some(id_text) = w.id_text.take() {
-                    written_ids.insert(id_text, facts.len());
-                }
-                let slot = (
-                    std::mem::take(&mut w.store_text),
-                    std::mem::take(&mut w.key_text),
-                );
-                key_state.insert(slot, (seq, w.deleted));
-                entries.push(Entry {
-                    store: w.store.clone_ref(py),
-                    key: w.key.clone_ref(py),
-                    position,
-                    size,
-                    seq,
-                    deleted: w.deleted,
-                    id: w.id.as_ref().map(|id| id.clone_ref(py)),
-                    ttime,
-                    write: i,
-                });
-                outcomes.push(Outcome::Written(facts.len()));
-                facts.push(fact);
-                position += 1;
-            }
-            // An atomic batch of several facts goes behind a batch header.
-            let header = if atomic && entries.len() > 1 {
-                let text = format!(
-                    "{{\"batch\":{},\"first\":{}}}",
-                    entries.len(),
-                    next_position
-                );
-                frame::encode(text.as_bytes())
+            let mut time_of = |i: usize, _: &mut Prepared| ttimes.as_ref().map_or(ttime, |t| t[i]);
+            let shared = if ttimes.is_none() {
+                Some(&batch_ttime)
             } else {
-                Vec::new()
+                None
             };
-            let total = header.len() + frames.len();
-            let largest = if atomic {
-                total as u64
-            } else {
-                entries.iter().map(|e| e.size).max().unwrap_or(0)
+            self.stage_prepared(
+                py,
+                prepared,
+                Target {
+                    log,
+                    keydir,
+                    next_position,
+                    max_record_bytes,
+                },
+                mode,
+                &mut time_of,
+                shared,
+            )
+        })
+    }
+
+    /// Stage a batch of an import read by `read_import_lines` (hold the log lock), as
+    /// `FactLog.commit_imported` stages the writes of the same lines: atomically, for
+    /// the wire, without outcomes; facts whose id is stored already or repeats one
+    /// earlier in the batch are skipped. The batch is consumed.
+    ///
+    /// `floor` is the log's last transaction time and `now` the current time (not
+    /// earlier than `floor`). A fact keeps its own transaction time when it is neither
+    /// earlier than the time of the fact written before it (the floor, for the first)
+    /// nor later than `now`; otherwise it gets `max(now, floor)` and its own time goes
+    /// to its metadata (`kiln.origin_transaction_time`, unless present).
+    ///
+    /// None if the batch is refused (a tombstone for a key without a value, a generated
+    /// id naming no stored fact, the batch over `max_record_bytes`): the Python path then
+    /// stages the lines and raises the precise error.
+    #[allow(clippy::too_many_arguments)]
+    fn stage_import(
+        &self,
+        py: Python<'_>,
+        lines: &Bound<'_, ImportLines>,
+        log: &Bound<'_, PyAny>,
+        keydir: &Bound<'_, KeyDir>,
+        next_position: u64,
+        floor: f64,
+        now: f64,
+        max_record_bytes: u64,
+    ) -> PyResult<Option<Staged>> {
+        guard(py, || {
+            let _pause = crate::pyfact::GcPause::new(py);
+            let facts = std::mem::take(&mut lines.borrow_mut().facts);
+            let mut own_times = Vec::with_capacity(facts.len());
+            let prepared = facts
+                .into_iter()
+                .map(|fact| {
+                    own_times.push((fact.own_time, fact.has_origin));
+                    Ok(fact.write)
+                })
+                .collect();
+            let mut floor = floor;
+            let mut time_of = |i: usize, w: &mut Prepared| {
+                let (own, has_origin) = own_times[i];
+                let ttime = if floor <= own && own <= now {
+                    own
+                } else {
+                    if !has_origin {
+                        w.metadata_json = with_origin_time(&w.metadata_json, own).into();
+                    }
+                    now.max(floor)
+                };
+                floor = ttime;
+                ttime
             };
-            if !entries.is_empty() && largest > max_record_bytes {
-                return Err(invalid_argument(
-                    py,
-                    format!(
-                        "record of {largest} bytes exceeds max_record_bytes ({max_record_bytes})"
-                    ),
-                ));
+            let mode = Mode {
+                atomic: true,
+                wire: true,
+                raw: true,
+                outcomes: false,
+            };
+            let target = Target {
+                log,
+                keydir,
+                next_position,
+                max_record_bytes,
+            };
+            match self.stage_prepared(py, prepared, target, mode, &mut time_of, None) {
+                Ok(staged) => Ok(Some(staged)),
+                Err(err) if is_kiln_error(py, &err)? => Ok(None),
+                Err(err) => Err(err),
             }
-            let data = PyBytes::new_with(py, total, |out| {
-                out[..header.len()].copy_from_slice(&header);
-                out[header.len()..].copy_from_slice(&frames);
-                Ok(())
-            })?;
-            if frames.capacity() <= SCRATCH_LIMIT {
-                *self.scratch.lock() = frames;
-            }
-            let results = PyList::empty(py);
-            if !keep_outcomes {
-                outcomes.clear();
-            }
-            for outcome in outcomes {
-                match outcome {
-                    Outcome::Written(index) => results.append(facts[index].bind(py))?,
-                    Outcome::Stored(fact) => results.append(fact)?,
-                    Outcome::Refused(err) => results.append(err.into_value(py))?,
-                }
-            }
-            let last = if entries.is_empty() { 0 } else { position - 1 };
-            Ok(Staged {
-                data: data.unbind(),
-                header_len: header.len() as u64,
-                last,
-                must_be_durable: must_be_durable.max(last),
-                results: results.unbind(),
-                entries,
-            })
         })
     }
 }
@@ -992,6 +1153,13 @@ impl Staged {
         self.entries.len()
     }
 
+    /// The transaction time of the last fact this batch writes (None if it writes
+    /// none).
+    #[getter]
+    fn last_ttime(&self) -> Option<f64> {
+        self.entries.last().map(|e| e.ttime)
+    }
+
     /// Where each fact this batch writes is among the writes staged, in position order
     /// (a write left out was refused, or named an id stored already).
     #[getter]
@@ -1019,8 +1187,7 @@ impl Staged {
             {
                 let mut index = keydir.get().write(py);
                 for e in &self.entries {
-                    let store = e.store.bind(py).to_str()?;
-                    let key = e.key.bind(py).to_str()?;
+                    let (store, key) = (e.store.as_str(), e.key.as_str());
                     let previous = if latest_only.contains(store) {
                         index.latest(store, key)
                     } else {
@@ -1048,7 +1215,7 @@ impl Staged {
             let mut ids = ids.borrow_mut();
             for e in &self.entries {
                 if let Some(id) = &e.id {
-                    ids.ids.insert(id.bind(py).to_str()?, e.position);
+                    ids.ids.insert(id, e.position);
                 }
             }
             Ok(freed)

@@ -252,6 +252,9 @@ class Staged:
     def count(self) -> int:
         """Facts the batch writes."""
     @property
+    def last_ttime(self) -> float | None:
+        """The transaction time of the last fact the batch writes (None if none)."""
+    @property
     def written(self) -> list[int]:
         """The index among the writes staged of each fact the batch writes, in position
         order (a write left out was refused, or named an id stored already)."""
@@ -305,6 +308,40 @@ class Stager:
         hash or None; a write whose value hashes otherwise is refused
         (InvalidArgumentError). Both have one entry per write. Without ``outcomes``,
         ``results`` is left empty and a fact stored already is not read."""
+
+    def stage_import(
+        self,
+        lines: ImportLines,
+        log: Any,
+        keydir: KeyDir,
+        next_position: int,
+        floor: float,
+        now: float,
+        max_record_bytes: int,
+    ) -> Staged | None:
+        """Stage a batch read by :func:`read_import_lines` (hold the log lock) as
+        ``FactLog.commit_imported`` stages the same lines: atomically, for the wire,
+        without outcomes, ids stored or repeated skipped, each fact with its own
+        transaction time where it lies between the previous fact's (``floor`` for the
+        first) and ``now``, else ``max(now, floor)`` and its own time in its metadata.
+        Consumes the batch. None if the batch is refused (nothing staged): the Python
+        path raises the precise error."""
+
+@final
+class ImportLines:
+    """A batch of an import read natively: one whole fact per line that is not blank."""
+
+    @property
+    def count(self) -> int:
+        """Facts read (lines that are not blank)."""
+    @property
+    def idless(self) -> int:
+        """Facts without an id."""
+
+def read_import_lines(lines: list[bytes]) -> ImportLines | None:
+    """Read JSON Lines lines as whole facts as exported, with the interpreter released;
+    None if any line is neither blank nor such a fact of a form the native path reads
+    (the Python path then reads the batch, with its precise errors)."""
 
 @final
 class FactScanner:

@@ -16,7 +16,9 @@ import orjson
 import pytest
 
 import kilndb
+from kilndb.cli import transfer
 from kilndb.cli.transfer import CHECKPOINT_SUFFIX
+from kilndb.engine.imports import import_lines
 from kilndb.engine.writes import ORIGIN_TIME_KEY, fact_write
 from kilndb.model import FACT_FIELDS
 from tests.cli.runner import assert_one_error_line, json_lines, kiln
@@ -315,6 +317,110 @@ def test_a_line_of_the_wrong_type_is_named_or_skipped_from_its_batch(
     assert (report["lines"], report["invalid"], report["facts_written"]) == (6, 1, 4)
     assert [f["key"] for f in _facts(tmp_path / "data")] == ["k0", "k1", "k2", "k3"]
     assert not Path(str(source) + CHECKPOINT_SUFFIX).exists()
+
+
+def _exported(tmp_path: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """The facts of :func:`_fill` and their lines as ``kiln export`` writes them."""
+    facts = _fill(tmp_path / "source")
+    exported = tmp_path / "facts.jsonl"
+    assert kiln(tmp_path / "source", "export", "-o", str(exported)).exit_code == 0
+    return facts, exported.read_text().splitlines(keepends=True)
+
+
+def _python_path_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make every batch take the Python path: no line is read natively."""
+    monkeypatch.setattr(transfer, "read_lines", lambda lines: None)
+
+
+def test_an_export_is_imported_natively(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    facts, lines = _exported(tmp_path)
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(lines[:3]) + "\n" + "".join(lines[3:]))
+
+    def refused(*args: Any) -> None:
+        raise AssertionError("an exported line took the Python path")
+
+    monkeypatch.setattr(transfer, "import_item", refused)
+    result = kiln(tmp_path / "target", "import", str(source), "--batch", "4", "--json")
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert (report["lines"], report["facts_written"], report["batches"]) == (7, 6, 2)
+    assert _facts(tmp_path / "target") == facts
+
+
+@pytest.mark.parametrize("skip", [False, True])
+def test_a_bad_fact_among_exported_ones_is_named_as_by_the_python_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, skip: bool
+) -> None:
+    facts, lines = _exported(tmp_path)
+    forged = {**facts[0], "id": "forged", "value": {"title": "forged"}}
+    with pytest.raises(kilndb.InvalidArgumentError) as refusal:
+        fact_write(forged)
+    wrong_type = {**facts[1], "id": "wrong", "metadata": {"n": 1}}
+    source = tmp_path / "in.jsonl"
+    source.write_text(
+        "".join(lines[:2]) + json.dumps(forged) + "\n" + json.dumps(wrong_type) + "\n"
+    )
+    options = ("--skip-invalid", "--json") if skip else ()
+    native = kiln(tmp_path / "native", "import", str(source), *options)
+    _python_path_only(monkeypatch)
+    python = kiln(tmp_path / "python", "import", str(source), *options)
+    assert (native.exit_code, native.stderr) == (python.exit_code, python.stderr)
+    if skip:
+        assert _without(json_lines(native.stdout), "seconds") == _without(
+            json_lines(python.stdout), "seconds"
+        )
+    assert _facts(tmp_path / "native") == _facts(tmp_path / "python")
+    # A line of the wrong shape is found as the batch is read, a forged hash when it is
+    # committed.
+    wrong = "line 4: metadata must be a dict of strings to strings"
+    if skip:
+        assert native.stderr.splitlines() == [
+            f"warning: skipped {wrong}",
+            f"warning: skipped line 3: {refusal.value.message}",
+        ]
+        assert _facts(tmp_path / "native") == facts[:2]
+    else:
+        assert_one_error_line(native, 1, f"{wrong} (nothing of its batch was written")
+        assert not _facts(tmp_path / "native")
+    source.write_text("".join(lines[:2]) + json.dumps(forged) + "\n")
+    again = kiln(tmp_path / "again", "import", str(source))
+    assert_one_error_line(again, 1, f"line 3: {refusal.value.message} (nothing of its")
+
+
+def test_a_batch_refused_when_staged_is_refused_as_by_the_python_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    facts, lines = _exported(tmp_path)
+    tombstone = next(i for i, fact in enumerate(facts) if fact["deleted"])
+    source = tmp_path / "in.jsonl"
+    source.write_text(lines[tombstone])  # a tombstone for a key without a value
+    native = kiln(tmp_path / "native", "import", str(source))
+    _python_path_only(monkeypatch)
+    python = kiln(tmp_path / "python", "import", str(source))
+    assert_one_error_line(native, 1, "tasks/t2 has no value to delete")
+    assert (native.exit_code, native.stderr) == (python.exit_code, python.stderr)
+
+
+def test_facts_without_an_id_are_checkpointed_before_their_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    facts, _ = _exported(tmp_path)
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(json.dumps({**fact, "id": None}) + "\n" for fact in facts))
+    checkpoint = Path(str(source) + CHECKPOINT_SUFFIX)
+    seen: list[Any] = []
+
+    def noted(db: kilndb.Database, lines: Any) -> Any:
+        seen.append(orjson.loads(checkpoint.read_bytes())["pending"])
+        return import_lines(db, lines)
+
+    monkeypatch.setattr(transfer, "import_lines", noted)
+    result = kiln(tmp_path / "target", "import", str(source), "--batch", "4", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert seen == [[4, 0], [6, 4]]  # each batch's last line, and the position before it
+    assert _without(_facts(tmp_path / "target"), "id") == _without(facts, "id")
+    assert not checkpoint.exists()
 
 
 def test_import_of_a_missing_file_is_an_error(tmp_path: Path) -> None:

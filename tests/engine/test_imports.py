@@ -2,21 +2,29 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+import orjson
 import pytest
 
 import kilndb
+import kilndb.storage.facts
 from kilndb.engine.imports import (
     ImportItem,
     ImportOutcome,
     first_invalid,
     import_batch,
     import_item,
+    import_lines,
+    read_lines,
 )
 from kilndb.engine.writes import ORIGIN_TIME_KEY
+from kilndb.model import canonical_json, value_hash
 from kilndb.storage.ids import IdCodec
 
 
@@ -235,3 +243,146 @@ def test_a_refused_item_refuses_its_batch(tmp_path: Path) -> None:
 def test_import_item_names_the_bad_field(fields: dict[str, Any], message: str) -> None:
     with pytest.raises(kilndb.InvalidArgumentError, match=message):
         import_item(fields)
+
+
+# -- the native reading of exported lines ------------------------------------------------
+
+
+def _varied(path: Path) -> list[dict[str, Any]]:
+    """Facts with every field used, values of every JSON kind, and a tombstone."""
+    with kilndb.open(path) as db:
+        store = db.store("tasks")
+        store.write(
+            "t1",
+            {"b": [1, {"z": None, "a": "x"}], "a": {"é": 1, "e": 2.5, "": []}},
+            id="cmd-é-1",
+            causation="cmd-0",
+            valid_time=1.7e9,
+            schema_version=3,
+            producer={"app": "test", "at": 1e-7, "z": [True, False]},
+            derivation=["a", 1, 2**64 - 1],
+            metadata={"by": "ann", "note": 'quote " and \\ and \n'},
+        )
+        db.write_many(
+            [
+                kilndb.Write("tasks", "t2", "tab\t nul\0 emoji 😀 \u2028 \x7f"),
+                kilndb.Write("tasks", "t3", [-0.0, 1e16, 123456789.123456789, -(2**63), 2**63]),
+                kilndb.Write("notes", "n/1 ü", None, valid_time=5.0),
+            ]
+        )
+        store.write("t1", {"k": {"deep": [[[{}]]]}}, expected_seq=1)
+        store.delete("t2")
+        return [fact.to_dict() for fact in db.replay()]
+
+
+def _lines(facts: list[dict[str, Any]]) -> list[bytes]:
+    """The facts as exported, then again under new ids in other layouts the Python path
+    reads the same way (spaces, escapes, members in another order, no id)."""
+    lines = [orjson.dumps(fact) + b"\n" for fact in facts]
+    for i, fact in enumerate(facts):
+        other = {**fact, "id": None if i == 1 else f"again-{i}"}
+        lines.append(json.dumps(dict(reversed(other.items())), separators=(", ", " : ")).encode())
+    lines.insert(3, b"  \n")
+    return lines
+
+
+def _import_both_ways(target: Path, lines: list[bytes], batch: int) -> list[Any]:
+    """Import ``lines`` natively into ``target`` and through the Python path into a copy
+    of it made beforehand (same database id: same generated ids); the outcomes."""
+    kilndb.open(target).close()
+    shutil.copytree(target, target.with_name("python"))
+    outcomes: list[Any] = []
+    with kilndb.open(target) as native, kilndb.open(target.with_name("python")) as python:
+        for start in range(0, len(lines), batch):
+            chunk = lines[start : start + batch]
+            read = read_lines(chunk)
+            assert read is not None and read.count == sum(1 for line in chunk if line.strip())
+            outcome = import_lines(native, read)
+            items = [import_item(orjson.loads(line)) for line in chunk if line.strip()]
+            assert outcome == import_batch(python, items)
+            outcomes.append(outcome)
+    return outcomes
+
+
+def _log_files(directory: Path) -> list[bytes]:
+    return [path.read_bytes() for path in sorted((directory / "default").glob("*.log"))]
+
+
+@pytest.mark.parametrize("later", [False, True], ids=["own-times", "database-times"])
+def test_lines_read_natively_are_stored_byte_for_byte_as_by_the_python_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, later: bool
+) -> None:
+    facts = _varied(tmp_path / "source")
+    with kilndb.open(tmp_path / "native") as db:
+        if later:  # a fact later than every exported one: they get the database's time
+            time.sleep(0.001)
+            db.store("other").write("k", 0)
+    # The copies under new ids are earlier than the facts before them: they get the
+    # database's time too, "now", the same for both paths.
+    clock = time.time() + 100
+    monkeypatch.setattr(kilndb.storage.facts, "time", SimpleNamespace(time=lambda: clock))
+    outcomes = _import_both_ways(tmp_path / "native", _lines(facts), batch=4)
+    assert sum(o.written for o in outcomes) == 2 * len(facts)
+    assert sum(o.skipped for o in outcomes) == 0
+    native, python = _log_files(tmp_path / "native"), _log_files(tmp_path / "python")
+    assert native == python and len(native[0]) > 4096
+    with kilndb.open(tmp_path / "native") as db:
+        copied = [f.to_dict() for f in db.replay()]
+    with kilndb.open(tmp_path / "native") as db:  # reopened: the same facts and times
+        assert [f.to_dict() for f in db.replay()] == copied
+    kept, again = copied[later : later + len(facts)], copied[later + len(facts) :]
+    if later:
+        assert all(f["transaction_time"] == clock for f in kept)
+        assert [f["metadata"][ORIGIN_TIME_KEY] for f in kept] == [
+            repr(f["transaction_time"]) for f in facts
+        ]
+    else:
+        assert kept == facts
+    assert all(f["transaction_time"] == clock for f in again)
+    assert [f["metadata"][ORIGIN_TIME_KEY] for f in again] == [
+        repr(f["transaction_time"]) for f in facts
+    ]
+
+
+def test_ids_stored_or_repeated_are_skipped_natively_too(tmp_path: Path) -> None:
+    facts = _varied(tmp_path / "source")
+    lines = [orjson.dumps(fact) + b"\n" for fact in facts]
+    outcomes = _import_both_ways(tmp_path / "native", lines[:2] + lines, batch=3)
+    assert [(o.written, o.skipped) for o in outcomes] == [(2, 1), (2, 1), (2, 0)]
+    assert _log_files(tmp_path / "native") == _log_files(tmp_path / "python")
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"metadata": {"n": 1}},
+        {"value": {"title": "forged"}},
+        {"transaction_time": "soon"},
+        {"schema_version": 0},
+        {"store": "kiln.leases"},
+        {"expected_seq": 1},
+        {"colour": "red"},
+    ],
+)
+def test_a_batch_with_any_other_line_is_left_to_the_python_path(change: dict[str, Any]) -> None:
+    whole = {
+        "id": "i", "store": "a", "key": "k", "seq": 1, "position": 1, "value": 1,
+        "value_hash": value_hash(canonical_json(1)), "transaction_time": 1.0,
+        "valid_time": None, "causation": None, "schema_version": 1, "producer": None,
+        "derivation": None, "metadata": {}, "deleted": False,
+    }  # fmt: skip
+    good = orjson.dumps(whole)
+    assert read_lines([good, b"\n"]) is not None
+    assert read_lines([good, orjson.dumps({"store": "a", "key": "k", "value": 0})]) is None
+    assert read_lines([good, orjson.dumps({**whole, **change})]) is None
+
+
+def test_a_batch_refused_natively_is_refused_by_the_python_path(tmp_path: Path) -> None:
+    tombstone = {**_varied(tmp_path / "source")[-1], "store": "elsewhere"}
+    assert tombstone["deleted"] is True
+    with kilndb.open(tmp_path / "target") as db:
+        read = read_lines([orjson.dumps(tombstone)])
+        assert read is not None and import_lines(db, read) is None
+        with pytest.raises(kilndb.NotFoundError, match="has no value to delete"):
+            import_batch(db, [import_item(tombstone)])
+        assert db.last_position == 0

@@ -6,7 +6,11 @@ Lines — whole facts as exported, or plain writes ``{"store", "key", "value", .
 and commits them in atomic batches. Each line's shape is checked as it is read; the
 rest of its checks come with its batch (:func:`~kilndb.engine.imports.import_batch`),
 and a batch refused for a bad line is checked line by line to name it (with
-``--skip-invalid``, the line is left out and the rest of the batch committed).
+``--skip-invalid``, the line is left out and the rest of the batch committed). Into an
+embedded database, a batch of whole facts as exported is read by the native core
+(:func:`~kilndb.engine.imports.read_lines`), which leaves any other batch to the reading
+above; batches of a file are read one ahead, on a thread of their own, while the batch
+before is committed.
 
 Resuming an import
 ------------------
@@ -26,11 +30,13 @@ from __future__ import annotations
 
 import gc
 import os
+import queue
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import asdict, dataclass
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
+from dataclasses import asdict, dataclass, field
 from itertools import islice
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -43,7 +49,15 @@ from kilndb.cli.context import CliSettings, open_database, pass_settings
 from kilndb.cli.errors import CliError
 from kilndb.cli.output import format_option, print_json, print_mapping_table, wants_json
 from kilndb.client import RemoteDatabase
-from kilndb.engine.imports import ImportItem, first_invalid, import_batch, import_item
+from kilndb.engine.imports import (
+    ImportItem,
+    ImportLines,
+    first_invalid,
+    import_batch,
+    import_item,
+    import_lines,
+    read_lines,
+)
 from kilndb.errors import InvalidArgumentError, KilnError
 from kilndb.model import canonical_json, value_hash
 
@@ -306,13 +320,39 @@ def _skipped(line: InvalidLine, report: ImportReport) -> None:
 
 @dataclass(slots=True)
 class Batch:
-    """The items of the lines ``first_line`` to ``last_line``, in order; ``gaps``: the
-    lines among them that give no item (blank, or skipped as invalid)."""
+    """The lines ``first_line`` to ``last_line``, as read. Their items are made by
+    :meth:`parse` only when the batch takes the Python path; ``gaps``: the lines among
+    them that give no item (blank, or skipped as invalid)."""
 
-    items: list[ImportItem]
+    lines: list[bytes]
     first_line: int
-    last_line: int
-    gaps: list[int]
+    items: list[ImportItem] = field(default_factory=list)
+    gaps: list[int] = field(default_factory=list)
+    parsed: bool = False
+
+    @property
+    def last_line(self) -> int:
+        return self.first_line + len(self.lines) - 1
+
+    def parse(self, report: ImportReport, skip: bool) -> list[ImportItem]:
+        """The items of the lines, read once; a line that is neither a fact nor a write
+        raises InvalidLine or, with ``skip``, is reported and left out."""
+        if self.parsed:
+            return self.items
+        self.parsed = True
+        loads = orjson.loads
+        append = self.items.append
+        for number, line in enumerate(self.lines, self.first_line):
+            try:
+                append(import_item(loads(line)))
+            except (orjson.JSONDecodeError, InvalidArgumentError) as exc:
+                self.gaps.append(number)
+                if line.strip():
+                    invalid = _invalid(exc, number)
+                    if not skip:
+                        raise invalid from exc
+                    _skipped(invalid, report)
+        return self.items
 
     def line_of(self, index: int) -> int:
         """The line number of item ``index``."""
@@ -327,36 +367,72 @@ class Batch:
 
 
 def _batches(
-    lines: Iterable[bytes], first: int, sizes: Iterator[int], report: ImportReport, skip: bool
+    lines: Iterable[bytes], first: int, sizes: Iterator[int], report: ImportReport
 ) -> Iterator[Batch]:
     """The batches of lines from ``first`` on (those before it are passed over);
     ``sizes`` gives each batch's number of lines."""
     stream = iter(lines)
     last = sum(1 for _ in islice(stream, first - 1))
-    loads = orjson.loads
     for wanted in sizes:
-        items: list[ImportItem] = []
-        gaps: list[int] = []
-        append = items.append
-        for line in islice(stream, wanted):
-            try:
-                append(import_item(loads(line)))
-            except (orjson.JSONDecodeError, InvalidArgumentError) as exc:
-                number = last + len(items) + len(gaps) + 1
-                gaps.append(number)
-                if line.strip():
-                    invalid = _invalid(exc, number)
-                    if not skip:
-                        raise invalid from exc
-                    _skipped(invalid, report)
-        taken = len(items) + len(gaps)
+        taken = list(islice(stream, wanted))
         if not taken:
             return
-        report.lines += taken
-        yield Batch(items, last + 1, last + taken, gaps)
-        last += taken
-        if taken < wanted:
+        report.lines += len(taken)
+        yield Batch(taken, last + 1)
+        last += len(taken)
+        if len(taken) < wanted:
             return
+
+
+#: A batch, and its lines as the native core read them (None: the Python path reads them).
+ReadBatch = tuple[Batch, ImportLines | None]
+
+
+@contextmanager
+def _read_ahead(
+    batches: Iterator[Batch], native: bool, background: bool
+) -> Iterator[Iterator[ReadBatch]]:
+    """The batches, each with its lines read natively when ``native`` (an embedded
+    database) and they can be. With ``background``, they are read on a thread of their
+    own, one batch ahead, while the caller commits the batch before: reading changes
+    nothing in the database. Only for a file, whose reads always end (a thread waiting
+    on a terminal or a pipe could not be stopped)."""
+
+    def read(batch: Batch) -> ReadBatch:
+        return batch, read_lines(batch.lines) if native else None
+
+    if not background:
+        yield map(read, batches)
+        return
+    ahead: queue.Queue[ReadBatch | BaseException | None] = queue.Queue(maxsize=1)
+    stop = threading.Event()
+
+    def reader() -> None:
+        try:
+            for batch in batches:
+                ahead.put(read(batch))
+                if stop.is_set():
+                    return
+        except BaseException as exc:  # raised again on the caller's thread
+            ahead.put(exc)
+        else:
+            ahead.put(None)
+
+    def received() -> Iterator[ReadBatch]:
+        while (item := ahead.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    thread = threading.Thread(target=reader, name="kiln-import-reader", daemon=True)
+    thread.start()
+    try:
+        yield received()
+    finally:
+        stop.set()
+        with suppress(queue.Empty):
+            ahead.get_nowait()  # a batch waiting to be handed over: the reader then ends
+        thread.join()
 
 
 def _invalid(exc: Exception, number: int) -> InvalidLine:
@@ -424,6 +500,25 @@ def _commit_checked(db: AnyDatabase, batch: Batch, report: ImportReport, skip: b
             _skipped(invalid, report)
             batch.drop(index)
     return None
+
+
+def _commit_batch(
+    db: AnyDatabase,
+    batch: Batch,
+    native: ImportLines | None,
+    report: ImportReport,
+    skip: bool,
+) -> tuple[int, int] | None:
+    """Commit a batch: the lines ``native`` read from it, if given, else (or if they are
+    refused) its items (see :func:`_commit_checked`). Returns how many facts were
+    written and skipped, None if no line was left to commit."""
+    if native is not None and isinstance(db, kilndb.Database):
+        outcome = import_lines(db, native)
+        if outcome is not None:
+            return outcome.written, outcome.skipped
+    items = batch.parse(report, skip)
+    written = _commit_checked(db, batch, report, skip)
+    return None if written is None else (written, len(items) - written)
 
 
 @contextmanager
@@ -502,23 +597,32 @@ def import_(
         pending = checkpoint.pending if checkpoint else None
         sizes = _sizes(None if pending is None else pending[0] - done, batch)
         committed = done  # the last line of the last batch committed (or found landed)
+        # An embedded database takes each batch's lines as the native core reads them.
+        embedded = isinstance(db, kilndb.Database)
         saved_at = time.monotonic()
         try:
-            with _collector_paused():
-                for chunk in _batches(stream, done + 1, sizes, report, skip_invalid):
-                    items = chunk.items
+            batches = _batches(stream, done + 1, sizes, report)
+            with _collector_paused(), _read_ahead(batches, embedded, path is not None) as read:
+                for chunk, lines in read:
+                    # A batch that was in flight is looked for among the facts first.
+                    native = lines if pending is None else None
+                    items = chunk.parse(report, skip_invalid) if native is None else []
                     if pending is not None and _landed(db, items, pending[1]):
                         report.skipped += len(items)
-                    elif items:
-                        if checkpoint is not None and any(i.write.id is None for i in items):
+                    elif items or (native is not None and native.count):
+                        if native is None:
+                            idless = any(i.write.id is None for i in items)
+                        else:
+                            idless = native.idless > 0
+                        if checkpoint is not None and idless:
                             checkpoint = checkpoint.save(
                                 committed, (chunk.last_line, _last_position(db))
                             )
                             saved_at = time.monotonic()
-                        written = _commit_checked(db, chunk, report, skip_invalid)
-                        if written is not None:
-                            report.facts_written += written
-                            report.skipped += len(items) - written
+                        outcome = _commit_batch(db, chunk, native, report, skip_invalid)
+                        if outcome is not None:
+                            report.facts_written += outcome[0]
+                            report.skipped += outcome[1]
                             report.batches += 1
                     pending = None
                     committed = chunk.last_line

@@ -27,6 +27,16 @@ or in the future) gets the database's time instead, and its own goes to
 ``metadata["kiln.origin_transaction_time"]`` exactly as :meth:`Database.write_fact`
 does. A plain write (no transaction time of its own) gets the database's time.
 
+The lines of an export take a shorter way: :func:`read_lines` hands a batch's raw lines
+to the native core, which parses each one, checks it as :func:`import_item` and the
+stager would, writes its value as canonical JSON and hashes it, all without a Python
+object per line; :func:`import_lines` then stages them under the log's lock with the
+same transaction times, records and skipped ids as :func:`import_batch` would. It is a
+fast path that steps aside: a batch with any line it does not read as a whole fact as
+exported (a plain write, an ``expected_seq``, anything :func:`import_item` or the
+stager would refuse, a forged ``value_hash``), or one its staging refuses, is left to
+the path above, which reads the lines and reports the precise error.
+
 A batch refused with InvalidArgumentError does not say which item was at fault:
 :func:`first_invalid` checks the items one by one, as a single write would be checked,
 to name the first bad one and why (``kiln import`` reports its line, or skips it).
@@ -40,6 +50,7 @@ from dataclasses import dataclass
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from kilndb import _core
 from kilndb.engine.writes import fact_write, prepare_write
 from kilndb.errors import InvalidArgumentError
 from kilndb.model import FACT_FIELDS, ORIGIN_TIME_KEY, Write
@@ -47,7 +58,19 @@ from kilndb.model import FACT_FIELDS, ORIGIN_TIME_KEY, Write
 if TYPE_CHECKING:
     from kilndb.engine.database import Database
 
-__all__ = ["ImportItem", "ImportOutcome", "first_invalid", "import_batch", "import_item"]
+__all__ = [
+    "ImportItem",
+    "ImportLines",
+    "ImportOutcome",
+    "first_invalid",
+    "import_batch",
+    "import_item",
+    "import_lines",
+    "read_lines",
+]
+
+#: A batch's lines read natively (:func:`read_lines`).
+ImportLines = _core.ImportLines
 
 #: The fields a plain write may carry (those of :class:`kilndb.Write`).
 WRITE_FIELDS = frozenset(Write._fields)
@@ -246,3 +269,21 @@ def import_batch(db: Database, items: Sequence[ImportItem]) -> ImportOutcome:
         return ImportOutcome(0, 0, 0)
     writes, own_times, hashes, _ = zip(*items, strict=True)
     return ImportOutcome(*db._log.commit_imported(writes, own_times, hashes))
+
+
+def read_lines(lines: list[bytes]) -> ImportLines | None:
+    """A batch's raw JSON Lines lines read natively, when each is blank or a whole fact
+    as exported that the Python path would accept as it is; None otherwise (the lines
+    are then read with :func:`import_item`)."""
+    return _core.read_import_lines(lines)
+
+
+def import_lines(db: Database, lines: ImportLines) -> ImportOutcome | None:
+    """Commit a batch read by :func:`read_lines` to ``db`` as :func:`import_batch` would
+    commit the items of the same lines, durable when this returns; it consumes the batch.
+    None if the batch is refused, with nothing written (commit the items of its lines
+    with :func:`import_batch` then, for the precise error)."""
+    if not lines.count:
+        return ImportOutcome(0, 0, 0)
+    committed = db._log.commit_lines(lines)
+    return None if committed is None else ImportOutcome(*committed)

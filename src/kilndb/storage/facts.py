@@ -11,6 +11,8 @@ never reaches into them:
   :meth:`FactLog.commit_one` is the same for a single write.
 * :meth:`FactLog.commit_imported` is :meth:`FactLog.commit` for a batch of an import:
   each fact keeps its own transaction time where the log's order allows it.
+  :meth:`FactLog.commit_lines` does the same for a batch the native core read from the
+  import's lines itself, and hands back any batch it refuses.
 * :meth:`FactLog.read`, :meth:`FactLog.history`, :meth:`FactLog.keys` and
   :meth:`FactLog.stores` look keys up and read the facts' records.
 
@@ -179,6 +181,35 @@ class FactLog(Log):
         if staged.must_be_durable:
             self.wait_durable(staged.must_be_durable)
         return staged.count, len(writes) - staged.count, staged.last
+
+    def commit_lines(self, lines: _core.ImportLines) -> tuple[int, int, int] | None:
+        """:meth:`commit_imported` for a batch of an import read natively
+        (``_core.read_import_lines``), which it consumes: the same transaction times,
+        the same records, the same facts skipped. None if the batch is refused, with
+        nothing written: the caller then commits the lines through
+        :meth:`commit_imported`, which raises the precise error.
+        """
+        with self.lock:
+            self.check_open()
+            floor = self.last_ttime
+            staged = self._stager.stage_import(
+                lines,
+                self,
+                self.keydir,
+                self.next_position,
+                floor,
+                max(time.time(), floor),
+                self.config.max_record_bytes,
+            )
+            if staged is None:
+                return None
+            last_ttime = staged.last_ttime
+            if last_ttime is not None:
+                self.append_staged(staged)
+                self.last_ttime = max(self.last_ttime, last_ttime)
+        if staged.must_be_durable:
+            self.wait_durable(staged.must_be_durable)
+        return staged.count, lines.count - staged.count, staged.last
 
     def _stored_position(self, fact_id: str) -> int | None:
         """Position of the fact already stored under ``fact_id`` (hold the log lock)."""
