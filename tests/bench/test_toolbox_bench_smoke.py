@@ -13,7 +13,7 @@ pytestmark = pytest.mark.integration
 
 ROWS = (
     "backup of 2,000 facts (kiln backup --data)",
-    "cp -r of the data directory (no consistency)",
+    "cp -r and sync of the data directory (no consistency)",
     "online backup of 2,000 facts (kiln backup --url)",
     "restore of 2,000 facts (kiln restore: check, install)",
     "export of 2,000 facts to JSON Lines (kiln export)",
