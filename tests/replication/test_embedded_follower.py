@@ -300,3 +300,27 @@ def test_a_batch_larger_than_a_client_frame_is_replicated_whole(tmp_path: Path) 
             assert len(copy.store("s").read("k7").value) == 100_000  # type: ignore[union-attr]
         finally:
             follower.stop()
+
+
+def test_a_backup_copy_never_counts_as_a_replica(tmp_path: Path) -> None:
+    with Server(data=tmp_path / "leader", port=0, replica_timeout=0.4) as leader:
+        held = _write(leader.url, 0, 3)
+        backup = Follower(leader.url, tmp_path / "backup", replica=False).start()
+        try:
+            assert backup.wait_for(position=held, timeout=10)
+            with kilndb.connect(leader.url) as db:
+                # The backup holds it, but a copy that stops is no replica.
+                with pytest.raises(kilndb.ReplicationTimeoutError, match="0 of 1"):
+                    db.store("s").write("alone", 1, replicas=1)
+                alone = db.store("s").read("alone")
+                assert alone is not None and backup.wait_for(alone.position, timeout=10)
+                roles = [f["role"] for f in leader.replication_status()["followers"]]
+                assert roles == ["backup"]
+                replica = Follower(leader.url, tmp_path / "replica").start()
+                try:
+                    assert replica.wait_for(position=alone.position, timeout=10)
+                    db.store("s").write("held", 2, replicas=1)  # the replica counts
+                finally:
+                    replica.stop()
+        finally:
+            backup.stop()

@@ -55,6 +55,7 @@ def backup_from_server(
         token=endpoint.token,
         connect_timeout=connect_timeout,
         config=DatabaseConfig(sync="interval", sync_interval_ms=BACKUP_SYNC_MS),
+        replica=False,  # a copy that stops: never counted toward replicas=N
     )
     follower.leader = endpoint  # with its TLS context
     follower.start()

@@ -48,7 +48,10 @@ class Follower(StreamFollower):
     (1 s and 30 s, armdb's; doubled after each failure, with jitter).
     ``connect_timeout``: seconds a connection to the leader may take to open (5, as
     armdb's). ``config``: how the copy stores and syncs its log (sync ``"always"``: a
-    position acknowledged to the leader is on disk).
+    position acknowledged to the leader is on disk). ``replica``: False for a copy the
+    leader must never count toward a write's ``replicas=N`` (a backup, or a copy that
+    may be thrown away); its acknowledgements still show in the leader's status, with
+    the role ``backup``.
 
     Raises InvalidArgumentError for a bad argument and DatabaseLockedError when another
     process (or follower) has the copy open. Errors while following are not raised:
@@ -66,6 +69,7 @@ class Follower(StreamFollower):
         backoff_max: float = 30.0,
         connect_timeout: float = CONNECT_TIMEOUT,
         config: DatabaseConfig | None = None,
+        replica: bool = True,
     ) -> None:
         url = leader if "://" in leader else f"tcp://{leader}"
         super().__init__(
@@ -78,6 +82,7 @@ class Follower(StreamFollower):
             backoff_max=backoff_max,
             connect_timeout=connect_timeout,
             max_record_bytes=(config or DatabaseConfig()).max_record_bytes,
+            replica=replica,
         )
         #: The data directory; the copy is ``path / name``.
         self.path = Path(path)

@@ -50,6 +50,7 @@ from kilndb.errors import (
 )
 from kilndb.replication.fencing import EpochFence
 from kilndb.replication.protocol import (
+    BACKUP_FLAG,
     SILENCE_SECONDS,
     ack,
     frames_of,
@@ -115,6 +116,7 @@ class StreamFollower:
         fence: EpochFence | None = None,
         node: str | None = None,
         max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+        replica: bool = True,
     ) -> None:
         if not 0 < backoff_min <= backoff_max:
             raise InvalidArgumentError("backoff needs 0 < backoff_min <= backoff_max")
@@ -149,6 +151,9 @@ class StreamFollower:
         #: The largest frame taken from the leader: a shipment holding a whole batch of
         #: ``max_record_bytes`` (the leader's, as configured alike across a cluster).
         self.max_frame_bytes = shipment_frame_limit(max_record_bytes)
+        #: False for a copy that does not count as a replica (a backup): the leader
+        #: never counts its acknowledgements toward ``replicas=N``.
+        self.replica = replica
         #: ``connecting``, ``catching_up``, ``streaming``, ``retrying`` (the connection
         #: broke), ``error`` (see :attr:`last_error`), ``stale_leader``, ``truncating``,
         #: ``resyncing``, or ``stopped``.
@@ -314,7 +319,13 @@ class StreamFollower:
         own = 0 if local is None else local.leader_epoch
         newest = self.fence.newest(self.name, own)
         request = sync_request(
-            self.name, epochs, position, compacted, node=self.node, newest_epoch=newest
+            self.name,
+            epochs,
+            position,
+            compacted,
+            node=self.node,
+            newest_epoch=newest,
+            flags=() if self.replica else (BACKUP_FLAG,),
         )
         info = conn.call(**request)
         if self._stop.is_set():

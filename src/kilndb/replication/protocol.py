@@ -50,6 +50,7 @@ heartbeat; a peer silent for ``SILENCE_SECONDS`` is dropped by the other side.
 from __future__ import annotations
 
 import base64
+from collections.abc import Sequence
 from typing import Any
 
 from kilndb.codec import DEFAULT_MAX_FRAME_BYTES
@@ -72,6 +73,9 @@ __all__ = [
 PROTOCOL_VERSION = 1
 HEARTBEAT_SECONDS = 1.0
 SILENCE_SECONDS = 10.0
+#: The ``sync_request`` flag of a backup: a copy that stops once it holds the leader's
+#: position, so its acknowledgements never count toward ``replicas=N``.
+BACKUP_FLAG = "backup"
 #: Room in a ``batch`` frame for its JSON around the base64 of its records.
 _ENVELOPE_BYTES = 64 * 1024
 
@@ -90,10 +94,12 @@ def sync_request(
     compacted_through: int = 0,
     node: str | None = None,
     newest_epoch: int = 0,
+    flags: Sequence[str] = (),
 ) -> dict[str, Any]:
     """``node``: the follower's node name in a cluster with a coordinator (the leader
     names its in-sync replicas by it); ``newest_epoch``: a leader epoch learned
-    elsewhere, sent when newer than the history's last one."""
+    elsewhere, sent when newer than the history's last one; ``flags``: what kind of copy
+    asks (``BACKUP_FLAG``: one that stops, and so never counts as a replica)."""
     own = int(epochs[-1]["epoch"]) if epochs else 0
     return {
         **({} if node is None else {"node": node}),
@@ -104,7 +110,7 @@ def sync_request(
         "epochs": epochs,
         "position": position,
         "compacted_through": compacted_through,
-        "flags": [],
+        "flags": list(flags),
     }
 
 

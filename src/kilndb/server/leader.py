@@ -197,6 +197,7 @@ class LeaderSide:
                 link.node or link.peer
                 for link in list(self.links)
                 if not link.closed
+                and link.replica
                 and link.superseded_by is None
                 and link.db.name == database
                 and link.durable >= position
@@ -236,6 +237,7 @@ class LeaderSide:
                 link.node
                 for link in list(self.links)
                 if link.node
+                and link.replica
                 and not link.closed
                 and link.db.name == database
                 and link.durable >= through
@@ -246,7 +248,10 @@ class LeaderSide:
             wanted = frozenset(
                 link.node or link.peer
                 for link in list(self.links)
-                if not link.closed and link.db.name == database and link.durable >= through
+                if not link.closed
+                and link.replica
+                and link.db.name == database
+                and link.durable >= through
             )
             if len(wanted) < replicas:
                 return False

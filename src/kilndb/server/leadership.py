@@ -454,6 +454,7 @@ class Leadership:
     def _caught_up(self, database: str, node: str, position: int) -> bool:
         return any(
             link.node == node
+            and link.replica
             and link.db.name == database
             and not link.closed
             and link.durable >= position

@@ -68,6 +68,8 @@ class FollowerLink:
         self.peer = peer
         #: The follower's node name (with a coordinator; None otherwise).
         self.node: str | None = None
+        #: False for a backup, whose acknowledgements never count toward replicas=N.
+        self.replica = True
         self.state = "catching_up"
         self.sent = after
         self.applied = after
@@ -124,6 +126,7 @@ class FollowerLink:
             "database": self.db.name,
             "peer": self.peer,
             "node": self.node,
+            "role": "replica" if self.replica else "backup",
             "state": self.state,
             "position_sent": self.sent,
             "position_acked": self.durable,

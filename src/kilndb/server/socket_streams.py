@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from kilndb.engine import StatusSubscription
 from kilndb.errors import KilnError
 from kilndb.protocol import Request, ServerConnection
+from kilndb.replication.protocol import BACKUP_FLAG
 from kilndb.server.fanout import Feed
 from kilndb.server.push import Outbox, changefeed, changefeed_start, pump_status
 from kilndb.server.replication import FollowerLink
@@ -148,6 +149,7 @@ class SocketStream:
             log.warning("replication of %s refused: %s", name, exc)
             return self.host.failed(request, exc)
         link.node = request.params.get("node")
+        link.replica = BACKUP_FLAG not in request.params.get("flags", ())
         self.link = link
         services.leader.add(link)
         self._start(outbox)
