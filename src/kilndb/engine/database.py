@@ -7,7 +7,6 @@ offers the same interface, so code written against one runs against the other.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import replace
@@ -20,23 +19,19 @@ import orjson
 
 from kilndb.config import DatabaseConfig
 from kilndb.engine.changefeed import CallbackSubscription, Subscription
+from kilndb.engine.lease_book import LeaseBook
 from kilndb.engine.streams import Space
 from kilndb.engine.writes import PreparedWrite, fact_write, prepare_write, snapshot_facts
 from kilndb.errors import (
-    ConflictError,
     CursorTooOldError,
     InvalidArgumentError,
     KilnError,
-    LeaseHeldError,
-    LeaseLostError,
 )
-from kilndb.leases import LEASE_STORE, Lease, LeaseKeeper, check_fence, check_ttl
+from kilndb.leases import Lease, LeaseKeeper, check_fence
 from kilndb.model import (
-    MAX_ID_LENGTH,
     Fact,
     Write,
     validate_database_name,
-    validate_key,
     validate_store_name,
 )
 from kilndb.storage.facts import FactLog, check_limit, check_position
@@ -76,12 +71,6 @@ def _prepare(write: Write | dict[str, Any], trusted: bool = False) -> PreparedWr
         deleted=write.deleted,
         store_checked=trusted,
     )
-
-
-def _check_holder(holder: object) -> str:
-    if not isinstance(holder, str) or not holder or len(holder) > MAX_ID_LENGTH:
-        raise InvalidArgumentError(f"holder must be a non-empty string of at most {MAX_ID_LENGTH}")
-    return holder
 
 
 def _check_stores(stores: object) -> frozenset[str] | None:
@@ -219,6 +208,7 @@ class Database:
             self._forget_memory()
             raise
         self._stores: dict[str, Store] = {}
+        self._leases = LeaseBook(self._log)
 
     def __repr__(self) -> str:
         where = "in memory" if self.in_memory else f"at {str(self.data_dir)!r}"
@@ -251,21 +241,7 @@ class Database:
         of a valid lease acquiring it again extends it (same token). Raises
         LeaseHeldError (who holds it, until when) if someone else holds it.
         """
-        validate_key(key)
-        who = _check_holder(holder)
-        seconds = check_ttl(ttl)
-        while True:
-            current, seq = self._lease_state(key)
-            now = time.time()
-            if current is not None and not current["released"] and current["expires_at"] > now:
-                if current["holder"] != who:
-                    raise LeaseHeldError(key, current["holder"], current["expires_at"])
-                token = current["token"]
-            else:
-                token = (0 if current is None else current["token"]) + 1
-            lease = Lease(key, who, token, now + seconds)
-            if self._put_lease(lease, seq, released=False, ttl=seconds):
-                return lease
+        return self._leases.acquire(key, holder, ttl)
 
     def renew_lease(self, lease: Lease, ttl: float | None = None) -> Lease:
         """Extend a held lease to ``ttl`` seconds (capped at 24 h) from now; without
@@ -274,94 +250,22 @@ class Database:
 
         Raises LeaseLostError if it expired, was released or was taken over.
         """
-        if not isinstance(lease, Lease):
-            raise InvalidArgumentError("renew_lease takes a kilndb.Lease")
-        asked = None if ttl is None else check_ttl(ttl)
-        while True:
-            current, seq = self._lease_state(lease.key)
-            self._check_held(lease, current)
-            assert current is not None  # _check_held refuses a lease never taken
-            seconds = asked if asked is not None else float(current.get("ttl", 60.0))
-            renewed = Lease(lease.key, lease.holder, lease.token, time.time() + seconds)
-            if self._put_lease(renewed, seq, released=False, ttl=seconds):
-                return renewed
+        return self._leases.renew(lease, ttl)
 
     def release_lease(self, lease: Lease) -> bool:
         """Give a held lease up; False if it was not held any more (nothing to do)."""
-        if not isinstance(lease, Lease):
-            raise InvalidArgumentError("release_lease takes a kilndb.Lease")
-        while True:
-            current, seq = self._lease_state(lease.key)
-            try:
-                self._check_held(lease, current)
-            except LeaseLostError:
-                return False
-            released = Lease(lease.key, lease.holder, lease.token, time.time())
-            ttl = None if current is None else current.get("ttl")
-            if self._put_lease(released, seq, released=True, ttl=ttl):
-                return True
+        return self._leases.release(lease)
 
     def leases(self) -> list[Lease]:
         """The leases held now (not expired, not released), by key."""
-        now = time.time()
-        held = []
-        for fact in self._lease_facts():
-            value = fact.value
-            if not value["released"] and value["expires_at"] > now:
-                held.append(Lease(fact.key, value["holder"], value["token"], value["expires_at"]))
-        return sorted(held, key=lambda lease: lease.key)
+        return self._leases.held()
 
     def lease(self, key: str, holder: str, ttl: float) -> LeaseKeeper:
         """``with db.lease(key, holder=…, ttl=…) as lease:`` — held, renewed at ttl/2,
         released on exit; ``lease.lost`` tells a loss, and fenced calls then refuse."""
         return LeaseKeeper(self, key, holder, ttl)
 
-    def _lease_facts(self) -> list[Fact]:
-        store = Store(self, LEASE_STORE)
-        facts = (store.read(key) for key in store.keys(prefix=""))
-        return [fact for fact in facts if fact is not None]
-
-    def _lease_state(self, key: str) -> tuple[dict[str, Any] | None, int]:
-        """The lease's latest value (None if never taken) and its fact's seq."""
-        fact = Store(self, LEASE_STORE).read(key)
-        return (
-            (None, self._log.latest_seq(LEASE_STORE, key))
-            if fact is None
-            else (
-                fact.value,
-                fact.seq,
-            )
-        )
-
-    def _check_held(self, lease: Lease, current: dict[str, Any] | None) -> None:
-        token = None if current is None else current["token"]
-        if current is None or token != lease.token or current["holder"] != lease.holder:
-            raise LeaseLostError(lease.key, lease.token, token, "a newer lease exists")
-        if current["released"]:
-            raise LeaseLostError(lease.key, lease.token, token, "it was released")
-        if current["expires_at"] <= time.time():
-            raise LeaseLostError(lease.key, lease.token, token, "it expired")
-
-    def _put_lease(self, lease: Lease, seq: int, released: bool, ttl: float | None) -> bool:
-        """Write the lease's new state if nobody else did since ``seq``; False to retry.
-
-        ``ttl`` (seconds) is recorded so that a renewal without one keeps it."""
-        if LEASE_STORE not in self._log.retention:
-            self._log.set_retention(LEASE_STORE, Retention(keep="latest"))
-        value: dict[str, Any] = {
-            "holder": lease.holder,
-            "token": lease.token,
-            "expires_at": lease.expires_at,
-            "released": released,
-        }
-        if ttl is not None:
-            value["ttl"] = ttl
-        write = Write(LEASE_STORE, lease.key, value, expected_seq=seq)
-        try:
-            self._log.commit([write], atomic=True, trusted=True)
-        except ConflictError:
-            return False
-        return True
+    # -- spaces ----------------------------------------------------------------------
 
     def space(self, name: str) -> Space:
         """The streams view of store ``name``: ordered segments (keys) of entries (facts)."""
