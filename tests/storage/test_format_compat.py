@@ -18,7 +18,7 @@ import orjson
 import pytest
 
 import kilndb
-from kilndb.engine import database as database_module
+from kilndb.engine import lease_book as lease_book_module
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 EXPECTED: dict[str, Any] = orjson.loads((FIXTURES / "v1-expected.json").read_bytes())
@@ -58,7 +58,7 @@ def test_a_v1_data_directory_reads_the_same(v1_data: Path, monkeypatch: pytest.M
 
     # The lease taken in v1 for an hour is held, read at the time it was taken.
     taken_at = next(f for f in EXPECTED["replay"] if f["key"] == "fenced")["transaction_time"]
-    monkeypatch.setattr(database_module, "time", SimpleNamespace(time=lambda: taken_at))
+    monkeypatch.setattr(lease_book_module, "time", SimpleNamespace(time=lambda: taken_at))
     with kilndb.open(v1_data) as db:
         assert [(lease.key, lease.holder) for lease in db.leases()] == [("job", "w1")]
 
